@@ -48,6 +48,7 @@ def base() -> ml_collections.ConfigDict:
     c.sft = ml_collections.ConfigDict({
         "steps": 0, "epochs": 1, "batch_size": 64, "lr": 3e-3, "warmup_steps": 20, "schedule": "cosine",
         "min_lr_ratio": 0.1, "weight_decay": 0.0, "max_grad_norm": 1.0, "dropout": 0.0, "freeze_layers": 0,
+        "lora_rank": 0, "lora_alpha": 16.0, "lora_targets": "wq,wk,wv,wo,w_gate,w_up,w_down",
         "pack": False, "eval_every": 0, "save_every": 100})
     c.rm = ml_collections.ConfigDict({
         "steps": 0, "epochs": 3, "batch_size": 32, "lr": 1e-3, "warmup_steps": 10, "schedule": "cosine",

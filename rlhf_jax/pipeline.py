@@ -30,6 +30,8 @@ from rlhf_jax.models import PRESETS, abstract_model, init_model, load_pretrained
 from rlhf_jax.train import ppo as ppo_lib
 from rlhf_jax.train import rm as rm_lib
 from rlhf_jax.train import sft as sft_lib
+from rlhf_jax.train import lora as lora_lib
+from rlhf_jax.train.lora import IN_DIMS as LORA_TARGETS, LoRAConfig
 from rlhf_jax.train.loop import run_loop
 from rlhf_jax.train.optim import freeze_mask, make_optimizer
 from rlhf_jax.train.state import PPOState, TrainState, commit, compile_step
@@ -61,6 +63,11 @@ def validate_config(c) -> None:
         bs = c[stage][field]
         need(bs > 0 and bs % max(1, batch_devices) == 0, f"{stage}.{field}",
              f"{bs} must be a positive multiple of the {batch_devices} data-parallel devices")
+    s = c.sft
+    need(s.lora_rank >= 0, "sft.lora_rank", "must be >= 0 (0 = full fine-tuning)")
+    need(not (s.lora_rank and s.freeze_layers), "sft.lora_rank", "LoRA and sft.freeze_layers exclude each other")
+    bad = [t for t in s.lora_targets.split(",") if t not in LORA_TARGETS]
+    need(not bad, "sft.lora_targets", f"{bad} are not among {sorted(LORA_TARGETS)}")
     p = c.ppo
     need(p.batch_size % p.minibatches == 0, "ppo.minibatches", f"must divide ppo.batch_size={p.batch_size}")
     need(p.kl_estimator in ("k1", "k2", "k3"), "ppo.kl_estimator", "must be k1, k2 or k3")
@@ -274,27 +281,41 @@ class Pipeline:
         tx, sched = make_optimizer(c.lr, total, warmup_steps=c.warmup_steps, schedule_kind=c.schedule,
                                    min_lr_ratio=c.min_lr_ratio, weight_decay=c.weight_decay,
                                    max_grad_norm=c.max_grad_norm, mask=mask)
-        params = jax.tree.map(jnp.copy, self.base.params)
+        lora = (LoRAConfig(c.lora_rank, c.lora_alpha, tuple(t for t in c.lora_targets.split(",") if t))
+                if c.lora_rank else None)
+        if lora is None:  # full fine-tuning: the state holds every weight, nothing is frozen by constant
+            params, base = jax.tree.map(jnp.copy, self.base.params), None
+            view = lambda p: p
+        else:  # LoRA: the state holds the adapters, the base weights are a frozen constant
+            params, base = lora_lib.init(self.base.params, lora, jax.random.fold_in(self.rng, 11)), \
+                commit(self.base.params, self.mesh)
+            view = lambda p: lora_lib.merge(base, p, lora)
         state = TrainState(params, jax.jit(tx.init)(params), jnp.zeros((), jnp.int32))
-        step, state = compile_step(sft_lib.make_sft_step(graphdef, tx, sched, c.dropout > 0), state,
-                            self._shard(next(self._iter(train, c.batch_size, 1))), self.mesh)
+        step, state = compile_step(sft_lib.make_sft_step(graphdef, tx, sched, c.dropout > 0, lora), state,
+                                   self._shard(next(self._iter(train, c.batch_size, 1))), self.mesh, constants=base)
         ckpt = Checkpointer(self.workdir / "sft" / "checkpoints")
         state, start = self._resume("sft", ckpt, state, {"train": it})
         evaluate = sft_lib.make_sft_eval(abstract_model(self.model_cfg(), "lm")[0])
+        merged = jax.jit(view)
         val_bs = min(c.batch_size, len(val["tokens"]))
         writer = self.writer("sft", ("loss", "lr"))
-        result = run_loop("sft", step, state, lambda: self._shard(next(it)), total_steps=total, start_step=start,
+        result = run_loop("sft", (lambda s, b, r: step(s, b, r, base)) if lora else step, state,
+                          lambda: self._shard(next(it)), total_steps=total, start_step=start,
                           rng=jax.random.fold_in(self.rng, 1), checkpointer=ckpt, save_every=c.save_every,
                           meta_fn=lambda: {"data": {"train": it.position()}}, writer=writer,
-                          eval_fn=lambda s, _: sft_lib.validation_loss(evaluate, s.params, val, val_bs),
+                          eval_fn=lambda s, _: sft_lib.validation_loss(evaluate, merged(s.params), val, val_bs),
                           eval_every=c.eval_every, stop_after=self.c.debug_stop_after.sft or None)
         writer.close()
         if result.steps < total:
             raise SystemExit(f"[sft] stopped after step {result.steps} of {total} (debug_stop_after)")
-        final = sft_lib.validation_loss(evaluate, result.state.params, val, val_bs)
+        final_params = merged(result.state.params)
+        final = sft_lib.validation_loss(evaluate, final_params, val, val_bs)
         summary = {"steps": total, "wall_seconds": time.perf_counter() - t0, "train_loss": result.last_metrics["loss"],
+                   "trainable_params": lora_lib.count(params) if mask is None else
+                   int(sum(float((m * jnp.ones(x.shape)).sum()) for m, x in
+                           zip(jax.tree.leaves(mask), jax.tree.leaves(params)))),
                    **final}
-        self.save_final("sft", result.state.params, summary)
+        self.save_final("sft", final_params, summary)
         ckpt.close()
         return summary
 

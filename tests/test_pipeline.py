@@ -1,5 +1,6 @@
 """The pipeline: steps compile once, sharded steps equal unsharded ones, exact resume, config errors."""
 import json
+import re
 import os
 import signal
 import subprocess
@@ -129,12 +130,63 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
     ("sft.batch_size", 30, "config.sft.batch_size: 30 must be a positive multiple of the 8"),
     ("ppo.ptx_coef", 1.0, "config.ppo.ptx_batch_size: must be > 0"),
     ("data.max_prompt_len", 40, "config.data.max_prompt_len: must be below data.max_len"),
+    ("sft.lora_targets", "wq,embed", "config.sft.lora_targets: ['embed'] are not among"),
 ])
 def test_invalid_configs_name_the_field(field, value, words):
     if "multiple of the 8" in words and jax.device_count() != 8:
         pytest.skip("message depends on the device count")
-    with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(words)):
         validate_config(micro(**{field: value}))
+
+
+def test_lora_sft_stage_trains_adapters_and_resumes(tmp_path):
+    overrides = {"stages": "sft", "sft.lora_rank": 4, "sft.lora_targets": "wq,wv,w_up", "sft.lr": 3e-2, "sft.epochs": 3,
+                 "sft.warmup_steps": 0}
+    straight = Pipeline(micro(**overrides), tmp_path / "straight")
+    summary = straight.run()["sft"]
+    # micro model: L=2, d=32, 4 heads x 8, 2 kv heads x 8, d_ff=64; r * (fan_in + fan_out) per target
+    assert summary["trainable_params"] == 2 * 4 * ((32 + 32) + (32 + 16) + (32 + 64))
+    final, base = straight.sft_params(), straight.base.params
+    changed = {k for k in base["blocks"] if not np.allclose(final["blocks"][k], base["blocks"][k])}
+    assert changed == {"wq", "wv", "w_up"}
+    np.testing.assert_array_equal(final["embed"], base["embed"])
+    val = straight.arrays("sft_val")
+    evaluate = sft_lib.make_sft_eval(straight.base.graphdef)
+    before = sft_lib.validation_loss(evaluate, base, val, 32)["val_loss"]
+    assert summary["val_loss"] < before - 0.15  # measured: 3.12 -> 2.90 (random-init base, 3 targets)
+    with pytest.raises(SystemExit):
+        Pipeline(micro(**overrides, **{"debug_stop_after.sft": 5}), tmp_path / "resumed").run()
+    resumed = Pipeline(micro(**overrides), tmp_path / "resumed").run()["sft"]
+    assert _numbers({"sft": resumed}) == _numbers({"sft": summary})
+
+
+def test_ptx_term_adds_coef_times_the_pretraining_loss():
+    """ppo_loss with ptx = the PPO loss + ptx_coef x the policy's token NLL on the ptx batch."""
+    lm = init_model(CFG, seed=0)
+    scalar = init_model(CFG, head="scalar", seed=1)
+    prompts, _ = prompt_arrays(synthetic.prompts(WORLD, 8), TOK, TCFG)
+    ptx, _ = sft_arrays(synthetic.sft_records(WORLD, 8, "ptx"), TOK, TCFG)
+    ptx = {k: jnp.asarray(v) for k, v in ptx.items()}
+    gds = (lm.graphdef, scalar.graphdef, scalar.graphdef)
+    cfg0 = ppo_lib.PPOConfig(max_new_tokens=5, eos_token_id=TOK.eos_token_id, pad_token_id=TOK.pad_token_id)
+    cfg = cfg0.__class__(**{**cfg0.__dict__, "ptx_coef": 0.7})
+    state = PPOState({"policy": lm.params, "value": scalar.params}, None, 0, jnp.float32(0.05), None)
+    data, _ = ppo_lib.rollout(cfg0, gds, state, (lm.params, scalar.params),
+                              {"prompt": prompts["tokens"], "prompt_mask": prompts["mask"]}, jax.random.key(0))
+    without, _ = ppo_lib.ppo_loss(cfg0, gds, state.params, data, ptx)
+    with_ptx, metrics = ppo_lib.ppo_loss(cfg, gds, state.params, data, ptx)
+    nll, count = sft_lib.make_sft_eval(lm.graphdef)(lm.params, ptx)
+    assert float(count) > 20
+    np.testing.assert_allclose(float(metrics["ptx_loss"]), float(nll / count), rtol=1e-5)
+    np.testing.assert_allclose(float(with_ptx - without), 0.7 * float(nll / count), rtol=1e-4)
+
+
+def test_ppo_ptx_pipeline_logs_the_ptx_loss(tmp_path):
+    pipe = Pipeline(micro(**{"ppo.ptx_coef": 1.0, "ppo.ptx_batch_size": 16, "ppo.iterations": 2}), tmp_path)
+    pipe.run()
+    log = [json.loads(l) for l in open(tmp_path / "ppo" / "metrics.jsonl")]
+    ptx = [r["ptx_loss"] for r in log if "ptx_loss" in r]
+    assert len(ptx) == 2 and all(0.0 < v < 5.0 for v in ptx)
 
 
 def test_cli_sigterm_saves_a_checkpoint(tmp_path):

@@ -8,6 +8,8 @@ import optax
 from rlhf_jax.data.batches import eval_batches
 from rlhf_jax.models.model import apply
 from rlhf_jax.objectives.lm import next_token_loss, token_logprobs
+from rlhf_jax.train import lora as lora_lib
+from rlhf_jax.train.lora import LoRAConfig
 from rlhf_jax.train.state import TrainState
 
 
@@ -17,15 +19,21 @@ def lm_forward(graphdef, params, batch, dropout_rng=None):
     return logits
 
 
-def make_sft_step(graphdef, tx: optax.GradientTransformation, schedule, use_dropout: bool = False):
-    """(state, batch, rng) -> (state, metrics); batch: tokens, loss_mask, segment_ids, positions [B, T]."""
-    def loss_fn(params, batch, rng):
+def make_sft_step(graphdef, tx: optax.GradientTransformation, schedule, use_dropout: bool = False,
+                  lora: LoRAConfig | None = None):
+    """(state, batch, rng[, base]) -> (state, metrics); batch: tokens, loss_mask, segment_ids, positions [B, T].
+
+    With `lora`, `state.params` holds the adapters and the frozen base weights come as `base`.
+    """
+    def loss_fn(params, batch, rng, base):
+        if lora is not None:
+            params = lora_lib.merge(base, params, lora)
         logits = lm_forward(graphdef, params, batch, rng if use_dropout else None)
         loss, n_tokens = next_token_loss(logits, batch["tokens"], batch["loss_mask"])
         return loss, n_tokens
 
-    def step(state: TrainState, batch, rng):
-        (loss, n_tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
+    def step(state: TrainState, batch, rng, base=None):
+        (loss, n_tokens), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng, base)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "tokens": n_tokens, "grad_norm": optax.global_norm(grads),
