@@ -53,7 +53,9 @@ def base() -> ml_collections.ConfigDict:
     c.rm = ml_collections.ConfigDict({
         "steps": 0, "epochs": 3, "batch_size": 32, "lr": 1e-3, "warmup_steps": 10, "schedule": "cosine",
         "min_lr_ratio": 0.1, "weight_decay": 0.0, "max_grad_norm": 1.0, "margin": 0.0, "center_coef": 0.01,
-        "normalize": True, "save_every": 100})
+        "normalize": True, "save_every": 100,
+        # ensembles (Coste et al.): k members differing in seed, trained in one vmapped step
+        "members": 1, "aggregate": "mean", "uncertainty_coef": 0.1, "variance_ddof": 0, "znorm": False})
     c.ppo = ml_collections.ConfigDict({
         "iterations": 150, "batch_size": 64, "minibatches": 2, "epochs": 4, "lr": 3e-4, "warmup_steps": 5,
         "schedule": "constant", "max_grad_norm": 1.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0,
@@ -62,7 +64,19 @@ def base() -> ml_collections.ConfigDict:
         "gamma": 1.0, "lam": 0.95, "whiten_advantages": True, "clip_eps": 0.2, "vf_clip": 0.2, "vf_coef": 0.1,
         "ent_coef": 0.0, "ptx_coef": 0.0, "ptx_batch_size": 0, "ema_decay": 0.0, "save_every": 20})
 
+    # DPO family (stage "dpo", after SFT, on the RM's rankings); paper: RMSprop, lr 1e-6, 150 warmup, clip 10
+    c.dpo = ml_collections.ConfigDict({
+        "steps": 0, "epochs": 1, "batch_size": 32, "lr": 1e-4, "warmup_steps": 10, "schedule": "constant",
+        "optimizer": "adamw", "max_grad_norm": 10.0, "beta": 0.1, "loss": "dpo", "label_smoothing": 0.0,
+        "logprob_reduction": "sum", "cache_reference": True, "save_every": 100})
+
+    # best-of-n evaluation of the SFT policy under the RM (stage "bon") and rejection-sampling
+    # fine-tuning on the best of n_samples (stage "rs": the SFT fields, started from the SFT policy)
+    c.bon = ml_collections.ConfigDict({"n_samples": 64, "n_prompts": 128, "temperature": 1.0})
+    c.rs = ml_collections.ConfigDict(dict(c.sft.to_dict(), n_samples=16, n_prompts=2048, temperature=1.0, lr=1e-3,
+                                          warmup_steps=10, epochs=2))
+
     c.eval = ml_collections.ConfigDict({"n_prompts": 256, "temperature": 1.0, "n_report_samples": 8})
     c.log = ml_collections.ConfigDict({"wandb": "auto", "project": "rlhf_jax", "every": 1})
-    c.debug_stop_after = ml_collections.ConfigDict({"sft": 0, "rm": 0, "ppo": 0})  # simulate a kill (tests)
+    c.debug_stop_after = ml_collections.ConfigDict({"sft": 0, "rm": 0, "ppo": 0, "dpo": 0, "rs": 0})  # simulate a kill (tests)
     return c

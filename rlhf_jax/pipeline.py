@@ -30,13 +30,17 @@ from rlhf_jax.models import PRESETS, abstract_model, init_model, load_pretrained
 from rlhf_jax.train import ppo as ppo_lib
 from rlhf_jax.train import rm as rm_lib
 from rlhf_jax.train import sft as sft_lib
+from rlhf_jax.objectives import bon as bon_lib
+from rlhf_jax.objectives import ensemble as ensemble_lib
+from rlhf_jax.objectives.dpo import LOSSES as DPO_LOSSES
+from rlhf_jax.train import dpo as dpo_lib
 from rlhf_jax.train import lora as lora_lib
 from rlhf_jax.train.lora import IN_DIMS as LORA_TARGETS, LoRAConfig
 from rlhf_jax.train.loop import run_loop
 from rlhf_jax.train.optim import freeze_mask, make_optimizer
 from rlhf_jax.train.state import PPOState, TrainState, commit, compile_step
 
-STAGES = ("sft", "rm", "ppo")
+STAGES = ("sft", "rm", "ppo", "dpo", "bon", "rs")
 
 
 class ConfigError(ValueError):
@@ -59,7 +63,8 @@ def validate_config(c) -> None:
     need(not c.model.preset or c.model.preset in PRESETS, "model.preset", f"must be one of {sorted(PRESETS)}")
     n_dev = jax.device_count()
     batch_devices = n_dev // (max(c.mesh.tensor, 1))
-    for stage, field in (("sft", "batch_size"), ("rm", "batch_size"), ("ppo", "batch_size")):
+    for stage, field in (("sft", "batch_size"), ("rm", "batch_size"), ("ppo", "batch_size"), ("dpo", "batch_size"),
+                         ("rs", "batch_size")):
         bs = c[stage][field]
         need(bs > 0 and bs % max(1, batch_devices) == 0, f"{stage}.{field}",
              f"{bs} must be a positive multiple of the {batch_devices} data-parallel devices")
@@ -68,6 +73,22 @@ def validate_config(c) -> None:
     need(not (s.lora_rank and s.freeze_layers), "sft.lora_rank", "LoRA and sft.freeze_layers exclude each other")
     bad = [t for t in s.lora_targets.split(",") if t not in LORA_TARGETS]
     need(not bad, "sft.lora_targets", f"{bad} are not among {sorted(LORA_TARGETS)}")
+    r = c.rm
+    need(r.members >= 1, "rm.members", "must be >= 1")
+    need(r.aggregate in ensemble_lib.AGGREGATORS, "rm.aggregate", f"must be one of {ensemble_lib.AGGREGATORS}")
+    need(r.variance_ddof in (0, 1), "rm.variance_ddof", "must be 0 (divide by k) or 1 (by k - 1)")
+    need(not r.znorm or r.normalize, "rm.znorm", "needs rm.normalize (the statistics come from centring)")
+    need(r.members > 1 or (r.aggregate == "mean" and not r.znorm), "rm.aggregate",
+         "aggregators and z-normalisation need rm.members > 1")
+    need(c.bon.n_samples >= 1, "bon.n_samples", "must be >= 1")
+    need(c.rs.n_samples >= 1, "rs.n_samples", "must be >= 1")
+    d = c.dpo
+    need(d.loss in DPO_LOSSES, "dpo.loss", f"must be one of {DPO_LOSSES}")
+    need(d.logprob_reduction in ("sum", "mean"), "dpo.logprob_reduction", "must be 'sum' or 'mean'")
+    need(d.beta > 0, "dpo.beta", "must be > 0")
+    need(0 <= d.label_smoothing < 0.5, "dpo.label_smoothing", "must be in [0, 0.5)")
+    need(d.loss in ("cdpo", "robust") or d.label_smoothing == 0, "dpo.label_smoothing",
+         f"only cdpo and robust use it (dpo.loss={d.loss!r})")
     p = c.ppo
     need(p.batch_size % p.minibatches == 0, "ppo.minibatches", f"must divide ppo.batch_size={p.batch_size}")
     need(p.kl_estimator in ("k1", "k2", "k3"), "ppo.kl_estimator", "must be k1, k2 or k3")
@@ -79,7 +100,7 @@ def validate_config(c) -> None:
     need(c.data.max_prompt_len + p.max_new_tokens <= _max_seq(c), "ppo.max_new_tokens",
          "prompt + response exceeds the model's max_seq_len")
     if c.data.source == "files":
-        for stage, field in (("sft", "sft_train"), ("rm", "rm_train"), ("ppo", "prompts")):
+        for stage, field in (("sft", "sft_train"), ("rm", "rm_train"), ("ppo", "prompts"), ("dpo", "rm_train")):
             need(stage not in stages or bool(c.data[field]), f"data.{field}", f"needed by stage {stage}")
 
 
@@ -153,7 +174,7 @@ class Pipeline:
         out = {}
         stages = self.c.stages.split(",")
         for name, spec, kind in (("sft", c.sft_train, "sft"), ("rm", c.rm_train, "pair")):
-            if spec and (name in stages or name == "sft"):
+            if spec and (name in stages or name == "sft" or (name == "rm" and "dpo" in stages)):
                 records = _read_source(spec, kind, c.policy)
                 if name == "rm" and records and "responses" not in records[0] and "chosen" not in records[0]:
                     raise ConfigError(f"config.data.rm_train: {spec} holds no pairs or rankings")
@@ -181,19 +202,44 @@ class Pipeline:
             print(f"[data] {name}: {stats}", flush=True)
         return arrays
 
-    def sample(self, params, prompt_records: list[dict], copies: int, temperature: float, max_new: int,
-               seed: int, chunk: int = 512) -> list[list[str]]:
-        """`copies` sampled responses per prompt from an LM-head policy (decoded text)."""
+    def sample_tokens(self, params, prompt_records: list[dict], copies: int, temperature: float, max_new: int,
+                      seed: int, chunk: int = 512) -> dict[str, np.ndarray]:
+        """`copies` samples per prompt (rows prompt-major): prompt, prompt_mask, response, response_mask."""
         arrays, _ = prompt_arrays(prompt_records, self.tokenizer, self.tcfg)
         tokens, mask = np.repeat(arrays["tokens"], copies, 0), np.repeat(arrays["mask"], copies, 0)
         cfg = SamplingConfig(max_new_tokens=max_new, temperature=temperature,
                              eos_token_ids=(self.tokenizer.eos_token_id,), pad_token_id=self.tokenizer.pad_token_id or 0)
-        texts = []
+        out = {"prompt": tokens, "prompt_mask": mask, "response": [], "response_mask": []}
         for i in range(0, len(tokens), chunk):
             gen = generate(self.base.graphdef, params, tokens[i:i + chunk], mask[i:i + chunk],
                            jax.random.key(seed + i), cfg)
-            texts += self.decode(gen.tokens_BxN, gen.mask_BxN)
+            out["response"].append(np.asarray(gen.tokens_BxN))
+            out["response_mask"].append(np.asarray(gen.mask_BxN))
+        out["response"], out["response_mask"] = (np.concatenate(out[k]) for k in ("response", "response_mask"))
+        return out
+
+    def sample(self, params, prompt_records: list[dict], copies: int, temperature: float, max_new: int,
+               seed: int) -> list[list[str]]:
+        """`copies` sampled responses per prompt from an LM-head policy (decoded text)."""
+        s = self.sample_tokens(params, prompt_records, copies, temperature, max_new, seed)
+        texts = self.decode(s["response"], s["response_mask"])
         return [texts[j * copies:(j + 1) * copies] for j in range(len(prompt_records))]
+
+    def score_samples(self, samples: dict, reward, rm_params, prompt_records, chunk: int = 512):
+        """(proxy [P, N], gold [P, N] or None) for `sample_tokens` output with N copies per prompt."""
+        fn = jax.jit(ppo_lib.reward_function(reward))
+        P = len(prompt_records)
+        seq = ppo_lib.sequence_inputs(samples["prompt"], samples["prompt_mask"], samples["response"],
+                                      samples["response_mask"])
+        proxy = np.concatenate([np.asarray(fn(rm_params, seq[0][i:i + chunk], seq[1][i:i + chunk]))
+                                for i in range(0, len(seq[0]), chunk)]).reshape(P, -1)
+        if self.world is None:
+            return proxy, None
+        texts = self.decode(samples["response"], samples["response_mask"])
+        n = proxy.shape[1]
+        gold = np.array([self.gold(r["prompt"], texts[j * n + i]) for j, r in enumerate(prompt_records)
+                         for i in range(n)], dtype=float).reshape(P, n)
+        return proxy, gold
 
     def policy_rankings(self, params, n: int, split: str) -> list[dict]:
         """Synthetic world, InstructGPT-style: the annotators rank K samples of the SFT policy."""
@@ -270,44 +316,47 @@ class Pipeline:
                 summary[stage] = self.stage_done(stage)
         return summary
 
-    def run_sft(self) -> dict[str, Any]:
-        c = self.c.sft
+    def run_sft(self, stage: str = "sft", train=None, init=None) -> dict[str, Any]:
+        """Supervised fine-tuning of `init` (the base model) on `train` (the demonstrations);
+        rejection sampling reuses it with the best-of-n samples and the SFT policy."""
+        c = self.c[stage]
         t0 = time.perf_counter()
-        train, val = self.arrays("sft_train"), self.arrays("sft_val")
+        train = self.arrays("sft_train") if train is None else train
+        val = self.arrays("sft_val")
+        init = self.base.params if init is None else init
         it = self._iter(train, c.batch_size, 1)
         total = c.steps or c.epochs * it.steps_per_epoch
         graphdef, _ = abstract_model(self.model_cfg(dropout_rate=c.dropout), "lm")
-        mask = freeze_mask(self.base.params, c.freeze_layers, c.freeze_layers > 0) if c.freeze_layers else None
+        mask = freeze_mask(init, c.freeze_layers, c.freeze_layers > 0) if c.freeze_layers else None
         tx, sched = make_optimizer(c.lr, total, warmup_steps=c.warmup_steps, schedule_kind=c.schedule,
                                    min_lr_ratio=c.min_lr_ratio, weight_decay=c.weight_decay,
                                    max_grad_norm=c.max_grad_norm, mask=mask)
         lora = (LoRAConfig(c.lora_rank, c.lora_alpha, tuple(t for t in c.lora_targets.split(",") if t))
                 if c.lora_rank else None)
         if lora is None:  # full fine-tuning: the state holds every weight, nothing is frozen by constant
-            params, base = jax.tree.map(jnp.copy, self.base.params), None
+            params, base = jax.tree.map(jnp.copy, init), None
             view = lambda p: p
         else:  # LoRA: the state holds the adapters, the base weights are a frozen constant
-            params, base = lora_lib.init(self.base.params, lora, jax.random.fold_in(self.rng, 11)), \
-                commit(self.base.params, self.mesh)
+            params, base = lora_lib.init(init, lora, jax.random.fold_in(self.rng, 11)), commit(init, self.mesh)
             view = lambda p: lora_lib.merge(base, p, lora)
         state = TrainState(params, jax.jit(tx.init)(params), jnp.zeros((), jnp.int32))
         step, state = compile_step(sft_lib.make_sft_step(graphdef, tx, sched, c.dropout > 0, lora), state,
                                    self._shard(next(self._iter(train, c.batch_size, 1))), self.mesh, constants=base)
-        ckpt = Checkpointer(self.workdir / "sft" / "checkpoints")
-        state, start = self._resume("sft", ckpt, state, {"train": it})
+        ckpt = Checkpointer(self.workdir / stage / "checkpoints")
+        state, start = self._resume(stage, ckpt, state, {"train": it})
         evaluate = sft_lib.make_sft_eval(abstract_model(self.model_cfg(), "lm")[0])
         merged = jax.jit(view)
         val_bs = min(c.batch_size, len(val["tokens"]))
-        writer = self.writer("sft", ("loss", "lr"))
-        result = run_loop("sft", (lambda s, b, r: step(s, b, r, base)) if lora else step, state,
+        writer = self.writer(stage, ("loss", "lr"))
+        result = run_loop(stage, (lambda s, b, r: step(s, b, r, base)) if lora else step, state,
                           lambda: self._shard(next(it)), total_steps=total, start_step=start,
                           rng=jax.random.fold_in(self.rng, 1), checkpointer=ckpt, save_every=c.save_every,
                           meta_fn=lambda: {"data": {"train": it.position()}}, writer=writer,
                           eval_fn=lambda s, _: sft_lib.validation_loss(evaluate, merged(s.params), val, val_bs),
-                          eval_every=c.eval_every, stop_after=self.c.debug_stop_after.sft or None)
+                          eval_every=c.eval_every, stop_after=self.c.debug_stop_after.get(stage, 0) or None)
         writer.close()
         if result.steps < total:
-            raise SystemExit(f"[sft] stopped after step {result.steps} of {total} (debug_stop_after)")
+            raise SystemExit(f"[{stage}] stopped after step {result.steps} of {total} (debug_stop_after)")
         final_params = merged(result.state.params)
         final = sft_lib.validation_loss(evaluate, final_params, val, val_bs)
         summary = {"steps": total, "wall_seconds": time.perf_counter() - t0, "train_loss": result.last_metrics["loss"],
@@ -315,6 +364,8 @@ class Pipeline:
                    int(sum(float((m * jnp.ones(x.shape)).sum()) for m, x in
                            zip(jax.tree.leaves(mask), jax.tree.leaves(params)))),
                    **final}
+        if stage != "sft":
+            return {**summary, "final_params": final_params, "ckpt": ckpt}
         self.save_final("sft", final_params, summary)
         ckpt.close()
         return summary
@@ -322,62 +373,119 @@ class Pipeline:
     def sft_params(self):
         return self.load_final("sft", self.base.params)
 
-    def run_rm(self) -> dict[str, Any]:
-        c = self.c.rm
-        t0 = time.perf_counter()
-        if self.world is not None and self.c.data.rm_from_policy:
+    def preference_arrays(self) -> tuple[dict, dict]:
+        """The rankings the RM (or DPO) trains on: from files, or K ranked SFT samples per prompt."""
+        if self.world is not None and self.c.data.rm_from_policy and not getattr(self, "_ranked_sft", False):
             sft = self.sft_params()
             self.records["rm_train"] = self.policy_rankings(sft, self.c.data.n_rankings, "train")
             self.records["rm_val"] = self.policy_rankings(sft, self.c.data.n_rankings_val, "val")
-        train, val = self.arrays("rm_train"), self.arrays("rm_val")
-        it = self._iter(train, c.batch_size, 2)
-        total = c.steps or c.epochs * it.steps_per_epoch
-        scalar = init_model(self.model_cfg(), head="scalar", seed=self.c.seed + 1, mesh=self.mesh)
-        params = rm_lib.init_from_sft(self.sft_params(), scalar.params)
+            self._ranked_sft = True
+        return self.arrays("rm_train"), self.arrays("rm_val")
+
+    def ppo_config(self) -> ppo_lib.PPOConfig:
+        c = self.c.ppo
+        return ppo_lib.PPOConfig(**{f.name: c[f.name] for f in dataclasses.fields(ppo_lib.PPOConfig) if f.name in c},
+                                 eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id or 0)
+
+    def run_rm(self) -> dict[str, Any]:
+        """One reward model, or an ensemble of `rm.members` that differ only in seed (head init and
+        data order), trained together: one step vmapped over the member axis."""
+        c = self.c.rm
+        k = c.members
+        t0 = time.perf_counter()
+        train, val = self.preference_arrays()
+        its = {"train" if k == 1 else f"train_{i}": self._iter(train, c.batch_size, 2 + 1000 * i) for i in range(k)}
+        total = c.steps or c.epochs * its[next(iter(its))].steps_per_epoch
+        sft = self.sft_params()
+        heads = [init_model(self.model_cfg(), head="scalar", seed=self.c.seed + 1 + i, mesh=self.mesh)
+                 for i in range(k)]
+        graphdef = heads[0].graphdef
+        members = [rm_lib.init_from_sft(sft, h.params) for h in heads]
+        params = members[0] if k == 1 else rm_lib.stack(members)
         tx, sched = make_optimizer(c.lr, total, warmup_steps=c.warmup_steps, schedule_kind=c.schedule,
                                    min_lr_ratio=c.min_lr_ratio, weight_decay=c.weight_decay,
                                    max_grad_norm=c.max_grad_norm)
-        state = TrainState(params, jax.jit(tx.init)(params), jnp.zeros((), jnp.int32))
-        step, state = compile_step(rm_lib.make_rm_step(scalar.graphdef, tx, sched, c.margin, c.center_coef), state,
-                            self._shard(next(self._iter(train, c.batch_size, 2))), self.mesh)
+        single = rm_lib.make_rm_step(graphdef, tx, sched, c.margin, c.center_coef)
+        if k == 1:
+            state, step_fn = TrainState(params, jax.jit(tx.init)(params), jnp.zeros((), jnp.int32)), single
+            next_batch = lambda its: next(its["train"])
+        else:  # members on axis 0 of the state and axis 1 of the batch (axis 0 stays the data axis)
+            state = TrainState(params, jax.jit(jax.vmap(tx.init))(params), jnp.zeros((k,), jnp.int32))
+            step_fn = rm_lib.ensemble_step(single)
+            next_batch = lambda its: {key: np.stack([b[key] for b in bs], 1)
+                                      for bs in [[next(it) for it in its.values()]] for key in bs[0]}
+        fresh = {name: self._iter(train, c.batch_size, 2 + 1000 * i) for i, name in enumerate(its)}
+        step, state = compile_step(step_fn, state, self._shard(next_batch(fresh)), self.mesh)
         ckpt = Checkpointer(self.workdir / "rm" / "checkpoints")
-        state, start = self._resume("rm", ckpt, state, {"train": it})
-        evaluate = rm_lib.make_rm_eval(scalar.graphdef, c.margin)
+        state, start = self._resume("rm", ckpt, state, its)
         val_bs = min(c.batch_size, len(val["tokens"]))
         writer = self.writer("rm", ("loss", "accuracy"))
-        result = run_loop("rm", step, state, lambda: self._shard(next(it)), total_steps=total, start_step=start,
-                          rng=jax.random.fold_in(self.rng, 2), checkpointer=ckpt, save_every=c.save_every,
-                          meta_fn=lambda: {"data": {"train": it.position()}}, writer=writer,
-                          stop_after=self.c.debug_stop_after.rm or None)
+        result = run_loop("rm", step, state, lambda: self._shard(next_batch(its)), total_steps=total,
+                          start_step=start, rng=jax.random.fold_in(self.rng, 2), checkpointer=ckpt,
+                          save_every=c.save_every, meta_fn=lambda: {"data": {n: it.position() for n, it in its.items()}},
+                          writer=writer, stop_after=self.c.debug_stop_after.rm or None)
         writer.close()
         if result.steps < total:
             raise SystemExit(f"[rm] stopped after step {result.steps} of {total} (debug_stop_after)")
         params = result.state.params
-        held_out = rm_lib.held_out_accuracy(evaluate, params, val, val_bs)
-        summary = {"steps": total, "train_accuracy": result.last_metrics["accuracy"], **held_out}
-        if c.normalize:
+        summary = {"steps": total, "members": k, "train_accuracy": result.last_metrics["accuracy"]}
+        if k == 1:
+            summary.update(rm_lib.held_out_accuracy(rm_lib.make_rm_eval(graphdef, c.margin), params, val, val_bs))
+        if c.normalize:  # each member's bias shifted so the SFT demonstrations score 0 on average
             demos = self.arrays("sft_train")
-            params, mean = rm_lib.center_on_demonstrations(scalar.graphdef, params, demos["tokens"],
-                                                           demos["segment_ids"])
-            summary["demonstration_mean_before_centering"] = mean
+            centred, means, stds = [], [], []
+            for p in (rm_lib.unstack(params, k) if k > 1 else [params]):
+                p, mean, std = rm_lib.center_on_demonstrations(graphdef, p, demos["tokens"], demos["segment_ids"])
+                centred.append(p), means.append(mean), stds.append(std)
+            params = centred[0] if k == 1 else rm_lib.stack(centred)
+            summary["demonstration_mean_before_centering"] = means[0] if k == 1 else means
+            summary["demonstration_std"] = stds[0] if k == 1 else stds
+        if k > 1:
+            summary.update(rm_lib.ensemble_held_out(graphdef, params, val, val_bs, self.reward_aggregate(summary)))
         summary["wall_seconds"] = time.perf_counter() - t0
         self.save_final("rm", params, summary)
         ckpt.close()
         return summary
 
+    def reward_aggregate(self, rm_summary: dict):
+        """scores [k, B] -> [B] as the config says (z-normalised by the demonstration statistics)."""
+        c = self.c.rm
+        stats = {}
+        if c.znorm:
+            stats = {"mean_K": jnp.zeros(c.members), "std_K": jnp.asarray(rm_summary["demonstration_std"])}
+        return functools.partial(ensemble_lib.aggregate, kind=c.aggregate, lam=c.uncertainty_coef,
+                                 ddof=c.variance_ddof, **stats)
+
+    def reward_model(self):
+        """(reward, params, value-model init): the trained RM as PPO, best-of-n and the judge use it.
+
+        `reward` is the scalar head's GraphDef for one RM, or a function (params, tokens, mask)
+        -> aggregated scores for an ensemble; the value model starts from (the first) member.
+        """
+        k = self.c.rm.members
+        scalar = init_model(self.model_cfg(), head="scalar", seed=self.c.seed + 1, mesh=self.mesh)
+        if k == 1:
+            params = self.load_final("rm", scalar.params)
+            return scalar.graphdef, params, params
+        like = jax.eval_shape(lambda p: rm_lib.stack([p] * k), scalar.params)
+        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), like)
+        params = self.load_final("rm", like)
+        agg = self.reward_aggregate(self.stage_done("rm") or {})
+        reward = lambda p, t, m: agg(rm_lib.ensemble_scores(scalar.graphdef, p, t, m))
+        return reward, params, rm_lib.unstack(params, k)[0]
+
     def run_ppo(self) -> dict[str, Any]:
         from rlhf_jax.eval.judge import evaluate_policies
         c = self.c.ppo
         t0 = time.perf_counter()
-        cfg = ppo_lib.PPOConfig(**{f.name: c[f.name] for f in dataclasses.fields(ppo_lib.PPOConfig)
-                                   if f.name in c}, eos_token_id=self.tokenizer.eos_token_id,
-                                pad_token_id=self.tokenizer.pad_token_id or 0)
+        cfg = self.ppo_config()
         scalar = init_model(self.model_cfg(), head="scalar", seed=self.c.seed + 1, mesh=self.mesh)
         sft = self.sft_params()
-        rm = self.load_final("rm", scalar.params)
-        graphdefs = (self.base.graphdef, scalar.graphdef, scalar.graphdef)
+        reward, rm, value_init = self.reward_model()
+        graphdefs = (self.base.graphdef, scalar.graphdef, reward)
         copy = functools.partial(jax.tree.map, jnp.copy)
-        params = {"policy": copy(sft), "value": copy(rm)}
+        params = {"policy": copy(sft), "value": copy(value_init)}
         tx, sched = make_optimizer(c.lr, c.iterations * c.epochs * c.minibatches, warmup_steps=c.warmup_steps,
                                    schedule_kind=c.schedule, max_grad_norm=c.max_grad_norm)
         state = PPOState(params, jax.jit(tx.init)(params), jnp.zeros((), jnp.int32),
@@ -416,11 +524,114 @@ class Pipeline:
         if result.steps < c.iterations:
             raise SystemExit(f"[ppo] stopped after step {result.steps} of {c.iterations} (debug_stop_after)")
         final_policy = result.state.ema if c.ema_decay else result.state.params["policy"]
-        evals, samples = evaluate_policies(self, sft, final_policy, rm, scalar.graphdef, cfg)
+        evals, samples = evaluate_policies(self, sft, final_policy, rm, reward, cfg)
         summary = {"steps": c.iterations, "wall_seconds": time.perf_counter() - t0,
                    "score_final": result.last_metrics["score"], "kl_coef_final": result.last_metrics["kl_coef"],
                    **evals}
         (self.workdir / "ppo" / "samples.json").write_text(json.dumps(samples, indent=2))
         self.save_final("ppo", final_policy, summary)
+        ckpt.close()
+        return summary
+
+    def run_dpo(self) -> dict[str, Any]:
+        """DPO (or cDPO / robust DPO / IPO) from the SFT policy on the RM's rankings."""
+        from rlhf_jax.eval.judge import evaluate_policies
+        c = self.c.dpo
+        t0 = time.perf_counter()
+        cfg = dpo_lib.DPOConfig(c.beta, c.loss, c.label_smoothing, c.logprob_reduction, c.cache_reference)
+        train, val = self.preference_arrays()
+        sft = self.sft_params()
+        graphdef = self.base.graphdef
+        ref = commit(jax.tree.map(jnp.copy, sft), self.mesh)
+        val_bs = min(c.batch_size, len(val["tokens"]))
+        val = {**val, "ref_logp": dpo_lib.reference_logprobs(graphdef, ref, val, val_bs, c.logprob_reduction)}
+        if c.cache_reference:  # one pass of the reference over the data, before training
+            train = {**train, "ref_logp": dpo_lib.reference_logprobs(graphdef, ref, train, c.batch_size,
+                                                                     c.logprob_reduction)}
+        it = self._iter(train, c.batch_size, 5)
+        total = c.steps or c.epochs * it.steps_per_epoch
+        tx, sched = make_optimizer(c.lr, total, warmup_steps=c.warmup_steps, schedule_kind=c.schedule,
+                                   max_grad_norm=c.max_grad_norm, optimizer=c.optimizer)
+        params = jax.tree.map(jnp.copy, sft)
+        state = TrainState(params, jax.jit(tx.init)(params), jnp.zeros((), jnp.int32))
+        constants = None if c.cache_reference else ref
+        step, state = compile_step(dpo_lib.make_dpo_step(graphdef, tx, sched, cfg), state,
+                                   self._shard(next(self._iter(train, c.batch_size, 5))), self.mesh,
+                                   constants=constants)
+        ckpt = Checkpointer(self.workdir / "dpo" / "checkpoints")
+        state, start = self._resume("dpo", ckpt, state, {"train": it})
+        writer = self.writer("dpo", ("loss", "reward_accuracy", "reward_margin"))
+        result = run_loop("dpo", (lambda s, b, r: step(s, b, r, constants)) if constants is not None else step,
+                          state, lambda: self._shard(next(it)), total_steps=total, start_step=start,
+                          rng=jax.random.fold_in(self.rng, 5), checkpointer=ckpt, save_every=c.save_every,
+                          meta_fn=lambda: {"data": {"train": it.position()}}, writer=writer,
+                          stop_after=self.c.debug_stop_after.get("dpo", 0) or None)
+        writer.close()
+        if result.steps < total:
+            raise SystemExit(f"[dpo] stopped after step {result.steps} of {total} (debug_stop_after)")
+        final = result.state.params
+        held_out = dpo_lib.held_out_metrics(graphdef, final, val, val_bs, cfg)
+        sampling = dataclasses.replace(self.ppo_config(), temperature=1.0)
+        evals, samples = evaluate_policies(self, sft, final, None, None, sampling, label="dpo")
+        summary = {"steps": total, "wall_seconds": time.perf_counter() - t0,
+                   "train_reward_accuracy": result.last_metrics["reward_accuracy"], **held_out, **evals}
+        (self.workdir / "dpo" / "samples.json").write_text(json.dumps(samples, indent=2))
+        self.save_final("dpo", final, summary)
+        ckpt.close()
+        return summary
+
+    def run_bon(self) -> dict[str, Any]:
+        """Best-of-n of the SFT policy under the trained reward (single, ensemble): the unbiased
+        estimator of proxy and gold score for every n <= N, against KL_bon = log n - (n-1)/n."""
+        c = self.c.bon
+        t0 = time.perf_counter()
+        reward, rm, _ = self.reward_model()
+        prompts = self.records["eval_prompts"][:c.n_prompts]
+        samples = self.sample_tokens(self.sft_params(), prompts, c.n_samples, c.temperature,
+                                     self.c.ppo.max_new_tokens, seed=self.c.seed * 31 + 5)
+        proxy, gold = self.score_samples(samples, reward, rm, prompts)
+        if gold is not None and np.isnan(gold).any():
+            print(f"[bon] {int(np.isnan(gold).sum())} samples have no gold score; counted as gold 0", flush=True)
+            gold = np.nan_to_num(gold)
+        ns = sorted({n for n in (2 ** i for i in range(16)) if n <= c.n_samples} | {c.n_samples})
+        curve = bon_lib.bon_curve(proxy, gold, ns)
+        (self.workdir / "bon").mkdir(parents=True, exist_ok=True)
+        (self.workdir / "bon" / "curve.json").write_text(json.dumps(curve, indent=2))
+        best = curve[-1]
+        summary = {"n_samples": c.n_samples, "n_prompts": len(prompts), "kl_best_of_N": best["kl"],
+                   "proxy_best_of_1": curve[0]["proxy"], "proxy_best_of_N": best["proxy"],
+                   "wall_seconds": time.perf_counter() - t0}
+        if gold is not None:
+            peak = max(curve, key=lambda r: r["gold"])
+            summary.update(gold_best_of_1=curve[0]["gold"], gold_best_of_N=best["gold"], gold_peak=peak["gold"],
+                           gold_peak_n=peak["n"])
+        (self.workdir / "bon" / "summary.json").write_text(json.dumps(summary, indent=2))
+        (self.workdir / "bon" / "final").mkdir(exist_ok=True)
+        return summary
+
+    def run_rs(self) -> dict[str, Any]:
+        """Rejection-sampling fine-tuning: SFT of the SFT policy on its best-of-N samples under the RM."""
+        from rlhf_jax.data.tokenize import sft_arrays
+        from rlhf_jax.eval.judge import evaluate_policies
+        c = self.c.rs
+        t0 = time.perf_counter()
+        reward, rm, _ = self.reward_model()
+        sft = self.sft_params()
+        prompts = self.records["prompts"][:c.n_prompts]
+        samples = self.sample_tokens(sft, prompts, c.n_samples, c.temperature, self.c.ppo.max_new_tokens,
+                                     seed=self.c.seed * 37 + 6)
+        proxy, _ = self.score_samples(samples, reward, rm, prompts)
+        best = bon_lib.best_index(proxy)
+        texts = self.decode(samples["response"], samples["response_mask"])
+        records = [{"prompt": r["prompt"], "completion": texts[j * c.n_samples + int(best[j])]}
+                   for j, r in enumerate(prompts)]
+        train, _ = sft_arrays(records, self.tokenizer, self.tcfg)
+        result = self.run_sft("rs", train=train, init=sft)
+        final, ckpt = result.pop("final_params"), result.pop("ckpt")
+        evals, report = evaluate_policies(self, sft, final, rm, reward, self.ppo_config(), label="rs")
+        summary = {**result, "proxy_of_kept_samples": float(proxy.max(1).mean()), "proxy_mean": float(proxy.mean()),
+                   **evals, "wall_seconds": time.perf_counter() - t0}
+        (self.workdir / "rs" / "samples.json").write_text(json.dumps(report, indent=2))
+        self.save_final("rs", final, summary)
         ckpt.close()
         return summary

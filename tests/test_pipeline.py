@@ -124,7 +124,9 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
 
 
 @pytest.mark.parametrize("field, value, words", [
-    ("stages", "sft,dpo", "config.stages: 'dpo' is not one of"),
+    ("stages", "sft,grpo", "config.stages: 'grpo' is not one of"),
+    ("rm.aggregate", "max", "config.rm.aggregate: must be one of"),
+    ("dpo.label_smoothing", 0.1, "config.dpo.label_smoothing: only cdpo and robust use it"),
     ("ppo.minibatches", 3, "config.ppo.minibatches: must divide ppo.batch_size=16"),
     ("ppo.kl_estimator", "k5", "config.ppo.kl_estimator"),
     ("sft.batch_size", 30, "config.sft.batch_size: 30 must be a positive multiple of the 8"),

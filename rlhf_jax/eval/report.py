@@ -10,6 +10,7 @@ CURVES = {
     "rm": [("loss", "RM loss"), ("accuracy", "RM train pair accuracy")],
     "ppo": [("score", "RM score"), ("reward", "reward (score - beta KL)"), ("kl", "KL to reference (sequence sum)"),
             ("gold_reward", "gold reward"), ("entropy", "policy entropy"), ("value_loss", "value loss")],
+    "dpo": [("loss", "DPO loss"), ("reward_accuracy", "implicit reward accuracy"), ("reward_margin", "reward margin")],
 }
 
 
@@ -34,10 +35,26 @@ def plot_curves(workdir: Path) -> list[Path]:
             pts = [(r["step"], r[key]) for r in rows if key in r]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.2)
             ax.set_title(title, fontsize=9)
-            ax.set_xlabel("step" if stage != "ppo" else "PPO iteration", fontsize=8)
+            ax.set_xlabel("PPO iteration" if stage == "ppo" else "step", fontsize=8)
             ax.grid(alpha=0.3)
         fig.tight_layout()
         path = workdir / f"{stage}_curves.png"
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        written.append(path)
+    bon = workdir / "bon" / "curve.json"
+    if bon.exists():  # best-of-n: proxy and gold score against KL_bon (Gao et al. Fig. 1 in shape)
+        rows = json.loads(bon.read_text())
+        fig, ax = plt.subplots(figsize=(4.6, 3.4))
+        for key in ("proxy", "gold"):
+            if key in rows[0]:
+                ax.plot([r["kl"] for r in rows], [r[key] for r in rows], marker="o", ms=3, label=key)
+        ax.set_xlabel("KL_bon = log n - (n-1)/n (nats)", fontsize=8)
+        ax.set_title("best-of-n of the SFT policy", fontsize=9)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = workdir / "bon_curves.png"
         fig.savefig(path, dpi=90)
         plt.close(fig)
         written.append(path)
@@ -54,15 +71,17 @@ def write_report(workdir: Path, summary: dict[str, Any], command: str) -> Path:
     for stage, values in summary.items():
         for k, v in values.items():
             lines.append(f"| {stage} | {k} | {v:.4g} |" if isinstance(v, float) else f"| {stage} | {k} | {v} |")
-    samples_path = workdir / "ppo" / "samples.json"
-    if samples_path.exists():
+    for label, name in (("ppo", "PPO"), ("dpo", "DPO"), ("rs", "rejection sampling")):
+        samples_path = workdir / label / "samples.json"
+        if not samples_path.exists():
+            continue
         samples = json.loads(samples_path.read_text())
-        lines += ["", "## Sample responses before and after PPO (held-out prompts)", "",
-                  "| prompt | SFT policy | gold / RM | PPO policy | gold / RM |", "|---|---|---|---|---|"]
+        lines += ["", f"## Sample responses before and after {name} (held-out prompts)", "",
+                  f"| prompt | SFT policy | gold / RM | {name} policy | gold / RM |", "|---|---|---|---|---|"]
+        num = lambda x: "-" if x is None or x != x else f"{x:.2f}"
         for s in samples:
-            fmt = lambda g, r: (f"{g:.2f} / {r:.2f}" if g is not None else f"- / {r:.2f}")
-            lines.append(f"| {_cell(s['prompt'])} | {_cell(s['sft'])} | {fmt(s['sft_gold'], s['sft_rm'])} | "
-                         f"{_cell(s['ppo'])} | {fmt(s['ppo_gold'], s['ppo_rm'])} |")
+            lines.append(f"| {_cell(s['prompt'])} | {_cell(s['sft'])} | {num(s['sft_gold'])} / {num(s['sft_rm'])} | "
+                         f"{_cell(s[label])} | {num(s[label + '_gold'])} / {num(s[label + '_rm'])} |")
     plots = sorted(p.name for p in workdir.glob("*_curves.png"))
     if plots:
         lines += ["", "## Curves", ""] + [f"![{p}]({p})" for p in plots]

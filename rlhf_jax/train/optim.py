@@ -48,12 +48,18 @@ def mask_updates(mask) -> optax.GradientTransformation:
 
 def make_optimizer(lr: float, total_steps: int, *, warmup_steps: int = 0, schedule_kind: str = "cosine",
                    min_lr_ratio: float = 0.1, weight_decay: float = 0.0, max_grad_norm: float | None = 1.0,
-                   b1: float = 0.9, b2: float = 0.95, eps: float = 1e-8, mask: Any = None):
+                   b1: float = 0.9, b2: float = 0.95, eps: float = 1e-8, mask: Any = None,
+                   optimizer: str = "adamw"):
     sched = schedule(lr, total_steps, warmup_steps, schedule_kind, min_lr_ratio)
     parts = []
     if max_grad_norm:
         parts.append(optax.clip_by_global_norm(max_grad_norm))
-    parts.append(optax.adamw(sched, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
+    if optimizer == "adamw":
+        parts.append(optax.adamw(sched, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
+    elif optimizer == "rmsprop":  # the DPO paper's optimizer
+        parts.append(optax.rmsprop(sched, eps=eps))
+    else:
+        raise ValueError(f"optimizer {optimizer!r} must be 'adamw' or 'rmsprop'")
     if mask is not None:
         parts.append(mask_updates(mask))
     return optax.chain(*parts), sched

@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import optax
 
 from rlhf_jax.generate import SamplingConfig, generate
-from rlhf_jax.models.heads import last_token_values
 from rlhf_jax.models.model import apply
 from rlhf_jax.objectives import ppo as P
 from rlhf_jax.objectives.lm import next_token_loss, token_logprobs
+from rlhf_jax.train.rm import score_sequences
 from rlhf_jax.train.state import PPOState
 
 
@@ -71,21 +71,32 @@ def response_values(graphdef, params, seq, n_prompt: int, n_resp: int):
     return values[:, n_prompt - 1:n_prompt + n_resp - 1]
 
 
+def reward_function(reward):
+    """graphdefs[2]: a scalar-head model's GraphDef (scored at the EOS), or any function
+    (rm_params, tokens, mask) -> [B] scores (an ensemble, an InfoRM)."""
+    if callable(reward):
+        return reward
+    return lambda params, tokens, mask: score_sequences(reward, params, tokens, mask)
+
+
 def rollout(cfg: PPOConfig, graphdefs, state: PPOState, constants, batch, rng):
     """Sample, score and compute advantages. Returns a dict of [B, ...] arrays and metrics."""
-    policy_gd, value_gd, rm_gd = graphdefs
+    gen = generate(graphdefs[0], state.params["policy"], batch["prompt"], batch["prompt_mask"], rng, cfg.sampling())
+    return score_rollout(cfg, graphdefs, state, constants, batch["prompt"], batch["prompt_mask"],
+                         gen.tokens_BxN, gen.mask_BxN)
+
+
+def score_rollout(cfg: PPOConfig, graphdefs, state: PPOState, constants, prompt, prompt_mask, resp, resp_mask):
+    """The scoring phase: policy, reference, value and reward forward passes, rewards, GAE."""
+    policy_gd, value_gd, reward = graphdefs
     ref_params, rm_params = constants
-    prompt, prompt_mask = batch["prompt"], batch["prompt_mask"]
-    gen = generate(policy_gd, state.params["policy"], prompt, prompt_mask, rng, cfg.sampling())
-    resp, resp_mask = gen.tokens_BxN, gen.mask_BxN
     P_len, N = prompt.shape[1], resp.shape[1]
     seq = sequence_inputs(prompt, prompt_mask, resp, resp_mask)
     # log-probs at the sampling temperature, for the policy and the reference alike
     logp = token_logprobs(response_logits(policy_gd, state.params["policy"], seq, P_len, N), resp, cfg.temperature)
     ref_logp = token_logprobs(response_logits(policy_gd, ref_params, seq, P_len, N), resp, cfg.temperature)
     values = response_values(value_gd, state.params["value"], seq, P_len, N)
-    rm_values, _ = apply(rm_gd, rm_params, seq[0], positions_BxT=seq[2], segment_ids_BxT=seq[1])
-    score = last_token_values(rm_values, seq[1])
+    score = reward_function(reward)(rm_params, seq[0], seq[1])
     has_eos = jnp.any((resp == cfg.eos_token_id) & (resp_mask > 0), axis=1)
     if cfg.missing_eos_penalty is not None:
         score = jnp.where(has_eos, score, cfg.missing_eos_penalty)
@@ -136,6 +147,32 @@ def ppo_loss(cfg: PPOConfig, graphdefs, params, mb, ptx):
     return loss, metrics
 
 
+def update(cfg: PPOConfig, graphdefs, tx, params, opt_state, data, batch, rng):
+    """The update phase: `epochs` x `minibatches` clipped-PPO (+ ptx) steps as one scan."""
+    B = data["tokens"].shape[0]
+    mb_size = B // cfg.minibatches
+    ptx = {k: batch[k] for k in ("tokens", "loss_mask", "segment_ids", "positions") if k in batch} or None
+    if ptx is not None:
+        ptx = jax.tree.map(lambda x: x.reshape(cfg.minibatches, -1, *x.shape[1:]), ptx)
+    perms = jax.vmap(lambda k: jax.random.permutation(k, B))(jax.random.split(rng, cfg.epochs))
+    order = perms.reshape(cfg.epochs * cfg.minibatches, mb_size)
+
+    def minibatch(carry, xs):
+        params, opt_state = carry
+        idx, j = xs
+        mb = jax.tree.map(lambda x: x[idx], data)
+        ptx_mb = jax.tree.map(lambda x: x[j], ptx) if ptx is not None else None
+        (loss, m), grads = jax.value_and_grad(lambda p: ppo_loss(cfg, graphdefs, p, mb, ptx_mb),
+                                              has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), {**m, "loss": loss,
+                                                                   "grad_norm": optax.global_norm(grads)}
+
+    mb_ids = jnp.tile(jnp.arange(cfg.minibatches), cfg.epochs)
+    (params, opt_state), upd = jax.lax.scan(minibatch, (params, opt_state), (order, mb_ids))
+    return params, opt_state, upd
+
+
 def make_ppo_step(cfg: PPOConfig, graphdefs, tx, schedule):
     """(state, batch, rng, constants) -> (state, metrics): one PPO iteration, fully on device.
 
@@ -146,26 +183,7 @@ def make_ppo_step(cfg: PPOConfig, graphdefs, tx, schedule):
         rng_gen, rng_perm = jax.random.split(rng)
         data, metrics = rollout(cfg, graphdefs, state, constants, batch, rng_gen)
         B = data["tokens"].shape[0]
-        mb_size = B // cfg.minibatches
-        ptx = {k: batch[k] for k in ("tokens", "loss_mask", "segment_ids", "positions") if k in batch} or None
-        if ptx is not None:
-            ptx = jax.tree.map(lambda x: x.reshape(cfg.minibatches, -1, *x.shape[1:]), ptx)
-        perms = jax.vmap(lambda k: jax.random.permutation(k, B))(jax.random.split(rng_perm, cfg.epochs))
-        order = perms.reshape(cfg.epochs * cfg.minibatches, mb_size)
-
-        def minibatch(carry, xs):
-            params, opt_state = carry
-            idx, j = xs
-            mb = jax.tree.map(lambda x: x[idx], data)
-            ptx_mb = jax.tree.map(lambda x: x[j], ptx) if ptx is not None else None
-            (loss, m), grads = jax.value_and_grad(lambda p: ppo_loss(cfg, graphdefs, p, mb, ptx_mb),
-                                                  has_aux=True)(params)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), {**m, "loss": loss,
-                                                                       "grad_norm": optax.global_norm(grads)}
-
-        mb_ids = jnp.tile(jnp.arange(cfg.minibatches), cfg.epochs)
-        (params, opt_state), upd = jax.lax.scan(minibatch, (state.params, state.opt_state), (order, mb_ids))
+        params, opt_state, upd = update(cfg, graphdefs, tx, state.params, state.opt_state, data, batch, rng_perm)
         kl_coef = state.kl_coef
         if cfg.adaptive_kl:
             kl_coef = P.adaptive_kl_update(kl_coef, metrics["kl"], cfg.kl_target, cfg.kl_horizon, B)

@@ -69,10 +69,58 @@ def init_from_sft(sft_params, scalar_params):
 
 
 def center_on_demonstrations(graphdef, params, tokens, mask, batch_size: int = 64):
-    """Shift the head bias so the SFT demonstrations score 0 on average; returns (params, old mean)."""
+    """Shift the head bias so the SFT demonstrations score 0 on average; returns (params, old mean, std)."""
     score = jax.jit(lambda p, t, m: score_sequences(graphdef, p, t, m))
     scores = np.concatenate([np.asarray(score(params, tokens[i:i + batch_size], mask[i:i + batch_size]))
                              for i in range(0, len(tokens), batch_size)])
     mean = float(scores.mean())
     head = dict(params["head"], bias=params["head"]["bias"] - mean)
-    return {**params, "head": head}, mean
+    return {**params, "head": head}, mean, float(scores.std())
+
+
+# --- ensembles: k members stacked on a leading axis -----------------------------------------
+
+def stack(members: list):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *members)
+
+
+def unstack(stacked, k: int) -> list:
+    return [jax.tree.map(lambda x: x[i], stacked) for i in range(k)]
+
+
+def ensemble_step(single_step):
+    """The single-RM step vmapped over members (state axis 0, batch axis 1); metrics averaged,
+    with the weakest member's accuracy kept."""
+    vstep = jax.vmap(single_step, in_axes=(0, 1, None))
+
+    def step(state, batch, rng):
+        state, m = vstep(state, batch, rng)
+        return state, {**{k: v.mean() for k, v in m.items()}, "accuracy_min": m["accuracy"].min()}
+
+    return step
+
+
+def ensemble_scores(graphdef, stacked, tokens, mask):
+    """[k, B] scores of every member."""
+    return jax.vmap(score_sequences, in_axes=(None, 0, None, None))(graphdef, stacked, tokens, mask)
+
+
+def ensemble_held_out(graphdef, stacked, arrays, batch_size: int, aggregate) -> dict:
+    """Held-out pair accuracy of each member and of the aggregated ensemble score."""
+    @jax.jit
+    def scores(p, b):
+        B, K, T = b["tokens"].shape
+        s = ensemble_scores(graphdef, p, b["tokens"].reshape(B * K, T), b["mask"].reshape(B * K, T))
+        return s.reshape(-1, B, K), aggregate(s).reshape(B, K)
+
+    member_correct, agg_correct, pairs = 0.0, 0.0, 0.0
+    for batch in eval_batches(arrays, batch_size):
+        per, agg = scores(stacked, batch)
+        accs = [bradley_terry_loss(per[i], batch["ranks"], batch["valid"])[1] for i in range(per.shape[0])]
+        n = float(accs[0]["pairs"])
+        member_correct = member_correct + np.array([float(a["accuracy"]) for a in accs]) * n
+        agg_correct += float(bradley_terry_loss(agg, batch["ranks"], batch["valid"])[1]["accuracy"]) * n
+        pairs += n
+    member = member_correct / max(pairs, 1.0)
+    return {"val_accuracy": agg_correct / max(pairs, 1.0), "val_accuracy_members": [float(a) for a in member],
+            "val_accuracy_member_mean": float(np.mean(member))}

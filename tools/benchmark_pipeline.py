@@ -1,0 +1,244 @@
+"""Pipeline benchmark: SFT / RM step rates and PPO time per phase, against TRL on the same shapes.
+
+    python tools/benchmark_pipeline.py                     # tiny and smollm2 shapes, ours and TRL
+    python tools/benchmark_pipeline.py --shapes tiny --no-trl
+
+For each shape: our jitted SFT step, RM step (K=2, i.e. pairs, the case TRL's RewardTrainer
+handles) and PPO iteration, and the PPO iteration split into its three phases (generation,
+scoring = policy/reference/value/reward forward passes + GAE, update = epochs x minibatches)
+by jitting each phase alone. TRL (`pip install trl==0.29.0`, the last release with a PPO
+trainer; it is not a project dependency) runs SFTTrainer, RewardTrainer and
+trl.experimental.ppo.PPOTrainer on a transformers model of the same shape with the same batch
+and sequence lengths; its step time is the median gap between `on_step_end` callbacks after
+two warm-up steps. Both sides use random weights and random token ids of exactly the stated
+lengths (no padding), fp32, on the default device. Prints one JSON object, with the ratios
+and whether the targets (>= 2x TRL tokens/s for SFT and RM, >= 3x for PPO) are met.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from rlhf_jax.generate import generate  # noqa: E402
+from rlhf_jax.models import PRESETS, init_model  # noqa: E402
+from rlhf_jax.models.config import to_hf_config  # noqa: E402
+from rlhf_jax.train import ppo as ppo_lib  # noqa: E402
+from rlhf_jax.train import rm as rm_lib  # noqa: E402
+from rlhf_jax.train import sft as sft_lib  # noqa: E402
+from rlhf_jax.train.optim import make_optimizer  # noqa: E402
+from rlhf_jax.train.state import PPOState, TrainState  # noqa: E402
+
+# model shape, SFT/RM batch x seq, PPO batch, prompt length, new tokens, minibatches, epochs
+SHAPES = {
+    "tiny": dict(model=PRESETS["test"].replace(vocab_size=22, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                                                head_dim=16, d_ff=128, max_seq_len=64),
+                 batch=64, seq=24, rm_batch=32, ppo_batch=64, prompt=10, new=10, minibatches=2, epochs=4),
+    "smollm2": dict(model=PRESETS["135m"], batch=4, seq=128, rm_batch=4, ppo_batch=4, prompt=64, new=32,
+                    minibatches=1, epochs=1),
+}
+EOS, PAD = 2, 0
+
+
+def median_time(fn, steps: int) -> float:
+    jax.block_until_ready(fn())  # compile
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def ours(shape: dict, steps: int) -> dict:
+    cfg = shape["model"].replace(eos_token_id=EOS, pad_token_id=PAD)
+    B, T, R = shape["batch"], shape["seq"], shape["rm_batch"]
+    rng = np.random.default_rng(0)
+    ids = lambda *s: jnp.asarray(rng.integers(3, cfg.vocab_size, s), jnp.int32)
+    lm, scalar = init_model(cfg, seed=0), init_model(cfg, head="scalar", seed=1)
+    tx, sched = make_optimizer(1e-5, 1000)
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)  # the steps donate their state
+    out = {}
+
+    tokens = ids(B, T)
+    batch = {"tokens": tokens, "loss_mask": jnp.ones_like(tokens), "segment_ids": jnp.ones_like(tokens),
+             "positions": jnp.broadcast_to(jnp.arange(T), (B, T))}
+    step = jax.jit(sft_lib.make_sft_step(lm.graphdef, tx, sched), donate_argnums=0)
+    box = [TrainState(copy(lm.params), tx.init(lm.params), jnp.zeros((), jnp.int32))]
+
+    def sft():
+        box[0], m = step(box[0], batch, jax.random.key(0))
+        return m["loss"]
+    t = median_time(sft, steps)
+    out["sft"] = {"step_s": t, "tokens_per_s": B * T / t}
+
+    rm_tokens = ids(R, 2, T)
+    rm_batch = {"tokens": rm_tokens, "mask": jnp.ones_like(rm_tokens), "ranks": jnp.tile(jnp.arange(2), (R, 1)),
+                "valid": jnp.ones((R, 2), bool)}
+    rm_step = jax.jit(rm_lib.make_rm_step(scalar.graphdef, tx, sched), donate_argnums=0)
+    box = [TrainState(copy(scalar.params), tx.init(scalar.params), jnp.zeros((), jnp.int32))]
+
+    def rm():
+        box[0], m = rm_step(box[0], rm_batch, jax.random.key(0))
+        return m["loss"]
+    t = median_time(rm, steps)
+    out["rm"] = {"step_s": t, "tokens_per_s": R * 2 * T / t}
+    del box
+
+    pcfg = ppo_lib.PPOConfig(max_new_tokens=shape["new"], minibatches=shape["minibatches"], epochs=shape["epochs"],
+                             eos_token_id=-1, pad_token_id=PAD)  # eos -1: every response has full length
+    gds = (lm.graphdef, scalar.graphdef, scalar.graphdef)
+    params = {"policy": copy(lm.params), "value": copy(scalar.params)}
+    state = PPOState(params, tx.init(params), jnp.zeros((), jnp.int32), jnp.float32(0.05), None)
+    constants = (lm.params, scalar.params)
+    Bp, Pl = shape["ppo_batch"], shape["prompt"]
+    prompts = {"prompt": ids(Bp, Pl), "prompt_mask": jnp.ones((Bp, Pl), jnp.int32)}
+    gen = jax.jit(lambda st, b, r: generate(lm.graphdef, st.params["policy"], b["prompt"], b["prompt_mask"], r,
+                                            pcfg.sampling()))
+    g = gen(state, prompts, jax.random.key(0))
+    score = jax.jit(lambda st, c, b, resp, m: ppo_lib.score_rollout(pcfg, gds, st, c, b["prompt"],
+                                                                     b["prompt_mask"], resp, m))
+    data, _ = score(state, constants, prompts, g.tokens_BxN, g.mask_BxN)
+    upd = jax.jit(lambda st, d, r: ppo_lib.update(pcfg, gds, tx, st.params, st.opt_state, d, {}, r)[2]["loss"])
+    phases = {
+        "generation_s": median_time(lambda: gen(state, prompts, jax.random.key(1)).tokens_BxN, steps),
+        "scoring_s": median_time(lambda: score(state, constants, prompts, g.tokens_BxN, g.mask_BxN)[0]["advantages"],
+                                 steps),
+        "update_s": median_time(lambda: upd(state, data, jax.random.key(2)), steps),
+    }
+    full = jax.jit(ppo_lib.make_ppo_step(pcfg, gds, tx, sched), donate_argnums=0)
+    box = [state]
+
+    def ppo():
+        box[0], m = full(box[0], prompts, jax.random.key(3), constants)
+        return m["loss"]
+    t = median_time(ppo, steps)
+    out["ppo"] = {"iteration_s": t, "sequences_per_s": Bp / t,
+                  "tokens_per_s": Bp * (Pl + shape["new"]) / t, **phases}
+    return out
+
+
+class _Clock:
+    """A transformers callback: the gaps between optimizer steps."""
+    def __new__(cls):
+        from transformers import TrainerCallback
+
+        class Clock(TrainerCallback):
+            def __init__(self):
+                self.marks = []
+
+            def on_step_end(self, args, state, control, **kw):
+                self.marks.append(time.perf_counter())
+
+            def step_s(self, skip=2):
+                gaps = np.diff(self.marks)[skip:]
+                return float(np.median(gaps)) if len(gaps) else float("nan")
+        return Clock()
+
+
+def trl_side(shape: dict, steps: int) -> dict:
+    import datasets
+    import torch
+    import transformers
+    import trl
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    torch.manual_seed(0)
+    cfg = shape["model"].replace(eos_token_id=EOS, pad_token_id=PAD, bos_token_id=1)
+    hf = to_hf_config(cfg)
+    hf_cfg = transformers.AutoConfig.for_model(**{k: v for k, v in hf.items() if k != "model_type"},
+                                               model_type=hf["model_type"])
+    hf_cfg.num_labels = 1
+    lm = lambda: transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=torch.float32)
+    seqcls = lambda: transformers.AutoModelForSequenceClassification.from_config(hf_cfg, dtype=torch.float32)
+    from rlhf_jax.data.synthetic import tokenizer
+    tok = tokenizer()
+    B, T, R, n = shape["batch"], shape["seq"], shape["rm_batch"], steps + 3
+    rng = np.random.default_rng(0)
+    ids = lambda *s: rng.integers(3, cfg.vocab_size, s).tolist()
+    common = dict(output_dir=tempfile.mkdtemp(), report_to=[], save_strategy="no", logging_strategy="no",
+                  use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, seed=0, learning_rate=1e-5)
+    out = {"version": trl.__version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+    clock = _Clock()
+    data = datasets.Dataset.from_dict({"input_ids": ids(B * n, T)})
+    trainer = trl.SFTTrainer(model=lm(), processing_class=tok, train_dataset=data, callbacks=[clock],
+                             args=trl.SFTConfig(per_device_train_batch_size=B, max_steps=n, max_length=T,
+                                                packing=False, **common))
+    trainer.train()
+    out["sft"] = {"step_s": clock.step_s(), "tokens_per_s": B * T / clock.step_s()}
+
+    clock = _Clock()
+    data = datasets.Dataset.from_dict({"chosen_ids": ids(R * n, T), "rejected_ids": ids(R * n, T)})
+    trainer = trl.RewardTrainer(model=seqcls(), processing_class=tok, train_dataset=data, callbacks=[clock],
+                                args=trl.RewardConfig(per_device_train_batch_size=R, max_steps=n, max_length=T,
+                                                      **common))
+    trainer.train()
+    out["rm"] = {"step_s": clock.step_s(), "tokens_per_s": R * 2 * T / clock.step_s()}
+
+    clock = _Clock()
+    Bp, Pl = shape["ppo_batch"], shape["prompt"]
+    data = datasets.Dataset.from_dict({"input_ids": ids(Bp * n, Pl)})
+    args = PPOConfig(per_device_train_batch_size=Bp, total_episodes=Bp * n, num_mini_batches=shape["minibatches"],
+                     num_ppo_epochs=shape["epochs"], response_length=shape["new"], stop_token=None,
+                     local_rollout_forward_batch_size=Bp, num_sample_generations=0, temperature=1.0,
+                     missing_eos_penalty=None, **common)
+    trainer = PPOTrainer(args=args, processing_class=tok, model=lm(), ref_model=lm(), reward_model=seqcls(),
+                         value_model=seqcls(), train_dataset=data, callbacks=[clock])
+    trainer.train()
+    t = clock.step_s()
+    out["ppo"] = {"iteration_s": t, "sequences_per_s": Bp / t, "tokens_per_s": Bp * (Pl + shape["new"]) / t}
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", default="tiny,smollm2")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--no-trl", action="store_true")
+    ap.add_argument("--out", default="", help="also write the JSON here")
+    args = ap.parse_args()
+    result = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
+              "cpu": platform.processor() or platform.machine(), "jax": jax.__version__, "shapes": {}}
+    for name in args.shapes.split(","):
+        shape = SHAPES[name]
+        row = {"shape": {k: v for k, v in shape.items() if k != "model"},
+               "params": shape["model"].num_params(), "ours": ours(shape, args.steps)}
+        print(f"[bench] {name} ours: {json.dumps(row['ours'])}", file=sys.stderr, flush=True)
+        if not args.no_trl:
+            try:
+                with contextlib.redirect_stdout(sys.stderr):  # the trainers print their logs
+                    row["trl"] = trl_side(shape, args.steps)
+            except ImportError as e:
+                row["trl"] = {"error": f"TRL not importable ({e}); pip install trl==0.29.0"}
+        if "sft" in row.get("trl", {}):
+            o, t = row["ours"], row["trl"]
+            ratios = {"sft_tokens_per_s": o["sft"]["tokens_per_s"] / t["sft"]["tokens_per_s"],
+                      "rm_tokens_per_s": o["rm"]["tokens_per_s"] / t["rm"]["tokens_per_s"],
+                      "ppo_iteration_speedup": t["ppo"]["iteration_s"] / o["ppo"]["iteration_s"]}
+            row["ratio_ours_over_trl"] = ratios
+            row["targets_met"] = {"sft_2x": ratios["sft_tokens_per_s"] >= 2, "rm_2x": ratios["rm_tokens_per_s"] >= 2,
+                                  "ppo_3x": ratios["ppo_iteration_speedup"] >= 3}
+        result["shapes"][name] = row
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
