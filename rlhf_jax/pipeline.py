@@ -316,9 +316,15 @@ class Pipeline:
                 summary[stage] = self.stage_done(stage)
         return summary
 
-    def run_sft(self, stage: str = "sft", train=None, init=None) -> dict[str, Any]:
-        """Supervised fine-tuning of `init` (the base model) on `train` (the demonstrations);
-        rejection sampling reuses it with the best-of-n samples and the SFT policy."""
+    def run_sft(self) -> dict[str, Any]:
+        summary, params = self.fine_tune("sft")
+        self.save_final("sft", params, summary)
+        return summary
+
+    def fine_tune(self, stage: str, train=None, init=None) -> tuple[dict[str, Any], Any]:
+        """Supervised fine-tuning of `init` (the base model) on `train` (the demonstrations) with
+        the fields of config[stage]; rejection sampling reuses it with the best-of-n samples and
+        the SFT policy. Returns (summary, final parameters)."""
         c = self.c[stage]
         t0 = time.perf_counter()
         train = self.arrays("sft_train") if train is None else train
@@ -364,11 +370,8 @@ class Pipeline:
                    int(sum(float((m * jnp.ones(x.shape)).sum()) for m, x in
                            zip(jax.tree.leaves(mask), jax.tree.leaves(params)))),
                    **final}
-        if stage != "sft":
-            return {**summary, "final_params": final_params, "ckpt": ckpt}
-        self.save_final("sft", final_params, summary)
         ckpt.close()
-        return summary
+        return summary, final_params
 
     def sft_params(self):
         return self.load_final("sft", self.base.params)
@@ -626,12 +629,10 @@ class Pipeline:
         records = [{"prompt": r["prompt"], "completion": texts[j * c.n_samples + int(best[j])]}
                    for j, r in enumerate(prompts)]
         train, _ = sft_arrays(records, self.tokenizer, self.tcfg)
-        result = self.run_sft("rs", train=train, init=sft)
-        final, ckpt = result.pop("final_params"), result.pop("ckpt")
+        result, final = self.fine_tune("rs", train=train, init=sft)
         evals, report = evaluate_policies(self, sft, final, rm, reward, self.ppo_config(), label="rs")
         summary = {**result, "proxy_of_kept_samples": float(proxy.max(1).mean()), "proxy_mean": float(proxy.mean()),
                    **evals, "wall_seconds": time.perf_counter() - t0}
         (self.workdir / "rs" / "samples.json").write_text(json.dumps(report, indent=2))
         self.save_final("rs", final, summary)
-        ckpt.close()
         return summary

@@ -75,27 +75,24 @@ def ours(shape: dict, steps: int) -> dict:
     tokens = ids(B, T)
     batch = {"tokens": tokens, "loss_mask": jnp.ones_like(tokens), "segment_ids": jnp.ones_like(tokens),
              "positions": jnp.broadcast_to(jnp.arange(T), (B, T))}
-    step = jax.jit(sft_lib.make_sft_step(lm.graphdef, tx, sched), donate_argnums=0)
-    box = [TrainState(copy(lm.params), tx.init(lm.params), jnp.zeros((), jnp.int32))]
+    def time_step(make_step, params, batch) -> float:
+        """Median seconds of a donated train step, fed its own output state."""
+        step = jax.jit(make_step, donate_argnums=0)
+        box = [TrainState(copy(params), tx.init(params), jnp.zeros((), jnp.int32))]
 
-    def sft():
-        box[0], m = step(box[0], batch, jax.random.key(0))
-        return m["loss"]
-    t = median_time(sft, steps)
+        def once():
+            box[0], m = step(box[0], batch, jax.random.key(0))
+            return m["loss"]
+        return median_time(once, steps)
+
+    t = time_step(sft_lib.make_sft_step(lm.graphdef, tx, sched), lm.params, batch)
     out["sft"] = {"step_s": t, "tokens_per_s": B * T / t}
 
     rm_tokens = ids(R, 2, T)
     rm_batch = {"tokens": rm_tokens, "mask": jnp.ones_like(rm_tokens), "ranks": jnp.tile(jnp.arange(2), (R, 1)),
                 "valid": jnp.ones((R, 2), bool)}
-    rm_step = jax.jit(rm_lib.make_rm_step(scalar.graphdef, tx, sched), donate_argnums=0)
-    box = [TrainState(copy(scalar.params), tx.init(scalar.params), jnp.zeros((), jnp.int32))]
-
-    def rm():
-        box[0], m = rm_step(box[0], rm_batch, jax.random.key(0))
-        return m["loss"]
-    t = median_time(rm, steps)
+    t = time_step(rm_lib.make_rm_step(scalar.graphdef, tx, sched), scalar.params, rm_batch)
     out["rm"] = {"step_s": t, "tokens_per_s": R * 2 * T / t}
-    del box
 
     pcfg = ppo_lib.PPOConfig(max_new_tokens=shape["new"], minibatches=shape["minibatches"], epochs=shape["epochs"],
                              eos_token_id=-1, pad_token_id=PAD)  # eos -1: every response has full length
