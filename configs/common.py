@@ -11,6 +11,7 @@ def base() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.preset = "test"  # a key of rlhf_jax.models.PRESETS, or "" when `path` is set
     c.model.path = ""  # HF directory or .gguf file to start from
+    c.model.tokenizer = ""  # with a preset: "" = the task world's, "corpus:gpt2", or a local HF tokenizer directory
     c.model.overrides = ml_collections.ConfigDict({"d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
                                                    "head_dim": 16, "d_ff": 128, "max_seq_len": 64})
     c.model.param_dtype = "float32"
@@ -55,7 +56,13 @@ def base() -> ml_collections.ConfigDict:
         "min_lr_ratio": 0.1, "weight_decay": 0.0, "max_grad_norm": 1.0, "margin": 0.0, "center_coef": 0.01,
         "normalize": True, "save_every": 100,
         # ensembles (Coste et al.): k members differing in seed, trained in one vmapped step
-        "members": 1, "aggregate": "mean", "uncertainty_coef": 0.1, "variance_ddof": 0, "znorm": False})
+        "members": 1, "aggregate": "mean", "uncertainty_coef": 0.1, "variance_ddof": 0, "znorm": False,
+        "head": "scalar"})  # "inform": the information-bottleneck head (section c.inform)
+    # InfoRM (Miao et al. 2024): bottleneck width and weight, the KL form, and the latent-space
+    # over-optimisation diagnostics logged during PPO every `track_every` iterations
+    c.inform = ml_collections.ConfigDict({
+        "latent_dim": 128, "beta": 0.1, "kl_form": "per_dim_sum", "track_every": 10, "n_reference": 256,
+        "csi_eps": 0.0, "min_samples": 4, "outlier_quantile": 0.99})
     c.ppo = ml_collections.ConfigDict({
         "iterations": 150, "batch_size": 64, "minibatches": 2, "epochs": 4, "lr": 3e-4, "warmup_steps": 5,
         "schedule": "constant", "max_grad_norm": 1.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0,
@@ -63,6 +70,16 @@ def base() -> ml_collections.ConfigDict:
         "kl_horizon": 10000.0, "whiten_rewards": False, "reward_clip": 0.0, "missing_eos_penalty": -10.0,
         "gamma": 1.0, "lam": 0.95, "whiten_advantages": True, "clip_eps": 0.2, "vf_clip": 0.2, "vf_coef": 0.1,
         "ent_coef": 0.0, "ptx_coef": 0.0, "ptx_batch_size": 0, "ema_decay": 0.0, "save_every": 20})
+
+    # fine-grained rewards (Wu et al. 2023): per-segment classifiers (stage "fgrm") whose rewards
+    # PPO receives on each segment's last token, plus the holistic RM at the EOS (weight
+    # holistic_weight, z-normalised; 0 leaves it out). components: "name:unit:weight[:Err1|Err2],..."
+    # with unit token | word | subsentence | sentence | response; data: "" = the task world's
+    # span annotations, or a fine_grained file / "corpus:qa_feedback". Empty components: holistic PPO.
+    c.fg = ml_collections.ConfigDict({
+        "components": "", "holistic_weight": 1.0, "reward": "hard", "min_words": 5, "data": "",
+        "n_train": 4000, "n_val": 256, "steps": 0, "epochs": 2, "batch_size": 32, "lr": 1e-3, "warmup_steps": 10,
+        "schedule": "cosine", "min_lr_ratio": 0.1, "weight_decay": 0.0, "max_grad_norm": 1.0, "save_every": 100})
 
     # DPO family (stage "dpo", after SFT, on the RM's rankings); paper: RMSprop, lr 1e-6, 150 warmup, clip 10
     c.dpo = ml_collections.ConfigDict({

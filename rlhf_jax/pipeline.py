@@ -33,6 +33,9 @@ from rlhf_jax.train import sft as sft_lib
 from rlhf_jax.objectives import bon as bon_lib
 from rlhf_jax.objectives import ensemble as ensemble_lib
 from rlhf_jax.objectives.dpo import LOSSES as DPO_LOSSES
+from rlhf_jax.objectives.finegrained import parse_components, token_classes
+from rlhf_jax.objectives.inform import KL_FORMS
+from rlhf_jax.train import finegrained as fg_lib
 from rlhf_jax.train import dpo as dpo_lib
 from rlhf_jax.train import lora as lora_lib
 from rlhf_jax.train.lora import IN_DIMS as LORA_TARGETS, LoRAConfig
@@ -40,7 +43,7 @@ from rlhf_jax.train.loop import run_loop
 from rlhf_jax.train.optim import freeze_mask, make_optimizer
 from rlhf_jax.train.state import PPOState, TrainState, commit, compile_step
 
-STAGES = ("sft", "rm", "ppo", "dpo", "bon", "rs")
+STAGES = ("sft", "rm", "fgrm", "ppo", "dpo", "bon", "rs")
 
 
 class ConfigError(ValueError):
@@ -64,7 +67,7 @@ def validate_config(c) -> None:
     n_dev = jax.device_count()
     batch_devices = n_dev // (max(c.mesh.tensor, 1))
     for stage, field in (("sft", "batch_size"), ("rm", "batch_size"), ("ppo", "batch_size"), ("dpo", "batch_size"),
-                         ("rs", "batch_size")):
+                         ("rs", "batch_size"), ("fg", "batch_size")):
         bs = c[stage][field]
         need(bs > 0 and bs % max(1, batch_devices) == 0, f"{stage}.{field}",
              f"{bs} must be a positive multiple of the {batch_devices} data-parallel devices")
@@ -75,11 +78,28 @@ def validate_config(c) -> None:
     need(not bad, "sft.lora_targets", f"{bad} are not among {sorted(LORA_TARGETS)}")
     r = c.rm
     need(r.members >= 1, "rm.members", "must be >= 1")
+    need(r.head in ("scalar", "inform"), "rm.head", "must be 'scalar' or 'inform' (InfoRM)")
+    need(r.head == "scalar" or r.members == 1, "rm.head", "an InfoRM ensemble is not supported (rm.members = 1)")
+    i = c.inform
+    need(i.kl_form in KL_FORMS, "inform.kl_form", f"must be one of {KL_FORMS}")
+    need(i.latent_dim > 0, "inform.latent_dim", "must be > 0")
+    need(i.beta >= 0, "inform.beta", "must be >= 0")
+    need(0 < i.outlier_quantile < 1, "inform.outlier_quantile", "must be in (0, 1)")
+    need(i.min_samples >= 1, "inform.min_samples", "must be >= 1")
     need(r.aggregate in ensemble_lib.AGGREGATORS, "rm.aggregate", f"must be one of {ensemble_lib.AGGREGATORS}")
     need(r.variance_ddof in (0, 1), "rm.variance_ddof", "must be 0 (divide by k) or 1 (by k - 1)")
     need(not r.znorm or r.normalize, "rm.znorm", "needs rm.normalize (the statistics come from centring)")
     need(r.members > 1 or (r.aggregate == "mean" and not r.znorm), "rm.aggregate",
          "aggregators and z-normalisation need rm.members > 1")
+    f = c.fg
+    try:
+        components = parse_components(f.components)
+    except ValueError as e:
+        raise ConfigError(f"config.fg.components: {e}") from None
+    need(not ("fgrm" in stages and not components), "fg.components", "stage fgrm needs at least one component")
+    need(f.reward in ("hard", "soft"), "fg.reward", "must be 'hard' or 'soft'")
+    need(not (components and f.holistic_weight and (r.members > 1 or r.head != "scalar")), "fg.holistic_weight",
+         "the holistic part of a fine-grained reward must be one scalar RM (rm.members = 1, rm.head = scalar)")
     need(c.bon.n_samples >= 1, "bon.n_samples", "must be >= 1")
     need(c.rs.n_samples >= 1, "rs.n_samples", "must be >= 1")
     d = c.dpo
@@ -151,11 +171,26 @@ class Pipeline:
             if tok.pad_token_id is None:
                 tok.pad_token = tok.eos_token
             return model, tok
-        tok = synthetic.tokenizer()
+        tok = self._preset_tokenizer()
         cfg = PRESETS[c.model.preset].replace(vocab_size=len(tok), eos_token_id=tok.eos_token_id,
                                               pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
                                               **dict(c.model.overrides), **dtypes)
         return init_model(cfg, seed=c.seed, mesh=self.mesh), tok
+
+    def _preset_tokenizer(self):
+        spec = self.c.model.tokenizer
+        if not spec:
+            return synthetic.tokenizer()
+        if spec == "corpus:gpt2":
+            return corpora.gpt2_tokenizer()
+        from transformers import AutoTokenizer
+        path = Path(spec).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"config.model.tokenizer: {path} is not a local tokenizer directory")
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        return tok
 
     def model_cfg(self, **changes):
         return self.base.cfg.replace(**changes)
@@ -400,15 +435,16 @@ class Pipeline:
         its = {"train" if k == 1 else f"train_{i}": self._iter(train, c.batch_size, 2 + 1000 * i) for i in range(k)}
         total = c.steps or c.epochs * its[next(iter(its))].steps_per_epoch
         sft = self.sft_params()
-        heads = [init_model(self.model_cfg(), head="scalar", seed=self.c.seed + 1 + i, mesh=self.mesh)
-                 for i in range(k)]
+        heads = [self.rm_model(seed=self.c.seed + 1 + i) for i in range(k)]
         graphdef = heads[0].graphdef
         members = [rm_lib.init_from_sft(sft, h.params) for h in heads]
         params = members[0] if k == 1 else rm_lib.stack(members)
         tx, sched = make_optimizer(c.lr, total, warmup_steps=c.warmup_steps, schedule_kind=c.schedule,
                                    min_lr_ratio=c.min_lr_ratio, weight_decay=c.weight_decay,
                                    max_grad_norm=c.max_grad_norm)
-        single = rm_lib.make_rm_step(graphdef, tx, sched, c.margin, c.center_coef)
+        ib = self.c.inform
+        single = rm_lib.make_rm_step(graphdef, tx, sched, c.margin, c.center_coef,
+                                     ib_beta=ib.beta if c.head == "inform" else None, kl_form=ib.kl_form)
         if k == 1:
             state, step_fn = TrainState(params, jax.jit(tx.init)(params), jnp.zeros((), jnp.int32)), single
             next_batch = lambda its: next(its["train"])
@@ -459,34 +495,117 @@ class Pipeline:
         return functools.partial(ensemble_lib.aggregate, kind=c.aggregate, lam=c.uncertainty_coef,
                                  ddof=c.variance_ddof, **stats)
 
-    def reward_model(self):
-        """(reward, params, value-model init): the trained RM as PPO, best-of-n and the judge use it.
+    def rm_model(self, seed: int):
+        """A freshly initialised reward model of the configured head ("scalar" or "inform")."""
+        cfg = self.model_cfg(latent_dim=self.c.inform.latent_dim)
+        return init_model(cfg, head=self.c.rm.head, seed=seed, mesh=self.mesh)
 
-        `reward` is the scalar head's GraphDef for one RM, or a function (params, tokens, mask)
-        -> aggregated scores for an ensemble; the value model starts from (the first) member.
+    def reward_model(self):
+        """(reward, params, value graphdef, value init): the trained RM as PPO, best-of-n and the
+        judge use it.
+
+        `reward` is the RM's GraphDef for one RM (scalar or InfoRM head, read at the EOS), or a
+        function (params, tokens, mask) -> aggregated scores for an ensemble; the value model is
+        the RM's architecture, started from (the first) member.
         """
         k = self.c.rm.members
-        scalar = init_model(self.model_cfg(), head="scalar", seed=self.c.seed + 1, mesh=self.mesh)
+        scalar = self.rm_model(seed=self.c.seed + 1)
+        if self.c.fg.components:
+            return self.fine_grained_reward(scalar)
         if k == 1:
             params = self.load_final("rm", scalar.params)
-            return scalar.graphdef, params, params
-        like = jax.eval_shape(lambda p: rm_lib.stack([p] * k), scalar.params)
-        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-        like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), like)
-        params = self.load_final("rm", like)
+            return scalar.graphdef, params, scalar.graphdef, params
+        params = self.load_stacked("rm", scalar.params, k)
         agg = self.reward_aggregate(self.stage_done("rm") or {})
         reward = lambda p, t, m: agg(rm_lib.ensemble_scores(scalar.graphdef, p, t, m))
-        return reward, params, rm_lib.unstack(params, k)[0]
+        return reward, params, scalar.graphdef, rm_lib.unstack(params, k)[0]
+
+    def load_stacked(self, stage: str, member_params, k: int):
+        """A stage's k stacked members (ensemble, fine-grained categories), replicated."""
+        like = jax.eval_shape(lambda p: rm_lib.stack([p] * k), member_params)
+        replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), like)
+        return self.load_final(stage, like)
+
+    @functools.cached_property
+    def token_classes(self):
+        return token_classes(self.tokenizer)
+
+    def category_model(self, seed: int):
+        return init_model(self.model_cfg(), head="scalar", seed=seed, mesh=self.mesh)
+
+    def fine_grained_reward(self, scalar):
+        """The fine-grained reward as `reward_model` returns it: params = (stacked category
+        models, holistic RM or None); the value model starts from the holistic RM if there is one."""
+        f = self.c.fg
+        components = parse_components(f.components)
+        cats = self.load_stacked("fgrm", self.category_model(seed=0).params, len(components))
+        rm, holistic = None, None
+        if f.holistic_weight:
+            rm = self.load_final("rm", scalar.params)
+            std = (self.stage_done("rm") or {}).get("demonstration_std", 1.0)
+            holistic = (scalar.graphdef, f.holistic_weight, 0.0, std)  # centred on demonstrations already
+        reward = fg_lib.FineGrainedReward(scalar.graphdef, components, self.token_classes, self.c.data.max_prompt_len,
+                                          f.min_words, f.reward, holistic)
+        value_init = rm if rm is not None else rm_lib.unstack(cats, len(components))[0]
+        return reward, (cats, rm), scalar.graphdef, value_init
+
+    def run_fgrm(self) -> dict[str, Any]:
+        """Fine-grained reward models: one per-segment classifier per component, trained together
+        (one step vmapped over the categories) on span-annotated responses."""
+        f = self.c.fg
+        t0 = time.perf_counter()
+        components = parse_components(f.components)
+        if self.world is not None and not f.data:
+            train_r = synthetic.finegrained_records(self.world, f.n_train, "train")
+            val_r = synthetic.finegrained_records(self.world, f.n_val, "val")
+        else:
+            records = _read_source(f.data, "fine_grained", self.c.data.policy)
+            n_val = max(1, int(len(records) * self.c.data.val_fraction))
+            train_r, val_r = records[n_val:n_val + f.n_train], records[:n_val]
+        make = lambda r: fg_lib.segment_arrays(r, self.tokenizer, self.tcfg, components, self.token_classes,
+                                               f.min_words)
+        (train, stats), (val, _) = make(train_r), make(val_r)
+        print(f"[fgrm] {len(train_r)} train / {len(val_r)} val responses, {stats}", flush=True)
+        init = self.sft_params() if (self.workdir / "sft" / "final").exists() else self.base.params
+        members = [rm_lib.init_from_sft(init, self.category_model(seed=self.c.seed + 101 + j).params)
+                   for j in range(len(components))]
+        graphdef = abstract_model(self.model_cfg(), "scalar")[0]
+        params = rm_lib.stack(members)
+        it = self._iter(train, f.batch_size, 7)
+        total = f.steps or f.epochs * it.steps_per_epoch
+        tx, sched = make_optimizer(f.lr, total, warmup_steps=f.warmup_steps, schedule_kind=f.schedule,
+                                   min_lr_ratio=f.min_lr_ratio, weight_decay=f.weight_decay,
+                                   max_grad_norm=f.max_grad_norm)
+        k = len(components)
+        state = TrainState(params, jax.jit(jax.vmap(tx.init))(params), jnp.zeros((k,), jnp.int32))
+        step_fn = rm_lib.ensemble_step(fg_lib.make_segment_step(graphdef, tx, sched))
+        step, state = compile_step(step_fn, state, self._shard(next(self._iter(train, f.batch_size, 7))), self.mesh)
+        ckpt = Checkpointer(self.workdir / "fgrm" / "checkpoints")
+        state, start = self._resume("fgrm", ckpt, state, {"train": it})
+        writer = self.writer("fgrm", ("loss", "accuracy"))
+        result = run_loop("fgrm", step, state, lambda: self._shard(next(it)), total_steps=total, start_step=start,
+                          rng=jax.random.fold_in(self.rng, 7), checkpointer=ckpt, save_every=f.save_every,
+                          meta_fn=lambda: {"data": {"train": it.position()}}, writer=writer)
+        writer.close()
+        held = fg_lib.held_out(graphdef, result.state.params, val, min(f.batch_size, len(val["tokens"])),
+                               [c.name for c in components])
+        summary = {"steps": total, "components": [dataclasses.asdict(c) for c in components],
+                   "train_segments": stats["segments"], "train_positive_rate": stats["positive_rate"],
+                   **{f"{name}_{key}": v for name, m in held.items() for key, v in m.items()},
+                   "wall_seconds": time.perf_counter() - t0}
+        self.save_final("fgrm", result.state.params, summary)
+        ckpt.close()
+        return summary
 
     def run_ppo(self) -> dict[str, Any]:
         from rlhf_jax.eval.judge import evaluate_policies
         c = self.c.ppo
         t0 = time.perf_counter()
         cfg = self.ppo_config()
-        scalar = init_model(self.model_cfg(), head="scalar", seed=self.c.seed + 1, mesh=self.mesh)
         sft = self.sft_params()
-        reward, rm, value_init = self.reward_model()
-        graphdefs = (self.base.graphdef, scalar.graphdef, reward)
+        reward, rm, value_gd, value_init = self.reward_model()
+        graphdefs = (self.base.graphdef, value_gd, reward)
         copy = functools.partial(jax.tree.map, jnp.copy)
         params = {"policy": copy(sft), "value": copy(value_init)}
         tx, sched = make_optimizer(c.lr, c.iterations * c.epochs * c.minibatches, warmup_steps=c.warmup_steps,
@@ -508,13 +627,15 @@ class Pipeline:
         ckpt = Checkpointer(self.workdir / "ppo" / "checkpoints")
         state, start = self._resume("ppo", ckpt, state, iterators)
         writer = self.writer("ppo", ("score", "kl", "gold_reward"))
+        track = self.latent_track(sft, rm) if self.c.rm.head == "inform" else None
 
         def on_metrics(step_no, host, aux):
             prompts_text = self.decode(aux["prompt"], aux["prompt_mask"])
             responses = self.decode(aux["response"], aux["response_mask"])
             golds = [self.gold(p, r) for p, r in zip(prompts_text, responses)]
             golds = [g for g in golds if g is not None]
-            return {"gold_reward": float(np.mean(golds))} if golds else {}
+            out = {"gold_reward": float(np.mean(golds))} if golds else {}
+            return {**out, **(track.on_rollout(step_no, aux) if track else {})}
 
         result = run_loop("ppo", lambda s, b, r: step(s, b, r, constants), state, lambda: batch_from(iterators),
                           total_steps=c.iterations,
@@ -528,6 +649,12 @@ class Pipeline:
             raise SystemExit(f"[ppo] stopped after step {result.steps} of {c.iterations} (debug_stop_after)")
         final_policy = result.state.ema if c.ema_decay else result.state.params["policy"]
         evals, samples = evaluate_policies(self, sft, final_policy, rm, reward, cfg)
+        if track is not None:  # the SFT and final policies on the held-out prompts, in latent space
+            prompts = self.records["eval_prompts"]
+            evals.update(track.finish({name: track.latent_fn(self.sample_tokens(
+                params, prompts, 1, cfg.temperature, cfg.max_new_tokens, seed=self.c.seed * 41 + 8))
+                for name, params in (("sft", sft), ("final", final_policy))},
+                self.workdir / "ppo" / "latents.png", f"InfoRM latents: {self.c.name} {self.c.get('variant', '')}"))
         summary = {"steps": c.iterations, "wall_seconds": time.perf_counter() - t0,
                    "score_final": result.last_metrics["score"], "kl_coef_final": result.last_metrics["kl_coef"],
                    **evals}
@@ -535,6 +662,25 @@ class Pipeline:
         self.save_final("ppo", final_policy, summary)
         ckpt.close()
         return summary
+
+    def latent_track(self, sft, rm_params):
+        """InfoRM diagnostics: the reference is the latents of SFT samples on the training prompts."""
+        from rlhf_jax.eval.latents import LatentMonitor, LatentTrack
+        i = self.c.inform
+        graphdef, _ = abstract_model(self.model_cfg(latent_dim=i.latent_dim), "inform")
+        fn = jax.jit(lambda p, t, m: rm_lib.latents(graphdef, p, t, m))
+
+        def latent_fn(samples, chunk: int = 512):
+            seq = ppo_lib.sequence_inputs(samples["prompt"], samples["prompt_mask"], samples["response"],
+                                          samples["response_mask"])
+            return np.concatenate([np.asarray(fn(rm_params, seq[0][j:j + chunk], seq[1][j:j + chunk]))
+                                   for j in range(0, len(seq[0]), chunk)])
+
+        prompts = self.records["prompts"][:i.n_reference]
+        reference = latent_fn(self.sample_tokens(sft, prompts, 1, self.c.ppo.temperature,
+                                                 self.c.ppo.max_new_tokens, seed=self.c.seed * 43 + 9))
+        monitor = LatentMonitor(reference, i.csi_eps, i.min_samples, i.outlier_quantile)
+        return LatentTrack(monitor, latent_fn, self.workdir / "ppo" / "latents", i.track_every)
 
     def run_dpo(self) -> dict[str, Any]:
         """DPO (or cDPO / robust DPO / IPO) from the SFT policy on the RM's rankings."""
@@ -588,7 +734,7 @@ class Pipeline:
         estimator of proxy and gold score for every n <= N, against KL_bon = log n - (n-1)/n."""
         c = self.c.bon
         t0 = time.perf_counter()
-        reward, rm, _ = self.reward_model()
+        reward, rm, _, _ = self.reward_model()
         prompts = self.records["eval_prompts"][:c.n_prompts]
         samples = self.sample_tokens(self.sft_params(), prompts, c.n_samples, c.temperature,
                                      self.c.ppo.max_new_tokens, seed=self.c.seed * 31 + 5)
@@ -618,7 +764,7 @@ class Pipeline:
         from rlhf_jax.eval.judge import evaluate_policies
         c = self.c.rs
         t0 = time.perf_counter()
-        reward, rm, _ = self.reward_model()
+        reward, rm, _, _ = self.reward_model()
         sft = self.sft_params()
         prompts = self.records["prompts"][:c.n_prompts]
         samples = self.sample_tokens(sft, prompts, c.n_samples, c.temperature, self.c.ppo.max_new_tokens,

@@ -133,6 +133,8 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
     ("ppo.ptx_coef", 1.0, "config.ppo.ptx_batch_size: must be > 0"),
     ("data.max_prompt_len", 40, "config.data.max_prompt_len: must be below data.max_len"),
     ("sft.lora_targets", "wq,embed", "config.sft.lora_targets: ['embed'] are not among"),
+    ("rm.head", "mlp", "config.rm.head: must be 'scalar' or 'inform'"),
+    ("inform.kl_form", "sum", "config.inform.kl_form: must be one of"),
 ])
 def test_invalid_configs_name_the_field(field, value, words):
     if "multiple of the 8" in words and jax.device_count() != 8:

@@ -244,6 +244,31 @@ def ranking_records(cfg: WorldConfig, n: int, k: int = 4, split: str = "train") 
     return out
 
 
+def finegrained_records(cfg: WorldConfig, n: int, split: str = "train") -> list[dict]:
+    """Perturbed answers with word-level error spans, as a span annotator would mark them (the
+    fine_grained record kind): "wrong" on a digit that differs from the reference item at its
+    position, "extra" on a filler word and on every digit past the reference length. Missing
+    items (a truncated answer) are no span: only a whole-response judgement sees them."""
+    rng = _rng(cfg, "finegrained/" + split)
+    out = []
+    for _ in range(n):
+        prompt, reference = _prompt(rng, cfg)
+        response = perturb(reference, rng, cfg.perturbations)
+        ref, spans, start, item = reference.split(), [], 0, 0
+        for word in response.split():
+            category = None
+            if word in FILLERS:
+                category = "extra"
+            else:
+                category = "extra" if item >= len(ref) else "wrong" if word != ref[item] else None
+                item += 1
+            if category:
+                spans.append({"start": start, "end": start + len(word), "category": category})
+            start += len(word) + 1
+        out.append({"prompt": prompt, "response": response, "spans": spans})
+    return out
+
+
 def pair_records(cfg: WorldConfig, n: int, split: str = "train") -> list[dict]:
     """Pairwise preferences (K = 2 rankings)."""
     out = []

@@ -50,6 +50,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype; log-softmax and losses always run in float32
     remat: bool = False  # rematerialise each block in the backward pass
+    latent_dim: int = 128  # width of the InfoRM head's information bottleneck (head "inform")
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     pad_token_id: int | None = None

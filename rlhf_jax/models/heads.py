@@ -4,8 +4,12 @@
 - "scalar": one number per token, for the value model and the reward model; the reward is
   read at the last real token with `last_token_values`. Init N(0, 1/sqrt(D+1)), bias 0
   (InstructGPT / N+ implementation details).
-- "none": the hidden states themselves (feature extraction; the information-bottleneck
-  reward head builds on these).
+- "inform": the information-bottleneck reward head of InfoRM (Miao et al. 2024): a bias-free
+  encoder D -> 2L (mean and log variance of the latent z), a bias-free decoder L -> 1. Called
+  like the scalar head it returns the evaluation-mode score g(mu) at every token, so PPO,
+  best-of-n and the judge use an InfoRM exactly as they use a scalar RM; training samples z
+  through `encode` / `decode` (see `rlhf_jax.train.rm`).
+- "none": the hidden states themselves (feature extraction).
 """
 from __future__ import annotations
 
@@ -46,12 +50,36 @@ class ScalarHead(nnx.Module):
         return values + self.bias[...]
 
 
+class InfoHead(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        L = cfg.latent_dim
+        enc = jax.random.normal(rngs.params(), (cfg.d_model, 2 * L), jnp.float32) / cfg.d_model ** 0.5
+        self.encoder = nnx.Param(enc, logical_axes=("embed", "latent"))
+        self.decoder = nnx.Param(jax.random.normal(rngs.params(), (L,), jnp.float32) / (L + 1) ** 0.5,
+                                 logical_axes=("latent",))
+        # a constant offset: it cancels in every pairwise loss and is set only by centring the
+        # scores on the demonstrations, like the scalar head's bias
+        self.bias = nnx.Param(jnp.zeros((), jnp.float32), logical_axes=())
+
+    def encode(self, hidden_BxD):
+        """(mu, log variance) of q(z | h), each [..., L]."""
+        stats = hidden_BxD.astype(jnp.float32) @ self.encoder[...]
+        return jnp.split(stats, 2, axis=-1)
+
+    def decode(self, z):
+        return z @ self.decoder[...] + self.bias[...]
+
+    def __call__(self, hidden_BxTxD, model) -> jax.Array:
+        mu, _ = self.encode(hidden_BxTxD)
+        return self.decode(mu)
+
+
 class NoHead(nnx.Module):
     def __call__(self, hidden_BxTxD, model) -> jax.Array:
         return hidden_BxTxD
 
 
-HEADS = {"lm": LMHead, "scalar": ScalarHead}
+HEADS = {"lm": LMHead, "scalar": ScalarHead, "inform": InfoHead}
 
 
 def make_head(kind: str, cfg: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:

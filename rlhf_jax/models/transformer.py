@@ -133,7 +133,8 @@ class Transformer(nnx.Module):
     """Decoder backbone plus one head ("lm", "scalar", or "none" for hidden states).
 
     Call with tokens_BxT; positions default to 0..T-1 and segment ids to all ones.
-    Returns (outputs, cache): logits_BxTxV (float32), values_BxT (float32) or hidden_BxTxD.
+    Returns (outputs, cache): logits_BxTxV (float32), values_BxT (float32) or hidden_BxTxD;
+    `features=True` returns the final (normed) hidden states whatever the head.
     """
 
     def __init__(self, cfg: ModelConfig, *, head: str = "lm", rngs: nnx.Rngs):
@@ -149,7 +150,7 @@ class Transformer(nnx.Module):
         self.head = make_head(head, cfg, rngs=rngs)
 
     def __call__(self, tokens_BxT, positions_BxT=None, segment_ids_BxT=None, cache: KVCache | None = None,
-                 dropout_rng=None):
+                 dropout_rng=None, features: bool = False):
         cfg = self.cfg
         B, T = tokens_BxT.shape
         if segment_ids_BxT is None:
@@ -189,4 +190,4 @@ class Transformer(nnx.Module):
         new_cache = None
         if cache is not None:
             new_cache = KVCache(new_kv[0], new_kv[1], key_segments, cache.index + T)
-        return self.head(x, self), new_cache
+        return (x if features else self.head(x, self)), new_cache

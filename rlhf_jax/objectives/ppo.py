@@ -44,11 +44,17 @@ def kl_estimate(logp_BxN, ref_logp_BxN, kind: str = "k1"):
     raise ValueError(f"kl estimator {kind!r} is not one of {KL_ESTIMATORS}")
 
 
-def token_rewards(score_B, kl_BxN, mask_BxN, kl_coef):
-    """r_t = -beta * kl_t on every response token, plus the sequence score on the last one."""
+def at_last_token(mask_BxN):
+    """One-hot [B, N] of each row's last response token."""
     last = mask_BxN.sum(1).astype(jnp.int32) - 1
-    at_last = jax.nn.one_hot(last, mask_BxN.shape[1], dtype=jnp.float32) * (last >= 0)[:, None]
-    return (-kl_coef * kl_BxN + score_B[:, None] * at_last) * mask_BxN
+    return jax.nn.one_hot(last, mask_BxN.shape[1], dtype=jnp.float32) * (last >= 0)[:, None]
+
+
+def token_rewards(score, kl_BxN, mask_BxN, kl_coef):
+    """r_t = -beta * kl_t on every response token, plus the score: a sequence score [B] on the
+    last token, or per-token rewards [B, N] already placed (fine-grained rewards)."""
+    placed = score if score.ndim == 2 else score[:, None] * at_last_token(mask_BxN)
+    return (-kl_coef * kl_BxN + placed) * mask_BxN
 
 
 def gae(rewards_BxN, values_BxN, mask_BxN, gamma: float = 1.0, lam: float = 0.95):

@@ -96,13 +96,19 @@ def score_rollout(cfg: PPOConfig, graphdefs, state: PPOState, constants, prompt,
     logp = token_logprobs(response_logits(policy_gd, state.params["policy"], seq, P_len, N), resp, cfg.temperature)
     ref_logp = token_logprobs(response_logits(policy_gd, ref_params, seq, P_len, N), resp, cfg.temperature)
     values = response_values(value_gd, state.params["value"], seq, P_len, N)
-    score = reward_function(reward)(rm_params, seq[0], seq[1])
+    maskf = resp_mask.astype(jnp.float32)
     has_eos = jnp.any((resp == cfg.eos_token_id) & (resp_mask > 0), axis=1)
+    if hasattr(reward, "placed"):  # fine-grained: rewards already on the response tokens [B, N]
+        score = reward.placed(rm_params, seq[0], seq[1]) * maskf
+        penalty_at = P.at_last_token(maskf)
+        has_eos_ = has_eos[:, None]
+    else:
+        score = reward_function(reward)(rm_params, seq[0], seq[1])
+        penalty_at, has_eos_ = 1.0, has_eos
     if cfg.missing_eos_penalty is not None:
-        score = jnp.where(has_eos, score, cfg.missing_eos_penalty)
+        score = jnp.where(has_eos_, score, cfg.missing_eos_penalty * penalty_at)
     if cfg.reward_clip:
         score = jnp.clip(score, -cfg.reward_clip, cfg.reward_clip)
-    maskf = resp_mask.astype(jnp.float32)
     logp, ref_logp, values = logp * maskf, ref_logp * maskf, values * maskf
     kl = P.kl_estimate(logp, ref_logp, cfg.kl_estimator) * maskf
     rewards = P.token_rewards(score, kl, maskf, state.kl_coef)
@@ -112,11 +118,12 @@ def score_rollout(cfg: PPOConfig, graphdefs, state: PPOState, constants, prompt,
     if cfg.whiten_advantages:
         advantages = P.masked_whiten(advantages, maskf)
     seq_kl_k1 = ((logp - ref_logp) * maskf).sum(1)
+    seq_score = score.sum(1) if score.ndim == 2 else score
     data = {"tokens": seq[0], "mask": seq[1], "positions": seq[2], "response": resp, "response_mask": maskf,
             "logp": logp, "values": values, "advantages": advantages, "returns": returns}
     metrics = {
-        "score": score.mean(), "kl": seq_kl_k1.mean(), "kl_estimator_sum": kl.sum(1).mean(),
-        "reward": (score - state.kl_coef * kl.sum(1)).mean(), "response_length": maskf.sum(1).mean(),
+        "score": seq_score.mean(), "kl": seq_kl_k1.mean(), "kl_estimator_sum": kl.sum(1).mean(),
+        "reward": (seq_score - state.kl_coef * kl.sum(1)).mean(), "response_length": maskf.sum(1).mean(),
         "frac_no_eos": 1.0 - has_eos.mean(), "kl_coef": state.kl_coef,
         "advantage_mean": P.masked_mean(advantages, maskf), "return_mean": P.masked_mean(returns, maskf),
         "value_mean": P.masked_mean(values, maskf), "negative_kl_frac": (seq_kl_k1 < 0).mean(),

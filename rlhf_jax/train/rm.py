@@ -1,4 +1,5 @@
-"""Reward model: the SFT backbone with a scalar head, trained with K-wise Bradley-Terry."""
+"""Reward model: the SFT backbone with a scalar head, trained with K-wise Bradley-Terry; or with
+the InfoRM head, trained with Bradley-Terry on sampled latents plus the bottleneck's KL."""
 from __future__ import annotations
 
 import jax
@@ -6,9 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import flax.nnx as nnx
+
 from rlhf_jax.data.batches import eval_batches
-from rlhf_jax.models.heads import last_token_values
+from rlhf_jax.models.heads import last_token_index, last_token_values
 from rlhf_jax.models.model import apply
+from rlhf_jax.objectives.inform import inform_loss
 from rlhf_jax.objectives.reward import bradley_terry_loss
 from rlhf_jax.train.state import TrainState
 
@@ -27,14 +31,43 @@ def score_rankings(graphdef, params, batch):
     return scores.reshape(B, K)
 
 
-def make_rm_step(graphdef, tx, schedule, margin: float = 0.0, center_coef: float = 0.0):
-    def loss_fn(params, batch):
-        scores = score_rankings(graphdef, params, batch)
-        return bradley_terry_loss(scores, batch["ranks"], batch["valid"], margin, center_coef)
+def latent_posterior(graphdef, params, tokens_NxT, mask_NxT):
+    """InfoRM: (mu, log variance) [N, L] of the latent at each sequence's last real token."""
+    model = nnx.merge(graphdef, params)
+    positions = jnp.maximum(jnp.cumsum(mask_NxT, 1) - 1, 0)
+    hidden, _ = model(tokens_NxT, positions_BxT=positions, segment_ids_BxT=mask_NxT, features=True)
+    last = jnp.take_along_axis(hidden, last_token_index(mask_NxT)[:, None, None], axis=1)[:, 0]
+    return model.head.encode(last)
+
+
+def latents(graphdef, params, tokens_NxT, mask_NxT):
+    """InfoRM: the evaluation-mode latent z = mu of each sequence, [N, L]."""
+    return latent_posterior(graphdef, params, tokens_NxT, mask_NxT)[0]
+
+
+def inform_rankings(graphdef, params, batch, rng):
+    """(scores_BxK decoded from z = mu + sigma * eps, mu, log variance [B, K, L])."""
+    B, K, T = batch["tokens"].shape
+    mu, logvar = latent_posterior(graphdef, params, batch["tokens"].reshape(B * K, T),
+                                  batch["mask"].reshape(B * K, T))
+    z = mu + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mu.shape)
+    scores = nnx.merge(graphdef, params).head.decode(z)
+    return scores.reshape(B, K), mu.reshape(B, K, -1), logvar.reshape(B, K, -1)
+
+
+def make_rm_step(graphdef, tx, schedule, margin: float = 0.0, center_coef: float = 0.0,
+                 ib_beta: float | None = None, kl_form: str = "per_dim_sum"):
+    """A scalar RM's step, or InfoRM's when `ib_beta` is given (z sampled from the step's rng)."""
+    def loss_fn(params, batch, rng):
+        if ib_beta is None:
+            scores = score_rankings(graphdef, params, batch)
+            return bradley_terry_loss(scores, batch["ranks"], batch["valid"], margin, center_coef)
+        scores, mu, logvar = inform_rankings(graphdef, params, batch, rng)
+        return inform_loss(scores, mu, logvar, batch["ranks"], batch["valid"], ib_beta, kl_form, margin,
+                           center_coef)
 
     def step(state: TrainState, batch, rng):
-        del rng
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, **metrics, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step)}
