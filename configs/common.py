@@ -56,7 +56,8 @@ def base() -> ml_collections.ConfigDict:
         "min_lr_ratio": 0.1, "weight_decay": 0.0, "max_grad_norm": 1.0, "margin": 0.0, "center_coef": 0.01,
         "normalize": True, "save_every": 100,
         # ensembles (Coste et al.): k members differing in seed, trained in one vmapped step
-        "members": 1, "aggregate": "mean", "uncertainty_coef": 0.1, "variance_ddof": 0, "znorm": False,
+        "members": 1, "aggregate": "mean", "uncertainty_coef": 0.1, "variance_ddof": 0,
+        "znorm": False,  # divide each member's score by its std on the SFT demonstrations
         "head": "scalar"})  # "inform": the information-bottleneck head (section c.inform)
     # InfoRM (Miao et al. 2024): bottleneck width and weight, the KL form, and the latent-space
     # over-optimisation diagnostics logged during PPO every `track_every` iterations

@@ -89,8 +89,7 @@ def validate_config(c) -> None:
     need(r.aggregate in ensemble_lib.AGGREGATORS, "rm.aggregate", f"must be one of {ensemble_lib.AGGREGATORS}")
     need(r.variance_ddof in (0, 1), "rm.variance_ddof", "must be 0 (divide by k) or 1 (by k - 1)")
     need(not r.znorm or r.normalize, "rm.znorm", "needs rm.normalize (the statistics come from centring)")
-    need(r.members > 1 or (r.aggregate == "mean" and not r.znorm), "rm.aggregate",
-         "aggregators and z-normalisation need rm.members > 1")
+    need(r.members > 1 or r.aggregate == "mean", "rm.aggregate", "aggregators need rm.members > 1")
     f = c.fg
     try:
         components = parse_components(f.components)
@@ -514,7 +513,11 @@ class Pipeline:
             return self.fine_grained_reward(scalar)
         if k == 1:
             params = self.load_final("rm", scalar.params)
-            return scalar.graphdef, params, scalar.graphdef, params
+            if not self.c.rm.znorm:
+                return scalar.graphdef, params, scalar.graphdef, params
+            std = (self.stage_done("rm") or {})["demonstration_std"]  # unit spread on the demonstrations
+            reward = lambda p, t, m: rm_lib.score_sequences(scalar.graphdef, p, t, m) / std
+            return reward, params, scalar.graphdef, params
         params = self.load_stacked("rm", scalar.params, k)
         agg = self.reward_aggregate(self.stage_done("rm") or {})
         reward = lambda p, t, m: agg(rm_lib.ensemble_scores(scalar.graphdef, p, t, m))

@@ -13,7 +13,8 @@ end of the stage writes ppo/latents.npz and ppo/latents.png (a 2-D projection). 
 then ranks SFT samples by the same RM.
 
 Variants: inform (default), standard (the scalar-head baseline under the same budget),
-mean_then_kl, beta0.01 / beta1 (bottleneck weight), hackable (RMs trained on perturbed
+mean_then_kl, beta0.01 / beta1 (bottleneck weight), znorm (reward divided by its spread on the
+SFT demonstrations: the bottleneck shrinks the reward's scale), hackable (RMs trained on perturbed
 reference answers: the setting in which a standard RM is over-optimised), micro (tests).
 """
 from configs import instructgpt
@@ -29,6 +30,7 @@ def get_config(arg: str | None = None):
     for v in variants:
         if v.startswith("beta"):
             c.inform.beta = float(v[4:])
+    c.rm.znorm = "znorm" in variants  # divide the reward by its spread on the demonstrations
     if "hackable" in variants:
         c.data.rm_from_policy = False
     if "micro" in variants:
