@@ -90,7 +90,8 @@ def base() -> ml_collections.ConfigDict:
 
     # best-of-n evaluation of the SFT policy under the RM (stage "bon") and rejection-sampling
     # fine-tuning on the best of n_samples (stage "rs": the SFT fields, started from the SFT policy)
-    c.bon = ml_collections.ConfigDict({"n_samples": 64, "n_prompts": 128, "temperature": 1.0})
+    # rank_by: "rm" (the trained reward: single, ensemble, InfoRM, fine-grained) or "gold" (oracle)
+    c.bon = ml_collections.ConfigDict({"n_samples": 64, "n_prompts": 128, "temperature": 1.0, "rank_by": "rm"})
     c.rs = ml_collections.ConfigDict(dict(c.sft.to_dict(), n_samples=16, n_prompts=2048, temperature=1.0, lr=1e-3,
                                           warmup_steps=10, epochs=2))
 

@@ -100,6 +100,9 @@ def validate_config(c) -> None:
     need(not (components and f.holistic_weight and (r.members > 1 or r.head != "scalar")), "fg.holistic_weight",
          "the holistic part of a fine-grained reward must be one scalar RM (rm.members = 1, rm.head = scalar)")
     need(c.bon.n_samples >= 1, "bon.n_samples", "must be >= 1")
+    need(c.bon.rank_by in ("rm", "gold"), "bon.rank_by", "must be 'rm' or 'gold'")
+    need(c.bon.rank_by == "rm" or c.data.source == "synthetic", "bon.rank_by",
+         "'gold' needs the task world's gold reward (data.source = synthetic)")
     need(c.rs.n_samples >= 1, "rs.n_samples", "must be >= 1")
     d = c.dpo
     need(d.loss in DPO_LOSSES, "dpo.loss", f"must be one of {DPO_LOSSES}")
@@ -745,6 +748,8 @@ class Pipeline:
         if gold is not None and np.isnan(gold).any():
             print(f"[bon] {int(np.isnan(gold).sum())} samples have no gold score; counted as gold 0", flush=True)
             gold = np.nan_to_num(gold)
+        if c.rank_by == "gold":  # the oracle ranker: the ceiling any proxy could reach
+            proxy = gold
         ns = sorted({n for n in (2 ** i for i in range(16)) if n <= c.n_samples} | {c.n_samples})
         curve = bon_lib.bon_curve(proxy, gold, ns)
         (self.workdir / "bon").mkdir(parents=True, exist_ok=True)

@@ -43,3 +43,13 @@ def test_bon_and_rejection_sampling_stages(tmp_path):
     for key in ("gold_reward_sft", "gold_reward_final", "kl_final", "win_rate_vs_sft", "val_loss"):
         assert np.isfinite(rs[key]), key
     assert (tmp_path / "rs" / "final").exists()
+    # the oracle ranker (gold itself): its best-of-n gold rises with n and bounds the RM's
+    import shutil
+    shutil.rmtree(tmp_path / "bon")
+    oracle = get_config("micro,oracle")
+    oracle.stages = "bon"
+    ob = Pipeline(oracle, tmp_path).run()["bon"]
+    curve = __import__("json").loads((tmp_path / "bon" / "curve.json").read_text())
+    assert all(r["proxy"] == pytest.approx(r["gold"]) for r in curve)
+    assert all(b["gold"] >= a["gold"] - 1e-9 for a, b in zip(curve, curve[1:]))
+    assert ob["gold_best_of_N"] >= bon["gold_best_of_N"] - 1e-9

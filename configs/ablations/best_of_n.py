@@ -7,7 +7,8 @@ Stages: SFT, the RM, `bon` (N samples per held-out prompt from the SFT policy; t
 best-of-n estimate of proxy and gold score for n = 1, 2, 4, ..., N against KL_bon, written to
 bon/curve.json and bon_curves.png) and `rs` (SFT of the SFT policy on its best-of-N samples
 under the RM, then judged against SFT like PPO). Variants: `hackable` (RM on perturbed
-answers: gold peaks then falls as n grows), `ensemble` (5 members, WCO), micro.
+answers: gold peaks then falls as n grows), `ensemble` (5 members, WCO), `oracle` (rank by the
+gold reward: the ceiling), micro.
 """
 from configs import instructgpt
 
@@ -22,6 +23,8 @@ def get_config(arg: str | None = None):
         c.data.rm_from_policy = False
     if "ensemble" in variants:
         c.rm.update(members=5, aggregate="min")
+    if "oracle" in variants:  # rank by the gold reward itself: the ceiling of best-of-n
+        c.bon.rank_by = "gold"
     if "micro" in variants:
         c.bon.update(n_samples=16, n_prompts=16)
         c.rs.update(n_samples=4, batch_size=32, save_every=0)

@@ -108,14 +108,14 @@ def plot_latents(path, reference, groups: dict, title: str = "") -> None:
     mean, basis = projection_2d(reference)
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ref2 = (np.asarray(reference) - mean) @ basis.T
-    ax.scatter(ref2[:, 0], ref2[:, 1], s=8, c="0.7", label="SFT", alpha=0.7)
+    ax.scatter(ref2[:, 0], ref2[:, 1], s=8, c="0.7", label="SFT samples (the reference)", alpha=0.7)
     colors = plt.cm.viridis(np.linspace(0.1, 0.9, max(len(groups), 1)))
     for color, (name, lat) in zip(colors, groups.items()):
         p = (np.asarray(lat) - mean) @ basis.T
         ax.scatter(p[:, 0], p[:, 1], s=8, color=color, label=name, alpha=0.8)
     ax.set_xlabel("PC 1 of the SFT latents")
     ax.set_ylabel("PC 2")
-    ax.set_title(title or "InfoRM latents of responses")
+    ax.set_title(title or "InfoRM latents of responses", fontsize=9)
     ax.legend(fontsize=7, markerscale=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -153,10 +153,10 @@ class LatentTrack:
         np.savez(self.directory.parent / "latents.npz", reference=self.monitor.reference,
                  steps=np.array(sorted(tracked), dtype=np.int64),
                  **{f"rollout_step_{s}": v for s, v in tracked.items()}, **evaluated)
-        groups = dict(evaluated)
+        groups = {f"{name} policy, held-out prompts": lat for name, lat in evaluated.items()}
         if tracked:
             last = max(tracked)
-            groups = {f"rollouts, iteration {last}": tracked[last], **evaluated}
+            groups = {f"rollouts, iteration {last}": tracked[last], **groups}
         plot_latents(png_path, self.monitor.reference, groups, title)
         out["latent_eps"] = self.monitor.eps
         return out
