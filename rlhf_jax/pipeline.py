@@ -148,6 +148,14 @@ def _read_source(spec: str, kind: str, policy: str):
     return records
 
 
+def per_sequence(fn, params, samples: dict, chunk: int = 512) -> np.ndarray:
+    """fn(params, tokens, mask) over prompt + response of `sample_tokens` output, in chunks."""
+    seq = ppo_lib.sequence_inputs(samples["prompt"], samples["prompt_mask"], samples["response"],
+                                  samples["response_mask"])
+    return np.concatenate([np.asarray(fn(params, seq[0][i:i + chunk], seq[1][i:i + chunk]))
+                           for i in range(0, len(seq[0]), chunk)])
+
+
 class Pipeline:
     def __init__(self, config, workdir: str | Path, *, use_wandb: bool = True):
         validate_config(config)
@@ -264,12 +272,8 @@ class Pipeline:
 
     def score_samples(self, samples: dict, reward, rm_params, prompt_records, chunk: int = 512):
         """(proxy [P, N], gold [P, N] or None) for `sample_tokens` output with N copies per prompt."""
-        fn = jax.jit(ppo_lib.reward_function(reward))
         P = len(prompt_records)
-        seq = ppo_lib.sequence_inputs(samples["prompt"], samples["prompt_mask"], samples["response"],
-                                      samples["response_mask"])
-        proxy = np.concatenate([np.asarray(fn(rm_params, seq[0][i:i + chunk], seq[1][i:i + chunk]))
-                                for i in range(0, len(seq[0]), chunk)]).reshape(P, -1)
+        proxy = per_sequence(jax.jit(ppo_lib.reward_function(reward)), rm_params, samples, chunk).reshape(P, -1)
         if self.world is None:
             return proxy, None
         texts = self.decode(samples["response"], samples["response_mask"])
@@ -675,12 +679,7 @@ class Pipeline:
         i = self.c.inform
         graphdef, _ = abstract_model(self.model_cfg(latent_dim=i.latent_dim), "inform")
         fn = jax.jit(lambda p, t, m: rm_lib.latents(graphdef, p, t, m))
-
-        def latent_fn(samples, chunk: int = 512):
-            seq = ppo_lib.sequence_inputs(samples["prompt"], samples["prompt_mask"], samples["response"],
-                                          samples["response_mask"])
-            return np.concatenate([np.asarray(fn(rm_params, seq[0][j:j + chunk], seq[1][j:j + chunk]))
-                                   for j in range(0, len(seq[0]), chunk)])
+        latent_fn = functools.partial(per_sequence, fn, rm_params)
 
         prompts = self.records["prompts"][:i.n_reference]
         reference = latent_fn(self.sample_tokens(sft, prompts, 1, self.c.ppo.temperature,

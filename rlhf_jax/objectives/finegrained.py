@@ -151,8 +151,8 @@ def segment_labels(ends: np.ndarray, response_ids: list[int], tokenizer, spans, 
     labels = np.zeros(len(ends), np.float32)
     start_char = 0
     for t in np.flatnonzero(ends):
-        end_char = len(tokenizer.decode(response_ids[:t + 1], skip_special_tokens=True))
-        text = tokenizer.decode(response_ids[:t + 1], skip_special_tokens=True)[start_char:end_char]
+        prefix = tokenizer.decode(response_ids[:t + 1], skip_special_tokens=True)
+        end_char, text = len(prefix), prefix[start_char:]
         lo = start_char + (len(text) - len(text.lstrip()))  # leading spaces belong to no span
         labels[t] = float(not any(a < end_char and lo < b for a, b in bad))
         start_char = end_char
