@@ -2,6 +2,17 @@
 import ml_collections
 
 
+def optimizer(lr: float, **changes) -> dict:
+    """Every optimizer field of a trained stage (`rlhf_jax.train.optim.OPTIMIZER_FIELDS`): AdamW
+    (b2 0.95, eps 1e-8; N+ uses eps 1e-5) or RMSprop with PyTorch's semantics (decay 0.99)."""
+    fields = {"lr": lr, "warmup_steps": 0, "schedule": "cosine", "min_lr_ratio": 0.1, "weight_decay": 0.0,
+              "max_grad_norm": 1.0, "optimizer": "adamw", "b1": 0.9, "b2": 0.95, "eps": 1e-8, "rmsprop_decay": 0.99}
+    unknown = set(changes) - set(fields)
+    if unknown:
+        raise KeyError(f"{sorted(unknown)} are not optimizer fields {sorted(fields)}")
+    return {**fields, **changes}
+
+
 def base() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "instructgpt"
@@ -37,7 +48,6 @@ def base() -> ml_collections.ConfigDict:
     # synthetic world: rank K samples of the SFT policy (InstructGPT) instead of perturbed answers
     c.data.rm_from_policy = True
     c.data.n_prompts = 2048
-    c.data.n_eval_prompts = 256
     c.data.n_ptx = 2048
     # files (data.source = "files"): a path, or "corpus:NAME" for a reader in rlhf_jax.data.corpora
     c.data.sft_train = ""
@@ -47,46 +57,54 @@ def base() -> ml_collections.ConfigDict:
     c.data.val_fraction = 0.05
 
     c.sft = ml_collections.ConfigDict({
-        "steps": 0, "epochs": 1, "batch_size": 64, "lr": 3e-3, "warmup_steps": 20, "schedule": "cosine",
-        "min_lr_ratio": 0.1, "weight_decay": 0.0, "max_grad_norm": 1.0, "dropout": 0.0, "freeze_layers": 0,
-        "lora_rank": 0, "lora_alpha": 16.0, "lora_targets": "wq,wk,wv,wo,w_gate,w_up,w_down",
+        "steps": 0, "epochs": 1, "batch_size": 64, **optimizer(3e-3, warmup_steps=20), "dropout": 0.0,
+        "freeze_layers": 0, "lora_rank": 0, "lora_alpha": 16.0, "lora_targets": "wq,wk,wv,wo,w_gate,w_up,w_down",
         "pack": False, "eval_every": 0, "save_every": 100})
     c.rm = ml_collections.ConfigDict({
-        "steps": 0, "epochs": 3, "batch_size": 32, "lr": 1e-3, "warmup_steps": 10, "schedule": "cosine",
-        "min_lr_ratio": 0.1, "weight_decay": 0.0, "max_grad_norm": 1.0, "margin": 0.0, "center_coef": 0.01,
+        "steps": 0, "epochs": 3, "batch_size": 32, **optimizer(1e-3, warmup_steps=10), "margin": 0.0,
+        "center_coef": 0.0,  # c * (r_w + r_l)^2 (N+ notes); the papers use none, the tiny world sets 0.01
         "normalize": True, "save_every": 100,
-        # ensembles (Coste et al.): k members differing in seed, trained in one vmapped step
-        "members": 1, "aggregate": "mean", "uncertainty_coef": 0.1, "variance_ddof": 0,
+        # ensembles (Coste et al.): k members differing in seed, trained in one vmapped step; the
+        # uncertainty penalty of uwo / mean_std per use: lambda and variance divisor (ddof 0: k, 1: k - 1)
+        "members": 1, "aggregate": "mean",
+        "uncertainty": {"ppo": {"coef": 0.1, "ddof": 1}, "bon": {"coef": 0.5, "ddof": 0}},
         "znorm": False,  # divide each member's score by its std on the SFT demonstrations
-        "head": "scalar"})  # "inform": the information-bottleneck head (section c.inform)
+        "head": "scalar"})  # a registered reward head: "scalar", or "inform" (section c.inform)
     # InfoRM (Miao et al. 2024): bottleneck width and weight, the KL form, and the latent-space
     # over-optimisation diagnostics logged during PPO every `track_every` iterations
     c.inform = ml_collections.ConfigDict({
         "latent_dim": 128, "beta": 0.1, "kl_form": "per_dim_sum", "track_every": 10, "n_reference": 256,
         "csi_eps": 0.0, "min_samples": 4, "outlier_quantile": 0.99})
     c.ppo = ml_collections.ConfigDict({
-        "iterations": 150, "batch_size": 64, "minibatches": 2, "epochs": 4, "lr": 3e-4, "warmup_steps": 5,
-        "schedule": "constant", "max_grad_norm": 1.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0,
+        "iterations": 150, "batch_size": 64, "minibatches": 2, "epochs": 4,
+        **optimizer(3e-4, warmup_steps=5, schedule="constant"), "temperature": 1.0, "top_k": 0, "top_p": 1.0,
         "max_new_tokens": 10, "kl_coef": 0.05, "kl_estimator": "k1", "adaptive_kl": False, "kl_target": 6.0,
-        "kl_horizon": 10000.0, "whiten_rewards": False, "reward_clip": 0.0, "missing_eos_penalty": -10.0,
-        "gamma": 1.0, "lam": 0.95, "whiten_advantages": True, "clip_eps": 0.2, "vf_clip": 0.2, "vf_coef": 0.1,
-        "ent_coef": 0.0, "ptx_coef": 0.0, "ptx_batch_size": 0, "ema_decay": 0.0, "save_every": 20})
+        "kl_horizon": 10000.0, "whiten_rewards": False, "reward_clip": 0.0,
+        # the reward of a response without EOS; None keeps the RM score
+        "missing_eos_penalty": ml_collections.FieldReference(-10.0, field_type=float),
+        "advantage_estimator": "gae", "gamma": 1.0, "lam": 0.95, "whiten_advantages": True, "clip_eps": 0.2,
+        "vf_clip": 0.2, "vf_coef": 0.1, "ent_coef": 0.0, "ptx_coef": 0.0, "ptx_batch_size": 0, "ema_decay": 0.0,
+        "save_every": 20})
 
     # fine-grained rewards (Wu et al. 2023): per-segment classifiers (stage "fgrm") whose rewards
     # PPO receives on each segment's last token, plus the holistic RM at the EOS (weight
     # holistic_weight, z-normalised; 0 leaves it out). components: "name:unit:weight[:Err1|Err2],..."
     # with unit token | word | subsentence | sentence | response; data: "" = the task world's
     # span annotations, or a fine_grained file / "corpus:qa_feedback". Empty components: holistic PPO.
+    # init: the category models start from "sft" (the SFT policy) or "base" (the base model).
     c.fg = ml_collections.ConfigDict({
-        "components": "", "holistic_weight": 1.0, "reward": "hard", "min_words": 5, "data": "",
-        "n_train": 4000, "n_val": 256, "steps": 0, "epochs": 2, "batch_size": 32, "lr": 1e-3, "warmup_steps": 10,
-        "schedule": "cosine", "min_lr_ratio": 0.1, "weight_decay": 0.0, "max_grad_norm": 1.0, "save_every": 100})
+        "components": "", "holistic_weight": 1.0, "reward": "hard", "min_words": 5, "data": "", "init": "sft",
+        "n_train": 4000, "n_val": 256, "steps": 0, "epochs": 2, "batch_size": 32,
+        **optimizer(1e-3, warmup_steps=10), "save_every": 100})
 
-    # DPO family (stage "dpo", after SFT, on the RM's rankings); paper: RMSprop, lr 1e-6, 150 warmup, clip 10
+    # preference losses (stage "dpo", after SFT, on the RM's rankings): loss = a registered
+    # preference loss (dpo, cdpo, robust, ipo, simpo, orpo); DPO paper: RMSprop, lr 1e-6, 150 warmup, clip 10;
+    # simpo_gamma: SimPO's target margin; orpo_lambda: the weight of ORPO's odds-ratio term
     c.dpo = ml_collections.ConfigDict({
-        "steps": 0, "epochs": 1, "batch_size": 32, "lr": 1e-4, "warmup_steps": 10, "schedule": "constant",
-        "optimizer": "adamw", "max_grad_norm": 10.0, "beta": 0.1, "loss": "dpo", "label_smoothing": 0.0,
-        "logprob_reduction": "sum", "cache_reference": True, "save_every": 100})
+        "steps": 0, "epochs": 1, "batch_size": 32,
+        **optimizer(1e-4, warmup_steps=10, schedule="constant", max_grad_norm=10.0), "beta": 0.1, "loss": "dpo",
+        "label_smoothing": 0.0, "logprob_reduction": "sum", "simpo_gamma": 0.5, "orpo_lambda": 0.1,
+        "cache_reference": True, "save_every": 100})
 
     # best-of-n evaluation of the SFT policy under the RM (stage "bon") and rejection-sampling
     # fine-tuning on the best of n_samples (stage "rs": the SFT fields, started from the SFT policy)

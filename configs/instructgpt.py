@@ -4,26 +4,42 @@
     python -m rlhf_jax.main --config configs/instructgpt.py:tiny --workdir runs/tiny --config.ppo.kl_coef=0.02
     python -m rlhf_jax.main --config configs/instructgpt.py:smollm2_hh --workdir runs/smollm2
 
-Variants:
+Variants (the model and data every other config builds on; combine with commas):
   tiny        the offline default: a 2-layer decoder on the built-in task world, all three
               stages on a 2-core CPU in minutes, nothing read from outside the repository.
   micro       tiny, shrunk further for tests.
   smollm2_hh  SmolLM2-135M-Instruct (GGUF from tools/fetch_smollm2.py): SFT on Alpaca,
               RM on HH-RLHF, PPO on HH prompts (needs RLHF_JAX_DATA_DIR); add
               `:smollm2_hh,small` for the reduced CPU size.
+  small       the real model at a size a CPU test can afford.
 """
 import ml_collections
 
 from configs.common import base
+from configs.variants import Variants
+
+VARIANTS = Variants("configs/instructgpt.py", {
+    "tiny": "the offline default on the task world",
+    "micro": "tiny, shrunk for tests",
+    "smollm2_hh": "SmolLM2-135M-Instruct on Alpaca and HH-RLHF",
+    "small": "with smollm2_hh: the reduced CPU size",
+})
+
+
+def base_variants(variants: list[str]) -> str | None:
+    """The variants of this file among another config's (model and data pass through)."""
+    return ",".join(v for v in variants if v in VARIANTS) or None
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    variants = (arg or "tiny").split(",")
+    variants = VARIANTS.parse(arg, "tiny")
     c = base()
     c.variant = arg or "tiny"
+    if "smollm2_hh" not in variants:  # the task world's RM needs the centring term to stay near 0
+        c.rm.center_coef = 0.01
     if "micro" in variants:
         c.data.n_sft, c.data.n_sft_val, c.data.n_rankings, c.data.n_rankings_val = 256, 64, 192, 64
-        c.data.n_prompts, c.data.n_eval_prompts = 128, 32
+        c.data.n_prompts = 128
         c.model.overrides.d_model, c.model.overrides.d_ff, c.model.overrides.head_dim = 32, 64, 8
         c.sft.epochs, c.sft.batch_size, c.sft.save_every = 1, 32, 4
         c.rm.batch_size, c.rm.save_every = 16, 4
@@ -42,10 +58,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.rm_train = "corpus:hh_rlhf"
         c.data.prompts = "corpus:hh_rlhf"
         c.data.max_len, c.data.max_prompt_len = 512, 384
-        c.sft.update(epochs=1, batch_size=32, lr=1e-5, warmup_steps=20, min_lr_ratio=0.1)
-        c.rm.update(epochs=1, batch_size=16, lr=9e-6)
+        c.sft.update(epochs=1, batch_size=32, lr=1e-5, warmup_steps=20, min_lr_ratio=0.1, eps=1e-5)
+        c.rm.update(epochs=1, batch_size=16, lr=9e-6, eps=1e-5)
         c.ppo.update(iterations=100, batch_size=64, minibatches=4, epochs=1, lr=1e-6, max_new_tokens=64,
-                     temperature=0.7, kl_coef=0.05, whiten_rewards=True)
+                     temperature=0.7, kl_coef=0.05, whiten_rewards=True, eps=1e-5)
         c.eval.n_prompts = 128
     if "small" in variants:  # the real model at a size a CPU test can afford
         c.data.max_len, c.data.max_prompt_len = 96, 64

@@ -1,10 +1,14 @@
-"""Orbax checkpoints of a stage: the train-state pytree plus JSON metadata (data position...).
+"""Orbax checkpoints of a stage: the train-state pytree plus JSON metadata (data position...),
+and the files one stage hands to the next (final parameters, summary).
 
 Restoring targets the live state's shardings, so a resumed run places every array exactly
 where an uninterrupted one would have it.
 """
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -36,3 +40,51 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+# --- stage hand-off files: WORKDIR/<stage>/final (parameters) and summary.json ---------------
+
+def final_path(workdir: str | Path, stage: str) -> Path:
+    return (Path(workdir) / stage / "final").absolute()
+
+
+def summary_path(workdir: str | Path, stage: str) -> Path:
+    return Path(workdir) / stage / "summary.json"
+
+
+def _write_json_atomic(path: Path, value) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    os.replace(tmp, path)
+
+
+def save_final(workdir: str | Path, stage: str, params, summary: dict) -> None:
+    """The stage's final parameters (when it has any), then its summary: the summary is written
+    last, each by a rename, so a stage is either done with both or not done."""
+    path = final_path(workdir, stage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if params is not None:
+        tmp = path.with_name("final.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        with ocp.StandardCheckpointer() as ckptr:
+            ckptr.save(tmp, params)
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    _write_json_atomic(summary_path(workdir, stage), summary)
+
+
+def load_final(workdir: str | Path, stage: str, like):
+    """A finished stage's final parameters, shaped and sharded like `like`."""
+    path = final_path(workdir, stage)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: stage {stage!r} has not finished; run it first "
+                                f"(--config.stages={stage},...)")
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
+    with ocp.StandardCheckpointer() as ckptr:
+        return ckptr.restore(path, abstract)
+
+
+def read_summary(workdir: str | Path, stage: str) -> dict | None:
+    """A finished stage's summary, or None while it has not finished."""
+    path = summary_path(workdir, stage)
+    return json.loads(path.read_text()) if path.exists() else None

@@ -21,8 +21,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rlhf_jax.data.tokenize import pad_left as left_pad  # noqa: F401  (re-exported)
+from rlhf_jax.models.forward import positions_from_mask
 from rlhf_jax.models.model import apply
 from rlhf_jax.models.transformer import KVCache
 
@@ -90,7 +92,7 @@ def generate(graphdef, params, prompt_BxP, prompt_mask_BxP, rng, cfg: SamplingCo
     model_cfg = graphdef_cfg(graphdef, params)
     cache = KVCache.init(model_cfg, B, P + N)
     mask = prompt_mask_BxP.astype(jnp.int32)
-    positions = jnp.clip(jnp.cumsum(mask, axis=1) - 1, 0)
+    positions = positions_from_mask(mask)
     logits, cache = apply(graphdef, params, prompt_BxP, positions_BxT=positions, segment_ids_BxT=mask,
                           cache=cache)
     next_pos_B = mask.sum(axis=1)
@@ -124,3 +126,17 @@ def graphdef_cfg(graphdef, params):
     """The ModelConfig stored on the module (a static attribute of the graph)."""
     from flax import nnx
     return nnx.merge(graphdef, params).cfg
+
+
+def sample_rows(graphdef, params, prompt_NxP, prompt_mask_NxP, copies: int, cfg: SamplingConfig, seed: int,
+                chunk: int = 512) -> dict[str, np.ndarray]:
+    """`copies` samples of each left-padded prompt (rows prompt-major), generated in chunks of
+    `chunk` rows: host arrays prompt, prompt_mask [N * copies, P], response, response_mask [N * copies, M]."""
+    tokens, mask = np.repeat(prompt_NxP, copies, 0), np.repeat(prompt_mask_NxP, copies, 0)
+    response, response_mask = [], []
+    for i in range(0, len(tokens), chunk):
+        gen = generate(graphdef, params, tokens[i:i + chunk], mask[i:i + chunk], jax.random.key(seed + i), cfg)
+        response.append(np.asarray(gen.tokens_BxN))
+        response_mask.append(np.asarray(gen.mask_BxN))
+    return {"prompt": tokens, "prompt_mask": mask, "response": np.concatenate(response),
+            "response_mask": np.concatenate(response_mask)}

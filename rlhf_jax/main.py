@@ -28,8 +28,10 @@ _NO_WANDB = flags.DEFINE_bool("no_wandb", False, "disable W&B logging (JSONL and
 def main(argv) -> int:
     del argv
     sys.path.insert(0, os.getcwd())  # configs/ importable from the repository root
+    from rlhf_jax.context import ConfigError
     from rlhf_jax.eval.report import plot_curves, write_report
-    from rlhf_jax.pipeline import ConfigError, Pipeline
+    from rlhf_jax.registry import UnknownNameError
+    from rlhf_jax.stages import MissingInputError, run
     from rlhf_jax.train.loop import StopRequested, install_sigterm_handler
 
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax is chatty at INFO
@@ -38,9 +40,8 @@ def main(argv) -> int:
     install_sigterm_handler()
     t0 = time.perf_counter()
     try:
-        pipe = Pipeline(config, workdir, use_wandb=not _NO_WANDB.value and config.log.wandb != "disabled")
-        summary = pipe.run()
-    except ConfigError as e:
+        summary = run(config, workdir, use_wandb=not _NO_WANDB.value and config.log.wandb != "disabled")
+    except (ConfigError, UnknownNameError, MissingInputError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     except StopRequested as e:

@@ -7,7 +7,7 @@ import pytest
 
 from configs.ablations.best_of_n import get_config
 from rlhf_jax.objectives.bon import bon_curve, bon_estimate, bon_weights, kl_bon
-from rlhf_jax.pipeline import Pipeline
+from rlhf_jax.stages import run as run_pipeline
 
 
 def test_estimator_equals_the_mean_over_all_subsets():
@@ -32,7 +32,7 @@ def test_weights_and_kl_by_hand():
 
 def test_bon_and_rejection_sampling_stages(tmp_path):
     c = get_config("micro")
-    summary = Pipeline(c, tmp_path).run()
+    summary = run_pipeline(c, tmp_path, use_wandb=False)
     bon, rs = summary["bon"], summary["rs"]
     assert bon["n_samples"] == 16 and bon["kl_best_of_N"] == pytest.approx(kl_bon(16))
     assert bon["proxy_best_of_N"] > bon["proxy_best_of_1"]  # the proxy's best always scores higher
@@ -48,7 +48,7 @@ def test_bon_and_rejection_sampling_stages(tmp_path):
     shutil.rmtree(tmp_path / "bon")
     oracle = get_config("micro,oracle")
     oracle.stages = "bon"
-    ob = Pipeline(oracle, tmp_path).run()["bon"]
+    ob = run_pipeline(oracle, tmp_path, use_wandb=False)["bon"]
     curve = __import__("json").loads((tmp_path / "bon" / "curve.json").read_text())
     assert all(r["proxy"] == pytest.approx(r["gold"]) for r in curve)
     assert all(b["gold"] >= a["gold"] - 1e-9 for a, b in zip(curve, curve[1:]))

@@ -1,4 +1,5 @@
-"""DPO family: losses against hand-computed values, K-wise pairing, cached = live reference, the stage."""
+"""Preference losses (DPO family, SimPO, ORPO): losses against hand-computed values, K-wise pairing,
+cached = live reference, the stage."""
 import math
 
 import jax
@@ -6,17 +7,32 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs.common import base
 from configs.dpo import get_config
 from rlhf_jax.data import synthetic
 from rlhf_jax.data.tokenize import TokenizeConfig, ranking_arrays
 from rlhf_jax.models import PRESETS, init_model
-from rlhf_jax.objectives.dpo import dpo_loss, pair_losses, sequence_logprobs
-from rlhf_jax.pipeline import Pipeline
+from rlhf_jax.objectives.preference import SequenceLogprobs, pair_losses, preference_loss
+from rlhf_jax.stages import run as run_pipeline
 from rlhf_jax.train import dpo as dpo_lib
 from rlhf_jax.train.optim import make_optimizer
 from rlhf_jax.train.state import TrainState
 
 softplus = lambda x: math.log1p(math.exp(x))  # -log sigmoid(-x)
+
+
+def hp(**changes):
+    """The config's dpo block with `changes` (the losses read their settings from it)."""
+    c = base().dpo
+    c.update(changes)
+    return c
+
+
+def dpo_loss(policy, ref, ranks, valid, beta):
+    """The DPO loss of summed log-probs (the counts do not enter the sum reduction)."""
+    ones = jnp.ones_like(policy)
+    return preference_loss("dpo", SequenceLogprobs(policy, ones), SequenceLogprobs(ref, ones), ranks, valid,
+                           hp(beta=beta))
 
 
 @pytest.mark.parametrize("kind, expected", [
@@ -52,8 +68,38 @@ def test_kwise_pairs_and_prompt_weights():
 def test_sequence_logprob_reductions():
     logp = jnp.array([[-1.0, -2.0, -3.0, -9.0]])
     mask = jnp.array([[0, 1, 1, 0]])
-    assert float(sequence_logprobs(logp, mask, "sum")[0]) == -5.0
-    assert float(sequence_logprobs(logp, mask, "mean")[0]) == -2.5
+    seq = SequenceLogprobs((logp * mask).sum(-1), mask.sum(-1).astype(jnp.float32))
+    assert float(seq.reduce("sum")[0]) == -5.0
+    assert float(seq.reduce("mean")[0]) == -2.5
+
+
+def test_simpo_by_hand():
+    # two responses, the first preferred: summed log-probs -4 over 2 tokens and -9 over 3 tokens
+    policy = SequenceLogprobs(jnp.array([[-4.0, -9.0]]), jnp.array([[2.0, 3.0]]))
+    loss, m = preference_loss("simpo", policy, None, jnp.array([[0, 1]]), jnp.array([[1, 1]]),
+                              hp(loss="simpo", beta=2.0, simpo_gamma=1.0))
+    r_w, r_l = 2.0 * -2.0, 2.0 * -3.0  # beta times the mean token log-prob
+    assert float(loss) == pytest.approx(softplus(-(r_w - r_l - 1.0)), rel=1e-6)
+    assert float(m["reward_margin"]) == pytest.approx(r_w - r_l) and float(m["reward_accuracy"]) == 1.0
+
+
+def test_orpo_by_hand():
+    policy = SequenceLogprobs(jnp.array([[-1.0, -3.6]]), jnp.array([[2.0, 3.0]]))
+    loss, m = preference_loss("orpo", policy, None, jnp.array([[0, 1]]), jnp.array([[1, 1]]),
+                              hp(loss="orpo", orpo_lambda=0.1))
+    lp_w, lp_l = -0.5, -1.2  # mean token log-probs
+    odds = lambda lp: lp - math.log(1.0 - math.exp(lp))
+    expected = -lp_w + 0.1 * softplus(-(odds(lp_w) - odds(lp_l)))  # NLL of the chosen + lambda * L_OR
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert float(m["reward_chosen"]) == pytest.approx(odds(lp_w), rel=1e-5)
+
+
+def test_reference_free_losses_refuse_nothing_and_reference_losses_need_one():
+    policy = SequenceLogprobs(jnp.array([[-1.0, -2.0]]), jnp.array([[1.0, 1.0]]))
+    with pytest.raises(ValueError, match="needs reference"):
+        preference_loss("ipo", policy, None, jnp.array([[0, 1]]), jnp.array([[1, 1]]), hp(loss="ipo"))
+    with pytest.raises(ValueError, match="preference loss 'kto' is not one of"):
+        preference_loss("kto", policy, None, jnp.array([[0, 1]]), jnp.array([[1, 1]]), hp())
 
 
 TOK = synthetic.tokenizer()
@@ -71,7 +117,7 @@ def test_response_logprobs_match_one_sequence_at_a_time(rankings):
     from rlhf_jax.models.model import apply
     from rlhf_jax.objectives.lm import token_logprobs
     model = init_model(CFG, seed=0)
-    got = np.asarray(dpo_lib.response_logprobs(model.graphdef, model.params, rankings))
+    got = np.asarray(dpo_lib.response_logprobs(model.graphdef, model.params, rankings).sum_BxK)
     for b, k in ((0, 0), (3, 2), (7, 1)):
         t, m, lm = (rankings[x][b, k] for x in ("tokens", "mask", "loss_mask"))
         n = int(m.sum())
@@ -83,12 +129,11 @@ def test_response_logprobs_match_one_sequence_at_a_time(rankings):
 def test_at_the_reference_the_loss_is_log2_and_cached_equals_live(rankings):
     model = init_model(CFG, seed=0)
     ref = jax.tree.map(jnp.copy, model.params)
-    batch = {**rankings, "ref_logp": jnp.asarray(dpo_lib.reference_logprobs(model.graphdef, ref, rankings, 8, "sum"))}
+    batch = {**rankings, "ref_logp": jnp.asarray(dpo_lib.reference_logprobs(model.graphdef, ref, rankings, 8))}
     tx, sched = make_optimizer(1e-3, 10)
     runs = {}
     for cached in (True, False):
-        cfg = dpo_lib.DPOConfig(beta=0.1, cache_reference=cached)
-        step = jax.jit(dpo_lib.make_dpo_step(model.graphdef, tx, sched, cfg))
+        step = jax.jit(dpo_lib.make_dpo_step(model.graphdef, tx, sched, hp(beta=0.1, cache_reference=cached)))
         state = TrainState(jax.tree.map(jnp.copy, model.params), tx.init(model.params), jnp.zeros((), jnp.int32))
         hist = []
         for i in range(3):
@@ -103,10 +148,23 @@ def test_at_the_reference_the_loss_is_log2_and_cached_equals_live(rankings):
     assert runs[True][-1]["loss"] < runs[True][0]["loss"]
 
 
+@pytest.mark.parametrize("loss", ["simpo", "orpo"])
+def test_reference_free_stage_builds_no_reference(tmp_path, monkeypatch, loss):
+    def no_reference(*args, **kwargs):
+        raise AssertionError("a reference-free loss computed reference log-probs")
+    monkeypatch.setattr(dpo_lib, "reference_logprobs", no_reference)
+    c = get_config(f"micro,{loss}")
+    c.dpo.steps = 3
+    d = run_pipeline(c, tmp_path, use_wandb=False)["dpo"]
+    assert c.dpo.loss == loss and d["steps"] == 3
+    for key in ("val_loss", "val_reward_accuracy", "kl_final", "gold_reward_final"):
+        assert np.isfinite(d[key]), key
+
+
 def test_dpo_stage_runs_from_the_cli_config(tmp_path):
     c = get_config("micro")
     c.log.wandb = "disabled"
-    summary = Pipeline(c, tmp_path).run()
+    summary = run_pipeline(c, tmp_path, use_wandb=False)
     d = summary["dpo"]
     for key in ("val_reward_accuracy", "val_reward_margin", "val_reward_chosen", "val_reward_rejected",
                 "kl_final", "gold_reward_sft", "gold_reward_final", "win_rate_vs_sft"):

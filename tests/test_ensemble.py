@@ -8,6 +8,7 @@ from rlhf_jax.data import synthetic
 from rlhf_jax.data.tokenize import TokenizeConfig, ranking_arrays
 from rlhf_jax.models import PRESETS, init_model
 from rlhf_jax.objectives.ensemble import aggregate
+from rlhf_jax.rewards import EnsembleReward
 from rlhf_jax.train import rm as rm_lib
 from rlhf_jax.train.optim import make_optimizer
 from rlhf_jax.train.state import TrainState
@@ -59,6 +60,6 @@ def test_vmapped_ensemble_step_equals_separate_steps():
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b, rtol=2e-5, atol=2e-6), state.params, s.params)
     assert float(m["loss"]) == pytest.approx(np.mean([float(mi["loss"]) for _, mi in separate]), rel=1e-5)
     assert float(m["accuracy_min"]) == pytest.approx(min(float(mi["accuracy"]) for _, mi in separate))
-    scores = rm_lib.ensemble_scores(graphdef, state.params,
-                                    jnp.asarray(batches[0]["tokens"][:, 0]), jnp.asarray(batches[0]["mask"][:, 0]))
+    scores = EnsembleReward(graphdef, None).member_scores(state.params, jnp.asarray(batches[0]["tokens"][:, 0]),
+                                                          jnp.asarray(batches[0]["mask"][:, 0]))
     assert scores.shape == (k, 8)

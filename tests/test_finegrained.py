@@ -43,9 +43,11 @@ def _segments(tok, ids, ends):
 @pytest.mark.parametrize("unit, expected", [
     ("sentence", ["Bloom is the second album, released in 2018 by EMI.",
                   "It was good, very good; and then, after a long while the end came!", "Done"]),
-    # after , ; ! ? . only once the segment has 5 words: "It was good," (3) runs on to "good;"
-    ("subsentence", ["Bloom is the second album,", "released in 2018 by EMI.", "It was good, very good;",
-                     "and then, after a long while the end came!", "Done"]),
+    # Wu et al.'s rule: sentences first; inside one, a split after , ; ! ? only when more than 5
+    # words follow ("album," has 5 after it: no split); "It was good," (3 words) runs on, then
+    # "and then," (2 words) is merged back into the piece before it
+    ("subsentence", ["Bloom is the second album, released in 2018 by EMI.", "It was good, very good; and then,",
+                     "after a long while the end came!", "Done"]),
     ("response", [TEXT]),
 ])
 def test_segmenters_on_gpt2_tokens(gpt2, unit, expected):
@@ -56,6 +58,49 @@ def test_segmenters_on_gpt2_tokens(gpt2, unit, expected):
     ends = np.asarray(F.segment_ends(jnp.array([ids]), jnp.asarray(resp), classes, unit))[0]
     assert not ends[:len(prompt)].any()  # the prompt's sentence ends are not segments
     assert _segments(tok, ids[len(prompt):], ends[len(prompt):]) == expected
+
+
+def wu_subsentences(text: str, min_words: int = 5) -> list[str]:
+    """Wu et al.'s released sub-sentence rule, written out on whitespace words (the reference):
+    sentences end at . ! ?; inside a sentence a piece may start after a word ending in , ; ! ?
+    when more than `min_words` words follow; a short piece merges back into the one before it
+    (or forward when it opens the sentence)."""
+    words, sentences, current = text.split(), [], []
+    for w in words:
+        current.append(w)
+        if w[-1] in ".!?":
+            sentences.append(current)
+            current = []
+    sentences += [current] if current else []
+    pieces = []
+    for sent in sentences:
+        starts, prev = [0], 0
+        for t in range(1, len(sent)):
+            if sent[t - 1][-1] in ",;!?" and t + min_words < len(sent):
+                if t - prev < min_words:
+                    if prev > 0:
+                        starts[-1] = t  # the short piece joins the one before it
+                        prev = t
+                else:
+                    starts.append(t)
+                    prev = t
+        bounds = starts + [len(sent)]
+        pieces += [" ".join(sent[a:b]) for a, b in zip(bounds, bounds[1:])]
+    return pieces
+
+
+@pytest.mark.parametrize("text", [
+    TEXT,
+    "a b c d e f, g h, i j k l m n o.",  # "g h," is short and merges back: two pieces
+    "Yes, I agree. The cat sat on the mat, and the dog ran in the yard, very fast.",
+    "one two three four five six, seven eight nine ten eleven twelve, thirteen fourteen fifteen sixteen seventeen.",
+    "Short one. Another, short; sentence! And a final clause, with words, that go on and on until the end",
+])
+def test_subsentences_follow_wu_et_al(gpt2, text):
+    tok, classes = gpt2
+    ids = tok(text)["input_ids"]
+    ends = np.asarray(F.segment_ends(jnp.array([ids]), jnp.ones((1, len(ids))), classes, "subsentence"))[0]
+    assert _segments(tok, ids, ends) == wu_subsentences(text)
 
 
 def test_word_unit_joins_subword_tokens(gpt2):
@@ -138,10 +183,10 @@ def test_component_spec_errors(spec, words):
 
 def test_fine_grained_pipeline_on_the_task_world(tmp_path):
     from configs.ablations.fine_grained import get_config
-    from rlhf_jax.pipeline import Pipeline
+    from rlhf_jax.stages import run as run_pipeline
     c = get_config("fine_grained,micro")
     c.ppo.iterations = 2
-    summary = Pipeline(c, tmp_path).run()
+    summary = run_pipeline(c, tmp_path, use_wandb=False)
     fg = summary["fgrm"]
     assert [comp["name"] for comp in fg["components"]] == ["wrong", "extra"]
     assert 0.5 < fg["wrong_val_accuracy"] <= 1 and fg["wrong_val_segments"] > 32

@@ -13,6 +13,7 @@ from rlhf_jax.data.tokenize import TokenizeConfig, ranking_arrays
 from rlhf_jax.eval.latents import LatentMonitor, cluster_separation_index, dbscan, default_eps
 from rlhf_jax.models import PRESETS, init_model
 from rlhf_jax.objectives.inform import inform_loss, latent_kl
+from rlhf_jax.models import forward
 from rlhf_jax.train import rm as rm_lib
 from rlhf_jax.train.optim import make_optimizer
 from rlhf_jax.train.state import TrainState
@@ -77,11 +78,11 @@ def setup():
 def test_head_scores_with_the_mean_latent(setup):
     cfg, model, arrays = setup
     tokens, mask = arrays["tokens"][:, 0], arrays["mask"][:, 0]
-    mu, logvar = rm_lib.latent_posterior(model.graphdef, model.params, tokens, mask)
+    mu, logvar = forward.latent_posterior(model.graphdef, model.params, tokens, mask)
     assert mu.shape == logvar.shape == (8, 6)
     head = model.params["head"]
     expected = np.asarray(mu) @ np.asarray(head["decoder"]) + float(head["bias"])
-    np.testing.assert_allclose(rm_lib.score_sequences(model.graphdef, model.params, tokens, mask), expected,
+    np.testing.assert_allclose(forward.score_at_last(model.graphdef, model.params, tokens, mask), expected,
                                rtol=1e-5, atol=1e-6)
     # the encoder and decoder are bias-free: a zero hidden state gives mu = 0, log var = 0, score = bias
     assert set(head) == {"encoder", "decoder", "bias"} and head["encoder"].shape == (cfg.d_model, 12)
@@ -96,7 +97,7 @@ def test_train_step_is_bt_on_sampled_latents_plus_kl(setup):
     _, metrics = step(state, arrays, rng)
     # recompute: z = mu + sigma * eps with the step's own noise, decoded, BT + 0.3 * KL
     B, K, T = arrays["tokens"].shape
-    mu, lv = rm_lib.latent_posterior(model.graphdef, model.params, arrays["tokens"].reshape(B * K, T),
+    mu, lv = forward.latent_posterior(model.graphdef, model.params, arrays["tokens"].reshape(B * K, T),
                                      arrays["mask"].reshape(B * K, T))
     z = mu + jnp.exp(0.5 * lv) * jax.random.normal(rng, mu.shape)
     head = model.params["head"]
@@ -136,10 +137,10 @@ def test_monitor_outlier_rate_and_csi_react_to_a_shift():
 
 def test_inform_pipeline_tracks_latents(tmp_path):
     from configs.ablations.inform import get_config
-    from rlhf_jax.pipeline import Pipeline
+    from rlhf_jax.stages import run as run_pipeline
     c = get_config("inform,micro")
     c.stages = "sft,rm,ppo"
-    summary = Pipeline(c, tmp_path).run()
+    summary = run_pipeline(c, tmp_path, use_wandb=False)
     ppo = summary["ppo"]
     for name in ("sft", "final"):
         assert 0.0 <= ppo[f"latent_outlier_rate_{name}"] <= 1.0 and ppo[f"latent_csi_{name}"] > 0

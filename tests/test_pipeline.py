@@ -12,12 +12,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs.common import base
 from configs.instructgpt import get_config
 from rlhf_jax import sharding as shd
+from rlhf_jax.context import ConfigError, build_context
 from rlhf_jax.data import synthetic
 from rlhf_jax.data.tokenize import TokenizeConfig, prompt_arrays, ranking_arrays, sft_arrays
 from rlhf_jax.models import PRESETS, init_model
-from rlhf_jax.pipeline import ConfigError, Pipeline, validate_config
+from rlhf_jax.rewards import ModelReward
+from rlhf_jax.stages import common, run_stages
+from rlhf_jax.stages import run as run_pipeline
+from rlhf_jax.stages.validate import validate_config
 from rlhf_jax.train import ppo as ppo_lib
 from rlhf_jax.train import rm as rm_lib
 from rlhf_jax.train import sft as sft_lib
@@ -30,6 +35,13 @@ WORLD = synthetic.WorldConfig(seed=0, max_items=4)
 TCFG = TokenizeConfig(max_len=16, max_prompt_len=8)
 CFG = PRESETS["test"].replace(vocab_size=len(TOK), d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=64,
                               eos_token_id=TOK.eos_token_id, pad_token_id=TOK.pad_token_id)
+
+
+def ppo_hp(**changes):
+    """The config's ppo block with `changes`."""
+    hp = base().ppo
+    hp.update(changes)
+    return hp
 
 
 def _mesh(shape):
@@ -55,8 +67,8 @@ def _build(kind, mesh):
         step = rm_lib.make_rm_step(scalar.graphdef, tx, sched, center_coef=0.01)  # gives the bias a gradient
         batches = [{k: v[i * 8:(i + 1) * 8] for k, v in arrays.items()} for i in range(3)]
         return (*compile_step(step, state, shd.shard_batch(batches[0], mesh), mesh), batches, None)
-    cfg = ppo_lib.PPOConfig(max_new_tokens=5, minibatches=2, epochs=2, eos_token_id=TOK.eos_token_id,
-                            pad_token_id=TOK.pad_token_id, ema_decay=0.9)
+    hp = ppo_hp(max_new_tokens=5, minibatches=2, epochs=2, ema_decay=0.9)
+    models = ppo_lib.PPOModels(lm.graphdef, scalar.graphdef, ModelReward(scalar.graphdef))
     params = {"policy": lm.params, "value": scalar.params}
     copy = lambda t: jax.tree.map(jnp.copy, t)
     state = PPOState(params, jax.jit(tx.init)(params), jnp.zeros((), jnp.int32), jnp.float32(0.05),
@@ -64,10 +76,9 @@ def _build(kind, mesh):
     arrays, _ = prompt_arrays(synthetic.prompts(WORLD, 24), TOK, TCFG)
     batches = [{"prompt": arrays["tokens"][i * 8:(i + 1) * 8], "prompt_mask": arrays["mask"][i * 8:(i + 1) * 8]}
                for i in range(3)]
-    constants = commit((copy(lm.params), copy(scalar.params)), mesh)
-    step, state = compile_step(ppo_lib.make_ppo_step(cfg, (lm.graphdef, scalar.graphdef, scalar.graphdef), tx,
-                                                     sched), state, shd.shard_batch(batches[0], mesh), mesh,
-                               constants=constants)
+    constants = commit({"reference": copy(lm.params), "reward": copy(scalar.params)}, mesh)
+    step, state = compile_step(ppo_lib.make_ppo_step(hp, ppo_lib.sampling_config(hp, TOK), models, tx, sched), state,
+                               shd.shard_batch(batches[0], mesh), mesh, constants=constants, outputs=True)
     return step, state, batches, constants
 
 
@@ -77,7 +88,7 @@ def _run(kind, mesh_shape):
     extra = (constants,) if constants is not None else ()
     history = []
     for i, b in enumerate(batches):
-        state, metrics = step(state, shd.shard_batch(b, mesh), jax.random.key(i), *extra)
+        state, metrics, *_ = step(state, shd.shard_batch(b, mesh), jax.random.key(i), *extra)
         history.append({k: np.asarray(v) for k, v in metrics.items()})
     return step, jax.tree.map(np.asarray, jax.device_get(state)), history
 
@@ -111,13 +122,13 @@ def _numbers(summary):
 
 
 def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
-    straight = Pipeline(micro(), tmp_path / "straight").run()
+    straight = run_pipeline(micro(), tmp_path / "straight", use_wandb=False)
     assert set(straight) == {"sft", "rm", "ppo"}
     # stop mid-SFT and mid-PPO (after their checkpoints), as a kill would, then run again
     for stop in ({"debug_stop_after.sft": 5}, {"debug_stop_after.ppo": 2}):
         with pytest.raises(SystemExit):
-            Pipeline(micro(**stop), tmp_path / "resumed").run()
-    resumed = Pipeline(micro(), tmp_path / "resumed").run()
+            run_pipeline(micro(**stop), tmp_path / "resumed", use_wandb=False)
+    resumed = run_pipeline(micro(), tmp_path / "resumed", use_wandb=False)
     assert _numbers(resumed) == _numbers(straight)
     log = [json.loads(l) for l in open(tmp_path / "resumed" / "ppo" / "metrics.jsonl")]
     assert [r["step"] for r in log if "score" in r] == [1, 2, 3, 4]
@@ -146,21 +157,21 @@ def test_invalid_configs_name_the_field(field, value, words):
 def test_lora_sft_stage_trains_adapters_and_resumes(tmp_path):
     overrides = {"stages": "sft", "sft.lora_rank": 4, "sft.lora_targets": "wq,wv,w_up", "sft.lr": 3e-2, "sft.epochs": 3,
                  "sft.warmup_steps": 0}
-    straight = Pipeline(micro(**overrides), tmp_path / "straight")
-    summary = straight.run()["sft"]
+    straight = build_context(micro(**overrides), tmp_path / "straight", use_wandb=False)
+    summary = run_stages(straight)["sft"]
     # micro model: L=2, d=32, 4 heads x 8, 2 kv heads x 8, d_ff=64; r * (fan_in + fan_out) per target
     assert summary["trainable_params"] == 2 * 4 * ((32 + 32) + (32 + 16) + (32 + 64))
-    final, base = straight.sft_params(), straight.base.params
+    final, base = common.load_sft(straight), straight.base.params
     changed = {k for k in base["blocks"] if not np.allclose(final["blocks"][k], base["blocks"][k])}
     assert changed == {"wq", "wv", "w_up"}
     np.testing.assert_array_equal(final["embed"], base["embed"])
-    val = straight.arrays("sft_val")
+    val = straight.data.arrays("sft_val")
     evaluate = sft_lib.make_sft_eval(straight.base.graphdef)
     before = sft_lib.validation_loss(evaluate, base, val, 32)["val_loss"]
     assert summary["val_loss"] < before - 0.15  # measured: 3.12 -> 2.90 (random-init base, 3 targets)
     with pytest.raises(SystemExit):
-        Pipeline(micro(**overrides, **{"debug_stop_after.sft": 5}), tmp_path / "resumed").run()
-    resumed = Pipeline(micro(**overrides), tmp_path / "resumed").run()["sft"]
+        run_pipeline(micro(**overrides, **{"debug_stop_after.sft": 5}), tmp_path / "resumed", use_wandb=False)
+    resumed = run_pipeline(micro(**overrides), tmp_path / "resumed", use_wandb=False)["sft"]
     assert _numbers({"sft": resumed}) == _numbers({"sft": summary})
 
 
@@ -171,23 +182,24 @@ def test_ptx_term_adds_coef_times_the_pretraining_loss():
     prompts, _ = prompt_arrays(synthetic.prompts(WORLD, 8), TOK, TCFG)
     ptx, _ = sft_arrays(synthetic.sft_records(WORLD, 8, "ptx"), TOK, TCFG)
     ptx = {k: jnp.asarray(v) for k, v in ptx.items()}
-    gds = (lm.graphdef, scalar.graphdef, scalar.graphdef)
-    cfg0 = ppo_lib.PPOConfig(max_new_tokens=5, eos_token_id=TOK.eos_token_id, pad_token_id=TOK.pad_token_id)
-    cfg = cfg0.__class__(**{**cfg0.__dict__, "ptx_coef": 0.7})
+    models = ppo_lib.PPOModels(lm.graphdef, scalar.graphdef, ModelReward(scalar.graphdef))
+    cfg0, cfg = ppo_hp(max_new_tokens=5), ppo_hp(max_new_tokens=5, ptx_coef=0.7)
     state = PPOState({"policy": lm.params, "value": scalar.params}, None, 0, jnp.float32(0.05), None)
-    data, _ = ppo_lib.rollout(cfg0, gds, state, (lm.params, scalar.params),
+    data, _ = ppo_lib.rollout(cfg0, ppo_lib.sampling_config(cfg0, TOK), models, state,
+                              {"reference": lm.params, "reward": scalar.params},
                               {"prompt": prompts["tokens"], "prompt_mask": prompts["mask"]}, jax.random.key(0))
-    without, _ = ppo_lib.ppo_loss(cfg0, gds, state.params, data, ptx)
-    with_ptx, metrics = ppo_lib.ppo_loss(cfg, gds, state.params, data, ptx)
-    nll, count = sft_lib.make_sft_eval(lm.graphdef)(lm.params, ptx)
+    without, _ = ppo_lib.ppo_loss(cfg0, models, state.params, data, ptx)
+    with_ptx, metrics = ppo_lib.ppo_loss(cfg, models, state.params, data, ptx)
+    out = sft_lib.make_sft_eval(lm.graphdef)(lm.params, ptx)
+    nll, count = out["nll"], out["tokens"]
     assert float(count) > 20
     np.testing.assert_allclose(float(metrics["ptx_loss"]), float(nll / count), rtol=1e-5)
     np.testing.assert_allclose(float(with_ptx - without), 0.7 * float(nll / count), rtol=1e-4)
 
 
 def test_ppo_ptx_pipeline_logs_the_ptx_loss(tmp_path):
-    pipe = Pipeline(micro(**{"ppo.ptx_coef": 1.0, "ppo.ptx_batch_size": 16, "ppo.iterations": 2}), tmp_path)
-    pipe.run()
+    run_pipeline(micro(**{"ppo.ptx_coef": 1.0, "ppo.ptx_batch_size": 16, "ppo.iterations": 2}), tmp_path,
+                 use_wandb=False)
     log = [json.loads(l) for l in open(tmp_path / "ppo" / "metrics.jsonl")]
     ptx = [r["ptx_loss"] for r in log if "ptx_loss" in r]
     assert len(ptx) == 2 and all(0.0 < v < 5.0 for v in ptx)

@@ -32,9 +32,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from rlhf_jax.generate import generate  # noqa: E402
+from configs.common import base  # noqa: E402
+from rlhf_jax.generate import SamplingConfig, generate  # noqa: E402
 from rlhf_jax.models import PRESETS, init_model  # noqa: E402
 from rlhf_jax.models.config import to_hf_config  # noqa: E402
+from rlhf_jax.rewards import ModelReward  # noqa: E402
 from rlhf_jax.train import ppo as ppo_lib  # noqa: E402
 from rlhf_jax.train import rm as rm_lib  # noqa: E402
 from rlhf_jax.train import sft as sft_lib  # noqa: E402
@@ -94,32 +96,34 @@ def ours(shape: dict, steps: int) -> dict:
     t = time_step(rm_lib.make_rm_step(scalar.graphdef, tx, sched), scalar.params, rm_batch)
     out["rm"] = {"step_s": t, "tokens_per_s": R * 2 * T / t}
 
-    pcfg = ppo_lib.PPOConfig(max_new_tokens=shape["new"], minibatches=shape["minibatches"], epochs=shape["epochs"],
-                             eos_token_id=-1, pad_token_id=PAD)  # eos -1: every response has full length
-    gds = (lm.graphdef, scalar.graphdef, scalar.graphdef)
+    pcfg = base().ppo  # the config's PPO settings, at the benchmark's shape
+    pcfg.update(max_new_tokens=shape["new"], minibatches=shape["minibatches"], epochs=shape["epochs"])
+    # eos -1: every response has full length
+    sampling = SamplingConfig(max_new_tokens=shape["new"], eos_token_ids=(-1,), pad_token_id=PAD)
+    models = ppo_lib.PPOModels(lm.graphdef, scalar.graphdef, ModelReward(scalar.graphdef))
     params = {"policy": copy(lm.params), "value": copy(scalar.params)}
     state = PPOState(params, tx.init(params), jnp.zeros((), jnp.int32), jnp.float32(0.05), None)
-    constants = (lm.params, scalar.params)
+    constants = {"reference": lm.params, "reward": scalar.params}
     Bp, Pl = shape["ppo_batch"], shape["prompt"]
     prompts = {"prompt": ids(Bp, Pl), "prompt_mask": jnp.ones((Bp, Pl), jnp.int32)}
     gen = jax.jit(lambda st, b, r: generate(lm.graphdef, st.params["policy"], b["prompt"], b["prompt_mask"], r,
-                                            pcfg.sampling()))
+                                            sampling))
     g = gen(state, prompts, jax.random.key(0))
-    score = jax.jit(lambda st, c, b, resp, m: ppo_lib.score_rollout(pcfg, gds, st, c, b["prompt"],
+    score = jax.jit(lambda st, c, b, resp, m: ppo_lib.score_rollout(pcfg, sampling, models, st, c, b["prompt"],
                                                                      b["prompt_mask"], resp, m))
     data, _ = score(state, constants, prompts, g.tokens_BxN, g.mask_BxN)
-    upd = jax.jit(lambda st, d, r: ppo_lib.update(pcfg, gds, tx, st.params, st.opt_state, d, {}, r)[2]["loss"])
+    upd = jax.jit(lambda st, d, r: ppo_lib.update(pcfg, models, tx, st.params, st.opt_state, d, {}, r)[2]["loss"])
     phases = {
         "generation_s": median_time(lambda: gen(state, prompts, jax.random.key(1)).tokens_BxN, steps),
-        "scoring_s": median_time(lambda: score(state, constants, prompts, g.tokens_BxN, g.mask_BxN)[0]["advantages"],
+        "scoring_s": median_time(lambda: score(state, constants, prompts, g.tokens_BxN, g.mask_BxN)[0].advantages_BxN,
                                  steps),
         "update_s": median_time(lambda: upd(state, data, jax.random.key(2)), steps),
     }
-    full = jax.jit(ppo_lib.make_ppo_step(pcfg, gds, tx, sched), donate_argnums=0)
+    full = jax.jit(ppo_lib.make_ppo_step(pcfg, sampling, models, tx, sched), donate_argnums=0)
     box = [state]
 
     def ppo():
-        box[0], m = full(box[0], prompts, jax.random.key(3), constants)
+        box[0], m, _ = full(box[0], prompts, jax.random.key(3), constants)
         return m["loss"]
     t = median_time(ppo, steps)
     out["ppo"] = {"iteration_s": t, "sequences_per_s": Bp / t,

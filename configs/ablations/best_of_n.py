@@ -8,14 +8,18 @@ best-of-n estimate of proxy and gold score for n = 1, 2, 4, ..., N against KL_bo
 bon/curve.json and bon_curves.png) and `rs` (SFT of the SFT policy on its best-of-N samples
 under the RM, then judged against SFT like PPO). Variants: `hackable` (RM on perturbed
 answers: gold peaks then falls as n grows), `ensemble` (5 members, WCO), `oracle` (rank by the
-gold reward: the ceiling), micro.
+gold reward: the ceiling), and any variant of configs/instructgpt.py.
 """
 from configs import instructgpt
+from configs.variants import Variants
+
+VARIANTS = instructgpt.VARIANTS | Variants("configs/ablations/best_of_n.py", {
+    "hackable": "RM on perturbed answers", "ensemble": "5 RMs, worst case", "oracle": "rank by the gold reward"})
 
 
 def get_config(arg: str | None = None):
-    variants = (arg or "tiny").split(",")
-    c = instructgpt.get_config(",".join(v for v in variants if v in ("tiny", "micro")) or None)
+    variants = VARIANTS.parse(arg, "tiny")
+    c = instructgpt.get_config(instructgpt.base_variants(variants))
     c.name, c.variant = "best_of_n", arg or "tiny"
     c.stages = "sft,rm,bon,rs"
     c.bon.update(n_samples=256, n_prompts=128)

@@ -16,17 +16,24 @@ qa_feedback: the QA-Feedback category models on real span annotations (needs
   factuality (Wrong-Grounding / Unverifiable) per sentence, with the paper's weights 0.3 and
   0.5, on a small decoder with the GPT-2 tokenizer; stage fgrm only (held-out segment accuracy).
 hackable: preference rankings of perturbed answers (the RM that PPO over-optimises).
+Any variant of configs/instructgpt.py passes through (micro for tests).
 """
 from configs import instructgpt
+from configs.variants import Variants
 
 WORLD = "wrong:word:0.3,extra:word:0.3"
 QA = ("relevance:subsentence:0.3:Irrelevant|Redundant|Incoherent,"
       "factuality:sentence:0.5:Wrong-Grounding|Unverifiable")
 
 
+VARIANTS = instructgpt.VARIANTS | Variants("configs/ablations/fine_grained.py", {
+    "fine_grained": "per-word category models + the holistic RM", "holistic": "one holistic RM",
+    "qa_feedback": "QA-Feedback category models on real spans", "hackable": "RMs on perturbed answers"})
+
+
 def get_config(arg: str | None = None):
-    variants = (arg or "fine_grained").split(",")
-    c = instructgpt.get_config(",".join(v for v in variants if v in ("tiny", "micro")) or None)
+    variants = VARIANTS.parse(arg, "fine_grained")
+    c = instructgpt.get_config(instructgpt.base_variants(variants))
     c.name, c.variant = "fine_grained", arg or "fine_grained"
     if "holistic" in variants:
         c.stages = "sft,rm,ppo"
@@ -39,7 +46,8 @@ def get_config(arg: str | None = None):
         c.fg.update(n_train=128, n_val=32, epochs=1, batch_size=16, save_every=0)
     if "qa_feedback" in variants:
         c.stages = "fgrm"
-        c.fg.update(components=QA, data="corpus:qa_feedback", n_train=1000, epochs=4, batch_size=16, lr=1e-3)
+        c.fg.update(components=QA, init="base", data="corpus:qa_feedback", n_train=1000, epochs=4, batch_size=16,
+                    lr=1e-3)
         c.model.tokenizer = "corpus:gpt2"
         c.model.overrides.update(max_seq_len=768)
         c.data.update(max_len=768, max_prompt_len=512, val_fraction=0.1)

@@ -13,23 +13,29 @@ end of the stage writes ppo/latents.npz and ppo/latents.png (a 2-D projection). 
 then ranks SFT samples by the same RM.
 
 Variants: inform (default), standard (the scalar-head baseline under the same budget),
-mean_then_kl, beta0.01 / beta1 (bottleneck weight), znorm (reward divided by its spread on the
-SFT demonstrations: the bottleneck shrinks the reward's scale), hackable (RMs trained on perturbed
-reference answers: the setting in which a standard RM is over-optimised), micro (tests).
+mean_then_kl, beta<x> (bottleneck weight, e.g. beta0.01), znorm (reward divided by its spread on
+the SFT demonstrations: the bottleneck shrinks the reward's scale), hackable (RMs trained on
+perturbed reference answers: the setting in which a standard RM is over-optimised), and any
+variant of configs/instructgpt.py (micro for tests).
 """
 from configs import instructgpt
+from configs.variants import Variants
+
+VARIANTS = instructgpt.VARIANTS | Variants("configs/ablations/inform.py", {
+    "inform": "the InfoRM head", "standard": "the scalar-head baseline", "mean_then_kl": "the released code's KL",
+    "znorm": "reward divided by its demonstration spread", "hackable": "RMs on perturbed answers"},
+    numeric={"beta": "the bottleneck weight"})
 
 
 def get_config(arg: str | None = None):
-    variants = (arg or "inform").split(",")
-    c = instructgpt.get_config(",".join(v for v in variants if v in ("tiny", "micro")) or None)
+    variants = VARIANTS.parse(arg, "inform")
+    c = instructgpt.get_config(instructgpt.base_variants(variants))
     c.name, c.variant = "inform", arg or "inform"
     c.stages = "sft,rm,ppo,bon"
     c.rm.head = "scalar" if "standard" in variants else "inform"
     c.inform.kl_form = "mean_then_kl" if "mean_then_kl" in variants else "per_dim_sum"
-    for v in variants:
-        if v.startswith("beta"):
-            c.inform.beta = float(v[4:])
+    if VARIANTS.number(variants, "beta") is not None:
+        c.inform.beta = VARIANTS.number(variants, "beta")
     c.rm.znorm = "znorm" in variants  # divide the reward by its spread on the demonstrations
     if "hackable" in variants:
         c.data.rm_from_policy = False

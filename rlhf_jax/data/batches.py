@@ -57,8 +57,23 @@ class BatchIterator:
 
 
 def eval_batches(arrays: dict[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Consecutive full batches in order (a remainder is dropped, so every batch compiles the
-    same); fewer rows than one batch give a single short batch."""
+    """Every row in order, in batches of exactly `batch_size` (so one compilation serves all):
+    the last batch is filled with all-zero rows, which carry no weight in any held-out metric
+    (zero masks, no valid responses, no segment ends)."""
     n = len(next(iter(arrays.values())))
-    for i in range(0, max(n - n % batch_size, 1), batch_size):
-        yield {k: v[i:i + batch_size] for k, v in arrays.items()}
+    for i in range(0, n, batch_size):
+        batch = {k: v[i:i + batch_size] for k, v in arrays.items()}
+        short = batch_size - min(batch_size, n - i)
+        if short:
+            batch = {k: np.concatenate([v, np.zeros((short, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+        yield batch
+
+
+def evaluate_all(evaluate, params, arrays: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+    """`evaluate(params, batch) -> dict of numbers` over every held-out row (`eval_batches`);
+    returns each quantity stacked over batches (axis 0), for the caller to weigh and reduce."""
+    out: dict[str, list] = {}
+    for batch in eval_batches(arrays, batch_size):
+        for k, v in evaluate(params, batch).items():
+            out.setdefault(k, []).append(np.asarray(v, np.float64))
+    return {k: np.stack(v) for k, v in out.items()}

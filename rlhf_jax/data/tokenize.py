@@ -171,6 +171,12 @@ def pad_left(seqs: Sequence[Sequence[int]], pad_id: int = 0, length: int | None 
     return tokens[:, ::-1].copy(), mask[:, ::-1].copy()
 
 
+def decode(tokenizer, tokens_BxT, mask_BxT) -> list[str]:
+    """The text of each row's real tokens (mask > 0), special tokens dropped."""
+    return [tokenizer.decode([int(t) for t, m in zip(row, mrow) if m], skip_special_tokens=True)
+            for row, mrow in zip(np.asarray(tokens_BxT), np.asarray(mask_BxT))]
+
+
 def pad_values(seqs: Sequence[Sequence[int]], length: int, fill: int = 0) -> np.ndarray:
     out = np.full((len(seqs), length), fill, np.int32)
     for row, s in enumerate(seqs):

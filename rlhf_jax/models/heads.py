@@ -18,8 +18,22 @@ import jax
 import jax.numpy as jnp
 
 from rlhf_jax.models.config import ModelConfig
+from rlhf_jax.registry import Registry
+
+HEADS = Registry("head")  # every head a decoder can carry
+REWARD_HEADS = Registry("reward head")  # the heads a reward model can carry (config rm.head)
 
 
+def register_head(name: str, reward: bool = False):
+    def add(cls):
+        HEADS.register(name, cls)
+        if reward:
+            REWARD_HEADS.register(name, cls)
+        return cls
+    return add
+
+
+@register_head("lm")
 class LMHead(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.tied = cfg.tie_embeddings
@@ -38,6 +52,7 @@ class LMHead(nnx.Module):
         return logits.astype(jnp.float32)
 
 
+@register_head("scalar", reward=True)
 class ScalarHead(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         std = 1.0 / (cfg.d_model + 1) ** 0.5
@@ -50,6 +65,7 @@ class ScalarHead(nnx.Module):
         return values + self.bias[...]
 
 
+@register_head("inform", reward=True)
 class InfoHead(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         L = cfg.latent_dim
@@ -79,14 +95,10 @@ class NoHead(nnx.Module):
         return hidden_BxTxD
 
 
-HEADS = {"lm": LMHead, "scalar": ScalarHead, "inform": InfoHead}
-
-
 def make_head(kind: str, cfg: ModelConfig, *, rngs: nnx.Rngs) -> nnx.Module:
+    """The registered head `kind`, or "none" for the hidden states themselves."""
     if kind == "none":
         return NoHead()
-    if kind not in HEADS:
-        raise ValueError(f"head={kind!r} is not one of {sorted(HEADS) + ['none']}")
     return HEADS[kind](cfg, rngs=rngs)
 
 

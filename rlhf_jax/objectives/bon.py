@@ -39,12 +39,19 @@ def bon_estimate(proxy_PxN: np.ndarray, values_PxN: np.ndarray, n: int) -> float
 
 
 def bon_curve(proxy_PxN: np.ndarray, gold_PxN: np.ndarray | None, ns) -> list[dict]:
-    """For each n: KL_bon, the best-of-n proxy score and (when given) the gold score."""
+    """For each n: KL_bon, the best-of-n proxy score and (when given) the gold score.
+
+    A sample without a gold score (NaN) leaves its prompt out of the gold estimate (the best
+    of n could be that sample); `gold_prompts` says how many prompts the gold estimate covers.
+    """
     rows = []
+    complete = None if gold_PxN is None else ~np.isnan(np.atleast_2d(gold_PxN)).any(1)
     for n in ns:
         row = {"n": int(n), "kl": kl_bon(n), "proxy": bon_estimate(proxy_PxN, proxy_PxN, n)}
         if gold_PxN is not None:
-            row["gold"] = bon_estimate(proxy_PxN, gold_PxN, n)
+            row["gold"] = (bon_estimate(np.atleast_2d(proxy_PxN)[complete], np.atleast_2d(gold_PxN)[complete], n)
+                           if complete.any() else float("nan"))
+            row["gold_prompts"] = int(complete.sum())
         rows.append(row)
     return rows
 

@@ -1,10 +1,14 @@
 """Fine-grained rewards (Wu et al. 2023; RLHF_NOTES section 7).
 
-Several reward models, each scoring its own segment unit of the response:
+Several reward models, each scoring its own segment unit of the response. The units are the
+registered segmenters (`SEGMENTERS`):
 
-- "subsentence": a segment ends after , ; ! ? or . once it holds at least `min_words` words
-  (Wu et al.: 5); "sentence": after . ! ?; "word"; "token"; "response" (the whole response,
-  read at its last token). The response's last real token always ends a segment.
+- "sentence": a segment ends after . ! ?; "word"; "token"; "response" (the whole response,
+  read at its last token); "subsentence", Wu et al.'s released rule: the response is first cut
+  into sentences (always split at a sentence end); inside a sentence a new piece may start
+  after a word ending in , ; ! ? when more than `min_words` (5) words of the sentence follow;
+  a piece shorter than `min_words` is merged backward into the piece before it (or forward,
+  when it opens the sentence). The response's last real token always ends a segment.
 
 Segments are found on token ids, inside jit: a table per vocabulary entry says whether the
 token ends a sentence, ends a clause, or starts a word (computed once from the tokenizer, no
@@ -29,9 +33,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-UNITS = ("token", "word", "subsentence", "sentence", "response")
+from rlhf_jax.registry import Registry
+
 SENTENCE_END = ".!?"
-CLAUSE_END = ",;!?."
+CLAUSE_END = ",;!?"  # Wu et al.'s sub-sentence marks: [,;!?] at the end of a whitespace word
+
+# unit -> (tokens_BxT, response_mask_BxT [bool], token classes_BxTx3, last_BxT, min_words) -> ends_BxT [bool]
+SEGMENTERS = Registry("segment unit")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +60,8 @@ def parse_components(spec: str) -> list[Component]:
         if len(parts) not in (3, 4):
             raise ValueError(f"component {i} {item!r}: expected name:unit:weight[:Error1|Error2]")
         name, unit, weight = parts[:3]
-        if unit not in UNITS:
-            raise ValueError(f"component {i} {item!r}: unit {unit!r} is not one of {UNITS}")
+        if unit not in SEGMENTERS:
+            raise ValueError(f"component {i} {item!r}: unit {unit!r} is not one of {SEGMENTERS.names()}")
         try:
             w = float(weight)
         except ValueError:
@@ -90,34 +98,78 @@ def token_classes(tokenizer) -> np.ndarray:
 
 def segment_ends(tokens_BxT, response_mask_BxT, classes_Vx3, unit: str, min_words: int = 5):
     """ends_BxT: 1.0 on the last token of every segment of the response (response_mask = 1)."""
-    if unit not in UNITS:
-        raise ValueError(f"unit {unit!r} is not one of {UNITS}")
+    segmenter = SEGMENTERS[unit]
     resp = response_mask_BxT.astype(bool)
     T = tokens_BxT.shape[1]
     idx = jnp.where(resp, jnp.arange(T)[None, :], -1)
     last = (jnp.arange(T)[None, :] == idx.max(1, keepdims=True)) & resp
-    if unit == "response":
-        return last.astype(jnp.float32)
-    if unit == "token":
-        return resp.astype(jnp.float32)
-    cls = jnp.asarray(classes_Vx3)[tokens_BxT]  # [B, T, 3]
-    starts_word = cls[..., 2]
-    if unit == "word":  # the next response token opens a word (or there is none)
-        next_starts = jnp.concatenate([starts_word[:, 1:] & resp[:, 1:], jnp.zeros_like(resp[:, :1])], 1)
-        return ((next_starts | last) & resp).astype(jnp.float32)
-    if unit == "sentence":
-        return ((cls[..., 0] | last) & resp).astype(jnp.float32)
-    # sub-sentence: a clause mark closes the segment once it holds min_words words
-    def step(words_B, xs):
-        starts_B, clause_B, resp_B = xs
-        words_B = words_B + (starts_B & resp_B).astype(jnp.int32)
-        end_B = clause_B & resp_B & (words_B >= min_words)
-        return jnp.where(end_B, 0, words_B), end_B
+    cls = jnp.asarray(classes_Vx3)[tokens_BxT]  # [B, T, 3]: sentence end, clause end, starts a word
+    return ((segmenter(tokens_BxT, resp, cls, last, min_words) | last) & resp).astype(jnp.float32)
 
-    first_word = resp & ~jnp.concatenate([jnp.zeros_like(resp[:, :1]), resp[:, :-1]], 1)  # 1st token counts
-    _, ends_TxB = jax.lax.scan(step, jnp.zeros(tokens_BxT.shape[0], jnp.int32),
-                               ((starts_word | first_word).T, cls[..., 1].T, resp.T))
-    return ((ends_TxB.T | last) & resp).astype(jnp.float32)
+
+def _shift_right(x_BxT, fill=False):
+    """x[:, t - 1] at t (fill at t = 0)."""
+    return jnp.concatenate([jnp.full_like(x_BxT[:, :1], fill), x_BxT[:, :-1]], 1)
+
+
+@SEGMENTERS.register("response")
+def _response(tokens, resp, cls, last, min_words):
+    return last
+
+
+@SEGMENTERS.register("token")
+def _token(tokens, resp, cls, last, min_words):
+    return resp
+
+
+@SEGMENTERS.register("word")
+def _word(tokens, resp, cls, last, min_words):
+    """A segment ends where the next response token opens a word (or there is none)."""
+    next_starts = jnp.concatenate([cls[:, 1:, 2] & resp[:, 1:], jnp.zeros_like(resp[:, :1])], 1)
+    return next_starts
+
+
+@SEGMENTERS.register("sentence")
+def _sentence(tokens, resp, cls, last, min_words):
+    return cls[..., 0]
+
+
+@SEGMENTERS.register("subsentence")
+def _subsentence(tokens, resp, cls, last, min_words):
+    """Wu et al.'s rule (module docstring), on whitespace words, sentence by sentence."""
+    sentence_end = (cls[..., 0] | last) & resp
+    sentence_start = resp & ~_shift_right(resp) | resp & _shift_right(sentence_end)
+    word_start = resp & (cls[..., 2] | sentence_start)
+    # word index inside the sentence, and the sentence's number of words, from running counts
+    words = jnp.cumsum(word_start, 1)
+    before = jax.lax.cummax(jnp.where(sentence_start, words - 1, 0), axis=1)
+    big = jnp.iinfo(jnp.int32).max
+    at_end = jax.lax.cummin(jnp.where(sentence_end, words, big), axis=1, reverse=True)
+    word_idx, n_words = words - before - 1, at_end - before
+    candidate = (word_start & ~sentence_start & _shift_right(cls[..., 1])
+                 & (word_idx + min_words < n_words))
+
+    def forward(prev_B, xs):  # prev: word index where the current piece started
+        start_B, cand_B, j_B = xs
+        prev_B = jnp.where(start_B, 0, prev_B)
+        short_B = j_B - prev_B < min_words
+        mark_B = cand_B & (~short_B | (prev_B > 0))
+        kill_B = cand_B & short_B & (prev_B > 0)  # the previous piece was short: merge it backward
+        return jnp.where(mark_B, j_B, prev_B), (mark_B, kill_B)
+
+    zeros_B = jnp.zeros(tokens.shape[0], jnp.int32)
+    _, (mark_TxB, kill_TxB) = jax.lax.scan(forward, zeros_B, (sentence_start.T, candidate.T, word_idx.T))
+
+    def backward(next_kill_B, xs):  # a piece start survives unless the next start merges it away
+        mark_B, kill_B, start_B = xs
+        keep_B = mark_B & ~next_kill_B
+        next_kill_B = jnp.where(mark_B, kill_B, next_kill_B) & ~start_B
+        return next_kill_B, keep_B
+
+    _, keep_TxB = jax.lax.scan(backward, jnp.zeros_like(resp[:, 0]), (mark_TxB, kill_TxB, sentence_start.T),
+                               reverse=True)
+    piece_start = keep_TxB.T
+    return sentence_end | jnp.concatenate([piece_start[:, 1:], jnp.zeros_like(resp[:, :1])], 1)
 
 
 def segment_loss(logits_BxT, ends_BxT, labels_BxT):

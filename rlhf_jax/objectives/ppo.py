@@ -7,7 +7,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-KL_ESTIMATORS = ("k1", "k2", "k3")
+from rlhf_jax.registry import Registry
+
+# per-token estimators of KL(pi || pi_ref) from l = log pi(a) - log pi_ref(a) on the sampled token
+KL_ESTIMATORS = Registry("KL estimator")
+# (rewards_BxN, values_BxN, mask_BxN, gamma, lam) -> (advantages_BxN, returns_BxN)
+ADVANTAGE_ESTIMATORS = Registry("advantage estimator")
 
 
 def masked_mean(x, mask, axis=None):
@@ -29,25 +34,41 @@ def masked_whiten(x, mask, shift_mean: bool = True, eps: float = 1e-8):
     return out * mask
 
 
-def kl_estimate(logp_BxN, ref_logp_BxN, kind: str = "k1"):
-    """Per-token KL(pi || pi_ref) estimate on sampled tokens, l = log pi - log pi_ref.
+@KL_ESTIMATORS.register("k1")
+def _k1(log_ratio):
+    """l: unbiased, can be negative."""
+    return log_ratio
 
-    k1 = l (unbiased, can be negative); k2 = l^2 / 2; k3 = exp(-l) - 1 + l (unbiased, >= 0).
-    """
-    log_ratio = logp_BxN - ref_logp_BxN
-    if kind == "k1":
-        return log_ratio
-    if kind == "k2":
-        return 0.5 * log_ratio ** 2
-    if kind == "k3":
-        return jnp.expm1(-log_ratio) + log_ratio
-    raise ValueError(f"kl estimator {kind!r} is not one of {KL_ESTIMATORS}")
+
+@KL_ESTIMATORS.register("k2")
+def _k2(log_ratio):
+    """l^2 / 2: biased, low variance, >= 0."""
+    return 0.5 * log_ratio ** 2
+
+
+@KL_ESTIMATORS.register("k3")
+def _k3(log_ratio):
+    """exp(-l) - 1 + l: unbiased, >= 0."""
+    return jnp.expm1(-log_ratio) + log_ratio
+
+
+def kl_estimate(logp_BxN, ref_logp_BxN, kind: str = "k1"):
+    """Per-token KL(pi || pi_ref) estimate on sampled tokens, with the registered estimator `kind`."""
+    return KL_ESTIMATORS[kind](logp_BxN - ref_logp_BxN)
 
 
 def at_last_token(mask_BxN):
     """One-hot [B, N] of each row's last response token."""
     last = mask_BxN.sum(1).astype(jnp.int32) - 1
     return jax.nn.one_hot(last, mask_BxN.shape[1], dtype=jnp.float32) * (last >= 0)[:, None]
+
+
+def missing_eos_penalty(score, has_eos_B, mask_BxN, penalty: float):
+    """A response without EOS gets `penalty` instead of its reward: a sequence score [B] is
+    replaced, per-token rewards [B, N] become the penalty on the last token."""
+    if score.ndim == 1:
+        return jnp.where(has_eos_B, score, penalty)
+    return jnp.where(has_eos_B[:, None], score, penalty * at_last_token(mask_BxN))
 
 
 def token_rewards(score, kl_BxN, mask_BxN, kl_coef):
@@ -57,6 +78,7 @@ def token_rewards(score, kl_BxN, mask_BxN, kl_coef):
     return (-kl_coef * kl_BxN + placed) * mask_BxN
 
 
+@ADVANTAGE_ESTIMATORS.register("gae")
 def gae(rewards_BxN, values_BxN, mask_BxN, gamma: float = 1.0, lam: float = 0.95):
     """Generalised advantage estimation as a reverse scan; returns (advantages, returns).
 

@@ -1,70 +1,61 @@
-"""DPO as a pure, jitted step over ranking batches (tokens/mask/loss_mask [B, K, T], ranks, valid).
+"""Preference optimisation (DPO family, SimPO, ORPO) as a loss for the generic step, over
+ranking batches (tokens/mask/loss_mask [B, K, T], ranks, valid).
 
-The reference log-probs are either cached in the batch (`ref_logp` [B, K], computed once by
-`reference_logprobs` before training) or computed on the fly from frozen reference weights
-passed as the step's constant.
+A loss that needs a reference reads its summed log-probs either from the batch (`ref_logp`
+[B, K], computed once by `reference_logprobs` before training) or from frozen reference
+weights passed as the step's constant; reference-free losses (SimPO, ORPO) need neither.
+`hp` is the config's `dpo` block (loss, beta, label_smoothing, logprob_reduction, ...).
 """
 from __future__ import annotations
 
-import dataclasses
-
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-from rlhf_jax.data.batches import eval_batches
-from rlhf_jax.models.model import apply
-from rlhf_jax.objectives.dpo import dpo_loss, sequence_logprobs
-from rlhf_jax.objectives.lm import token_logprobs
-from rlhf_jax.train.state import TrainState
-
-
-@dataclasses.dataclass(frozen=True)
-class DPOConfig:
-    beta: float = 0.1
-    loss: str = "dpo"  # dpo | cdpo | robust | ipo
-    label_smoothing: float = 0.0  # eps of cdpo / robust
-    logprob_reduction: str = "sum"  # sum (official) | mean (per token)
-    cache_reference: bool = True
+from rlhf_jax.data.batches import evaluate_all
+from rlhf_jax.models.forward import sequence_logprobs
+from rlhf_jax.objectives.preference import PREFERENCE_LOSSES, SequenceLogprobs, preference_loss
+from rlhf_jax.objectives.reward import pair_matrix
+from rlhf_jax.train.step import make_train_step
 
 
-def response_logprobs(graphdef, params, batch, reduction: str = "sum"):
-    """[B, K] sequence log-probs of every response (loss_mask marks response tokens)."""
+def response_logprobs(graphdef, params, batch) -> SequenceLogprobs:
+    """Summed log-probs and token counts [B, K] of every response (loss_mask marks its tokens)."""
     B, K, T = batch["tokens"].shape
-    tokens, mask = batch["tokens"].reshape(B * K, T), batch["mask"].reshape(B * K, T)
-    positions = jnp.maximum(jnp.cumsum(mask, 1) - 1, 0)
-    logits, _ = apply(graphdef, params, tokens, positions_BxT=positions, segment_ids_BxT=mask)
-    logp = token_logprobs(logits[:, :-1], tokens[:, 1:])
-    return sequence_logprobs(logp, batch["loss_mask"].reshape(B * K, T)[:, 1:], reduction).reshape(B, K)
+    flat = lambda key: batch[key].reshape(B * K, T)
+    total, count = sequence_logprobs(graphdef, params, flat("tokens"), flat("mask"), flat("loss_mask"))
+    return SequenceLogprobs(total.reshape(B, K), count.reshape(B, K))
 
 
-def _reference(graphdef, cfg: DPOConfig, batch, ref_params):
-    if cfg.cache_reference:
-        return batch["ref_logp"]
-    return jax.lax.stop_gradient(response_logprobs(graphdef, ref_params, batch, cfg.logprob_reduction))
+def needs_reference(hp) -> bool:
+    return PREFERENCE_LOSSES[hp.loss].needs_reference
 
 
-def make_dpo_step(graphdef, tx, schedule, cfg: DPOConfig):
+def _reference(graphdef, hp, batch, policy: SequenceLogprobs, ref_params):
+    if not needs_reference(hp):
+        return None
+    if ref_params is None:  # cached: same tokens, so the policy's counts are the reference's
+        return SequenceLogprobs(batch["ref_logp"], policy.count_BxK)
+    return jax.lax.stop_gradient(response_logprobs(graphdef, ref_params, batch))
+
+
+def dpo_loss(graphdef, hp):
+    """loss_fn(params, batch, rng, ref_params or None) for the generic step."""
+    def loss_fn(params, batch, rng, ref_params):
+        policy = response_logprobs(graphdef, params, batch)
+        reference = _reference(graphdef, hp, batch, policy, ref_params)
+        return preference_loss(hp.loss, policy, reference, batch["ranks"], batch["valid"], hp)
+
+    return loss_fn
+
+
+def make_dpo_step(graphdef, tx, schedule, hp):
     """(state, batch, rng[, ref_params]) -> (state, metrics)."""
-    def loss_fn(params, batch, ref):
-        policy = response_logprobs(graphdef, params, batch, cfg.logprob_reduction)
-        return dpo_loss(policy, ref, batch["ranks"], batch["valid"], cfg.beta, cfg.loss, cfg.label_smoothing)
-
-    def step(state: TrainState, batch, rng, ref_params=None):
-        del rng
-        ref = _reference(graphdef, cfg, batch, ref_params)
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, ref)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        metrics = {"loss": loss, **metrics, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step)}
-        return TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1), metrics
-
-    return step
+    return make_train_step(dpo_loss(graphdef, hp), tx, schedule)
 
 
-def reference_logprobs(graphdef, ref_params, arrays, batch_size: int, reduction: str) -> np.ndarray:
-    """The reference's [N, K] sequence log-probs over a whole dataset, computed once."""
-    fn = jax.jit(lambda p, b: response_logprobs(graphdef, p, b, reduction))
+def reference_logprobs(graphdef, ref_params, arrays, batch_size: int) -> np.ndarray:
+    """The reference's [N, K] summed response log-probs over a whole dataset, computed once."""
+    fn = jax.jit(lambda p, b: response_logprobs(graphdef, p, b).sum_BxK)
     keys = ("tokens", "mask", "loss_mask")
     n = len(arrays["tokens"])
     out = [np.asarray(fn(ref_params, {k: arrays[k][i:i + batch_size] for k in keys}))
@@ -72,19 +63,20 @@ def reference_logprobs(graphdef, ref_params, arrays, batch_size: int, reduction:
     return np.concatenate(out).astype(np.float32)
 
 
-def held_out_metrics(graphdef, params, arrays, batch_size: int, cfg: DPOConfig) -> dict[str, float]:
-    """Loss, reward accuracy, margin and implicit rewards on held-out rankings (pair-weighted)."""
+def held_out_metrics(graphdef, params, arrays, batch_size: int, hp) -> dict[str, float]:
+    """Loss, reward accuracy, margin and implicit rewards on held-out rankings (pair-weighted);
+    `arrays` hold `ref_logp` when the loss needs a reference."""
+    keys = ("reward_chosen", "reward_rejected", "reward_accuracy", "reward_margin")
+
     @jax.jit
     def evaluate(p, b):
-        policy = response_logprobs(graphdef, p, b, cfg.logprob_reduction)
-        return dpo_loss(policy, b["ref_logp"], b["ranks"], b["valid"], cfg.beta, cfg.loss, cfg.label_smoothing)
+        policy = response_logprobs(graphdef, p, b)
+        loss, m = preference_loss(hp.loss, policy, _reference(graphdef, hp, b, policy, None), b["ranks"],
+                                  b["valid"], hp)
+        prompts = (pair_matrix(b["ranks"], b["valid"]).sum((1, 2)) > 0).sum()
+        return {"loss": loss, "prompts": prompts, "pairs": m["pairs"], **{k: m[k] * m["pairs"] for k in keys}}
 
-    totals, pairs, losses = {}, 0.0, []
-    for batch in eval_batches(arrays, batch_size):
-        loss, m = evaluate(params, batch)
-        losses.append(float(loss))
-        n = float(m["pairs"])
-        pairs += n
-        for k in ("reward_chosen", "reward_rejected", "reward_accuracy", "reward_margin"):
-            totals[k] = totals.get(k, 0.0) + float(m[k]) * n
-    return {"val_loss": float(np.mean(losses)), **{f"val_{k}": v / max(pairs, 1.0) for k, v in totals.items()}}
+    out = evaluate_all(evaluate, params, arrays, batch_size)
+    pairs = max(float(np.sum(out["pairs"])), 1.0)
+    return {"val_loss": float(np.sum(out["loss"] * out["prompts"]) / max(float(np.sum(out["prompts"])), 1.0)),
+            **{f"val_{k}": float(np.sum(out[k])) / pairs for k in keys}}

@@ -1,6 +1,6 @@
-"""Fine-grained reward models: per-segment classifiers trained together, and the composite
-per-token reward PPO optimises (Wu et al. 2023). The pure pieces are in
-`rlhf_jax.objectives.finegrained`.
+"""Fine-grained reward models: per-segment classifiers trained together (Wu et al. 2023). The
+pure pieces are in `rlhf_jax.objectives.finegrained`, the composite per-token reward PPO
+optimises in `rlhf_jax.rewards.finegrained`.
 
 The C category models share one architecture (a scalar-head RM from the SFT backbone) and the
 same tokens, and differ in their unit and labels, so they train like an ensemble: one step
@@ -9,15 +9,13 @@ vmapped over the category axis (axis 1 of the batch).
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-from rlhf_jax.data.batches import eval_batches
+from rlhf_jax.data.batches import evaluate_all
 from rlhf_jax.data.tokenize import TokenizeConfig, TruncationStats, _encode, _eos, encode_prompt, truncate
-from rlhf_jax.models.model import apply
+from rlhf_jax.models.forward import forward
 from rlhf_jax.objectives import finegrained as F
-from rlhf_jax.train.state import TrainState
+from rlhf_jax.train.step import make_train_step
 
 
 def segment_arrays(records, tokenizer, cfg: TokenizeConfig, components, classes, min_words: int = 5):
@@ -49,27 +47,17 @@ def segment_arrays(records, tokenizer, cfg: TokenizeConfig, components, classes,
                                       for j in range(C)]}
 
 
-def token_logits(graphdef, params, tokens, mask):
-    """The scalar head's output at every position (positions from the mask: any padding side)."""
-    positions = jnp.maximum(jnp.cumsum(mask, 1) - 1, 0)
-    values, _ = apply(graphdef, params, tokens, positions_BxT=positions, segment_ids_BxT=mask)
-    return values
+def segment_loss(graphdef):
+    """One category model's loss on its [B, T] batch (the step is vmapped over categories)."""
+    def loss_fn(params, batch, rng, constants):
+        logits = forward(graphdef, params, batch["tokens"], batch["mask"])
+        return F.segment_loss(logits, batch["ends"], batch["labels"])
+
+    return loss_fn
 
 
 def make_segment_step(graphdef, tx, schedule):
-    """One category model's step on its [B, T] batch (vmap it over categories)."""
-    def loss_fn(params, batch):
-        logits = token_logits(graphdef, params, batch["tokens"], batch["mask"])
-        return F.segment_loss(logits, batch["ends"], batch["labels"])
-
-    def step(state: TrainState, batch, rng):
-        del rng
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        metrics = {"loss": loss, **metrics, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step)}
-        return TrainState(optax.apply_updates(state.params, updates), opt_state, state.step + 1), metrics
-
-    return step
+    return make_train_step(segment_loss(graphdef), tx, schedule)
 
 
 def held_out(graphdef, stacked, arrays, batch_size: int, names) -> dict:
@@ -77,54 +65,18 @@ def held_out(graphdef, stacked, arrays, batch_size: int, names) -> dict:
     @jax.jit
     def evaluate(p, b):
         def one(params, tb):
-            return F.segment_loss(token_logits(graphdef, params, tb["tokens"], tb["mask"]), tb["ends"], tb["labels"])
-        return jax.vmap(one, in_axes=(0, 1))(p, b)
+            logits = forward(graphdef, params, tb["tokens"], tb["mask"])
+            return F.segment_loss(logits, tb["ends"], tb["labels"])
+        loss, m = jax.vmap(one, in_axes=(0, 1))(p, b)
+        seg = m["segments"]
+        return {"correct": m["accuracy"] * seg, "positive": m["positive_rate"] * seg, "loss": loss * seg,
+                "segments": seg}
 
-    C = len(names)
-    correct, pos, n, loss = np.zeros(C), np.zeros(C), np.zeros(C), np.zeros(C)
-    for batch in eval_batches(arrays, batch_size):
-        l, m = evaluate(stacked, batch)
-        seg = np.asarray(m["segments"])
-        correct += np.asarray(m["accuracy"]) * seg
-        pos += np.asarray(m["positive_rate"]) * seg
-        loss += np.asarray(l) * seg
-        n += seg
-    out = {}
+    out = {k: np.sum(v, 0) for k, v in evaluate_all(evaluate, stacked, arrays, batch_size).items()}
+    result = {}
     for j, name in enumerate(names):
-        rate = pos[j] / max(n[j], 1)
-        out[name] = {"val_accuracy": correct[j] / max(n[j], 1), "val_majority_baseline": max(rate, 1 - rate),
-                     "val_loss": loss[j] / max(n[j], 1), "val_segments": int(n[j])}
-    return out
-
-
-class FineGrainedReward:
-    """The composite reward: category models (stacked params) and optionally the holistic RM.
-
-    `placed(params, tokens, mask, n_prompt)` -> [B, N] rewards on the response tokens (the last
-    N = T - n_prompt columns); calling it gives the per-sequence total, so best-of-n and the
-    judge use it like any reward. params = (stacked category params, holistic RM params or None).
-    """
-
-    def __init__(self, graphdef, components, classes, n_prompt: int, min_words: int = 5, mode: str = "hard",
-                 holistic=None):
-        """holistic: None or (graphdef, weight, mean, std): w * (score - mean) / std at the EOS."""
-        self.graphdef, self.components, self.classes = graphdef, components, jnp.asarray(classes)
-        self.n_prompt, self.min_words, self.mode, self.holistic = n_prompt, min_words, mode, holistic
-
-    def placed(self, params, tokens, mask):
-        cats, rm = params
-        resp_mask = mask * (jnp.arange(tokens.shape[1]) >= self.n_prompt)[None, :]
-        logits = jax.vmap(token_logits, in_axes=(None, 0, None, None))(self.graphdef, cats, tokens, mask)
-        total = jnp.zeros(tokens.shape, jnp.float32)
-        for j, c in enumerate(self.components):
-            ends = F.segment_ends(tokens, resp_mask, self.classes, c.unit, self.min_words)
-            total = total + F.segment_rewards(logits[j], ends, c.weight, self.mode)
-        if self.holistic is not None:
-            graphdef, weight, mean, std = self.holistic
-            values = token_logits(graphdef, rm, tokens, mask)
-            last = F.segment_ends(tokens, resp_mask, self.classes, "response")
-            total = total + weight * (values - mean) / std * last
-        return total[:, self.n_prompt:]
-
-    def __call__(self, params, tokens, mask):
-        return self.placed(params, tokens, mask).sum(1)
+        n = max(out["segments"][j], 1)
+        rate = out["positive"][j] / n
+        result[name] = {"val_accuracy": out["correct"][j] / n, "val_majority_baseline": max(rate, 1 - rate),
+                        "val_loss": out["loss"][j] / n, "val_segments": int(out["segments"][j])}
+    return result

@@ -53,33 +53,42 @@ class LoopResult:
 
 
 def _host(metrics) -> dict[str, float]:
-    return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items() if np.ndim(v) == 0}
+    return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Hook:
+    """`fn(step, host_metrics, outputs) -> extra metrics`, every `every` steps: host-side work on
+    what a step returned besides its metrics (the PPO episodes, for a gold reward or latents)."""
+    fn: Callable[[int, dict, Any], dict]
+    every: int = 1
 
 
 def run_loop(stage: str, step_fn: Callable, state: Any, next_batch: Callable[[], Any], *, total_steps: int,
              start_step: int = 0, rng: jax.Array, checkpointer: Checkpointer | None = None,
              meta_fn: Callable[[], dict] = dict, save_every: int = 0, writer=NullWriter(),
              eval_fn: Callable[[Any, int], dict] | None = None, eval_every: int = 0,
-             stop_after: int | None = None, on_metrics: Callable[[int, dict, Any], dict] | None = None
-             ) -> LoopResult:
+             stop_after: int | None = None, hooks: tuple[Hook, ...] = (),
+             last_metrics: dict[str, float] | None = None) -> LoopResult:
     """Run steps start_step+1 .. total_steps.
 
-    `on_metrics(step, host_metrics, aux)` may add host-side metrics (e.g. a gold reward read
-    from the step's outputs); `aux` is whatever non-scalar entries the step returned.
-    `stop_after` ends the loop early after that step (with a checkpoint), as a kill would.
-    `meta_fn()` returns the JSON metadata saved beside the state (e.g. the data position).
+    `step_fn(state, batch, rng)` returns (state, metrics) or (state, metrics, outputs); the
+    metrics are scalars, read one step late; `hooks` receive the outputs. `stop_after` ends
+    the loop early after that step (with a checkpoint), as a kill would. `meta_fn()` returns
+    the JSON metadata saved beside the state (e.g. the data position); the last metrics are
+    saved there too, so a run resumed with no step left still reports them (`last_metrics`).
     """
     history: list[dict[str, float]] = []
     pending = None
     t0 = time.perf_counter()
-    last: dict[str, float] = {}
+    last: dict[str, float] = dict(last_metrics or {})
 
     def drain(item):
-        step, metrics = item
+        step, metrics, outputs = item
         host = _host(metrics)
-        aux = {k: v for k, v in metrics.items() if np.ndim(v) != 0}
-        if on_metrics is not None:
-            host.update(on_metrics(step, host, jax.device_get(aux)))
+        for hook in hooks:
+            if hook.every and step % hook.every == 0:
+                host.update(hook.fn(step, host, outputs))
         bad = [k for k, v in host.items() if not math.isfinite(v)]
         if bad:
             raise NonFiniteError(f"[{stage}] step {step}: non-finite {', '.join(bad)} "
@@ -92,16 +101,16 @@ def run_loop(stage: str, step_fn: Callable, state: Any, next_batch: Callable[[],
 
     def save(step):
         if checkpointer is not None:
-            checkpointer.save(step, state, {"step": step, **meta_fn()})
+            checkpointer.save(step, state, {"step": step, **meta_fn(), "metrics": last})
 
     step = start_step
     while step < total_steps:
         step += 1
         batch = next_batch()
-        state, metrics = step_fn(state, batch, jax.random.fold_in(rng, step))
+        state, *out = step_fn(state, batch, jax.random.fold_in(rng, step))
         if pending is not None:
             last = drain(pending)  # the previous step's metrics, read while this one runs
-        pending = (step, metrics)
+        pending = (step, out[0], out[1] if len(out) > 1 else None)
         if eval_fn is not None and eval_every and (step % eval_every == 0 or step == total_steps):
             evals = {f"eval/{k}": float(v) for k, v in eval_fn(state, step).items()}
             writer.write(step, evals)

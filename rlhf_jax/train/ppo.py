@@ -1,126 +1,99 @@
 """PPO for language models: rollout, scoring, GAE and the clipped update in one jitted step.
 
-Roles: policy (from SFT), frozen reference (SFT), value model (from the RM), frozen RM.
-Every detail of RLHF_NOTES section 3 is a field of `PPOConfig`.
+Models by role: the policy (from SFT) and the value model (from the RM) are trained; the
+reference (frozen SFT) and the reward are constants. Every setting is a field of the
+config's `ppo` block (`hp` below), read as it is: there is no second copy of the defaults.
 """
 from __future__ import annotations
 
-import dataclasses
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from rlhf_jax.generate import SamplingConfig, generate
-from rlhf_jax.models.model import apply
+from rlhf_jax.models import forward as F
 from rlhf_jax.objectives import ppo as P
 from rlhf_jax.objectives.lm import next_token_loss, token_logprobs
-from rlhf_jax.train.rm import score_sequences
+from rlhf_jax.rewards import Reward
 from rlhf_jax.train.state import PPOState
+from rlhf_jax.train.step import apply_gradients
 
 
-@dataclasses.dataclass(frozen=True)
-class PPOConfig:
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    max_new_tokens: int = 16
-    kl_coef: float = 0.05
-    kl_estimator: str = "k1"
-    adaptive_kl: bool = False
-    kl_target: float = 6.0
-    kl_horizon: float = 10000.0
-    whiten_rewards: bool = False
-    reward_clip: float = 0.0  # 0 disables
-    missing_eos_penalty: float | None = -1.0  # None keeps the RM score
-    gamma: float = 1.0
-    lam: float = 0.95
-    whiten_advantages: bool = True
-    clip_eps: float = 0.2
-    vf_clip: float = 0.2
-    vf_coef: float = 0.1
-    ent_coef: float = 0.0
-    epochs: int = 4
-    minibatches: int = 1
-    ptx_coef: float = 0.0
-    ema_decay: float = 0.0  # 0 disables; InstructGPT 0.992
-    eos_token_id: int = 0
-    pad_token_id: int = 0
-
-    def sampling(self) -> SamplingConfig:
-        return SamplingConfig(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
-                              top_p=self.top_p, eos_token_ids=(self.eos_token_id,), pad_token_id=self.pad_token_id)
+class PPOModels(NamedTuple):
+    """What is static about each role: graph definitions (the reference shares the policy's)
+    and the reward."""
+    policy: Any
+    value: Any
+    reward: Reward
 
 
-def sequence_inputs(prompt_BxP, prompt_mask_BxP, response_BxN, response_mask_BxN):
-    tokens = jnp.concatenate([prompt_BxP, response_BxN], 1)
-    mask = jnp.concatenate([prompt_mask_BxP, response_mask_BxN], 1).astype(jnp.int32)
-    return tokens, mask, jnp.maximum(jnp.cumsum(mask, 1) - 1, 0)
+class Episodes(NamedTuple):
+    """The sampled episodes of one iteration: what host-side monitors (gold reward, latents) read."""
+    prompt_BxP: jax.Array
+    prompt_mask_BxP: jax.Array
+    response_BxN: jax.Array
+    response_mask_BxN: jax.Array
 
 
-def response_logits(graphdef, params, seq, n_prompt: int, n_resp: int):
-    """Logits that predict each response token (columns P-1 .. P+N-2)."""
-    tokens, mask, positions = seq
-    logits, _ = apply(graphdef, params, tokens, positions_BxT=positions, segment_ids_BxT=mask)
-    return logits[:, n_prompt - 1:n_prompt + n_resp - 1]
+class Rollout(NamedTuple):
+    """One PPO batch after scoring: sequences, old log-probs and values, advantages, returns."""
+    tokens_BxT: jax.Array
+    mask_BxT: jax.Array
+    positions_BxT: jax.Array
+    response_BxN: jax.Array
+    response_mask_BxN: jax.Array
+    logp_BxN: jax.Array
+    values_BxN: jax.Array
+    advantages_BxN: jax.Array
+    returns_BxN: jax.Array
 
 
-def response_values(graphdef, params, seq, n_prompt: int, n_resp: int):
-    tokens, mask, positions = seq
-    values, _ = apply(graphdef, params, tokens, positions_BxT=positions, segment_ids_BxT=mask)
-    return values[:, n_prompt - 1:n_prompt + n_resp - 1]
+def sampling_config(hp, tokenizer, temperature: float | None = None, max_new_tokens: int | None = None
+                    ) -> SamplingConfig:
+    """The rollout's sampling settings (the `ppo` block and the tokenizer's EOS / pad ids)."""
+    return SamplingConfig(max_new_tokens=max_new_tokens or hp.max_new_tokens,
+                          temperature=hp.temperature if temperature is None else temperature,
+                          top_k=hp.top_k, top_p=hp.top_p, eos_token_ids=(tokenizer.eos_token_id,),
+                          pad_token_id=tokenizer.pad_token_id or 0)
 
 
-def reward_function(reward):
-    """graphdefs[2]: a scalar-head model's GraphDef (scored at the EOS), or any function
-    (rm_params, tokens, mask) -> [B] scores (an ensemble, an InfoRM)."""
-    if callable(reward):
-        return reward
-    return lambda params, tokens, mask: score_sequences(reward, params, tokens, mask)
-
-
-def rollout(cfg: PPOConfig, graphdefs, state: PPOState, constants, batch, rng):
-    """Sample, score and compute advantages. Returns a dict of [B, ...] arrays and metrics."""
-    gen = generate(graphdefs[0], state.params["policy"], batch["prompt"], batch["prompt_mask"], rng, cfg.sampling())
-    return score_rollout(cfg, graphdefs, state, constants, batch["prompt"], batch["prompt_mask"],
+def rollout(hp, sampling: SamplingConfig, models: PPOModels, state: PPOState, constants, batch, rng):
+    """Sample, score and compute advantages: (Rollout, metrics)."""
+    gen = generate(models.policy, state.params["policy"], batch["prompt"], batch["prompt_mask"], rng, sampling)
+    return score_rollout(hp, sampling, models, state, constants, batch["prompt"], batch["prompt_mask"],
                          gen.tokens_BxN, gen.mask_BxN)
 
 
-def score_rollout(cfg: PPOConfig, graphdefs, state: PPOState, constants, prompt, prompt_mask, resp, resp_mask):
+def score_rollout(hp, sampling: SamplingConfig, models: PPOModels, state: PPOState, constants, prompt, prompt_mask,
+                  resp, resp_mask):
     """The scoring phase: policy, reference, value and reward forward passes, rewards, GAE."""
-    policy_gd, value_gd, reward = graphdefs
-    ref_params, rm_params = constants
     P_len, N = prompt.shape[1], resp.shape[1]
-    seq = sequence_inputs(prompt, prompt_mask, resp, resp_mask)
+    seq = F.sequence_inputs(prompt, prompt_mask, resp, resp_mask)
     # log-probs at the sampling temperature, for the policy and the reference alike
-    logp = token_logprobs(response_logits(policy_gd, state.params["policy"], seq, P_len, N), resp, cfg.temperature)
-    ref_logp = token_logprobs(response_logits(policy_gd, ref_params, seq, P_len, N), resp, cfg.temperature)
-    values = response_values(value_gd, state.params["value"], seq, P_len, N)
+    logp = F.response_logprobs(models.policy, state.params["policy"], seq, P_len, N, hp.temperature)
+    ref_logp = F.response_logprobs(models.policy, constants["reference"], seq, P_len, N, hp.temperature)
+    values = F.response_values(models.value, state.params["value"], seq, P_len, N)
     maskf = resp_mask.astype(jnp.float32)
-    has_eos = jnp.any((resp == cfg.eos_token_id) & (resp_mask > 0), axis=1)
-    if hasattr(reward, "placed"):  # fine-grained: rewards already on the response tokens [B, N]
-        score = reward.placed(rm_params, seq[0], seq[1]) * maskf
-        penalty_at = P.at_last_token(maskf)
-        has_eos_ = has_eos[:, None]
-    else:
-        score = reward_function(reward)(rm_params, seq[0], seq[1])
-        penalty_at, has_eos_ = 1.0, has_eos
-    if cfg.missing_eos_penalty is not None:
-        score = jnp.where(has_eos_, score, cfg.missing_eos_penalty * penalty_at)
-    if cfg.reward_clip:
-        score = jnp.clip(score, -cfg.reward_clip, cfg.reward_clip)
+    has_eos = jnp.any((resp == sampling.eos_token_ids[0]) & (resp_mask > 0), axis=1)
+    score = models.reward.rewards(constants["reward"], seq[0], seq[1], P_len)  # [B] or [B, N]
+    if score.ndim == 2:
+        score = score * maskf
+    if hp.missing_eos_penalty is not None:
+        score = P.missing_eos_penalty(score, has_eos, maskf, hp.missing_eos_penalty)
+    if hp.reward_clip:
+        score = jnp.clip(score, -hp.reward_clip, hp.reward_clip)
     logp, ref_logp, values = logp * maskf, ref_logp * maskf, values * maskf
-    kl = P.kl_estimate(logp, ref_logp, cfg.kl_estimator) * maskf
+    kl = P.kl_estimate(logp, ref_logp, hp.kl_estimator) * maskf
     rewards = P.token_rewards(score, kl, maskf, state.kl_coef)
-    if cfg.whiten_rewards:
+    if hp.whiten_rewards:
         rewards = P.masked_whiten(rewards, maskf, shift_mean=False)
-    advantages, returns = P.gae(rewards, values, maskf, cfg.gamma, cfg.lam)
-    if cfg.whiten_advantages:
+    advantages, returns = P.ADVANTAGE_ESTIMATORS[hp.advantage_estimator](rewards, values, maskf, hp.gamma, hp.lam)
+    if hp.whiten_advantages:
         advantages = P.masked_whiten(advantages, maskf)
     seq_kl_k1 = ((logp - ref_logp) * maskf).sum(1)
     seq_score = score.sum(1) if score.ndim == 2 else score
-    data = {"tokens": seq[0], "mask": seq[1], "positions": seq[2], "response": resp, "response_mask": maskf,
-            "logp": logp, "values": values, "advantages": advantages, "returns": returns}
+    data = Rollout(seq[0], seq[1], seq[2], resp, maskf, logp, values, advantages, returns)
     metrics = {
         "score": seq_score.mean(), "kl": seq_kl_k1.mean(), "kl_estimator_sum": kl.sum(1).mean(),
         "reward": (seq_score - state.kl_coef * kl.sum(1)).mean(), "response_length": maskf.sum(1).mean(),
@@ -131,84 +104,86 @@ def score_rollout(cfg: PPOConfig, graphdefs, state: PPOState, constants, prompt,
     return data, metrics
 
 
-def ppo_loss(cfg: PPOConfig, graphdefs, params, mb, ptx):
-    policy_gd, value_gd, _ = graphdefs
-    P_len = mb["tokens"].shape[1] - mb["response"].shape[1]
-    N = mb["response"].shape[1]
-    seq = (mb["tokens"], mb["mask"], mb["positions"])
-    logits = response_logits(policy_gd, params["policy"], seq, P_len, N) / cfg.temperature
-    logp = token_logprobs(logits, mb["response"])
-    values = response_values(value_gd, params["value"], seq, P_len, N)
-    mask = mb["response_mask"]
-    pg, pg_m = P.policy_loss(logp, mb["logp"], mb["advantages"], mask, cfg.clip_eps)
-    vf, vf_m = P.value_loss(values, mb["values"], mb["returns"], mask, cfg.vf_clip)
+def ppo_loss(hp, models: PPOModels, params, mb: Rollout, ptx):
+    """Clipped policy loss + vf_coef * clipped value loss - ent_coef * entropy (+ ptx_coef * LM loss)."""
+    N = mb.response_BxN.shape[1]
+    P_len = mb.tokens_BxT.shape[1] - N
+    seq = (mb.tokens_BxT, mb.mask_BxT, mb.positions_BxT)
+    logits = F.response_logits(models.policy, params["policy"], seq, P_len, N) / hp.temperature
+    logp = token_logprobs(logits, mb.response_BxN)
+    values = F.response_values(models.value, params["value"], seq, P_len, N)
+    mask = mb.response_mask_BxN
+    pg, pg_m = P.policy_loss(logp, mb.logp_BxN, mb.advantages_BxN, mask, hp.clip_eps)
+    vf, vf_m = P.value_loss(values, mb.values_BxN, mb.returns_BxN, mask, hp.vf_clip)
     ent = P.entropy(logits, mask)
-    loss = pg + cfg.vf_coef * vf - cfg.ent_coef * ent
+    loss = pg + hp.vf_coef * vf - hp.ent_coef * ent
     metrics = {"policy_loss": pg, "value_loss": vf, "entropy": ent, **pg_m, **vf_m}
-    if cfg.ptx_coef and ptx is not None:
-        ptx_logits, _ = apply(policy_gd, params["policy"], ptx["tokens"], positions_BxT=ptx["positions"],
-                              segment_ids_BxT=ptx["segment_ids"])
+    if hp.ptx_coef and ptx is not None:
+        ptx_logits = F.forward(models.policy, params["policy"], ptx["tokens"], positions_BxT=ptx["positions"],
+                               segment_ids_BxT=ptx["segment_ids"])
         ptx_loss, _ = next_token_loss(ptx_logits, ptx["tokens"], ptx["loss_mask"])
-        loss = loss + cfg.ptx_coef * ptx_loss
+        loss = loss + hp.ptx_coef * ptx_loss
         metrics["ptx_loss"] = ptx_loss
     return loss, metrics
 
 
-def update(cfg: PPOConfig, graphdefs, tx, params, opt_state, data, batch, rng):
+PTX_KEYS = ("tokens", "loss_mask", "segment_ids", "positions")
+
+
+def update(hp, models: PPOModels, tx, params, opt_state, data: Rollout, batch, rng):
     """The update phase: `epochs` x `minibatches` clipped-PPO (+ ptx) steps as one scan."""
-    B = data["tokens"].shape[0]
-    mb_size = B // cfg.minibatches
-    ptx = {k: batch[k] for k in ("tokens", "loss_mask", "segment_ids", "positions") if k in batch} or None
+    B = data.tokens_BxT.shape[0]
+    mb_size = B // hp.minibatches
+    ptx = {k: batch[k] for k in PTX_KEYS if k in batch} or None
     if ptx is not None:
-        ptx = jax.tree.map(lambda x: x.reshape(cfg.minibatches, -1, *x.shape[1:]), ptx)
-    perms = jax.vmap(lambda k: jax.random.permutation(k, B))(jax.random.split(rng, cfg.epochs))
-    order = perms.reshape(cfg.epochs * cfg.minibatches, mb_size)
+        ptx = jax.tree.map(lambda x: x.reshape(hp.minibatches, -1, *x.shape[1:]), ptx)
+    perms = jax.vmap(lambda k: jax.random.permutation(k, B))(jax.random.split(rng, hp.epochs))
+    order = perms.reshape(hp.epochs * hp.minibatches, mb_size)
 
     def minibatch(carry, xs):
         params, opt_state = carry
         idx, j = xs
         mb = jax.tree.map(lambda x: x[idx], data)
         ptx_mb = jax.tree.map(lambda x: x[j], ptx) if ptx is not None else None
-        (loss, m), grads = jax.value_and_grad(lambda p: ppo_loss(cfg, graphdefs, p, mb, ptx_mb),
-                                              has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), {**m, "loss": loss,
-                                                                   "grad_norm": optax.global_norm(grads)}
+        (loss, m), grads = jax.value_and_grad(lambda p: ppo_loss(hp, models, p, mb, ptx_mb), has_aux=True)(params)
+        params, opt_state, grad_norm = apply_gradients(tx, params, opt_state, grads)
+        return (params, opt_state), {**m, "loss": loss, "grad_norm": grad_norm}
 
-    mb_ids = jnp.tile(jnp.arange(cfg.minibatches), cfg.epochs)
+    mb_ids = jnp.tile(jnp.arange(hp.minibatches), hp.epochs)
     (params, opt_state), upd = jax.lax.scan(minibatch, (params, opt_state), (order, mb_ids))
     return params, opt_state, upd
 
 
-def make_ppo_step(cfg: PPOConfig, graphdefs, tx, schedule):
-    """(state, batch, rng, constants) -> (state, metrics): one PPO iteration, fully on device.
+def make_ppo_step(hp, sampling: SamplingConfig, models: PPOModels, tx, schedule):
+    """(state, batch, rng, constants) -> (state, metrics, episodes): one PPO iteration on device.
 
     batch: prompt, prompt_mask [B, P] (+ ptx tokens/loss_mask/segment_ids/positions [Bp, T]).
-    constants: (reference params, reward-model params), frozen.
+    constants: {"reference": params, "reward": params}, frozen.
     """
     def step(state: PPOState, batch, rng, constants):
         rng_gen, rng_perm = jax.random.split(rng)
-        data, metrics = rollout(cfg, graphdefs, state, constants, batch, rng_gen)
-        B = data["tokens"].shape[0]
-        params, opt_state, upd = update(cfg, graphdefs, tx, state.params, state.opt_state, data, batch, rng_perm)
+        data, metrics = rollout(hp, sampling, models, state, constants, batch, rng_gen)
+        B = data.tokens_BxT.shape[0]
+        params, opt_state, upd = update(hp, models, tx, state.params, state.opt_state, data, batch, rng_perm)
         kl_coef = state.kl_coef
-        if cfg.adaptive_kl:
-            kl_coef = P.adaptive_kl_update(kl_coef, metrics["kl"], cfg.kl_target, cfg.kl_horizon, B)
+        if hp.adaptive_kl:
+            kl_coef = P.adaptive_kl_update(kl_coef, metrics["kl"], hp.kl_target, hp.kl_horizon, B)
         ema = state.ema
-        if cfg.ema_decay:
-            ema = jax.tree.map(lambda e, p: cfg.ema_decay * e + (1 - cfg.ema_decay) * p, ema, params["policy"])
+        if hp.ema_decay:
+            ema = jax.tree.map(lambda e, p: hp.ema_decay * e + (1 - hp.ema_decay) * p, ema, params["policy"])
         metrics = {**metrics, **{k: v.mean() for k, v in upd.items()}, "ratio_max": upd["ratio_max"].max(),
-                   "lr": schedule(state.step), "prompt": batch["prompt"], "prompt_mask": batch["prompt_mask"],
-                   "response": data["response"], "response_mask": data["response_mask"]}
-        return PPOState(params, opt_state, state.step + 1, kl_coef, ema), metrics
+                   "lr": schedule(state.step)}
+        episodes = Episodes(batch["prompt"], batch["prompt_mask"], data.response_BxN, data.response_mask_BxN)
+        return PPOState(params, opt_state, state.step + 1, kl_coef, ema), metrics, episodes
 
     return step
 
 
 def sequence_kl(graphdef, policy_params, ref_params, prompt, prompt_mask, response, response_mask, temperature):
-    """Per-sequence sum of log pi - log pi_ref over the response (the k1 estimate of KL)."""
-    seq = sequence_inputs(prompt, prompt_mask, response, response_mask)
+    """Per-sequence sum of log pi - log pi_ref over the response (the k1 estimate of KL), with
+    both log-probs at `temperature`: the temperature the response was sampled at."""
+    seq = F.sequence_inputs(prompt, prompt_mask, response, response_mask)
     P_len, N = prompt.shape[1], response.shape[1]
-    logp = token_logprobs(response_logits(graphdef, policy_params, seq, P_len, N), response, temperature)
-    ref = token_logprobs(response_logits(graphdef, ref_params, seq, P_len, N), response, temperature)
+    logp = F.response_logprobs(graphdef, policy_params, seq, P_len, N, temperature)
+    ref = F.response_logprobs(graphdef, ref_params, seq, P_len, N, temperature)
     return ((logp - ref) * response_mask).sum(1)

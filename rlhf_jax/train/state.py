@@ -43,13 +43,14 @@ def commit(tree, mesh: Mesh):
 
 
 def compile_step(fn: Callable, state, batch_example, mesh: Mesh, rules=shd.DEFAULT_RULES, *,
-                 constants=None, donate: bool = True):
+                 constants=None, donate: bool = True, outputs: bool = False):
     """jit `fn(state, batch, rng[, constants])` with explicit in/out shardings and a donated state.
 
     Returns (jitted step, the state committed to its shardings). The state keeps the shardings
     it was created with; batch arrays are split over the batch mesh axes on their leading
     dimension; the rng and the metrics are replicated. `constants` (frozen models) keep their
-    own shardings and are passed by position after the rng.
+    own shardings and are passed by position after the rng. With `outputs`, the step returns a
+    third value (e.g. the PPO episodes) whose sharding the compiler chooses.
     """
     state = commit(state, mesh)
     if constants is not None:
@@ -58,5 +59,6 @@ def compile_step(fn: Callable, state, batch_example, mesh: Mesh, rules=shd.DEFAU
     batch_sh = jax.tree.map(lambda x: shd.batch_sharding(mesh, x.ndim, rules), batch_example)
     replicated = NamedSharding(mesh, P())
     in_sh = (state_sh, batch_sh, replicated) + ((shardings_of(constants),) if constants is not None else ())
-    return jax.jit(fn, in_shardings=in_sh, out_shardings=(state_sh, replicated),
+    out_sh = (state_sh, replicated) + ((None,) if outputs else ())
+    return jax.jit(fn, in_shardings=in_sh, out_shardings=out_sh,
                    donate_argnums=(0,) if donate else ()), state

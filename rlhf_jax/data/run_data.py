@@ -1,0 +1,107 @@
+"""The records and token arrays a run reads, from the task world or from files, named as the
+stages ask for them: sft_train, sft_val, rm_train, rm_val, prompts, eval_prompts, ptx.
+
+Records are read once per run and kept; arrays are tokenised on demand. A dataset the
+config names but no listed stage reads is never loaded.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from rlhf_jax.data import corpora, synthetic
+from rlhf_jax.data.sources import read_records
+from rlhf_jax.data.tokenize import TokenizeConfig, prompt_arrays, ranking_arrays, sft_arrays
+
+
+def read_source(spec: str, kind: str, policy: str) -> list[dict]:
+    """A data path, or "corpus:NAME" for a reader in `rlhf_jax.data.corpora`; prints the load report."""
+    if spec.startswith("corpus:"):
+        records, report = corpora.READERS[spec[7:]](policy=policy)
+    else:
+        records, report = read_records(Path(spec).expanduser(), kind, policy=policy)
+    print(report.summary(), flush=True)
+    return records
+
+
+def world_config(c) -> synthetic.WorldConfig:
+    """The task world of `config.data.world` (comma-separated lists become tuples)."""
+    w = dict(c.data.world)
+    w["tasks"] = tuple(t for t in w["tasks"].split(",") if t)
+    w["perturbations"] = tuple(t for t in w["perturbations"].split(",") if t)
+    return synthetic.WorldConfig(**w)
+
+
+class RunData:
+    """Records by name (cached) and their token arrays, for one run's config and tokenizer."""
+
+    def __init__(self, config, tokenizer, world: synthetic.WorldConfig | None):
+        self.c, self.tokenizer, self.world = config, tokenizer, world
+        self.tcfg = TokenizeConfig(max_len=config.data.max_len, max_prompt_len=config.data.max_prompt_len,
+                                   template=config.data.template or None)
+        self._records: dict[str, list[dict]] = {}
+        self._derived: set[str] = set()
+
+    def records(self, name: str) -> list[dict]:
+        if name not in self._records:
+            self._records.update(self._world_records(name) if self.world is not None else self._file_records(name))
+        if name not in self._records:
+            raise KeyError(f"no {name!r} records: the config names no source for them")
+        return self._records[name]
+
+    def set_records(self, name: str, records: list[dict]) -> None:
+        """Replace a set by one derived during the run (the task world's rankings of the SFT
+        policy's own samples)."""
+        self._records[name] = records
+        self._derived.add(name)
+
+    def derived(self, name: str) -> bool:
+        return name in self._derived
+
+    def _world_records(self, name: str) -> dict[str, list[dict]]:
+        c, w = self.c.data, self.world
+        make = {"sft_train": lambda: synthetic.sft_records(w, c.n_sft, "train"),
+                "sft_val": lambda: synthetic.sft_records(w, c.n_sft_val, "val"),
+                "rm_train": lambda: synthetic.ranking_records(w, c.n_rankings, c.k, "train"),
+                "rm_val": lambda: synthetic.ranking_records(w, c.n_rankings_val, c.k, "val"),
+                "prompts": lambda: synthetic.prompts(w, c.n_prompts, "train"),
+                "eval_prompts": lambda: synthetic.prompts(w, self.c.eval.n_prompts, "eval"),
+                "ptx": lambda: synthetic.sft_records(w, c.n_ptx, "ptx")}
+        return {name: make[name]()} if name in make else {}
+
+    def _file_records(self, name: str) -> dict[str, list[dict]]:
+        c = self.c.data
+        kind, spec, limit = {"sft": ("sft", c.sft_train, c.n_sft), "rm": ("pair", c.rm_train, c.n_rankings)
+                             }.get(name.split("_")[0], (None, None, None))
+        if kind is not None and spec:
+            records = read_source(spec, kind, c.policy)
+            if kind == "pair" and records and "responses" not in records[0] and "chosen" not in records[0]:
+                raise ValueError(f"config.data.rm_train: {spec} holds no pairs or rankings")
+            n_val = max(1, int(len(records) * c.val_fraction))
+            prefix = name.split("_")[0]
+            return {f"{prefix}_train": records[n_val:n_val + limit], f"{prefix}_val": records[:n_val]}
+        if name in ("prompts", "eval_prompts") and c.prompts:
+            prompts = [{"prompt": r["prompt"]} for r in read_source(c.prompts, "prompt", c.policy)]
+            n_eval = self.c.eval.n_prompts
+            return {"eval_prompts": prompts[:n_eval], "prompts": prompts[n_eval:n_eval + c.n_prompts]}
+        if name == "ptx" and c.ptx:
+            return {"ptx": read_source(c.ptx, "sft", c.policy)[:c.n_ptx]}
+        return {}
+
+    def arrays(self, name: str, *, pack: bool | None = None) -> dict[str, np.ndarray]:
+        """Token arrays: SFT-style (tokens, loss_mask, segment_ids, positions; packed rows when
+        `pack`, default the config's sft.pack for the demonstrations), rankings [N, K, T], or
+        left-padded prompts (prompt, prompt_mask)."""
+        r = self.records(name)
+        if name.startswith("sft") or name == "ptx":
+            pack = (self.c.sft.pack and name != "ptx") if pack is None else pack
+            arrays, stats = sft_arrays(r, self.tokenizer, self.tcfg, pack_rows=pack)
+        elif name.startswith("rm"):
+            arrays, stats = ranking_arrays(r, self.tokenizer, self.tcfg)
+        else:
+            arrays, stats = prompt_arrays(r, self.tokenizer, self.tcfg)
+            arrays = {"prompt": arrays["tokens"], "prompt_mask": arrays["mask"]}
+        if stats.get("prompt_truncated") or stats.get("response_truncated"):
+            print(f"[data] {name}: {stats}", flush=True)
+        return arrays

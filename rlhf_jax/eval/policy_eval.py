@@ -1,0 +1,58 @@
+"""End-of-stage evaluation: the SFT and the final policy sampled on the same held-out prompts,
+scored by the gold reward (task world) and the trained reward, judged against each other.
+
+A win counts 1, a tie 1/2; the judge is the gold reward when there is one, the trained
+reward otherwise. KL is the per-sequence sum of log pi - log pi_ref on the final policy's
+own samples, with both log-probs at the temperature the samples were drawn at (1 for greedy).
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from rlhf_jax.data.tokenize import decode
+from rlhf_jax.generate import SamplingConfig, generate
+from rlhf_jax.models.forward import sequence_inputs
+from rlhf_jax.rewards import GoldReward, Reward
+from rlhf_jax.train.ppo import sequence_kl
+
+
+def compare_policies(graphdef, tokenizer, prompts: dict, sampling: SamplingConfig, rng, sft_params, final_params,
+                     reward: Reward | None, reward_params, gold: GoldReward | None, label: str = "ppo",
+                     n_report: int = 8) -> tuple[dict, list[dict]]:
+    """(metrics, report samples) for prompts {prompt, prompt_mask} [N, P] (left-padded)."""
+    P = prompts["prompt"].shape[1]
+    score = jax.jit(lambda p, t, m: reward.score(p, t, m, P)) if reward is not None else None
+    prompt_text = decode(tokenizer, prompts["prompt"], prompts["prompt_mask"])
+    out, texts = {}, {}
+    for name, params in (("sft", sft_params), ("final", final_params)):
+        gen = generate(graphdef, params, prompts["prompt"], prompts["prompt_mask"], rng, sampling)
+        responses = decode(tokenizer, gen.tokens_BxN, gen.mask_BxN)
+        seq = sequence_inputs(prompts["prompt"], prompts["prompt_mask"], gen.tokens_BxN, gen.mask_BxN)
+        scores = np.asarray(score(reward_params, seq[0], seq[1])) if score else np.full(len(responses), np.nan)
+        golds = (gold.host_scores(prompts["prompt"], prompts["prompt_mask"], gen.tokens_BxN, gen.mask_BxN)
+                 if gold is not None else np.full(len(responses), np.nan))
+        texts[name] = {"responses": responses, "rm": scores, "gold": golds}
+        if score:
+            out[f"rm_score_{name}"] = float(scores.mean())
+        out[f"response_length_{name}"] = float(np.asarray(gen.mask_BxN).sum(1).mean())
+        if gold is not None and not np.isnan(golds).any():
+            out[f"gold_reward_{name}"] = float(np.mean(golds))
+        if name == "final":
+            kl = sequence_kl(graphdef, params, sft_params, prompts["prompt"], prompts["prompt_mask"], gen.tokens_BxN,
+                             gen.mask_BxN.astype(np.float32), sampling.temperature or 1.0)
+            out["kl_final"] = float(np.asarray(kl).mean())
+    judge = "gold" if "gold_reward_final" in out else "rm" if score else None
+    if judge:
+        a, b = np.asarray(texts["final"][judge], float), np.asarray(texts["sft"][judge], float)
+        out["win_rate_vs_sft"] = float(np.mean((a > b) + 0.5 * (a == b)))
+        out["judge"] = judge
+    samples = [{"prompt": p, "sft": texts["sft"]["responses"][i], label: texts["final"]["responses"][i],
+                "sft_gold": _num(texts["sft"]["gold"][i]), f"{label}_gold": _num(texts["final"]["gold"][i]),
+                "sft_rm": float(texts["sft"]["rm"][i]), f"{label}_rm": float(texts["final"]["rm"][i])}
+               for i, p in enumerate(prompt_text[:n_report])]
+    return out, samples
+
+
+def _num(x) -> float | None:
+    return None if np.isnan(x) else float(x)

@@ -1,0 +1,112 @@
+"""Forward helpers every stage, generation and evaluation use: written once, here.
+
+- `positions_from_mask`: positions count real tokens only (left or right padding alike);
+- `forward`: the model on a padded batch (positions from the mask, padding never attended);
+- `sequence_inputs`: prompt + response concatenated into one sequence;
+- `response_logprobs` / `response_values`: the columns that predict each response token;
+- `sequence_logprobs`: summed (or counted) log-probs of the tokens a mask marks;
+- `score_at_last`: a scalar head read at each sequence's last real token (reward models);
+- `latent_posterior` / `latents`: the InfoRM head's posterior at the last real token.
+
+Logits, log-probabilities and scores are float32 whatever the compute dtype.
+"""
+from __future__ import annotations
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax.models.heads import last_token_index, last_token_values
+from rlhf_jax.models.model import apply
+from rlhf_jax.objectives.lm import token_logprobs
+
+
+def positions_from_mask(mask_BxT):
+    """Position of each token among the real tokens of its row (0 on and before the first)."""
+    xp = np if isinstance(mask_BxT, np.ndarray) else jnp
+    return xp.maximum(xp.cumsum(mask_BxT, 1) - 1, 0).astype(xp.int32)
+
+
+def forward(graphdef, params, tokens_BxT, mask_BxT=None, *, positions_BxT=None, segment_ids_BxT=None,
+            dropout_rng=None, features: bool = False):
+    """The model's outputs on a batch (logits_BxTxV, values_BxT or hidden_BxTxD).
+
+    Positions come from the mask unless given (packed rows give their own), segment ids are
+    the mask unless given (0 marks padding, which is never attended).
+    """
+    if segment_ids_BxT is None:
+        segment_ids_BxT = mask_BxT
+    if positions_BxT is None and mask_BxT is not None:
+        positions_BxT = positions_from_mask(mask_BxT)
+    out, _ = apply(graphdef, params, tokens_BxT, positions_BxT=positions_BxT, segment_ids_BxT=segment_ids_BxT,
+                   dropout_rng=dropout_rng, features=features)
+    return out
+
+
+def sequence_inputs(prompt_BxP, prompt_mask_BxP, response_BxN, response_mask_BxN):
+    """(tokens_BxT, mask_BxT, positions_BxT) of prompt + response, T = P + N."""
+    tokens = jnp.concatenate([prompt_BxP, response_BxN], 1)
+    mask = jnp.concatenate([prompt_mask_BxP, response_mask_BxN], 1).astype(jnp.int32)
+    return tokens, mask, positions_from_mask(mask)
+
+
+def response_columns(outputs_BxTx, n_prompt: int, n_resp: int):
+    """The columns whose outputs predict (or value) each response token: P-1 .. P+N-2."""
+    return outputs_BxTx[:, n_prompt - 1:n_prompt + n_resp - 1]
+
+
+def response_logits(graphdef, params, seq, n_prompt: int, n_resp: int):
+    """logits_BxNxV predicting each of the N response tokens of `sequence_inputs` output."""
+    tokens, mask, positions = seq
+    return response_columns(forward(graphdef, params, tokens, mask, positions_BxT=positions), n_prompt, n_resp)
+
+
+def response_logprobs(graphdef, params, seq, n_prompt: int, n_resp: int, temperature: float = 1.0):
+    """logp_BxN of the response tokens under softmax(logits / temperature)."""
+    response = seq[0][:, n_prompt:n_prompt + n_resp]
+    return token_logprobs(response_logits(graphdef, params, seq, n_prompt, n_resp), response, temperature)
+
+
+def response_values(graphdef, params, seq, n_prompt: int, n_resp: int):
+    """values_BxN of a scalar-head model at the columns that precede each response token."""
+    tokens, mask, positions = seq
+    return response_columns(forward(graphdef, params, tokens, mask, positions_BxT=positions), n_prompt, n_resp)
+
+
+def shifted_logprobs(graphdef, params, tokens_BxT, mask_BxT, **kwargs):
+    """logp_Bx(T-1): log-prob of tokens[:, 1:] given the prefix (kwargs go to `forward`)."""
+    logits = forward(graphdef, params, tokens_BxT, mask_BxT, **kwargs)
+    return token_logprobs(logits[:, :-1], tokens_BxT[:, 1:])
+
+
+def sequence_logprobs(graphdef, params, tokens_BxT, mask_BxT, loss_mask_BxT):
+    """(sum_B, count_B): summed log-probs of the tokens `loss_mask` marks, and their number."""
+    logp = shifted_logprobs(graphdef, params, tokens_BxT, mask_BxT)
+    m = loss_mask_BxT[:, 1:].astype(jnp.float32)
+    return (logp * m).sum(-1), m.sum(-1)
+
+
+def score_at_last(graphdef, params, tokens_BxT, mask_BxT):
+    """scores_B: a scalar-head model's output at each row's last real token (the EOS)."""
+    return last_token_values(forward(graphdef, params, tokens_BxT, mask_BxT), mask_BxT)
+
+
+def latent_posterior(graphdef, params, tokens_BxT, mask_BxT):
+    """InfoRM: (mu, log variance), each [B, L], of the latent at each row's last real token."""
+    model = nnx.merge(graphdef, params)
+    hidden, _ = model(tokens_BxT, positions_BxT=positions_from_mask(mask_BxT), segment_ids_BxT=mask_BxT,
+                      features=True)
+    last = jnp.take_along_axis(hidden, last_token_index(mask_BxT)[:, None, None], axis=1)[:, 0]
+    return model.head.encode(last)
+
+
+def latents(graphdef, params, tokens_BxT, mask_BxT):
+    """InfoRM: the evaluation-mode latent z = mu of each sequence, [B, L]."""
+    return latent_posterior(graphdef, params, tokens_BxT, mask_BxT)[0]
+
+
+def per_sequence_chunks(fn, params, tokens_NxT, mask_NxT, chunk: int = 512) -> np.ndarray:
+    """fn(params, tokens, mask) over rows in chunks of `chunk` (a jitted fn compiles at most twice)."""
+    return np.concatenate([np.asarray(fn(params, tokens_NxT[i:i + chunk], mask_NxT[i:i + chunk]))
+                           for i in range(0, len(tokens_NxT), chunk)])

@@ -1,0 +1,117 @@
+"""One reward interface over every kind of reward the pipeline optimises or judges with.
+
+A `Reward` is a frozen description (graph definitions, static settings); its parameters
+travel separately, so a jitted step receives them as constants. Every reward gives its
+rewards in their own granularity (`rewards`: one score per sequence [B], or per-token rewards
+on the response [B, N] with N = T - n_prompt), the same placed on the response tokens
+(`placed`, [B, N]: a sequence score sits on the last response token) and a score per
+sequence (`score`, their sum). PPO's missing-EOS penalty and clipping act on `rewards`, so
+a penalised response loses its whole score whatever the reward's granularity.
+
+- `ModelReward`: a scalar-head reward model read at the EOS (the InfoRM head reads g(mu)
+  there too), optionally divided by its spread on the demonstrations (z-normalisation);
+- `EnsembleReward`: k stacked reward models, aggregated by a registered aggregator;
+- `FineGrainedReward` (rewards.finegrained): per-segment category models plus a holistic RM;
+- `GoldReward`: a host function of decoded text (the task world's gold reward), usable
+  inside jit through a host callback and directly on host arrays for monitoring.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax.models import forward as F
+from rlhf_jax.objectives.ppo import at_last_token
+
+
+class Reward:
+    """Interface: `rewards(params, tokens_BxT, mask_BxT, n_prompt) -> rewards_B or rewards_BxN`."""
+
+    def rewards(self, params, tokens_BxT, mask_BxT, n_prompt: int):
+        raise NotImplementedError
+
+    def placed(self, params, tokens_BxT, mask_BxT, n_prompt: int):
+        """rewards_BxN on the N = T - n_prompt response columns."""
+        return place(self.rewards(params, tokens_BxT, mask_BxT, n_prompt), mask_BxT[:, n_prompt:])
+
+    def score(self, params, tokens_BxT, mask_BxT, n_prompt: int):
+        """scores_B: the total reward of each sequence."""
+        r = self.rewards(params, tokens_BxT, mask_BxT, n_prompt)
+        return r if r.ndim == 1 else r.sum(1)
+
+
+def place(rewards, response_mask_BxN):
+    """Per-token rewards [B, N]: a sequence score [B] goes on the last response token."""
+    return rewards if rewards.ndim == 2 else rewards[:, None] * at_last_token(response_mask_BxN)
+
+
+class SequenceReward(Reward):
+    """A reward with one score per sequence, read from the whole prompt + response."""
+
+    def sequence_score(self, params, tokens_BxT, mask_BxT):
+        raise NotImplementedError
+
+    def rewards(self, params, tokens_BxT, mask_BxT, n_prompt: int):
+        return self.sequence_score(params, tokens_BxT, mask_BxT)
+
+
+class ModelReward(SequenceReward):
+    """A single reward model (scalar or InfoRM head) at the EOS, divided by `scale` if given."""
+
+    def __init__(self, graphdef, scale: float | None = None):
+        self.graphdef, self.scale = graphdef, scale
+
+    def sequence_score(self, params, tokens_BxT, mask_BxT):
+        score = F.score_at_last(self.graphdef, params, tokens_BxT, mask_BxT)
+        return score if self.scale is None else score / self.scale
+
+
+class EnsembleReward(SequenceReward):
+    """k reward models stacked on axis 0 of their params, scores [k, B] aggregated to [B]."""
+
+    def __init__(self, graphdef, aggregate: Callable):
+        self.graphdef, self.aggregate = graphdef, aggregate
+
+    def member_scores(self, params, tokens_BxT, mask_BxT):
+        return jax.vmap(F.score_at_last, in_axes=(None, 0, None, None))(self.graphdef, params, tokens_BxT, mask_BxT)
+
+    def sequence_score(self, params, tokens_BxT, mask_BxT):
+        return self.aggregate(self.member_scores(params, tokens_BxT, mask_BxT))
+
+
+class GoldReward(SequenceReward):
+    """A host function `(prompt_texts, response_texts) -> scores` (NaN where undefined).
+
+    `host_scores` runs it on host arrays (monitoring, evaluation); inside jit, `score` reaches
+    it through `jax.pure_callback`, so PPO can optimise it like any other reward.
+    """
+
+    def __init__(self, fn: Callable[[list[str], list[str]], np.ndarray], tokenizer):
+        self.fn, self.tokenizer = fn, tokenizer
+
+    def host_scores(self, prompt_BxP, prompt_mask_BxP, response_BxN, response_mask_BxN) -> np.ndarray:
+        from rlhf_jax.data.tokenize import decode
+        prompts = decode(self.tokenizer, prompt_BxP, prompt_mask_BxP)
+        responses = decode(self.tokenizer, response_BxN, response_mask_BxN)
+        return np.asarray(self.fn(prompts, responses), np.float64)
+
+    def rewards(self, params, tokens_BxT, mask_BxT, n_prompt: int):
+        def host(tokens, mask):
+            tokens, mask = np.asarray(tokens), np.asarray(mask)
+            return self.host_scores(tokens[:, :n_prompt], mask[:, :n_prompt], tokens[:, n_prompt:],
+                                    mask[:, n_prompt:]).astype(np.float32)
+
+        out = jax.ShapeDtypeStruct((tokens_BxT.shape[0],), jnp.float32)
+        return jax.pure_callback(host, out, tokens_BxT, mask_BxT, vmap_method="sequential")
+
+
+def score_in_chunks(reward: Reward, params, tokens_NxT, mask_NxT, n_prompt: int, chunk: int = 512) -> np.ndarray:
+    """scores_N of many sequences, jitted once per chunk shape."""
+    fn = jax.jit(lambda p, t, m: reward.score(p, t, m, n_prompt))
+    return F.per_sequence_chunks(fn, params, tokens_NxT, mask_NxT, chunk)
+
+
+__all__ = ["EnsembleReward", "GoldReward", "ModelReward", "Reward", "SequenceReward", "place", "score_in_chunks"]

@@ -1,0 +1,98 @@
+"""The one training skeleton every trained stage uses.
+
+A stage describes its training as a `Training`: the pure step, the initial state, its named
+data iterators, the number of steps, the frozen constants, an optional evaluation and
+host-side hooks. `train` does the rest, the same way for every stage: compile the step with
+explicit shardings, restore the latest checkpoint and the data position, run the host loop
+(metrics one step late, JSONL / W&B / console, NaN stop, SIGTERM, checkpoints), and close
+what it opened even when the stage fails.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax.checkpoint import Checkpointer
+from rlhf_jax.data.batches import BatchIterator
+from rlhf_jax.train.loop import Hook, LoopResult, run_loop
+from rlhf_jax.train.state import TrainState, commit, compile_step
+
+
+def merge_batches(batches: dict[str, dict]) -> dict:
+    """One step's batch from one batch of every iterator (their keys must differ)."""
+    return {k: v for b in batches.values() for k, v in b.items()}
+
+
+def stack_batches(batches: dict[str, dict]) -> dict:
+    """Ensemble members: the iterators' batches stacked on axis 1 (axis 0 stays the data axis)."""
+    first = next(iter(batches.values()))
+    return {k: np.stack([b[k] for b in batches.values()], 1) for k in first}
+
+
+@dataclasses.dataclass
+class Training:
+    step: Callable  # (state, batch, rng[, constants]) -> (state, metrics[, outputs])
+    state: Any
+    data: dict[str, BatchIterator]
+    total_steps: int
+    constants: Any = None
+    combine: Callable[[dict[str, dict]], dict] = merge_batches
+    evaluate: Callable[[Any, int], dict] | None = None
+    eval_every: int = 0
+    hooks: tuple[Hook, ...] = ()
+    progress_keys: tuple[str, ...] = ("loss",)
+    outputs: bool = False  # the step returns (state, metrics, outputs) for the hooks
+
+
+def train_state(params, tx, members: int = 0) -> TrainState:
+    """A fresh TrainState; with `members` = k, k stacked models (optimizer initialised per member)."""
+    if members:
+        return TrainState(params, jax.jit(jax.vmap(tx.init))(params), jnp.zeros((members,), jnp.int32))
+    return TrainState(params, jax.jit(tx.init)(params), jnp.zeros((), jnp.int32))
+
+
+class StoppedEarly(SystemExit):
+    """`debug_stop_after` ended a stage early, with a checkpoint, as a kill would (tests)."""
+
+
+def train(ctx, stage: str, t: Training, salt: int) -> LoopResult:
+    """Compile, resume and run `t` as stage `stage` (checkpoints and logs in WORKDIR/<stage>/)."""
+    fresh = {name: dataclasses.replace(it, epoch=0, index=0) for name, it in t.data.items()}
+    example = ctx.shard(t.combine({name: next(it) for name, it in fresh.items()}))
+    step, state = compile_step(t.step, t.state, example, ctx.mesh, constants=t.constants, outputs=t.outputs)
+    constants = commit(t.constants, ctx.mesh) if t.constants is not None else None
+    step_fn = step if constants is None else (lambda s, b, r: step(s, b, r, constants))
+    checkpointer = Checkpointer(ctx.workdir / stage / "checkpoints")
+    writer = None
+    try:
+        start, last = 0, {}
+        if checkpointer.latest_step() is not None:
+            state, meta = checkpointer.restore(state)
+            for name, it in t.data.items():
+                it.set_position(meta["data"][name])
+            start, last = int(meta["step"]), meta.get("metrics", {})
+            print(f"[{stage}] resumed from step {start}", flush=True)
+        writer = ctx.writer(stage, t.progress_keys)
+        stop_after = ctx.config.debug_stop_after.get(stage, 0) or None
+        result = run_loop(stage, step_fn, state, lambda: ctx.shard(t.combine({k: next(it) for k, it in t.data.items()})),
+                          total_steps=t.total_steps, start_step=start, rng=jax.random.fold_in(ctx.rng, salt),
+                          checkpointer=checkpointer, save_every=ctx.config[_block(stage)].save_every,
+                          meta_fn=lambda: {"data": {k: it.position() for k, it in t.data.items()}}, writer=writer,
+                          eval_fn=t.evaluate, eval_every=t.eval_every, stop_after=stop_after, hooks=t.hooks,
+                          last_metrics=last)
+    finally:
+        if writer is not None:
+            writer.close()
+        checkpointer.close()
+    if result.steps < t.total_steps:
+        raise StoppedEarly(f"[{stage}] stopped after step {result.steps} of {t.total_steps} (debug_stop_after)")
+    return result
+
+
+def _block(stage: str) -> str:
+    """The config section a stage's training settings live in."""
+    return {"fgrm": "fg"}.get(stage, stage)

@@ -1,0 +1,63 @@
+"""Stage "bon": best-of-n of the SFT policy under the trained reward (single, ensemble, InfoRM,
+fine-grained; or the gold reward itself, the oracle ceiling): the unbiased estimate of proxy and
+gold score for every n <= N, against KL_bon = log n - (n-1)/n (Gao et al. 2022)."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+
+from rlhf_jax import checkpoint
+from rlhf_jax.objectives import bon as bon_lib
+from rlhf_jax.rewards import score_in_chunks
+from rlhf_jax.stages import common
+from rlhf_jax.stages.registry import register_stage
+
+
+def check(c, need) -> None:
+    need(c.bon.n_samples >= 1, "bon.n_samples", "must be >= 1")
+    need(c.bon.rank_by in ("rm", "gold"), "bon.rank_by", "must be 'rm' or 'gold'")
+    need(c.bon.rank_by == "rm" or c.data.source == "synthetic", "bon.rank_by",
+         "'gold' needs the task world's gold reward (data.source = synthetic)")
+    need(c.rs.n_samples >= 1, "rs.n_samples", "must be >= 1")
+
+
+def score_samples(ctx, samples: dict, reward, reward_params, n_prompts: int):
+    """(proxy [P, N], gold [P, N] or None) for `common.sample` output with N copies per prompt."""
+    tokens = np.concatenate([samples["prompt"], samples["response"]], 1)
+    mask = np.concatenate([samples["prompt_mask"], samples["response_mask"]], 1).astype(np.int32)
+    proxy = score_in_chunks(reward, reward_params, tokens, mask, samples["prompt"].shape[1]).reshape(n_prompts, -1)
+    gold = common.gold_reward(ctx)
+    if gold is None:
+        return proxy, None
+    return proxy, gold.host_scores(samples["prompt"], samples["prompt_mask"], samples["response"],
+                                   samples["response_mask"]).reshape(n_prompts, -1)
+
+
+@register_stage("bon", needs=lambda c: ("sft",) + common.reward_stages(c), check=check, produces_params=False)
+def run(ctx) -> dict[str, Any]:
+    c = ctx.config.bon
+    t0 = time.perf_counter()
+    reward, rm, _, _ = common.trained_reward(ctx, "bon")
+    prompts = ctx.data.records("eval_prompts")[:c.n_prompts]
+    samples = common.sample(ctx, common.load_sft(ctx), prompts, c.n_samples, c.temperature,
+                            seed=ctx.config.seed * 31 + 5)
+    proxy, gold = score_samples(ctx, samples, reward, rm, len(prompts))
+    if c.rank_by == "gold":  # the oracle ranker: the ceiling any proxy could reach
+        proxy = gold
+    ns = sorted({n for n in (2 ** i for i in range(16)) if n <= c.n_samples} | {c.n_samples})
+    curve = bon_lib.bon_curve(proxy, gold, ns)
+    (ctx.workdir / "bon").mkdir(parents=True, exist_ok=True)
+    (ctx.workdir / "bon" / "curve.json").write_text(json.dumps(curve, indent=2))
+    best = curve[-1]
+    summary = {"n_samples": c.n_samples, "n_prompts": len(prompts), "kl_best_of_N": best["kl"],
+               "proxy_best_of_1": curve[0]["proxy"], "proxy_best_of_N": best["proxy"],
+               "wall_seconds": time.perf_counter() - t0}
+    if gold is not None:
+        peak = max(curve, key=lambda r: r["gold"])
+        summary.update(gold_best_of_1=curve[0]["gold"], gold_best_of_N=best["gold"], gold_peak=peak["gold"],
+                       gold_peak_n=peak["n"], gold_prompts=best["gold_prompts"])
+    checkpoint.save_final(ctx.workdir, "bon", None, summary)
+    return summary

@@ -1,0 +1,75 @@
+"""Stage "dpo": a preference loss (`dpo.loss`: the DPO family, SimPO, ORPO) from the SFT policy on
+the rankings the RM would see (all C(K, 2) pairs). A loss that needs a reference reads the
+frozen SFT policy's log-probs, cached in one pass before training (`dpo.cache_reference`) or
+computed live; reference-free losses build no reference at all."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from rlhf_jax import checkpoint
+from rlhf_jax.eval.policy_eval import compare_policies
+from rlhf_jax.objectives.preference import PREFERENCE_LOSSES
+from rlhf_jax.stages import common
+from rlhf_jax.stages.base import Training, train, train_state
+from rlhf_jax.stages.registry import register_stage
+from rlhf_jax.train import dpo as dpo_lib
+from rlhf_jax.train import optim
+from rlhf_jax.train.ppo import sampling_config
+from rlhf_jax.train.state import commit
+
+SALT = 5
+
+
+def check(c, need) -> None:
+    d = c.dpo
+    need(d.loss in PREFERENCE_LOSSES, "dpo.loss", f"must be one of {PREFERENCE_LOSSES.names()}")
+    need(d.logprob_reduction in ("sum", "mean"), "dpo.logprob_reduction", "must be 'sum' or 'mean'")
+    need(d.beta > 0, "dpo.beta", "must be > 0")
+    need(0 <= d.label_smoothing < 0.5, "dpo.label_smoothing", "must be in [0, 0.5)")
+    need(d.loss in ("cdpo", "robust") or d.label_smoothing == 0, "dpo.label_smoothing",
+         f"only cdpo and robust use it (dpo.loss={d.loss!r})")
+    need(d.orpo_lambda >= 0, "dpo.orpo_lambda", "must be >= 0")
+
+
+@register_stage("dpo", needs=lambda c: ("sft",), check=check)
+def run(ctx) -> dict[str, Any]:
+    c = ctx.config.dpo
+    t0 = time.perf_counter()
+    train_arrays, val = common.preference_arrays(ctx)
+    sft = common.load_sft(ctx)
+    graphdef = ctx.base.graphdef
+    val_bs = min(c.batch_size, len(val["tokens"]))
+    ref = None
+    if dpo_lib.needs_reference(c):
+        ref = commit(jax.tree.map(jnp.copy, sft), ctx.mesh)
+        val = {**val, "ref_logp": dpo_lib.reference_logprobs(graphdef, ref, val, val_bs)}
+        if c.cache_reference:  # one pass of the reference over the data, before training
+            train_arrays = {**train_arrays, "ref_logp": dpo_lib.reference_logprobs(graphdef, ref, train_arrays,
+                                                                                   c.batch_size)}
+    it = ctx.iterator(train_arrays, c.batch_size, SALT)
+    total = c.steps or c.epochs * it.steps_per_epoch
+    tx, sched = optim.from_config(c, total)
+    params = jax.tree.map(jnp.copy, sft)
+    live_ref = ref if ref is not None and not c.cache_reference else None
+    result = train(ctx, "dpo", Training(dpo_lib.make_dpo_step(graphdef, tx, sched, c), train_state(params, tx),
+                                        {"train": it}, total, constants=live_ref,
+                                        progress_keys=("loss", "reward_accuracy", "reward_margin")), SALT)
+    final = result.state.params
+    held_out = dpo_lib.held_out_metrics(graphdef, final, val, val_bs, c)
+    evals, samples = compare_policies(
+        graphdef, ctx.tokenizer, ctx.data.arrays("eval_prompts"),
+        sampling_config(ctx.config.ppo, ctx.tokenizer, temperature=ctx.config.eval.temperature),
+        jax.random.fold_in(ctx.rng, 99), sft, final, None, None, common.gold_reward(ctx), "dpo",
+        ctx.config.eval.n_report_samples)
+    summary = {"steps": total, "wall_seconds": time.perf_counter() - t0,
+               "train_reward_accuracy": result.last_metrics.get("reward_accuracy", float("nan")), **held_out, **evals}
+    (ctx.workdir / "dpo" / "samples.json").write_text(json.dumps(samples, indent=2))
+    checkpoint.save_final(ctx.workdir, "dpo", final, summary)
+    return summary
+
+

@@ -1,0 +1,77 @@
+"""Stage "fgrm": fine-grained reward models (Wu et al. 2023), one per-segment classifier per
+component of `fg.components`, trained together in one step vmapped over the categories, on
+span-annotated responses (the task world's, or a fine_grained file / corpus:qa_feedback)."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+from rlhf_jax import checkpoint
+from rlhf_jax.data import synthetic
+from rlhf_jax.data.run_data import read_source
+from rlhf_jax.models import abstract_model
+from rlhf_jax.objectives.finegrained import parse_components, token_classes
+from rlhf_jax.stages import common
+from rlhf_jax.stages.base import Training, train, train_state
+from rlhf_jax.stages.registry import listed, register_stage
+from rlhf_jax.train import finegrained as fg_lib
+from rlhf_jax.train import optim
+from rlhf_jax.train import rm as rm_lib
+
+SALT = 7
+
+
+def check(c, need) -> None:
+    f = c.fg
+    try:
+        components = parse_components(f.components)
+    except ValueError as e:
+        need(False, "fg.components", str(e))
+    need(not ("fgrm" in listed(c) and not components), "fg.components", "stage fgrm needs at least one component")
+    need(f.reward in ("hard", "soft"), "fg.reward", "must be 'hard' or 'soft'")
+    need(f.init in ("sft", "base"), "fg.init", "must be 'sft' (the SFT policy) or 'base' (the base model)")
+    need(not (components and f.holistic_weight and (c.rm.members > 1 or c.rm.head != "scalar")),
+         "fg.holistic_weight",
+         "the holistic part of a fine-grained reward must be one scalar RM (rm.members = 1, rm.head = scalar)")
+
+
+def span_records(ctx) -> tuple[list[dict], list[dict]]:
+    """(train, held-out) span-annotated responses."""
+    f = ctx.config.fg
+    if ctx.world is not None and not f.data:
+        return (synthetic.finegrained_records(ctx.world, f.n_train, "train"),
+                synthetic.finegrained_records(ctx.world, f.n_val, "val"))
+    records = read_source(f.data, "fine_grained", ctx.config.data.policy)
+    n_val = max(1, int(len(records) * ctx.config.data.val_fraction))
+    return records[n_val:n_val + f.n_train], records[:n_val]
+
+
+@register_stage("fgrm", needs=lambda c: ("sft",) if c.fg.init == "sft" else (), check=check)
+def run(ctx) -> dict[str, Any]:
+    f = ctx.config.fg
+    t0 = time.perf_counter()
+    components = parse_components(f.components)
+    train_r, val_r = span_records(ctx)
+    classes = token_classes(ctx.tokenizer)
+    make = lambda r: fg_lib.segment_arrays(r, ctx.tokenizer, ctx.data.tcfg, components, classes, f.min_words)
+    (train_arrays, stats), (val, _) = make(train_r), make(val_r)
+    print(f"[fgrm] {len(train_r)} train / {len(val_r)} val responses, {stats}", flush=True)
+    init = common.load_sft(ctx) if f.init == "sft" else ctx.base.params
+    members = [rm_lib.init_from_sft(init, common.category_model(ctx, seed=ctx.config.seed + 101 + j).params)
+               for j in range(len(components))]
+    graphdef = abstract_model(ctx.model_cfg(), "scalar")[0]
+    it = ctx.iterator(train_arrays, f.batch_size, SALT)
+    total = f.steps or f.epochs * it.steps_per_epoch
+    tx, sched = optim.from_config(f, total)
+    step = rm_lib.ensemble_step(fg_lib.make_segment_step(graphdef, tx, sched))
+    result = train(ctx, "fgrm", Training(step, train_state(rm_lib.stack(members), tx, members=len(components)),
+                                         {"train": it}, total, progress_keys=("loss", "accuracy")), SALT)
+    held = fg_lib.held_out(graphdef, result.state.params, val, min(f.batch_size, len(val["tokens"])),
+                           [c.name for c in components])
+    summary = {"steps": total, "components": [dataclasses.asdict(c) for c in components],
+               "train_segments": stats["segments"], "train_positive_rate": stats["positive_rate"],
+               **{f"{name}_{key}": v for name, m in held.items() for key, v in m.items()},
+               "wall_seconds": time.perf_counter() - t0}
+    checkpoint.save_final(ctx.workdir, "fgrm", result.state.params, summary)
+    return summary

@@ -1,0 +1,125 @@
+"""Stage "ppo": PPO of the SFT policy against the trained reward with a KL tether to the SFT
+model (InstructGPT), PPO-ptx, EMA of the policy; the SFT and the final policy are then
+compared on held-out prompts. With an InfoRM reward, the rollouts' latents are tracked."""
+from __future__ import annotations
+
+import functools
+import json
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax import checkpoint
+from rlhf_jax.eval.policy_eval import compare_policies
+from rlhf_jax.models import abstract_model
+from rlhf_jax.models.forward import latents, per_sequence_chunks, sequence_inputs
+from rlhf_jax.objectives.ppo import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS
+from rlhf_jax.stages import common
+from rlhf_jax.stages.base import Training, train
+from rlhf_jax.stages.registry import register_stage
+from rlhf_jax.train import optim
+from rlhf_jax.train import ppo as ppo_lib
+from rlhf_jax.train.loop import Hook
+from rlhf_jax.train.state import PPOState
+
+SALT = 3
+
+
+def check(c, need) -> None:
+    p = c.ppo
+    need(p.batch_size % p.minibatches == 0, "ppo.minibatches", f"must divide ppo.batch_size={p.batch_size}")
+    need(p.kl_estimator in KL_ESTIMATORS, "ppo.kl_estimator", f"must be one of {KL_ESTIMATORS.names()}")
+    need(p.advantage_estimator in ADVANTAGE_ESTIMATORS, "ppo.advantage_estimator",
+         f"must be one of {ADVANTAGE_ESTIMATORS.names()}")
+    need(p.temperature > 0, "ppo.temperature", "must be > 0 for PPO rollouts")
+    need(0 <= p.ema_decay < 1, "ppo.ema_decay", "must be in [0, 1)")
+    need(not p.adaptive_kl or p.kl_target > 0, "ppo.kl_target", "must be > 0 with adaptive_kl")
+    need(p.ptx_coef == 0 or p.ptx_batch_size > 0, "ppo.ptx_batch_size", "must be > 0 when ppo.ptx_coef > 0")
+    need(p.ptx_batch_size % p.minibatches == 0, "ppo.ptx_batch_size", "must be a multiple of ppo.minibatches")
+
+
+def episodes_dict(episodes) -> dict[str, np.ndarray]:
+    e = jax.device_get(episodes)
+    return {"prompt": e.prompt_BxP, "prompt_mask": e.prompt_mask_BxP, "response": e.response_BxN,
+            "response_mask": e.response_mask_BxN}
+
+
+def gold_hook(gold) -> Hook:
+    """The gold reward of every iteration's episodes, on the host (task world)."""
+    def fn(step, metrics, episodes):
+        e = episodes_dict(episodes)
+        scores = gold.host_scores(e["prompt"], e["prompt_mask"], e["response"], e["response_mask"])
+        scores = scores[~np.isnan(scores)]
+        return {"gold_reward": float(np.mean(scores))} if len(scores) else {}
+    return Hook(fn)
+
+
+def latent_fn(ctx, rm_params):
+    """samples -> InfoRM latents [N, L] of prompt + response."""
+    graphdef, _ = abstract_model(ctx.model_cfg(latent_dim=ctx.config.inform.latent_dim), "inform")
+    fn = jax.jit(lambda p, t, m: latents(graphdef, p, t, m))
+
+    def of(samples):
+        tokens, mask, _ = sequence_inputs(samples["prompt"], samples["prompt_mask"], samples["response"],
+                                          samples["response_mask"])
+        return per_sequence_chunks(fn, rm_params, tokens, mask)
+    return of
+
+
+def latent_track(ctx, sft, rm_params):
+    """InfoRM diagnostics: the reference is the latents of SFT samples on the training prompts."""
+    from rlhf_jax.eval.latents import LatentMonitor, LatentTrack
+    i, p = ctx.config.inform, ctx.config.ppo
+    of = latent_fn(ctx, rm_params)
+    prompts = ctx.data.records("prompts")[:i.n_reference]
+    reference = of(common.sample(ctx, sft, prompts, 1, p.temperature, seed=ctx.config.seed * 43 + 9))
+    monitor = LatentMonitor(reference, i.csi_eps, i.min_samples, i.outlier_quantile)
+    return LatentTrack(monitor, of, ctx.workdir / "ppo" / "latents", i.track_every)
+
+
+@register_stage("ppo", needs=lambda c: ("sft",) + common.reward_stages(c), check=check)
+def run(ctx) -> dict[str, Any]:
+    c = ctx.config.ppo
+    t0 = time.perf_counter()
+    sampling = ppo_lib.sampling_config(c, ctx.tokenizer)
+    sft = common.load_sft(ctx)
+    reward, rm, value_gd, value_init = common.trained_reward(ctx, "ppo")
+    models = ppo_lib.PPOModels(ctx.base.graphdef, value_gd, reward)
+    copy = functools.partial(jax.tree.map, jnp.copy)
+    params = {"policy": copy(sft), "value": copy(value_init)}
+    tx, sched = optim.from_config(c, c.iterations * c.epochs * c.minibatches)
+    state = PPOState(params, jax.jit(tx.init)(params), jnp.zeros((), jnp.int32), jnp.asarray(c.kl_coef, jnp.float32),
+                     copy(sft) if c.ema_decay else None)
+    data = {"prompts": ctx.iterator(ctx.data.arrays("prompts"), c.batch_size, SALT)}
+    if c.ptx_coef:
+        data["ptx"] = ctx.iterator(ctx.data.arrays("ptx"), c.ptx_batch_size, SALT + 1)
+    gold = common.gold_reward(ctx)
+    hooks = (gold_hook(gold),) if gold is not None else ()
+    track = latent_track(ctx, sft, rm) if ctx.config.rm.head == "inform" else None
+    if track is not None:
+        hooks += (Hook(lambda step, m, episodes: track.on_rollout(step, episodes_dict(episodes))),)
+    result = train(ctx, "ppo", Training(ppo_lib.make_ppo_step(c, sampling, models, tx, sched), state, data,
+                                        c.iterations, constants={"reference": copy(sft), "reward": rm}, hooks=hooks,
+                                        progress_keys=("score", "kl", "gold_reward"), outputs=True), SALT)
+    final_policy = result.state.ema if c.ema_decay else result.state.params["policy"]
+    e = ctx.config.eval
+    evals, samples = compare_policies(
+        ctx.base.graphdef, ctx.tokenizer, ctx.data.arrays("eval_prompts"),
+        ppo_lib.sampling_config(c, ctx.tokenizer, temperature=e.temperature), jax.random.fold_in(ctx.rng, 99), sft,
+        final_policy, reward, rm, gold, "ppo", e.n_report_samples)
+    if track is not None:  # the SFT and final policies on the held-out prompts, in latent space
+        prompts = ctx.data.records("eval_prompts")
+        evals.update(track.finish(
+            {name: track.latent_fn(common.sample(ctx, params, prompts, 1, c.temperature,
+                                                 seed=ctx.config.seed * 41 + 8))
+             for name, params in (("sft", sft), ("final", final_policy))},
+            ctx.workdir / "ppo" / "latents.png", f"InfoRM latents: {ctx.config.name} {ctx.config.get('variant', '')}"))
+    summary = {"steps": c.iterations, "wall_seconds": time.perf_counter() - t0,
+               "score_final": result.last_metrics.get("score", float("nan")),
+               "kl_coef_final": result.last_metrics.get("kl_coef", float("nan")), **evals}
+    (ctx.workdir / "ppo" / "samples.json").write_text(json.dumps(samples, indent=2))
+    checkpoint.save_final(ctx.workdir, "ppo", final_policy, summary)
+    return summary

@@ -1,0 +1,87 @@
+"""The stage registry and the plan the runner follows.
+
+A stage is one module under `rlhf_jax/stages/` that registers its entry point:
+
+    @register_stage("rm", needs=lambda c: ("sft",), check=check_rm)
+    def run(ctx: RunContext) -> dict: ...          # returns the stage's summary
+
+`needs(config)` names the stages whose hand-off files (WORKDIR/<stage>/final and
+summary.json) the stage reads; `check(config, need)` validates the stage's config section.
+`plan` orders the stages a config lists so that every need runs first, and fails before
+anything is built when a need is neither listed nor already finished in the workdir.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+from rlhf_jax.checkpoint import final_path, summary_path
+from rlhf_jax.registry import Registry
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable
+    needs: Callable
+    check: Callable | None
+    produces_params: bool
+
+
+STAGES = Registry("stage")
+
+
+def register_stage(name: str, *, needs: Callable = lambda c: (), check: Callable | None = None,
+                   produces_params: bool = True) -> Callable:
+    """Register `run(ctx) -> summary` as stage `name` (see the module docstring)."""
+    def add(run):
+        STAGES.register(name, Stage(name, run, needs, check, produces_params))
+        return run
+    return add
+
+
+def listed(config) -> list[str]:
+    return [s for s in config.stages.split(",") if s]
+
+
+class MissingInputError(FileNotFoundError):
+    """A stage's input is neither produced by a listed stage nor present in the workdir."""
+
+
+def finished(workdir: str | Path, stage: str) -> bool:
+    """A stage is finished when its summary exists (written last, after its final parameters)."""
+    if not summary_path(workdir, stage).exists():
+        return False
+    return not STAGES[stage].produces_params or final_path(workdir, stage).exists()
+
+
+def plan(config, workdir: str | Path) -> list[str]:
+    """The listed stages in an order that runs every need first (listed order among equals)."""
+    wanted = listed(config)
+    for name in wanted:
+        STAGES[name]  # an unknown name fails here, listing the valid ones
+    order, visiting = [], set()
+
+    def visit(name: str, path: tuple[str, ...]):
+        if name in order:
+            return
+        if name in visiting:
+            raise ValueError(f"stages {' -> '.join(path + (name,))} need each other in a cycle")
+        visiting.add(name)
+        for need in STAGES[name].needs(config):
+            if need in wanted:
+                visit(need, path + (name,))
+            elif not finished(workdir, need):
+                missing = summary_path(workdir, need) if STAGES[need].produces_params is False else final_path(
+                    workdir, need)
+                raise MissingInputError(f"stage {name!r} needs {missing} from stage {need!r}, which is not "
+                                        f"listed in config.stages and has not finished in this workdir: "
+                                        f"add it (--config.stages={need},{','.join(wanted)}) or point "
+                                        f"--workdir at a run that has it")
+        visiting.discard(name)
+        order.append(name)
+
+    for name in wanted:
+        visit(name, ())
+    return order

@@ -1,0 +1,89 @@
+"""Stage "rm": the reward model on the SFT backbone (scalar or InfoRM head), K-wise Bradley-Terry
+on rankings; or an ensemble of `rm.members` RMs that differ only in seed (head init and data
+order), trained together in one step vmapped over the member axis. Then each member's bias is
+shifted so the SFT demonstrations score 0 on average (`rm.normalize`)."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rlhf_jax import checkpoint
+from rlhf_jax.models.heads import REWARD_HEADS
+from rlhf_jax.objectives.ensemble import AGGREGATORS
+from rlhf_jax.objectives.inform import KL_FORMS
+from rlhf_jax.rewards import EnsembleReward
+from rlhf_jax.stages import common
+from rlhf_jax.stages.base import Training, stack_batches, train, train_state
+from rlhf_jax.stages.registry import register_stage
+from rlhf_jax.train import optim
+from rlhf_jax.train import rm as rm_lib
+
+SALT = 2
+
+
+def check(c, need) -> None:
+    r, i = c.rm, c.inform
+    need(r.members >= 1, "rm.members", "must be >= 1")
+    need(r.head in REWARD_HEADS, "rm.head", "must be " + " or ".join(map(repr, REWARD_HEADS.names())))
+    need(r.head == "scalar" or r.members == 1, "rm.head", "an InfoRM ensemble is not supported (rm.members = 1)")
+    need(i.kl_form in KL_FORMS, "inform.kl_form", f"must be one of {KL_FORMS}")
+    need(i.latent_dim > 0, "inform.latent_dim", "must be > 0")
+    need(i.beta >= 0, "inform.beta", "must be >= 0")
+    need(0 < i.outlier_quantile < 1, "inform.outlier_quantile", "must be in (0, 1)")
+    need(i.min_samples >= 1, "inform.min_samples", "must be >= 1")
+    need(r.aggregate in AGGREGATORS, "rm.aggregate", f"must be one of {AGGREGATORS.names()}")
+    for use in ("ppo", "bon"):
+        need(r.uncertainty[use].ddof in (0, 1), f"rm.uncertainty.{use}.ddof", "must be 0 (divide by k) or 1 (k - 1)")
+    need(not r.znorm or r.normalize, "rm.znorm", "needs rm.normalize (the statistics come from centring)")
+    need(r.members > 1 or r.aggregate == "mean", "rm.aggregate", "aggregators need rm.members > 1")
+
+
+def demonstrations(ctx):
+    """The SFT demonstrations one per row (never packed: one score per demonstration)."""
+    arrays = ctx.data.arrays("sft_train", pack=False)
+    return arrays["tokens"], arrays["segment_ids"]
+
+
+@register_stage("rm", needs=lambda c: ("sft",), check=check)
+def run(ctx) -> dict[str, Any]:
+    c, k = ctx.config.rm, ctx.config.rm.members
+    t0 = time.perf_counter()
+    train_arrays, val = common.preference_arrays(ctx)
+    names = ["train"] if k == 1 else [f"train_{i}" for i in range(k)]
+    data = {name: ctx.iterator(train_arrays, c.batch_size, SALT + 1000 * i) for i, name in enumerate(names)}
+    total = c.steps or c.epochs * data[names[0]].steps_per_epoch
+    sft = common.load_sft(ctx)
+    heads = [common.reward_model(ctx, seed=ctx.config.seed + 1 + i) for i in range(k)]
+    graphdef = heads[0].graphdef
+    members = [rm_lib.init_from_sft(sft, h.params) for h in heads]
+    tx, sched = optim.from_config(c, total)
+    ib = ctx.config.inform
+    single = rm_lib.make_rm_step(graphdef, tx, sched, c.margin, c.center_coef,
+                                 ib_beta=ib.beta if c.head == "inform" else None, kl_form=ib.kl_form)
+    if k == 1:
+        training = Training(single, train_state(members[0], tx), data, total, progress_keys=("loss", "accuracy"))
+    else:  # members on axis 0 of the state and axis 1 of the batch (axis 0 stays the data axis)
+        training = Training(rm_lib.ensemble_step(single), train_state(rm_lib.stack(members), tx, members=k), data,
+                            total, combine=stack_batches, progress_keys=("loss", "accuracy"))
+    result = train(ctx, "rm", training, SALT)
+    params = result.state.params
+    val_bs = min(c.batch_size, len(val["tokens"]))
+    summary = {"steps": total, "members": k, "train_accuracy": result.last_metrics.get("accuracy", float("nan"))}
+    if k == 1:
+        summary.update(rm_lib.held_out_accuracy(rm_lib.make_rm_eval(graphdef, c.margin), params, val, val_bs))
+    if c.normalize:  # each member's bias shifted so the SFT demonstrations score 0 on average
+        tokens, mask = demonstrations(ctx)
+        centred, means, stds = [], [], []
+        for p in (rm_lib.unstack(params, k) if k > 1 else [params]):
+            p, mean, std = rm_lib.center_on_demonstrations(graphdef, p, tokens, mask)
+            centred.append(p), means.append(mean), stds.append(std)
+        params = centred[0] if k == 1 else rm_lib.stack(centred)
+        summary["demonstration_mean_before_centering"] = means[0] if k == 1 else means
+        summary["demonstration_std"] = stds[0] if k == 1 else stds
+    if k > 1:
+        reward = EnsembleReward(graphdef, common.aggregator(ctx, summary, "ppo"))
+        summary.update(rm_lib.ensemble_held_out(graphdef, params, val, val_bs, reward.aggregate,
+                                                lambda p, t, m: reward.member_scores(p, t, m)))
+    summary["wall_seconds"] = time.perf_counter() - t0
+    checkpoint.save_final(ctx.workdir, "rm", params, summary)
+    return summary

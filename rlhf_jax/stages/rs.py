@@ -1,0 +1,46 @@
+"""Stage "rs": rejection-sampling fine-tuning (Llama 2): SFT of the SFT policy on its best-of-N
+samples under the trained reward, then judged against SFT like PPO."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import jax
+
+from rlhf_jax import checkpoint
+from rlhf_jax.data.tokenize import decode, sft_arrays
+from rlhf_jax.eval.policy_eval import compare_policies
+from rlhf_jax.objectives import bon as bon_lib
+from rlhf_jax.stages import common
+from rlhf_jax.stages.bon import score_samples
+from rlhf_jax.stages.registry import register_stage
+from rlhf_jax.stages.sft import fine_tune
+from rlhf_jax.train.ppo import sampling_config
+
+
+@register_stage("rs", needs=lambda c: ("sft",) + common.reward_stages(c))
+def run(ctx) -> dict[str, Any]:
+    c = ctx.config.rs
+    t0 = time.perf_counter()
+    reward, rm, _, _ = common.trained_reward(ctx, "bon")
+    sft = common.load_sft(ctx)
+    prompts = ctx.data.records("prompts")[:c.n_prompts]
+    samples = common.sample(ctx, sft, prompts, c.n_samples, c.temperature, seed=ctx.config.seed * 37 + 6)
+    proxy, _ = score_samples(ctx, samples, reward, rm, len(prompts))
+    best = bon_lib.best_index(proxy)
+    texts = decode(ctx.tokenizer, samples["response"], samples["response_mask"])
+    records = [{"prompt": r["prompt"], "completion": texts[j * c.n_samples + int(best[j])]}
+               for j, r in enumerate(prompts)]
+    train_arrays, _ = sft_arrays(records, ctx.tokenizer, ctx.data.tcfg)
+    result, final = fine_tune(ctx, "rs", train_arrays=train_arrays, init=sft)
+    evals, report = compare_policies(
+        ctx.base.graphdef, ctx.tokenizer, ctx.data.arrays("eval_prompts"),
+        sampling_config(ctx.config.ppo, ctx.tokenizer, temperature=ctx.config.eval.temperature),
+        jax.random.fold_in(ctx.rng, 99), sft, final, reward, rm, common.gold_reward(ctx), "rs",
+        ctx.config.eval.n_report_samples)
+    summary = {**result, "proxy_of_kept_samples": float(proxy.max(1).mean()), "proxy_mean": float(proxy.mean()),
+               **evals, "wall_seconds": time.perf_counter() - t0}
+    (ctx.workdir / "rs" / "samples.json").write_text(json.dumps(report, indent=2))
+    checkpoint.save_final(ctx.workdir, "rs", final, summary)
+    return summary

@@ -1,0 +1,76 @@
+"""Stage "sft": supervised fine-tuning of the base model on the demonstrations (completion-only
+loss), fully, with frozen early layers, or with LoRA adapters (the merged weights are saved)."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from rlhf_jax import checkpoint
+from rlhf_jax.models import abstract_model
+from rlhf_jax.stages.base import Training, train, train_state
+from rlhf_jax.stages.registry import register_stage
+from rlhf_jax.train import lora as lora_lib
+from rlhf_jax.train import optim
+from rlhf_jax.train import sft as sft_lib
+from rlhf_jax.train.lora import IN_DIMS as LORA_TARGETS, LoRAConfig
+from rlhf_jax.train.state import commit
+
+SALT = 1
+
+
+def check(c, need) -> None:
+    for block in ("sft", "rs"):
+        s = c[block]
+        need(s.lora_rank >= 0, f"{block}.lora_rank", "must be >= 0 (0 = full fine-tuning)")
+        need(not (s.lora_rank and s.freeze_layers), f"{block}.lora_rank",
+             "LoRA and freeze_layers exclude each other")
+        bad = [t for t in s.lora_targets.split(",") if t not in LORA_TARGETS]
+        need(not bad, f"{block}.lora_targets", f"{bad} are not among {sorted(LORA_TARGETS)}")
+
+
+def fine_tune(ctx, stage: str, train_arrays=None, init=None) -> tuple[dict[str, Any], Any]:
+    """Fine-tune `init` (default: the base model) on `train_arrays` (default: the demonstrations)
+    with the fields of config[stage]; rejection sampling reuses it. Returns (summary, params)."""
+    c = ctx.config[stage]
+    t0 = time.perf_counter()
+    train_arrays = ctx.data.arrays("sft_train") if train_arrays is None else train_arrays
+    val = ctx.data.arrays("sft_val")
+    init = ctx.base.params if init is None else init
+    it = ctx.iterator(train_arrays, c.batch_size, SALT)
+    total = c.steps or c.epochs * it.steps_per_epoch
+    graphdef, _ = abstract_model(ctx.model_cfg(dropout_rate=c.dropout), "lm")
+    mask = optim.freeze_mask(init, c.freeze_layers, c.freeze_layers > 0) if c.freeze_layers else None
+    tx, sched = optim.from_config(c, total, mask=mask)
+    lora = (LoRAConfig(c.lora_rank, c.lora_alpha, tuple(t for t in c.lora_targets.split(",") if t))
+            if c.lora_rank else None)
+    if lora is None:  # full fine-tuning: the state holds every weight
+        params, base, view = jax.tree.map(jnp.copy, init), None, (lambda p: p)
+    else:  # LoRA: the state holds the adapters, the base weights are a frozen constant
+        params, base = lora_lib.init(init, lora, jax.random.fold_in(ctx.rng, 11)), commit(init, ctx.mesh)
+        view = lambda p: lora_lib.merge(base, p, lora)
+    evaluate = sft_lib.make_sft_eval(ctx.base.graphdef)
+    merged = jax.jit(view)
+    val_bs = min(c.batch_size, len(val["tokens"]))
+    result = train(ctx, stage, Training(
+        step=sft_lib.make_sft_step(graphdef, tx, sched, c.dropout > 0, lora), state=train_state(params, tx),
+        data={"train": it}, total_steps=total, constants=base, progress_keys=("loss", "lr"),
+        evaluate=lambda s, _: sft_lib.validation_loss(evaluate, merged(s.params), val, val_bs),
+        eval_every=c.eval_every), SALT)
+    final_params = merged(result.state.params)
+    trainable = (lora_lib.count(params) if mask is None else
+                 int(sum(float((m * jnp.ones(x.shape)).sum()) for m, x in
+                         zip(jax.tree.leaves(mask), jax.tree.leaves(params)))))
+    summary = {"steps": total, "wall_seconds": time.perf_counter() - t0,
+               "train_loss": result.last_metrics.get("loss", float("nan")), "trainable_params": trainable,
+               **sft_lib.validation_loss(evaluate, final_params, val, val_bs)}
+    return summary, final_params
+
+
+@register_stage("sft", check=check)
+def run(ctx) -> dict[str, Any]:
+    summary, params = fine_tune(ctx, "sft")
+    checkpoint.save_final(ctx.workdir, "sft", params, summary)
+    return summary

@@ -1,0 +1,49 @@
+"""Config validation, before anything is built: the run-wide fields here, each stage's own
+section in its module's `check`. Names are checked against the registries they select from."""
+from __future__ import annotations
+
+import jax
+
+from rlhf_jax.context import ConfigError
+from rlhf_jax.models import PRESETS
+from rlhf_jax.stages.registry import STAGES, listed
+
+BATCH_FIELDS = (("sft", "batch_size"), ("rm", "batch_size"), ("ppo", "batch_size"), ("dpo", "batch_size"),
+                ("rs", "batch_size"), ("fg", "batch_size"))
+DATA_FILES = (("sft", "sft_train"), ("rm", "rm_train"), ("ppo", "prompts"), ("dpo", "rm_train"))
+
+
+def need(ok: bool, field: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config.{field}: {message}")
+
+
+def _max_seq(c) -> int:
+    if c.model.preset:
+        return int(c.model.overrides.get("max_seq_len", PRESETS[c.model.preset].max_seq_len))
+    return 1 << 30
+
+
+def validate_config(c) -> None:
+    """Raise ConfigError naming the first field that cannot work."""
+    stages = listed(c)
+    for s in stages:
+        need(s in STAGES, "stages", f"{s!r} is not one of {STAGES.names()}")
+    need(c.data.source in ("synthetic", "files"), "data.source", "must be 'synthetic' or 'files'")
+    need(c.data.policy in ("error", "skip"), "data.policy", "must be 'error' or 'skip'")
+    need(c.data.max_prompt_len < c.data.max_len, "data.max_prompt_len", "must be below data.max_len")
+    need(bool(c.model.preset) != bool(c.model.path), "model.preset", "set exactly one of model.preset / model.path")
+    need(not c.model.preset or c.model.preset in PRESETS, "model.preset", f"must be one of {sorted(PRESETS)}")
+    batch_devices = jax.device_count() // max(c.mesh.tensor, 1)
+    for stage, field in BATCH_FIELDS:
+        bs = c[stage][field]
+        need(bs > 0 and bs % max(1, batch_devices) == 0, f"{stage}.{field}",
+             f"{bs} must be a positive multiple of the {batch_devices} data-parallel devices")
+    for stage in STAGES.names():
+        if STAGES[stage].check is not None:
+            STAGES[stage].check(c, need)
+    need(c.data.max_prompt_len + c.ppo.max_new_tokens <= _max_seq(c), "ppo.max_new_tokens",
+         "prompt + response exceeds the model's max_seq_len")
+    if c.data.source == "files":
+        for stage, field in DATA_FILES:
+            need(stage not in stages or bool(c.data[field]), f"data.{field}", f"needed by stage {stage}")
