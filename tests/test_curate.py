@@ -72,6 +72,9 @@ def test_conversions():
         {"prompt": "p", "chosen": "b", "rejected": "a"}, {"prompt": "p", "chosen": "b", "rejected": "c"}]
     assert C.convert([pair("p", "a", "b")], "pair", "ranking") == [{"prompt": "p", "responses": ["a", "b"],
                                                                     "ranks": [0, 1]}]
+    mixed = C.convert([pair("q", "a", "b"), ranking], "preference", "pair")  # each as the kind it is
+    assert mixed == [pair("q", "a", "b"), {"prompt": "p", "chosen": "b", "rejected": "a"},
+                     {"prompt": "p", "chosen": "b", "rejected": "c"}]
     chat = C.convert([{"prompt": "hi", "completion": "yo"}], "sft", "chat")
     assert chat == [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}]
     with pytest.raises(ValueError, match="no conversion from 'text' to 'pair'"):

@@ -34,7 +34,7 @@ def load(source: str, kind: str | None, policy: str):
         records, report = corpora.READERS[source](policy=policy)
         return records, READER_KINDS[source], report
     if kind is None:
-        raise SystemExit(f"{source}: pass --kind (sft, pair, ranking, prompt, text, fine_grained)")
+        raise SystemExit(f"{source}: pass --kind (sft, pair, ranking, preference, prompt, text, fine_grained)")
     records, report = read_records(source, kind, policy=policy)
     return records, kind, report
 
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     for name in ("run", "stats", "convert"):
         p = sub.add_parser(name)
         p.add_argument("input")
-        p.add_argument("--kind", choices=["sft", "pair", "ranking", "prompt", "text", "fine_grained"])
+        p.add_argument("--kind", choices=["sft", "pair", "ranking", "preference", "prompt", "text", "fine_grained"])
         p.add_argument("--out", required=True)
         p.add_argument("--policy", choices=["error", "skip"], default="skip")
         if name == "convert":

@@ -208,10 +208,13 @@ def split_of(record: dict, cfg: CurateConfig) -> str:
 
 def convert(records: Iterable[dict], source: str, target: str) -> list[dict]:
     """Between kinds: ranking -> pair (all C(K,2) pairs, ties dropped), pair -> ranking (K=2),
-    sft prompt/completion <-> sft chat messages, pair/ranking -> prompt, sft -> text."""
+    sft prompt/completion <-> sft chat messages, pair/ranking -> prompt, sft -> text; a
+    "preference" record converts as the pair or ranking it is."""
     out = []
     for r in records:
-        if source == target:
+        if source == "preference":
+            out += convert([r], "ranking" if "responses" in r else "pair", target)
+        elif source == target:
             out.append(r)
         elif (source, target) == ("ranking", "pair"):
             out += [{"prompt": r["prompt"], "chosen": r["responses"][w], "rejected": r["responses"][l]}
