@@ -230,6 +230,8 @@ def _csv_rows(path: Path, text: str, delimiter: str) -> Iterator[tuple[int, Any]
         header = next(reader, None)
         if header is None:
             return
+        if not header:
+            raise DataError(str(path), 1, "<csv>", "the header line is empty: no column names")
         seen: set[str] = set()
         for name in header:
             if name in seen:
