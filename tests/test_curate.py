@@ -79,6 +79,24 @@ def test_filters_and_english_score():
     assert C.keep_record(pair("x" * 300), cfg) == "too_long"
 
 
+def test_language_filter_on_real_english_and_hand_written_other_languages(shared_data):
+    """lingua keeps Alpaca's English and drops all 60 sentences in 15 other languages, which the
+    function-word heuristic it replaced let 16 of through (tools/benchmark_language.py)."""
+    from rlhf_jax.data.sources import iter_rows
+    from tests.language_samples import NON_ENGLISH
+    cfg = C.CurateConfig()
+    rows = [row for _, row in iter_rows(shared_data / "alpaca_5000.json.gz")][:300]
+    english = [{"prompt": r["instruction"] + "\n" + r["input"], "completion": r["output"]} for r in rows]
+    kept = sum(C.keep_record(r, cfg) is None for r in english)
+    assert kept >= 0.98 * len(english), kept
+    assert [C.keep_record({"prompt": text, "completion": "Ok."}, cfg) for _, text in NON_ENGLISH] == \
+        ["not_english"] * len(NON_ENGLISH)
+    assert C.detect_language(NON_ENGLISH[0][1]) == "fr" and C.detect_language("你好，世界。今天天气很好。") == "zh"
+    assert C.keep_record({"prompt": NON_ENGLISH[4][1], "completion": "Gut."}, C.CurateConfig(language="de")) is None
+    with pytest.raises(ValueError, match="not an ISO 639-1 code"):
+        C.CurateConfig(language="english")
+
+
 def test_splits_are_deterministic_and_keep_prompts_together():
     cfg = C.CurateConfig(near_dup_threshold=None, language=None)
     records = [pair(f"question number {i % 40}", f"answer {i}", f"bad {i}") for i in range(200)]

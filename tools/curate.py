@@ -115,7 +115,7 @@ def main(argv=None) -> int:
             p.add_argument("--no-scrub", action="store_true")
             p.add_argument("--min-chars", type=int, default=1)
             p.add_argument("--max-chars", type=int, default=20000)
-            p.add_argument("--language", default="en", choices=["en", "none"])
+            p.add_argument("--language", default="en", help="ISO 639-1 code of the language to keep, or none")
             p.add_argument("--splits", default="0.9,0.05,0.05")
     args = ap.parse_args(argv)
     try:

@@ -1,5 +1,6 @@
-"""Curation: exact and near-duplicate removal, PII scrubbing, length and language filters,
-deterministic splits by prompt hash, format conversion, and a statistics report.
+"""Curation: exact and near-duplicate removal (datasketch MinHash LSH), PII scrubbing, length and
+language filters (lingua), deterministic splits by prompt hash, format conversion, and a
+statistics report.
 
 All functions take and return lists of canonical records (records.py) plus counts, so a
 `CurateConfig` drives the same steps from the CLI (`tools/curate.py`) or from code.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import re
 import zlib
@@ -29,8 +31,7 @@ class CurateConfig:
     scrub_pii: bool = True
     min_chars: int = 1
     max_chars: int | None = 20_000
-    language: str | None = "en"  # None disables the language filter
-    min_english_score: float = 0.05
+    language: str | None = "en"  # ISO 639-1 code of the language to keep (lingua); None disables
     split_fractions: tuple[float, float, float] = (0.9, 0.05, 0.05)
     split_salt: str = ""
 
@@ -41,6 +42,13 @@ class CurateConfig:
             raise ValueError(f"num_perm={self.num_perm} must be a multiple of bands={self.bands}")
         if abs(sum(self.split_fractions) - 1) > 1e-6:
             raise ValueError(f"split_fractions={self.split_fractions} must sum to 1")
+        if self.language is not None:
+            from lingua import IsoCode639_1
+            try:
+                IsoCode639_1.from_str(self.language)
+            except ValueError:
+                raise ValueError(f"language={self.language!r} is not an ISO 639-1 code lingua knows "
+                                 "(e.g. 'en', 'fr')") from None
 
 
 # --- text views of a record ----------------------------------------------------------------
@@ -191,14 +199,21 @@ def scrub_record(record: Any, counts: collections.Counter) -> Any:
 
 # --- filters ---------------------------------------------------------------------------------
 
-ENGLISH_WORDS = frozenset("the a an and or of to in is are was were be it that this for on with as at by from "
-                          "you i he she we they not have has do does what how why can will would your my".split())
+DETECT_CHARS = 1000  # enough text to tell the language; bounds the time a long record costs
 
 
-def english_score(text: str) -> float:
-    """Fraction of words that are common English function words (no model, no network)."""
-    words = re.findall(r"[a-zA-Z']+", text.lower())
-    return sum(w in ENGLISH_WORDS for w in words) / max(1, len(re.findall(r"\S+", text)))
+@functools.lru_cache(maxsize=1)
+def _detector():
+    """lingua's detector over all its 75 languages; its models ship in the wheel (no network) and
+    load lazily, per script met, on first use (about 1 GB for Latin-script text)."""
+    from lingua import LanguageDetectorBuilder
+    return LanguageDetectorBuilder.from_all_languages().build()
+
+
+def detect_language(text: str) -> str | None:
+    """ISO 639-1 code ('en', 'fr', ...) of the text's language, or None when lingua cannot tell."""
+    language = _detector().detect_language_of(text[:DETECT_CHARS])
+    return language.iso_code_639_1.name.lower() if language is not None else None
 
 
 def keep_record(record: dict, cfg: CurateConfig) -> str | None:
@@ -208,8 +223,8 @@ def keep_record(record: dict, cfg: CurateConfig) -> str | None:
         return "too_short"
     if cfg.max_chars is not None and n > cfg.max_chars:
         return "too_long"
-    if cfg.language == "en" and english_score(record_text(record)) < cfg.min_english_score:
-        return "not_english"
+    if cfg.language is not None and detect_language(record_text(record)) != cfg.language:
+        return "not_english" if cfg.language == "en" else f"not_{cfg.language}"
     return None
 
 
