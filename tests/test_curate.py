@@ -27,6 +27,32 @@ def test_exact_and_near_duplicates():
     assert n == 0 and len(strict) == 3
 
 
+def test_lsh_dedup_equals_exhaustive_exact_jaccard():
+    """datasketch's LSH finds every pair the all-pairs exact-Jaccard scan finds, on texts with
+    near-copies with 2, 9 or 20 of 120 words changed (shingle Jaccard 0.84-0.90, 0.44-0.61 and
+    0.18-0.32: only the first are duplicates at threshold 0.8)."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    vocab = [f"w{i}" for i in range(5000)]
+    texts = [list(rng.choice(vocab, 120)) for _ in range(150)]
+    for src in range(0, 150, 3):  # edit 2, 9 or 20 words in a copy of every third text
+        for n_edits in (2, 9, 20):
+            copy = list(texts[src])
+            for pos in rng.choice(120, n_edits, replace=False):
+                copy[pos] = f"new{rng.integers(1e9)}"
+            texts.append(copy)
+    records = [{"text": " ".join(t)} for t in texts]
+    cfg = C.CurateConfig(near_dup_threshold=0.8)
+    hashes = [C.shingle_hashes(r["text"], cfg) for r in records]
+    exhaustive = []
+    for i, h in enumerate(hashes):
+        if all(C.jaccard(hashes[j], h) < 0.8 for j in exhaustive):
+            exhaustive.append(i)
+    kept, n = C.near_dedup(records, cfg)
+    assert [records.index(r) for r in kept] == exhaustive
+    assert n == len(records) - len(exhaustive) == 50  # exactly the 2-word edits
+
+
 def test_minhash_estimates_jaccard():
     cfg = C.CurateConfig(num_perm=256, bands=16, shingle=1)
     a = " ".join(f"w{i}" for i in range(100))
@@ -53,6 +79,24 @@ def test_filters_and_english_score():
     assert C.keep_record(pair("x" * 300), cfg) == "too_long"
 
 
+def test_language_filter_on_real_english_and_hand_written_other_languages(shared_data):
+    """lingua keeps Alpaca's English and drops all 60 sentences in 15 other languages, which the
+    function-word heuristic it replaced let 16 of through (tools/benchmark_language.py)."""
+    from rlhf_jax.data.sources import iter_rows
+    from tests.language_samples import NON_ENGLISH
+    cfg = C.CurateConfig()
+    rows = [row for _, row in iter_rows(shared_data / "alpaca_5000.json.gz")][:300]
+    english = [{"prompt": r["instruction"] + "\n" + r["input"], "completion": r["output"]} for r in rows]
+    kept = sum(C.keep_record(r, cfg) is None for r in english)
+    assert kept >= 0.98 * len(english), kept
+    assert [C.keep_record({"prompt": text, "completion": "Ok."}, cfg) for _, text in NON_ENGLISH] == \
+        ["not_english"] * len(NON_ENGLISH)
+    assert C.detect_language(NON_ENGLISH[0][1]) == "fr" and C.detect_language("你好，世界。今天天气很好。") == "zh"
+    assert C.keep_record({"prompt": NON_ENGLISH[4][1], "completion": "Gut."}, C.CurateConfig(language="de")) is None
+    with pytest.raises(ValueError, match="not an ISO 639-1 code"):
+        C.CurateConfig(language="english")
+
+
 def test_splits_are_deterministic_and_keep_prompts_together():
     cfg = C.CurateConfig(near_dup_threshold=None, language=None)
     records = [pair(f"question number {i % 40}", f"answer {i}", f"bad {i}") for i in range(200)]
@@ -72,6 +116,9 @@ def test_conversions():
         {"prompt": "p", "chosen": "b", "rejected": "a"}, {"prompt": "p", "chosen": "b", "rejected": "c"}]
     assert C.convert([pair("p", "a", "b")], "pair", "ranking") == [{"prompt": "p", "responses": ["a", "b"],
                                                                     "ranks": [0, 1]}]
+    mixed = C.convert([pair("q", "a", "b"), ranking], "preference", "pair")  # each as the kind it is
+    assert mixed == [pair("q", "a", "b"), {"prompt": "p", "chosen": "b", "rejected": "a"},
+                     {"prompt": "p", "chosen": "b", "rejected": "c"}]
     chat = C.convert([{"prompt": "hi", "completion": "yo"}], "sft", "chat")
     assert chat == [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}]
     with pytest.raises(ValueError, match="no conversion from 'text' to 'pair'"):

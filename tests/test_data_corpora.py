@@ -85,3 +85,10 @@ def test_alpaca_eval_truthfulqa_and_text():
     assert chunks[0]["text"].startswith("First Citizen:\nBefore we proceed any further")
     unsup, _ = C.imdb_unsup(limit=100)
     assert len(unsup) == 100
+
+
+def test_truthfulqa_names_a_malformed_row(tmp_path):
+    path = tmp_path / "truthfulqa.csv"
+    path.write_text("Question,Correct Answers,Incorrect Answers\nQ?,yes,no\nQ2?,yes\n")
+    with pytest.raises(DataError, match=r"truthfulqa.csv:3: field '<csv>': has 2 cells; the header has 3"):
+        C.truthfulqa(tmp_path)

@@ -10,7 +10,7 @@ import pytest
 
 from rlhf_jax.data import synthetic
 from rlhf_jax.data.tokenize import TokenizeConfig, ranking_arrays
-from rlhf_jax.eval.latents import LatentMonitor, cluster_separation_index, dbscan, default_eps
+from rlhf_jax.eval.latents import LatentMonitor, cluster_separation_index, dbscan, default_eps, pairwise_distances
 from rlhf_jax.models import PRESETS, init_model
 from rlhf_jax.objectives.inform import inform_loss, latent_kl
 from rlhf_jax.models import forward
@@ -107,6 +107,57 @@ def test_train_step_is_bt_on_sampled_latents_plus_kl(setup):
     # a different key samples different latents, so the loss moves (the noise is really there)
     _, other = step(state, arrays, jax.random.key(8))
     assert float(other["loss"]) != pytest.approx(float(metrics["loss"]), rel=1e-6)
+
+
+def reference_dbscan(x, eps, min_samples):
+    """The hand-written DBSCAN that rlhf_jax.eval.latents used before scikit-learn, kept as the reference."""
+    d = pairwise_distances(x, x)
+    near = d <= eps
+    core = near.sum(1) >= min_samples
+    labels = np.full(len(x), -1)
+    cluster = 0
+    for start in np.flatnonzero(core):
+        if labels[start] != -1:
+            continue
+        labels[start] = cluster
+        frontier = [start]
+        while frontier:
+            i = frontier.pop()
+            for j in np.flatnonzero(near[i]):
+                if labels[j] == -1:
+                    labels[j] = cluster
+                    if core[j]:
+                        frontier.append(j)
+        cluster += 1
+    return labels
+
+
+def same_up_to_relabelling(a, b) -> bool:
+    """Equal noise (-1) exactly, and the same partition of the other points under some bijection of labels."""
+    a, b = np.asarray(a), np.asarray(b)
+    if not np.array_equal(a == -1, b == -1):
+        return False
+    pairs = set(zip(a[a != -1].tolist(), b[b != -1].tolist()))
+    return len(pairs) == len({p[0] for p in pairs}) == len({p[1] for p in pairs})
+
+
+HAND_PLACED = np.concatenate([np.array([[10.0, 0.0], [10.1, 0.0], [10.0, 0.1], [9.9, 0.0]]),
+                              np.array([[0.0, 5.0], [0.1, 5.0], [0.0, 5.1]]), np.array([[-7.0, -7.0]])])
+
+
+def test_sklearn_dbscan_matches_the_hand_written_one():
+    for eps, min_samples in [(0.25, 3), (0.15, 2), (0.11, 3), (0.05, 2), (20.0, 3), (0.25, 5)]:
+        ours, ref = dbscan(HAND_PLACED, eps, min_samples), reference_dbscan(HAND_PLACED, eps, min_samples)
+        assert same_up_to_relabelling(ours, ref), (eps, min_samples, ours, ref)
+    assert list(dbscan(HAND_PLACED, 0.15, 2)) == [0, 0, 0, 0, 1, 1, 1, -1]
+    assert list(dbscan(HAND_PLACED, 0.05, 2)) == [-1] * 8
+    rng = np.random.default_rng(0)  # three blobs, scattered noise, and latents of the monitor's shape
+    for seed in range(5):
+        x = np.concatenate([rng.normal(c, 0.3, size=(60, 4)) for c in (0.0, 3.0, -3.0)] + [rng.uniform(-8, 8, (30, 4))])
+        ours, ref = dbscan(x, 0.6, 4), reference_dbscan(x, 0.6, 4)
+        assert same_up_to_relabelling(ours, ref) and (ours == -1).sum() > 0 and ours.max() >= 2, seed
+    assert not same_up_to_relabelling([0, 0, 1], [0, 1, 1]) and not same_up_to_relabelling([0, -1], [0, 0])
+    assert list(dbscan(np.zeros((3, 2)), 0.0, 2)) == [0, 0, 0]  # eps 0: identical points still cluster
 
 
 def test_dbscan_and_csi_on_known_points():

@@ -34,7 +34,7 @@ def load(source: str, kind: str | None, policy: str):
         records, report = corpora.READERS[source](policy=policy)
         return records, READER_KINDS[source], report
     if kind is None:
-        raise SystemExit(f"{source}: pass --kind (sft, pair, ranking, prompt, text, fine_grained)")
+        raise SystemExit(f"{source}: pass --kind (sft, pair, ranking, preference, prompt, text, fine_grained)")
     records, report = read_records(source, kind, policy=policy)
     return records, kind, report
 
@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     for name in ("run", "stats", "convert"):
         p = sub.add_parser(name)
         p.add_argument("input")
-        p.add_argument("--kind", choices=["sft", "pair", "ranking", "prompt", "text", "fine_grained"])
+        p.add_argument("--kind", choices=["sft", "pair", "ranking", "preference", "prompt", "text", "fine_grained"])
         p.add_argument("--out", required=True)
         p.add_argument("--policy", choices=["error", "skip"], default="skip")
         if name == "convert":
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
             p.add_argument("--no-scrub", action="store_true")
             p.add_argument("--min-chars", type=int, default=1)
             p.add_argument("--max-chars", type=int, default=20000)
-            p.add_argument("--language", default="en", choices=["en", "none"])
+            p.add_argument("--language", default="en", help="ISO 639-1 code of the language to keep, or none")
             p.add_argument("--splits", default="0.9,0.05,0.05")
     args = ap.parse_args(argv)
     try:

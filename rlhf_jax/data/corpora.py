@@ -197,6 +197,9 @@ def imdb_prompts(data_dir=None, *, split: str = "test", tokenizer=None, min_toke
         if limit is not None and len(out) >= limit:
             break
         report.read += 1
+        if isinstance(row, Exception):
+            report.skip(row.reason or "malformed_" + row.field.strip("<>"), f"line {line}")
+            continue
         text = row.get("text") if isinstance(row, dict) else None
         if not isinstance(text, str) or not text.strip():
             report.skip("empty_text", f"line {line}")
@@ -223,6 +226,8 @@ def truthfulqa(data_dir=None, *, name: str = "truthfulqa.csv") -> tuple[list[dic
     out, report = [], LoadReport(str(path))
     for line, row in iter_rows(path):
         report.read += 1
+        if isinstance(row, Exception):  # a malformed CSV row (wrong cell count): named, not guessed at
+            raise row
         true = [a.strip() for a in row.get("Correct Answers", "").split(";") if a.strip()]
         false = [a.strip() for a in row.get("Incorrect Answers", "").split(";") if a.strip()]
         if not row.get("Question") or not true or not false:

@@ -7,6 +7,9 @@ Kinds (each a plain dict once validated):
 - "prompt":   {"prompt"} (PPO rollouts; optional "reference")
 - "text":     {"text"} (pretraining text for the PPO-ptx term)
 - "fine_grained": {"prompt", "response", "spans": [{"start", "end", "category"}], optional "pairs"}
+- "preference": a "pair" row or a "ranking" row, each checked by its own validator and returned in
+                its own canonical form (a ranking row is one with "responses" or "ranks"), so one
+                file of K-wise rankings, pairs, or both can train the reward model and DPO
 
 A prompt is a string or a list of chat messages. Validators raise `FieldError(field, message)`;
 readers (`sources.py`) turn it into a `DataError` naming file, line and field, or count it as a
@@ -16,10 +19,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import reprlib
 from typing import Any, Callable, Mapping
 
 ROLES = ("system", "user", "assistant")
 MAX_K = 9
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel, _SHOW.maxstring, _SHOW.maxother, _SHOW.maxlist = 2, 40, 40, 10
 
 
 class FieldError(ValueError):
@@ -32,9 +38,10 @@ class FieldError(ValueError):
 class DataError(ValueError):
     """A bad record: names the source file, the line (or row) and the field."""
 
-    def __init__(self, source: str, line: int | str, field: str, message: str):
+    def __init__(self, source: str, line: int | str, field: str, message: str, reason: str | None = None):
         super().__init__(f"{source}:{line}: field '{field}': {message}")
         self.source, self.line, self.field, self.message = source, line, field, message
+        self.reason = reason  # the skip reason under policy="skip"; default "malformed_<field>"
 
 
 @dataclasses.dataclass
@@ -62,18 +69,44 @@ class LoadReport:
         return {"source": self.source, "read": self.read, "kept": self.kept, "skipped": dict(self.skipped)}
 
 
+def show(value: Any) -> str:
+    """A short repr for error messages: bounded in depth and length, never raising (deeply nested
+    lists would overflow the stack and integers over 4,300 digits refuse `repr`)."""
+    try:
+        return _SHOW.repr(value)
+    except (ValueError, RecursionError):
+        return f"<{type(value).__name__}>"
+
+
+def _no_surrogates(field: str, value: str) -> None:
+    """Lone surrogates ('\\ud800' from a JSON escape) are not text: they cannot be encoded as UTF-8
+    and would crash the tokenizer later, far from the file that held them."""
+    if value.isascii():
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise FieldError(field, f"contains a lone surrogate U+{ord(value[e.start]):04X} at character {e.start} "
+                                "(not valid Unicode text)", reason="lone_surrogate") from None
+
+
 def _text(row: Mapping, field: str, *, allow_empty: bool = False, max_chars: int | None = None) -> str:
     if field not in row or row[field] is None:
         raise FieldError(field, "missing", reason="missing_" + field)
     value = row[field]
     if not isinstance(value, str):
         raise FieldError(field, f"expected a string, got {type(value).__name__}", reason="wrong_type")
+    _no_surrogates(field, value)
     if not allow_empty and not value.strip():
         raise FieldError(field, "is empty", reason="empty_" + field)
     if max_chars is not None and len(value) > max_chars:
         raise FieldError(field, f"has {len(value)} characters, more than max_chars={max_chars}",
                          reason="too_long")
     return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _messages(value: Any, field: str, max_chars: int | None, need_assistant: bool) -> list[dict]:
@@ -86,7 +119,7 @@ def _messages(value: Any, field: str, max_chars: int | None, need_assistant: boo
             raise FieldError(where, f"expected an object, got {type(m).__name__}", reason="wrong_type")
         role = m.get("role")
         if role not in ROLES:
-            raise FieldError(where + ".role", f"{role!r} is not one of {ROLES}", reason="bad_role")
+            raise FieldError(where + ".role", f"{show(role)} is not one of {ROLES}", reason="bad_role")
         try:
             content = _text(m, "content", max_chars=max_chars)
         except FieldError as e:
@@ -133,11 +166,11 @@ def validate_ranking(row: Mapping, max_chars: int | None = None) -> dict:
     responses = checked
     if not isinstance(ranks, list) or len(ranks) != len(responses):
         raise FieldError("ranks", f"expected a list of {len(responses)} integers", reason="bad_ranks")
-    if not all(isinstance(r, int) and not isinstance(r, bool) for r in ranks):
-        raise FieldError("ranks", f"{ranks} are not all integers", reason="bad_ranks")
+    if not all(_is_int(r) for r in ranks):
+        raise FieldError("ranks", f"{show(ranks)} are not all integers", reason="bad_ranks")
     # a ranking with ties: dense values 0..m-1 (0 best); a strict ranking is a permutation of 0..K-1
     if sorted(set(ranks)) != list(range(len(set(ranks)))):
-        raise FieldError("ranks", f"{ranks} is not a permutation of 0..{len(ranks) - 1} "
+        raise FieldError("ranks", f"{show(ranks)} is not a permutation of 0..{len(ranks) - 1} "
                                   "(equal values mark ties, gaps are not allowed)", reason="bad_ranks")
     if len(set(ranks)) < 2:
         raise FieldError("ranks", "all responses are tied: no preference to learn", reason="all_tied")
@@ -168,16 +201,30 @@ def validate_fine_grained(row: Mapping, max_chars: int | None = None) -> dict:
         if not isinstance(s, Mapping) or not {"start", "end", "category"} <= set(s):
             raise FieldError(where, "expected {start, end, category}", reason="bad_span")
         start, end = s["start"], s["end"]
-        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start < end <= len(response)):
-            raise FieldError(where, f"[{start}, {end}) is not inside the {len(response)}-character response",
-                             reason="bad_span")
-        clean.append({"start": start, "end": end, "category": str(s["category"])})
+        if not (_is_int(start) and _is_int(end) and 0 <= start < end <= len(response)):
+            raise FieldError(where, f"[{show(start)}, {show(end)}) is not inside the {len(response)}-character "
+                                    "response", reason="bad_span")
+        try:
+            category = _text(s, "category", max_chars=max_chars)
+        except FieldError as e:
+            raise FieldError(f"{where}.category", e.message, reason="bad_span") from None
+        clean.append({"start": start, "end": end, "category": category})
     return {"prompt": _prompt(row, max_chars), "response": response, "spans": clean}
+
+
+def validate_preference(row: Mapping, max_chars: int | None = None) -> dict:
+    """A pair or a ranking, whichever the row is; a row with "responses" or "ranks" is a ranking."""
+    if "responses" in row or "ranks" in row:
+        return validate_ranking(row, max_chars=max_chars)
+    if "chosen" in row or "rejected" in row:
+        return validate_pair(row, max_chars=max_chars)
+    raise FieldError("chosen", "missing: a preference row holds chosen/rejected (a pair) or responses/ranks "
+                               "(a ranking)", reason="missing_preference")
 
 
 VALIDATORS: dict[str, Callable[..., dict]] = {
     "sft": validate_sft, "pair": validate_pair, "ranking": validate_ranking, "prompt": validate_prompt,
-    "text": validate_text, "fine_grained": validate_fine_grained,
+    "text": validate_text, "fine_grained": validate_fine_grained, "preference": validate_preference,
 }
 
 

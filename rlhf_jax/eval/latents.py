@@ -23,30 +23,16 @@ def pairwise_distances(a, b):
 
 
 def dbscan(x, eps: float, min_samples: int) -> np.ndarray:
-    """Cluster labels 0.. for each row of x; -1 for noise (Ester et al. 1996).
+    """Cluster labels 0.. for each row of x; -1 for noise: scikit-learn's DBSCAN (Ester et al. 1996).
 
-    A core point has at least `min_samples` points (itself included) within `eps`; clusters
-    are the connected components of core points, plus the border points they reach.
+    A core point has at least `min_samples` points (itself included) within `eps` (inclusive);
+    clusters are the connected components of core points, plus the border points they reach.
     """
-    d = pairwise_distances(x, x)
-    near = d <= eps
-    core = near.sum(1) >= min_samples
-    labels = np.full(len(x), -1)
-    cluster = 0
-    for start in np.flatnonzero(core):
-        if labels[start] != -1:
-            continue
-        labels[start] = cluster
-        frontier = [start]
-        while frontier:
-            i = frontier.pop()
-            for j in np.flatnonzero(near[i]):
-                if labels[j] == -1:
-                    labels[j] = cluster
-                    if core[j]:
-                        frontier.append(j)
-        cluster += 1
-    return labels
+    from sklearn.cluster import DBSCAN  # imported here: scikit-learn takes a second to import
+
+    # eps = 0 (a collapsed reference) still means "identical points", which sklearn's eps > 0 check refuses
+    eps = max(float(eps), float(np.finfo(np.float64).tiny))
+    return DBSCAN(eps=eps, min_samples=min_samples).fit_predict(np.asarray(x, np.float64))
 
 
 def default_eps(reference, min_samples: int) -> float:
