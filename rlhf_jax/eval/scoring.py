@@ -1,0 +1,219 @@
+"""Jitted, batched model computations shared by metrics, benchmarks and judges.
+
+Jitted functions of (graphdef, params, arrays):
+
+- `sequence_logprobs`: summed log-probabilities of marked tokens of right-padded rows
+  (held-out tokens for perplexity); `span_logprobs`: the same for one contiguous span per
+  row (a continuation after its context), with the LM head run only at the span's positions.
+- `last_logits`: next-token logits after left-padded prompts (LLM judges).
+- `pooled_features` / `token_features`: final (normed) hidden states, pooled or per token
+  (MAUVE features, embedding similarity).
+
+Host wrappers (`score_continuations`, `next_token_logprobs`, `text_features`,
+`text_token_features`) take token-id lists, sort them by length and pad them into
+fixed-size batches (a short batch filled with copies of its first row, each batch's length
+rounded up to a multiple of `LENGTH_BUCKET`, so a handful of shapes is compiled), run the
+jitted function and return NumPy arrays in the input order.
+Positions come from the mask, max(cumsum(mask) - 1, 0); padding has segment id 0.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, Sequence
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax.data.tokenize import pad_left, pad_right
+from rlhf_jax.models.heads import last_token_index
+from rlhf_jax.models.model import apply
+from rlhf_jax.objectives.lm import token_logprobs
+
+LENGTH_BUCKET = 32
+
+
+def positions_from_mask(mask_BxT: jax.Array) -> jax.Array:
+    """positions_BxT counting real tokens only: max(cumsum(mask) - 1, 0)."""
+    return jnp.maximum(jnp.cumsum(mask_BxT.astype(jnp.int32), axis=1) - 1, 0)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def sequence_logprobs(graphdef, params, tokens_BxT, mask_BxT, target_mask_BxT):
+    """(logprob_sum_B, count_B): sum of log p(token_t | tokens_<t) over t with target_mask 1.
+
+    Rows are right-padded (mask 1 on real tokens); target_mask_BxT marks the scored tokens
+    (t >= 1; the first token of a row has no prediction and is never scored).
+    """
+    mask = mask_BxT.astype(jnp.int32)
+    logits_BxTxV, _ = apply(graphdef, params, tokens_BxT, positions_BxT=positions_from_mask(mask),
+                            segment_ids_BxT=mask)
+    logprobs_BxT1 = token_logprobs(logits_BxTxV[:, :-1], tokens_BxT[:, 1:])
+    target_BxT1 = (target_mask_BxT[:, 1:] * mask[:, 1:]).astype(jnp.float32)
+    return (logprobs_BxT1 * target_BxT1).sum(axis=1), target_BxT1.sum(axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "span"))
+def span_logprobs(graphdef, params, tokens_BxT, mask_BxT, start_B, count_B, span: int):
+    """logprob_sum_B of the count_B tokens from start_B on (a continuation after its context).
+
+    Like `sequence_logprobs` with a contiguous target, but the LM head runs only at the
+    `span` (>= max count_B) positions that predict the targets: BxSpanxV logits, not BxTxV.
+    """
+    module = nnx.merge(graphdef, params)
+    mask = mask_BxT.astype(jnp.int32)
+    hidden_BxTxD, _ = module(tokens_BxT, positions_BxT=positions_from_mask(mask), segment_ids_BxT=mask,
+                             features=True)
+    T = tokens_BxT.shape[1]
+    j_L = jnp.arange(span)
+    target_pos_BxL = jnp.clip(start_B[:, None] + j_L[None, :], 0, T - 1)
+    hidden_BxLxD = jnp.take_along_axis(hidden_BxTxD, (target_pos_BxL - 1).clip(0)[..., None], axis=1)
+    logits_BxLxV = module.head(hidden_BxLxD, module)
+    logprobs_BxL = token_logprobs(logits_BxLxV, jnp.take_along_axis(tokens_BxT, target_pos_BxL, axis=1))
+    return jnp.where(j_L[None, :] < count_B[:, None], logprobs_BxL, 0.0).sum(axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def last_logits(graphdef, params, tokens_BxT, mask_BxT):
+    """logits_BxV of the next token after each left-padded prompt (float32)."""
+    mask = mask_BxT.astype(jnp.int32)
+    logits_BxTxV, _ = apply(graphdef, params, tokens_BxT, positions_BxT=positions_from_mask(mask),
+                            segment_ids_BxT=mask)
+    return logits_BxTxV[:, -1].astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def last_logprobs(graphdef, params, tokens_BxT, mask_BxT, ids_K):
+    """logprobs_BxK: log_softmax of the next-token logits (full vocabulary), read at ids_K."""
+    return jax.nn.log_softmax(last_logits(graphdef, params, tokens_BxT, mask_BxT), axis=-1)[:, ids_K]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def token_features(graphdef, params, tokens_BxT, mask_BxT):
+    """hidden_BxTxD: final normed hidden states of right-padded rows (float32)."""
+    mask = mask_BxT.astype(jnp.int32)
+    hidden_BxTxD, _ = apply(graphdef, params, tokens_BxT, positions_BxT=positions_from_mask(mask),
+                            segment_ids_BxT=mask, features=True)
+    return hidden_BxTxD.astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "pool"))
+def pooled_features(graphdef, params, tokens_BxT, mask_BxT, pool: str = "last"):
+    """features_BxD: the last real token's final hidden state ("last") or the masked mean ("mean")."""
+    hidden_BxTxD = token_features(graphdef, params, tokens_BxT, mask_BxT)
+    if pool == "last":
+        idx_B = last_token_index(mask_BxT)
+        return jnp.take_along_axis(hidden_BxTxD, idx_B[:, None, None], axis=1)[:, 0]
+    if pool == "mean":
+        m = mask_BxT.astype(jnp.float32)[..., None]
+        return (hidden_BxTxD * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+    raise ValueError(f"pool={pool!r} must be 'last' or 'mean'")
+
+
+# --- host wrappers -------------------------------------------------------------------------
+
+def _bucket(length: int) -> int:
+    # positions count real tokens only, so padding past max_seq_len never reaches a position embedding
+    return -(-length // LENGTH_BUCKET) * LENGTH_BUCKET
+
+
+def _max_len(model) -> int | None:
+    return model.cfg.max_seq_len if model.cfg.position == "learned" else None
+
+
+def _run_batches(fn: Callable, rows: int, batch_size: int, make_batch: Callable) -> list:
+    """Call fn on batches of exactly batch_size rows (short batches filled with row 0's copies)."""
+    outs = []
+    for start in range(0, rows, batch_size):
+        idx = np.arange(start, min(start + batch_size, rows))
+        fill = np.concatenate([idx, np.full(batch_size - len(idx), idx[0])])
+        out = fn(*make_batch(fill))
+        outs.append(jax.tree.map(lambda x: np.asarray(x)[:len(idx)], out))
+    return outs
+
+
+def _by_length(fn: Callable, seqs: Sequence[Sequence[int]], batch_size: int, pad_id: int, left: bool = False,
+               row_args: Sequence[np.ndarray] = ()):
+    """fn(tokens_BxT, mask_BxT, *row_args_B) over length-sorted batches, results in input order.
+
+    Each batch is padded (left or right) to its own bucketed length, so short rows do not pay
+    for the longest one; row_args are per-row arrays (leading axis N) sliced alongside; the
+    outputs must have the batch as their leading axis.
+    """
+    order = np.argsort([len(s) for s in seqs], kind="stable")
+    pad = pad_left if left else pad_right
+
+    def make_batch(fill):
+        rows = order[fill]
+        tokens, mask = pad([seqs[i] for i in rows], pad_id, _bucket(max(len(seqs[i]) for i in rows)))
+        return (tokens, mask, *(np.asarray(a)[rows] for a in row_args))
+
+    outs = _run_batches(fn, len(seqs), batch_size, make_batch)
+    inverse = np.argsort(order, kind="stable")
+    return jax.tree.map(lambda *parts: np.concatenate(parts)[inverse], *outs)
+
+
+def _check_len(seqs: Sequence[Sequence[int]], max_len: int | None, what: str) -> None:
+    longest = max(len(s) for s in seqs)
+    if max_len and longest > max_len:
+        raise ValueError(f"{what}: a row has {longest} tokens, more than the model's max_seq_len={max_len}")
+
+
+def score_continuations(model, contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
+                        batch_size: int = 16, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(logprob_N, ntokens_N): sum of log p(continuation | context) for each pair of id lists.
+
+    Every row is context + continuation, right-padded; only the continuation's tokens are
+    scored. A context must hold at least one token (the first continuation token needs one
+    before it).
+    """
+    if len(contexts) != len(continuations):
+        raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations")
+    if any(len(c) == 0 for c in contexts):
+        raise ValueError("every context needs at least one token (e.g. BOS) to predict the continuation from")
+    rows = [list(c) + list(x) for c, x in zip(contexts, continuations)]
+    _check_len(rows, _max_len(model), "score_continuations")
+    starts_N = np.array([len(c) for c in contexts], np.int32)
+    counts_N = np.array([len(x) for x in continuations], np.int32)
+    span = -(-max(int(counts_N.max()), 1) // 8) * 8  # a few compiled shapes
+    fn = functools.partial(span_logprobs, model.graphdef, model.params, span=span)
+    logprob_N = _by_length(fn, rows, batch_size, pad_id, row_args=(starts_N, counts_N))
+    return logprob_N.astype(np.float64), counts_N.astype(np.int64)
+
+
+def next_token_logprobs(model, prompts: Sequence[Sequence[int]], token_ids: Sequence[int],
+                        batch_size: int = 8, pad_id: int = 0) -> np.ndarray:
+    """logprobs_NxK: log p(next token = token_ids[k] | prompt_n) under the full softmax.
+
+    Prompts are left-padded so that every row's next token sits at the last position.
+    """
+    _check_len(prompts, _max_len(model), "next_token_logprobs")
+    ids_K = jnp.asarray(token_ids, jnp.int32)
+    fn = lambda t, m: last_logprobs(model.graphdef, model.params, t, m, ids_K)
+    return _by_length(fn, prompts, batch_size, pad_id, left=True).astype(np.float64)
+
+
+def _encode_texts(tokenizer, texts: Sequence[str], max_len: int) -> list[list[int]]:
+    ids = [list(tokenizer.encode(t, add_special_tokens=False))[:max_len] for t in texts]
+    if any(len(i) == 0 for i in ids):
+        raise ValueError("an empty text has no tokens to take features from")
+    return ids
+
+
+def text_features(model, tokenizer, texts: Sequence[str], pool: str = "last", batch_size: int = 16,
+                  max_len: int = 256) -> np.ndarray:
+    """features_NxD (float32): pooled final hidden states of each text (first max_len tokens)."""
+    ids = _encode_texts(tokenizer, texts, min(max_len, _max_len(model) or max_len))
+    fn = lambda t, m: pooled_features(model.graphdef, model.params, t, m, pool=pool)
+    return _by_length(fn, ids, batch_size, tokenizer.pad_token_id or 0)
+
+
+def text_token_features(model, tokenizer, texts: Sequence[str], batch_size: int = 16,
+                        max_len: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(hidden_NxTxD, mask_NxT): per-token final hidden states of each text, right-padded."""
+    ids = _encode_texts(tokenizer, texts, min(max_len, _max_len(model) or max_len))
+    tokens_NxT, mask_NxT = pad_right(ids, tokenizer.pad_token_id or 0, _bucket(max(map(len, ids))))
+    fn = functools.partial(token_features, model.graphdef, model.params)
+    hidden = np.concatenate(_run_batches(fn, len(ids), batch_size, lambda i: (tokens_NxT[i], mask_NxT[i])))
+    return hidden, mask_NxT
