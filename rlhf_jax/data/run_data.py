@@ -72,12 +72,10 @@ class RunData:
 
     def _file_records(self, name: str) -> dict[str, list[dict]]:
         c = self.c.data
-        kind, spec, limit = {"sft": ("sft", c.sft_train, c.n_sft), "rm": ("pair", c.rm_train, c.n_rankings)
-                             }.get(name.split("_")[0], (None, None, None))
+        kind, spec, limit = {"sft": ("sft", c.sft_train, c.n_sft),
+                             "rm": ("preference", c.rm_train, c.n_rankings)}.get(name.split("_")[0], (None, None, None))
         if kind is not None and spec:
-            records = read_source(spec, kind, c.policy)
-            if kind == "pair" and records and "responses" not in records[0] and "chosen" not in records[0]:
-                raise ValueError(f"config.data.rm_train: {spec} holds no pairs or rankings")
+            records = read_source(spec, kind, c.policy)  # preference: pairs or K-wise rankings
             n_val = max(1, int(len(records) * c.val_fraction))
             prefix = name.split("_")[0]
             return {f"{prefix}_train": records[n_val:n_val + limit], f"{prefix}_val": records[:n_val]}

@@ -1,4 +1,5 @@
-"""Jitted, batched model computations shared by metrics, benchmarks and judges.
+"""Jitted, batched model computations shared by metrics, benchmarks and judges (the forward
+helpers of `rlhf_jax.models.forward`, jitted, plus host-side batching).
 
 Jitted functions of (graphdef, params, arrays):
 
@@ -14,101 +15,45 @@ Host wrappers (`score_continuations`, `next_token_logprobs`, `text_features`,
 fixed-size batches (a short batch filled with copies of its first row, each batch's length
 rounded up to a multiple of `LENGTH_BUCKET`, so a handful of shapes is compiled), run the
 jitted function and return NumPy arrays in the input order.
-Positions come from the mask, max(cumsum(mask) - 1, 0); padding has segment id 0.
 """
 from __future__ import annotations
 
 import functools
 from typing import Callable, Sequence
 
-import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax.data.tokenize import pad_left, pad_right
-from rlhf_jax.models.heads import last_token_index
-from rlhf_jax.models.model import apply
-from rlhf_jax.objectives.lm import token_logprobs
+from rlhf_jax.models import forward as F
 
 LENGTH_BUCKET = 32
 
 
-def positions_from_mask(mask_BxT: jax.Array) -> jax.Array:
-    """positions_BxT counting real tokens only: max(cumsum(mask) - 1, 0)."""
-    return jnp.maximum(jnp.cumsum(mask_BxT.astype(jnp.int32), axis=1) - 1, 0)
-
-
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def sequence_logprobs(graphdef, params, tokens_BxT, mask_BxT, target_mask_BxT):
-    """(logprob_sum_B, count_B): sum of log p(token_t | tokens_<t) over t with target_mask 1.
-
-    Rows are right-padded (mask 1 on real tokens); target_mask_BxT marks the scored tokens
-    (t >= 1; the first token of a row has no prediction and is never scored).
-    """
+    """(logprob_sum_B, count_B): sum of log p(token_t | tokens_<t) over t with target_mask 1
+    (right-padded rows; the first token of a row has no prediction and is never scored)."""
     mask = mask_BxT.astype(jnp.int32)
-    logits_BxTxV, _ = apply(graphdef, params, tokens_BxT, positions_BxT=positions_from_mask(mask),
-                            segment_ids_BxT=mask)
-    logprobs_BxT1 = token_logprobs(logits_BxTxV[:, :-1], tokens_BxT[:, 1:])
-    target_BxT1 = (target_mask_BxT[:, 1:] * mask[:, 1:]).astype(jnp.float32)
-    return (logprobs_BxT1 * target_BxT1).sum(axis=1), target_BxT1.sum(axis=1)
+    return F.sequence_logprobs(graphdef, params, tokens_BxT, mask, target_mask_BxT * mask)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "span"))
-def span_logprobs(graphdef, params, tokens_BxT, mask_BxT, start_B, count_B, span: int):
-    """logprob_sum_B of the count_B tokens from start_B on (a continuation after its context).
-
-    Like `sequence_logprobs` with a contiguous target, but the LM head runs only at the
-    `span` (>= max count_B) positions that predict the targets: BxSpanxV logits, not BxTxV.
-    """
-    module = nnx.merge(graphdef, params)
-    mask = mask_BxT.astype(jnp.int32)
-    hidden_BxTxD, _ = module(tokens_BxT, positions_BxT=positions_from_mask(mask), segment_ids_BxT=mask,
-                             features=True)
-    T = tokens_BxT.shape[1]
-    j_L = jnp.arange(span)
-    target_pos_BxL = jnp.clip(start_B[:, None] + j_L[None, :], 0, T - 1)
-    hidden_BxLxD = jnp.take_along_axis(hidden_BxTxD, (target_pos_BxL - 1).clip(0)[..., None], axis=1)
-    logits_BxLxV = module.head(hidden_BxLxD, module)
-    logprobs_BxL = token_logprobs(logits_BxLxV, jnp.take_along_axis(tokens_BxT, target_pos_BxL, axis=1))
-    return jnp.where(j_L[None, :] < count_B[:, None], logprobs_BxL, 0.0).sum(axis=1)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def last_logits(graphdef, params, tokens_BxT, mask_BxT):
-    """logits_BxV of the next token after each left-padded prompt (float32)."""
-    mask = mask_BxT.astype(jnp.int32)
-    logits_BxTxV, _ = apply(graphdef, params, tokens_BxT, positions_BxT=positions_from_mask(mask),
-                            segment_ids_BxT=mask)
-    return logits_BxTxV[:, -1].astype(jnp.float32)
+span_logprobs = jax.jit(F.span_logprobs, static_argnames=("graphdef", "span"))
+last_logits = jax.jit(F.last_logits, static_argnames=("graphdef",))
+pooled_features = jax.jit(F.pooled_features, static_argnames=("graphdef", "pool"))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def last_logprobs(graphdef, params, tokens_BxT, mask_BxT, ids_K):
     """logprobs_BxK: log_softmax of the next-token logits (full vocabulary), read at ids_K."""
-    return jax.nn.log_softmax(last_logits(graphdef, params, tokens_BxT, mask_BxT), axis=-1)[:, ids_K]
+    return jax.nn.log_softmax(F.last_logits(graphdef, params, tokens_BxT, mask_BxT), axis=-1)[:, ids_K]
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def token_features(graphdef, params, tokens_BxT, mask_BxT):
     """hidden_BxTxD: final normed hidden states of right-padded rows (float32)."""
-    mask = mask_BxT.astype(jnp.int32)
-    hidden_BxTxD, _ = apply(graphdef, params, tokens_BxT, positions_BxT=positions_from_mask(mask),
-                            segment_ids_BxT=mask, features=True)
-    return hidden_BxTxD.astype(jnp.float32)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "pool"))
-def pooled_features(graphdef, params, tokens_BxT, mask_BxT, pool: str = "last"):
-    """features_BxD: the last real token's final hidden state ("last") or the masked mean ("mean")."""
-    hidden_BxTxD = token_features(graphdef, params, tokens_BxT, mask_BxT)
-    if pool == "last":
-        idx_B = last_token_index(mask_BxT)
-        return jnp.take_along_axis(hidden_BxTxD, idx_B[:, None, None], axis=1)[:, 0]
-    if pool == "mean":
-        m = mask_BxT.astype(jnp.float32)[..., None]
-        return (hidden_BxTxD * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
-    raise ValueError(f"pool={pool!r} must be 'last' or 'mean'")
+    return F.forward(graphdef, params, tokens_BxT, mask_BxT.astype(jnp.int32), features=True).astype(jnp.float32)
 
 
 # --- host wrappers -------------------------------------------------------------------------

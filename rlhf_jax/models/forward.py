@@ -5,7 +5,10 @@
 - `sequence_inputs`: prompt + response concatenated into one sequence;
 - `response_logprobs` / `response_values`: the columns that predict each response token;
 - `sequence_logprobs`: summed (or counted) log-probs of the tokens a mask marks;
+  `span_logprobs`: the same for one contiguous span per row, with the LM head run only there;
+- `last_logits`: next-token logits after left-padded prompts;
 - `score_at_last`: a scalar head read at each sequence's last real token (reward models);
+- `pooled_features`: final hidden states at the last real token or averaged over the mask;
 - `latent_posterior` / `latents`: the InfoRM head's posterior at the last real token.
 
 Logits, log-probabilities and scores are float32 whatever the compute dtype.
@@ -85,6 +88,39 @@ def sequence_logprobs(graphdef, params, tokens_BxT, mask_BxT, loss_mask_BxT):
     logp = shifted_logprobs(graphdef, params, tokens_BxT, mask_BxT)
     m = loss_mask_BxT[:, 1:].astype(jnp.float32)
     return (logp * m).sum(-1), m.sum(-1)
+
+
+def span_logprobs(graphdef, params, tokens_BxT, mask_BxT, start_B, count_B, span: int):
+    """logprob_sum_B of the count_B tokens from start_B on (a continuation after its context).
+
+    The LM head runs only at the `span` (>= max count_B) positions that predict the targets:
+    B x span x V logits, not B x T x V.
+    """
+    module = nnx.merge(graphdef, params)
+    hidden_BxTxD = forward(graphdef, params, tokens_BxT, mask_BxT.astype(jnp.int32), features=True)
+    T = tokens_BxT.shape[1]
+    j_L = jnp.arange(span)
+    target_pos_BxL = jnp.clip(start_B[:, None] + j_L[None, :], 0, T - 1)
+    hidden_BxLxD = jnp.take_along_axis(hidden_BxTxD, (target_pos_BxL - 1).clip(0)[..., None], axis=1)
+    logits_BxLxV = module.head(hidden_BxLxD, module)
+    logprobs_BxL = token_logprobs(logits_BxLxV, jnp.take_along_axis(tokens_BxT, target_pos_BxL, axis=1))
+    return jnp.where(j_L[None, :] < count_B[:, None], logprobs_BxL, 0.0).sum(axis=1)
+
+
+def last_logits(graphdef, params, tokens_BxT, mask_BxT):
+    """logits_BxV of the next token after each left-padded prompt (float32)."""
+    return forward(graphdef, params, tokens_BxT, mask_BxT.astype(jnp.int32))[:, -1].astype(jnp.float32)
+
+
+def pooled_features(graphdef, params, tokens_BxT, mask_BxT, pool: str = "last"):
+    """features_BxD: the final hidden state at the last real token ("last") or the masked mean ("mean")."""
+    hidden = forward(graphdef, params, tokens_BxT, mask_BxT.astype(jnp.int32), features=True).astype(jnp.float32)
+    if pool == "last":
+        return jnp.take_along_axis(hidden, last_token_index(mask_BxT)[:, None, None], axis=1)[:, 0]
+    if pool == "mean":
+        m = mask_BxT.astype(jnp.float32)[..., None]
+        return (hidden * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+    raise ValueError(f"pool={pool!r} must be 'last' or 'mean'")
 
 
 def score_at_last(graphdef, params, tokens_BxT, mask_BxT):

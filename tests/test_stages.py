@@ -1,0 +1,229 @@
+"""The stage layer: registry order and hand-offs, missing inputs, strict variants, and the fixes
+an outside read of the maths asked for (each checked against an independent computation)."""
+import os
+import subprocess
+import sys
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs.common import base
+from configs.instructgpt import get_config
+from rlhf_jax import checkpoint
+from rlhf_jax.context import build_context
+from rlhf_jax.data import synthetic
+from rlhf_jax.data.tokenize import TokenizeConfig, prompt_arrays, ranking_arrays, sft_arrays
+from rlhf_jax.eval.policy_eval import compare_policies
+from rlhf_jax.models import PRESETS, init_model
+from rlhf_jax.objectives import bon as bon_lib
+from rlhf_jax.rewards import ModelReward
+from rlhf_jax.stages import STAGES, MissingInputError, common, plan, register_stage, run_stages
+from rlhf_jax.stages import rm as rm_stage
+from rlhf_jax.train import ppo as ppo_lib
+from rlhf_jax.train import rm as rm_lib
+from rlhf_jax.train import sft as sft_lib
+from rlhf_jax.train import optim
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOK = synthetic.tokenizer()
+WORLD = synthetic.WorldConfig(seed=0, max_items=4)
+TCFG = TokenizeConfig(max_len=16, max_prompt_len=8)
+CFG = PRESETS["test"].replace(vocab_size=len(TOK), d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=64,
+                              eos_token_id=TOK.eos_token_id, pad_token_id=TOK.pad_token_id)
+
+
+def micro(stages: str):
+    c = get_config("micro")
+    c.stages = stages
+    return c
+
+
+# --- the registry and the runner -------------------------------------------------------------
+
+def test_plan_runs_needs_first_and_keeps_the_listed_order_otherwise(tmp_path):
+    assert plan(micro("ppo,rm,sft"), tmp_path) == ["sft", "rm", "ppo"]
+    assert plan(micro("sft,dpo,rm,bon"), tmp_path) == ["sft", "dpo", "rm", "bon"]
+    fine = get_config("micro")
+    fine.fg.components, fine.stages = "wrong:word:0.3", "ppo,fgrm,rm,sft"
+    assert plan(fine, tmp_path) == ["sft", "fgrm", "rm", "ppo"]  # fine-grained PPO needs fgrm and the RM
+
+
+def test_missing_input_fails_before_anything_is_built(tmp_path):
+    with pytest.raises(MissingInputError, match=r"stage 'ppo' needs .*sft/final from stage 'sft'"):
+        plan(micro("ppo"), tmp_path)
+    with pytest.raises(ValueError, match=r"stage 'grpo' is not one of \('sft', 'rm'"):
+        plan(micro("sft,grpo"), tmp_path)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    out = subprocess.run([sys.executable, "-m", "rlhf_jax.main", "--config", "configs/instructgpt.py:micro",
+                          "--workdir", str(tmp_path / "w"), "--config.stages=rm,ppo"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "stage 'rm' needs" in out.stderr and "sft/final" in out.stderr
+    assert not (tmp_path / "w" / "rm").exists()  # nothing was built or written
+
+
+def test_a_new_stage_is_one_registration_and_reads_hand_off_files(tmp_path):
+    @register_stage("echo_test", needs=lambda c: ("sft",), produces_params=False)
+    def echo(ctx):
+        summary = {"sft_steps": checkpoint.read_summary(ctx.workdir, "sft")["steps"],
+                   "sft_params": int(sum(x.size for x in jax.tree.leaves(common.load_sft(ctx))))}
+        checkpoint.save_final(ctx.workdir, "echo_test", None, summary)
+        return summary
+    try:
+        c = micro("echo_test,sft")
+        assert plan(c, tmp_path) == ["sft", "echo_test"]
+        summary = run_stages(build_context(c, tmp_path, use_wandb=False))
+        assert summary["echo_test"]["sft_steps"] == summary["sft"]["steps"] == 8
+        # the hand-off is a file: the stage runs alone on the workdir, in a fresh context
+        (tmp_path / "echo_test" / "summary.json").unlink()
+        again = run_stages(build_context(micro("echo_test"), tmp_path, use_wandb=False))
+        assert again["echo_test"] == summary["echo_test"]
+    finally:
+        STAGES._entries.pop("echo_test")
+
+
+# --- strict variants -------------------------------------------------------------------------
+
+def test_unknown_or_mistyped_variants_fail_with_the_valid_ones():
+    from configs.ablations import ensembles, inform
+    from configs import dpo
+    with pytest.raises(ValueError, match=r"unknown variant\(s\) \['wc0'\]; valid: .*wco \(worst case"):
+        ensembles.get_config("wc0")
+    with pytest.raises(ValueError, match=r"unknown variant\(s\) \['betta0.1'\]"):
+        inform.get_config("betta0.1")
+    with pytest.raises(ValueError, match="choose one loss"):
+        dpo.get_config("ipo,simpo")
+    assert inform.get_config("beta0.01,micro").inform.beta == 0.01
+
+
+def test_ablation_configs_pass_the_model_and_data_variants_through():
+    from configs.ablations import best_of_n, ensembles, fine_grained, inform
+    from configs import dpo
+    for module, variant in ((ensembles, "wco"), (inform, "inform"), (best_of_n, "hackable"),
+                            (fine_grained, "holistic"), (dpo, "ipo")):
+        c = module.get_config(f"{variant},smollm2_hh")
+        assert c.model.path.endswith("SmolLM2-135M-Instruct.Q4_1.gguf") and c.data.source == "files", module
+        assert c.rm.center_coef == 0.0  # the papers' RM: no centring term
+    assert ensembles.get_config("wco").rm.center_coef == 0.01  # the tiny world sets it as a variant setting
+    assert base().rm.center_coef == 0.0
+
+
+# --- the fixes -------------------------------------------------------------------------------
+
+def test_end_of_run_kl_uses_the_sampling_temperature():
+    policy, ref = init_model(CFG, seed=0), init_model(CFG, seed=5)
+    arrays, _ = prompt_arrays(synthetic.prompts(WORLD, 16), TOK, TCFG)
+    prompts = {"prompt": arrays["tokens"], "prompt_mask": arrays["mask"]}
+    hp = base().ppo
+    hp.update(temperature=1.0, max_new_tokens=5)
+    sampling = ppo_lib.sampling_config(hp, TOK, temperature=0.5)
+    out, _ = compare_policies(policy.graphdef, TOK, prompts, sampling, jax.random.key(3), ref.params, policy.params,
+                              None, None, None)
+    from rlhf_jax.generate import generate
+    gen = generate(policy.graphdef, policy.params, prompts["prompt"], prompts["prompt_mask"], jax.random.key(3),
+                   sampling)
+    kl = lambda T: float(np.mean(ppo_lib.sequence_kl(policy.graphdef, policy.params, ref.params, prompts["prompt"],
+                                                     prompts["prompt_mask"], gen.tokens_BxN,
+                                                     gen.mask_BxN.astype(np.float32), T)))
+    assert out["kl_final"] == pytest.approx(kl(0.5), rel=1e-6)
+    assert abs(kl(0.5) - kl(1.0)) > 0.01  # the two temperatures give different numbers
+
+
+def test_reward_centring_reads_one_demonstration_per_row_when_sft_packs(tmp_path):
+    c = micro("sft")
+    c.sft.pack = True
+    ctx = build_context(c, tmp_path, use_wandb=False)
+    packed = ctx.data.arrays("sft_train")
+    tokens, mask = rm_stage.demonstrations(ctx)
+    assert len(packed["tokens"]) < len(tokens) == c.data.n_sft  # packing merges rows; centring does not
+    assert mask.max() == 1 and (mask.sum(1) > 0).all()
+    unpacked, _ = sft_arrays(ctx.data.records("sft_train"), ctx.tokenizer, ctx.data.tcfg)
+    np.testing.assert_array_equal(tokens, unpacked["tokens"])
+
+
+def test_rmsprop_follows_pytorch():
+    torch = pytest.importorskip("torch")
+    w0 = np.array([0.5, -1.0, 2.0], np.float32)
+    grads = [np.array([0.1, -0.3, 0.02], np.float32), np.array([-0.2, 0.05, 0.4], np.float32)]
+    tx, _ = optim.make_optimizer(0.01, 10, schedule_kind="constant", max_grad_norm=None, optimizer="rmsprop")
+    w, state = jnp.asarray(w0), tx.init(jnp.asarray(w0))
+    tw = torch.tensor(w0.copy(), requires_grad=True)
+    opt = torch.optim.RMSprop([tw], lr=0.01)  # alpha 0.99, eps 1e-8 added outside the square root
+    for g in grads:
+        updates, state = tx.update(jnp.asarray(g), state, w)
+        w = optax.apply_updates(w, updates)
+        tw.grad = torch.tensor(g)
+        opt.step()
+    np.testing.assert_allclose(np.asarray(w), tw.detach().numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_adamw_b2_and_eps_come_from_the_config_block():
+    block = base().ppo
+    block.update(b2=0.999, eps=1e-5, max_grad_norm=0.0, warmup_steps=0)
+    w, g = jnp.array([1.0, -2.0]), jnp.array([0.3, 1e-6])
+
+    def first_update(tx):
+        return np.asarray(tx.update(g, tx.init(w), w)[0])
+    ours = first_update(optim.from_config(block, 10)[0])
+    np.testing.assert_allclose(ours, first_update(optax.adamw(block.lr, b1=0.9, b2=0.999, eps=1e-5, weight_decay=0.0)),
+                               rtol=1e-6)
+    # eps matters for a small gradient: 1e-8 (the default) moves that weight far more
+    default = first_update(optax.adamw(block.lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0))
+    assert abs(default[1]) > 10 * abs(ours[1])
+
+
+def test_held_out_evaluation_covers_every_row():
+    model = init_model(CFG, seed=0)
+    arrays, _ = sft_arrays(synthetic.sft_records(WORLD, 37), TOK, TCFG)  # 37 = 2 x 16 + 5
+    evaluate = sft_lib.make_sft_eval(model.graphdef)
+    batched = sft_lib.validation_loss(evaluate, model.params, arrays, 16)
+    whole = evaluate(model.params, arrays)
+    assert batched["val_loss"] == pytest.approx(float(whole["nll"] / whole["tokens"]), rel=1e-5)
+    scalar = init_model(CFG, head="scalar", seed=1)
+    rankings, _ = ranking_arrays(synthetic.ranking_records(WORLD, 21, k=3), TOK, TCFG)
+    acc = rm_lib.held_out_accuracy(rm_lib.make_rm_eval(scalar.graphdef), scalar.params, rankings, 8)
+    scores = np.asarray(rm_lib.score_rankings(scalar.graphdef, scalar.params, rankings))
+    wins = [(b, i, j) for b in range(21) for i in range(3) for j in range(3)
+            if rankings["ranks"][b, i] < rankings["ranks"][b, j]]
+    assert acc["val_accuracy"] == pytest.approx(np.mean([scores[b, i] > scores[b, j] for b, i, j in wins]))
+
+
+def test_best_of_n_leaves_prompts_without_a_gold_score_out():
+    rng = np.random.default_rng(0)
+    proxy, gold = rng.normal(size=(5, 8)), rng.normal(size=(5, 8))
+    gold_missing = gold.copy()
+    gold_missing[2, 3] = np.nan
+    curve = bon_lib.bon_curve(proxy, gold_missing, [1, 4, 8])
+    keep = [0, 1, 3, 4]
+    for row in curve:
+        assert row["gold"] == pytest.approx(bon_lib.bon_estimate(proxy[keep], gold[keep], row["n"]))
+        assert row["gold_prompts"] == 4
+    zeroed = bon_lib.bon_estimate(proxy, np.nan_to_num(gold_missing), 8)
+    assert curve[-1]["gold"] != pytest.approx(zeroed)  # counting it as gold 0 would have moved the estimate
+
+
+def _fake_ctx(**rm_changes):
+    c = base()
+    c.rm.update(members=3, aggregate="uwo", **rm_changes)
+    return types.SimpleNamespace(config=c)
+
+
+def test_ensemble_penalty_has_its_own_lambda_and_divisor_per_use():
+    s = jnp.array([[1.0, 2.0], [3.0, 2.0], [5.0, 8.0]])  # 3 members, 2 sequences
+    ppo = common.aggregator(_fake_ctx(), {}, "ppo")(s)  # Coste et al.'s PPO code: lambda 0.1, divisor k - 1
+    bon = common.aggregator(_fake_ctx(), {}, "bon")(s)  # their best-of-n: lambda 0.5, divisor k
+    np.testing.assert_allclose(ppo, [3.0 - 0.1 * 8 / 2, 4.0 - 0.1 * 24 / 2], rtol=1e-6)
+    np.testing.assert_allclose(bon, [3.0 - 0.5 * 8 / 3, 4.0 - 0.5 * 24 / 3], rtol=1e-6)
+
+
+def test_a_zero_demonstration_spread_is_not_divided_by():
+    s = jnp.array([[1.0, 2.0], [3.0, 2.0], [5.0, 8.0]])
+    agg = common.aggregator(_fake_ctx(znorm=True, normalize=True), {"demonstration_std": [0.0, 1.0, 2.0]}, "ppo")
+    assert np.isfinite(np.asarray(agg(s))).all()
+    model = init_model(CFG, head="scalar", seed=1)
+    arrays, _ = sft_arrays(synthetic.sft_records(WORLD, 4), TOK, TCFG)
+    reward = ModelReward(model.graphdef, scale=max(0.0, common.STD_FLOOR))
+    assert np.isfinite(np.asarray(reward.score(model.params, arrays["tokens"], arrays["segment_ids"], 8))).all()
