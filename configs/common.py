@@ -114,6 +114,7 @@ def base() -> ml_collections.ConfigDict:
                                           warmup_steps=10, epochs=2))
 
     c.eval = ml_collections.ConfigDict({"n_prompts": 256, "temperature": 1.0, "n_report_samples": 8})
-    c.log = ml_collections.ConfigDict({"wandb": "auto", "project": "rlhf_jax", "every": 1})
+    # wandb: "auto" (WANDB_MODE if set, else online with an API key, offline without), online, offline, disabled
+    c.log = ml_collections.ConfigDict({"wandb": "auto", "project": "rlhf_jax"})
     c.debug_stop_after = ml_collections.ConfigDict({"sft": 0, "rm": 0, "ppo": 0, "dpo": 0, "rs": 0})  # simulate a kill (tests)
     return c

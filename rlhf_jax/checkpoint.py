@@ -9,18 +9,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from rlhf_jax.errors import CorruptFileError
+
 
 class Checkpointer:
     def __init__(self, directory: str | Path, max_to_keep: int = 2):
         self.directory = Path(directory).absolute()
         self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True))
+            max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -37,6 +40,23 @@ class Checkpointer:
         out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                                  meta=ocp.args.JsonRestore()))
         return out["state"], dict(out["meta"])
+
+    def restore_latest_readable(self, like: Any, stage: str = "") -> tuple[Any, dict] | None:
+        """The newest checkpoint that restores, falling back (with a warning naming it) past
+        a corrupt one; None when there is none; CorruptFileError when none can be read."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        for i, step in enumerate(steps):
+            try:
+                return self.restore(like, step)
+            except Exception as e:  # noqa: BLE001  (orbax raises many kinds on a damaged directory)
+                where = self.directory / str(step)
+                later = f"falling back to step {steps[i + 1]}" if i + 1 < len(steps) else "no older one to use"
+                print(f"[{stage}] warning: checkpoint {where} is unreadable ({type(e).__name__}: "
+                      f"{str(e)[:160]}); {later}", file=sys.stderr, flush=True)
+        if steps:
+            raise CorruptFileError(f"{self.directory}: no checkpoint can be read; delete the directory to restart "
+                                   f"the stage, or start over with --fresh")
+        return None
 
     def close(self) -> None:
         self.manager.close()
@@ -80,11 +100,20 @@ def load_final(workdir: str | Path, stage: str, like):
         raise FileNotFoundError(f"{path}: stage {stage!r} has not finished; run it first "
                                 f"(--config.stages={stage},...)")
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
-    with ocp.StandardCheckpointer() as ckptr:
-        return ckptr.restore(path, abstract)
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            return ckptr.restore(path, abstract)
+    except Exception as e:  # noqa: BLE001
+        raise CorruptFileError(f"{path}: the final parameters of stage {stage!r} cannot be read "
+                               f"({type(e).__name__}: {str(e)[:200]}); delete {path.parent} to run it again") from e
 
 
 def read_summary(workdir: str | Path, stage: str) -> dict | None:
     """A finished stage's summary, or None while it has not finished."""
     path = summary_path(workdir, stage)
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptFileError(f"{path}: not valid JSON ({e}); delete it to run stage {stage!r} again") from None

@@ -18,11 +18,12 @@ from rlhf_jax import sharding as shd
 from rlhf_jax.data import corpora, synthetic
 from rlhf_jax.data.batches import BatchIterator
 from rlhf_jax.data.run_data import RunData, world_config
+from rlhf_jax.errors import UserError
 from rlhf_jax.logging import Writer
 from rlhf_jax.models import PRESETS, Model, init_model, load_pretrained
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that cannot work; the message names the field."""
 
 
@@ -49,12 +50,14 @@ class RunContext:
         """A resumable iterator whose order depends on the run's seed and the stage's salt."""
         return BatchIterator(arrays, batch_size, seed=self.config.seed * 1000 + salt)
 
-    def writer(self, stage: str, keys: tuple[str, ...]) -> Writer:
+    def writer(self, stage: str, keys: tuple[str, ...], resume_step: int | None = None) -> Writer:
+        """The stage's metrics writer; `resume_step` truncates its metrics.jsonl to that step."""
         c = self.config
         if not self.use_wandb:
-            return Writer(self.workdir / stage, stage, wandb="disabled", keys=keys, every=c.log.every)
+            return Writer(self.workdir / stage, stage, wandb="disabled", keys=keys, resume_step=resume_step)
         return Writer(self.workdir / stage, stage, wandb=c.log.wandb, project=c.log.project,
-                      run_name=f"{c.name}-{self.workdir.name}", config=c.to_dict(), keys=keys, every=c.log.every)
+                      run_name=f"{c.name}-{self.workdir.name}", config=c.to_dict(), keys=keys,
+                      resume_step=resume_step)
 
 
 def _preset_tokenizer(c):

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlhf_jax import signals
 from rlhf_jax.data.tokenize import pad_left as left_pad  # noqa: F401  (re-exported)
 from rlhf_jax.models.forward import positions_from_mask
 from rlhf_jax.models.model import apply
@@ -135,6 +136,7 @@ def sample_rows(graphdef, params, prompt_NxP, prompt_mask_NxP, copies: int, cfg:
     tokens, mask = np.repeat(prompt_NxP, copies, 0), np.repeat(prompt_mask_NxP, copies, 0)
     response, response_mask = [], []
     for i in range(0, len(tokens), chunk):
+        signals.check("sampling")
         gen = generate(graphdef, params, tokens[i:i + chunk], mask[i:i + chunk], jax.random.key(seed + i), cfg)
         response.append(np.asarray(gen.tokens_BxN))
         response_mask.append(np.asarray(gen.mask_BxN))

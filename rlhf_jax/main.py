@@ -4,9 +4,11 @@
     python -m rlhf_jax.main --config configs/instructgpt.py --workdir runs/x --config.stages=sft,rm
     python -m rlhf_jax.main --config configs/instructgpt.py --workdir runs/x --config.ppo.kl_coef=0.02
 
-Runs the stages the config lists, each resuming from its own checkpoint; SIGTERM saves a
-checkpoint and exits with code 143. Writes WORKDIR/summary.json, WORKDIR/report.md and
-WORKDIR/*_curves.png, and prints where they are.
+Runs the stages the config lists, each resuming from its own checkpoint; SIGTERM (exit 143)
+and Ctrl-C (exit 130) save a checkpoint at the next step and stop; a second Ctrl-C stops at
+once. Writes WORKDIR/summary.json, WORKDIR/report.md and WORKDIR/*_curves.png, and prints
+where they are. A mistake in the config, a file or the environment ends with a short message
+and a non-zero exit (2; 3 for a NaN stop or a full disk); `--debug` shows the traceback.
 """
 from __future__ import annotations
 
@@ -16,53 +18,89 @@ import sys
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/instructgpt.py", "pipeline config (file:variant)")
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory", required=True)
 _NO_WANDB = flags.DEFINE_bool("no_wandb", False, "disable W&B logging (JSONL and console stay on)")
+_FRESH = flags.DEFINE_bool("fresh", False, "start over: delete what an earlier run left in --workdir")
+_DEBUG = flags.DEFINE_bool("debug", False, "show tracebacks of user errors too")
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
 
 
 def main(argv) -> int:
     del argv
-    sys.path.insert(0, os.getcwd())  # configs/ importable from the repository root
-    from rlhf_jax.context import ConfigError
+    from rlhf_jax import signals
+    from rlhf_jax.errors import UserError, user_message
     from rlhf_jax.eval.report import plot_curves, write_report
-    from rlhf_jax.registry import UnknownNameError
-    from rlhf_jax.stages import MissingInputError, run
-    from rlhf_jax.train.loop import StopRequested, install_sigterm_handler
+    from rlhf_jax.stages import run
 
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax is chatty at INFO
     config = _CONFIG.value
     workdir = Path(_WORKDIR.value)
-    install_sigterm_handler()
+    signals.install()
     t0 = time.perf_counter()
     try:
-        summary = run(config, workdir, use_wandb=not _NO_WANDB.value and config.log.wandb != "disabled")
-    except (ConfigError, UnknownNameError, MissingInputError) as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
-    except StopRequested as e:
-        print(f"[{e.stage}] SIGTERM: checkpoint saved at step {e.step}; run the same command to resume",
-              file=sys.stderr)
-        return 143
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    summary_path = workdir / "summary.json"
-    summary_path.write_text(json.dumps(summary, indent=2))
-    plots = plot_curves(workdir)
-    report = write_report(workdir, summary, " ".join(sys.argv))
+        summary = run(config, workdir, use_wandb=not _NO_WANDB.value and config.log.wandb != "disabled",
+                      fresh=_FRESH.value)
+        summary_path = workdir / "summary.json"
+        summary_path.write_text(json.dumps(summary, indent=2))
+        plots = plot_curves(workdir)
+        report = write_report(workdir, summary, " ".join(sys.argv))
+    except signals.StopRequested as e:
+        where = f"checkpoint saved at step {e.step}" if e.step is not None else f"stopped during {e.stage}"
+        print(f"[{e.stage}] {e.signal}: {where}; run the same command to resume", file=sys.stderr)
+        return e.code
+    except (UserError, OSError, MemoryError) as e:
+        known = user_message(e, workdir)
+        if known is None or _DEBUG.value:
+            raise
+        return _fail(*known)
     print(json.dumps(summary, indent=2))
     print(f"\nfinished in {time.perf_counter() - t0:.0f}s")
     print(f"summary: {summary_path}\nreport:  {report}\nplots:   {', '.join(str(p) for p in plots)}")
     return 0
 
 
+def _flag_error(error: Exception) -> str:
+    """A flag-parsing failure as one line: the innermost cause (ml_collections folds the
+    config file's own traceback into its message; keep only its last line)."""
+    while error.__cause__ is not None or (error.__context__ is not None and not str(error).strip()):
+        error = error.__cause__ or error.__context__
+    text = str(error).replace("\\n", "\n")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if any(line.startswith("Traceback") for line in lines):
+        lines = [lines[-1]]
+    text = " ".join(lines).replace("\\'", "'")
+    half = len(text) // 2  # some messages arrive twice, joined by ": "
+    if text[:half] == text[half + 2:]:
+        text = text[:half]
+    if isinstance(error, AttributeError):  # an unknown field: name the flag that set it
+        hint = text[text.find("Did you mean"):] if "Did you mean" in text else ""
+        for arg in sys.argv:
+            name = arg.split("=")[0]
+            if name.startswith("--config.") and name.rsplit(".", 1)[-1] in text:
+                return f"{name}: no such field. {hint}".strip().rstrip("'")
+    return text
+
+
 def run() -> None:
-    app.run(lambda argv: sys.exit(main(argv)))
+    sys.path.insert(0, os.getcwd())  # configs/ importable from the repository root
+    try:
+        argv = flags.FLAGS(sys.argv)
+        _CONFIG.value.to_dict()  # a config file that failed to load raises here, not at parse time
+    except Exception as e:  # noqa: BLE001  (any failure to read the flags or the config is the user's)
+        if "--debug" in sys.argv:
+            raise
+        print(f"config error: {_flag_error(e)}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(main(argv))
 
 
 if __name__ == "__main__":

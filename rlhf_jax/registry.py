@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterator
 
+from rlhf_jax.errors import UserError
 
-class UnknownNameError(ValueError):
+
+class UnknownNameError(UserError, ValueError):
     """A name that is not registered; the message lists the registered ones."""
 
 

@@ -6,6 +6,8 @@ from typing import Iterator
 
 import numpy as np
 
+from rlhf_jax import signals
+
 
 @dataclasses.dataclass
 class BatchIterator:
@@ -74,6 +76,7 @@ def evaluate_all(evaluate, params, arrays: dict[str, np.ndarray], batch_size: in
     returns each quantity stacked over batches (axis 0), for the caller to weigh and reduce."""
     out: dict[str, list] = {}
     for batch in eval_batches(arrays, batch_size):
+        signals.check("evaluation")
         for k, v in evaluate(params, batch).items():
             out.setdefault(k, []).append(np.asarray(v, np.float64))
     return {k: np.stack(v) for k, v in out.items()}

@@ -22,6 +22,8 @@ import dataclasses
 import reprlib
 from typing import Any, Callable, Mapping
 
+from rlhf_jax.errors import UserError
+
 ROLES = ("system", "user", "assistant")
 MAX_K = 9
 _SHOW = reprlib.Repr()
@@ -35,7 +37,7 @@ class FieldError(ValueError):
         self.reason = reason or "invalid_" + field.split("[")[0].split(".")[0]
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A bad record: names the source file, the line (or row) and the field."""
 
     def __init__(self, source: str, line: int | str, field: str, message: str, reason: str | None = None):

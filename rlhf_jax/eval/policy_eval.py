@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from rlhf_jax import signals
 from rlhf_jax.data.tokenize import decode
 from rlhf_jax.generate import SamplingConfig, generate
 from rlhf_jax.models.forward import sequence_inputs
@@ -26,6 +27,7 @@ def compare_policies(graphdef, tokenizer, prompts: dict, sampling: SamplingConfi
     prompt_text = decode(tokenizer, prompts["prompt"], prompts["prompt_mask"])
     out, texts = {}, {}
     for name, params in (("sft", sft_params), ("final", final_params)):
+        signals.check(f"{label} evaluation")
         gen = generate(graphdef, params, prompts["prompt"], prompts["prompt_mask"], rng, sampling)
         responses = decode(tokenizer, gen.tokens_BxN, gen.mask_BxN)
         seq = sequence_inputs(prompts["prompt"], prompts["prompt_mask"], gen.tokens_BxN, gen.mask_BxN)

@@ -8,10 +8,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from rlhf_jax.errors import UserError
+
 FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "gpt_neox")
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(UserError, ValueError):
     """Raised when a checkpoint's architecture or option cannot be represented."""
 
 

@@ -10,6 +10,7 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from rlhf_jax.errors import UserError
 from rlhf_jax.models.config import ModelConfig
 
 
@@ -20,8 +21,11 @@ class Spec(NamedTuple):
     to_hf: Callable[..., tuple]
 
 
-class MissingTensorError(KeyError):
-    pass
+class MissingTensorError(UserError, KeyError):
+    """A checkpoint lacks a tensor the model needs; the message names the file and the tensor."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def _same(hf: str, ours: str) -> Spec:

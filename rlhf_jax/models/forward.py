@@ -16,10 +16,10 @@ Logits, log-probabilities and scores are float32 whatever the compute dtype.
 from __future__ import annotations
 
 import flax.nnx as nnx
-import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlhf_jax import signals
 from rlhf_jax.models.heads import last_token_index, last_token_values
 from rlhf_jax.models.model import apply
 from rlhf_jax.objectives.lm import token_logprobs
@@ -144,5 +144,8 @@ def latents(graphdef, params, tokens_BxT, mask_BxT):
 
 def per_sequence_chunks(fn, params, tokens_NxT, mask_NxT, chunk: int = 512) -> np.ndarray:
     """fn(params, tokens, mask) over rows in chunks of `chunk` (a jitted fn compiles at most twice)."""
-    return np.concatenate([np.asarray(fn(params, tokens_NxT[i:i + chunk], mask_NxT[i:i + chunk]))
-                           for i in range(0, len(tokens_NxT), chunk)])
+    out = []
+    for i in range(0, len(tokens_NxT), chunk):
+        signals.check("scoring")
+        out.append(np.asarray(fn(params, tokens_NxT[i:i + chunk], mask_NxT[i:i + chunk])))
+    return np.concatenate(out)

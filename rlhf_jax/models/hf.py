@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from rlhf_jax import sharding as shd
+from rlhf_jax.errors import CorruptFileError, UserError
 from rlhf_jax.models import convert, safetensors_io
 from rlhf_jax.models.config import ModelConfig, UnsupportedModelError, from_hf_config, to_hf_config
 from rlhf_jax.models.model import Model, abstract_model
@@ -31,9 +33,18 @@ def load_pretrained(path: str | Path, *, head: str = "lm", mesh: Mesh | None = N
     """Load a local HF directory (config.json + safetensors) or a GGUF file.
 
     Returns (Model, tokenizer or None). `param_dtype`/`dtype` override the stored precision;
-    other keyword arguments override ModelConfig fields (e.g. dropout_rate).
+    other keyword arguments override ModelConfig fields (e.g. dropout_rate). A file that
+    cannot be read (truncated, not a checkpoint) raises CorruptFileError naming it.
     """
-    path = Path(path)
+    try:
+        return _load(Path(path), head, mesh, rules, param_dtype, dtype, load_tokenizer, config_overrides)
+    except (UserError, FileNotFoundError):
+        raise
+    except (ValueError, KeyError, IndexError, OSError, struct.error, UnicodeDecodeError, TypeError) as e:
+        raise CorruptFileError(f"{path}: cannot be read as a checkpoint ({type(e).__name__}: {str(e)[:300]})") from e
+
+
+def _load(path: Path, head, mesh, rules, param_dtype, dtype, load_tokenizer, config_overrides):
     if path.is_dir() and not (path / "config.json").exists():
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlhf_jax import checkpoint
+from rlhf_jax import checkpoint, signals, workdir as workdirs
 # each module registers itself; imported in pipeline order, the order summaries are listed in
 from rlhf_jax.stages import sft, rm, fgrm, ppo, dpo, bon, rs  # noqa: F401,I001
-from rlhf_jax.stages.registry import STAGES, MissingInputError, finished, plan, register_stage
+from rlhf_jax.stages.registry import STAGES, MissingInputError, finished, plan, register_stage, started
 
 __all__ = ["STAGES", "MissingInputError", "plan", "register_stage", "run", "run_stages"]
 
@@ -25,6 +25,7 @@ def run_stages(ctx, stages: list[str] | None = None) -> dict[str, Any]:
     order = stages or plan(ctx.config, ctx.workdir)
     summary = {}
     for name in order:
+        signals.check(name)
         done = checkpoint.read_summary(ctx.workdir, name) if finished(ctx.workdir, name) else None
         summary[name] = done if done is not None else STAGES[name].run(ctx)
     for name in STAGES:
@@ -33,8 +34,31 @@ def run_stages(ctx, stages: list[str] | None = None) -> dict[str, Any]:
     return {name: summary[name] for name in STAGES if name in summary}
 
 
-def run(config, workdir, *, use_wandb: bool = True) -> dict[str, Any]:
-    """Plan (a missing input fails before anything is built), build the context, run the stages."""
+def preflight(ctx, order: list[str]) -> None:
+    """Every listed stage's data-size checks, before the first stage starts."""
+    from rlhf_jax.stages.validate import need
+    for name in order:
+        if STAGES[name].preflight is not None and not finished(ctx.workdir, name):
+            STAGES[name].preflight(ctx, need)
+
+
+def run(config, workdir, *, use_wandb: bool = True, fresh: bool = False) -> dict[str, Any]:
+    """One run on a workdir: hold its lock, check the config against the one it was started
+    with, plan (a missing input fails before anything is built), build the context, check
+    every stage's data, run the stages."""
     from rlhf_jax.context import build_context
-    order = plan(config, workdir)
-    return run_stages(build_context(config, workdir, use_wandb=use_wandb), order)
+    from rlhf_jax.stages.validate import validate_config
+    validate_config(config)
+    path = workdirs.prepare(workdir)
+    with workdirs.RunLock(path):
+        if fresh:
+            workdirs.start_over(path)
+        order = plan(config, path)
+        reads = {name: STAGES[name].reads for name in STAGES}
+        changed = workdirs.check_config(path, config, reads, {s for s in STAGES if started(path, s)})
+        if changed:
+            print(f"[run] config fields changed since this workdir's last run (no started stage reads them): "
+                  f"{', '.join(changed)}", flush=True)
+        ctx = build_context(config, path, use_wandb=use_wandb)
+        preflight(ctx, order)
+        return run_stages(ctx, order)

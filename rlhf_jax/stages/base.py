@@ -70,13 +70,14 @@ def train(ctx, stage: str, t: Training, salt: int) -> LoopResult:
     writer = None
     try:
         start, last = 0, {}
-        if checkpointer.latest_step() is not None:
-            state, meta = checkpointer.restore(state)
+        restored = checkpointer.restore_latest_readable(state, stage)
+        if restored is not None:
+            state, meta = restored
             for name, it in t.data.items():
                 it.set_position(meta["data"][name])
             start, last = int(meta["step"]), meta.get("metrics", {})
             print(f"[{stage}] resumed from step {start}", flush=True)
-        writer = ctx.writer(stage, t.progress_keys)
+        writer = ctx.writer(stage, t.progress_keys, resume_step=start)
         stop_after = ctx.config.debug_stop_after.get(stage, 0) or None
         result = run_loop(stage, step_fn, state, lambda: ctx.shard(t.combine({k: next(it) for k, it in t.data.items()})),
                           total_steps=t.total_steps, start_step=start, rng=jax.random.fold_in(ctx.rng, salt),

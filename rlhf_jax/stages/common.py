@@ -72,6 +72,17 @@ def preference_arrays(ctx) -> tuple[dict, dict]:
     return ctx.data.arrays("rm_train"), ctx.data.arrays("rm_val")
 
 
+def check_preference_sizes(ctx, need, block: str) -> None:
+    """Enough rankings for one batch of config[block] (the task world ranks SFT samples later:
+    its count is the config's)."""
+    c = ctx.config
+    if ctx.world is not None:
+        n = c.data.n_rankings
+    else:
+        n = len(ctx.data.records("rm_train"))
+    need(n >= c[block].batch_size, f"{block}.batch_size", f"{n} rankings cannot fill one batch of {c[block].batch_size}")
+
+
 def reward_model(ctx, seed: int):
     """A freshly initialised reward model of the configured head (scalar or InfoRM)."""
     cfg = ctx.model_cfg(latent_dim=ctx.config.inform.latent_dim)

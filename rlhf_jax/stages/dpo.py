@@ -16,7 +16,7 @@ from rlhf_jax.eval.policy_eval import compare_policies
 from rlhf_jax.objectives.preference import PREFERENCE_LOSSES
 from rlhf_jax.stages import common
 from rlhf_jax.stages.base import Training, train, train_state
-from rlhf_jax.stages.registry import register_stage
+from rlhf_jax.stages.registry import SAMPLING, register_stage
 from rlhf_jax.train import dpo as dpo_lib
 from rlhf_jax.train import optim
 from rlhf_jax.train.ppo import sampling_config
@@ -36,7 +36,13 @@ def check(c, need) -> None:
     need(d.orpo_lambda >= 0, "dpo.orpo_lambda", "must be >= 0")
 
 
-@register_stage("dpo", needs=lambda c: ("sft",), check=check)
+def preflight(ctx, need) -> None:
+    common.check_preference_sizes(ctx, need, "dpo")
+    need(len(ctx.data.records("eval_prompts")) > 0, "eval.n_prompts", "no held-out prompts to evaluate on")
+
+
+@register_stage("dpo", needs=lambda c: ("sft",), check=check, reads=("eval",) + SAMPLING,
+                preflight=preflight)
 def run(ctx) -> dict[str, Any]:
     c = ctx.config.dpo
     t0 = time.perf_counter()
@@ -67,7 +73,7 @@ def run(ctx) -> dict[str, Any]:
         jax.random.fold_in(ctx.rng, 99), sft, final, None, None, common.gold_reward(ctx), "dpo",
         ctx.config.eval.n_report_samples)
     summary = {"steps": total, "wall_seconds": time.perf_counter() - t0,
-               "train_reward_accuracy": result.last_metrics.get("reward_accuracy", float("nan")), **held_out, **evals}
+               "train_reward_accuracy": result.last_metrics.get("reward_accuracy"), **held_out, **evals}
     (ctx.workdir / "dpo" / "samples.json").write_text(json.dumps(samples, indent=2))
     checkpoint.save_final(ctx.workdir, "dpo", final, summary)
     return summary

@@ -47,7 +47,14 @@ def span_records(ctx) -> tuple[list[dict], list[dict]]:
     return records[n_val:n_val + f.n_train], records[:n_val]
 
 
-@register_stage("fgrm", needs=lambda c: ("sft",) if c.fg.init == "sft" else (), check=check)
+def preflight(ctx, need) -> None:
+    f = ctx.config.fg
+    n = f.n_train if ctx.world is not None and not f.data else len(span_records(ctx)[0])
+    need(n >= f.batch_size, "fg.batch_size", f"{n} annotated responses cannot fill one batch of {f.batch_size}")
+
+
+@register_stage("fgrm", needs=lambda c: ("sft",) if c.fg.init == "sft" else (), check=check, reads=("fg",),
+                preflight=preflight)
 def run(ctx) -> dict[str, Any]:
     f = ctx.config.fg
     t0 = time.perf_counter()

@@ -80,7 +80,19 @@ def latent_track(ctx, sft, rm_params):
     return LatentTrack(monitor, of, ctx.workdir / "ppo" / "latents", i.track_every)
 
 
-@register_stage("ppo", needs=lambda c: ("sft",) + common.reward_stages(c), check=check)
+def preflight(ctx, need) -> None:
+    c = ctx.config.ppo
+    n = len(ctx.data.records("prompts"))
+    need(n >= c.batch_size, "ppo.batch_size", f"{n} prompts cannot fill one PPO batch of {c.batch_size}")
+    need(len(ctx.data.records("eval_prompts")) > 0, "eval.n_prompts", "no held-out prompts to evaluate on")
+    if c.ptx_coef:
+        n = len(ctx.data.records("ptx"))
+        need(n >= c.ptx_batch_size, "ppo.ptx_batch_size", f"{n} pretraining rows cannot fill a batch of "
+             f"{c.ptx_batch_size}")
+
+
+@register_stage("ppo", needs=lambda c: ("sft",) + common.reward_stages(c), check=check,
+                reads=("eval", "rm", "inform", "fg"), preflight=preflight)
 def run(ctx) -> dict[str, Any]:
     c = ctx.config.ppo
     t0 = time.perf_counter()
@@ -118,8 +130,8 @@ def run(ctx) -> dict[str, Any]:
              for name, params in (("sft", sft), ("final", final_policy))},
             ctx.workdir / "ppo" / "latents.png", f"InfoRM latents: {ctx.config.name} {ctx.config.get('variant', '')}"))
     summary = {"steps": c.iterations, "wall_seconds": time.perf_counter() - t0,
-               "score_final": result.last_metrics.get("score", float("nan")),
-               "kl_coef_final": result.last_metrics.get("kl_coef", float("nan")), **evals}
+               "score_final": result.last_metrics.get("score"),
+               "kl_coef_final": result.last_metrics.get("kl_coef"), **evals}
     (ctx.workdir / "ppo" / "samples.json").write_text(json.dumps(samples, indent=2))
     checkpoint.save_final(ctx.workdir, "ppo", final_policy, summary)
     return summary

@@ -2,11 +2,14 @@
 
 A stage is one module under `rlhf_jax/stages/` that registers its entry point:
 
-    @register_stage("rm", needs=lambda c: ("sft",), check=check_rm)
+    @register_stage("rm", needs=lambda c: ("sft",), check=check_rm, reads=("rm", "inform"))
     def run(ctx: RunContext) -> dict: ...          # returns the stage's summary
 
 `needs(config)` names the stages whose hand-off files (WORKDIR/<stage>/final and
-summary.json) the stage reads; `check(config, need)` validates the stage's config section.
+summary.json) the stage reads; `check(config, need)` validates the stage's config section;
+`reads` names the config sections (or field prefixes) its results depend on, besides the
+run-wide ones (seed, model, data), so a workdir can refuse a config change a started stage
+would not see; `preflight(ctx, need)` checks its data sizes before the first stage starts.
 `plan` orders the stages a config lists so that every need runs first, and fails before
 anything is built when a need is neither listed nor already finished in the workdir.
 """
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from rlhf_jax.checkpoint import final_path, summary_path
+from rlhf_jax.errors import UserError
 from rlhf_jax.registry import Registry
 
 
@@ -27,16 +31,20 @@ class Stage:
     needs: Callable
     check: Callable | None
     produces_params: bool
+    reads: tuple[str, ...]
+    preflight: Callable | None
 
 
 STAGES = Registry("stage")
+SAMPLING = ("ppo.max_new_tokens", "ppo.top_k", "ppo.top_p")  # how every stage samples a policy
 
 
 def register_stage(name: str, *, needs: Callable = lambda c: (), check: Callable | None = None,
-                   produces_params: bool = True) -> Callable:
+                   produces_params: bool = True, reads: tuple[str, ...] = (),
+                   preflight: Callable | None = None) -> Callable:
     """Register `run(ctx) -> summary` as stage `name` (see the module docstring)."""
     def add(run):
-        STAGES.register(name, Stage(name, run, needs, check, produces_params))
+        STAGES.register(name, Stage(name, run, needs, check, produces_params, (name,) + tuple(reads), preflight))
         return run
     return add
 
@@ -45,8 +53,16 @@ def listed(config) -> list[str]:
     return [s for s in config.stages.split(",") if s]
 
 
-class MissingInputError(FileNotFoundError):
+class MissingInputError(UserError, FileNotFoundError):
     """A stage's input is neither produced by a listed stage nor present in the workdir."""
+
+
+def started(workdir: str | Path, stage: str) -> bool:
+    """A stage has started once it wrote a checkpoint, its final parameters or its summary."""
+    d = Path(workdir) / stage
+    ckpt = d / "checkpoints"
+    return (summary_path(workdir, stage).exists() or final_path(workdir, stage).exists()
+            or (ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())))
 
 
 def finished(workdir: str | Path, stage: str) -> bool:

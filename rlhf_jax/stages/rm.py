@@ -14,7 +14,7 @@ from rlhf_jax.objectives.inform import KL_FORMS
 from rlhf_jax.rewards import EnsembleReward
 from rlhf_jax.stages import common
 from rlhf_jax.stages.base import Training, stack_batches, train, train_state
-from rlhf_jax.stages.registry import register_stage
+from rlhf_jax.stages.registry import SAMPLING, register_stage
 from rlhf_jax.train import optim
 from rlhf_jax.train import rm as rm_lib
 
@@ -44,7 +44,12 @@ def demonstrations(ctx):
     return arrays["tokens"], arrays["segment_ids"]
 
 
-@register_stage("rm", needs=lambda c: ("sft",), check=check)
+def preflight(ctx, need) -> None:
+    common.check_preference_sizes(ctx, need, "rm")
+
+
+@register_stage("rm", needs=lambda c: ("sft",), check=check, reads=("inform",) + SAMPLING,
+                preflight=preflight)
 def run(ctx) -> dict[str, Any]:
     c, k = ctx.config.rm, ctx.config.rm.members
     t0 = time.perf_counter()
@@ -68,7 +73,7 @@ def run(ctx) -> dict[str, Any]:
     result = train(ctx, "rm", training, SALT)
     params = result.state.params
     val_bs = min(c.batch_size, len(val["tokens"]))
-    summary = {"steps": total, "members": k, "train_accuracy": result.last_metrics.get("accuracy", float("nan"))}
+    summary = {"steps": total, "members": k, "train_accuracy": result.last_metrics.get("accuracy")}
     if k == 1:
         summary.update(rm_lib.held_out_accuracy(rm_lib.make_rm_eval(graphdef, c.margin), params, val, val_bs))
     if c.normalize:  # each member's bias shifted so the SFT demonstrations score 0 on average

@@ -14,12 +14,20 @@ from rlhf_jax.eval.policy_eval import compare_policies
 from rlhf_jax.objectives import bon as bon_lib
 from rlhf_jax.stages import common
 from rlhf_jax.stages.bon import score_samples
-from rlhf_jax.stages.registry import register_stage
+from rlhf_jax.stages.registry import SAMPLING, register_stage
 from rlhf_jax.stages.sft import fine_tune
 from rlhf_jax.train.ppo import sampling_config
 
 
-@register_stage("rs", needs=lambda c: ("sft",) + common.reward_stages(c))
+def preflight(ctx, need) -> None:
+    c = ctx.config.rs
+    n = min(c.n_prompts, len(ctx.data.records("prompts")))
+    need(n >= c.batch_size, "rs.batch_size", f"{n} best-of-n samples (rs.n_prompts) cannot fill one batch of "
+         f"{c.batch_size}")
+
+
+@register_stage("rs", needs=lambda c: ("sft",) + common.reward_stages(c),
+                reads=("rm", "inform", "fg", "eval") + SAMPLING, preflight=preflight)
 def run(ctx) -> dict[str, Any]:
     c = ctx.config.rs
     t0 = time.perf_counter()

@@ -64,12 +64,19 @@ def fine_tune(ctx, stage: str, train_arrays=None, init=None) -> tuple[dict[str, 
                  int(sum(float((m * jnp.ones(x.shape)).sum()) for m, x in
                          zip(jax.tree.leaves(mask), jax.tree.leaves(params)))))
     summary = {"steps": total, "wall_seconds": time.perf_counter() - t0,
-               "train_loss": result.last_metrics.get("loss", float("nan")), "trainable_params": trainable,
+               "train_loss": result.last_metrics.get("loss"), "trainable_params": trainable,
                **sft_lib.validation_loss(evaluate, final_params, val, val_bs)}
     return summary, final_params
 
 
-@register_stage("sft", check=check)
+def preflight(ctx, need) -> None:
+    c = ctx.config.sft
+    n = len(ctx.data.records("sft_train"))
+    need(n >= c.batch_size, "sft.batch_size", f"{n} demonstrations cannot fill one batch of {c.batch_size}")
+    need(len(ctx.data.records("sft_val")) > 0, "data.n_sft_val", "no held-out demonstrations")
+
+
+@register_stage("sft", check=check, preflight=preflight)
 def run(ctx) -> dict[str, Any]:
     summary, params = fine_tune(ctx, "sft")
     checkpoint.save_final(ctx.workdir, "sft", params, summary)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from rlhf_jax import signals
 from rlhf_jax.data.batches import evaluate_all
 from rlhf_jax.models.forward import sequence_logprobs
 from rlhf_jax.objectives.preference import PREFERENCE_LOSSES, SequenceLogprobs, preference_loss
@@ -58,8 +59,10 @@ def reference_logprobs(graphdef, ref_params, arrays, batch_size: int) -> np.ndar
     fn = jax.jit(lambda p, b: response_logprobs(graphdef, p, b).sum_BxK)
     keys = ("tokens", "mask", "loss_mask")
     n = len(arrays["tokens"])
-    out = [np.asarray(fn(ref_params, {k: arrays[k][i:i + batch_size] for k in keys}))
-           for i in range(0, n, batch_size)]
+    out = []
+    for i in range(0, n, batch_size):
+        signals.check("reference")
+        out.append(np.asarray(fn(ref_params, {k: arrays[k][i:i + batch_size] for k in keys})))
     return np.concatenate(out).astype(np.float32)
 
 

@@ -1,11 +1,11 @@
 """The host loop around a jitted step: batches in, metrics out one step late, checkpoints,
-evaluation, NaN guard and SIGTERM handling. Everything stateful lives here, not in the step.
+evaluation, NaN guard and SIGTERM / SIGINT handling. Everything stateful lives here, not in
+the step.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-import signal
 import time
 from typing import Any, Callable
 
@@ -13,34 +13,15 @@ import jax
 import numpy as np
 
 from rlhf_jax.checkpoint import Checkpointer
+from rlhf_jax import signals
+from rlhf_jax.errors import UserError
 from rlhf_jax.logging import NullWriter
 
 
-class StopRequested(SystemExit):
-    """Raised after a checkpoint was written because SIGTERM arrived (exit code 143)."""
+class NonFiniteError(UserError, FloatingPointError):
+    """A metric became NaN or infinite; the run stops after the last good checkpoint."""
 
-    def __init__(self, stage: str, step: int):
-        super().__init__(143)
-        self.stage, self.step = stage, step
-
-
-class NonFiniteError(FloatingPointError):
-    pass
-
-
-_STOP = {"requested": False}
-
-
-def install_sigterm_handler() -> None:
-    """SIGTERM sets a flag; the loop saves a checkpoint at the next step boundary and exits."""
-    def handler(signum, frame):
-        _STOP["requested"] = True
-
-    signal.signal(signal.SIGTERM, handler)
-
-
-def stop_requested() -> bool:
-    return _STOP["requested"]
+    exit_code = 3
 
 
 @dataclasses.dataclass
@@ -91,8 +72,10 @@ def run_loop(stage: str, step_fn: Callable, state: Any, next_batch: Callable[[],
                 host.update(hook.fn(step, host, outputs))
         bad = [k for k, v in host.items() if not math.isfinite(v)]
         if bad:
-            raise NonFiniteError(f"[{stage}] step {step}: non-finite {', '.join(bad)} "
-                                 f"(last good checkpoint: step {checkpointer.latest_step() if checkpointer else None})")
+            good = checkpointer.latest_step() if checkpointer else None
+            raise NonFiniteError(f"[{stage}] step {step}: non-finite {', '.join(bad)}; the run stopped "
+                                 f"(last good checkpoint: {f'step {good}' if good is not None else 'none'}). "
+                                 f"Lower the learning rate or check the data, then rerun (with --fresh to start over)")
         host["step"] = step
         writer.write(step, host)
         writer.progress(step, total_steps, host)
@@ -116,12 +99,11 @@ def run_loop(stage: str, step_fn: Callable, state: Any, next_batch: Callable[[],
             writer.write(step, evals)
             history.append({"step": step, **evals})
         final = step == total_steps or (stop_after is not None and step >= stop_after)
-        if (save_every and step % save_every == 0) or final or stop_requested():
+        if (save_every and step % save_every == 0) or final or signals.requested():
             last = drain(pending)
             pending = None
             save(step)
-        if stop_requested():
-            raise StopRequested(stage, step)
+        signals.check(stage, step)
         if stop_after is not None and step >= stop_after and step < total_steps:
             break
     if pending is not None:

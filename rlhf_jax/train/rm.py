@@ -10,7 +10,7 @@ import numpy as np
 import flax.nnx as nnx
 
 from rlhf_jax.data.batches import evaluate_all
-from rlhf_jax.models.forward import latent_posterior, score_at_last
+from rlhf_jax.models.forward import latent_posterior, per_sequence_chunks, score_at_last
 from rlhf_jax.objectives.inform import inform_loss
 from rlhf_jax.objectives.reward import bradley_terry_loss, pair_matrix
 from rlhf_jax.train.step import make_train_step
@@ -85,8 +85,7 @@ def init_from_sft(sft_params, scalar_params):
 def demonstration_scores(graphdef, params, tokens, mask, batch_size: int = 64) -> np.ndarray:
     """scores_N of the demonstrations (prompt + completion + EOS, one per row)."""
     score = jax.jit(lambda p, t, m: score_at_last(graphdef, p, t, m))
-    return np.concatenate([np.asarray(score(params, tokens[i:i + batch_size], mask[i:i + batch_size]))
-                           for i in range(0, len(tokens), batch_size)])
+    return per_sequence_chunks(score, params, tokens, mask, batch_size)
 
 
 def center_on_demonstrations(graphdef, params, tokens, mask, batch_size: int = 64):

@@ -1,0 +1,45 @@
+"""SIGTERM and SIGINT: finish the current step, save what there is to save, exit.
+
+The first signal only sets a flag. The training loop checks it after every step (and writes
+a checkpoint); sampling, scoring and evaluation loops check it between batches. A second
+Ctrl-C stops at once, without waiting.
+"""
+from __future__ import annotations
+
+import signal
+
+_STATE = {"signal": None}
+EXIT_CODES = {"SIGTERM": 143, "SIGINT": 130}
+
+
+class StopRequested(SystemExit):
+    """Raised at the next safe point after a signal; `step` is the checkpointed step (or None)."""
+
+    def __init__(self, stage: str, step: int | None, name: str = "SIGTERM"):
+        super().__init__(EXIT_CODES.get(name, 143))
+        self.stage, self.step, self.signal = stage, step, name
+
+
+def install() -> None:
+    def handler(signum, frame):
+        name = signal.Signals(signum).name
+        if _STATE["signal"] == "SIGINT" and name == "SIGINT":
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now
+        _STATE["signal"] = name
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def requested() -> str | None:
+    return _STATE["signal"]
+
+
+def reset() -> None:
+    _STATE["signal"] = None
+
+
+def check(stage: str, step: int | None = None) -> None:
+    """Raise StopRequested if a signal arrived (call between batches of any long loop)."""
+    if _STATE["signal"] is not None:
+        raise StopRequested(stage, step, _STATE["signal"])

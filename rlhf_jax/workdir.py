@@ -1,0 +1,147 @@
+"""A workdir that knows its run: one writer at a time, and the config it was started with.
+
+- `RunLock`: an exclusive `flock` on WORKDIR/.lock, held for the whole run; a second run on
+  the same workdir fails at once, naming the holder (pid, host, start time, command). The
+  kernel releases it when the holder dies, however it dies.
+- `check_config`: WORKDIR/config.json keeps the resolved config and its fingerprint. A rerun
+  or resume with another config is refused, naming the changed fields, unless every changed
+  field is safe: logging and bookkeeping fields (`SAFE`), or fields read only by stages that
+  have not started in this workdir. `--fresh` starts over instead.
+"""
+from __future__ import annotations
+
+import datetime
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from rlhf_jax.errors import UserError
+
+# changing these never changes a result (the mesh only places the same computation)
+SAFE = ("stages", "name", "variant", "log", "debug_stop_after", "mesh")
+GLOBAL = ("seed", "model", "data")  # read by every stage
+
+
+class WorkdirError(UserError):
+    """The workdir cannot be used as asked (locked, another config, not a directory...)."""
+
+
+def prepare(workdir: str | Path) -> Path:
+    """The workdir, created if needed; a clear error when it is a file or not writable."""
+    path = Path(workdir)
+    if path.exists() and not path.is_dir():
+        raise WorkdirError(f"--workdir {path}: is a file, not a directory; choose another path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except PermissionError:
+        raise WorkdirError(f"--workdir {path}: not writable; choose a directory you can write to") from None
+    except OSError as e:
+        raise WorkdirError(f"--workdir {path}: cannot be used ({e.strerror})") from None
+    return path
+
+
+class RunLock:
+    """`with RunLock(workdir):` holds the workdir for one run."""
+
+    def __init__(self, workdir: str | Path):
+        self.path = Path(workdir) / ".lock"
+        self.file = None
+
+    def __enter__(self) -> "RunLock":
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "unknown"
+            self.file.close()
+            raise WorkdirError(f"{self.path.parent}: another run holds this workdir ({holder}); wait for it, "
+                               f"or use another --workdir") from None
+        self.file.seek(0)
+        self.file.truncate()
+        started = datetime.datetime.now().isoformat(timespec="seconds")
+        self.file.write(f"pid {os.getpid()} on {socket.gethostname()} since {started}: {' '.join(sys.argv)}")
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.file is not None:
+            self.file.seek(0)
+            self.file.truncate()
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """{"ppo.kl_coef": 0.05, ...} of a ConfigDict (or nested dict)."""
+    items = config.to_dict() if hasattr(config, "to_dict") else config
+    out = {}
+    for key, value in items.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def fingerprint(flat: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def readers(field: str, stage_reads: dict[str, tuple[str, ...]]) -> set[str]:
+    """The stages whose results depend on `field` (a dotted path): those that read it or a
+    section above it, every stage for a run-wide field, none for a safe one."""
+    covers = lambda prefix: field == prefix or field.startswith(prefix + ".")
+    if any(covers(s) for s in SAFE):
+        return set()
+    return {stage for stage, reads in stage_reads.items() if any(covers(r) for r in reads + GLOBAL)}
+
+
+def check_config(workdir: Path, config, stage_reads: dict[str, tuple[str, ...]], started: set[str]) -> list[str]:
+    """Store the config on a first run; later, refuse changes a started stage would not see.
+
+    Returns the changed fields that were accepted (safe, or read only by stages not started).
+    """
+    path = workdir / "config.json"
+    flat = flatten(config)
+    if path.exists():
+        try:
+            stored = json.loads(path.read_text())["config"]
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise WorkdirError(f"{path}: unreadable ({e}); restore it, or start over with --fresh") from None
+        changed = sorted(k for k in set(stored) | set(flat) if stored.get(k, "<absent>") != flat.get(k, "<absent>"))
+        refused = []
+        for field in changed:
+            hit = sorted(readers(field, stage_reads) & started)
+            if hit:
+                refused.append(f"{field}: {stored.get(field, '<absent>')!r} -> {flat.get(field, '<absent>')!r} "
+                               f"(read by stage {', '.join(hit)})")
+        if refused:
+            raise WorkdirError(f"{workdir}: this workdir was run with another config; changed fields:\n  "
+                               + "\n  ".join(refused) + "\nrerun with the workdir's config, use another --workdir, "
+                               "or start over with --fresh")
+        accepted = changed
+    else:
+        accepted = []
+    tmp = path.with_name("config.json.tmp")
+    tmp.write_text(json.dumps({"fingerprint": fingerprint(flat), "config": flat}, indent=1, default=str))
+    os.replace(tmp, path)
+    return accepted
+
+
+def start_over(workdir: Path) -> None:
+    """--fresh: remove everything the previous run left (the lock stays with this run)."""
+    for child in workdir.iterdir():
+        if child.name == ".lock":
+            continue
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
