@@ -114,6 +114,18 @@ def base() -> ml_collections.ConfigDict:
                                           warmup_steps=10, epochs=2))
 
     c.eval = ml_collections.ConfigDict({"n_prompts": 256, "temperature": 1.0, "n_report_samples": 8})
+
+    # the evaluation stage ("eval", or `python -m rlhf_jax.evaluate`): suites (rlhf_jax.eval.suites) on
+    # policies "name=spec,..." (stage:NAME of `source`, "" = this workdir; or an HF directory / .gguf), judged by
+    # gold (task world), rm (the trained reward) and/or llm (judge_model: a path or policy:NAME); generation samples
+    # at `temperature` (the policies' own distribution, where the KL to the baseline is measured; 0 = greedy, no
+    # KL); prompts / pairs: "" = the run's held-out sets, or a file / corpus:NAME
+    c.evaluate = ml_collections.ConfigDict({
+        "suites": "generation,perplexity,judge_agreement,rm_pairs", "policies": "sft=stage:sft,ppo=stage:ppo",
+        "baseline": "sft", "source": "", "judges": "gold,rm", "judge_model": "", "judge_chat": "tokenizer",
+        "judge_order_rule": "agree", "prompts": "", "pairs": "", "n_prompts": 256, "n_pairs": 500,
+        "n_truthfulqa": 0, "n_alpaca": 805, "truthfulqa_formats": "qa_primer,chat:tokenizer", "max_new_tokens": 0,
+        "temperature": 1.0, "batch_size": 64, "n_report": 12, "bootstrap": 2000})
     # wandb: "auto" (WANDB_MODE if set, else online with an API key, offline without), online, offline, disabled
     c.log = ml_collections.ConfigDict({"wandb": "auto", "project": "rlhf_jax"})
     c.debug_stop_after = ml_collections.ConfigDict({"sft": 0, "rm": 0, "ppo": 0, "dpo": 0, "rs": 0})  # simulate a kill (tests)

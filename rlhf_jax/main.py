@@ -29,6 +29,10 @@ _FRESH = flags.DEFINE_bool("fresh", False, "start over: delete what an earlier r
 _DEBUG = flags.DEFINE_bool("debug", False, "show tracebacks of user errors too")
 
 
+# a hook for other CLIs (rlhf_jax.evaluate): (config, workdir) -> the config to run
+PREPARE_CONFIG = None
+
+
 def _fail(message: str, code: int) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code
@@ -44,6 +48,8 @@ def main(argv) -> int:
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax is chatty at INFO
     config = _CONFIG.value
     workdir = Path(_WORKDIR.value)
+    if PREPARE_CONFIG is not None:
+        config = PREPARE_CONFIG(config, workdir)
     signals.install()
     t0 = time.perf_counter()
     try:

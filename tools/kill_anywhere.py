@@ -112,8 +112,9 @@ def kill_and_resume(cmd: list[str], kills: int, seed: int, events: list[tuple[st
         stage, step = events[target]
         goal = (order.index(stage), step)
         t_start = time.time()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+        log = open(workdir.parent / f"{workdir.name}.attempt.log", "w")
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=environment(), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
         t0 = time.perf_counter()
         during_startup = rng.random() < 0.2
         deadline = t0 + rng.uniform(0.2, 3.0) if during_startup else None
@@ -132,7 +133,11 @@ def kill_and_resume(cmd: list[str], kills: int, seed: int, events: list[tuple[st
         else:
             finished_early += 1  # it finished (or failed) before the kill
             if proc.returncode != 0:
-                raise RuntimeError(f"a restart failed with exit code {proc.returncode}: {' '.join(cmd)}")
+                log.close()
+                tail = Path(log.name).read_text()[-3000:]
+                raise RuntimeError(f"a restart failed with exit code {proc.returncode} after kill "
+                                   f"{len(moments)} (progress {where[-1] if where else 'start'}):\n{tail}")
+        log.close()
         moments.append(round(time.perf_counter() - t0, 2))
         where.append(progress(workdir))
     code, seconds, tail = run_once(cmd, timeout)

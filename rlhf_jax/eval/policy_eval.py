@@ -2,7 +2,8 @@
 scored by the gold reward (task world) and the trained reward, judged against each other.
 
 A win counts 1, a tie 1/2; the judge is the gold reward when there is one, the trained
-reward otherwise. KL is the per-sequence sum of log pi - log pi_ref on the final policy's
+reward otherwise. `intervals` holds the 95% bootstrap intervals over the prompts (paired for
+the win rate: both policies answer the same prompts). KL is the per-sequence sum of log pi - log pi_ref on the final policy's
 own samples, with both log-probs at the temperature the samples were drawn at (1 for greedy).
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 
 from rlhf_jax import signals
 from rlhf_jax.data.tokenize import decode
+from rlhf_jax.eval import stats
 from rlhf_jax.generate import SamplingConfig, generate
 from rlhf_jax.models.forward import sequence_inputs
 from rlhf_jax.rewards import GoldReward, Reward
@@ -25,7 +27,7 @@ def compare_policies(graphdef, tokenizer, prompts: dict, sampling: SamplingConfi
     P = prompts["prompt"].shape[1]
     score = jax.jit(lambda p, t, m: reward.score(p, t, m, P)) if reward is not None else None
     prompt_text = decode(tokenizer, prompts["prompt"], prompts["prompt_mask"])
-    out, texts = {}, {}
+    out, texts, intervals, kept = {}, {}, {}, {}
     for name, params in (("sft", sft_params), ("final", final_params)):
         signals.check(f"{label} evaluation")
         gen = generate(graphdef, params, prompts["prompt"], prompts["prompt_mask"], rng, sampling)
@@ -40,15 +42,21 @@ def compare_policies(graphdef, tokenizer, prompts: dict, sampling: SamplingConfi
         out[f"response_length_{name}"] = float(np.asarray(gen.mask_BxN).sum(1).mean())
         if gold is not None and not np.isnan(golds).any():
             out[f"gold_reward_{name}"] = float(np.mean(golds))
+            kept[f"gold_reward_{name}"] = golds
         if name == "final":
             kl = sequence_kl(graphdef, params, sft_params, prompts["prompt"], prompts["prompt_mask"], gen.tokens_BxN,
                              gen.mask_BxN.astype(np.float32), sampling.temperature or 1.0)
             out["kl_final"] = float(np.asarray(kl).mean())
+            kept["kl_final"] = np.asarray(kl, np.float64)
     judge = "gold" if "gold_reward_final" in out else "rm" if score else None
     if judge:
         a, b = np.asarray(texts["final"][judge], float), np.asarray(texts["sft"][judge], float)
         out["win_rate_vs_sft"] = float(np.mean((a > b) + 0.5 * (a == b)))
         out["judge"] = judge
+        intervals["win_rate_vs_sft"] = stats.paired_win_rate(a, b, seed=0).to_dict()
+    for key, values in kept.items():
+        intervals[key] = stats.mean(values, seed=0).to_dict()
+    out["intervals"] = intervals  # 95% bootstrap intervals over the prompts
     samples = [{"prompt": p, "sft": texts["sft"]["responses"][i], label: texts["final"]["responses"][i],
                 "sft_gold": _num(texts["sft"]["gold"][i]), f"{label}_gold": _num(texts["final"]["gold"][i]),
                 "sft_rm": float(texts["sft"]["rm"][i]), f"{label}_rm": float(texts["final"]["rm"][i])}

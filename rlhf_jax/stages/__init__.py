@@ -3,7 +3,7 @@
     sft   supervised fine-tuning                    rm    reward model (single, ensemble, InfoRM)
     fgrm  fine-grained category reward models       ppo   PPO against the trained reward
     dpo   preference losses (DPO family, SimPO...)  bon   best-of-n curves
-    rs    rejection-sampling fine-tuning
+    rs    rejection-sampling fine-tuning            eval  evaluation suites on any checkpoints
 
 `run_stages(ctx)` runs the stages the config lists, in the order their needs set; a finished
 stage (its summary in the workdir) is not run again.
@@ -14,7 +14,7 @@ from typing import Any
 
 from rlhf_jax import checkpoint, signals, workdir as workdirs
 # each module registers itself; imported in pipeline order, the order summaries are listed in
-from rlhf_jax.stages import sft, rm, fgrm, ppo, dpo, bon, rs  # noqa: F401,I001
+from rlhf_jax.stages import sft, rm, fgrm, ppo, dpo, bon, rs, evaluation  # noqa: F401,I001
 from rlhf_jax.stages.registry import STAGES, MissingInputError, finished, plan, register_stage, started
 
 __all__ = ["STAGES", "MissingInputError", "plan", "register_stage", "run", "run_stages"]
@@ -29,7 +29,7 @@ def run_stages(ctx, stages: list[str] | None = None) -> dict[str, Any]:
         done = checkpoint.read_summary(ctx.workdir, name) if finished(ctx.workdir, name) else None
         summary[name] = done if done is not None else STAGES[name].run(ctx)
     for name in STAGES:
-        if name not in summary and finished(ctx.workdir, name):
+        if name not in summary and finished(ctx.workdir, name) and not STAGES[name].rerun:
             summary[name] = checkpoint.read_summary(ctx.workdir, name)
     return {name: summary[name] for name in STAGES if name in summary}
 

@@ -33,6 +33,7 @@ class Stage:
     produces_params: bool
     reads: tuple[str, ...]
     preflight: Callable | None
+    rerun: bool  # run every time it is listed (evaluation): never "finished", never constrains a config change
 
 
 STAGES = Registry("stage")
@@ -41,10 +42,11 @@ SAMPLING = ("ppo.max_new_tokens", "ppo.top_k", "ppo.top_p")  # how every stage s
 
 def register_stage(name: str, *, needs: Callable = lambda c: (), check: Callable | None = None,
                    produces_params: bool = True, reads: tuple[str, ...] = (),
-                   preflight: Callable | None = None) -> Callable:
+                   preflight: Callable | None = None, rerun: bool = False) -> Callable:
     """Register `run(ctx) -> summary` as stage `name` (see the module docstring)."""
     def add(run):
-        STAGES.register(name, Stage(name, run, needs, check, produces_params, (name,) + tuple(reads), preflight))
+        STAGES.register(name, Stage(name, run, needs, check, produces_params, (name,) + tuple(reads), preflight,
+                                    rerun))
         return run
     return add
 
@@ -59,6 +61,8 @@ class MissingInputError(UserError, FileNotFoundError):
 
 def started(workdir: str | Path, stage: str) -> bool:
     """A stage has started once it wrote a checkpoint, its final parameters or its summary."""
+    if STAGES[stage].rerun:
+        return False
     d = Path(workdir) / stage
     ckpt = d / "checkpoints"
     return (summary_path(workdir, stage).exists() or final_path(workdir, stage).exists()
@@ -67,7 +71,7 @@ def started(workdir: str | Path, stage: str) -> bool:
 
 def finished(workdir: str | Path, stage: str) -> bool:
     """A stage is finished when its summary exists (written last, after its final parameters)."""
-    if not summary_path(workdir, stage).exists():
+    if STAGES[stage].rerun or not summary_path(workdir, stage).exists():
         return False
     return not STAGES[stage].produces_params or final_path(workdir, stage).exists()
 

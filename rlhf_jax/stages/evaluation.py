@@ -1,0 +1,232 @@
+"""Stage "eval": evaluate one or more checkpoints on the suites `evaluate.suites` names.
+
+Policies (`evaluate.policies`, "name=spec,..."): `stage:NAME` reads WORKDIR/NAME/final of
+`evaluate.source` (default: this workdir), any other spec is a local HF directory or GGUF
+file. Judges (`evaluate.judges`): `gold` (the task world's gold reward), `rm` (the trained
+reward of the source workdir: single, ensemble or InfoRM), `llm` (an LLM-as-a-judge on
+`evaluate.judge_model`: a path, or `policy:NAME` for one of the policies, which then also
+gives its self-preference). Writes WORKDIR/eval/: summary.json, report.md (per-example
+tables), samples.jsonl, metrics.jsonl (and W&B), win_rates.png. Evaluation is re-run every
+time the stage is asked for; it changes no training stage.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from rlhf_jax import checkpoint, signals
+from rlhf_jax.data import corpora, synthetic
+from rlhf_jax.data.run_data import read_source
+from rlhf_jax.data.tokenize import decode, encode_example, pad_right, prompt_arrays
+from rlhf_jax.eval.eval_report import flatten_numbers, plot_win_rates, write_eval_report
+from rlhf_jax.eval.judges import FunctionJudge, LLMJudge
+from rlhf_jax.eval.suites import EVAL_SUITES, EvalEnv, Policy
+from rlhf_jax.generate import SamplingConfig, sample_rows
+from rlhf_jax.models import Model, load_pretrained
+from rlhf_jax.models.forward import per_sequence_chunks
+from rlhf_jax.rewards import SequenceReward
+from rlhf_jax.stages import common
+from rlhf_jax.stages.registry import register_stage
+from rlhf_jax.train.ppo import sequence_kl
+
+JUDGES = ("gold", "rm", "llm")
+
+
+def parse_policies(spec: str) -> dict[str, str]:
+    out = {}
+    for item in [s.strip() for s in spec.split(",") if s.strip()]:
+        name, _, where = item.partition("=")
+        if not name or not where:
+            raise ValueError(f"evaluate.policies: {item!r} is not name=spec (spec: stage:NAME or a checkpoint path)")
+        out[name] = where
+    return out
+
+
+def check(c, need) -> None:
+    e = c.evaluate
+    try:
+        policies = parse_policies(e.policies)
+    except ValueError as err:
+        need(False, "evaluate.policies", str(err))
+    bad = [s for s in e.suites.split(",") if s and s not in EVAL_SUITES]
+    need(not bad, "evaluate.suites", f"{bad} are not among {EVAL_SUITES.names()}")
+    judges = [j for j in e.judges.split(",") if j]
+    need(all(j in JUDGES for j in judges), "evaluate.judges", f"{judges}: each must be one of {JUDGES}")
+    need(not policies or e.baseline in policies, "evaluate.baseline", f"{e.baseline!r} is not among {list(policies)}")
+    need("llm" not in judges or bool(e.judge_model), "evaluate.judge_model", "the llm judge needs a checkpoint")
+    need(e.temperature >= 0, "evaluate.temperature", "must be >= 0 (0 = greedy)")
+
+
+def needs(c) -> tuple[str, ...]:
+    """The stages of this workdir the evaluation reads (none when it reads another workdir)."""
+    if c.evaluate.source:
+        return ()
+    stages = [w[6:] for w in parse_policies(c.evaluate.policies).values() if w.startswith("stage:")]
+    if "rm" in c.evaluate.judges.split(","):
+        stages += list(common.reward_stages(c))
+    return tuple(dict.fromkeys(stages))
+
+
+def _source(ctx) -> Path:
+    return Path(ctx.config.evaluate.source).expanduser() if ctx.config.evaluate.source else ctx.workdir
+
+
+def load_policy(ctx, name: str, spec: str) -> Policy:
+    if spec.startswith("stage:"):
+        params = checkpoint.load_final(_source(ctx), spec[6:], ctx.base.params)
+        return Policy(name, Model(ctx.base.cfg, "lm", ctx.base.graphdef, params), ctx.tokenizer)
+    model, tokenizer = load_pretrained(Path(spec).expanduser(), mesh=ctx.mesh)
+    if tokenizer is None:
+        raise ValueError(f"evaluate.policies: {spec} has no tokenizer files")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return Policy(name, model, tokenizer)
+
+
+def rm_judge(ctx) -> FunctionJudge:
+    """The source workdir's trained reward as a pointwise judge of (prompt, response) texts."""
+    reward, params, _, _ = common.trained_reward(ctx, "bon")
+    if not isinstance(reward, SequenceReward):
+        raise ValueError("evaluate.judges: the rm judge needs a sequence reward (not a fine-grained one)")
+    tcfg, bs = ctx.data.tcfg, ctx.config.evaluate.batch_size
+    score = jax.jit(lambda p, t, m: reward.score(p, t, m, 0))  # compiled once per batch shape
+
+    def scores(prompts, responses):
+        ids = [encode_example(ctx.tokenizer, p, r, tcfg)[0] for p, r in zip(prompts, responses)]
+        tokens, mask = pad_right(ids, ctx.tokenizer.pad_token_id or 0, tcfg.max_len)
+        rows = -(-len(ids) // bs) * bs  # whole batches: one shape
+        tokens = np.concatenate([tokens, np.zeros((rows - len(ids), tokens.shape[1]), tokens.dtype)])
+        mask = np.concatenate([mask, np.zeros((rows - len(ids), mask.shape[1]), mask.dtype)])
+        return per_sequence_chunks(score, params, tokens, mask, bs)[:len(ids)]
+
+    return FunctionJudge(scores)
+
+
+def build_judges(ctx, policies: dict[str, Policy]) -> dict[str, Any]:
+    e, judges = ctx.config.evaluate, {}
+    for name in [j for j in e.judges.split(",") if j]:
+        if name == "gold":
+            gold = common.gold_reward(ctx)
+            if gold is None:
+                raise ValueError("evaluate.judges: 'gold' needs the task world (data.source = synthetic)")
+            judges["gold"] = FunctionJudge(gold.fn)
+        elif name == "rm":
+            judges["rm"] = rm_judge(ctx)
+        else:
+            p = (policies[e.judge_model[7:]] if e.judge_model.startswith("policy:")
+                 else load_policy(ctx, "judge", e.judge_model))
+            judges["llm"] = LLMJudge(p.model, p.tokenizer, chat=e.judge_chat or None, order_rule=e.judge_order_rule,
+                                     batch_size=max(1, e.batch_size // 4))
+    return judges
+
+
+def generator(ctx, baseline: Policy):
+    """policy, prompt records -> texts, lengths (tokens), EOS flags, KL to the baseline policy."""
+    e = ctx.config.evaluate
+
+    def run(policy: Policy, records: list[dict]) -> dict:
+        tok = policy.tokenizer
+        arrays, _ = prompt_arrays(records, tok, ctx.data.tcfg)
+        cfg = SamplingConfig(max_new_tokens=e.max_new_tokens or ctx.config.ppo.max_new_tokens,
+                             temperature=e.temperature, eos_token_ids=(tok.eos_token_id,),
+                             pad_token_id=tok.pad_token_id or 0)
+        s = sample_rows(policy.model.graphdef, policy.model.params, arrays["tokens"], arrays["mask"], 1, cfg,
+                        seed=ctx.config.seed * 53 + 11, chunk=e.batch_size)
+        mask = s["response_mask"]
+        out = {"texts": decode(tok, s["response"], mask), "lengths": mask.sum(1).astype(float),
+               "eos": ((s["response"] == tok.eos_token_id) & (mask > 0)).any(1)}
+        if e.temperature > 0 and policy is not baseline and policy.model.graphdef == baseline.model.graphdef:
+            kl = jax.jit(lambda p, q, *a: sequence_kl(policy.model.graphdef, p, q, *a, e.temperature))
+            out["kl_to_baseline"] = np.concatenate([
+                np.asarray(kl(policy.model.params, baseline.model.params, s["prompt"][i:i + e.batch_size],
+                              s["prompt_mask"][i:i + e.batch_size], s["response"][i:i + e.batch_size],
+                              mask[i:i + e.batch_size].astype(np.float32)))
+                for i in range(0, len(mask), e.batch_size)])
+        return out
+
+    return run
+
+
+def labelled_pairs(ctx) -> list[dict]:
+    """Held-out pairs with human (or simulated-annotator) labels: {prompt, chosen, rejected}."""
+    e = ctx.config.evaluate
+    if e.pairs:
+        records = read_source(e.pairs, "preference", ctx.config.data.policy)
+    elif ctx.world is not None:
+        records = synthetic.pair_records(ctx.world, e.n_pairs, "eval_pairs")
+    else:
+        records = ctx.data.records("rm_val")
+    pairs = []
+    for r in records:
+        if "chosen" in r:
+            pairs.append(r)
+        else:  # a ranking: its best against its worst
+            order = np.argsort(r["ranks"], kind="stable")
+            pairs.append({"prompt": r["prompt"], "chosen": r["responses"][order[0]],
+                          "rejected": r["responses"][order[-1]]})
+    return pairs[-e.n_pairs:] if e.pairs else pairs[:e.n_pairs]
+
+
+def environment(ctx) -> EvalEnv:
+    e = ctx.config.evaluate
+    policies = {name: load_policy(ctx, name, spec) for name, spec in parse_policies(e.policies).items()}
+    suites = [s for s in e.suites.split(",") if s]
+    prompts = (read_source(e.prompts, "prompt", ctx.config.data.policy) if e.prompts
+               else ctx.data.records("eval_prompts"))[:e.n_prompts]
+    env = EvalEnv(policies, e.baseline, build_judges(ctx, policies), prompts, generator(ctx, policies[e.baseline]), e)
+    if "perplexity" in suites:
+        env.heldout = ctx.data.arrays("sft_val", pack=False)
+    if {"judge_agreement", "rm_pairs"} & set(suites):
+        env.pairs = labelled_pairs(ctx)
+    if "truthfulqa" in suites:
+        env.truthfulqa = corpora.truthfulqa()[0][:e.n_truthfulqa or None]
+    if "alpaca_eval" in suites:
+        env.alpaca = corpora.alpaca_eval(policy="skip")[0][:e.n_alpaca]
+    return env
+
+
+def self_preference(results: dict, e) -> dict:
+    """With an LLM judge that is one of the policies: the win rate it gives its own model
+    against the others', beside the same comparison by every other judge."""
+    own = e.judge_model[7:] if e.judge_model.startswith("policy:") else None
+    gen = results.get("generation", {}).get(f"win_rate_vs_{e.baseline}", {})
+    if own is None or "llm" not in gen or own not in gen["llm"]:
+        return {}
+    return {"policy": own, "llm": gen["llm"][own], **{j: v[own] for j, v in gen.items() if j != "llm"}}
+
+
+@register_stage("eval", needs=needs, check=check, produces_params=False, reads=("evaluate",), rerun=True)
+def run(ctx) -> dict[str, Any]:
+    e = ctx.config.evaluate
+    t0 = time.perf_counter()
+    env = environment(ctx)
+    results, rows = {}, {}
+    for suite in [s for s in e.suites.split(",") if s]:
+        signals.check("eval")
+        s0 = time.perf_counter()
+        results[suite], rows[suite] = EVAL_SUITES[suite](env)
+        results[suite]["seconds"] = time.perf_counter() - s0
+        print(f"[eval] {suite}: {results[suite]['seconds']:.1f}s", flush=True)
+    if self_preference(results, e):
+        results["self_preference"] = self_preference(results, e)
+    summary = {"policies": parse_policies(e.policies), "baseline": e.baseline, "judges": list(env.judges),
+               **results, "wall_seconds": time.perf_counter() - t0}
+    out = ctx.workdir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "samples.jsonl", "w") as f:
+        for suite, suite_rows in rows.items():
+            for row in suite_rows:
+                f.write(json.dumps({"suite": suite, **row}) + "\n")
+    writer = ctx.writer("eval", ())
+    writer.write(0, flatten_numbers(results))
+    writer.close()
+    plot_win_rates(out / "win_rates.png", results)
+    write_eval_report(out / "report.md", summary, rows)
+    checkpoint.save_final(ctx.workdir, "eval", None, summary)
+    return summary
+
