@@ -69,7 +69,8 @@ def base() -> ml_collections.ConfigDict:
         "members": 1, "aggregate": "mean",
         "uncertainty": {"ppo": {"coef": 0.1, "ddof": 1}, "bon": {"coef": 0.5, "ddof": 0}},
         "znorm": False,  # divide each member's score by its std on the SFT demonstrations
-        "head": "scalar"})  # a registered reward head: "scalar", or "inform" (section c.inform)
+        "head": "scalar",  # a registered reward head: "scalar", or "inform" (section c.inform)
+        "init": "sft"})  # the backbone: "sft" (the SFT policy, InstructGPT) or "base" (the base model)
     # InfoRM (Miao et al. 2024): bottleneck width and weight, the KL form, and the latent-space
     # over-optimisation diagnostics logged during PPO every `track_every` iterations
     c.inform = ml_collections.ConfigDict({

@@ -6,7 +6,8 @@
 - `check_config`: WORKDIR/config.json keeps the resolved config and its fingerprint. A rerun
   or resume with another config is refused, naming the changed fields, unless every changed
   field is safe: logging and bookkeeping fields (`SAFE`), or fields read only by stages that
-  have not started in this workdir. `--fresh` starts over instead.
+  have not started in this workdir. `--fresh` starts over instead. A field the stored config
+  lacks (the code gained it since) is accepted: new fields default to the old behaviour.
 """
 from __future__ import annotations
 
@@ -122,6 +123,8 @@ def check_config(workdir: Path, config, stage_reads: dict[str, tuple[str, ...]],
         changed = sorted(k for k in set(stored) | set(flat) if stored.get(k, "<absent>") != flat.get(k, "<absent>"))
         refused = []
         for field in changed:
+            if field not in stored:  # a field the code gained since: the run used its behaviour before
+                continue
             hit = sorted(readers(field, stage_reads) & started)
             if hit:
                 refused.append(f"{field}: {stored.get(field, '<absent>')!r} -> {flat.get(field, '<absent>')!r} "

@@ -1,4 +1,4 @@
-"""Stage "rm": the reward model on the SFT backbone (scalar or InfoRM head), K-wise Bradley-Terry
+"""Stage "rm": the reward model on the SFT backbone (or the base model, `rm.init`; scalar or InfoRM head), K-wise Bradley-Terry
 on rankings; or an ensemble of `rm.members` RMs that differ only in seed (head init and data
 order), trained together in one step vmapped over the member axis. Then each member's bias is
 shifted so the SFT demonstrations score 0 on average (`rm.normalize`)."""
@@ -24,6 +24,9 @@ SALT = 2
 def check(c, need) -> None:
     r, i = c.rm, c.inform
     need(r.members >= 1, "rm.members", "must be >= 1")
+    need(r.init in ("sft", "base"), "rm.init", "must be 'sft' (the SFT policy) or 'base' (the base model)")
+    need(r.init == "sft" or not c.data.rm_from_policy or c.data.source == "files", "rm.init",
+         "'base' cannot rank SFT samples (data.rm_from_policy): set data.rm_from_policy=False")
     need(r.head in REWARD_HEADS, "rm.head", "must be " + " or ".join(map(repr, REWARD_HEADS.names())))
     need(r.head == "scalar" or r.members == 1, "rm.head", "an InfoRM ensemble is not supported (rm.members = 1)")
     need(i.kl_form in KL_FORMS, "inform.kl_form", f"must be one of {KL_FORMS}")
@@ -48,7 +51,7 @@ def preflight(ctx, need) -> None:
     common.check_preference_sizes(ctx, need, "rm")
 
 
-@register_stage("rm", needs=lambda c: ("sft",), check=check, reads=("inform",) + SAMPLING,
+@register_stage("rm", needs=lambda c: ("sft",) if c.rm.init == "sft" else (), check=check, reads=("inform",) + SAMPLING,
                 preflight=preflight)
 def run(ctx) -> dict[str, Any]:
     c, k = ctx.config.rm, ctx.config.rm.members
@@ -57,7 +60,7 @@ def run(ctx) -> dict[str, Any]:
     names = ["train"] if k == 1 else [f"train_{i}" for i in range(k)]
     data = {name: ctx.iterator(train_arrays, c.batch_size, SALT + 1000 * i) for i, name in enumerate(names)}
     total = c.steps or c.epochs * data[names[0]].steps_per_epoch
-    sft = common.load_sft(ctx)
+    sft = common.load_sft(ctx) if c.init == "sft" else ctx.base.params
     heads = [common.reward_model(ctx, seed=ctx.config.seed + 1 + i) for i in range(k)]
     graphdef = heads[0].graphdef
     members = [rm_lib.init_from_sft(sft, h.params) for h in heads]
