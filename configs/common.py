@@ -70,7 +70,9 @@ def base() -> ml_collections.ConfigDict:
         "uncertainty": {"ppo": {"coef": 0.1, "ddof": 1}, "bon": {"coef": 0.5, "ddof": 0}},
         "znorm": False,  # divide each member's score by its std on the SFT demonstrations
         "head": "scalar",  # a registered reward head: "scalar", or "inform" (section c.inform)
-        "init": "sft"})  # the backbone: "sft" (the SFT policy, InstructGPT) or "base" (the base model)
+        "init": "sft",  # the backbone: "sft" (the SFT policy, InstructGPT), "base" (the base model), "random"
+        "overrides": ml_collections.ConfigDict(),  # with init="random": the RM's own architecture (d_model...)
+        "pairs": "kwise"})  # "kwise": a prompt's C(K,2) pairs in one example; "shuffled": independent pairs
     # InfoRM (Miao et al. 2024): bottleneck width and weight, the KL form, and the latent-space
     # over-optimisation diagnostics logged during PPO every `track_every` iterations
     c.inform = ml_collections.ConfigDict({

@@ -88,7 +88,7 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     out = {}
     for key, value in items.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict):
+        if isinstance(value, dict) and value:
             out.update(flatten(value, name + "."))
         else:
             out[name] = value
@@ -99,16 +99,20 @@ def fingerprint(flat: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def readers(field: str, stage_reads: dict[str, tuple[str, ...]]) -> set[str]:
+def readers(field: str, stage_reads: dict[str, tuple[str, ...]], stage_ignores: dict | None = None) -> set[str]:
     """The stages whose results depend on `field` (a dotted path): those that read it or a
-    section above it, every stage for a run-wide field, none for a safe one."""
+    section above it (and do not ignore it), every stage for a run-wide field, none for a
+    safe one."""
     covers = lambda prefix: field == prefix or field.startswith(prefix + ".")
     if any(covers(s) for s in SAFE):
         return set()
-    return {stage for stage, reads in stage_reads.items() if any(covers(r) for r in reads + GLOBAL)}
+    ignores = stage_ignores or {}
+    return {stage for stage, reads in stage_reads.items()
+            if any(covers(r) for r in reads + GLOBAL) and not any(covers(i) for i in ignores.get(stage, ()))}
 
 
-def check_config(workdir: Path, config, stage_reads: dict[str, tuple[str, ...]], started: set[str]) -> list[str]:
+def check_config(workdir: Path, config, stage_reads: dict[str, tuple[str, ...]], started: set[str],
+                 stage_ignores: dict[str, tuple[str, ...]] | None = None) -> list[str]:
     """Store the config on a first run; later, refuse changes a started stage would not see.
 
     Returns the changed fields that were accepted (safe, or read only by stages not started).
@@ -125,7 +129,7 @@ def check_config(workdir: Path, config, stage_reads: dict[str, tuple[str, ...]],
         for field in changed:
             if field not in stored:  # a field the code gained since: the run used its behaviour before
                 continue
-            hit = sorted(readers(field, stage_reads) & started)
+            hit = sorted(readers(field, stage_reads, stage_ignores) & started)
             if hit:
                 refused.append(f"{field}: {stored.get(field, '<absent>')!r} -> {flat.get(field, '<absent>')!r} "
                                f"(read by stage {', '.join(hit)})")

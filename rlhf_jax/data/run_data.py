@@ -13,6 +13,7 @@ import numpy as np
 from rlhf_jax.data import corpora, synthetic
 from rlhf_jax.data.sources import read_records
 from rlhf_jax.data.tokenize import TokenizeConfig, prompt_arrays, ranking_arrays, sft_arrays
+from rlhf_jax.errors import UserError
 
 
 def read_source(spec: str, kind: str, policy: str) -> list[dict]:
@@ -47,7 +48,8 @@ class RunData:
         if name not in self._records:
             self._records.update(self._world_records(name) if self.world is not None else self._file_records(name))
         if name not in self._records:
-            raise KeyError(f"no {name!r} records: the config names no source for them")
+            raise UserError(f"no {name!r} records: the config names no source for them (data.source = "
+                            f"{self.c.data.source!r}; see config.data)")
         return self._records[name]
 
     def set_records(self, name: str, records: list[dict]) -> None:

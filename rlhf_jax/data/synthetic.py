@@ -254,19 +254,26 @@ def finegrained_records(cfg: WorldConfig, n: int, split: str = "train") -> list[
     for _ in range(n):
         prompt, reference = _prompt(rng, cfg)
         response = perturb(reference, rng, cfg.perturbations)
-        ref, spans, start, item = reference.split(), [], 0, 0
-        for word in response.split():
-            category = None
-            if word in FILLERS:
-                category = "extra"
-            else:
-                category = "extra" if item >= len(ref) else "wrong" if word != ref[item] else None
-                item += 1
-            if category:
-                spans.append({"start": start, "end": start + len(word), "category": category})
-            start += len(word) + 1
-        out.append({"prompt": prompt, "response": response, "spans": spans})
+        out.append({"prompt": prompt, "response": response, "spans": error_spans(prompt, response)})
     return out
+
+
+def error_spans(prompt: str, response: str) -> list[dict]:
+    """The span oracle: "wrong" on a digit that differs from the reference item at its position,
+    "extra" on a filler word and on every word past the reference length (character offsets in
+    the response with words joined by single spaces). Works on any response, a policy's too."""
+    reference = solve(*parse_prompt(prompt))
+    spans, start, item = [], 0, 0
+    for word in response.split():
+        if word in FILLERS:
+            category = "extra"
+        else:
+            category = "extra" if item >= len(reference) else "wrong" if word != reference[item] else None
+            item += 1
+        if category:
+            spans.append({"start": start, "end": start + len(word), "category": category})
+        start += len(word) + 1
+    return spans
 
 
 def pair_records(cfg: WorldConfig, n: int, split: str = "train") -> list[dict]:

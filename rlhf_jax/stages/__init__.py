@@ -55,7 +55,8 @@ def run(config, workdir, *, use_wandb: bool = True, fresh: bool = False) -> dict
             workdirs.start_over(path)
         order = plan(config, path)
         reads = {name: STAGES[name].reads for name in STAGES}
-        changed = workdirs.check_config(path, config, reads, {s for s in STAGES if started(path, s)})
+        ignores = {name: STAGES[name].ignores for name in STAGES}
+        changed = workdirs.check_config(path, config, reads, {s for s in STAGES if started(path, s)}, ignores)
         if changed:
             print(f"[run] config fields changed since this workdir's last run (no started stage reads them): "
                   f"{', '.join(changed)}", flush=True)

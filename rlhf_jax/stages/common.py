@@ -58,9 +58,24 @@ def gold_reward(ctx) -> GoldReward | None:
                       ctx.tokenizer)
 
 
-def preference_arrays(ctx) -> tuple[dict, dict]:
+def as_pairs(records: list[dict]) -> list[dict]:
+    """Every ranked pair of every ranking as its own record (ties dropped)."""
+    from rlhf_jax.data.records import ranking_pairs
+    out = []
+    for r in records:
+        if "responses" not in r:
+            out.append(r)
+            continue
+        out += [{"prompt": r["prompt"], "chosen": r["responses"][w], "rejected": r["responses"][l]}
+                for w, l in ranking_pairs(r["ranks"])]
+    return out
+
+
+def preference_arrays(ctx, shuffled_pairs: bool = False) -> tuple[dict, dict]:
     """The rankings the RM (or DPO) trains on: from files, or, in the task world with
-    `data.rm_from_policy`, the annotators' rankings of K samples of the SFT policy (InstructGPT)."""
+    `data.rm_from_policy`, the annotators' rankings of K samples of the SFT policy (InstructGPT).
+    `shuffled_pairs`: the training rankings broken into independent pairs (each response scored
+    once per pair it is in, the pairs shuffled apart): the setting InstructGPT reports overfits."""
     c = ctx.config
     if ctx.world is not None and c.data.rm_from_policy and not ctx.data.derived("rm_train"):
         sft = load_sft(ctx)
@@ -69,7 +84,9 @@ def preference_arrays(ctx) -> tuple[dict, dict]:
             samples = sample_texts(ctx, sft, prompts, 2 * c.data.k, 1.0, seed=c.seed * 7919 + (split == "val"))
             ctx.data.set_records(f"rm_{split}", synthetic.rank_samples(
                 ctx.world, [p["prompt"] for p in prompts], samples, c.data.k, split))
-    return ctx.data.arrays("rm_train"), ctx.data.arrays("rm_val")
+    if shuffled_pairs and not ctx.data.derived("rm_train_pairs"):
+        ctx.data.set_records("rm_train_pairs", as_pairs(ctx.data.records("rm_train")))
+    return ctx.data.arrays("rm_train_pairs" if shuffled_pairs else "rm_train"), ctx.data.arrays("rm_val")
 
 
 def check_preference_sizes(ctx, need, block: str) -> None:
@@ -84,8 +101,9 @@ def check_preference_sizes(ctx, need, block: str) -> None:
 
 
 def reward_model(ctx, seed: int):
-    """A freshly initialised reward model of the configured head (scalar or InfoRM)."""
-    cfg = ctx.model_cfg(latent_dim=ctx.config.inform.latent_dim)
+    """A freshly initialised reward model of the configured head (scalar or InfoRM) and
+    architecture (the base model's, with `rm.overrides`)."""
+    cfg = ctx.model_cfg(latent_dim=ctx.config.inform.latent_dim, **dict(ctx.config.rm.overrides))
     return init_model(cfg, head=ctx.config.rm.head, seed=seed, mesh=ctx.mesh)
 
 

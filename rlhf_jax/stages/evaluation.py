@@ -176,8 +176,10 @@ def environment(ctx) -> EvalEnv:
     e = ctx.config.evaluate
     policies = {name: load_policy(ctx, name, spec) for name, spec in parse_policies(e.policies).items()}
     suites = [s for s in e.suites.split(",") if s]
-    prompts = (read_source(e.prompts, "prompt", ctx.config.data.policy) if e.prompts
-               else ctx.data.records("eval_prompts"))[:e.n_prompts]
+    prompts = []
+    if "generation" in suites:
+        prompts = (read_source(e.prompts, "prompt", ctx.config.data.policy) if e.prompts
+                   else ctx.data.records("eval_prompts"))[:e.n_prompts]
     env = EvalEnv(policies, e.baseline, build_judges(ctx, policies), prompts, generator(ctx, policies[e.baseline]), e)
     if "perplexity" in suites:
         env.heldout = ctx.data.arrays("sft_val", pack=False)

@@ -14,7 +14,7 @@ from rlhf_jax.models import abstract_model
 from rlhf_jax.objectives.finegrained import parse_components, token_classes
 from rlhf_jax.stages import common
 from rlhf_jax.stages.base import Training, train, train_state
-from rlhf_jax.stages.registry import listed, register_stage
+from rlhf_jax.stages.registry import SAMPLING, listed, register_stage
 from rlhf_jax.train import finegrained as fg_lib
 from rlhf_jax.train import optim
 from rlhf_jax.train import rm as rm_lib
@@ -31,14 +31,28 @@ def check(c, need) -> None:
     need(not ("fgrm" in listed(c) and not components), "fg.components", "stage fgrm needs at least one component")
     need(f.reward in ("hard", "soft"), "fg.reward", "must be 'hard' or 'soft'")
     need(f.init in ("sft", "base"), "fg.init", "must be 'sft' (the SFT policy) or 'base' (the base model)")
+    need(f.data != "policy" or c.data.source == "synthetic", "fg.data",
+         "'policy' needs the task world's span oracle (data.source = synthetic)")
     need(not (components and f.holistic_weight and (c.rm.members > 1 or c.rm.head != "scalar")),
          "fg.holistic_weight",
          "the holistic part of a fine-grained reward must be one scalar RM (rm.members = 1, rm.head = scalar)")
 
 
+def policy_span_records(ctx, n: int, split: str) -> list[dict]:
+    """The SFT policy's own samples on the task world's prompts, annotated by its span oracle
+    (as Wu et al. annotate their policy's outputs)."""
+    prompts = synthetic.prompts(ctx.world, n, "fg_" + split)
+    texts = common.sample_texts(ctx, common.load_sft(ctx), prompts, 1, 1.0, seed=ctx.config.seed * 61 + (split == "val"))
+    return [{"prompt": p["prompt"], "response": t[0], "spans": synthetic.error_spans(p["prompt"], t[0])}
+            for p, t in zip(prompts, texts) if t[0].strip()]
+
+
 def span_records(ctx) -> tuple[list[dict], list[dict]]:
-    """(train, held-out) span-annotated responses."""
+    """(train, held-out) span-annotated responses: perturbed answers or the SFT policy's samples
+    (`fg.data = "policy"`) in the task world, or a fine_grained file / corpus."""
     f = ctx.config.fg
+    if ctx.world is not None and f.data == "policy":
+        return policy_span_records(ctx, f.n_train, "train"), policy_span_records(ctx, f.n_val, "val")
     if ctx.world is not None and not f.data:
         return (synthetic.finegrained_records(ctx.world, f.n_train, "train"),
                 synthetic.finegrained_records(ctx.world, f.n_val, "val"))
@@ -49,11 +63,12 @@ def span_records(ctx) -> tuple[list[dict], list[dict]]:
 
 def preflight(ctx, need) -> None:
     f = ctx.config.fg
-    n = f.n_train if ctx.world is not None and not f.data else len(span_records(ctx)[0])
+    n = f.n_train if ctx.world is not None and f.data in ("", "policy") else len(span_records(ctx)[0])
     need(n >= f.batch_size, "fg.batch_size", f"{n} annotated responses cannot fill one batch of {f.batch_size}")
 
 
-@register_stage("fgrm", needs=lambda c: ("sft",) if c.fg.init == "sft" else (), check=check, reads=("fg",),
+@register_stage("fgrm", needs=lambda c: ("sft",) if c.fg.init == "sft" or c.fg.data == "policy" else (), check=check,
+                reads=("fg",) + SAMPLING,
                 preflight=preflight)
 def run(ctx) -> dict[str, Any]:
     f = ctx.config.fg

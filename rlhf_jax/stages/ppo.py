@@ -91,6 +91,22 @@ def preflight(ctx, need) -> None:
              f"{c.ptx_batch_size}")
 
 
+def alignment_tax(ctx, sft, final) -> dict:
+    """Held-out demonstration NLL per token of the SFT and the final policy (InstructGPT's
+    "alignment tax": what PPO costs on the data SFT learnt), with the paired difference's interval."""
+    from rlhf_jax.eval import metrics, stats
+    from rlhf_jax.models import Model
+    val = ctx.data.arrays("sft_val", pack=False)
+    per_token = {}
+    for name, params in (("sft", sft), ("final", final)):
+        model = Model(ctx.base.cfg, "lm", ctx.base.graphdef, params)
+        nll_N, count_N = metrics.heldout_nll(model, val["tokens"], val["loss_mask"], val["segment_ids"],
+                                             batch_size=min(ctx.config.sft.batch_size, len(val["tokens"])))
+        per_token[name] = nll_N / np.maximum(count_N, 1)
+    return {"heldout_nll_sft": float(per_token["sft"].mean()), "heldout_nll_final": float(per_token["final"].mean()),
+            "alignment_tax": stats.paired_difference(per_token["final"], per_token["sft"], seed=0).to_dict()}
+
+
 @register_stage("ppo", needs=lambda c: ("sft",) + common.reward_stages(c), check=check,
                 reads=("eval", "rm", "inform", "fg"), preflight=preflight)
 def run(ctx) -> dict[str, Any]:
@@ -129,6 +145,7 @@ def run(ctx) -> dict[str, Any]:
                                                  seed=ctx.config.seed * 41 + 8))
              for name, params in (("sft", sft), ("final", final_policy))},
             ctx.workdir / "ppo" / "latents.png", f"InfoRM latents: {ctx.config.name} {ctx.config.get('variant', '')}"))
+    evals.update(alignment_tax(ctx, sft, final_policy))
     summary = {"steps": c.iterations, "wall_seconds": time.perf_counter() - t0,
                "score_final": result.last_metrics.get("score"),
                "kl_coef_final": result.last_metrics.get("kl_coef"), **evals}

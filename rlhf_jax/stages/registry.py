@@ -34,6 +34,7 @@ class Stage:
     reads: tuple[str, ...]
     preflight: Callable | None
     rerun: bool  # run every time it is listed (evaluation): never "finished", never constrains a config change
+    ignores: tuple[str, ...]  # fields under `reads` its results do not depend on
 
 
 STAGES = Registry("stage")
@@ -42,11 +43,12 @@ SAMPLING = ("ppo.max_new_tokens", "ppo.top_k", "ppo.top_p")  # how every stage s
 
 def register_stage(name: str, *, needs: Callable = lambda c: (), check: Callable | None = None,
                    produces_params: bool = True, reads: tuple[str, ...] = (),
-                   preflight: Callable | None = None, rerun: bool = False) -> Callable:
+                   preflight: Callable | None = None, rerun: bool = False, ignores: tuple[str, ...] = ()
+                   ) -> Callable:
     """Register `run(ctx) -> summary` as stage `name` (see the module docstring)."""
     def add(run):
         STAGES.register(name, Stage(name, run, needs, check, produces_params, (name,) + tuple(reads), preflight,
-                                    rerun))
+                                    rerun, tuple(ignores)))
         return run
     return add
 

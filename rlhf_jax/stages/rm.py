@@ -24,9 +24,11 @@ SALT = 2
 def check(c, need) -> None:
     r, i = c.rm, c.inform
     need(r.members >= 1, "rm.members", "must be >= 1")
-    need(r.init in ("sft", "base"), "rm.init", "must be 'sft' (the SFT policy) or 'base' (the base model)")
-    need(r.init == "sft" or not c.data.rm_from_policy or c.data.source == "files", "rm.init",
-         "'base' cannot rank SFT samples (data.rm_from_policy): set data.rm_from_policy=False")
+    need(r.init in ("sft", "base", "random"), "rm.init",
+         "must be 'sft' (the SFT policy), 'base' (the base model) or 'random' (a fresh model of rm.overrides' size)")
+    need(r.init == "random" or not r.overrides, "rm.overrides", "another architecture needs rm.init='random'")
+    need(r.pairs in ("kwise", "shuffled"), "rm.pairs", "must be 'kwise' (each prompt's pairs in one example) or "
+         "'shuffled' (independent pairs)")
     need(r.head in REWARD_HEADS, "rm.head", "must be " + " or ".join(map(repr, REWARD_HEADS.names())))
     need(r.head == "scalar" or r.members == 1, "rm.head", "an InfoRM ensemble is not supported (rm.members = 1)")
     need(i.kl_form in KL_FORMS, "inform.kl_form", f"must be one of {KL_FORMS}")
@@ -51,19 +53,29 @@ def preflight(ctx, need) -> None:
     common.check_preference_sizes(ctx, need, "rm")
 
 
-@register_stage("rm", needs=lambda c: ("sft",) if c.rm.init == "sft" else (), check=check, reads=("inform",) + SAMPLING,
+def needs(c) -> tuple[str, ...]:
+    """The SFT policy: as the backbone (rm.init = sft) or as the sampler of the ranked responses."""
+    ranks_sft_samples = c.data.rm_from_policy and c.data.source == "synthetic"
+    return ("sft",) if c.rm.init == "sft" or ranks_sft_samples else ()
+
+
+@register_stage("rm", needs=needs, check=check, reads=("inform",) + SAMPLING,
+                ignores=("rm.aggregate", "rm.uncertainty", "rm.znorm"),
                 preflight=preflight)
 def run(ctx) -> dict[str, Any]:
     c, k = ctx.config.rm, ctx.config.rm.members
     t0 = time.perf_counter()
-    train_arrays, val = common.preference_arrays(ctx)
+    train_arrays, val = common.preference_arrays(ctx, shuffled_pairs=c.pairs == "shuffled")
     names = ["train"] if k == 1 else [f"train_{i}" for i in range(k)]
     data = {name: ctx.iterator(train_arrays, c.batch_size, SALT + 1000 * i) for i, name in enumerate(names)}
     total = c.steps or c.epochs * data[names[0]].steps_per_epoch
-    sft = common.load_sft(ctx) if c.init == "sft" else ctx.base.params
     heads = [common.reward_model(ctx, seed=ctx.config.seed + 1 + i) for i in range(k)]
     graphdef = heads[0].graphdef
-    members = [rm_lib.init_from_sft(sft, h.params) for h in heads]
+    if c.init == "random":  # a fresh model of its own size (rm.overrides), backbone included
+        members = [h.params for h in heads]
+    else:
+        backbone = common.load_sft(ctx) if c.init == "sft" else ctx.base.params
+        members = [rm_lib.init_from_sft(backbone, h.params) for h in heads]
     tx, sched = optim.from_config(c, total)
     ib = ctx.config.inform
     single = rm_lib.make_rm_step(graphdef, tx, sched, c.margin, c.center_coef,
@@ -88,8 +100,8 @@ def run(ctx) -> dict[str, Any]:
         params = centred[0] if k == 1 else rm_lib.stack(centred)
         summary["demonstration_mean_before_centering"] = means[0] if k == 1 else means
         summary["demonstration_std"] = stds[0] if k == 1 else stds
-    if k > 1:
-        reward = EnsembleReward(graphdef, common.aggregator(ctx, summary, "ppo"))
+    if k > 1:  # members and their mean (how they are aggregated is the using stage's choice)
+        reward = EnsembleReward(graphdef, lambda s: s.mean(0))
         summary.update(rm_lib.ensemble_held_out(graphdef, params, val, val_bs, reward.aggregate,
                                                 lambda p, t, m: reward.member_scores(p, t, m)))
     summary["wall_seconds"] = time.perf_counter() - t0
