@@ -66,7 +66,7 @@ def _record(sweep: Sweep, run: Run) -> dict[str, Any]:
     rel = lambda p: str(p.relative_to(sweep.out))
     return {"point": run.point.name, "params": dict(run.point.params), "seed": run.seed,
             "workdir": rel(run.workdir), "log": rel(run.workdir / procs.LOG_NAME), "status": "pending",
-            "reused": False, "exit_code": None, "seconds": None, "error": ""}
+            "reused": False, "started": None, "exit_code": None, "seconds": None, "error": ""}
 
 
 def _previous(out: Path) -> dict[str, dict]:
@@ -92,7 +92,7 @@ class _Stop:
     """SIGINT/SIGTERM while the sweep runs: remember the first, forward each to the children."""
 
     def __init__(self, active: dict):
-        self.signal, self.active, self.saved = None, active, {}
+        self.signal, self.signum, self.active, self.saved = None, None, active, {}
 
     def __enter__(self) -> "_Stop":
         if threading.current_thread() is not threading.main_thread():
@@ -102,7 +102,7 @@ class _Stop:
         return self
 
     def handle(self, signum, frame) -> None:
-        self.signal = self.signal or signal.Signals(signum).name
+        self.signal, self.signum = self.signal or signal.Signals(signum).name, self.signum or signum
         for proc, *_ in self.active.values():
             procs.signal_group(proc, signum)
 
@@ -176,6 +176,8 @@ class _Execution:
                     if run is None:
                         break
                     self._start(run)
+                    if stop.signum:  # a signal that arrived while this run was being launched
+                        procs.signal_group(self.active[run.label][0], stop.signum)
                 for label, (proc, *_rest) in list(self.active.items()):
                     code = proc.poll()
                     if code is not None:

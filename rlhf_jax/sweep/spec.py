@@ -46,6 +46,7 @@ class Sweep:
 
     @property
     def label(self) -> str:
+        """The sweep's name: `name`, else the output directory's name."""
         return self.name or self.out.resolve().name
 
 
@@ -68,6 +69,7 @@ class Run:
 
     @property
     def label(self) -> str:
+        """`<point>/seed_<seed>`: the run's workdir relative to the sweep's directory."""
         return f"{self.point.name}/seed_{self.seed}"
 
 
