@@ -1,0 +1,86 @@
+"""Sweep a config over a grid of overrides and seeds; aggregate the results over seeds.
+
+    python experiments/sweep.py --config configs/instructgpt.py:tiny --out sweeps/kl \\
+        --grid ppo.kl_coef=0.01,0.05,0.2 --grid rm.members=1,5 --seeds 0-4 --set ppo.iterations=50 \\
+        --metrics ppo.gold_reward_final,ppo.kl_final --jobs 2
+
+Each grid point x seed is `python -m rlhf_jax.main` in OUT/<point>/seed_<s> (log: run.log there).
+Run the same command again to resume: finished runs are skipped, interrupted ones resume from
+their checkpoints. Writes OUT/sweep.json, OUT/results.jsonl, OUT/results.csv and OUT/summary.md.
+
+Exit status: 0 every run finished; 1-100 that many runs failed (100 = 100 or more); 124 the
+sweep could not start (a bad flag, the config, another runner in OUT); 130/143 stopped by
+SIGINT/SIGTERM (running runs checkpoint first; run the command again to go on).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # rlhf_jax from this checkout
+
+CANNOT_START = 124
+STOP_CODES = {"SIGINT": 130, "SIGTERM": 143}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(CANNOT_START)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="config file and variants, as for rlhf_jax.main")
+    p.add_argument("--out", required=True, help="the sweep's directory (one workdir per run inside)")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="values of one config field (repeat for a Cartesian product; ';' separates values "
+                        "that hold commas)")
+    p.add_argument("--seeds", default="0", help="config.seed values: 0-4, 0,2,7 or 0-2,7 (default 0)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a fixed override of every run")
+    p.add_argument("--vary_world_seed", action="store_true",
+                   help="also set data.world.seed to each seed (a new task world per seed; default: one world)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once, each pinned to its share of the CPUs")
+    p.add_argument("--metrics", default="", help="headline metrics of summary.md (stage.metric,...); "
+                   "default ppo.gold_reward_final,ppo.kl_final when present, else all")
+    p.add_argument("--interval", default="t", choices=("t", "bootstrap"),
+                   help="95%% interval over seeds: t (default, right for few seeds) or bootstrap (BCa)")
+    p.add_argument("--no_wandb", action="store_true", help="disable W&B in every run")
+    p.add_argument("--project", default="", help="W&B project of every run (config.log.project)")
+    p.add_argument("--name", default="", help="the sweep's name in W&B run names and tags (default: OUT's name)")
+    p.add_argument("--lock_wait", type=float, default=300.0,
+                   help="seconds to wait for a run still held by a killed runner's child (default 300)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, run, print where the outputs are; returns the exit status."""
+    from rlhf_jax.sweep import Sweep, SweepError, parse_grid, parse_seeds, parse_sets, run_sweep
+    args = parser().parse_args(argv)
+    try:
+        sets = parse_sets(args.set)
+        if args.project:
+            sets["log.project"] = args.project
+        sweep = Sweep(args.config, parse_grid(args.grid), parse_seeds(args.seeds), sets, Path(args.out),
+                      args.vary_world_seed, args.name)
+        metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] or None
+        outcome = run_sweep(sweep, jobs=args.jobs, wandb=not args.no_wandb, interval=args.interval,
+                            metrics=metrics, argv=["python", *(sys.argv if argv is None else [__file__, *argv])])
+    except (SweepError, ValueError, RuntimeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return CANNOT_START
+    ok = sum(r["status"] == "ok" for r in outcome.runs)
+    print(f"[sweep] {ok}/{len(outcome.runs)} runs finished, {outcome.failed} failed"
+          + (f", stopped by {outcome.interrupted}" if outcome.interrupted else ""))
+    for name in ("summary.md", "results.csv", "results.jsonl", "sweep.json"):
+        print(f"  {os.path.join(args.out, name)}")
+    if outcome.interrupted:
+        return STOP_CODES.get(outcome.interrupted, 143)
+    return min(outcome.failed, 100)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""Sweeps: a grid of config overrides x seeds, each an ordinary run in its own workdir.
+
+    from rlhf_jax.sweep import Sweep, parse_grid, parse_seeds, run_sweep
+    sweep = Sweep("configs/instructgpt.py:micro", parse_grid(["ppo.kl_coef=0.01,0.1"]), parse_seeds("0-2"),
+                  {}, Path("sweeps/kl"))
+    outcome = run_sweep(sweep, jobs=1, wandb=False)
+
+`spec` parses and expands the flags, `procs` starts one run as a child process, `runner`
+runs them (resuming a killed sweep) and `results` aggregates the summaries over seeds. The
+CLI is `experiments/sweep.py`.
+"""
+from rlhf_jax.sweep.results import aggregate, interval, numeric_metrics, table
+from rlhf_jax.sweep.runner import SweepOutcome, finished, run_sweep
+from rlhf_jax.sweep.spec import (Point, Run, Sweep, SweepError, check, expand, parse_grid, parse_seeds, parse_sets,
+                                 points, resolve_config)
+
+__all__ = ["Point", "Run", "Sweep", "SweepError", "SweepOutcome", "aggregate", "check", "expand", "finished",
+           "interval", "numeric_metrics", "parse_grid", "parse_seeds", "parse_sets", "points", "resolve_config",
+           "run_sweep", "table"]
