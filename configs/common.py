@@ -130,6 +130,7 @@ def base() -> ml_collections.ConfigDict:
         "n_truthfulqa": 0, "n_alpaca": 805, "truthfulqa_formats": "qa_primer,chat:tokenizer", "max_new_tokens": 0,
         "temperature": 1.0, "batch_size": 64, "n_report": 12, "bootstrap": 2000})
     # wandb: "auto" (WANDB_MODE if set, else online with an API key, offline without), online, offline, disabled
-    c.log = ml_collections.ConfigDict({"wandb": "auto", "project": "rlhf_jax"})
+    # group: the W&B group of the run's stages ("" = name-workdir; a sweep sets its name)
+    c.log = ml_collections.ConfigDict({"wandb": "auto", "project": "rlhf_jax", "group": ""})
     c.debug_stop_after = ml_collections.ConfigDict({"sft": 0, "rm": 0, "ppo": 0, "dpo": 0, "rs": 0})  # simulate a kill (tests)
     return c

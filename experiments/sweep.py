@@ -51,6 +51,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no_wandb", action="store_true", help="disable W&B in every run")
     p.add_argument("--project", default="", help="W&B project of every run (config.log.project)")
     p.add_argument("--name", default="", help="the sweep's name in W&B run names and tags (default: OUT's name)")
+    p.add_argument("--share", default="", help="stages run once per seed and copied to every point (e.g. sft,rm); "
+                                                "refused when a --grid key is a field they read")
     p.add_argument("--lock_wait", type=float, default=300.0,
                    help="seconds to wait for a run still held by a killed runner's child (default 300)")
     return p
@@ -67,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         sweep = Sweep(args.config, parse_grid(args.grid), parse_seeds(args.seeds), sets, Path(args.out),
                       args.vary_world_seed, args.name)
         metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] or None
+        share = tuple(s.strip() for s in args.share.split(",") if s.strip())
         outcome = run_sweep(sweep, jobs=args.jobs, wandb=not args.no_wandb, interval=args.interval,
-                            metrics=metrics, argv=["python", *(sys.argv if argv is None else [__file__, *argv])])
+                            metrics=metrics, argv=["python", *(sys.argv if argv is None else [__file__, *argv])],
+                            share=share)
     except (SweepError, ValueError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return CANNOT_START

@@ -56,8 +56,8 @@ class RunContext:
         if not self.use_wandb:
             return Writer(self.workdir / stage, stage, wandb="disabled", keys=keys, resume_step=resume_step)
         return Writer(self.workdir / stage, stage, wandb=c.log.wandb, project=c.log.project,
-                      run_name=f"{c.name}-{self.workdir.name}", config=c.to_dict(), keys=keys,
-                      resume_step=resume_step)
+                      run_name=f"{c.name}-{self.workdir.name}", group=c.log.group or None, config=c.to_dict(),
+                      keys=keys, resume_step=resume_step)
 
 
 def _preset_tokenizer(c):

@@ -81,8 +81,8 @@ def _start_wandb(mode: str, **kwargs):
 
 class Writer(NullWriter):
     def __init__(self, directory: str | Path, stage: str, *, wandb: str = "auto", project: str = "rlhf_jax",
-                 run_name: str | None = None, config: dict | None = None, keys: tuple[str, ...] = (),
-                 stream=sys.stderr, every: int = 1, resume_step: int | None = None):
+                 run_name: str | None = None, group: str | None = None, config: dict | None = None,
+                 keys: tuple[str, ...] = (), stream=sys.stderr, every: int = 1, resume_step: int | None = None):
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.stage, self.keys, self.stream, self.every = stage, keys, stream, every
@@ -93,7 +93,7 @@ class Writer(NullWriter):
         self.run = None
         mode = wandb_mode(wandb)
         if mode != "disabled":
-            self.run = _start_wandb(mode, project=project, name=f"{run_name or 'run'}-{stage}", group=run_name,
+            self.run = _start_wandb(mode, project=project, name=f"{run_name or 'run'}-{stage}", group=group or run_name,
                                     dir=str(self.directory), config=config or {}, reinit="finish_previous")
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:

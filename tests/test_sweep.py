@@ -318,3 +318,16 @@ def test_cli_refuses_bad_flags_before_running(tmp_path):
     bad = run_cli(tmp_path / "s", ["--config", MICRO, "--grid", "ppo.kl_coef=0.1,x", "--no_wandb"], timeout=120)
     assert bad.returncode == 124 and "error: --grid ppo.kl_coef=x:" in bad.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_shared_stages_run_once_per_seed_and_are_refused_when_the_grid_changes_them(tmp_path):
+    args = ["--config", MICRO, "--grid", "rm.lr=0.001,0.002", "--seeds", "0", "--set", "stages=sft,rm",
+            "--set", "sft.epochs=2", "--set", "rm.steps=4", "--no_wandb", "--share", "sft"]
+    done = run_cli(tmp_path / "s", args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "lr=0.002/seed_0: reuses sft" in done.stdout
+    a, b = (json.loads((tmp_path / "s" / f"lr={lr}" / "seed_0" / "sft" / "summary.json").read_text())
+            for lr in ("0.001", "0.002"))
+    assert a == b  # copied, not recomputed (the wall clock would differ)
+    refused = run_cli(tmp_path / "r", [*args[:-1], "sft,rm"])
+    assert refused.returncode != 0 and "stage rm reads --grid rm.lr" in refused.stderr

@@ -115,8 +115,9 @@ class _Execution:
     """The launch-and-poll loop over the pending runs, at most `jobs` at a time."""
 
     def __init__(self, sweep: Sweep, runs: list[Run], records: dict, save: Callable, *, jobs: int, wandb: bool,
-                 lock_wait: float, echo: Callable):
+                 lock_wait: float, echo: Callable, share: tuple[str, ...] = ()):
         self.sweep, self.records, self.save, self.echo = sweep, records, save, echo
+        self.share, self.runs = share, runs
         self.pending = [r for r in runs if records[r.label]["status"] == "pending"]
         self.total, self.done = len(runs), len(runs) - len(self.pending)
         self.jobs, self.wandb, self.lock_wait = jobs, wandb, lock_wait
@@ -141,6 +142,9 @@ class _Execution:
         return None
 
     def _start(self, run: Run) -> None:
+        copied = share_stages(run, self.runs, self.share)
+        if copied:
+            self.echo(f"[sweep] {run.label}: reuses {', '.join(copied)}")
         slot = self.free.pop(0)
         cpus = self.slots[slot] if self.slots else None
         cmd = procs.command(self.sweep.config, run.workdir, run.overrides, self.wandb)
@@ -186,6 +190,42 @@ class _Execution:
             return stop.signal
 
 
+def check_share(sweep: Sweep, share: tuple[str, ...]) -> None:
+    """Sharing a stage across grid points is safe only when no grid key is a field it reads."""
+    from rlhf_jax.stages import STAGES
+    from rlhf_jax.workdir import readers
+    for name in share:
+        STAGES[name]  # an unknown stage fails here, listing the valid ones
+    reads = {name: STAGES[name].reads for name in STAGES}
+    ignores = {name: STAGES[name].ignores for name in STAGES}
+    for key in sweep.grid:
+        clash = sorted(readers(key, reads, ignores) & set(share))
+        if clash:
+            raise ValueError(f"--share {','.join(share)}: stage {', '.join(clash)} reads --grid {key}, so its "
+                             f"results differ between points; share only stages the grid does not change")
+
+
+def share_stages(run: Run, runs: list[Run], share: tuple[str, ...]) -> list[str]:
+    """Copy each shared stage a sibling run of the same seed has finished into `run`'s fresh
+    workdir (its summary and final parameters; never into a workdir that has started)."""
+    import shutil
+    if not share or (run.workdir / "config.json").exists():
+        return []
+    copied = []
+    for stage in share:
+        source = next((r.workdir / stage for r in runs if r.seed == run.seed and r is not run
+                       and (r.workdir / stage / "summary.json").exists()), None)
+        if source is not None and not (run.workdir / stage).exists():
+            (run.workdir / stage).mkdir(parents=True)
+            for name in ("final", "summary.json", "metrics.jsonl"):
+                if (source / name).is_dir():
+                    shutil.copytree(source / name, run.workdir / stage / name)
+                elif (source / name).exists():
+                    shutil.copy2(source / name, run.workdir / stage / name)
+            copied.append(stage)
+    return copied
+
+
 def _summaries(sweep: Sweep, runs: list[Run], records: dict) -> dict[tuple[str, int], dict]:
     """{(point, seed): summary} of the runs that finished."""
     out = {}
@@ -214,15 +254,18 @@ def write_outputs(sweep: Sweep, runs: list[Run], records: dict, *, interval: str
 
 def run_sweep(sweep: Sweep, *, jobs: int = 1, wandb: bool = True, interval: str = "t",
               metrics: list[str] | None = None, argv: list[str] | None = None, lock_wait: float = 300.0,
-              echo: Callable[[str], None] = print) -> SweepOutcome:
+              echo: Callable[[str], None] = print, share: tuple[str, ...] = ()) -> SweepOutcome:
     """Check the flags, run the runs that are not finished (`jobs` at a time), write sweep.json,
     results.jsonl, results.csv and summary.md under sweep.out. Raises SweepError (bad flags)
-    or RuntimeError (another runner holds the directory) before any run starts."""
+    or RuntimeError (another runner holds the directory) before any run starts. `share`: stages
+    (e.g. sft, rm) that run once per seed and are copied to the other points of that seed,
+    when no grid key is a field they read."""
     if interval not in results.METHODS:
         raise ValueError(f"--interval {interval!r}: choose one of {results.METHODS}")
     if jobs < 1:
         raise ValueError(f"--jobs {jobs}: must be >= 1")
     check(sweep)
+    check_share(sweep, tuple(share))
     runs = expand(sweep)
     command = " ".join(argv or sys.argv)
     with procs.SweepLock(sweep.out):
@@ -243,7 +286,7 @@ def run_sweep(sweep: Sweep, *, jobs: int = 1, wandb: bool = True, interval: str 
         reused = sum(r["reused"] for r in records.values())
         echo(f"[sweep] {len(runs)} runs in {sweep.out} ({reused} finished before, {len(runs) - reused} to run)")
         stop = _Execution(sweep, runs, records, save, jobs=jobs, wandb=wandb, lock_wait=lock_wait,
-                          echo=echo).loop()
+                          echo=echo, share=tuple(share)).loop()
         rows = write_outputs(sweep, runs, records, interval=interval, metrics=metrics, command=command)
         meta.update(finished=_now(), interrupted=stop)
         save()

@@ -215,7 +215,8 @@ def expand(sweep: Sweep) -> list[Run]:
     for point in points(sweep.grid):
         for seed in sweep.seeds:
             # the name labels W&B runs with the sweep and the point (a --set name= wins)
-            overrides = {"name": f"{sweep.label}/{point.name}", **sweep.sets, **point.params, SEED_KEY: str(seed)}
+            overrides = {"name": f"{sweep.label}/{point.name}", "log.group": sweep.label, **sweep.sets,
+                         **point.params, SEED_KEY: str(seed)}
             if sweep.vary_world_seed:
                 overrides[WORLD_SEED_KEY] = str(seed)
             runs.append(Run(point, seed, sweep.out / point.name / f"seed_{seed}", overrides))
