@@ -121,8 +121,8 @@ class _Execution:
         self.pending = [r for r in runs if records[r.label]["status"] == "pending"]
         self.total, self.done = len(runs), len(runs) - len(self.pending)
         self.jobs, self.wandb, self.lock_wait = jobs, wandb, lock_wait
-        self.slots = procs.cpu_slots(jobs)
-        self.free = list(range(jobs))
+        self.slots = procs.cpu_slots(max(jobs, 1))
+        self.free = list(range(max(jobs, 1)))
         self.active: dict[str, tuple] = {}  # label -> (proc, run, slot, t0)
         self.waiting_since: dict[str, float] = {}
 
@@ -171,8 +171,34 @@ class _Execution:
         detail = f"{rec['seconds']:.0f}s" if status == "ok" else f"{procs.describe_exit(code)}: {error}"
         self.echo(f"[{self.done}/{self.total}] {label}: {status} ({detail})")
 
+    def loop_in_process(self) -> None:
+        """`jobs=0`: every pending run in this process, one after another (small sweeps, tests:
+        no process start-up, and the compiled steps are reused across runs of one shape)."""
+        from rlhf_jax.stages import run as run_stages
+        for run in list(self.pending):
+            copied = share_stages(run, self.runs, self.share)
+            if copied:
+                self.echo(f"[sweep] {run.label}: reuses {', '.join(copied)}")
+            self.pending.remove(run)
+            self.records[run.label].update(status="running", started=_now())
+            t0 = time.monotonic()
+            try:
+                summary = run_stages(resolve_config(self.sweep.config, run.overrides), run.workdir, use_wandb=False)
+                _write_json(run.workdir / "summary.json", summary)
+                status, error = "ok", ""
+            except Exception as e:  # noqa: BLE001  (a failed run is recorded; the others go on)
+                status, error = "failed", f"{type(e).__name__}: {str(e)[:300]}"
+            self.done += 1
+            self.records[run.label].update(status=status, exit_code=0 if status == "ok" else 1, error=error,
+                                           seconds=round(time.monotonic() - t0, 1))
+            self.save()
+            self.echo(f"[{self.done}/{self.total}] {run.label}: {status} {error}".rstrip())
+
     def loop(self) -> str | None:
         """Run until every pending run has ended; returns the stopping signal's name, if any."""
+        if self.jobs == 0:
+            self.loop_in_process()
+            return None
         with _Stop(self.active) as stop:
             while self.active or (self.pending and not stop.signal):
                 while self.free and self.pending and not stop.signal:
@@ -262,8 +288,8 @@ def run_sweep(sweep: Sweep, *, jobs: int = 1, wandb: bool = True, interval: str 
     when no grid key is a field they read."""
     if interval not in results.METHODS:
         raise ValueError(f"--interval {interval!r}: choose one of {results.METHODS}")
-    if jobs < 1:
-        raise ValueError(f"--jobs {jobs}: must be >= 1")
+    if jobs < 0:
+        raise ValueError(f"--jobs {jobs}: must be >= 0 (0: every run in this process)")
     check(sweep)
     check_share(sweep, tuple(share))
     runs = expand(sweep)
