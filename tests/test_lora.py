@@ -79,3 +79,36 @@ def test_sft_step_trains_only_adapters(setup):
     merged = lora_lib.merge(base, state.params, cfg)
     assert np.asarray(merged["embed"] == base["embed"]).all()
     assert not np.allclose(merged["blocks"]["wq"], base["blocks"]["wq"])
+
+
+def test_split_and_view_start_as_the_full_model_with_trainable_extras(setup):
+    model, batch = setup
+    scalar = init_model(PRESETS["test"], head="scalar", seed=3)
+    cfg = LoRAConfig(rank=4, alpha=8.0, targets=("wq", "w_up"))
+    trainable = lora_lib.split(scalar.params, cfg, jax.random.key(0), extras=("head",))
+    assert set(trainable) == {"adapters", "head"}
+    full = lora_lib.view(scalar.params, trainable, cfg)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), full, scalar.params)
+    # the loss of the trainable part: gradients reach the adapters' B and the head, never the base
+    loss = lora_lib.wrap_loss(lambda p, b, r, c: (jnp.sum(lm_forward(scalar.graphdef, p, b)), {}), cfg)
+    grads = jax.grad(lambda t: loss(t, batch, None, (scalar.params, None))[0])(trainable)
+    assert float(jnp.abs(grads["head"]["kernel"]).sum()) > 0
+    assert float(jnp.abs(grads["adapters"]["wq"]["b"]).sum()) > 0
+
+
+def test_int8_base_is_a_quarter_of_float32_and_close_in_logits(setup):
+    model, batch = setup
+    q = lora_lib.quantize(model.params)
+    stored = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree["blocks"]))
+    targets = {k: model.params["blocks"][k] for k in lora_lib.IN_DIMS}
+    q_targets = {k: q["blocks"][k]["int8"] for k in lora_lib.IN_DIMS}
+    assert stored({"blocks": q_targets}) * 4 == stored({"blocks": targets})
+    full = lm_forward(model.graphdef, model.params, batch)
+    approx = lm_forward(model.graphdef, lora_lib.dequantize(q), batch)
+    err = float(jnp.abs(full - approx).max())
+    # int8 absmax per output column: the error is a small fraction of the logits' spread
+    assert 0 < err < 0.01 * float(jnp.std(full)) + 1e-3, err
+    cfg = LoRAConfig(rank=4, alpha=8.0)
+    trainable = lora_lib.split(model.params, cfg, jax.random.key(0))
+    np.testing.assert_allclose(lm_forward(model.graphdef, lora_lib.view(q, trainable, cfg), batch), approx,
+                               rtol=1e-6, atol=1e-6)

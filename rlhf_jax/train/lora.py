@@ -71,3 +71,61 @@ def merge(base_params, adapters, cfg: LoRAConfig):
 
 def count(tree) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+# --- LoRA for any stage: the trainable part, the frozen base, and the view between them ---------
+
+def split(full_params, cfg: LoRAConfig, rng, extras: tuple[str, ...] = ()) -> dict:
+    """The trainable part of a LoRA model: fresh adapters, plus copies of the `extras` subtrees
+    that train in full (a reward model's or value model's new head). The frozen base is the
+    full tree itself (its `extras` are ignored by `view`)."""
+    return {"adapters": init(full_params, cfg, rng), **{k: jax.tree.map(jnp.copy, full_params[k]) for k in extras}}
+
+
+def view(base, trainable: dict, cfg: LoRAConfig):
+    """The parameters the model runs with: the (dequantised) base plus the scaled adapters,
+    with the trainable extras in place of the base's."""
+    base = dequantize(base)
+    merged = merge(base, trainable["adapters"], cfg)
+    return {**merged, **{k: v for k, v in trainable.items() if k != "adapters"}}
+
+
+def wrap_loss(loss_fn, cfg: LoRAConfig):
+    """loss_fn(full_params, batch, rng, constants) as a loss of the trainable part:
+    loss(trainable, batch, rng, (base, constants)) — the base travels as a frozen constant."""
+    def lora_loss(trainable, batch, rng, constants):
+        base, inner = constants
+        return loss_fn(view(base, trainable, cfg), batch, rng, inner)
+    return lora_loss
+
+
+def from_block(block) -> LoRAConfig | None:
+    """The LoRA settings of a stage's config block (None when lora_rank is 0)."""
+    if not block.get("lora_rank", 0):
+        return None
+    return LoRAConfig(block.lora_rank, block.lora_alpha, tuple(t for t in block.lora_targets.split(",") if t))
+
+
+# --- an int8 base (QLoRA's idea): the frozen matrices stored in 8 bits, dequantised in the step ---
+
+def quantize(base_params, targets: tuple[str, ...] = tuple(IN_DIMS)) -> dict:
+    """The base with each target block matrix as int8 and a float32 scale per output column
+    (absmax over its fan-in): 4x smaller than float32. Other parameters stay as they are."""
+    blocks = dict(base_params["blocks"])
+    for name in targets:
+        w = blocks[name].astype(jnp.float32)
+        k = IN_DIMS[name]
+        axes = tuple(range(1, 1 + k))  # reduce over the fan-in dims, per layer and output column
+        scale = jnp.maximum(jnp.abs(w).max(axis=axes, keepdims=True), 1e-12) / 127.0
+        blocks[name] = {"int8": jnp.round(w / scale).astype(jnp.int8), "scale": scale}
+    return {**base_params, "blocks": blocks}
+
+
+def dequantize(params):
+    """Float32 weights from `quantize`'s int8 ones (a no-op on an ordinary tree)."""
+    blocks = params.get("blocks", {})
+    if not any(isinstance(v, dict) and "int8" in v for v in blocks.values()):
+        return params
+    out = {k: (v["int8"].astype(jnp.float32) * v["scale"] if isinstance(v, dict) and "int8" in v else v)
+           for k, v in blocks.items()}
+    return {**params, "blocks": out}
