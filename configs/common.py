@@ -27,6 +27,15 @@ def base() -> ml_collections.ConfigDict:
                                                    "head_dim": 16, "d_ff": 128, "max_seq_len": 64})
     c.model.param_dtype = "float32"
     c.model.dtype = "float32"
+    # memory (ModelConfig fields; the defaults are the plain computation): remat = what each block
+    # keeps for the backward pass (none | full | save_matmuls | save_dots); attention_impl =
+    # xla_manual | dot_product (jax.nn.dot_product_attention) | cudnn (its fused GPU kernel, bf16/fp16);
+    # logits_chunk > 0: log-probs, entropy and LM losses from the hidden states that many positions
+    # at a time (no B x T x V logits), vocab_chunk > 0: also that many vocabulary rows at a time
+    c.model.remat = "none"
+    c.model.attention_impl = "xla_manual"
+    c.model.logits_chunk = 0
+    c.model.vocab_chunk = 0
 
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
 
@@ -59,11 +68,14 @@ def base() -> ml_collections.ConfigDict:
     c.sft = ml_collections.ConfigDict({
         "steps": 0, "epochs": 1, "batch_size": 64, **optimizer(3e-3, warmup_steps=20), "dropout": 0.0,
         "freeze_layers": 0, "lora_rank": 0, "lora_alpha": 16.0, "lora_targets": "wq,wk,wv,wo,w_gate,w_up,w_down",
-        "pack": False, "eval_every": 0, "save_every": 100})
+        "pack": False, "eval_every": 0, "save_every": 100,
+        # gradient accumulation: each batch in grad_accum slices, one slice's activations at a
+        # time, the same update as the whole batch (batch_size must be divisible by it)
+        "grad_accum": 1})
     c.rm = ml_collections.ConfigDict({
         "steps": 0, "epochs": 3, "batch_size": 32, **optimizer(1e-3, warmup_steps=10), "margin": 0.0,
         "center_coef": 0.0,  # c * (r_w + r_l)^2 (N+ notes); the papers use none, the tiny world sets 0.01
-        "normalize": True, "save_every": 100,
+        "normalize": True, "save_every": 100, "grad_accum": 1,
         # ensembles (Coste et al.): k members differing in seed, trained in one vmapped step; the
         # uncertainty penalty of uwo / mean_std per use: lambda and variance divisor (ddof 0: k, 1: k - 1)
         "members": 1, "aggregate": "mean",
@@ -87,7 +99,9 @@ def base() -> ml_collections.ConfigDict:
         "missing_eos_penalty": ml_collections.FieldReference(-10.0, field_type=float),
         "advantage_estimator": "gae", "gamma": 1.0, "lam": 0.95, "whiten_advantages": True, "clip_eps": 0.2,
         "vf_clip": 0.2, "vf_coef": 0.1, "ent_coef": 0.0, "ptx_coef": 0.0, "ptx_batch_size": 0, "ema_decay": 0.0,
-        "save_every": 20})
+        "save_every": 20,
+        # each minibatch's gradient accumulated over grad_accum slices (the same update)
+        "grad_accum": 1})
 
     # fine-grained rewards (Wu et al. 2023): per-segment classifiers (stage "fgrm") whose rewards
     # PPO receives on each segment's last token, plus the holistic RM at the EOS (weight
@@ -98,7 +112,7 @@ def base() -> ml_collections.ConfigDict:
     c.fg = ml_collections.ConfigDict({
         "components": "", "holistic_weight": 1.0, "reward": "hard", "min_words": 5, "data": "", "init": "sft",
         "n_train": 4000, "n_val": 256, "steps": 0, "epochs": 2, "batch_size": 32,
-        **optimizer(1e-3, warmup_steps=10), "save_every": 100})
+        **optimizer(1e-3, warmup_steps=10), "save_every": 100, "grad_accum": 1})
 
     # preference losses (stage "dpo", after SFT, on the RM's rankings): loss = a registered
     # preference loss (dpo, cdpo, robust, ipo, simpo, orpo); DPO paper: RMSprop, lr 1e-6, 150 warmup, clip 10;
@@ -107,7 +121,7 @@ def base() -> ml_collections.ConfigDict:
         "steps": 0, "epochs": 1, "batch_size": 32,
         **optimizer(1e-4, warmup_steps=10, schedule="constant", max_grad_norm=10.0), "beta": 0.1, "loss": "dpo",
         "label_smoothing": 0.0, "logprob_reduction": "sum", "simpo_gamma": 0.5, "orpo_lambda": 0.1,
-        "cache_reference": True, "save_every": 100})
+        "cache_reference": True, "save_every": 100, "grad_accum": 1})
 
     # best-of-n evaluation of the SFT policy under the RM (stage "bon") and rejection-sampling
     # fine-tuning on the best of n_samples (stage "rs": the SFT fields, started from the SFT policy)

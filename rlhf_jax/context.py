@@ -78,7 +78,9 @@ def _preset_tokenizer(c):
 
 def base_model(c, mesh) -> tuple[Model, Any]:
     """(the model every stage starts from, its tokenizer): a checkpoint, or a preset at init."""
-    dtypes = dict(param_dtype=c.model.param_dtype, dtype=c.model.dtype)
+    dtypes = dict(param_dtype=c.model.param_dtype, dtype=c.model.dtype, remat=c.model.remat,
+                  attention_impl=c.model.attention_impl, logits_chunk=c.model.logits_chunk,
+                  vocab_chunk=c.model.vocab_chunk)  # and the memory settings (configs/common.py)
     if c.model.path:
         model, tok = load_pretrained(Path(c.model.path).expanduser(), mesh=mesh, **dtypes, **dict(c.model.overrides))
         if tok.pad_token_id is None:

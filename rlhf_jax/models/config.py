@@ -11,6 +11,14 @@ from typing import Any, Mapping
 from rlhf_jax.errors import UserError
 
 FAMILIES = ("gpt2", "llama", "mistral", "qwen2", "gpt_neox")
+# what each block keeps for the backward pass (`transformer.REMAT_POLICIES` maps them to JAX's):
+# none = everything (no remat), full = only the block's input, save_matmuls = the weight matmuls'
+# outputs (not the attention scores), save_dots = every matmul output, attention's included
+REMAT_POLICIES = ("none", "full", "save_matmuls", "save_dots")
+# xla_manual: `layers.attention` (einsum, mask, softmax: today's numbers); dot_product:
+# jax.nn.dot_product_attention with JAX's choice of kernel (XLA); cudnn: the same with cuDNN's
+# fused kernel (GPU, float16 / bfloat16 only)
+ATTENTION_IMPLS = ("xla_manual", "dot_product", "cudnn")
 
 
 class UnsupportedModelError(UserError, ValueError):
@@ -51,14 +59,36 @@ class ModelConfig:
     attn_dropout_rate: float = 0.0
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype; log-softmax and losses always run in float32
-    remat: bool = False  # rematerialise each block in the backward pass
+    # rematerialisation of each block in the backward pass: a name of REMAT_POLICIES
+    # (True / False are read as "full" / "none", the field's former bool form)
+    remat: str = "none"
+    attention_impl: str = "xla_manual"  # one of ATTENTION_IMPLS
+    # log-probs, entropy and the LM loss from the final hidden states in chunks of `logits_chunk`
+    # sequence positions (the LM head recomputed per chunk in the backward pass), so the
+    # B x T x V logits never exist; 0 = the full logits. `vocab_chunk` > 0 also splits the
+    # vocabulary (an online log-sum-exp), so at most B x logits_chunk x vocab_chunk exist at once.
+    logits_chunk: int = 0
+    vocab_chunk: int = 0
     latent_dim: int = 128  # width of the InfoRM head's information bottleneck (head "inform")
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     pad_token_id: int | None = None
 
     def __post_init__(self):
+        if isinstance(self.remat, bool):  # the former bool field
+            object.__setattr__(self, "remat", "full" if self.remat else "none")
         problems = []
+        if self.remat not in REMAT_POLICIES:
+            problems.append(f"remat={self.remat!r} is not one of {REMAT_POLICIES}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            problems.append(f"attention_impl={self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
+        if self.attention_impl != "xla_manual" and self.attn_dropout_rate > 0:
+            problems.append(f"attn_dropout_rate={self.attn_dropout_rate} needs attention_impl='xla_manual' "
+                            "(jax.nn.dot_product_attention has no dropout)")
+        if self.logits_chunk < 0 or self.vocab_chunk < 0:
+            problems.append(f"logits_chunk={self.logits_chunk} and vocab_chunk={self.vocab_chunk} must be >= 0")
+        if self.vocab_chunk and not self.logits_chunk:
+            problems.append("vocab_chunk > 0 needs logits_chunk > 0")
         if self.family not in FAMILIES:
             problems.append(f"family={self.family!r} is not one of {FAMILIES}")
         if self.n_heads % self.n_kv_heads:

@@ -7,6 +7,9 @@
 - `sequence_logprobs`: summed (or counted) log-probs of the tokens a mask marks;
   `span_logprobs`: the same for one contiguous span per row, with the LM head run only there;
 - `last_logits`: next-token logits after left-padded prompts;
+- `hidden_logprobs`: log-probs (and entropy) of targets from final hidden states and the LM head,
+  chunk by chunk when the model's `logits_chunk` > 0 (then `response_logprobs`,
+  `shifted_logprobs`, `sequence_logprobs` and `span_logprobs` never build the B x T x V logits);
 - `score_at_last`: a scalar head read at each sequence's last real token (reward models);
 - `pooled_features`: final hidden states at the last real token or averaged over the mask;
 - `latent_posterior` / `latents`: the InfoRM head's posterior at the last real token.
@@ -22,7 +25,8 @@ import numpy as np
 from rlhf_jax import signals
 from rlhf_jax.models.heads import last_token_index, last_token_values
 from rlhf_jax.models.model import apply
-from rlhf_jax.objectives.lm import token_logprobs
+from rlhf_jax.models.config import ModelConfig
+from rlhf_jax.objectives.lm import chunked_token_logprobs, token_entropy, token_logprobs
 
 
 def positions_from_mask(mask_BxT):
@@ -65,10 +69,21 @@ def response_logits(graphdef, params, seq, n_prompt: int, n_resp: int):
     return response_columns(forward(graphdef, params, tokens, mask, positions_BxT=positions), n_prompt, n_resp)
 
 
-def response_logprobs(graphdef, params, seq, n_prompt: int, n_resp: int, temperature: float = 1.0):
-    """logp_BxN of the response tokens under softmax(logits / temperature)."""
+def response_logprobs(graphdef, params, seq, n_prompt: int, n_resp: int, temperature: float = 1.0,
+                      with_entropy: bool = False):
+    """logp_BxN of the response tokens under softmax(logits / temperature); with `with_entropy`,
+    (logp_BxN, entropy_BxN). Chunked (no B x T x V logits) when the model's logits_chunk > 0."""
     response = seq[0][:, n_prompt:n_prompt + n_resp]
-    return token_logprobs(response_logits(graphdef, params, seq, n_prompt, n_resp), response, temperature)
+    module = nnx.merge(graphdef, params)
+    if not module.cfg.logits_chunk:
+        logits = response_logits(graphdef, params, seq, n_prompt, n_resp)
+        logp = token_logprobs(logits, response, temperature)
+        return (logp, token_entropy(logits / temperature)) if with_entropy else logp
+    tokens, mask, positions = seq
+    hidden_BxTxD = forward(graphdef, params, tokens, mask, positions_BxT=positions, features=True)
+    logp, entropy = hidden_logprobs(module, response_columns(hidden_BxTxD, n_prompt, n_resp), response,
+                                    temperature, with_entropy)
+    return (logp, entropy) if with_entropy else logp
 
 
 def response_values(graphdef, params, seq, n_prompt: int, n_resp: int):
@@ -78,7 +93,12 @@ def response_values(graphdef, params, seq, n_prompt: int, n_resp: int):
 
 
 def shifted_logprobs(graphdef, params, tokens_BxT, mask_BxT, **kwargs):
-    """logp_Bx(T-1): log-prob of tokens[:, 1:] given the prefix (kwargs go to `forward`)."""
+    """logp_Bx(T-1): log-prob of tokens[:, 1:] given the prefix (kwargs go to `forward`);
+    chunked (no B x T x V logits) when the model's logits_chunk > 0."""
+    module = nnx.merge(graphdef, params)
+    if module.cfg.logits_chunk:
+        hidden_BxTxD = forward(graphdef, params, tokens_BxT, mask_BxT, features=True, **kwargs)
+        return hidden_logprobs(module, hidden_BxTxD[:, :-1], tokens_BxT[:, 1:])[0]
     logits = forward(graphdef, params, tokens_BxT, mask_BxT, **kwargs)
     return token_logprobs(logits[:, :-1], tokens_BxT[:, 1:])
 
@@ -102,9 +122,46 @@ def span_logprobs(graphdef, params, tokens_BxT, mask_BxT, start_B, count_B, span
     j_L = jnp.arange(span)
     target_pos_BxL = jnp.clip(start_B[:, None] + j_L[None, :], 0, T - 1)
     hidden_BxLxD = jnp.take_along_axis(hidden_BxTxD, (target_pos_BxL - 1).clip(0)[..., None], axis=1)
-    logits_BxLxV = module.head(hidden_BxLxD, module)
-    logprobs_BxL = token_logprobs(logits_BxLxV, jnp.take_along_axis(tokens_BxT, target_pos_BxL, axis=1))
+    targets_BxL = jnp.take_along_axis(tokens_BxT, target_pos_BxL, axis=1)
+    if module.cfg.logits_chunk:
+        logprobs_BxL = hidden_logprobs(module, hidden_BxLxD, targets_BxL)[0]
+    else:
+        logits_BxLxV = module.head(hidden_BxLxD, module)
+        logprobs_BxL = token_logprobs(logits_BxLxV, targets_BxL)
     return jnp.where(j_L[None, :] < count_B[:, None], logprobs_BxL, 0.0).sum(axis=1)
+
+
+def model_config(graphdef, params) -> ModelConfig:
+    """The ModelConfig a graph definition was built with."""
+    return nnx.merge(graphdef, params).cfg
+
+
+def lm_unembedding(module):
+    """(unembed, spec) of a model's LM head: the tied embedding V x D ("vd") or its kernel D x V ("dv")."""
+    if module.head_kind != "lm":
+        raise ValueError(f"log-probs need an LM head, not {module.head_kind!r}")
+    if module.head.tied:
+        return module.embed[...], "vd"
+    return module.head.kernel[...], "dv"
+
+
+def hidden_logprobs(module, hidden_BxTxD, targets_BxT, temperature: float = 1.0, with_entropy: bool = False):
+    """(logp_BxT, entropy_BxT or None) of targets from final hidden states (position t predicts
+    targets_BxT[:, t]) under softmax(LM head / temperature).
+
+    With the model's `logits_chunk` > 0 the LM head runs `logits_chunk` positions at a time
+    (and `vocab_chunk` vocabulary rows at a time if > 0), forward and backward, so B x T x V
+    logits never exist; otherwise the full logits, as `token_logprobs` computes them.
+    """
+    cfg = module.cfg
+    if cfg.logits_chunk:
+        unembed, spec = lm_unembedding(module)
+        return chunked_token_logprobs(hidden_BxTxD, unembed, targets_BxT, cfg.logits_chunk, spec=spec,
+                                      vocab_chunk=cfg.vocab_chunk, temperature=temperature,
+                                      with_entropy=with_entropy)
+    logits_BxTxV = module.head(hidden_BxTxD, module)
+    entropy = token_entropy(logits_BxTxV / temperature) if with_entropy else None
+    return token_logprobs(logits_BxTxV, targets_BxT, temperature), entropy
 
 
 def last_logits(graphdef, params, tokens_BxT, mask_BxT):

@@ -108,3 +108,20 @@ def dropout(x, rng, rate: float):
         return x
     keep = jax.random.bernoulli(rng, 1 - rate, x.shape)
     return jnp.where(keep, x / (1 - rate), 0).astype(x.dtype)
+
+
+def fused_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxTxS, *, aligned: bool, window: int | None = None,
+                    implementation: str | None = None):
+    """`attention` through `jax.nn.dot_product_attention` (no dropout): out_BxTxHxK.
+
+    The whole mask (causal, padding, packed segments, sliding window) is passed as a boolean
+    B x 1 x T x S mask, so every case `attention_mask` builds is exact. When query and key slots
+    are the same 0..T-1 (`aligned`: no KV cache) the causal structure and the window are also
+    declared (`is_causal`, `local_window_size`): redundant with the mask under XLA, they let
+    cuDNN skip the masked blocks. implementation: None (JAX's choice, XLA today), "xla" or "cudnn".
+    """
+    K = q_BxTxHxK.shape[-1]
+    local = (window - 1, 0) if aligned and window is not None else None
+    return jax.nn.dot_product_attention(q_BxTxHxK, k_BxSxGxK, v_BxSxGxK, mask=mask_BxTxS[:, None],
+                                        scale=1.0 / math.sqrt(K), is_causal=aligned, local_window_size=local,
+                                        implementation=implementation)

@@ -19,6 +19,12 @@ from rlhf_jax.models import layers as L
 from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.models.heads import make_head
 
+# ModelConfig.remat -> the jax.checkpoint policy of each block ("none": no jax.checkpoint at all)
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_matmuls": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_dots": jax.checkpoint_policies.dots_saveable,
+}
 
 class KVCache(NamedTuple):
     """Decoding cache. S is the cache length (prompt + new tokens)."""
@@ -104,7 +110,12 @@ def _block(cfg: ModelConfig, w, x_BxTxD, positions_BxT, mask_BxTxS, cache_kv, ca
         new_kv = (k, v)
     else:
         new_kv = None
-    att = L.attention(q, k.astype(dt), v.astype(dt), mask_BxTxS, rngs[0], cfg.attn_dropout_rate)
+    if cfg.attention_impl == "xla_manual":
+        att = L.attention(q, k.astype(dt), v.astype(dt), mask_BxTxS, rngs[0], cfg.attn_dropout_rate)
+    else:
+        att = L.fused_attention(q, k.astype(dt), v.astype(dt), mask_BxTxS, aligned=cache_kv is None,
+                                window=cfg.sliding_window,
+                                implementation="cudnn" if cfg.attention_impl == "cudnn" else None)
     att = jnp.einsum("bthk,hkd->btd", att, w["wo"])
     if cfg.out_bias:
         att = att + w["bo"]
@@ -180,8 +191,8 @@ class Transformer(nnx.Module):
             x, new_kv = _block(cfg, w, x, positions_BxT, mask, kv, start, rng)
             return x, new_kv
 
-        if cfg.remat:
-            body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+        if cfg.remat != "none":
+            body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat])
         layer_rngs = jax.random.split(rng_layers, cfg.n_layers) if rng_layers is not None else None
         kv = (cache.k_LxBxSxGxK, cache.v_LxBxSxGxK) if cache is not None else None
         x, new_kv = jax.lax.scan(body, x, (self.blocks.weights(), kv, layer_rngs))

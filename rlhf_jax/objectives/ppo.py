@@ -7,6 +7,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from rlhf_jax.objectives.lm import token_entropy
 from rlhf_jax.registry import Registry
 
 # per-token estimators of KL(pi || pi_ref) from l = log pi(a) - log pi_ref(a) on the sampled token
@@ -121,8 +122,13 @@ def value_loss(values_BxN, old_values_BxN, returns_BxN, mask_BxN, clip_eps: floa
 
 
 def entropy(logits_BxNxV, mask_BxN):
-    logp = jax.nn.log_softmax(logits_BxNxV.astype(jnp.float32), -1)
-    return masked_mean(-(jnp.exp(logp) * logp).sum(-1), mask_BxN)
+    """Mean policy entropy over the masked tokens (`masked_entropy` of `token_entropy`)."""
+    return masked_entropy(token_entropy(logits_BxNxV), mask_BxN)
+
+
+def masked_entropy(entropy_BxN, mask_BxN):
+    """Mean of per-token entropies over the masked tokens (e.g. from `chunked_token_logprobs`)."""
+    return masked_mean(entropy_BxN, mask_BxN)
 
 
 def adaptive_kl_update(kl_coef, observed_kl, target: float, horizon: float, n_steps: int):

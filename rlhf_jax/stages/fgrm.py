@@ -86,7 +86,7 @@ def run(ctx) -> dict[str, Any]:
     it = ctx.iterator(train_arrays, f.batch_size, SALT)
     total = f.steps or f.epochs * it.steps_per_epoch
     tx, sched = optim.from_config(f, total)
-    step = rm_lib.ensemble_step(fg_lib.make_segment_step(graphdef, tx, sched))
+    step = rm_lib.ensemble_step(fg_lib.make_segment_step(graphdef, tx, sched, f.grad_accum))
     result = train(ctx, "fgrm", Training(step, train_state(rm_lib.stack(members), tx, members=len(components)),
                                          {"train": it}, total, progress_keys=("loss", "accuracy")), SALT)
     held = fg_lib.held_out(graphdef, result.state.params, val, min(f.batch_size, len(val["tokens"])),

@@ -79,7 +79,8 @@ def run(ctx) -> dict[str, Any]:
     tx, sched = optim.from_config(c, total)
     ib = ctx.config.inform
     single = rm_lib.make_rm_step(graphdef, tx, sched, c.margin, c.center_coef,
-                                 ib_beta=ib.beta if c.head == "inform" else None, kl_form=ib.kl_form)
+                                 ib_beta=ib.beta if c.head == "inform" else None, kl_form=ib.kl_form,
+                                 microbatches=c.grad_accum)
     if k == 1:
         training = Training(single, train_state(members[0], tx), data, total, progress_keys=("loss", "accuracy"))
     else:  # members on axis 0 of the state and axis 1 of the batch (axis 0 stays the data axis)

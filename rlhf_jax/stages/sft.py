@@ -55,7 +55,8 @@ def fine_tune(ctx, stage: str, train_arrays=None, init=None) -> tuple[dict[str, 
     merged = jax.jit(view)
     val_bs = min(c.batch_size, len(val["tokens"]))
     result = train(ctx, stage, Training(
-        step=sft_lib.make_sft_step(graphdef, tx, sched, c.dropout > 0, lora), state=train_state(params, tx),
+        step=sft_lib.make_sft_step(graphdef, tx, sched, c.dropout > 0, lora, microbatches=c.grad_accum),
+        state=train_state(params, tx),
         data={"train": it}, total_steps=total, constants=base, progress_keys=("loss", "lr"),
         evaluate=lambda s, _: sft_lib.validation_loss(evaluate, merged(s.params), val, val_bs),
         eval_every=c.eval_every), SALT)

@@ -16,6 +16,7 @@ from rlhf_jax.data.batches import evaluate_all
 from rlhf_jax.models.forward import sequence_logprobs
 from rlhf_jax.objectives.preference import PREFERENCE_LOSSES, SequenceLogprobs, preference_loss
 from rlhf_jax.objectives.reward import pair_matrix
+from rlhf_jax.train.rm import ranked_prompts
 from rlhf_jax.train.step import make_train_step
 
 
@@ -50,8 +51,9 @@ def dpo_loss(graphdef, hp):
 
 
 def make_dpo_step(graphdef, tx, schedule, hp):
-    """(state, batch, rng[, ref_params]) -> (state, metrics)."""
-    return make_train_step(dpo_loss(graphdef, hp), tx, schedule)
+    """(state, batch, rng[, ref_params]) -> (state, metrics); `hp.grad_accum` > 1 accumulates the
+    gradient over that many slices of the batch, each weighted by its ranked prompts."""
+    return make_train_step(dpo_loss(graphdef, hp), tx, schedule, hp.grad_accum, ranked_prompts)
 
 
 def reference_logprobs(graphdef, ref_params, arrays, batch_size: int) -> np.ndarray:

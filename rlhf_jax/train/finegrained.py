@@ -56,8 +56,15 @@ def segment_loss(graphdef):
     return loss_fn
 
 
-def make_segment_step(graphdef, tx, schedule):
-    return make_train_step(segment_loss(graphdef), tx, schedule)
+def segment_count(batch):
+    """The number of segment ends the segment loss averages over: a microbatch's weight."""
+    return batch["ends"].sum()
+
+
+def make_segment_step(graphdef, tx, schedule, microbatches: int = 1):
+    """One category model's step; `microbatches` > 1 accumulates the gradient over slices of the
+    batch, each weighted by its segments (the whole batch's update)."""
+    return make_train_step(segment_loss(graphdef), tx, schedule, microbatches, segment_count)
 
 
 def held_out(graphdef, stacked, arrays, batch_size: int, names) -> dict:

@@ -14,10 +14,10 @@ import jax.numpy as jnp
 from rlhf_jax.generate import SamplingConfig, generate
 from rlhf_jax.models import forward as F
 from rlhf_jax.objectives import ppo as P
-from rlhf_jax.objectives.lm import next_token_loss, token_logprobs
+from rlhf_jax.objectives.lm import masked_nll, next_token_loss, token_logprobs
 from rlhf_jax.rewards import Reward
 from rlhf_jax.train.state import PPOState
-from rlhf_jax.train.step import apply_gradients
+from rlhf_jax.train.step import apply_gradients, combine_metrics, split_microbatches
 
 
 class PPOModels(NamedTuple):
@@ -104,27 +104,74 @@ def score_rollout(hp, sampling: SamplingConfig, models: PPOModels, state: PPOSta
     return data, metrics
 
 
-def ppo_loss(hp, models: PPOModels, params, mb: Rollout, ptx):
-    """Clipped policy loss + vf_coef * clipped value loss - ent_coef * entropy (+ ptx_coef * LM loss)."""
+def ppo_loss(hp, models: PPOModels, params, mb: Rollout, ptx, scales=None):
+    """Clipped policy loss + vf_coef * clipped value loss - ent_coef * entropy (+ ptx_coef * LM loss).
+
+    With the policy's `logits_chunk` > 0 the log-probs and entropy come chunk by chunk from the
+    final hidden states (`forward.response_logprobs`), never from B x T x V logits. `scales` =
+    (PPO terms' weight, ptx term's weight) multiplies the two parts (gradient accumulation).
+    """
     N = mb.response_BxN.shape[1]
     P_len = mb.tokens_BxT.shape[1] - N
     seq = (mb.tokens_BxT, mb.mask_BxT, mb.positions_BxT)
-    logits = F.response_logits(models.policy, params["policy"], seq, P_len, N) / hp.temperature
-    logp = token_logprobs(logits, mb.response_BxN)
+    chunked = F.model_config(models.policy, params["policy"]).logits_chunk > 0
+    if chunked:
+        logp, entropy_BxN = F.response_logprobs(models.policy, params["policy"], seq, P_len, N, hp.temperature,
+                                                with_entropy=True)
+    else:
+        logits = F.response_logits(models.policy, params["policy"], seq, P_len, N) / hp.temperature
+        logp = token_logprobs(logits, mb.response_BxN)
     values = F.response_values(models.value, params["value"], seq, P_len, N)
     mask = mb.response_mask_BxN
     pg, pg_m = P.policy_loss(logp, mb.logp_BxN, mb.advantages_BxN, mask, hp.clip_eps)
     vf, vf_m = P.value_loss(values, mb.values_BxN, mb.returns_BxN, mask, hp.vf_clip)
-    ent = P.entropy(logits, mask)
+    ent = P.masked_entropy(entropy_BxN, mask) if chunked else P.entropy(logits, mask)
     loss = pg + hp.vf_coef * vf - hp.ent_coef * ent
+    if scales is not None:
+        loss = loss * scales[0]
     metrics = {"policy_loss": pg, "value_loss": vf, "entropy": ent, **pg_m, **vf_m}
     if hp.ptx_coef and ptx is not None:
-        ptx_logits = F.forward(models.policy, params["policy"], ptx["tokens"], positions_BxT=ptx["positions"],
-                               segment_ids_BxT=ptx["segment_ids"])
-        ptx_loss, _ = next_token_loss(ptx_logits, ptx["tokens"], ptx["loss_mask"])
-        loss = loss + hp.ptx_coef * ptx_loss
+        if chunked:
+            ptx_logp = F.shifted_logprobs(models.policy, params["policy"], ptx["tokens"], None,
+                                          positions_BxT=ptx["positions"], segment_ids_BxT=ptx["segment_ids"])
+            ptx_loss, _ = masked_nll(ptx_logp, ptx["loss_mask"])
+        else:
+            ptx_logits = F.forward(models.policy, params["policy"], ptx["tokens"], positions_BxT=ptx["positions"],
+                                   segment_ids_BxT=ptx["segment_ids"])
+            ptx_loss, _ = next_token_loss(ptx_logits, ptx["tokens"], ptx["loss_mask"])
+        loss = loss + (hp.ptx_coef * ptx_loss if scales is None else hp.ptx_coef * ptx_loss * scales[1])
         metrics["ptx_loss"] = ptx_loss
     return loss, metrics
+
+
+def minibatch_grads(hp, models: PPOModels, params, mb: Rollout, ptx):
+    """((loss, metrics), grads) of one minibatch; with `hp.grad_accum` = M > 1, accumulated over M
+    slices in a scan (one slice's activations at a time), each slice's PPO terms weighted by its
+    share of the minibatch's response tokens and its ptx term by its share of ptx tokens: the
+    same gradient as the whole minibatch. Metrics: token-weighted means, `ratio_max` the max."""
+    M = hp.grad_accum
+    if M == 1:
+        return jax.value_and_grad(lambda p: ppo_loss(hp, models, p, mb, ptx), has_aux=True)(params)
+    slices = split_microbatches(mb, M)
+    ptx_slices = split_microbatches(ptx, M) if ptx is not None else None
+    tokens_M = slices.response_mask_BxN.sum((1, 2))
+    total = jnp.maximum(tokens_M.sum(), 1.0)
+    ptx_M = (ptx_slices["loss_mask"][:, :, 1:].astype(jnp.float32).sum((1, 2)) if ptx is not None
+             else jnp.zeros((M,), jnp.float32))
+    ptx_total = jnp.maximum(ptx_M.sum(), 1.0)
+
+    def one(grads_acc, xs):
+        s, ptx_s, w, u = xs
+        (loss, m), grads = jax.value_and_grad(
+            lambda p: ppo_loss(hp, models, p, s, ptx_s, scales=(w / total, u / ptx_total)), has_aux=True)(params)
+        return jax.tree.map(jnp.add, grads_acc, grads), (loss, m)
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    grads, (loss_M, metrics_M) = jax.lax.scan(one, zeros, (slices, ptx_slices, tokens_M, ptx_M))
+    metrics = combine_metrics(metrics_M, tokens_M, total)
+    if "ptx_loss" in metrics_M:
+        metrics["ptx_loss"] = jnp.dot(ptx_M, metrics_M["ptx_loss"]) / ptx_total
+    return (loss_M.sum(), metrics), grads
 
 
 PTX_KEYS = ("tokens", "loss_mask", "segment_ids", "positions")
@@ -145,7 +192,7 @@ def update(hp, models: PPOModels, tx, params, opt_state, data: Rollout, batch, r
         idx, j = xs
         mb = jax.tree.map(lambda x: x[idx], data)
         ptx_mb = jax.tree.map(lambda x: x[j], ptx) if ptx is not None else None
-        (loss, m), grads = jax.value_and_grad(lambda p: ppo_loss(hp, models, p, mb, ptx_mb), has_aux=True)(params)
+        (loss, m), grads = minibatch_grads(hp, models, params, mb, ptx_mb)
         params, opt_state, grad_norm = apply_gradients(tx, params, opt_state, grads)
         return (params, opt_state), {**m, "loss": loss, "grad_norm": grad_norm}
 

@@ -51,9 +51,21 @@ def rm_loss(graphdef, margin: float = 0.0, center_coef: float = 0.0, ib_beta: fl
     return loss_fn
 
 
+def ranked_prompts(batch):
+    """The number of prompts with at least one ranked pair: what the Bradley-Terry loss (and the
+    preference losses) average over, so a microbatch's weight."""
+    return (pair_matrix(batch["ranks"], batch["valid"]).sum((1, 2)) > 0).sum().astype(jnp.float32)
+
+
 def make_rm_step(graphdef, tx, schedule, margin: float = 0.0, center_coef: float = 0.0,
-                 ib_beta: float | None = None, kl_form: str = "per_dim_sum"):
-    return make_train_step(rm_loss(graphdef, margin, center_coef, ib_beta, kl_form), tx, schedule)
+                 ib_beta: float | None = None, kl_form: str = "per_dim_sum", microbatches: int = 1):
+    """(state, batch, rng) -> (state, metrics); `microbatches` > 1 accumulates the gradient over
+    slices of the batch, each weighted by its ranked prompts (the whole batch's update)."""
+    if microbatches > 1 and ib_beta is not None and kl_form == "mean_then_kl":
+        raise ValueError("microbatches > 1 with InfoRM's kl_form='mean_then_kl' is not supported: its KL term "
+                         "averages over responses, the Bradley-Terry term over prompts")
+    return make_train_step(rm_loss(graphdef, margin, center_coef, ib_beta, kl_form), tx, schedule, microbatches,
+                           ranked_prompts)
 
 
 def make_rm_eval(graphdef, margin: float = 0.0):

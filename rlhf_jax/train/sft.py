@@ -7,8 +7,8 @@ import numpy as np
 import optax
 
 from rlhf_jax.data.batches import evaluate_all
-from rlhf_jax.models.forward import forward
-from rlhf_jax.objectives.lm import next_token_loss, token_logprobs
+from rlhf_jax.models.forward import forward, model_config, shifted_logprobs
+from rlhf_jax.objectives.lm import masked_nll, next_token_loss, token_logprobs
 from rlhf_jax.train import lora as lora_lib
 from rlhf_jax.train.lora import LoRAConfig
 from rlhf_jax.train.step import make_train_step
@@ -20,6 +20,13 @@ def lm_forward(graphdef, params, batch, dropout_rng=None):
                    segment_ids_BxT=batch["segment_ids"], dropout_rng=dropout_rng)
 
 
+def lm_logprobs(graphdef, params, batch, dropout_rng=None):
+    """logp_Bx(T-1) of tokens[:, 1:] in a (possibly packed) batch, without the B x T x V logits
+    when the model's logits_chunk > 0 (see `forward.hidden_logprobs`)."""
+    return shifted_logprobs(graphdef, params, batch["tokens"], None, positions_BxT=batch["positions"],
+                            segment_ids_BxT=batch["segment_ids"], dropout_rng=dropout_rng)
+
+
 def sft_loss(graphdef, use_dropout: bool = False, lora: LoRAConfig | None = None):
     """loss_fn(params, batch, rng, base) -> (mean completion NLL, {"tokens"}).
 
@@ -28,6 +35,10 @@ def sft_loss(graphdef, use_dropout: bool = False, lora: LoRAConfig | None = None
     def loss_fn(params, batch, rng, base):
         if lora is not None:
             params = lora_lib.merge(base, params, lora)
+        if model_config(graphdef, params).logits_chunk:
+            loss, n_tokens = masked_nll(lm_logprobs(graphdef, params, batch, rng if use_dropout else None),
+                                        batch["loss_mask"])
+            return loss, {"tokens": n_tokens}
         logits = lm_forward(graphdef, params, batch, rng if use_dropout else None)
         loss, n_tokens = next_token_loss(logits, batch["tokens"], batch["loss_mask"])
         return loss, {"tokens": n_tokens}
@@ -35,16 +46,25 @@ def sft_loss(graphdef, use_dropout: bool = False, lora: LoRAConfig | None = None
     return loss_fn
 
 
+def loss_tokens(batch):
+    """The number of tokens the SFT loss averages over: a microbatch's weight."""
+    return batch["loss_mask"][:, 1:].astype(jnp.float32).sum()
+
+
 def make_sft_step(graphdef, tx: optax.GradientTransformation, schedule, use_dropout: bool = False,
-                  lora: LoRAConfig | None = None):
-    """(state, batch, rng[, base]) -> (state, metrics); batch: tokens, loss_mask, segment_ids, positions [B, T]."""
-    return make_train_step(sft_loss(graphdef, use_dropout, lora), tx, schedule)
+                  lora: LoRAConfig | None = None, microbatches: int = 1):
+    """(state, batch, rng[, base]) -> (state, metrics); batch: tokens, loss_mask, segment_ids, positions [B, T].
+    `microbatches` > 1 accumulates the gradient over that many slices of the batch (same update)."""
+    return make_train_step(sft_loss(graphdef, use_dropout, lora), tx, schedule, microbatches, loss_tokens)
 
 
 def make_sft_eval(graphdef):
     """(params, batch) -> {"nll": summed token NLL, "tokens": token count}."""
     @jax.jit
     def evaluate(params, batch):
+        if model_config(graphdef, params).logits_chunk:
+            mask = batch["loss_mask"][:, 1:].astype(jnp.float32)
+            return {"nll": -(lm_logprobs(graphdef, params, batch) * mask).sum(), "tokens": mask.sum()}
         logits = lm_forward(graphdef, params, batch)
         logp = token_logprobs(logits[:, :-1], batch["tokens"][:, 1:])
         mask = batch["loss_mask"][:, 1:].astype(jnp.float32)

@@ -1,0 +1,132 @@
+"""Compiled memory of the PPO update (or the SFT step) under the memory options, from abstract inputs.
+
+    PYTHONPATH=. python tools/benchmark_memory.py                      # SmolLM2-135M, 64 x (256 + 256)
+    PYTHONPATH=. python tools/benchmark_memory.py --stage sft --variants baseline,chunk64
+    PYTHONPATH=. python tools/benchmark_memory.py --preset test --batch 8 --prompt_len 8 --response_len 8
+
+Every variant is compiled only (`jax.jit(fn).lower(ShapeDtypeStructs).compile()`): no parameter,
+batch or logit array is ever allocated, so shapes far beyond this machine's memory can be
+measured. Prints one JSON object: the setting, the size of the full float32 logits, and per
+variant XLA's `memory_analysis()` (argument, output, alias and temp bytes, and their sum
+`total_bytes` = argument + output + temp - alias, the step's footprint on one device; the
+CPU backend's `peak_memory_in_bytes` is not reported: it comes out below the temporaries alone).
+
+The PPO update is `train.ppo.update` with one epoch of one minibatch: the policy (LM head) and
+value model (scalar head) forward and backward on the whole batch, AdamW on both.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+from configs.common import base
+from rlhf_jax.models import PRESETS, abstract_model
+from rlhf_jax.rewards import ModelReward
+from rlhf_jax.train import ppo as ppo_lib
+from rlhf_jax.train import sft as sft_lib
+from rlhf_jax.train.optim import make_optimizer
+from rlhf_jax.train.state import TrainState
+
+# name -> (ModelConfig changes, grad_accum)
+VARIANTS = {
+    "baseline": ({}, 1),
+    "remat_full": ({"remat": "full"}, 1),
+    "grad_accum4": ({}, 4),
+    "chunk64": ({"logits_chunk": 64}, 1),
+    "chunk64_vocab8192": ({"logits_chunk": 64, "vocab_chunk": 8192}, 1),
+    "chunk64_remat_full": ({"logits_chunk": 64, "remat": "full"}, 1),
+    "chunk64_remat_save_matmuls": ({"logits_chunk": 64, "remat": "save_matmuls"}, 1),
+    "chunk64_remat_full_accum4": ({"logits_chunk": 64, "remat": "full"}, 4),
+    "remat_full_accum4": ({"remat": "full"}, 4),
+    "chunk64_vocab8192_remat_full_accum4": ({"logits_chunk": 64, "vocab_chunk": 8192, "remat": "full"}, 4),
+    "chunk64_remat_full_accum8": ({"logits_chunk": 64, "remat": "full"}, 8),
+    "chunk64_remat_full_dot_product": ({"logits_chunk": 64, "remat": "full", "attention_impl": "dot_product"}, 1),
+}
+
+
+def _abstract(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+
+def ppo_update(cfg, grad_accum: int, B: int, P: int, N: int):
+    """(function, abstract arguments) of one PPO update (1 epoch x 1 minibatch) on B x (P + N)."""
+    policy_gd, policy = abstract_model(cfg, "lm")
+    value_gd, value = abstract_model(cfg, "scalar")
+    models = ppo_lib.PPOModels(policy_gd, value_gd, ModelReward(value_gd))
+    hp = base().ppo
+    hp.update(minibatches=1, epochs=1, grad_accum=grad_accum)
+    tx, _ = make_optimizer(1e-5, 10)
+    params = {"policy": policy, "value": value}
+    opt_state = jax.eval_shape(tx.init, params)
+    T = P + N
+    i32, f32 = jnp.int32, jnp.float32
+    data = ppo_lib.Rollout(*(jax.ShapeDtypeStruct(s, d) for s, d in [
+        ((B, T), i32), ((B, T), i32), ((B, T), i32), ((B, N), i32), ((B, N), f32), ((B, N), f32),
+        ((B, N), f32), ((B, N), f32), ((B, N), f32)]))
+
+    def fn(params, opt_state, data, rng):
+        params, opt_state, metrics = ppo_lib.update(hp, models, tx, params, opt_state, data, {}, rng)
+        return params, opt_state, metrics["loss"]
+
+    rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+    return fn, (params, opt_state, data, rng)
+
+
+def sft_step(cfg, grad_accum: int, B: int, P: int, N: int):
+    """(function, abstract arguments) of one SFT step on B x (P + N) tokens."""
+    gd, params = abstract_model(cfg, "lm")
+    tx, sched = make_optimizer(1e-5, 10)
+    step = sft_lib.make_sft_step(gd, tx, sched, microbatches=grad_accum)
+    state = TrainState(params, jax.eval_shape(tx.init, params), jax.ShapeDtypeStruct((), jnp.int32))
+    batch = {k: jax.ShapeDtypeStruct((B, P + N), jnp.int32)
+             for k in ("tokens", "loss_mask", "segment_ids", "positions")}
+    rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+    return step, (state, batch, rng)
+
+
+def measure(build, cfg, grad_accum: int, B: int, P: int, N: int) -> dict:
+    """XLA's memory analysis of the compiled function (state donated, as the stages do)."""
+    fn, args = build(cfg, grad_accum, B, P, N)
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn, donate_argnums=(0, 1) if build is ppo_update else (0,)).lower(*args).compile()
+    m = compiled.memory_analysis()
+    out = {k: int(getattr(m, k)) for k in ("argument_size_in_bytes", "output_size_in_bytes",
+                                           "alias_size_in_bytes", "temp_size_in_bytes")}
+    out["total_bytes"] = (out["argument_size_in_bytes"] + out["output_size_in_bytes"]
+                          + out["temp_size_in_bytes"] - out["alias_size_in_bytes"])
+    out["total_gib"] = round(out["total_bytes"] / 2 ** 30, 3)
+    out["compile_seconds"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="135m")
+    ap.add_argument("--stage", choices=("ppo", "sft"), default="ppo")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--prompt_len", type=int, default=256)
+    ap.add_argument("--response_len", type=int, default=256)
+    ap.add_argument("--dtype", default="float32", help="compute dtype (parameters stay float32)")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {list(VARIANTS)}")
+    args = ap.parse_args()
+    cfg = PRESETS[args.preset].replace(dtype=args.dtype)
+    B, P, N = args.batch, args.prompt_len, args.response_len
+    build = ppo_update if args.stage == "ppo" else sft_step
+    result = {"stage": args.stage, "preset": args.preset, "vocab_size": cfg.vocab_size, "batch": B,
+              "prompt_len": P, "response_len": N, "dtype": args.dtype, "backend": jax.default_backend(),
+              "full_logits_float32_bytes": B * (P + N) * cfg.vocab_size * 4, "variants": {}}
+    for name in args.variants.split(","):
+        changes, accum = VARIANTS[name]
+        result["variants"][name] = {"model": changes, "grad_accum": accum,
+                                    **measure(build, cfg.replace(**changes), accum, B, P, N)}
+        print(f"# {name}: {result['variants'][name]['total_gib']} GiB", file=sys.stderr, flush=True)
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
