@@ -13,6 +13,13 @@ def optimizer(lr: float, **changes) -> dict:
     return {**fields, **changes}
 
 
+def lora(**changes) -> dict:
+    """LoRA fields of a trained stage: rank 0 = full fine-tuning; lora_int8 stores the frozen base in
+    8 bits (QLoRA's idea), dequantised inside the step."""
+    return {"lora_rank": 0, "lora_alpha": 16.0, "lora_targets": "wq,wk,wv,wo,w_gate,w_up,w_down", "lora_int8": False,
+            **changes}
+
+
 def base() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.name = "instructgpt"
@@ -67,13 +74,13 @@ def base() -> ml_collections.ConfigDict:
 
     c.sft = ml_collections.ConfigDict({
         "steps": 0, "epochs": 1, "batch_size": 64, **optimizer(3e-3, warmup_steps=20), "dropout": 0.0,
-        "freeze_layers": 0, "lora_rank": 0, "lora_alpha": 16.0, "lora_targets": "wq,wk,wv,wo,w_gate,w_up,w_down",
+        "freeze_layers": 0, **lora(),
         "pack": False, "eval_every": 0, "save_every": 100,
         # gradient accumulation: each batch in grad_accum slices, one slice's activations at a
         # time, the same update as the whole batch (batch_size must be divisible by it)
         "grad_accum": 1})
     c.rm = ml_collections.ConfigDict({
-        "steps": 0, "epochs": 3, "batch_size": 32, **optimizer(1e-3, warmup_steps=10), "margin": 0.0,
+        "steps": 0, "epochs": 3, "batch_size": 32, **optimizer(1e-3, warmup_steps=10), **lora(), "margin": 0.0,
         "center_coef": 0.0,  # c * (r_w + r_l)^2 (N+ notes); the papers use none, the tiny world sets 0.01
         "normalize": True, "save_every": 100, "grad_accum": 1,
         # ensembles (Coste et al.): k members differing in seed, trained in one vmapped step; the
@@ -92,7 +99,8 @@ def base() -> ml_collections.ConfigDict:
         "csi_eps": 0.0, "min_samples": 4, "outlier_quantile": 0.99})
     c.ppo = ml_collections.ConfigDict({
         "iterations": 150, "batch_size": 64, "minibatches": 2, "epochs": 4,
-        **optimizer(3e-4, warmup_steps=5, schedule="constant"), "temperature": 1.0, "top_k": 0, "top_p": 1.0,
+        **optimizer(3e-4, warmup_steps=5, schedule="constant"), **lora(),  # LoRA: adapters on policy and value
+        "temperature": 1.0, "top_k": 0, "top_p": 1.0,
         "max_new_tokens": 10, "kl_coef": 0.05, "kl_estimator": "k1", "adaptive_kl": False, "kl_target": 6.0,
         "kl_horizon": 10000.0, "whiten_rewards": False, "reward_clip": 0.0,
         # the reward of a response without EOS; None keeps the RM score
@@ -119,7 +127,8 @@ def base() -> ml_collections.ConfigDict:
     # simpo_gamma: SimPO's target margin; orpo_lambda: the weight of ORPO's odds-ratio term
     c.dpo = ml_collections.ConfigDict({
         "steps": 0, "epochs": 1, "batch_size": 32,
-        **optimizer(1e-4, warmup_steps=10, schedule="constant", max_grad_norm=10.0), "beta": 0.1, "loss": "dpo",
+        **optimizer(1e-4, warmup_steps=10, schedule="constant", max_grad_norm=10.0), **lora(), "beta": 0.1,
+        "loss": "dpo",
         "label_smoothing": 0.0, "logprob_reduction": "sum", "simpo_gamma": 0.5, "orpo_lambda": 0.1,
         "cache_reference": True, "save_every": 100, "grad_accum": 1})
 

@@ -64,19 +64,19 @@ def test_sft_step_trains_only_adapters(setup):
     model, batch = setup
     cfg = LoRAConfig(rank=4, alpha=8.0)
     base = jax.tree.map(jnp.copy, model.params)
-    adapters = lora_lib.init(base, cfg, jax.random.key(1))
+    adapters = lora_lib.split(base, cfg, jax.random.key(1))
     tx, sched = make_optimizer(1e-2, 20, max_grad_norm=1.0, schedule_kind="constant")
     step = jax.jit(make_sft_step(model.graphdef, tx, sched, lora=cfg))
     state = TrainState(adapters, tx.init(adapters), jnp.zeros((), jnp.int32))
     losses = []
     for _ in range(20):
-        state, m = step(state, batch, jax.random.key(0), base)
+        state, m = step(state, batch, jax.random.key(0), (base, None))
         losses.append(float(m["loss"]))
     assert losses[-1] < losses[0] - 0.3  # measured: 4.84 -> 4.40
     assert np.isclose(losses[0], float(loss_of(model, model.params, batch)), rtol=1e-6)
     for a, b in zip(jax.tree.leaves(base), jax.tree.leaves(model.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    merged = lora_lib.merge(base, state.params, cfg)
+    merged = lora_lib.view(base, state.params, cfg)
     assert np.asarray(merged["embed"] == base["embed"]).all()
     assert not np.allclose(merged["blocks"]["wq"], base["blocks"]["wq"])
 
@@ -112,3 +112,42 @@ def test_int8_base_is_a_quarter_of_float32_and_close_in_logits(setup):
     trainable = lora_lib.split(model.params, cfg, jax.random.key(0))
     np.testing.assert_allclose(lm_forward(model.graphdef, lora_lib.view(q, trainable, cfg), batch), approx,
                                rtol=1e-6, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    """One micro workdir: SFT, a 2-member RM ensemble with LoRA over an int8 backbone, PPO with LoRA
+    policy and value, then DPO with LoRA and a live reference (the base with adapters off)."""
+    from configs.instructgpt import get_config
+    from rlhf_jax.context import build_context
+    from rlhf_jax.stages import run_stages
+    c = get_config("micro")
+    c.rm.update(lora_rank=4, lr=1e-2, members=2, lora_int8=True)
+    c.ppo.update(lora_rank=4, iterations=2)
+    c.dpo.update(lora_rank=4, lr=1e-2, cache_reference=False, steps=4)
+    work = tmp_path_factory.mktemp("lora")
+    summary = run_stages(build_context(c, work, use_wandb=False))
+    c.stages = "dpo"
+    ctx = build_context(c, work, use_wandb=False)
+    summary.update(run_stages(ctx))
+    return ctx, summary
+
+
+@pytest.mark.parametrize("stage", ["rm", "ppo", "dpo"])
+def test_lora_in_every_stage_trains_adapters_and_exports_full_weights(lora_run, stage):
+    """Each stage trains adapters (the state holds only them and the heads) and hands on full
+    weights: only LoRA targets (and heads) differ from its starting point."""
+    from rlhf_jax import checkpoint
+    from rlhf_jax.stages import common
+    ctx, summary = lora_run
+    sft = common.load_sft(ctx)
+    if stage == "rm":
+        _, params, _, _ = common.trained_reward(ctx)
+        final = jax.tree.map(lambda x: x[1], params)  # the second member
+        assert summary["rm"]["val_accuracy"] > 0.5
+    else:
+        final = checkpoint.load_final(ctx.workdir, stage, ctx.base.params)
+        assert np.isfinite(summary[stage]["kl_final"])
+    changed = {k for k in sft["blocks"] if not np.allclose(final["blocks"][k], sft["blocks"][k], atol=1e-7)}
+    assert changed and changed <= set(lora_lib.IN_DIMS)
+    np.testing.assert_array_equal(final["embed"], sft["embed"])

@@ -17,7 +17,9 @@ from rlhf_jax.objectives.preference import PREFERENCE_LOSSES
 from rlhf_jax.stages import common
 from rlhf_jax.stages.base import Training, train, train_state
 from rlhf_jax.stages.registry import SAMPLING, register_stage
+from rlhf_jax.stages.sft import check_lora
 from rlhf_jax.train import dpo as dpo_lib
+from rlhf_jax.train import lora as lora_lib
 from rlhf_jax.train import optim
 from rlhf_jax.train.ppo import sampling_config
 from rlhf_jax.train.state import commit
@@ -34,6 +36,7 @@ def check(c, need) -> None:
     need(d.loss in ("cdpo", "robust") or d.label_smoothing == 0, "dpo.label_smoothing",
          f"only cdpo and robust use it (dpo.loss={d.loss!r})")
     need(d.orpo_lambda >= 0, "dpo.orpo_lambda", "must be >= 0")
+    check_lora(c, need, "dpo")
 
 
 def preflight(ctx, need) -> None:
@@ -52,7 +55,7 @@ def run(ctx) -> dict[str, Any]:
     val_bs = min(c.batch_size, len(val["tokens"]))
     ref = None
     if dpo_lib.needs_reference(c):
-        ref = commit(jax.tree.map(jnp.copy, sft), ctx.mesh)
+        ref = commit(sft, ctx.mesh)  # frozen: the trained copy is a separate tree
         val = {**val, "ref_logp": dpo_lib.reference_logprobs(graphdef, ref, val, val_bs)}
         if c.cache_reference:  # one pass of the reference over the data, before training
             train_arrays = {**train_arrays, "ref_logp": dpo_lib.reference_logprobs(graphdef, ref, train_arrays,
@@ -60,12 +63,18 @@ def run(ctx) -> dict[str, Any]:
     it = ctx.iterator(train_arrays, c.batch_size, SALT)
     total = c.steps or c.epochs * it.steps_per_epoch
     tx, sched = optim.from_config(c, total)
-    params = jax.tree.map(jnp.copy, sft)
     live_ref = ref if ref is not None and not c.cache_reference else None
-    result = train(ctx, "dpo", Training(dpo_lib.make_dpo_step(graphdef, tx, sched, c), train_state(params, tx),
-                                        {"train": it}, total, constants=live_ref,
+    lora = lora_lib.from_block(c)
+    if lora is None:
+        params, constants, full = jax.tree.map(jnp.copy, sft), live_ref, (lambda p: p)
+    else:  # adapters over the frozen SFT policy, which is also the reference (adapters off): one copy
+        base = commit(lora_lib.quantize(sft) if c.lora_int8 else sft, ctx.mesh)
+        params = lora_lib.split(sft, lora, jax.random.fold_in(ctx.rng, 17))
+        constants, full = (base, live_ref), (lambda p: lora_lib.view(base, p, lora))
+    result = train(ctx, "dpo", Training(dpo_lib.make_dpo_step(graphdef, tx, sched, c, lora),
+                                        train_state(params, tx), {"train": it}, total, constants=constants,
                                         progress_keys=("loss", "reward_accuracy", "reward_margin")), SALT)
-    final = result.state.params
+    final = full(result.state.params)
     held_out = dpo_lib.held_out_metrics(graphdef, final, val, val_bs, c)
     evals, samples = compare_policies(
         graphdef, ctx.tokenizer, ctx.data.arrays("eval_prompts"),

@@ -20,6 +20,8 @@ from rlhf_jax.objectives.ppo import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS
 from rlhf_jax.stages import common
 from rlhf_jax.stages.base import Training, train
 from rlhf_jax.stages.registry import register_stage
+from rlhf_jax.stages.sft import check_lora
+from rlhf_jax.train import lora as lora_lib
 from rlhf_jax.train import optim
 from rlhf_jax.train import ppo as ppo_lib
 from rlhf_jax.train.loop import Hook
@@ -39,6 +41,7 @@ def check(c, need) -> None:
     need(not p.adaptive_kl or p.kl_target > 0, "ppo.kl_target", "must be > 0 with adaptive_kl")
     need(p.ptx_coef == 0 or p.ptx_batch_size > 0, "ppo.ptx_batch_size", "must be > 0 when ppo.ptx_coef > 0")
     need(p.ptx_batch_size % p.minibatches == 0, "ppo.ptx_batch_size", "must be a multiple of ppo.minibatches")
+    check_lora(c, need, "ppo")
 
 
 def episodes_dict(episodes) -> dict[str, np.ndarray]:
@@ -115,12 +118,20 @@ def run(ctx) -> dict[str, Any]:
     sampling = ppo_lib.sampling_config(c, ctx.tokenizer)
     sft = common.load_sft(ctx)
     reward, rm, value_gd, value_init = common.trained_reward(ctx, "ppo")
-    models = ppo_lib.PPOModels(ctx.base.graphdef, value_gd, reward)
+    lora = lora_lib.from_block(c)
+    models = ppo_lib.PPOModels(ctx.base.graphdef, value_gd, reward, lora)
     copy = functools.partial(jax.tree.map, jnp.copy)
-    params = {"policy": copy(sft), "value": copy(value_init)}
+    constants = {"reference": sft, "reward": rm}  # frozen (the trained copies are separate trees)
+    if lora is None:
+        params = {"policy": copy(sft), "value": copy(value_init)}
+    else:  # adapters over the frozen SFT policy (the reference) and the frozen RM (the value model's base)
+        quantized = lora_lib.quantize if c.lora_int8 else (lambda p: p)
+        constants = {"reference": quantized(sft), "reward": rm, "value_base": quantized(value_init)}
+        params = {"policy": lora_lib.split(sft, lora, jax.random.fold_in(ctx.rng, 19)),
+                  "value": lora_lib.split(value_init, lora, jax.random.fold_in(ctx.rng, 23), extras=("head",))}
     tx, sched = optim.from_config(c, c.iterations * c.epochs * c.minibatches)
     state = PPOState(params, jax.jit(tx.init)(params), jnp.zeros((), jnp.int32), jnp.asarray(c.kl_coef, jnp.float32),
-                     copy(sft) if c.ema_decay else None)
+                     copy(params["policy"]) if c.ema_decay else None)
     data = {"prompts": ctx.iterator(ctx.data.arrays("prompts"), c.batch_size, SALT)}
     if c.ptx_coef:
         data["ptx"] = ctx.iterator(ctx.data.arrays("ptx"), c.ptx_batch_size, SALT + 1)
@@ -130,9 +141,11 @@ def run(ctx) -> dict[str, Any]:
     if track is not None:
         hooks += (Hook(lambda step, m, episodes: track.on_rollout(step, episodes_dict(episodes))),)
     result = train(ctx, "ppo", Training(ppo_lib.make_ppo_step(c, sampling, models, tx, sched), state, data,
-                                        c.iterations, constants={"reference": copy(sft), "reward": rm}, hooks=hooks,
+                                        c.iterations, constants=constants, hooks=hooks,
                                         progress_keys=("score", "kl", "gold_reward"), outputs=True), SALT)
     final_policy = result.state.ema if c.ema_decay else result.state.params["policy"]
+    if lora is not None:  # the merged weights, as every later stage and the export read them
+        final_policy = lora_lib.view(constants["reference"], final_policy, lora)
     e = ctx.config.eval
     evals, samples = compare_policies(
         ctx.base.graphdef, ctx.tokenizer, ctx.data.arrays("eval_prompts"),

@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import jax
+
 from rlhf_jax import checkpoint
 from rlhf_jax.models.heads import REWARD_HEADS
 from rlhf_jax.objectives.ensemble import AGGREGATORS
@@ -15,6 +17,9 @@ from rlhf_jax.rewards import EnsembleReward
 from rlhf_jax.stages import common
 from rlhf_jax.stages.base import Training, stack_batches, train, train_state
 from rlhf_jax.stages.registry import SAMPLING, register_stage
+from rlhf_jax.stages.sft import check_lora
+from rlhf_jax.train.state import commit
+from rlhf_jax.train import lora as lora_lib
 from rlhf_jax.train import optim
 from rlhf_jax.train import rm as rm_lib
 
@@ -27,6 +32,8 @@ def check(c, need) -> None:
     need(r.init in ("sft", "base", "random"), "rm.init",
          "must be 'sft' (the SFT policy), 'base' (the base model) or 'random' (a fresh model of rm.overrides' size)")
     need(r.init == "random" or not r.overrides, "rm.overrides", "another architecture needs rm.init='random'")
+    check_lora(c, need, "rm")
+    need(not (r.lora_rank and r.init == "random"), "rm.lora_rank", "LoRA needs a pretrained backbone (rm.init sft/base)")
     need(r.pairs in ("kwise", "shuffled"), "rm.pairs", "must be 'kwise' (each prompt's pairs in one example) or "
          "'shuffled' (independent pairs)")
     need(r.head in REWARD_HEADS, "rm.head", "must be " + " or ".join(map(repr, REWARD_HEADS.names())))
@@ -78,16 +85,26 @@ def run(ctx) -> dict[str, Any]:
         members = [rm_lib.init_from_sft(backbone, h.params) for h in heads]
     tx, sched = optim.from_config(c, total)
     ib = ctx.config.inform
+    lora = lora_lib.from_block(c)
     single = rm_lib.make_rm_step(graphdef, tx, sched, c.margin, c.center_coef,
                                  ib_beta=ib.beta if c.head == "inform" else None, kl_form=ib.kl_form,
-                                 microbatches=c.grad_accum)
+                                 microbatches=c.grad_accum, lora=lora)
+    constants, full = None, (lambda p: p)
+    if lora is not None:  # adapters and a head per member over one frozen backbone they all share
+        base = commit(lora_lib.quantize(members[0]) if c.lora_int8 else members[0], ctx.mesh)
+        members = [lora_lib.split(m, lora, jax.random.fold_in(ctx.rng, 13 + i), extras=("head",))
+                   for i, m in enumerate(members)]
+        constants, full = (base, None), (lambda p: lora_lib.view(base, p, lora))
     if k == 1:
-        training = Training(single, train_state(members[0], tx), data, total, progress_keys=("loss", "accuracy"))
+        training = Training(single, train_state(members[0], tx), data, total, constants=constants,
+                            progress_keys=("loss", "accuracy"))
     else:  # members on axis 0 of the state and axis 1 of the batch (axis 0 stays the data axis)
         training = Training(rm_lib.ensemble_step(single), train_state(rm_lib.stack(members), tx, members=k), data,
-                            total, combine=stack_batches, progress_keys=("loss", "accuracy"))
+                            total, constants=constants, combine=stack_batches, progress_keys=("loss", "accuracy"))
     result = train(ctx, "rm", training, SALT)
     params = result.state.params
+    if lora is not None:  # the full weights, as every later stage reads them
+        params = full(params) if k == 1 else rm_lib.stack([full(p) for p in rm_lib.unstack(params, k)])
     val_bs = min(c.batch_size, len(val["tokens"]))
     summary = {"steps": total, "members": k, "train_accuracy": result.last_metrics.get("accuracy")}
     if k == 1:

@@ -15,20 +15,26 @@ from rlhf_jax.stages.registry import register_stage
 from rlhf_jax.train import lora as lora_lib
 from rlhf_jax.train import optim
 from rlhf_jax.train import sft as sft_lib
-from rlhf_jax.train.lora import IN_DIMS as LORA_TARGETS, LoRAConfig
+from rlhf_jax.train.lora import IN_DIMS as LORA_TARGETS
 from rlhf_jax.train.state import commit
 
 SALT = 1
 
 
+def check_lora(c, need, block: str) -> None:
+    """LoRA fields of a stage's block (every trained stage has them)."""
+    s = c[block]
+    need(s.lora_rank >= 0, f"{block}.lora_rank", "must be >= 0 (0 = full fine-tuning)")
+    bad = [t for t in s.lora_targets.split(",") if t not in LORA_TARGETS]
+    need(not bad, f"{block}.lora_targets", f"{bad} are not among {sorted(LORA_TARGETS)}")
+    need(s.lora_rank or not s.lora_int8, f"{block}.lora_int8", "an int8 base needs LoRA (lora_rank > 0)")
+
+
 def check(c, need) -> None:
     for block in ("sft", "rs"):
-        s = c[block]
-        need(s.lora_rank >= 0, f"{block}.lora_rank", "must be >= 0 (0 = full fine-tuning)")
-        need(not (s.lora_rank and s.freeze_layers), f"{block}.lora_rank",
+        check_lora(c, need, block)
+        need(not (c[block].lora_rank and c[block].freeze_layers), f"{block}.lora_rank",
              "LoRA and freeze_layers exclude each other")
-        bad = [t for t in s.lora_targets.split(",") if t not in LORA_TARGETS]
-        need(not bad, f"{block}.lora_targets", f"{bad} are not among {sorted(LORA_TARGETS)}")
 
 
 def fine_tune(ctx, stage: str, train_arrays=None, init=None) -> tuple[dict[str, Any], Any]:
@@ -44,20 +50,20 @@ def fine_tune(ctx, stage: str, train_arrays=None, init=None) -> tuple[dict[str, 
     graphdef, _ = abstract_model(ctx.model_cfg(dropout_rate=c.dropout), "lm")
     mask = optim.freeze_mask(init, c.freeze_layers, c.freeze_layers > 0) if c.freeze_layers else None
     tx, sched = optim.from_config(c, total, mask=mask)
-    lora = (LoRAConfig(c.lora_rank, c.lora_alpha, tuple(t for t in c.lora_targets.split(",") if t))
-            if c.lora_rank else None)
+    lora = lora_lib.from_block(c)
     if lora is None:  # full fine-tuning: the state holds every weight
-        params, base, view = jax.tree.map(jnp.copy, init), None, (lambda p: p)
-    else:  # LoRA: the state holds the adapters, the base weights are a frozen constant
-        params, base = lora_lib.init(init, lora, jax.random.fold_in(ctx.rng, 11)), commit(init, ctx.mesh)
-        view = lambda p: lora_lib.merge(base, p, lora)
+        params, constants, view = jax.tree.map(jnp.copy, init), None, (lambda p: p)
+    else:  # LoRA: the state holds the adapters, the base weights are a frozen constant (int8 with lora_int8)
+        base = commit(lora_lib.quantize(init) if c.lora_int8 else init, ctx.mesh)
+        params, constants = lora_lib.split(init, lora, jax.random.fold_in(ctx.rng, 11)), (base, None)
+        view = lambda p: lora_lib.view(base, p, lora)
     evaluate = sft_lib.make_sft_eval(ctx.base.graphdef)
     merged = jax.jit(view)
     val_bs = min(c.batch_size, len(val["tokens"]))
     result = train(ctx, stage, Training(
         step=sft_lib.make_sft_step(graphdef, tx, sched, c.dropout > 0, lora, microbatches=c.grad_accum),
         state=train_state(params, tx),
-        data={"train": it}, total_steps=total, constants=base, progress_keys=("loss", "lr"),
+        data={"train": it}, total_steps=total, constants=constants, progress_keys=("loss", "lr"),
         evaluate=lambda s, _: sft_lib.validation_loss(evaluate, merged(s.params), val, val_bs),
         eval_every=c.eval_every), SALT)
     final_params = merged(result.state.params)

@@ -9,6 +9,7 @@ import jax
 from rlhf_jax.context import ConfigError
 from rlhf_jax.logging import MODES
 from rlhf_jax.models import PRESETS
+from rlhf_jax.models.config import ATTENTION_IMPLS, REMAT_POLICIES
 from rlhf_jax.stages.registry import STAGES, listed
 
 BATCH_FIELDS = (("sft", "batch_size"), ("rm", "batch_size"), ("ppo", "batch_size"), ("dpo", "batch_size"),
@@ -59,6 +60,15 @@ def validate_config(c) -> None:
         need(o.schedule in ("cosine", "constant"), f"{block}.schedule", "must be 'cosine' or 'constant'")
         need(o.warmup_steps >= 0 and o.max_grad_norm >= 0, f"{block}.warmup_steps",
              "warmup_steps and max_grad_norm must be >= 0")
+    for block, batch in (("sft", "batch_size"), ("rs", "batch_size"), ("rm", "batch_size"), ("fg", "batch_size"),
+                         ("dpo", "batch_size")):
+        g = c[block].grad_accum
+        need(g >= 1 and c[block][batch] % g == 0, f"{block}.grad_accum", f"{g} must divide {block}.{batch}")
+    g = c.ppo.grad_accum
+    need(g >= 1 and (c.ppo.batch_size // c.ppo.minibatches) % g == 0, "ppo.grad_accum",
+         "must divide the PPO minibatch (batch_size / minibatches)")
+    need(c.model.remat in REMAT_POLICIES, "model.remat", f"must be one of {REMAT_POLICIES}")
+    need(c.model.attention_impl in ATTENTION_IMPLS, "model.attention_impl", f"must be one of {ATTENTION_IMPLS}")
     for stage in STAGES.names():
         if STAGES[stage].check is not None:
             STAGES[stage].check(c, need)

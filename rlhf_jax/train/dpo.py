@@ -50,10 +50,11 @@ def dpo_loss(graphdef, hp):
     return loss_fn
 
 
-def make_dpo_step(graphdef, tx, schedule, hp):
+def make_dpo_step(graphdef, tx, schedule, hp, lora=None):
     """(state, batch, rng[, ref_params]) -> (state, metrics); `hp.grad_accum` > 1 accumulates the
-    gradient over that many slices of the batch, each weighted by its ranked prompts."""
-    return make_train_step(dpo_loss(graphdef, hp), tx, schedule, hp.grad_accum, ranked_prompts)
+    gradient over that many slices of the batch, each weighted by its ranked prompts; with `lora`
+    the constants are (frozen base, ref_params or None)."""
+    return make_train_step(dpo_loss(graphdef, hp), tx, schedule, hp.grad_accum, ranked_prompts, lora=lora)
 
 
 def reference_logprobs(graphdef, ref_params, arrays, batch_size: int) -> np.ndarray:

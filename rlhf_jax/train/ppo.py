@@ -21,11 +21,22 @@ from rlhf_jax.train.step import apply_gradients, combine_metrics, split_microbat
 
 
 class PPOModels(NamedTuple):
-    """What is static about each role: graph definitions (the reference shares the policy's)
-    and the reward."""
+    """What is static about each role: graph definitions (the reference shares the policy's),
+    the reward, and the LoRA settings when the policy and value model train adapters (then the
+    trainable params are `lora.split` parts over frozen bases: the reference, which is the
+    policy with its adapters off, and `constants["value_base"]`)."""
     policy: Any
     value: Any
     reward: Reward
+    lora: Any = None
+
+    def full(self, params, constants):
+        """{"policy", "value"}: the weights each model runs with."""
+        if self.lora is None:
+            return params
+        from rlhf_jax.train import lora as lora_lib
+        return {"policy": lora_lib.view(constants["reference"], params["policy"], self.lora),
+                "value": lora_lib.view(constants["value_base"], params["value"], self.lora)}
 
 
 class Episodes(NamedTuple):
@@ -60,7 +71,8 @@ def sampling_config(hp, tokenizer, temperature: float | None = None, max_new_tok
 
 def rollout(hp, sampling: SamplingConfig, models: PPOModels, state: PPOState, constants, batch, rng):
     """Sample, score and compute advantages: (Rollout, metrics)."""
-    gen = generate(models.policy, state.params["policy"], batch["prompt"], batch["prompt_mask"], rng, sampling)
+    gen = generate(models.policy, models.full(state.params, constants)["policy"], batch["prompt"],
+                   batch["prompt_mask"], rng, sampling)
     return score_rollout(hp, sampling, models, state, constants, batch["prompt"], batch["prompt_mask"],
                          gen.tokens_BxN, gen.mask_BxN)
 
@@ -71,9 +83,10 @@ def score_rollout(hp, sampling: SamplingConfig, models: PPOModels, state: PPOSta
     P_len, N = prompt.shape[1], resp.shape[1]
     seq = F.sequence_inputs(prompt, prompt_mask, resp, resp_mask)
     # log-probs at the sampling temperature, for the policy and the reference alike
-    logp = F.response_logprobs(models.policy, state.params["policy"], seq, P_len, N, hp.temperature)
+    full = models.full(state.params, constants)
+    logp = F.response_logprobs(models.policy, full["policy"], seq, P_len, N, hp.temperature)
     ref_logp = F.response_logprobs(models.policy, constants["reference"], seq, P_len, N, hp.temperature)
-    values = F.response_values(models.value, state.params["value"], seq, P_len, N)
+    values = F.response_values(models.value, full["value"], seq, P_len, N)
     maskf = resp_mask.astype(jnp.float32)
     has_eos = jnp.any((resp == sampling.eos_token_ids[0]) & (resp_mask > 0), axis=1)
     score = models.reward.rewards(constants["reward"], seq[0], seq[1], P_len)  # [B] or [B, N]
@@ -104,13 +117,14 @@ def score_rollout(hp, sampling: SamplingConfig, models: PPOModels, state: PPOSta
     return data, metrics
 
 
-def ppo_loss(hp, models: PPOModels, params, mb: Rollout, ptx, scales=None):
+def ppo_loss(hp, models: PPOModels, params, mb: Rollout, ptx, scales=None, constants=None):
     """Clipped policy loss + vf_coef * clipped value loss - ent_coef * entropy (+ ptx_coef * LM loss).
 
     With the policy's `logits_chunk` > 0 the log-probs and entropy come chunk by chunk from the
     final hidden states (`forward.response_logprobs`), never from B x T x V logits. `scales` =
     (PPO terms' weight, ptx term's weight) multiplies the two parts (gradient accumulation).
     """
+    params = models.full(params, constants)  # LoRA: the trainable parts over their frozen bases
     N = mb.response_BxN.shape[1]
     P_len = mb.tokens_BxT.shape[1] - N
     seq = (mb.tokens_BxT, mb.mask_BxT, mb.positions_BxT)
@@ -144,14 +158,15 @@ def ppo_loss(hp, models: PPOModels, params, mb: Rollout, ptx, scales=None):
     return loss, metrics
 
 
-def minibatch_grads(hp, models: PPOModels, params, mb: Rollout, ptx):
+def minibatch_grads(hp, models: PPOModels, params, mb: Rollout, ptx, constants=None):
     """((loss, metrics), grads) of one minibatch; with `hp.grad_accum` = M > 1, accumulated over M
     slices in a scan (one slice's activations at a time), each slice's PPO terms weighted by its
     share of the minibatch's response tokens and its ptx term by its share of ptx tokens: the
     same gradient as the whole minibatch. Metrics: token-weighted means, `ratio_max` the max."""
     M = hp.grad_accum
     if M == 1:
-        return jax.value_and_grad(lambda p: ppo_loss(hp, models, p, mb, ptx), has_aux=True)(params)
+        return jax.value_and_grad(lambda p: ppo_loss(hp, models, p, mb, ptx, constants=constants),
+                                  has_aux=True)(params)
     slices = split_microbatches(mb, M)
     ptx_slices = split_microbatches(ptx, M) if ptx is not None else None
     tokens_M = slices.response_mask_BxN.sum((1, 2))
@@ -163,7 +178,8 @@ def minibatch_grads(hp, models: PPOModels, params, mb: Rollout, ptx):
     def one(grads_acc, xs):
         s, ptx_s, w, u = xs
         (loss, m), grads = jax.value_and_grad(
-            lambda p: ppo_loss(hp, models, p, s, ptx_s, scales=(w / total, u / ptx_total)), has_aux=True)(params)
+            lambda p: ppo_loss(hp, models, p, s, ptx_s, scales=(w / total, u / ptx_total), constants=constants),
+            has_aux=True)(params)
         return jax.tree.map(jnp.add, grads_acc, grads), (loss, m)
 
     zeros = jax.tree.map(jnp.zeros_like, params)
@@ -177,7 +193,7 @@ def minibatch_grads(hp, models: PPOModels, params, mb: Rollout, ptx):
 PTX_KEYS = ("tokens", "loss_mask", "segment_ids", "positions")
 
 
-def update(hp, models: PPOModels, tx, params, opt_state, data: Rollout, batch, rng):
+def update(hp, models: PPOModels, tx, params, opt_state, data: Rollout, batch, rng, constants=None):
     """The update phase: `epochs` x `minibatches` clipped-PPO (+ ptx) steps as one scan."""
     B = data.tokens_BxT.shape[0]
     mb_size = B // hp.minibatches
@@ -192,7 +208,7 @@ def update(hp, models: PPOModels, tx, params, opt_state, data: Rollout, batch, r
         idx, j = xs
         mb = jax.tree.map(lambda x: x[idx], data)
         ptx_mb = jax.tree.map(lambda x: x[j], ptx) if ptx is not None else None
-        (loss, m), grads = minibatch_grads(hp, models, params, mb, ptx_mb)
+        (loss, m), grads = minibatch_grads(hp, models, params, mb, ptx_mb, constants)
         params, opt_state, grad_norm = apply_gradients(tx, params, opt_state, grads)
         return (params, opt_state), {**m, "loss": loss, "grad_norm": grad_norm}
 
@@ -205,13 +221,14 @@ def make_ppo_step(hp, sampling: SamplingConfig, models: PPOModels, tx, schedule)
     """(state, batch, rng, constants) -> (state, metrics, episodes): one PPO iteration on device.
 
     batch: prompt, prompt_mask [B, P] (+ ptx tokens/loss_mask/segment_ids/positions [Bp, T]).
-    constants: {"reference": params, "reward": params}, frozen.
+    constants: {"reference": params, "reward": params (+ "value_base" with LoRA)}, frozen.
     """
     def step(state: PPOState, batch, rng, constants):
         rng_gen, rng_perm = jax.random.split(rng)
         data, metrics = rollout(hp, sampling, models, state, constants, batch, rng_gen)
         B = data.tokens_BxT.shape[0]
-        params, opt_state, upd = update(hp, models, tx, state.params, state.opt_state, data, batch, rng_perm)
+        params, opt_state, upd = update(hp, models, tx, state.params, state.opt_state, data, batch, rng_perm,
+                                        constants)
         kl_coef = state.kl_coef
         if hp.adaptive_kl:
             kl_coef = P.adaptive_kl_update(kl_coef, metrics["kl"], hp.kl_target, hp.kl_horizon, B)

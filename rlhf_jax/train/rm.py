@@ -58,14 +58,14 @@ def ranked_prompts(batch):
 
 
 def make_rm_step(graphdef, tx, schedule, margin: float = 0.0, center_coef: float = 0.0,
-                 ib_beta: float | None = None, kl_form: str = "per_dim_sum", microbatches: int = 1):
+                 ib_beta: float | None = None, kl_form: str = "per_dim_sum", microbatches: int = 1, lora=None):
     """(state, batch, rng) -> (state, metrics); `microbatches` > 1 accumulates the gradient over
     slices of the batch, each weighted by its ranked prompts (the whole batch's update)."""
     if microbatches > 1 and ib_beta is not None and kl_form == "mean_then_kl":
         raise ValueError("microbatches > 1 with InfoRM's kl_form='mean_then_kl' is not supported: its KL term "
                          "averages over responses, the Bradley-Terry term over prompts")
     return make_train_step(rm_loss(graphdef, margin, center_coef, ib_beta, kl_form), tx, schedule, microbatches,
-                           ranked_prompts)
+                           ranked_prompts, lora=lora)
 
 
 def make_rm_eval(graphdef, margin: float = 0.0):
@@ -121,10 +121,10 @@ def unstack(stacked, k: int) -> list:
 def ensemble_step(single_step):
     """A member's step vmapped over members (state axis 0, batch axis 1); metrics averaged,
     with the weakest member's accuracy kept."""
-    vstep = jax.vmap(single_step, in_axes=(0, 1, None))
+    vstep = jax.vmap(single_step, in_axes=(0, 1, None, None))
 
-    def step(state, batch, rng):
-        state, m = vstep(state, batch, rng)
+    def step(state, batch, rng, constants=None):  # constants (a shared frozen base) are not per member
+        state, m = vstep(state, batch, rng, constants)
         return state, {**{k: v.mean() for k, v in m.items()}, "accuracy_min": m["accuracy"].min()}
 
     return step

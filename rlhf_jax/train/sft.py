@@ -9,7 +9,6 @@ import optax
 from rlhf_jax.data.batches import evaluate_all
 from rlhf_jax.models.forward import forward, model_config, shifted_logprobs
 from rlhf_jax.objectives.lm import masked_nll, next_token_loss, token_logprobs
-from rlhf_jax.train import lora as lora_lib
 from rlhf_jax.train.lora import LoRAConfig
 from rlhf_jax.train.step import make_train_step
 
@@ -27,14 +26,9 @@ def lm_logprobs(graphdef, params, batch, dropout_rng=None):
                             segment_ids_BxT=batch["segment_ids"], dropout_rng=dropout_rng)
 
 
-def sft_loss(graphdef, use_dropout: bool = False, lora: LoRAConfig | None = None):
-    """loss_fn(params, batch, rng, base) -> (mean completion NLL, {"tokens"}).
-
-    With `lora`, `params` are the adapters and the frozen base weights come as `base`.
-    """
-    def loss_fn(params, batch, rng, base):
-        if lora is not None:
-            params = lora_lib.merge(base, params, lora)
+def sft_loss(graphdef, use_dropout: bool = False):
+    """loss_fn(params, batch, rng, constants) -> (mean completion NLL, {"tokens"})."""
+    def loss_fn(params, batch, rng, constants):
         if model_config(graphdef, params).logits_chunk:
             loss, n_tokens = masked_nll(lm_logprobs(graphdef, params, batch, rng if use_dropout else None),
                                         batch["loss_mask"])
@@ -53,9 +47,10 @@ def loss_tokens(batch):
 
 def make_sft_step(graphdef, tx: optax.GradientTransformation, schedule, use_dropout: bool = False,
                   lora: LoRAConfig | None = None, microbatches: int = 1):
-    """(state, batch, rng[, base]) -> (state, metrics); batch: tokens, loss_mask, segment_ids, positions [B, T].
-    `microbatches` > 1 accumulates the gradient over that many slices of the batch (same update)."""
-    return make_train_step(sft_loss(graphdef, use_dropout, lora), tx, schedule, microbatches, loss_tokens)
+    """(state, batch, rng[, constants]) -> (state, metrics); batch: tokens, loss_mask, segment_ids, positions
+    [B, T]. `microbatches` > 1 accumulates the gradient over that many slices of the batch (same update);
+    with `lora` the state holds `lora.split`'s trainable part and the constants are (base, None)."""
+    return make_train_step(sft_loss(graphdef, use_dropout), tx, schedule, microbatches, loss_tokens, lora=lora)
 
 
 def make_sft_eval(graphdef):

@@ -94,14 +94,19 @@ def accumulate_gradients(loss_fn: Callable, params, batch, rng, constants, micro
 
 
 def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, schedule: Callable,
-                    microbatches: int = 1, weight_fn: Callable | None = None):
+                    microbatches: int = 1, weight_fn: Callable | None = None, lora=None):
     """The pure step around `loss_fn`; `constants` (frozen models) are passed through to it.
 
     microbatches > 1: the gradient is accumulated over that many slices of the batch
     (`accumulate_gradients`, weighted by `weight_fn`), giving the whole batch's update.
+    lora (a LoRAConfig): the state holds the trainable part (`lora.split`), the step's
+    constants are (frozen base, the loss's own constants) and the loss sees `lora.view`.
     """
     if microbatches < 1:
         raise ValueError(f"microbatches={microbatches} must be >= 1")
+    if lora is not None:
+        from rlhf_jax.train import lora as lora_lib
+        loss_fn = lora_lib.wrap_loss(loss_fn, lora)
 
     def step(state: TrainState, batch, rng, constants=None):
         if microbatches == 1:
