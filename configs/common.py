@@ -151,7 +151,8 @@ def base() -> ml_collections.ConfigDict:
         "baseline": "sft", "source": "", "judges": "gold,rm", "judge_model": "", "judge_chat": "tokenizer",
         "judge_order_rule": "agree", "prompts": "", "pairs": "", "n_prompts": 256, "n_pairs": 500,
         "n_truthfulqa": 0, "n_alpaca": 805, "truthfulqa_formats": "qa_primer,chat:tokenizer", "max_new_tokens": 0,
-        "temperature": 1.0, "batch_size": 64, "n_report": 12, "bootstrap": 2000})
+        "temperature": 1.0, "batch_size": 64, "n_report": 12, "bootstrap": 2000,
+        "chat_prompts": False})  # wrap text prompts in a user turn of the chat template (instruct models)
     # wandb: "auto" (WANDB_MODE if set, else online with an API key, offline without), online, offline, disabled
     # group: the W&B group of the run's stages ("" = name-workdir; a sweep sets its name)
     c.log = ml_collections.ConfigDict({"wandb": "auto", "project": "rlhf_jax", "group": ""})

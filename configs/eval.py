@@ -40,8 +40,9 @@ def get_config(arg: str | None = None):
         c.model.overrides = {}
         c.data.update(source="files", policy="skip", max_len=512, max_prompt_len=384)
         c.evaluate.update(suites="truthfulqa,alpaca_eval,judge_agreement", policies=f"smollm2={GGUF}",
-                          baseline="smollm2", judges="llm", judge_model="policy:smollm2", pairs="corpus:hh_rlhf",
-                          max_new_tokens=128, temperature=0.0, batch_size=16, n_pairs=500)
+                          baseline="smollm2", judges="llm,llm_rating", judge_model="policy:smollm2",
+                          pairs="corpus:hh_rlhf", max_new_tokens=128, temperature=0.0, batch_size=16, n_pairs=500,
+                          chat_prompts=True)
     if "small" in variants:
         c.data.update(max_len=256, max_prompt_len=192)
         c.evaluate.update(n_truthfulqa=100, n_alpaca=100, n_pairs=200, max_new_tokens=64)

@@ -44,6 +44,12 @@ class RunContext:
         return self.base.cfg.replace(**changes)
 
     def shard(self, batch):
+        """A global batch as arrays split over the batch mesh axes. Every process builds the same
+        global batch (the iterators are deterministic); on several processes each hands on only
+        its own contiguous share of the rows, as `sharding.shard_batch` expects."""
+        n, i = jax.process_count(), jax.process_index()
+        if n > 1:
+            batch = jax.tree.map(lambda x: x[i * (len(x) // n):(i + 1) * (len(x) // n)], batch)
         return shd.shard_batch(batch, self.mesh)
 
     def iterator(self, arrays, batch_size: int, salt: int) -> BatchIterator:

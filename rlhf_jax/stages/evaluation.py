@@ -5,7 +5,8 @@ Policies (`evaluate.policies`, "name=spec,..."): `stage:NAME` reads WORKDIR/NAME
 file. Judges (`evaluate.judges`): `gold` (the task world's gold reward), `rm` (the trained
 reward of the source workdir: single, ensemble or InfoRM), `llm` (an LLM-as-a-judge on
 `evaluate.judge_model`: a path, or `policy:NAME` for one of the policies, which then also
-gives its self-preference). Writes WORKDIR/eval/: summary.json, report.md (per-example
+gives its self-preference: `llm` judges pairs in both orders, `llm_rating` rates each
+response 1-5 on its own). Writes WORKDIR/eval/: summary.json, report.md (per-example
 tables), samples.jsonl, metrics.jsonl (and W&B), win_rates.png. Evaluation is re-run every
 time the stage is asked for; it changes no training stage.
 """
@@ -34,7 +35,7 @@ from rlhf_jax.stages import common
 from rlhf_jax.stages.registry import register_stage
 from rlhf_jax.train.ppo import sequence_kl
 
-JUDGES = ("gold", "rm", "llm")
+JUDGES = ("gold", "rm", "llm", "llm_rating")
 
 
 def parse_policies(spec: str) -> dict[str, str]:
@@ -58,7 +59,8 @@ def check(c, need) -> None:
     judges = [j for j in e.judges.split(",") if j]
     need(all(j in JUDGES for j in judges), "evaluate.judges", f"{judges}: each must be one of {JUDGES}")
     need(not policies or e.baseline in policies, "evaluate.baseline", f"{e.baseline!r} is not among {list(policies)}")
-    need("llm" not in judges or bool(e.judge_model), "evaluate.judge_model", "the llm judge needs a checkpoint")
+    need(not {"llm", "llm_rating"} & set(judges) or bool(e.judge_model), "evaluate.judge_model",
+         "an llm judge needs a checkpoint (a path, or policy:NAME)")
     need(e.temperature >= 0, "evaluate.temperature", "must be >= 0 (0 = greedy)")
 
 
@@ -117,11 +119,12 @@ def build_judges(ctx, policies: dict[str, Policy]) -> dict[str, Any]:
             judges["gold"] = FunctionJudge(gold.fn)
         elif name == "rm":
             judges["rm"] = rm_judge(ctx)
-        else:
+        else:  # llm: pairwise, both orders; llm_rating: pointwise expected 1-5 rating, compared by its difference
             p = (policies[e.judge_model[7:]] if e.judge_model.startswith("policy:")
                  else load_policy(ctx, "judge", e.judge_model))
-            judges["llm"] = LLMJudge(p.model, p.tokenizer, chat=e.judge_chat or None, order_rule=e.judge_order_rule,
-                                     batch_size=max(1, e.batch_size // 4))
+            pairwise = {} if name == "llm" else {"pairwise_template": None}
+            judges[name] = LLMJudge(p.model, p.tokenizer, chat=e.judge_chat or None, order_rule=e.judge_order_rule,
+                                    batch_size=max(1, e.batch_size // 4), **pairwise)
     return judges
 
 
@@ -131,6 +134,9 @@ def generator(ctx, baseline: Policy):
 
     def run(policy: Policy, records: list[dict]) -> dict:
         tok = policy.tokenizer
+        if e.chat_prompts:  # an instruct model answers a user turn of its chat template
+            records = [{**r, "prompt": [{"role": "user", "content": r["prompt"]}]} if isinstance(r["prompt"], str)
+                       else r for r in records]
         arrays, _ = prompt_arrays(records, tok, ctx.data.tcfg)
         cfg = SamplingConfig(max_new_tokens=e.max_new_tokens or ctx.config.ppo.max_new_tokens,
                              temperature=e.temperature, eos_token_ids=(tok.eos_token_id,),
@@ -196,10 +202,17 @@ def self_preference(results: dict, e) -> dict:
     """With an LLM judge that is one of the policies: the win rate it gives its own model
     against the others', beside the same comparison by every other judge."""
     own = e.judge_model[7:] if e.judge_model.startswith("policy:") else None
-    gen = results.get("generation", {}).get(f"win_rate_vs_{e.baseline}", {})
-    if own is None or "llm" not in gen or own not in gen["llm"]:
+    if own is None:
         return {}
-    return {"policy": own, "llm": gen["llm"][own], **{j: v[own] for j, v in gen.items() if j != "llm"}}
+    out = {}
+    gen = results.get("generation", {}).get(f"win_rate_vs_{e.baseline}", {})
+    if any(own in per for per in gen.values()):  # its own outputs against the baseline's, by every judge
+        out["generation"] = {j: per[own] for j, per in gen.items() if own in per}
+    alpaca = {j: per[own]["win_rate"] for j, per in results.get("alpaca_eval", {}).items()
+              if isinstance(per, dict) and own in per}
+    if alpaca:  # its own outputs against the reference outputs, by every judge
+        out["alpaca_eval"] = alpaca
+    return {"policy": own, **out} if out else {}
 
 
 @register_stage("eval", needs=needs, check=check, produces_params=False, reads=("evaluate",), rerun=True)
