@@ -43,8 +43,8 @@ PAPER = {
     "ppo": "For PPO, ensemble-based conservative optimization always reduces overoptimization and outperforms "
            "single reward model optimization; combined with a small KL penalty (0.01) it prevents "
            "overoptimization at no performance cost (abstract).",
-    "mean": "Mean optimisation helps less than the conservative objectives; it does not by itself prevent "
-            "overoptimization, in particular with label noise.",
+    "mean": "The abstract's claims are about the conservative objectives (WCO, UWO); it states none for the plain "
+            "mean of the ensemble, which we run as the non-conservative ensemble baseline.",
 }
 
 METHODS = ("single", "mean", "min", "uwo")
@@ -163,7 +163,7 @@ def figure(result: dict, path: Path) -> None:
         top.set_xlabel("n", fontsize=8)
         ax.set_xlabel("KL_bon = log n - (n-1)/n (nats)")
         ax.set_ylabel("gold reward of best-of-n")
-        ax.set_title(f"best-of-n, {level['label']}", fontsize=9)
+        ax.set_title(f"best-of-n of the SFT policy, {level['label']}", fontsize=9, pad=8)
         ax.legend(fontsize=8)
         ax = axes[i, 1]
         for m, res in methods.items():
@@ -172,7 +172,7 @@ def figure(result: dict, path: Path) -> None:
         if sft is not None:
             ax.axhline(sft, color="grey", lw=0.8, ls="--", label="SFT policy (held-out prompts)")
         ax.set_xlabel("PPO iteration")
-        ax.set_ylabel(f"gold reward of the rollouts ({result['settings']['smooth']}-iteration moving average)")
+        ax.set_ylabel(f"rollout gold reward ({result['settings']['smooth']}-it. moving avg.)")
         ax.set_title(f"PPO (KL coef 0.05), {level['label']}", fontsize=9)
         ax.legend(fontsize=8)
     fig.suptitle(f"Coste et al. on the task world, {result['settings']['variant']} RMs, pairs (K = 2); mean and 95% "
