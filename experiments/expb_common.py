@@ -106,7 +106,7 @@ def jsonable(obj):
     if isinstance(obj, (list, tuple)):
         return [jsonable(v) for v in obj]
     if isinstance(obj, (np.floating, float)):
-        return None if not math.isfinite(float(obj)) else float(obj)
+        return None if not math.isfinite(float(obj)) else float(f"{float(obj):.7g}")
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, np.ndarray):

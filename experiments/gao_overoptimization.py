@@ -89,7 +89,8 @@ def _fit(form: str, d: np.ndarray, y: np.ndarray) -> dict:
     resid = y - f(d, a, b)
     r2 = 1 - (resid ** 2).sum() / max(((y - y.mean()) ** 2).sum(), 1e-12)
     if b > 0:
-        d_star = a / (2 * b) if form == "bon" else float(np.exp(a / b - 1))
+        # bon with alpha <= 0: gold falls from d = 0, the maximum over d >= 0 is at 0
+        d_star = max(a / (2 * b), 0.0) if form == "bon" else float(np.exp(a / b - 1))
         peak = float(f(np.array([d_star]), a, b)[0])
     else:
         d_star, peak = None, None  # no interior maximum: gold never turns down under this fit
@@ -151,15 +152,11 @@ def analyse_point(dirs: dict[int, Path], window: int, bins: int) -> dict:
     d_raw = np.sqrt(np.maximum(series["kl"], 0.0))
     smooth = {k: ec.moving_average(v, window) for k, v in series.items()}
     d_smooth = np.sqrt(np.maximum(smooth["kl"], 0.0))
-    gain = smooth["gold_reward"] - gold0
     rl = {"iteration": list(range(1, T + 1)), "smoothing_window": window,
-          "d": [ec.stats(d_smooth[:, t]) for t in range(T)],
           "kl": [ec.stats(smooth["kl"][:, t]) for t in range(T)],
           "gold": [ec.stats(smooth["gold_reward"][:, t]) for t in range(T)],
-          "gold_gain": [ec.stats(gain[:, t]) for t in range(T)],
-          "proxy": [ec.stats(smooth["score"][:, t]) for t in range(T)],
-          "proxy_gain": [ec.stats(smooth["score"][:, t] - proxy0[:, 0]) for t in range(T)]}
-    for entry in ("d", "kl", "gold", "gold_gain", "proxy", "proxy_gain"):  # keep the JSON small
+          "proxy": [ec.stats(smooth["score"][:, t]) for t in range(T)]}
+    for entry in ("kl", "gold", "proxy"):  # keep the JSON small: per-seed values only in `binned`
         for s in rl[entry]:
             s.pop("values")
     rl["binned"] = bin_by_d(d_raw, {"gold_gain": series["gold_reward"] - gold0,
@@ -289,6 +286,9 @@ def main(argv=None) -> int:
            "commands": [" ".join(["python", "experiments/gao_overoptimization.py", *(argv or sys.argv[1:])])]
            + [r["command"] for r in records],
            "sweep_seconds": [r["seconds"] for r in records], "wall_seconds": round(wall, 1),
+           "run_seconds_total": round(sum(r["seconds"] or 0.0 for rec in records for r in rec["runs"]), 1),
+           "timing_note": "wall_seconds: this invocation (small when the runs were finished before and only the "
+                          "analysis ran); run_seconds_total: the runs' own wall times as the runner recorded them",
            "gold_baseline": "gold gains are relative to each seed's SFT policy (the best-of-1 gold of its bon stage)",
            "rl_curves": f"PPO: rl.gold etc. are by iteration (each seed's per-iteration rollout metrics, 64 "
                         f"episodes, smoothed over {spec['window']} iterations, then averaged over seeds); rl.binned "

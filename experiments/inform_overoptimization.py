@@ -239,6 +239,9 @@ def main(argv=None) -> int:
            "commands": [" ".join(["python", "experiments/inform_overoptimization.py", *(argv or sys.argv[1:])])]
            + [r["command"] for r in records],
            "sweep_seconds": [r["seconds"] for r in records], "wall_seconds": round(wall, 1),
+           "run_seconds_total": round(sum(r["seconds"] or 0.0 for rec in records for r in rec["runs"]), 1),
+           "timing_note": "wall_seconds: this invocation (small when the runs were finished before and only the "
+                          "analysis ran); run_seconds_total: the runs' own wall times as the runner recorded them",
            "definitions": {
                "curves": "per-iteration rollout metrics (64 episodes on training prompts), each seed smoothed over "
                          "`window` iterations, then mean and 95% t-interval over seeds",
