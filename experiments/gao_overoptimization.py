@@ -13,7 +13,8 @@ the sweep runner (one sweep per data amount, the SFT stage shared across the siz
 Then, against d = sqrt(KL):
 - best-of-n: gold and proxy of the unbiased best-of-n estimate for n = 1..N, KL_bon = log n - (n-1)/n;
 - PPO: each iteration's rollouts (ppo/metrics.jsonl: kl, score, gold_reward), averaged over
-  seeds by iteration (each seed's series smoothed over `--window` iterations first).
+  seeds by iteration (each seed's series smoothed over 9 iterations first: rl.kl/gold/proxy) and
+  binned by d (12 equal-width bins, per seed then over seeds: rl.binned, the plotted curves).
 The gold gain over the SFT policy (gold - gold of best-of-1, the SFT policy's own mean) is
 fitted with R_bon(d) = d (alpha - beta d) and R_RL(d) = d (alpha - beta log d) (scipy
 curve_fit), pooled over seeds and per seed; peaks d* = alpha / (2 beta) (bon) and

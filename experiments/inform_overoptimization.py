@@ -11,7 +11,7 @@ through the runner: the standard scalar-head RM (`standard,hackable`) and InfoRM
 across the betas of a seed. Stages SFT -> RM -> PPO; PPO logs each iteration's rollout gold
 reward, KL and proxy score, and with an InfoRM `latent/csi` and `latent/outlier_rate` every
 `inform.track_every` iterations. Per point: curves over iterations (each seed smoothed over
-`--window` iterations, then mean and 95% t-interval over seeds), CSI at the tracked
+9 iterations, then mean and 95% t-interval over seeds), CSI at the tracked
 iterations, the final held-out gold, KL and win rate over SFT, the fall of the gold reward
 from its peak, and the paired (same seed, same SFT) difference of final gold against the
 standard RM. Writes experiments/results/inform_overoptimization.json and
@@ -187,9 +187,15 @@ def main(argv=None) -> int:
     p.add_argument("--figures", default=None, help="PNG directory (default experiments/figures; with --smoke "
                                                    "the runs directory)")
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; smoke 0,1)")
+    p.add_argument("--readme_budget", action="store_true",
+                   help="the README's single-seed setting instead (RM trained 3 epochs, standard RM and beta 0.01 "
+                        "only), written as inform_overoptimization_rm3ep.json / .png")
     args = p.parse_args(argv)
     spec = SMOKE if args.smoke else FULL
     name = NAME + ("_smoke" if args.smoke else "")
+    if args.readme_budget and not args.smoke:
+        spec = {**FULL, "betas": ["0.01"], "sets": {**FULL["sets"], "rm.epochs": "3"}}
+        name = NAME + "_rm3ep"
     runs = Path(args.runs or ROOT / "runs" / name).resolve()
     results = Path(args.results or (runs if args.smoke else ROOT / "experiments" / "results"))
     figures = Path(args.figures or (runs if args.smoke else ROOT / "experiments" / "figures"))
