@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from rlhf_jax import checkpoint
-from rlhf_jax.eval.policy_eval import compare_policies
+from rlhf_jax.eval.policy_eval import compare_policies, frontier_eval
 from rlhf_jax.objectives.preference import PREFERENCE_LOSSES
 from rlhf_jax.stages import common
 from rlhf_jax.stages.base import Training, train, train_state
@@ -34,6 +34,7 @@ def check(c, need) -> None:
     need(d.loss in ("cdpo", "robust") or d.label_smoothing == 0, "dpo.label_smoothing",
          f"only cdpo and robust use it (dpo.loss={d.loss!r})")
     need(d.orpo_lambda >= 0, "dpo.orpo_lambda", "must be >= 0")
+    need(d.eval_every >= 0, "dpo.eval_every", "must be >= 0 (0 = no trajectory)")
 
 
 def preflight(ctx, need) -> None:
@@ -41,7 +42,8 @@ def preflight(ctx, need) -> None:
     need(len(ctx.data.records("eval_prompts")) > 0, "eval.n_prompts", "no held-out prompts to evaluate on")
 
 
-@register_stage("dpo", needs=lambda c: ("sft",), check=check, reads=("eval",) + SAMPLING,
+@register_stage("dpo", needs=lambda c: ("sft",) + common.preference_stages(c) + common.gold_stages(c), check=check,
+                reads=("eval",) + SAMPLING,
                 preflight=preflight)
 def run(ctx) -> dict[str, Any]:
     c = ctx.config.dpo
@@ -62,14 +64,19 @@ def run(ctx) -> dict[str, Any]:
     tx, sched = optim.from_config(c, total)
     params = jax.tree.map(jnp.copy, sft)
     live_ref = ref if ref is not None and not c.cache_reference else None
+    sampling = sampling_config(ctx.config.ppo, ctx.tokenizer, temperature=ctx.config.eval.temperature)
+    evaluate = None  # the trajectory: KL to SFT and gold reward on the held-out prompts every eval_every steps
+    if c.eval_every:
+        evaluate = frontier_eval(graphdef, ctx.data.arrays("eval_prompts"), sampling, jax.random.fold_in(ctx.rng, 98),
+                                 sft, common.gold_reward(ctx))
     result = train(ctx, "dpo", Training(dpo_lib.make_dpo_step(graphdef, tx, sched, c), train_state(params, tx),
-                                        {"train": it}, total, constants=live_ref,
+                                        {"train": it}, total, constants=live_ref, evaluate=evaluate,
+                                        eval_every=c.eval_every,
                                         progress_keys=("loss", "reward_accuracy", "reward_margin")), SALT)
     final = result.state.params
     held_out = dpo_lib.held_out_metrics(graphdef, final, val, val_bs, c)
     evals, samples = compare_policies(
-        graphdef, ctx.tokenizer, ctx.data.arrays("eval_prompts"),
-        sampling_config(ctx.config.ppo, ctx.tokenizer, temperature=ctx.config.eval.temperature),
+        graphdef, ctx.tokenizer, ctx.data.arrays("eval_prompts"), sampling,
         jax.random.fold_in(ctx.rng, 99), sft, final, None, None, common.gold_reward(ctx), "dpo",
         ctx.config.eval.n_report_samples)
     summary = {"steps": total, "wall_seconds": time.perf_counter() - t0,
