@@ -71,6 +71,9 @@ def base() -> ml_collections.ConfigDict:
     c.data.prompts = ""
     c.data.ptx = ""
     c.data.val_fraction = 0.05
+    # data.rm_train = "stage:prefs": the rankings of stage prefs (K SFT samples per prompt ranked by the gold reward)
+    # the gold reward every stage judges with: "" = the task world's (none from files), "clf" = stage clf's classifier
+    c.data.gold = ""
 
     c.sft = ml_collections.ConfigDict({
         "steps": 0, "epochs": 1, "batch_size": 64, **optimizer(3e-3, warmup_steps=20), "dropout": 0.0,
@@ -109,7 +112,11 @@ def base() -> ml_collections.ConfigDict:
         "vf_clip": 0.2, "vf_coef": 0.1, "ent_coef": 0.0, "ptx_coef": 0.0, "ptx_batch_size": 0, "ema_decay": 0.0,
         "save_every": 20,
         # each minibatch's gradient accumulated over grad_accum slices (the same update)
-        "grad_accum": 1})
+        "grad_accum": 1,
+        # how every stage samples a policy: "gumbel" (jax.random.categorical) or "inverse_cdf" (one uniform a
+        # row: far cheaper on a CPU with a 50k vocabulary; same distribution, other samples for a seed)
+        "sampler": "gumbel",
+        "reward": "rm"})  # what PPO optimises: "rm" (the trained reward) or "gold" (the gold reward itself)
 
     # fine-grained rewards (Wu et al. 2023): per-segment classifiers (stage "fgrm") whose rewards
     # PPO receives on each segment's last token, plus the holistic RM at the EOS (weight
@@ -130,7 +137,8 @@ def base() -> ml_collections.ConfigDict:
         **optimizer(1e-4, warmup_steps=10, schedule="constant", max_grad_norm=10.0), **lora(), "beta": 0.1,
         "loss": "dpo",
         "label_smoothing": 0.0, "logprob_reduction": "sum", "simpo_gamma": 0.5, "orpo_lambda": 0.1,
-        "cache_reference": True, "save_every": 100, "grad_accum": 1})
+        "cache_reference": True, "save_every": 100, "grad_accum": 1,
+        "eval_every": 0})  # > 0: held-out KL to SFT and gold reward every eval_every steps (the trajectory)
 
     # best-of-n evaluation of the SFT policy under the RM (stage "bon") and rejection-sampling
     # fine-tuning on the best of n_samples (stage "rs": the SFT fields, started from the SFT policy)
@@ -138,6 +146,16 @@ def base() -> ml_collections.ConfigDict:
     c.bon = ml_collections.ConfigDict({"n_samples": 64, "n_prompts": 128, "temperature": 1.0, "rank_by": "rm"})
     c.rs = ml_collections.ConfigDict(dict(c.sft.to_dict(), n_samples=16, n_prompts=2048, temperature=1.0, lr=1e-3,
                                           warmup_steps=10, epochs=2))
+
+    # the gold classifier (stage "clf", the DPO paper's IMDb setting): a scalar-head decoder of the base
+    # model's architecture with `overrides`, random init, trained with binary cross-entropy on labelled text
+    # (train / test: corpus:NAME readers of {"text", "label"}; n_train / n_test: the first n, 0 = all), each
+    # text cut to a random length in [min_len, max_len] tokens; seed: its init, data order and cuts (not the
+    # run's seed: one gold classifier for every seed); output: the gold score, "prob" = p(positive) or "logit"
+    c.clf = ml_collections.ConfigDict({
+        "train": "", "test": "", "n_train": 0, "n_test": 5000, "min_len": 8, "max_len": 64, "seed": 0,
+        "output": "prob", "overrides": ml_collections.ConfigDict(), "steps": 0, "epochs": 1, "batch_size": 64,
+        **optimizer(1e-3, warmup_steps=20), "save_every": 200})
 
     c.eval = ml_collections.ConfigDict({"n_prompts": 256, "temperature": 1.0, "n_report_samples": 8})
 
@@ -156,5 +174,6 @@ def base() -> ml_collections.ConfigDict:
     # wandb: "auto" (WANDB_MODE if set, else online with an API key, offline without), online, offline, disabled
     # group: the W&B group of the run's stages ("" = name-workdir; a sweep sets its name)
     c.log = ml_collections.ConfigDict({"wandb": "auto", "project": "rlhf_jax", "group": ""})
-    c.debug_stop_after = ml_collections.ConfigDict({"sft": 0, "rm": 0, "ppo": 0, "dpo": 0, "rs": 0})  # simulate a kill (tests)
+    c.debug_stop_after = ml_collections.ConfigDict({"sft": 0, "rm": 0, "ppo": 0, "dpo": 0, "rs": 0,  # simulate a
+                                                    "clf": 0})  # kill (tests)
     return c

@@ -12,6 +12,12 @@ with mask 0 and log-prob 0. The loop exits early once every row has stopped.
 sampled from: logits / temperature, then top-k and top-p filtering, renormalised. With
 top_k=0 and top_p=1 that is exactly log_softmax(logits / T), the quantity PPO needs. For
 greedy decoding (temperature 0) they are log_softmax(logits).
+
+`sampler` picks how a token is drawn from that distribution: "gumbel" (the default,
+`jax.random.categorical`: one Gumbel variate per vocabulary entry) or "inverse_cdf" (one uniform
+per row against the cumulative probabilities). Both are exact; they use the random stream
+differently, so the same seed gives other samples. With GPT-2's 50,257 tokens the Gumbel draw
+is most of a CPU decoding step (449 ms of CPU for 256 rows, against 54 ms for the log-softmax).
 """
 from __future__ import annotations
 
@@ -30,6 +36,9 @@ from rlhf_jax.models.model import apply
 from rlhf_jax.models.transformer import KVCache
 
 
+SAMPLERS = ("gumbel", "inverse_cdf")
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
     max_new_tokens: int = 32
@@ -38,6 +47,7 @@ class SamplingConfig:
     top_p: float = 1.0  # 1 disables
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int = 0
+    sampler: str = "gumbel"  # "gumbel" (jax.random.categorical) or "inverse_cdf" (see the module docstring)
 
     def __post_init__(self):
         if self.temperature < 0:
@@ -46,6 +56,8 @@ class SamplingConfig:
             raise ValueError(f"top_p={self.top_p} must be in (0, 1]")
         if self.top_k < 0 or self.max_new_tokens < 1:
             raise ValueError("top_k must be >= 0 and max_new_tokens >= 1")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler={self.sampler!r} must be one of {SAMPLERS}")
 
 
 class Generation(NamedTuple):
@@ -80,9 +92,35 @@ def sample_token(logits_BxV, rng, cfg: SamplingConfig):
     logp = jax.nn.log_softmax(processed, axis=-1)
     if cfg.temperature == 0:
         token = jnp.argmax(processed, axis=-1)
+    elif cfg.sampler == "inverse_cdf":
+        token = inverse_cdf_sample(rng, logp)
     else:
         token = jax.random.categorical(rng, processed, axis=-1)
     return token.astype(jnp.int32), jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
+
+
+def inverse_cdf_sample(rng, logp_BxV, block: int = 256):
+    """token_B drawn from exp(logp) with one uniform u per row: the first token whose cumulative
+    probability exceeds u * total. Two levels (blocks of `block` tokens, then the tokens of the
+    chosen block), because a cumulative sum over the whole vocabulary is slow on a CPU. A token
+    of probability 0 is never drawn: rounding past the end falls back on the last block, and
+    token, of positive probability."""
+    B, V = logp_BxV.shape
+    n_blocks = -(-V // block)
+    probs_BxNxK = jnp.pad(jnp.exp(logp_BxV), ((0, 0), (0, n_blocks * block - V))).reshape(B, n_blocks, block)
+    mass_BxN = probs_BxNxK.sum(-1)
+    cum_BxN = jnp.cumsum(mass_BxN, axis=-1)
+    u_B = jax.random.uniform(rng, (B,)) * cum_BxN[:, -1]
+    j_B = jnp.minimum(jnp.sum(cum_BxN <= u_B[:, None], axis=-1), _last_positive(mass_BxN))
+    before_B = jnp.where(j_B > 0, jnp.take_along_axis(cum_BxN, (j_B - 1).clip(0)[:, None], 1)[:, 0], 0.0)
+    probs_BxK = jnp.take_along_axis(probs_BxNxK, j_B[:, None, None], 1)[:, 0]
+    k_B = jnp.sum(jnp.cumsum(probs_BxK, axis=-1) <= (u_B - before_B)[:, None], axis=-1)
+    return (j_B * block + jnp.minimum(k_B, _last_positive(probs_BxK))).astype(jnp.int32)
+
+
+def _last_positive(values_BxN):
+    """Index of each row's last positive entry."""
+    return values_BxN.shape[-1] - 1 - jnp.argmax(values_BxN[:, ::-1] > 0, axis=-1)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg"))

@@ -103,3 +103,38 @@ def test_sampling_is_reproducible_and_seed_dependent(model):
     c = generate(model.graphdef, model.params, tokens, mask, jax.random.key(2), cfg)
     np.testing.assert_array_equal(np.asarray(a.tokens_BxN), np.asarray(b.tokens_BxN))
     assert not np.array_equal(np.asarray(a.tokens_BxN), np.asarray(c.tokens_BxN))
+
+
+def test_inverse_cdf_sampler_draws_the_distribution_and_never_a_filtered_token():
+    from scipy.stats import chisquare
+
+    from rlhf_jax.generate import inverse_cdf_sample
+    # 600 tokens (3 blocks of 256, the last partial), mass spread over all blocks, every 7th token filtered
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=600).astype(np.float32) * 2
+    logits[::7] = -np.inf
+    logp = jax.nn.log_softmax(jnp.asarray(logits))
+    n = 200_000
+    tokens = np.asarray(jax.jit(inverse_cdf_sample)(jax.random.key(1), jnp.broadcast_to(logp, (n, 600))))
+    assert tokens.min() >= 0 and tokens.max() < 600
+    assert not np.any(tokens % 7 == 0), "a token of probability 0 was drawn"
+    counts = np.bincount(tokens, minlength=600)
+    p = np.exp(np.asarray(logp, np.float64))
+    keep = p > 0
+    expected = p[keep] / p[keep].sum() * n
+    # pooled into the deciles of probability so every cell expects plenty of draws
+    order = np.argsort(expected)
+    cells = np.array_split(order, 10)
+    _, pvalue = chisquare([counts[keep][c].sum() for c in cells], [expected[c].sum() for c in cells])
+    assert pvalue > 1e-3, pvalue
+    # the most likely token's frequency within 4 standard errors of its probability
+    top = int(np.argmax(p))
+    se = np.sqrt(p[top] * (1 - p[top]) / n)
+    assert abs(counts[top] / n - p[top]) < 4 * se
+
+
+def test_inverse_cdf_sampler_with_top_k_one_is_greedy():
+    from rlhf_jax.generate import sample_token
+    logits = jnp.asarray(np.random.default_rng(1).normal(size=(8, 300)).astype(np.float32))
+    token, _ = sample_token(logits, jax.random.key(0), SamplingConfig(top_k=1, sampler="inverse_cdf"))
+    np.testing.assert_array_equal(np.asarray(token), np.asarray(jnp.argmax(logits, -1)))

@@ -14,6 +14,7 @@ Files are looked up in `data_dir` (default: $RLHF_JAX_DATA_DIR). Each reader ret
 | alpaca_eval       | alpaca_eval_reference_davinci003.json  | prompt with reference output |
 | truthfulqa        | truthfulqa.csv                         | multiple-choice items |
 | tiny_shakespeare / imdb_unsup | tinyshakespeare.txt, imdb/unsup.jsonl.gz | text |
+| imdb_reviews, imdb_sft, imdb_prefixes | imdb/{train,test}.jsonl.gz | see rlhf_jax.data.imdb |
 """
 from __future__ import annotations
 
@@ -275,6 +276,15 @@ READERS = {
     "alpaca_eval": alpaca_eval, "truthfulqa": truthfulqa, "tiny_shakespeare": tiny_shakespeare,
     "imdb_unsup": imdb_unsup,
 }
+
+
+def _register_imdb() -> None:
+    """The IMDb sentiment readers (rlhf_jax.data.imdb: reviews with labels, SFT, prefixes)."""
+    from rlhf_jax.data import imdb
+    READERS.update(imdb.READERS)
+
+
+_register_imdb()
 
 
 def dump_jsonl(records, path: str | Path) -> None:

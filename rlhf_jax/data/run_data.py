@@ -17,13 +17,33 @@ from rlhf_jax.errors import UserError
 
 
 def read_source(spec: str, kind: str, policy: str) -> list[dict]:
-    """A data path, or "corpus:NAME" for a reader in `rlhf_jax.data.corpora`; prints the load report."""
+    """A data path, or "corpus:NAME" for a reader in `rlhf_jax.data.corpora`, with keyword
+    arguments for it if any ("corpus:imdb_sft?limit=2000&seed=1": integers, floats or strings);
+    prints the load report."""
     if spec.startswith("corpus:"):
-        records, report = corpora.READERS[spec[7:]](policy=policy)
+        name, _, query = spec[7:].partition("?")
+        records, report = corpora.READERS[name](policy=policy, **reader_arguments(query))
     else:
         records, report = read_records(Path(spec).expanduser(), kind, policy=policy)
     print(report.summary(), flush=True)
     return records
+
+
+def reader_arguments(query: str) -> dict:
+    """{"limit": 2000, "split": "test"} from "limit=2000&split=test" (numbers parsed as numbers)."""
+    out = {}
+    for item in filter(None, query.split("&")):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"corpus reader argument {item!r}: expected KEY=VALUE")
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                pass
+        out[key] = value
+    return out
 
 
 def world_config(c) -> synthetic.WorldConfig:

@@ -66,3 +66,26 @@ def compare_policies(graphdef, tokenizer, prompts: dict, sampling: SamplingConfi
 
 def _num(x) -> float | None:
     return None if np.isnan(x) else float(x)
+
+
+def frontier_eval(graphdef, prompts: dict, sampling: SamplingConfig, rng, reference_params,
+                  gold: GoldReward | None, view=lambda p: p):
+    """`evaluate(state, step) -> {"kl", "gold_reward"}` for a training loop: the current policy's
+    samples on held-out prompts {prompt, prompt_mask} (the same rng every time), their mean
+    sequence KL to the reference policy and their mean gold reward: the trajectory of a run in
+    the reward / KL plane of the DPO paper's IMDb figure. `view` maps the trained parameters
+    to the full policy's (LoRA: adapters over the frozen base)."""
+    kl_fn = jax.jit(lambda p, r, *arrays: sequence_kl(graphdef, p, r, *arrays, sampling.temperature or 1.0))
+
+    def evaluate(state, step: int) -> dict:
+        params = view(state.params)
+        gen = generate(graphdef, params, prompts["prompt"], prompts["prompt_mask"], rng, sampling)
+        kl = kl_fn(params, reference_params, prompts["prompt"], prompts["prompt_mask"], gen.tokens_BxN,
+                   gen.mask_BxN.astype(np.float32))
+        out = {"kl": float(np.asarray(kl).mean())}
+        if gold is not None:
+            out["gold_reward"] = float(np.nanmean(gold.host_scores(prompts["prompt"], prompts["prompt_mask"],
+                                                                   gen.tokens_BxN, gen.mask_BxN)))
+        return out
+
+    return evaluate

@@ -4,6 +4,7 @@
     fgrm  fine-grained category reward models       ppo   PPO against the trained reward
     dpo   preference losses (DPO family, SimPO...)  bon   best-of-n curves
     rs    rejection-sampling fine-tuning            eval  evaluation suites on any checkpoints
+    clf   the gold classifier (IMDb sentiment)      prefs SFT samples ranked by the gold reward
 
 `run_stages(ctx)` runs the stages the config lists, in the order their needs set; a finished
 stage (its summary in the workdir) is not run again.
@@ -13,8 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from rlhf_jax import checkpoint, signals, workdir as workdirs
-# each module registers itself; imported in pipeline order, the order summaries are listed in
-from rlhf_jax.stages import sft, rm, fgrm, ppo, dpo, bon, rs, evaluation  # noqa: F401,I001
+# each module registers itself; imported in pipeline order, the order summaries are listed in (the
+# IMDb experiment's clf and prefs last, so the existing order is unchanged)
+from rlhf_jax.stages import sft, rm, fgrm, ppo, dpo, bon, rs, evaluation, classifier, prefs  # noqa: F401,I001
 from rlhf_jax.stages.registry import STAGES, MissingInputError, finished, plan, register_stage, started
 
 __all__ = ["STAGES", "MissingInputError", "plan", "register_stage", "run", "run_stages"]

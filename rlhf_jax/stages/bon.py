@@ -19,8 +19,8 @@ from rlhf_jax.stages.registry import SAMPLING, register_stage
 def check(c, need) -> None:
     need(c.bon.n_samples >= 1, "bon.n_samples", "must be >= 1")
     need(c.bon.rank_by in ("rm", "gold"), "bon.rank_by", "must be 'rm' or 'gold'")
-    need(c.bon.rank_by == "rm" or c.data.source == "synthetic", "bon.rank_by",
-         "'gold' needs the task world's gold reward (data.source = synthetic)")
+    need(c.bon.rank_by == "rm" or c.data.source == "synthetic" or c.data.gold, "bon.rank_by",
+         "'gold' needs a gold reward (the task world's, or data.gold = 'clf')")
     need(c.rs.n_samples >= 1, "rs.n_samples", "must be >= 1")
 
 
@@ -40,8 +40,8 @@ def preflight(ctx, need) -> None:
     need(len(ctx.data.records("eval_prompts")) > 0, "eval.n_prompts", "no held-out prompts for best-of-n")
 
 
-@register_stage("bon", needs=lambda c: ("sft",) + common.reward_stages(c), check=check, produces_params=False,
-                reads=("rm", "inform", "fg") + SAMPLING, preflight=preflight)
+@register_stage("bon", needs=lambda c: ("sft",) + common.reward_stages(c) + common.gold_stages(c), check=check,
+                produces_params=False, reads=("rm", "inform", "fg") + SAMPLING, preflight=preflight)
 def run(ctx) -> dict[str, Any]:
     c = ctx.config.bon
     t0 = time.perf_counter()

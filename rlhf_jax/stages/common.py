@@ -1,5 +1,6 @@
 """What several stages do the same way: read a finished stage's parameters, sample a policy,
-rank its samples in the task world, and rebuild the trained reward from the workdir."""
+rank its samples in the task world, and rebuild the trained reward and the gold reward (the
+task world's, or the gold classifier of stage clf) from the workdir."""
 from __future__ import annotations
 
 import functools
@@ -15,6 +16,7 @@ from rlhf_jax.models import init_model
 from rlhf_jax.objectives import ensemble as ensemble_lib
 from rlhf_jax.objectives.finegrained import parse_components, token_classes
 from rlhf_jax.rewards import EnsembleReward, GoldReward, ModelReward
+from rlhf_jax.rewards.classifier import ClassifierReward
 from rlhf_jax.rewards.finegrained import FineGrainedReward
 from rlhf_jax.train import rm as rm_lib
 from rlhf_jax.train.ppo import sampling_config
@@ -42,8 +44,26 @@ def sample_texts(ctx, params, prompt_records: list[dict], copies: int, temperatu
     return [texts[j * copies:(j + 1) * copies] for j in range(len(prompt_records))]
 
 
+def classifier_model(ctx):
+    """A freshly initialised gold classifier: a scalar-head decoder of the base model's
+    architecture with `clf.overrides`, initialised from `clf.seed` (not the run's seed: every
+    seed of a sweep is judged by the same classifier)."""
+    return init_model(ctx.model_cfg(**dict(ctx.config.clf.overrides)), head="scalar", seed=ctx.config.clf.seed,
+                      mesh=ctx.mesh)
+
+
+def gold_stages(c) -> tuple[str, ...]:
+    """The stages whose outputs make up the gold reward (`data.gold`)."""
+    return ("clf",) if c.data.gold == "clf" else ()
+
+
 def gold_reward(ctx) -> GoldReward | None:
-    """The task world's gold reward over decoded text (None outside the task world)."""
+    """The gold reward: the classifier of stage clf (`data.gold = "clf"`), else the task world's
+    gold reward over decoded text (None outside the task world)."""
+    if ctx.config.data.gold == "clf":
+        model = classifier_model(ctx)
+        return ClassifierReward(model.graphdef, checkpoint.load_final(ctx.workdir, "clf", model.params), ctx.tokenizer,
+                                ctx.config.clf.output)
     if ctx.world is None:
         return None
     coef = ctx.world.length_coef
@@ -71,13 +91,26 @@ def as_pairs(records: list[dict]) -> list[dict]:
     return out
 
 
+PREFS = "stage:prefs"  # data.rm_train: the rankings stage prefs wrote (K SFT samples ranked by the gold reward)
+
+
+def preference_stages(c) -> tuple[str, ...]:
+    """The stages whose outputs are the preference data (`data.rm_train = "stage:prefs"`)."""
+    return ("prefs",) if c.data.rm_train == PREFS else ()
+
+
 def preference_arrays(ctx, shuffled_pairs: bool = False) -> tuple[dict, dict]:
-    """The rankings the RM (or DPO) trains on: from files, or, in the task world with
-    `data.rm_from_policy`, the annotators' rankings of K samples of the SFT policy (InstructGPT).
+    """The rankings the RM (or DPO) trains on: from files; from stage prefs (`data.rm_train =
+    "stage:prefs"`: K samples of the SFT policy per prompt ranked by the gold reward); or, in the
+    task world with `data.rm_from_policy`, the annotators' rankings of K samples of the SFT policy (InstructGPT).
     `shuffled_pairs`: the training rankings broken into independent pairs (each response scored
     once per pair it is in, the pairs shuffled apart): the setting InstructGPT reports overfits."""
     c = ctx.config
-    if ctx.world is not None and c.data.rm_from_policy and not ctx.data.derived("rm_train"):
+    if c.data.rm_train == PREFS and not ctx.data.derived("rm_train"):  # stage prefs: gold-ranked SFT samples
+        from rlhf_jax.stages import prefs
+        for split in ("train", "val"):
+            ctx.data.set_records(f"rm_{split}", prefs.load(ctx.workdir, split))
+    elif ctx.world is not None and c.data.rm_from_policy and not ctx.data.derived("rm_train"):
         sft = load_sft(ctx)
         for split, n in (("train", c.data.n_rankings), ("val", c.data.n_rankings_val)):
             prompts = synthetic.prompts(ctx.world, n, "rm_" + split)
@@ -93,7 +126,7 @@ def check_preference_sizes(ctx, need, block: str) -> None:
     """Enough rankings for one batch of config[block] (the task world ranks SFT samples later:
     its count is the config's)."""
     c = ctx.config
-    if ctx.world is not None:
+    if ctx.world is not None or c.data.rm_train == PREFS:
         n = c.data.n_rankings
     else:
         n = len(ctx.data.records("rm_train"))
@@ -156,6 +189,19 @@ def trained_reward(ctx, use: str = "ppo"):
     params = load_stacked(ctx, "rm", scalar.params, c.rm.members)
     reward = EnsembleReward(scalar.graphdef, aggregator(ctx, summary, use))
     return reward, params, scalar.graphdef, rm_lib.unstack(params, c.rm.members)[0]
+
+
+def ppo_reward(ctx):
+    """(reward, params, value graphdef, value init) PPO optimises: the trained reward
+    (`ppo.reward = "rm"`) or the gold reward itself (`"gold"`: the gold classifier, or the task
+    world's gold through a host callback). With the gold reward there is no RM to start the value
+    model from, so it starts from the SFT policy with a fresh scalar head."""
+    if ctx.config.ppo.reward == "rm":
+        return trained_reward(ctx, "ppo")
+    gold = gold_reward(ctx)
+    value = category_model(ctx, seed=ctx.config.seed + 1)
+    params = gold.params if isinstance(gold, ClassifierReward) else None
+    return gold, params, value.graphdef, rm_lib.init_from_sft(load_sft(ctx), value.params)
 
 
 def category_model(ctx, seed: int):

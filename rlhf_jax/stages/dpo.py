@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from rlhf_jax import checkpoint
-from rlhf_jax.eval.policy_eval import compare_policies
+from rlhf_jax.eval.policy_eval import compare_policies, frontier_eval
 from rlhf_jax.objectives.preference import PREFERENCE_LOSSES
 from rlhf_jax.stages import common
 from rlhf_jax.stages.base import Training, train, train_state
@@ -37,6 +37,7 @@ def check(c, need) -> None:
          f"only cdpo and robust use it (dpo.loss={d.loss!r})")
     need(d.orpo_lambda >= 0, "dpo.orpo_lambda", "must be >= 0")
     check_lora(c, need, "dpo")
+    need(d.eval_every >= 0, "dpo.eval_every", "must be >= 0 (0 = no trajectory)")
 
 
 def preflight(ctx, need) -> None:
@@ -44,7 +45,8 @@ def preflight(ctx, need) -> None:
     need(len(ctx.data.records("eval_prompts")) > 0, "eval.n_prompts", "no held-out prompts to evaluate on")
 
 
-@register_stage("dpo", needs=lambda c: ("sft",), check=check, reads=("eval",) + SAMPLING,
+@register_stage("dpo", needs=lambda c: ("sft",) + common.preference_stages(c) + common.gold_stages(c), check=check,
+                reads=("eval",) + SAMPLING,
                 preflight=preflight)
 def run(ctx) -> dict[str, Any]:
     c = ctx.config.dpo
@@ -71,14 +73,19 @@ def run(ctx) -> dict[str, Any]:
         base = commit(lora_lib.quantize(sft) if c.lora_int8 else sft, ctx.mesh)
         params = lora_lib.split(sft, lora, jax.random.fold_in(ctx.rng, 17))
         constants, full = (base, live_ref), (lambda p: lora_lib.view(base, p, lora))
+    sampling = sampling_config(ctx.config.ppo, ctx.tokenizer, temperature=ctx.config.eval.temperature)
+    evaluate = None  # the trajectory: KL to SFT and gold reward on the held-out prompts every eval_every steps
+    if c.eval_every:
+        evaluate = frontier_eval(graphdef, ctx.data.arrays("eval_prompts"), sampling, jax.random.fold_in(ctx.rng, 98),
+                                 sft, common.gold_reward(ctx), full)
     result = train(ctx, "dpo", Training(dpo_lib.make_dpo_step(graphdef, tx, sched, c, lora),
                                         train_state(params, tx), {"train": it}, total, constants=constants,
+                                        evaluate=evaluate, eval_every=c.eval_every,
                                         progress_keys=("loss", "reward_accuracy", "reward_margin")), SALT)
     final = full(result.state.params)
     held_out = dpo_lib.held_out_metrics(graphdef, final, val, val_bs, c)
     evals, samples = compare_policies(
-        graphdef, ctx.tokenizer, ctx.data.arrays("eval_prompts"),
-        sampling_config(ctx.config.ppo, ctx.tokenizer, temperature=ctx.config.eval.temperature),
+        graphdef, ctx.tokenizer, ctx.data.arrays("eval_prompts"), sampling,
         jax.random.fold_in(ctx.rng, 99), sft, final, None, None, common.gold_reward(ctx), "dpo",
         ctx.config.eval.n_report_samples)
     summary = {"steps": total, "wall_seconds": time.perf_counter() - t0,

@@ -14,6 +14,7 @@ import numpy as np
 
 from rlhf_jax import checkpoint
 from rlhf_jax.eval.policy_eval import compare_policies
+from rlhf_jax.generate import SAMPLERS
 from rlhf_jax.models import abstract_model
 from rlhf_jax.models.forward import latents, per_sequence_chunks, sequence_inputs
 from rlhf_jax.objectives.ppo import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS
@@ -42,6 +43,11 @@ def check(c, need) -> None:
     need(p.ptx_coef == 0 or p.ptx_batch_size > 0, "ppo.ptx_batch_size", "must be > 0 when ppo.ptx_coef > 0")
     need(p.ptx_batch_size % p.minibatches == 0, "ppo.ptx_batch_size", "must be a multiple of ppo.minibatches")
     check_lora(c, need, "ppo")
+    need(p.sampler in SAMPLERS, "ppo.sampler", f"must be one of {SAMPLERS}")
+    need(p.reward in ("rm", "gold"), "ppo.reward", "must be 'rm' (the trained reward) or 'gold' (the gold reward)")
+    need(p.reward == "rm" or c.data.gold or c.data.source == "synthetic", "ppo.reward",
+         "'gold' needs a gold reward: data.gold = 'clf' or the task world")
+    need(p.reward == "rm" or c.rm.head != "inform", "ppo.reward", "'gold' cannot track InfoRM latents (rm.head)")
 
 
 def episodes_dict(episodes) -> dict[str, np.ndarray]:
@@ -110,14 +116,20 @@ def alignment_tax(ctx, sft, final) -> dict:
             "alignment_tax": stats.paired_difference(per_token["final"], per_token["sft"], seed=0).to_dict()}
 
 
-@register_stage("ppo", needs=lambda c: ("sft",) + common.reward_stages(c), check=check,
+def needs(c) -> tuple[str, ...]:
+    """The SFT policy, the reward it optimises (the trained reward's stages unless ppo.reward =
+    gold) and the gold reward's stage."""
+    return ("sft",) + (common.reward_stages(c) if c.ppo.reward == "rm" else ()) + common.gold_stages(c)
+
+
+@register_stage("ppo", needs=needs, check=check,
                 reads=("eval", "rm", "inform", "fg"), preflight=preflight)
 def run(ctx) -> dict[str, Any]:
     c = ctx.config.ppo
     t0 = time.perf_counter()
     sampling = ppo_lib.sampling_config(c, ctx.tokenizer)
     sft = common.load_sft(ctx)
-    reward, rm, value_gd, value_init = common.trained_reward(ctx, "ppo")
+    reward, rm, value_gd, value_init = common.ppo_reward(ctx)
     lora = lora_lib.from_block(c)
     models = ppo_lib.PPOModels(ctx.base.graphdef, value_gd, reward, lora)
     copy = functools.partial(jax.tree.map, jnp.copy)

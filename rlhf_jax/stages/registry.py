@@ -38,7 +38,7 @@ class Stage:
 
 
 STAGES = Registry("stage")
-SAMPLING = ("ppo.max_new_tokens", "ppo.top_k", "ppo.top_p")  # how every stage samples a policy
+SAMPLING = ("ppo.max_new_tokens", "ppo.top_k", "ppo.top_p", "ppo.sampler")  # how every stage samples a policy
 
 
 def register_stage(name: str, *, needs: Callable = lambda c: (), check: Callable | None = None,

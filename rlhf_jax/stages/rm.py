@@ -63,7 +63,7 @@ def preflight(ctx, need) -> None:
 def needs(c) -> tuple[str, ...]:
     """The SFT policy: as the backbone (rm.init = sft) or as the sampler of the ranked responses."""
     ranks_sft_samples = c.data.rm_from_policy and c.data.source == "synthetic"
-    return ("sft",) if c.rm.init == "sft" or ranks_sft_samples else ()
+    return (("sft",) if c.rm.init == "sft" or ranks_sft_samples else ()) + common.preference_stages(c)
 
 
 @register_stage("rm", needs=needs, check=check, reads=("inform",) + SAMPLING,

@@ -26,7 +26,7 @@ def preflight(ctx, need) -> None:
          f"{c.batch_size}")
 
 
-@register_stage("rs", needs=lambda c: ("sft",) + common.reward_stages(c),
+@register_stage("rs", needs=lambda c: ("sft",) + common.reward_stages(c) + common.gold_stages(c),
                 reads=("rm", "inform", "fg", "eval") + SAMPLING, preflight=preflight)
 def run(ctx) -> dict[str, Any]:
     c = ctx.config.rs

@@ -66,7 +66,7 @@ def sampling_config(hp, tokenizer, temperature: float | None = None, max_new_tok
     return SamplingConfig(max_new_tokens=max_new_tokens or hp.max_new_tokens,
                           temperature=hp.temperature if temperature is None else temperature,
                           top_k=hp.top_k, top_p=hp.top_p, eos_token_ids=(tokenizer.eos_token_id,),
-                          pad_token_id=tokenizer.pad_token_id or 0)
+                          pad_token_id=tokenizer.pad_token_id or 0, sampler=hp.sampler)
 
 
 def rollout(hp, sampling: SamplingConfig, models: PPOModels, state: PPOState, constants, batch, rng):
