@@ -281,11 +281,7 @@ def run_seconds(base_outcome, outcomes: dict) -> dict:
 
 def sweep_command(sweep, share) -> str:
     """The experiments/sweep.py command that runs one arm by itself (without the copy from base)."""
-    flags = [f"--grid {k}={','.join(v)}" for k, v in sweep.grid.items()]
-    flags += [f"--set {k}={v}" for k, v in sweep.sets.items()]
-    seeds = ",".join(map(str, sweep.seeds))
-    return (f"python experiments/sweep.py --config {sweep.config} --out {sweep.out} {' '.join(flags)} "
-            f"--seeds {seeds} --share {','.join(share)} --no_wandb")
+    return shlex.join(sweep.cli(share))
 
 
 if __name__ == "__main__":

@@ -33,26 +33,9 @@ from rlhf_jax.sweep import Sweep, run_sweep  # noqa: E402
 from rlhf_jax.sweep.results import aggregate  # noqa: E402
 
 
-def seeds_text(seeds: list[int]) -> str:
-    if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 1:
-        return f"{seeds[0]}-{seeds[-1]}"
-    return ",".join(map(str, seeds))
-
-
 def cli_command(sweep: Sweep, share: tuple[str, ...], metrics: list[str] | None) -> list[str]:
     """The `experiments/sweep.py` command line that runs the same sweep."""
-    argv = ["python", "experiments/sweep.py", "--config", sweep.config, "--out", str(sweep.out)]
-    for key, values in sweep.grid.items():
-        sep = ";" if any("," in v for v in values) else ","
-        argv += ["--grid", f"{key}={sep.join(values)}"]
-    argv += ["--seeds", seeds_text(sweep.seeds)]
-    for key, value in sweep.sets.items():
-        argv += ["--set", f"{key}={value}"]
-    if share:
-        argv += ["--share", ",".join(share)]
-    if metrics:
-        argv += ["--metrics", ",".join(metrics)]
-    return argv + ["--no_wandb"]
+    return sweep.cli(share, metrics)
 
 
 class Recorder:

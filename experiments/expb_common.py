@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import os
 import sys
 import time
@@ -23,13 +24,7 @@ from rlhf_jax.sweep.results import aggregate  # noqa: E402
 
 def sweep_command(sweep: Sweep, share: tuple[str, ...]) -> str:
     """The experiments/sweep.py command line equivalent to `sweep` (for the results JSON)."""
-    parts = ["python experiments/sweep.py", f"--config {sweep.config}", f"--out {sweep.out}"]
-    parts += [f"--grid {k}={','.join(v)}" for k, v in sweep.grid.items()]
-    parts += [f"--set {k}={v}" for k, v in sweep.sets.items()]
-    parts += [f"--seeds {','.join(map(str, sweep.seeds))}", "--no_wandb"]
-    if share:
-        parts.append(f"--share {','.join(share)}")
-    return " ".join(parts)
+    return shlex.join(sweep.cli(share))
 
 
 def run(sweep: Sweep, share: tuple[str, ...] = ("sft",), metrics: list[str] | None = None) -> dict[str, Any]:

@@ -331,3 +331,18 @@ def test_shared_stages_run_once_per_seed_and_are_refused_when_the_grid_changes_t
     assert a == b  # copied, not recomputed (the wall clock would differ)
     refused = run_cli(tmp_path / "r", [*args[:-1], "sft,rm"])
     assert refused.returncode != 0 and "stage rm reads --grid rm.lr" in refused.stderr
+
+
+def test_a_sweeps_command_line_parses_back_to_the_same_sweep(tmp_path, monkeypatch):
+    from rlhf_jax.sweep import Sweep, parse_grid, parse_seeds, parse_sets
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import sweep as cli
+    monkeypatch.chdir(tmp_path)
+    original = Sweep("configs/instructgpt.py:micro", {"ppo.kl_coef": ["0.01", "0.2"], "stages": ["sft", "sft,rm"]},
+                     [0, 1, 2, 7], {"ppo.iterations": "3"}, tmp_path / "out" / "kl", vary_world_seed=True)
+    argv = original.cli(share=("sft",), metrics=["ppo.kl_final"])
+    assert argv[:2] == ["python", "experiments/sweep.py"] and argv[argv.index("--out") + 1] == "out/kl"
+    args = cli.parser().parse_args(argv[2:])
+    back = Sweep(args.config, parse_grid(args.grid), parse_seeds(args.seeds), parse_sets(args.set),
+                 tmp_path / args.out, args.vary_world_seed)
+    assert back == original and args.share == "sft" and args.metrics == "ppo.kl_final" and args.no_wandb

@@ -49,6 +49,28 @@ class Sweep:
         """The sweep's name: `name`, else the output directory's name."""
         return self.name or self.out.resolve().name
 
+    def cli(self, share: tuple[str, ...] = (), metrics: list[str] | None = None, jobs: int = 1) -> list[str]:
+        """The `experiments/sweep.py` command line that runs this sweep (the output directory
+        relative to the working directory when it lies inside it), for results files."""
+        out = self.out.resolve()
+        try:
+            out = out.relative_to(Path.cwd())
+        except ValueError:
+            pass
+        argv = ["python", "experiments/sweep.py", "--config", self.config, "--out", str(out)]
+        for key, values in self.grid.items():
+            argv += ["--grid", f"{key}={(';' if any(',' in v for v in values) else ',').join(values)}"]
+        seeds = self.seeds
+        ranged = len(seeds) > 1 and seeds == list(range(seeds[0], seeds[-1] + 1))
+        argv += ["--seeds", f"{seeds[0]}-{seeds[-1]}" if ranged else ",".join(map(str, seeds))]
+        for key, value in self.sets.items():
+            argv += ["--set", f"{key}={value}"]
+        argv += ["--vary_world_seed"] if self.vary_world_seed else []
+        argv += ["--share", ",".join(share)] if share else []
+        argv += ["--metrics", ",".join(metrics)] if metrics else []
+        argv += ["--jobs", str(jobs)] if jobs > 1 else []
+        return argv + ["--no_wandb"]
+
 
 @dataclasses.dataclass(frozen=True)
 class Point:
