@@ -72,7 +72,8 @@ def summary_path(workdir: str | Path, stage: str) -> Path:
     return Path(workdir) / stage / "summary.json"
 
 
-def _write_json_atomic(path: Path, value) -> None:
+def write_json_atomic(path: Path, value) -> None:
+    """JSON to `path` through a temporary name and a rename: a reader sees the old file or the new one."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(value, indent=2))
     os.replace(tmp, path)
@@ -90,7 +91,7 @@ def save_final(workdir: str | Path, stage: str, params, summary: dict) -> None:
             ckptr.save(tmp, params)
         shutil.rmtree(path, ignore_errors=True)
         os.replace(tmp, path)
-    _write_json_atomic(summary_path(workdir, stage), summary)
+    write_json_atomic(summary_path(workdir, stage), summary)
 
 
 def load_final(workdir: str | Path, stage: str, like):

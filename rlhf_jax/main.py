@@ -40,7 +40,7 @@ def _fail(message: str, code: int) -> int:
 
 def main(argv) -> int:
     del argv
-    from rlhf_jax import signals
+    from rlhf_jax import checkpoint, signals
     from rlhf_jax.errors import UserError, user_message
     from rlhf_jax.eval.report import plot_curves, write_report
     from rlhf_jax.stages import run
@@ -56,7 +56,7 @@ def main(argv) -> int:
         summary = run(config, workdir, use_wandb=not _NO_WANDB.value and config.log.wandb != "disabled",
                       fresh=_FRESH.value)
         summary_path = workdir / "summary.json"
-        summary_path.write_text(json.dumps(summary, indent=2))
+        checkpoint.write_json_atomic(summary_path, summary)
         plots = plot_curves(workdir)
         report = write_report(workdir, summary, " ".join(sys.argv))
     except signals.StopRequested as e:
@@ -71,6 +71,8 @@ def main(argv) -> int:
     print(json.dumps(summary, indent=2))
     print(f"\nfinished in {time.perf_counter() - t0:.0f}s")
     print(f"summary: {summary_path}\nreport:  {report}\nplots:   {', '.join(str(p) for p in plots)}")
+    if "eval" in summary:
+        print(f"evaluation: {workdir / 'eval' / 'report.md'}")
     return 0
 
 
