@@ -82,6 +82,7 @@ def analyse(compiled) -> dict:
 
 
 def sft_step(cfg, mesh, batch: int, seq: int, lora: bool, microbatches: int = 1):
+    """(compiled SFT step, its abstract arguments)."""
     graphdef, params = abstract_sharded(cfg, "lm", mesh)
     tx, sched = make_optimizer(1e-5, 1000)
     lcfg = lora_lib.LoRAConfig(rank=16, alpha=32.0) if lora else None
@@ -96,37 +97,51 @@ def sft_step(cfg, mesh, batch: int, seq: int, lora: bool, microbatches: int = 1)
     b = {k: batch_struct(mesh, (batch, seq)) for k in ("tokens", "loss_mask", "segment_ids", "positions")}
     step = sft_lib.make_sft_step(graphdef, tx, sched, lora=lcfg)
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
-    fn = (lambda s, x, r, base: step(s, x, r, base)) if lora else (lambda s, x, r: step(s, x, r))
+    fn = (lambda s, x, r, base: step(s, x, r, (base, None))) if lora else (lambda s, x, r: step(s, x, r))
     args = (state, b, key) + ((params,) if lora else ())
-    return jax.jit(fn, donate_argnums=(0,)).lower(*args).compile()
+    return jax.jit(fn, donate_argnums=(0,), keep_unused=True).lower(*args).compile(), args
 
 
 def ppo_update(cfg, mesh, batch: int, seq: int, lora: bool):
     """PPO's update phase (one epoch, one minibatch) of policy and value on a rollout of `batch`
-    sequences of `seq` tokens (half prompt, half response)."""
+    sequences of `seq` tokens (half prompt, half response). With LoRA the trained parameters are
+    the adapters (and the value head) over two frozen bases: the policy's, which is also the
+    reference, and the value model's, passed as constants as the PPO stage does.
+    Returns (compiled update, its abstract arguments)."""
     hp = base().ppo
     hp.update(epochs=1, minibatches=1)
     policy_gd, policy = abstract_sharded(cfg, "lm", mesh)
     value_gd, value = abstract_sharded(cfg, "scalar", mesh)
-    models = ppo_lib.PPOModels(policy_gd, value_gd, ModelReward(value_gd))
+    lcfg = lora_lib.LoRAConfig(rank=16, alpha=32.0) if lora else None
+    models = ppo_lib.PPOModels(policy_gd, value_gd, ModelReward(value_gd), lcfg)
     tx, _ = make_optimizer(1e-6, 1000)
-    params = {"policy": policy, "value": value}
+    if lora:
+        key = jax.random.key(0)
+        params = {"policy": with_sharding(jax.eval_shape(lambda p: lora_lib.split(p, lcfg, key), policy), mesh=mesh),
+                  "value": with_sharding(jax.eval_shape(lambda p: lora_lib.split(p, lcfg, key, extras=("head",)),
+                                                        value), mesh=mesh)}
+        constants = {"reference": policy, "value_base": value}
+    else:
+        params, constants = {"policy": policy, "value": value}, {}
     n = seq // 2
     data = ppo_lib.Rollout(batch_struct(mesh, (batch, seq)), batch_struct(mesh, (batch, seq)),
                            batch_struct(mesh, (batch, seq)), batch_struct(mesh, (batch, n)),
                            *[batch_struct(mesh, (batch, n), jnp.float32) for _ in range(5)])
     opt = with_sharding(jax.eval_shape(tx.init, params), params, mesh)
-    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
-    fn = lambda p, o, d, r: ppo_lib.update(hp, models, tx, p, o, d, {}, r)[:2]
-    return jax.jit(fn, donate_argnums=(0, 1)).lower(params, opt, data, key).compile()
+    rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+    fn = lambda p, o, d, r, c: ppo_lib.update(hp, models, tx, p, o, d, {}, r, c)[:2]
+    args = (params, opt, data, rng, constants)
+    return jax.jit(fn, donate_argnums=(0, 1), keep_unused=True).lower(*args).compile(), args
 
 
-def measure(model: str, step: str, mesh, batch: int, seq: int, lora: bool) -> dict:
-    cfg = SHAPES[model]
+def measure(model: str, step: str, mesh, batch: int, seq: int, lora: bool, remat: str = "full",
+            logits_chunk: int = 256) -> dict:
+    cfg = SHAPES[model].replace(remat=remat, logits_chunk=logits_chunk)
     t0 = time.perf_counter()
-    compiled = (sft_step if step == "sft" else ppo_update)(cfg, mesh, batch, seq, lora)
+    compiled, _ = (sft_step if step == "sft" else ppo_update)(cfg, mesh, batch, seq, lora)
     return {"model": model, "params_b": round(cfg.num_params() / 1e9, 2), "step": step, "lora": lora,
-            "batch": batch, "seq": seq, "mesh": dict(mesh.shape), **analyse(compiled),
+            "batch": batch, "seq": seq, "mesh": dict(mesh.shape), "remat": remat, "logits_chunk": logits_chunk,
+            **analyse(compiled),
             "compile_s": round(time.perf_counter() - t0, 1)}
 
 
@@ -139,6 +154,8 @@ def main():
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--fit", action="store_true", help="also the largest batch (powers of 2) under --device_gb")
     ap.add_argument("--device_gb", type=float, default=80.0)
+    ap.add_argument("--remat", default="full", help="the models' remat policy (none, full, save_matmuls)")
+    ap.add_argument("--logits_chunk", type=int, default=256, help="sequence chunk of the LM head (0: full logits)")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     mesh = shd.make_mesh(tuple(int(x) for x in args.mesh.split(",")))
@@ -146,11 +163,11 @@ def main():
     for model in args.models.split(","):
         for step in args.steps.split(","):
             for lora in (False, True):
-                row = measure(model, step, mesh, args.batch, args.seq, lora)
+                row = measure(model, step, mesh, args.batch, args.seq, lora, args.remat, args.logits_chunk)
                 if args.fit:
                     b, fits = args.batch, None
                     while b <= 4096:
-                        probe = measure(model, step, mesh, b, args.seq, lora)
+                        probe = measure(model, step, mesh, b, args.seq, lora, args.remat, args.logits_chunk)
                         if probe["peak_gb"] > args.device_gb:
                             break
                         fits, b = probe["batch"], b * 2
