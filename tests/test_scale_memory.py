@@ -292,3 +292,14 @@ def test_config_defaults_are_todays_computation():
     assert (c.model.remat, c.model.attention_impl, c.model.logits_chunk, c.model.vocab_chunk) == (
         cfg.remat, cfg.attention_impl, cfg.logits_chunk, cfg.vocab_chunk) == ("none", "xla_manual", 0, 0)
     assert all(c[block].grad_accum == 1 for block in ("sft", "rs", "rm", "fg", "dpo", "ppo"))
+
+
+def test_unrolled_layer_scan_gives_the_same_logits_and_gradients():
+    cfg = CFG.replace(n_layers=3)
+    scanned, unrolled = init_model(cfg, seed=0), init_model(cfg.replace(scan_unroll=3), seed=0)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(3, cfg.vocab_size, (2, 9)), jnp.int32)
+    loss = lambda m: lambda p: jnp.mean(jax.nn.log_softmax(F.forward(m.graphdef, p, tokens))[..., 5])
+    close(F.forward(scanned.graphdef, scanned.params, tokens), F.forward(unrolled.graphdef, unrolled.params, tokens))
+    close(jax.grad(loss(scanned))(scanned.params), jax.grad(loss(unrolled))(unrolled.params))
+    with pytest.raises(ValueError, match="scan_unroll=4"):
+        cfg.replace(scan_unroll=4)

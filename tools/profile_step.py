@@ -106,9 +106,10 @@ def main():
 
     grads = jax.grad(loss)(p, batch)
     step = sft_lib.make_sft_step(gd, tx, sched)
-    unrolled = init_model(cfg.replace(scan_layers=False), seed=0) if "scan_layers" in cfg.__dataclass_fields__ else None
+    unrolled = init_model(cfg.replace(scan_unroll=cfg.n_layers), seed=0)
     pieces = [
-        piece("sft_step (forward + backward + AdamW)", lambda s, b: step(s, b, jax.random.key(0))[1]["loss"],
+        # the new state is returned, or XLA would drop the backward pass and the update as dead code
+        piece("sft_step (forward + backward + AdamW)", lambda s, b: step(s, b, jax.random.key(0))[:2],
               (state, batch), args.repeats),
         piece("forward + backward (no optimizer)", jax.value_and_grad(loss), (p, batch), args.repeats),
         piece("forward only (loss)", loss, (p, batch), args.repeats),
@@ -117,12 +118,11 @@ def main():
         piece("transformer body forward + backward", jax.grad(body), (p, batch), args.repeats),
         piece("LM head + log-softmax + loss forward + backward", jax.grad(head, argnums=(0, 1)),
               (hidden, embed, batch), args.repeats),
+        piece("forward + backward, layers unrolled (scan_unroll = n_layers)",
+              jax.value_and_grad(lambda q, b: next_token_loss(
+                  sft_lib.lm_forward(unrolled.graphdef, q, b), b["tokens"], b["loss_mask"])[0]),
+              (unrolled.params, batch), args.repeats),
     ]
-    if unrolled is not None:
-        pieces.append(piece("forward + backward, layers unrolled",
-                            jax.value_and_grad(lambda q, b: next_token_loss(
-                                sft_lib.lm_forward(unrolled.graphdef, q, b), b["tokens"], b["loss_mask"])[0]),
-                            (unrolled.params, batch), args.repeats))
     result = {"device": jax.devices()[0].device_kind, "batch": B, "seq": T, "params": cfg.num_params(),
               "pieces": pieces, "matmul_probes": matmul_probes(B * T, args.repeats)}
     text = json.dumps(result, indent=1)

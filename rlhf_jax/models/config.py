@@ -63,6 +63,9 @@ class ModelConfig:
     # (True / False are read as "full" / "none", the field's former bool form)
     remat: str = "none"
     attention_impl: str = "xla_manual"  # one of ATTENTION_IMPLS
+    # blocks per iteration of the `lax.scan` over layers: 1 (one compiled block, the fastest
+    # compile) up to n_layers (fully unrolled: slower to compile, XLA sees every layer at once)
+    scan_unroll: int = 1
     # log-probs, entropy and the LM loss from the final hidden states in chunks of `logits_chunk`
     # sequence positions (the LM head recomputed per chunk in the backward pass), so the
     # B x T x V logits never exist; 0 = the full logits. `vocab_chunk` > 0 also splits the
@@ -78,6 +81,8 @@ class ModelConfig:
         if isinstance(self.remat, bool):  # the former bool field
             object.__setattr__(self, "remat", "full" if self.remat else "none")
         problems = []
+        if not 1 <= self.scan_unroll <= max(self.n_layers, 1):
+            problems.append(f"scan_unroll={self.scan_unroll} must be between 1 and n_layers={self.n_layers}")
         if self.remat not in REMAT_POLICIES:
             problems.append(f"remat={self.remat!r} is not one of {REMAT_POLICIES}")
         if self.attention_impl not in ATTENTION_IMPLS:

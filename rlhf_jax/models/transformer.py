@@ -195,7 +195,7 @@ class Transformer(nnx.Module):
             body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat])
         layer_rngs = jax.random.split(rng_layers, cfg.n_layers) if rng_layers is not None else None
         kv = (cache.k_LxBxSxGxK, cache.v_LxBxSxGxK) if cache is not None else None
-        x, new_kv = jax.lax.scan(body, x, (self.blocks.weights(), kv, layer_rngs))
+        x, new_kv = jax.lax.scan(body, x, (self.blocks.weights(), kv, layer_rngs), unroll=cfg.scan_unroll)
         x = L.norm(x, self.final_norm_scale[...],
                    self.final_norm_bias[...] if cfg.norm == "layernorm" else None, cfg)
         new_cache = None
