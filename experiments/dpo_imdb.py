@@ -50,7 +50,10 @@ ARMS = {  # name: (config variant, grid key, stage whose summary holds the point
     "ppo_gold": ("ppo_gold", "ppo.kl_coef", "ppo", ("clf", "sft")),
 }
 BASE_STAGES = "clf,sft,prefs,rm"
-FULL = {"seeds": "0-2", "dpo": "0.05,0.1,1,5", "ppo_rm": "0.01,0.05,0.2", "ppo_gold": "0.01,0.05,0.2"}
+# the full run's grid is cut to what fits about an hour and a half of this 2-core CPU (a DPO or PPO
+# point takes 3-8 min there, mostly sampling 256 held-out prefixes over a 50k vocabulary); widen it
+# with --dpo / --ppo_rm / --ppo_gold on a bigger machine
+FULL = {"seeds": "0-2", "dpo": "0.05,1", "ppo_rm": "0.05", "ppo_gold": "0.05,0.5"}
 SMOKE = {"seeds": "0-1", "dpo": "0.1,5", "ppo_rm": "0.05", "ppo_gold": "0.05"}
 TRAJECTORY_WINDOW = 10  # PPO iterations averaged per trajectory point (its rollouts are noisy)
 
@@ -85,6 +88,10 @@ def copy_classifier(base_runs) -> None:
         share_stages(run, [dataclasses.replace(source, seed=run.seed), run], ("clf",))
 
 
+class Interrupted(Exception):
+    """A sweep stopped by SIGINT / SIGTERM (its name); the command resumes it."""
+
+
 def run_all(args, defaults: dict) -> tuple[dict, dict, dict, float]:
     """Run base and every arm; returns (base outcome, {arm: outcome}, {arm: Sweep}, wall seconds)."""
     from rlhf_jax.sweep import Sweep, expand, parse_grid, parse_seeds, parse_sets, run_sweep
@@ -101,6 +108,8 @@ def run_all(args, defaults: dict) -> tuple[dict, dict, dict, float]:
     copy_classifier(base_runs)
     outcomes = {"base": run_sweep(base, jobs=args.jobs, wandb=False, argv=sys.argv)}
     sweeps = {}
+    if outcomes["base"].interrupted:
+        raise Interrupted(outcomes["base"].interrupted)
     for arm, (variant, key, _, shared) in ARMS.items():
         values = getattr(args, arm) or defaults[arm]
         sweep = Sweep(f"configs/imdb.py:{variant}{micro}", parse_grid([f"{key}={values}"]), seeds, sets, out / arm,
@@ -108,6 +117,8 @@ def run_all(args, defaults: dict) -> tuple[dict, dict, dict, float]:
         copy_shared(expand(sweep), base_runs, shared)
         outcomes[arm] = run_sweep(sweep, jobs=args.jobs, wandb=False, argv=sys.argv, share=shared)
         sweeps[arm] = sweep
+        if outcomes[arm].interrupted:  # SIGTERM / Ctrl-C: stop here, the next arms would only be interrupted too
+            raise Interrupted(outcomes[arm].interrupted)
     return outcomes.pop("base"), outcomes, sweeps, time.perf_counter() - t0
 
 
@@ -249,7 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     figure = Path(args.figure).resolve() if args.figure else (out / "frontier.png" if args.smoke
                                                     else ROOT / "experiments" / "figures" / "dpo_imdb_frontier.png")
     os.chdir(ROOT)  # configs/ resolves from the repository root, in the runner and in its children
-    base_outcome, outcomes, sweeps, wall = run_all(args, defaults)
+    try:
+        base_outcome, outcomes, sweeps, wall = run_all(args, defaults)
+    except Interrupted as e:
+        print(f"[dpo_imdb] stopped by {e}; run the same command to resume", file=sys.stderr)
+        return 130 if str(e) == "SIGINT" else 143
     cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
     failed = base_outcome.failed + sum(o.failed for o in outcomes.values())
     result = {"experiment": "DPO paper, IMDb sentiment frontier (Rafailov et al. 2023, Fig. 2 left)",
