@@ -190,12 +190,13 @@ def main(argv=None) -> int:
                                                  "(default runs/experiments/coste_ensembles[_smoke])")
     ap.add_argument("--artifacts", default=None, help="where the results JSON and PNG go (default: "
                                                       "experiments/results and experiments/figures; smoke: runs/...)")
-    ap.add_argument("--jobs", type=int, default=None, help="runs at once (default 1; 2 with --smoke)")
+    ap.add_argument("--jobs", type=int, default=None, help="runs at once (default 1); 0: every run in this process "
+                    "(the default with --smoke: no start-up per run)")
     args = ap.parse_args(argv)
     s = SMOKE if args.smoke else FULL
     runs = Path(args.runs) if args.runs else X.REPO / "runs" / "experiments" / (NAME + ("_smoke" if args.smoke else ""))
     json_path, png_path = X.artifact_paths(NAME, args.smoke, args.artifacts)
-    rec = X.Recorder(runs, jobs=args.jobs or (2 if args.smoke else 1))
+    rec = X.Recorder(runs, jobs=args.jobs if args.jobs is not None else (0 if args.smoke else 1))
     t0 = time.perf_counter()
     sweeps = run_all(rec, s)
     levels, results = [], {}

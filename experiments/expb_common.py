@@ -27,14 +27,16 @@ def sweep_command(sweep: Sweep, share: tuple[str, ...]) -> str:
     return shlex.join(sweep.cli(share))
 
 
-def run(sweep: Sweep, share: tuple[str, ...] = ("sft",), metrics: list[str] | None = None) -> dict[str, Any]:
-    """Run (or resume) `sweep` through the runner, one run at a time; fail loudly on a failed run.
+def run(sweep: Sweep, share: tuple[str, ...] = ("sft",), metrics: list[str] | None = None,
+        jobs: int = 1) -> dict[str, Any]:
+    """Run (or resume) `sweep` through the runner, one run at a time (jobs=1: child processes;
+    jobs=0: in this process, as the smoke modes do); fail loudly on a failed run.
     Returns {"command", "seconds", "runs"} for the results JSON."""
     t0 = time.perf_counter()
     cwd = os.getcwd()
     os.chdir(ROOT)  # the runner resolves configs/ from the working directory
     try:
-        outcome = run_sweep(sweep, jobs=1, wandb=False, metrics=metrics, share=share,
+        outcome = run_sweep(sweep, jobs=jobs, wandb=False, metrics=metrics, share=share,
                             argv=[sys.argv[0], "(library run_sweep)"])
     finally:
         os.chdir(cwd)

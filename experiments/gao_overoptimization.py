@@ -268,7 +268,7 @@ def main(argv=None) -> int:
     for n_rank in spec["rankings"]:
         sweep = Sweep(config, {"rm.overrides.d_model": spec["sizes"]}, seeds,
                       {"data.n_rankings": n_rank, **spec["sets"]}, runs / f"rankings_{n_rank}", name=f"{name}_{n_rank}")
-        records.append(ec.run(sweep, share=("sft",), metrics=["rm.val_accuracy", "bon.gold_peak",
+        records.append(ec.run(sweep, share=("sft",), jobs=0 if args.smoke else 1, metrics=["rm.val_accuracy", "bon.gold_peak",
                                                                "ppo.gold_reward_final", "ppo.kl_final"]))
         sweeps.append(sweep)
         for point, dirs in ec.workdirs(sweep).items():

@@ -206,7 +206,9 @@ def main(argv=None) -> int:
                      name=f"{name}_standard")
     inform = Sweep(f"{CONFIG}:inform,{spec['variant']}", {"inform.beta": spec["betas"]}, seeds, dict(spec["sets"]),
                    runs / "inform", name=f"{name}_inform")
-    records = [ec.run(standard, share=(), metrics=headline), ec.run(inform, share=("sft",), metrics=headline)]
+    jobs = 0 if args.smoke else 1  # smoke: in this process (no start-up per run)
+    records = [ec.run(standard, share=(), metrics=headline, jobs=jobs),
+               ec.run(inform, share=("sft",), metrics=headline, jobs=jobs)]
     points = []
     for label, dirs in [("standard RM", ec.workdirs(standard)["base"])] + [
             (f"InfoRM beta={pt.split('=')[1]}", d) for pt, d in ec.workdirs(inform).items()]:

@@ -336,14 +336,14 @@ def main(argv=None) -> int:
                                                  "(default runs/experiments/instructgpt[_smoke])")
     ap.add_argument("--artifacts", default=None, help="where the results JSON and PNG go (default: "
                                                       "experiments/results and experiments/figures; smoke: runs/...)")
-    ap.add_argument("--jobs", type=int, default=None, help="runs at once (default 1; 2 with --smoke, whose "
-                                                           "micro runs are mostly start-up)")
+    ap.add_argument("--jobs", type=int, default=None, help="runs at once (default 1); 0: every run in this process "
+                    "(the default with --smoke: no start-up per run)")
     ap.add_argument("--parts", default="k,pairs,ptx", help="subset of k,pairs,ptx (default all)")
     args = ap.parse_args(argv)
     s = SMOKE if args.smoke else FULL
     runs = Path(args.runs) if args.runs else X.REPO / "runs" / "experiments" / (NAME + ("_smoke" if args.smoke else ""))
     json_path, png_path = X.artifact_paths(NAME, args.smoke, args.artifacts)
-    rec = X.Recorder(runs, jobs=args.jobs or (2 if args.smoke else 1))
+    rec = X.Recorder(runs, jobs=args.jobs if args.jobs is not None else (0 if args.smoke else 1))
     t0 = time.perf_counter()
     parts = set(args.parts.split(","))
     result = {"name": NAME, "smoke": args.smoke, "config": s["config"], "seeds": s["seeds"],
