@@ -50,6 +50,8 @@ def test_expected_rating_matches_one_prompt_at_a_time(judge):
                                 chat=None)
     np.testing.assert_array_equal(pointwise.compare(prompts, responses, responses[::-1]),
                                   judges.compare_by_scores(got, pointwise.score(prompts, responses[::-1])))
+    # ...and has no position bias to measure (the suites ask `pairwise` before measuring one)
+    assert judge.pairwise and not pointwise.pairwise
 
 
 def test_reference_guided_rating_fills_the_reference(judge):

@@ -154,6 +154,11 @@ class LLMJudge:
         p_NxK = np.exp(logp_NxK)
         return p_NxK / p_NxK.sum(axis=1, keepdims=True)
 
+    @property
+    def pairwise(self) -> bool:
+        """Whether the judge compares two responses in one prompt (then it has a position bias)."""
+        return self.pairwise_template is not None
+
     def rating_probs(self, prompts, responses, references=None) -> np.ndarray:
         """probs_Nx5: the distribution over the rating tokens after each filled rating prompt."""
         template = self.rating_template if references is None else self.rating_reference_template

@@ -99,7 +99,7 @@ def generation(env: EvalEnv) -> tuple[dict, list[dict]]:
             out.setdefault(f"win_rate_vs_{env.baseline}", {}).setdefault(judge_name, {})[name] = \
                 stats.win_rate(verdicts, **env.boot()).to_dict()
             bias = reliability.verbosity_bias(verdicts, [_length(t) for t in a], [_length(t) for t in b], **env.boot())
-            if hasattr(judge, "prefer_first"):
+            if getattr(judge, "pairwise", False):
                 bias.update(reliability.judge_position_bias(judge.prefer_first, prompts, a, b, **env.boot()))
             out.setdefault("judge_bias", {}).setdefault(judge_name, {})[name] = bias
     out["examples_per_second"] = len(prompts) * len(env.policies) / max(time.perf_counter() - t0, 1e-9)
@@ -154,7 +154,7 @@ def alpaca_eval(env: EvalEnv) -> tuple[dict, list[dict]]:
             prefs = np.asarray(res.pop("preferences"))
             res["judge_bias"] = reliability.verbosity_bias(prefs, [_length(t) for t in texts],
                                                            [_length(r["reference"]) for r in records], **env.boot())
-            if hasattr(judge, "prefer_first"):
+            if getattr(judge, "pairwise", False):
                 res["judge_bias"].update(reliability.judge_position_bias(
                     judge.prefer_first, [r["prompt"] for r in records], texts, [r["reference"] for r in records],
                     **env.boot()))
