@@ -20,7 +20,7 @@ Variants (combine with commas):
   micro     every size cut for tests (a few steps, a few hundred records)
 
 The paper's sizes (GPT-2 large, a pretrained RoBERTa sentiment classifier, 1 epoch of SFT on
-all reviews) are far beyond a 2-core CPU; what is cut is listed in docs_pending/experiment_imdb.md.
+all reviews) are far beyond a 2-core CPU; what is cut is listed in experiments/README.md.
 """
 import ml_collections
 

@@ -1,5 +1,5 @@
 """Markdown tables of experiments/results/{instructgpt,coste_ensembles}.json (mean ± 95% t half-width (n seeds)),
-as pasted into docs_pending/experiments_a.md.
+as in experiments/README.md.
 
     python experiments/expa_tables.py [--results DIR]
 """

@@ -1,4 +1,4 @@
-"""Markdown tables of the over-optimisation results JSONs (for docs_pending/experiments_b.md).
+"""Markdown tables of the over-optimisation results JSONs (as in experiments/README.md).
 
     python experiments/expb_tables.py [experiments/results]
 """
