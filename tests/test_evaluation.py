@@ -120,3 +120,18 @@ def test_smollm2_gguf_evaluation_at_a_small_size(tmp_path, shared_data):
     assert ev["truthfulqa"]["qa_primer"]["smollm2"]["n"] == 8
     assert 0 <= ev["alpaca_eval"]["llm"]["smollm2"]["win_rate"]["value"] <= 1
     assert ev["judge_agreement"]["llm"]["accuracy"]["n"] == 16
+
+
+def test_self_preference_reads_alpaca_results_beside_their_other_entries():
+    """The AlpacaEval suite's results hold per-judge dicts beside a count and a per-policy rate;
+    the self-preference summary takes only the judges' win rates (a crash here once cost a run)."""
+    import ml_collections
+
+    from rlhf_jax.stages.evaluation import self_preference
+    win = {"value": 0.7, "low": 0.6, "high": 0.8, "n": 50}
+    results = {"alpaca_eval": {"n": 50, "llm": {"smollm2": {"win_rate": win}},
+                               "llm_rating": {"smollm2": {"win_rate": {**win, "value": 0.4}}},
+                               "generation_examples_per_second": {"smollm2": 0.25}}}
+    e = ml_collections.ConfigDict({"judge_model": "policy:smollm2", "baseline": "smollm2"})
+    out = self_preference(results, e)
+    assert out == {"policy": "smollm2", "alpaca_eval": {"llm": win, "llm_rating": {**win, "value": 0.4}}}

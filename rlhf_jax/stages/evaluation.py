@@ -209,7 +209,7 @@ def self_preference(results: dict, e) -> dict:
     if any(own in per for per in gen.values()):  # its own outputs against the baseline's, by every judge
         out["generation"] = {j: per[own] for j, per in gen.items() if own in per}
     alpaca = {j: per[own]["win_rate"] for j, per in results.get("alpaca_eval", {}).items()
-              if isinstance(per, dict) and own in per}
+              if isinstance(per, dict) and isinstance(per.get(own), dict) and "win_rate" in per[own]}
     if alpaca:  # its own outputs against the reference outputs, by every judge
         out["alpaca_eval"] = alpaca
     return {"policy": own, **out} if out else {}
