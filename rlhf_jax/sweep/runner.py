@@ -82,6 +82,22 @@ def _now() -> str:
     return datetime.datetime.now().isoformat(timespec="seconds")
 
 
+def in_process_environment(echo: Callable[[str], None] = print) -> None:
+    """Give runs made in this process (`jobs=0`) what a child run gets: one host device and the
+    shared compilation cache. It only takes effect before JAX is first imported; after that, a
+    process with several (fake) devices shards every tiny run across them, which is far slower
+    on a CPU, so say so."""
+    if "jax" not in sys.modules:
+        child = procs.environment()
+        for key in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"):
+            os.environ[key] = child[key]
+        return
+    import jax
+    if jax.device_count() > 1:
+        echo(f"[sweep] warning: in-process runs see {jax.device_count()} devices (JAX was imported before the "
+             f"sweep); set XLA_FLAGS=--xla_force_host_platform_device_count=1 for the runs a child would make")
+
+
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=1))
@@ -292,6 +308,8 @@ def run_sweep(sweep: Sweep, *, jobs: int = 1, wandb: bool = True, interval: str 
         raise ValueError(f"--jobs {jobs}: must be >= 0 (0: every run in this process)")
     check(sweep)
     check_share(sweep, tuple(share))
+    if jobs == 0:
+        in_process_environment(echo)
     runs = expand(sweep)
     command = " ".join(argv or sys.argv)
     with procs.SweepLock(sweep.out):
