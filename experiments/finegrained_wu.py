@@ -133,10 +133,12 @@ def main(argv=None) -> dict:
               "curves": {arm: curves(out / arm) for arm in ARMS},
               "setting": "task world, hackable holistic RM (perturbed answers), category models on SFT samples "
                          "annotated by the span oracle (fg.data=policy); QA-Feedback: random-init 2-layer decoder"}
-    results = Path(args.results or ROOT / "experiments" / "results" / f"{name}.json")
+    # the smoke mode writes beside its runs, never into the committed results and figures
+    results = Path(args.results or (out / f"{name}.json" if args.smoke else ROOT / "experiments" / "results" /
+                                    f"{name}.json"))
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps(result, indent=1))
-    figure = ROOT / "experiments" / "figures" / f"{name}.png"
+    figure = out / f"{name}.png" if args.smoke else ROOT / "experiments" / "figures" / f"{name}.png"
     figure.parent.mkdir(parents=True, exist_ok=True)
     plot(result, figure)
     print(json.dumps({arm: {m: f"{v['mean']:.4g} ± {v['half_width']:.3g} (n={v['n']})"
