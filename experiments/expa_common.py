@@ -8,6 +8,7 @@ runner does not (curves, post-hoc evaluations) with the runner's own statistics 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -149,3 +150,23 @@ def artifact_paths(name: str, smoke: bool, artifacts: str | None) -> tuple[Path,
         tag = f"{name}_smoke" if smoke else name
         return base / f"{tag}.json", base / f"{tag}.png"
     return REPO / "experiments" / "results" / f"{name}.json", REPO / "experiments" / "figures" / f"{name}.png"
+
+
+def parser(doc: str, name: str, smoke_help: str) -> argparse.ArgumentParser:
+    """The flags every figure script of this family takes."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help=smoke_help)
+    ap.add_argument("--runs", default=None, help="directory of the sweeps' run directories "
+                                                 f"(default runs/experiments/{name}[_smoke])")
+    ap.add_argument("--artifacts", default=None, help="where the results JSON and PNG go (default: "
+                                                      "experiments/results and experiments/figures; smoke: runs/...)")
+    ap.add_argument("--jobs", type=int, default=None, help="runs at once (default 1); 0: every run in this process "
+                    "(the default with --smoke: no start-up per run)")
+    return ap
+
+
+def setup(args, name: str) -> tuple[Path, Path, "Recorder"]:
+    """(results JSON path, PNG path, the Recorder) for parsed `parser` flags."""
+    runs = Path(args.runs) if args.runs else REPO / "runs" / "experiments" / (name + ("_smoke" if args.smoke else ""))
+    json_path, png_path = artifact_paths(name, args.smoke, args.artifacts)
+    return json_path, png_path, Recorder(runs, jobs=args.jobs if args.jobs is not None else (0 if args.smoke else 1))

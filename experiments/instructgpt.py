@@ -26,7 +26,6 @@ resume (finished runs are reused).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -330,20 +329,11 @@ def figure(result: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--smoke", action="store_true", help="micro config, 1-2 tiny points, 2 seeds, few steps")
-    ap.add_argument("--runs", default=None, help="directory of the sweeps' run directories "
-                                                 "(default runs/experiments/instructgpt[_smoke])")
-    ap.add_argument("--artifacts", default=None, help="where the results JSON and PNG go (default: "
-                                                      "experiments/results and experiments/figures; smoke: runs/...)")
-    ap.add_argument("--jobs", type=int, default=None, help="runs at once (default 1); 0: every run in this process "
-                    "(the default with --smoke: no start-up per run)")
+    ap = X.parser(__doc__, NAME, "micro config, 1-2 tiny points, 2 seeds, few steps")
     ap.add_argument("--parts", default="k,pairs,ptx", help="subset of k,pairs,ptx (default all)")
     args = ap.parse_args(argv)
     s = SMOKE if args.smoke else FULL
-    runs = Path(args.runs) if args.runs else X.REPO / "runs" / "experiments" / (NAME + ("_smoke" if args.smoke else ""))
-    json_path, png_path = X.artifact_paths(NAME, args.smoke, args.artifacts)
-    rec = X.Recorder(runs, jobs=args.jobs if args.jobs is not None else (0 if args.smoke else 1))
+    json_path, png_path, rec = X.setup(args, NAME)
     t0 = time.perf_counter()
     parts = set(args.parts.split(","))
     result = {"name": NAME, "smoke": args.smoke, "config": s["config"], "seeds": s["seeds"],
@@ -362,7 +352,7 @@ def main(argv=None) -> int:
     result["posthoc_scoring_wall_s"] = round(time.perf_counter() - t0 - t_runs, 1)
     result.update(commands=rec.commands, timings=rec.timings, failed_runs=rec.failed,
                   total_wall_s=round(time.perf_counter() - t0, 1),
-                  total_run_cpu_s=round(sum(t["cpu_s"] for t in rec.timings.values()), 1), runs_dir=str(runs))
+                  total_run_cpu_s=round(sum(t["cpu_s"] for t in rec.timings.values()), 1), runs_dir=str(rec.runs_dir))
     X.write_json(json_path, result)
     if parts == {"k", "pairs", "ptx"}:
         figure(result, png_path)
