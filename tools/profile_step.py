@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -33,15 +32,13 @@ from rlhf_jax.train import sft as sft_lib  # noqa: E402
 from rlhf_jax.train.optim import make_optimizer  # noqa: E402
 from rlhf_jax.train.state import TrainState  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmark_pipeline import median_time  # noqa: E402
+
 
 def median_seconds(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    """The benchmarks' timing: one warm-up call, then the median of `repeats` calls."""
+    return median_time(fn, repeats)
 
 
 def flops(jitted, *args) -> float:
