@@ -51,8 +51,8 @@ ARMS = {  # name: (config variant, grid key, stage whose summary holds the point
 }
 BASE_STAGES = "clf,sft,prefs,rm"
 # the full run's grid is cut to what fits about an hour and a half of this 2-core CPU (a DPO or PPO
-# point takes 3-8 min there, mostly sampling 256 held-out prefixes over a 50k vocabulary); widen it
-# with --dpo / --ppo_rm / --ppo_gold on a bigger machine
+# point took 2-8 min there, on a shared machine); widen it with --dpo / --ppo_rm / --ppo_gold on a
+# bigger machine
 FULL = {"seeds": "0-2", "dpo": "0.05,1", "ppo_rm": "0.05", "ppo_gold": "0.05,0.5"}
 SMOKE = {"seeds": "0-1", "dpo": "0.1,5", "ppo_rm": "0.05", "ppo_gold": "0.05"}
 TRAJECTORY_WINDOW = 10  # PPO iterations averaged per trajectory point (its rollouts are noisy)
@@ -67,8 +67,9 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{arm}", default="", help=f"{ARMS[arm][1]} values (default {FULL[arm]})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override of every run")
     p.add_argument("--jobs", type=int, default=1, help="runs at once (each pinned to its share of the CPUs); 0: in "
-                                                       "this process (slower here than child runs: 397 s against "
-                                                       "about 230 s for --smoke)")
+                                                       "this process (--smoke took 397 s in-process on a quiet "
+                                                       "machine, 231 s with child runs on a loaded one; the cause "
+                                                       "was not measured)")
     p.add_argument("--results", default="", help="results JSON (default experiments/results/dpo_imdb.json)")
     p.add_argument("--figure", default="", help="figure (default experiments/figures/dpo_imdb_frontier.png)")
     return p
