@@ -37,7 +37,7 @@ NAME = "instructgpt"
 PAPER = {
     "source": "Ouyang et al. 2022, Training language models to follow instructions with human feedback (InstructGPT)",
     "rm_k": "Labelers rank K = 4..9 responses per prompt, giving C(K,2) comparisons per prompt; no accuracy-vs-K "
-            "curve is published. Held-out RM accuracy about 70% (RLHF_NOTES section 2; the N+ Pythia RMs 63-69%).",
+            "curve is published. Held-out RM accuracy about 70% (docs/rlhf_notes.md section 2; the N+ Pythia RMs 63-69%).",
     "rm_pairs": "Shuffling the C(K,2) comparisons into one dataset made the RM overfit within a single pass; "
                 "training on all pairs of a prompt as one batch element no longer overfits and gives much better "
                 "validation accuracy and log loss (section 3.5). No numbers are given.",

@@ -1,6 +1,6 @@
 """Benchmarks on the real files: TruthfulQA multiple choice and AlpacaEval-style win rates.
 
-TruthfulQA MC (Lin et al. 2022; RLHF_NOTES section 9), items from `corpora.truthfulqa()`:
+TruthfulQA MC (Lin et al. 2022; docs/rlhf_notes.md section 9), items from `corpora.truthfulqa()`:
   score(answer) = sum of the answer tokens' log-probs given the prompt
   MC1 = 1 when score(best answer) > score of every incorrect answer
   MC2 = sum_true p / (sum_true p + sum_false p), p = exp(score)

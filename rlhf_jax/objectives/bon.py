@@ -1,4 +1,4 @@
-"""Best-of-n (RLHF_NOTES section 8): the unbiased estimator and the analytic KL.
+"""Best-of-n (docs/rlhf_notes.md section 8): the unbiased estimator and the analytic KL.
 
 From N >= n samples of one prompt sorted by proxy score ascending, the expected gold score
 of the best of n (ranked by the proxy) is sum_{i=n..N} C(i-1, n-1) / C(N, n) * gold_(i): the

@@ -1,4 +1,4 @@
-"""Aggregating the scores of k reward models (RLHF_NOTES section 6; Coste et al. 2023).
+"""Aggregating the scores of k reward models (docs/rlhf_notes.md section 6; Coste et al. 2023).
 
 scores_KxB holds member i's score of sequence b. Registered aggregators: mean; min
 (worst-case optimisation, WCO); uwo = mean - lambda * Var (uncertainty-weighted; the variance

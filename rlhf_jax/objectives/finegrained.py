@@ -1,4 +1,4 @@
-"""Fine-grained rewards (Wu et al. 2023; RLHF_NOTES section 7).
+"""Fine-grained rewards (Wu et al. 2023; docs/rlhf_notes.md section 7).
 
 Several reward models, each scoring its own segment unit of the response. The units are the
 registered segmenters (`SEGMENTERS`):

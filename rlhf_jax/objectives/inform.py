@@ -1,4 +1,4 @@
-"""InfoRM loss (Miao et al. 2024; RLHF_NOTES section 5): Bradley-Terry on the decoded latent
+"""InfoRM loss (Miao et al. 2024; docs/rlhf_notes.md section 5): Bradley-Terry on the decoded latent
 plus beta times the KL of the latent posterior to N(0, I).
 
 Two forms of the KL term:

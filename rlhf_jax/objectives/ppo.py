@@ -1,4 +1,4 @@
-"""PPO pieces for language models, as pure functions (RLHF_NOTES section 3).
+"""PPO pieces for language models, as pure functions (docs/rlhf_notes.md section 3).
 
 Shapes: B episodes, N response tokens; `mask_BxN` is 1 on response tokens (through the EOS).
 """

@@ -3,7 +3,7 @@
 Each loss is registered in `PREFERENCE_LOSSES` and maps the per-response log-probabilities
 of the policy (and of the reference, if it needs one) to an implicit reward per response and
 a loss per ordered pair (i preferred to j). With ratio = log pi(y) - log pi_ref(y) and
-h = ratio_w - ratio_l (RLHF_NOTES sections 4 and 10):
+h = ratio_w - ratio_l (docs/rlhf_notes.md sections 4 and 10):
 
   dpo     -log sigmoid(beta h)
   cdpo    -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)          (label smoothing)
