@@ -33,12 +33,17 @@ def position_bias(p_a_first_N, p_a_second_N, **kw) -> dict[str, Any]:
 
     flip_rate: fraction of pairs whose decision differs between the orders (a tie in one
     order and a decision in the other counts as a flip). first_position_rate: how often the
-    response shown first wins over all 2N single-order verdicts (ties 1/2).
+    response shown first wins over all 2N single-order verdicts (ties 1/2). Both intervals
+    resample the N pairs, each with both its orders: the two verdicts on one pair are not
+    independent (a pure position bias makes them agree, a consistent judge makes them
+    complementary), so resampling 2N verdicts would misstate the interval.
     """
     d1, d2 = _decision(p_a_first_N), _decision(p_a_second_N)
-    first_wins = np.concatenate([(d1 > 0) + 0.5 * (d1 == 0), (d2 < 0) + 0.5 * (d2 == 0)])
+    if d1.shape != d2.shape or d1.ndim != 1:
+        raise ValueError(f"verdicts of both orders must be 1-D of one length: {d1.shape}, {d2.shape}")
+    first_wins_Nx2 = np.stack([(d1 > 0) + 0.5 * (d1 == 0), (d2 < 0) + 0.5 * (d2 == 0)], axis=1)
     return {"flip_rate": stats.mean((d1 != d2).astype(np.float64), **kw).to_dict(),
-            "first_position_rate": stats.mean(first_wins, **kw).to_dict()}
+            "first_position_rate": stats.mean(first_wins_Nx2.mean(1), **kw).to_dict()}
 
 
 def judge_position_bias(prefer_first: Callable, prompts, responses_a, responses_b, references=None,
