@@ -3,7 +3,7 @@
 - position bias: how often the verdict flips when the two responses swap places, and how
   often the first-shown response wins (1/2 for an unbiased judge on random pairs).
 - verbosity bias: agreement with "the longer one", and the gap between the raw and the
-  length-controlled win rate (AlpacaEval 2's GLM, `benchmarks.length_controlled_win_rate`).
+  length-controlled win rate (AlpacaEval 2's GLM, `length_control.length_controlled_win_rate`).
 - self-preference: the win rate a judge gives its own model's outputs minus the win rate a
   neutral judge gives them on the same pairs (paired over prompts).
 - agreement with humans: accuracy against the human "chosen" of HH-RLHF pairs and Cohen's
@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from rlhf_jax.eval import benchmarks, stats
+from rlhf_jax.eval import length_control, stats
 from rlhf_jax.eval.judges import both_orders
 
 
@@ -65,7 +65,7 @@ def verbosity_bias(verdicts_N, lengths_a_N, lengths_b_N, **kw) -> dict[str, Any]
     if not unequal.any():
         raise ValueError("all pairs have equal lengths: verbosity bias is not measurable")
     longer = np.where(la[unequal] > lb[unequal], v[unequal], 1.0 - v[unequal])
-    lc = benchmarks.length_controlled_win_rate(v, la, lb, **kw)
+    lc = length_control.length_controlled_win_rate(v, la, lb, **kw)
     return {"longer_agreement": stats.mean(longer, **kw).to_dict(), "win_rate": lc["win_rate"],
             "lc_win_rate": lc["lc_win_rate"], "lc_gap": lc["win_rate"]["value"] - lc["lc_win_rate"]["value"],
             "n_unequal": int(unequal.sum())}
