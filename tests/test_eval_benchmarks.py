@@ -146,8 +146,9 @@ def test_alpaca_eval_of_several_policies_fits_the_instruction_difficulty_across_
     records, _ = benchmarks.alpaca_eval_records(80, data_dir=shared_data)
     rng = np.random.default_rng(0)
     cut = lambda text, frac: text[:max(1, int(len(text) * frac))]
-    outputs = {"short": [cut(r["reference"], f) for r, f in zip(records, rng.uniform(0.3, 1.2, 80))],
-               "long": [r["reference"] + " " + cut(r["reference"], f) for r, f in zip(records, rng.uniform(0, 0.5, 80))]}
+    short, extra = rng.uniform(0.3, 1.2, 80), rng.uniform(0, 0.5, 80)
+    outputs = {"short": [cut(r["reference"], f) for r, f in zip(records, short)],
+               "long": [r["reference"] + " " + cut(r["reference"], f) for r, f in zip(records, extra)]}
     # a judge preferring the longer text on most prompts and the shorter on the rest (deterministic per text)
     judge = FunctionJudge(lambda prompts, responses: [len(x) * (1 if len(p) % 4 else -1)
                                                       for p, x in zip(prompts, responses)])

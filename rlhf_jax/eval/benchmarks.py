@@ -144,7 +144,8 @@ def alpaca_eval_records(n: int | None = None, data_dir=None) -> tuple[list[dict]
                      "policy": EMPTY_REFERENCE_POLICY}
 
 
-def _judged(judge, records: Sequence[dict], outputs: Sequence[str], length) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _judged(judge, records: Sequence[dict], outputs: Sequence[str], length
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(p(model better)_N, model lengths_N, reference lengths_N) of one policy's outputs."""
     if len(records) != len(outputs):
         raise ValueError(f"{len(records)} records but {len(outputs)} outputs")
