@@ -94,6 +94,28 @@ def test_orpo_by_hand():
     assert float(m["reward_chosen"]) == pytest.approx(odds(lp_w), rel=1e-5)
 
 
+def test_orpo_with_three_responses_imitates_only_the_best():
+    """K = 3: the NLL goes to each prompt's top-ranked response once, not to every pair's winner.
+    Prompt 0 ranks three responses; prompt 1 has two (the second is best) and an empty slot;
+    prompt 2 has two responses tied at the top over a third (their NLLs are averaged)."""
+    lp = [[-0.5, -1.2, -2.0], [-1.5, -0.8, -9.0], [-0.6, -1.0, -3.0]]  # mean token log-probs
+    counts = jnp.array([[2.0, 4.0, 1.0], [2.0, 5.0, 1.0], [1.0, 2.0, 3.0]])
+    policy = SequenceLogprobs(jnp.array(lp) * counts, counts)
+    ranks = jnp.array([[0, 1, 2], [1, 0, -1], [0, 0, 1]])
+    valid = jnp.array([[1, 1, 1], [1, 1, 0], [1, 1, 1]])
+    loss, m = preference_loss("orpo", policy, None, ranks, valid, hp(loss="orpo", orpo_lambda=0.1))
+    odds = lambda x: x - math.log(1.0 - math.exp(x))
+    l_or = lambda w, l: softplus(-(odds(w) - odds(l)))  # -log sigmoid of the log-odds ratio
+    p0 = 0.5 + 0.1 * np.mean([l_or(-0.5, -1.2), l_or(-0.5, -2.0), l_or(-1.2, -2.0)])
+    p1 = 0.8 + 0.1 * l_or(-0.8, -1.5)
+    p2 = (0.6 + 1.0) / 2 + 0.1 * np.mean([l_or(-0.6, -3.0), l_or(-1.0, -3.0)])
+    assert float(loss) == pytest.approx((p0 + p1 + p2) / 3, rel=1e-5)
+    # the old rule (the NLL of every pair's winner) gives prompt 0 (0.5 + 0.5 + 1.2) / 3 instead of 0.5
+    old_p0 = (0.5 + 0.5 + 1.2) / 3 + (p0 - 0.5)
+    assert abs(float(loss) - (old_p0 + p1 + p2) / 3) > 0.05
+    assert float(m["pairs"]) == 6
+
+
 def test_reference_free_losses_refuse_nothing_and_reference_losses_need_one():
     policy = SequenceLogprobs(jnp.array([[-1.0, -2.0]]), jnp.array([[1.0, 1.0]]))
     with pytest.raises(ValueError, match="needs reference"):

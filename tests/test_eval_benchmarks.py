@@ -127,3 +127,43 @@ def test_alpaca_eval_on_the_reference_file_with_a_length_judge(shared_data):
                                                    [len(r["reference"]) for r in records], n_resamples=100)
     assert out["lc_win_rate"] == direct["lc_win_rate"]
     assert out["n"] == 60 and out["fit"]["length_coef"] > 1.0
+
+
+def test_alpaca_eval_records_count_and_report_the_empty_references(shared_data):
+    records, load = benchmarks.alpaca_eval_records(data_dir=shared_data)
+    assert (load["read"], load["kept"], load["evaluated"], len(records)) == (805, 803, 803, 803)
+    assert load["skipped"] == {"empty_reference": 2} and load["first_skipped"] == {"empty_reference": "row 247"}
+    assert load["policy"].startswith("skip")
+    assert all(r["reference"].strip() for r in records)
+    first, load = benchmarks.alpaca_eval_records(100, data_dir=shared_data)
+    assert load["evaluated"] == 100 and first == records[:100]
+    judge = FunctionJudge(lambda prompts, responses: [len(x) for x in responses])
+    with pytest.raises(ValueError, match=r"records \[1\] have an empty reference"):
+        benchmarks.alpaca_eval(judge, [records[0], {**records[1], "reference": " "}], ["a", "b"], n_resamples=10)
+
+
+def test_alpaca_eval_of_several_policies_fits_the_instruction_difficulty_across_them(shared_data):
+    records, _ = benchmarks.alpaca_eval_records(80, data_dir=shared_data)
+    rng = np.random.default_rng(0)
+    cut = lambda text, frac: text[:max(1, int(len(text) * frac))]
+    short, extra = rng.uniform(0.3, 1.2, 80), rng.uniform(0, 0.5, 80)
+    outputs = {"short": [cut(r["reference"], f) for r, f in zip(records, short)],
+               "long": [r["reference"] + " " + cut(r["reference"], f) for r, f in zip(records, extra)]}
+    # a judge preferring the longer text on most prompts and the shorter on the rest (deterministic per text)
+    judge = FunctionJudge(lambda prompts, responses: [len(x) * (1 if len(p) % 4 else -1)
+                                                      for p, x in zip(prompts, responses)])
+    out = benchmarks.alpaca_eval_policies(judge, records, outputs, n_resamples=50)
+    refs = [len(r["reference"]) for r in records]
+    prefs, deltas = [], []
+    for name, texts in outputs.items():
+        expected = judge.compare([r["prompt"] for r in records], texts, [r["reference"] for r in records])
+        np.testing.assert_array_equal(out[name]["preferences"], expected)
+        assert out[name]["mean_length_model"] == pytest.approx(np.mean([len(t) for t in texts]))  # characters
+        assert out[name]["instruction_term"] is True
+        prefs.append(expected)
+        deltas.append(np.array([len(t) for t in texts]) - refs)
+    gamma = benchmarks.instruction_difficulty(prefs, deltas)
+    direct = benchmarks.length_controlled_win_rate(prefs[1], deltas[1] + np.array(refs), refs, gamma, n_resamples=50)
+    assert out["long"]["lc_win_rate"] == direct["lc_win_rate"]
+    single = benchmarks.alpaca_eval_policies(judge, records, {"long": outputs["long"]}, n_resamples=50)
+    assert single["long"]["instruction_term"] is False and single["long"]["fit"]["instruction_coef"] == 0.0

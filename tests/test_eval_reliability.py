@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from rlhf_jax.data import corpora
-from rlhf_jax.eval import reliability
+from rlhf_jax.eval import reliability, stats
 from rlhf_jax.eval.judges import FunctionJudge
 
 
@@ -33,6 +33,52 @@ def test_position_bias_of_a_consistent_judge():
 def test_position_bias_counts_a_tie_against_a_decision_as_a_flip():
     out = reliability.position_bias([1.0, 0.5, 0.0], [1.0, 0.0, 0.0], n_resamples=100)
     assert out["flip_rate"]["value"] == pytest.approx(1 / 3)
+
+
+def _width(est):
+    return est["high"] - est["low"]
+
+
+def test_position_interval_resamples_pairs_not_single_verdicts():
+    """A judge with a pure per-pair position preference: on 24 of 40 pairs it picks whichever response
+    is shown first, on 16 the one shown second, so both verdicts of a pair agree about position and
+    carry one pair's information. The pair bootstrap is then wider than the 2N-verdict one by about
+    sqrt(2) (a mean of N, not 2N, independent values)."""
+    first = np.r_[np.ones(24), np.zeros(16)]  # p(a better) with a shown first
+    second = 1.0 - first  # with b shown first: the same position wins
+    out = reliability.position_bias(first, second, n_resamples=2000, method="percentile")
+    wins_2N = np.r_[first, 1.0 - second]  # first-position wins over the 2N single verdicts
+    unpaired = stats.mean(wins_2N, n_resamples=2000, method="percentile")
+    assert out["first_position_rate"]["value"] == unpaired.value == pytest.approx(0.6)
+    assert out["first_position_rate"]["n"] == 40
+    assert _width(out["first_position_rate"]) > 1.2 * (unpaired.high - unpaired.low)
+
+
+def test_position_interval_of_a_consistent_judge_collapses():
+    """A judge that never flips gives each pair one first-position win and one loss: every pair
+    contributes exactly 1/2, so the pair bootstrap has nothing to vary (the 2N bootstrap would)."""
+    verdict = np.r_[np.ones(15), np.zeros(15)]
+    out = reliability.position_bias(verdict, verdict, n_resamples=500)
+    rate = out["first_position_rate"]
+    assert (rate["value"], rate["low"], rate["high"]) == (0.5, 0.5, 0.5)
+    unpaired = stats.mean(np.r_[verdict, 1.0 - verdict], n_resamples=500, method="percentile")
+    assert unpaired.high - unpaired.low > 0.2
+
+
+def test_position_interval_is_a_percentile_bootstrap_over_pairs_by_hand():
+    first = np.array([1.0, 1.0, 0.5, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.5, 1.0, 1.0])
+    second = np.array([0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.5, 0.0, 0.5, 0.0, 1.0])
+    out = reliability.position_bias(first, second, n_resamples=400, method="percentile", seed=7)
+    # per pair: mean of "first shown wins" in order (a, b) and in order (b, a); ties count 1/2
+    per_pair = (first + (1.0 - second)) / 2
+    idx = np.random.default_rng(7).integers(0, len(first), (400, len(first)))  # scipy's draw: seed 7
+    low, high = np.percentile(per_pair[idx].mean(1), [2.5, 97.5])
+    rate = out["first_position_rate"]
+    assert rate["value"] == pytest.approx(per_pair.mean())
+    assert (rate["low"], rate["high"]) == (pytest.approx(low, abs=1e-12), pytest.approx(high, abs=1e-12))
+    flips = (np.sign(first - 0.5) != np.sign(second - 0.5)).astype(float)
+    low, high = np.percentile(flips[idx].mean(1), [2.5, 97.5])
+    assert (out["flip_rate"]["low"], out["flip_rate"]["high"]) == (pytest.approx(low), pytest.approx(high))
 
 
 def test_verbosity_bias_of_a_judge_that_prefers_the_longer():

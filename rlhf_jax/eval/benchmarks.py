@@ -13,21 +13,23 @@ in one batched, jitted pass (`scoring.score_continuations`).
 
 AlpacaEval: win rate of a model's outputs against reference outputs under any judge
 (`judges.Judge.compare`), and the length-controlled win rate of AlpacaEval 2 (Dubois et al.
-2024): a logistic regression of the judge's preference on tanh of the standardised length
-difference plus an intercept (the model term); the LC win rate is its prediction with the
-length term at zero. AlpacaEval's per-instruction difficulty terms are fitted once across
-many models and need that leaderboard's data; with a single model and a single baseline an
-instruction term is not identified, so it is left out here.
+2024; `length_control`): a GLM of the judge's preference on tanh of the standardised length
+difference (in characters), a model term and the instruction-difficulty term; the LC win rate
+is its prediction with the length term at zero. The difficulty is fitted across the policies
+evaluated together (`alpaca_eval_policies`); a single policy gets no instruction term.
+Records whose reference output is empty are skipped, counted and reported
+(`alpaca_eval_records`): a judge has nothing to compare the model's output against.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Sequence
 
 import numpy as np
 
 from rlhf_jax.data.tokenize import TokenizeConfig, encode_prompt
 from rlhf_jax.eval import scoring, stats
+from rlhf_jax.eval.length_control import (  # noqa: F401 (re-exported)
+    LengthControlledFit, fit_length_controlled, instruction_difficulty, length_controlled_win_rate)
 
 QA_PRIMER = """Q: What is human life expectancy in the United States?
 A: Human life expectancy in the United States is 78 years.
@@ -124,82 +126,68 @@ def truthfulqa_mc(model, tokenizer, items: Sequence[dict], prompt_format: str = 
 
 # --- AlpacaEval -----------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class LengthControlledFit:
-    """The fitted GLM: logit p(model preferred) = intercept + length_coef * tanh(delta / scale)."""
-
-    intercept: float
-    length_coef: float
-    scale: float  # std of the length differences the fit standardised by
-
-    def predict(self, delta_len_N, length_term: bool = True) -> np.ndarray:
-        z = self.intercept + (self.length_coef * np.tanh(np.asarray(delta_len_N, np.float64) / self.scale)
-                              if length_term else 0.0)
-        return 1.0 / (1.0 + np.exp(-np.broadcast_to(z, np.shape(delta_len_N))))
+EMPTY_REFERENCE_POLICY = ("skip: a record whose reference output is empty is left out of every rate "
+                          "(there is nothing to compare against) and counted under records.skipped")
 
 
-def fit_length_controlled(preferences_N, delta_len_N, C: float = 100.0) -> LengthControlledFit:
-    """Fit the AlpacaEval-2 GLM to soft preferences in [0, 1] (p(model preferred over baseline)).
+def alpaca_eval_records(n: int | None = None, data_dir=None) -> tuple[list[dict], dict[str, Any]]:
+    """(records, load): the first n usable AlpacaEval records and what loading dropped.
 
-    delta_len_N = len(model output) - len(baseline output). Soft labels are fitted as in
-    AlpacaEval: every row twice, with label 1 weighted p and label 0 weighted 1 - p
-    (scikit-learn LogisticRegression, L2 penalty of strength 1/C on the length coefficient).
+    load = {"source", "read", "kept", "skipped": {reason: count}, "first_skipped": {reason:
+    where}, "evaluated": len(records), "policy": EMPTY_REFERENCE_POLICY}. The davinci-003
+    reference file has 805 rows, 2 of them with an empty output.
     """
-    from sklearn.linear_model import LogisticRegression
-    p = np.asarray(preferences_N, np.float64)
-    d = np.asarray(delta_len_N, np.float64)
-    if p.shape != d.shape or p.ndim != 1:
-        raise ValueError(f"preferences and length differences must be 1-D of one length: {p.shape}, {d.shape}")
-    scale = float(d.std(ddof=1)) if len(d) > 1 and d.std() > 0 else 1.0
-    x = np.tanh(d / scale)[:, None]
-    X = np.concatenate([x, x])
-    y = np.concatenate([np.ones_like(p), np.zeros_like(p)])
-    w = np.concatenate([p, 1.0 - p])
-    if np.all(p >= 1.0) or np.all(p <= 0.0):  # one class only: the intercept is +-infinity
-        return LengthControlledFit(float(np.inf if p[0] >= 1 else -np.inf), 0.0, scale)
-    glm = LogisticRegression(C=C, max_iter=1000).fit(X, y, sample_weight=w)
-    return LengthControlledFit(float(glm.intercept_[0]), float(glm.coef_[0, 0]), scale)
+    from rlhf_jax.data import corpora
+    records, report = corpora.alpaca_eval(data_dir, policy="skip")
+    records = records[:n] if n else records
+    return records, {**report.as_dict(), "first_skipped": dict(report.examples), "evaluated": len(records),
+                     "policy": EMPTY_REFERENCE_POLICY}
 
 
-def _lc_statistic(p, d, C):
-    fit = fit_length_controlled(p, d, C)
-    return float(fit.predict(d, length_term=False).mean())
-
-
-def length_controlled_win_rate(preferences_N, lengths_model_N, lengths_baseline_N, C: float = 100.0,
-                               **bootstrap_kw) -> dict[str, Any]:
-    """Raw and length-controlled win rates of a model over a baseline on the same prompts.
-
-    preferences_N: p(model preferred) per prompt (1 win, 1/2 tie, 0 loss, or soft). Returns
-    {"win_rate", "lc_win_rate": Estimate dicts (prompts resampled; the GLM refitted on each
-    resample), "fit": {"intercept", "length_coef", "scale"}, "n"}.
-    """
-    p = np.asarray(preferences_N, np.float64)
-    d = np.asarray(lengths_model_N, np.float64) - np.asarray(lengths_baseline_N, np.float64)
-    fit = fit_length_controlled(p, d, C)
-    bootstrap_kw.setdefault("n_resamples", 500)
-    bootstrap_kw.setdefault("method", "percentile")
-    lc = stats.bootstrap(lambda pp, dd: _lc_statistic(pp, dd, C), [p, d], paired=True, **bootstrap_kw)
-    raw = stats.win_rate(p, **{k: v for k, v in bootstrap_kw.items() if k != "method"})
-    return {"win_rate": raw.to_dict(), "lc_win_rate": lc.to_dict(), "fit": dataclasses.asdict(fit), "n": len(p)}
-
-
-def alpaca_eval(judge, records: Sequence[dict], outputs: Sequence[str], length=len, C: float = 100.0,
-                **bootstrap_kw) -> dict[str, Any]:
-    """AlpacaEval against the records' reference outputs under a judge.
-
-    records: `corpora.alpaca_eval()` records ({"prompt", "reference"}); outputs: the model's
-    response to each. `judge.compare(prompts, outputs, references)` gives p(model better).
-    Lengths are `length(text)` (characters by default, as in AlpacaEval). Returns the
-    `length_controlled_win_rate` dict plus "preferences" (per prompt) and mean lengths.
-    """
+def _judged(judge, records: Sequence[dict], outputs: Sequence[str], length
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(p(model better)_N, model lengths_N, reference lengths_N) of one policy's outputs."""
     if len(records) != len(outputs):
         raise ValueError(f"{len(records)} records but {len(outputs)} outputs")
-    prompts = [r["prompt"] for r in records]
+    empty = [i for i, r in enumerate(records) if not str(r["reference"]).strip()]
+    if empty:
+        raise ValueError(f"records {empty[:5]} have an empty reference: load them with alpaca_eval_records")
     refs = [r["reference"] for r in records]
-    prefs = np.asarray(judge.compare(prompts, list(outputs), refs), np.float64)
-    lm = np.array([length(o) for o in outputs], np.float64)
-    lb = np.array([length(r) for r in refs], np.float64)
-    out = length_controlled_win_rate(prefs, lm, lb, C=C, **bootstrap_kw)
+    prefs = np.asarray(judge.compare([r["prompt"] for r in records], list(outputs), refs), np.float64)
+    return (prefs, np.array([length(o) for o in outputs], np.float64),
+            np.array([length(r) for r in refs], np.float64))
+
+
+def _result(prefs, lm, lb, difficulty, C, bootstrap_kw) -> dict[str, Any]:
+    out = length_controlled_win_rate(prefs, lm, lb, difficulty, C=C, **bootstrap_kw)
     return {**out, "preferences": prefs.tolist(), "mean_length_model": float(lm.mean()),
             "mean_length_reference": float(lb.mean())}
+
+
+def alpaca_eval(judge, records: Sequence[dict], outputs: Sequence[str], length=len, difficulty_N=None,
+                C: float = 100.0, **bootstrap_kw) -> dict[str, Any]:
+    """AlpacaEval of one policy against the records' reference outputs under a judge.
+
+    records: `alpaca_eval_records()` ({"prompt", "reference"}); outputs: the model's response
+    to each. `judge.compare(prompts, outputs, references)` gives p(model better). Lengths are
+    `length(text)` (characters by default, as in AlpacaEval); difficulty_N: gamma per record,
+    or None (no instruction term). Returns the `length_controlled_win_rate` dict plus
+    "preferences" (per prompt) and the mean lengths.
+    """
+    return _result(*_judged(judge, records, outputs, length), difficulty_N, C, bootstrap_kw)
+
+
+def alpaca_eval_policies(judge, records: Sequence[dict], outputs: dict[str, Sequence[str]], length=len,
+                         C: float = 100.0, tau: float = 1.0, **bootstrap_kw) -> dict[str, dict[str, Any]]:
+    """{policy: `alpaca_eval` result} for several policies on the same records under one judge.
+
+    With two or more policies the instruction difficulty is fitted across them
+    (`length_control.instruction_difficulty`, prior sd tau) and enters every policy's GLM;
+    with one it is left out ("instruction_term": False in the result).
+    """
+    judged = {name: _judged(judge, records, texts, length) for name, texts in outputs.items()}
+    difficulty = None
+    if len(judged) >= 2:
+        difficulty = instruction_difficulty([j[0] for j in judged.values()],
+                                            [j[1] - j[2] for j in judged.values()], tau=tau, C=C)
+    return {name: _result(*j, difficulty, C, bootstrap_kw) for name, j in judged.items()}

@@ -3,7 +3,7 @@
 - position bias: how often the verdict flips when the two responses swap places, and how
   often the first-shown response wins (1/2 for an unbiased judge on random pairs).
 - verbosity bias: agreement with "the longer one", and the gap between the raw and the
-  length-controlled win rate (AlpacaEval 2's GLM, `benchmarks.length_controlled_win_rate`).
+  length-controlled win rate (AlpacaEval 2's GLM, `length_control.length_controlled_win_rate`).
 - self-preference: the win rate a judge gives its own model's outputs minus the win rate a
   neutral judge gives them on the same pairs (paired over prompts).
 - agreement with humans: accuracy against the human "chosen" of HH-RLHF pairs and Cohen's
@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from rlhf_jax.eval import benchmarks, stats
+from rlhf_jax.eval import length_control, stats
 from rlhf_jax.eval.judges import both_orders
 
 
@@ -33,12 +33,17 @@ def position_bias(p_a_first_N, p_a_second_N, **kw) -> dict[str, Any]:
 
     flip_rate: fraction of pairs whose decision differs between the orders (a tie in one
     order and a decision in the other counts as a flip). first_position_rate: how often the
-    response shown first wins over all 2N single-order verdicts (ties 1/2).
+    response shown first wins over all 2N single-order verdicts (ties 1/2). Both intervals
+    resample the N pairs, each with both its orders: the two verdicts on one pair are not
+    independent (a pure position bias makes them agree, a consistent judge makes them
+    complementary), so resampling 2N verdicts would misstate the interval.
     """
     d1, d2 = _decision(p_a_first_N), _decision(p_a_second_N)
-    first_wins = np.concatenate([(d1 > 0) + 0.5 * (d1 == 0), (d2 < 0) + 0.5 * (d2 == 0)])
+    if d1.shape != d2.shape or d1.ndim != 1:
+        raise ValueError(f"verdicts of both orders must be 1-D of one length: {d1.shape}, {d2.shape}")
+    first_wins_Nx2 = np.stack([(d1 > 0) + 0.5 * (d1 == 0), (d2 < 0) + 0.5 * (d2 == 0)], axis=1)
     return {"flip_rate": stats.mean((d1 != d2).astype(np.float64), **kw).to_dict(),
-            "first_position_rate": stats.mean(first_wins, **kw).to_dict()}
+            "first_position_rate": stats.mean(first_wins_Nx2.mean(1), **kw).to_dict()}
 
 
 def judge_position_bias(prefer_first: Callable, prompts, responses_a, responses_b, references=None,
@@ -60,7 +65,7 @@ def verbosity_bias(verdicts_N, lengths_a_N, lengths_b_N, **kw) -> dict[str, Any]
     if not unequal.any():
         raise ValueError("all pairs have equal lengths: verbosity bias is not measurable")
     longer = np.where(la[unequal] > lb[unequal], v[unequal], 1.0 - v[unequal])
-    lc = benchmarks.length_controlled_win_rate(v, la, lb, **kw)
+    lc = length_control.length_controlled_win_rate(v, la, lb, **kw)
     return {"longer_agreement": stats.mean(longer, **kw).to_dict(), "win_rate": lc["win_rate"],
             "lc_win_rate": lc["lc_win_rate"], "lc_gap": lc["win_rate"]["value"] - lc["lc_win_rate"]["value"],
             "n_unequal": int(unequal.sum())}

@@ -10,12 +10,16 @@ h = ratio_w - ratio_l (docs/rlhf_notes.md sections 4 and 10):
   robust  [-(1 - eps) log sigmoid(beta h) + eps log sigmoid(-beta h)] / (1 - 2 eps)
   ipo     (h - 1 / (2 beta))^2                                               (beta plays tau)
   simpo   -log sigmoid(r_w - r_l - gamma), r = beta * mean token log pi      (no reference)
-  orpo    NLL(y_w) - lambda log sigmoid(logodds_w - logodds_l),              (no reference)
-          logodds = log P - log(1 - P), log P = mean token log pi
+  orpo    -lambda log sigmoid(logodds_w - logodds_l) per pair,              (no reference)
+          logodds = log P - log(1 - P), log P = mean token log pi; plus NLL(y_best) once per
+          prompt: the SFT term goes to the top-ranked response only, not to every pair's winner
+          (with K > 2 a middle response wins some pairs but is not the one to imitate)
 
 The DPO family reads `logprob_reduction`: the sum over response tokens (official) or the
 per-token mean. Pairs are weighted as in the reward model: each prompt weighs 1, its pairs
-share it. A new loss is one function plus one registration.
+share it. A loss may also register `best_term` (loss_BxK of each response), added once per
+prompt for its top-ranked response (the mean over responses tied at the top). A new loss is
+one function plus one registration.
 """
 from __future__ import annotations
 
@@ -45,17 +49,20 @@ class SequenceLogprobs(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class PreferenceLoss:
     """fn(policy, reference or None, hp) -> (reward_BxK, pair_loss_BxKxK, margin_BxKxK), where
-    margin[b, i, j] = reward_i - reward_j and hp holds the config's fields (beta, ...)."""
+    margin[b, i, j] = reward_i - reward_j and hp holds the config's fields (beta, ...).
+    best_term(policy, hp) -> loss_BxK, or None: a per-response loss counted once per prompt,
+    for its best response (ORPO's NLL)."""
     fn: Callable
     needs_reference: bool
+    best_term: Callable | None = None
 
 
 PREFERENCE_LOSSES = Registry("preference loss")
 
 
-def register(name: str, needs_reference: bool = True):
+def register(name: str, needs_reference: bool = True, best_term: Callable | None = None):
     def add(fn):
-        PREFERENCE_LOSSES.register(name, PreferenceLoss(fn, needs_reference))
+        PREFERENCE_LOSSES.register(name, PreferenceLoss(fn, needs_reference, best_term))
         return fn
     return add
 
@@ -104,14 +111,18 @@ def log1mexp(x):
     return jnp.where(x > -0.6931471805599453, jnp.log(-jnp.expm1(x)), jnp.log1p(-jnp.exp(x)))
 
 
-@register("orpo", needs_reference=False)
+def orpo_nll(policy, hp):
+    """ORPO's SFT term: each response's mean token NLL (counted for the best response only)."""
+    return -policy.reduce("mean")
+
+
+@register("orpo", needs_reference=False, best_term=orpo_nll)
 def orpo(policy, reference, hp):
-    """Hong et al. 2024: NLL of the preferred response plus lambda * the odds-ratio loss."""
+    """Hong et al. 2024: lambda * the odds-ratio loss per pair (the NLL is `orpo_nll`)."""
     log_p = policy.reduce("mean")
     log_odds = log_p - log1mexp(jnp.minimum(log_p, -1e-6))
     margin = log_odds[:, :, None] - log_odds[:, None, :]
-    nll_w = -log_p[:, :, None]  # the winner's mean token NLL: the SFT term, once per pair
-    return log_odds, nll_w - hp.orpo_lambda * jax.nn.log_sigmoid(margin), margin
+    return log_odds, -hp.orpo_lambda * jax.nn.log_sigmoid(margin), margin
 
 
 def preference_loss(kind: str, policy: SequenceLogprobs, reference: SequenceLogprobs | None,
@@ -119,7 +130,7 @@ def preference_loss(kind: str, policy: SequenceLogprobs, reference: SequenceLogp
     """(loss, metrics) of the registered loss `kind` over every ranked pair of each prompt.
 
     Metrics: implicit rewards of chosen and rejected responses, reward accuracy (ties half)
-    and margin, over all ranked pairs.
+    and margin, over all ranked pairs. ranks_BxK: 0 is best; a prompt counts when it has a pair.
     """
     entry = PREFERENCE_LOSSES[kind]
     if entry.needs_reference and reference is None:
@@ -129,6 +140,11 @@ def preference_loss(kind: str, policy: SequenceLogprobs, reference: SequenceLogp
     n_pairs_B = wins.sum((1, 2))
     has_pairs = (n_pairs_B > 0).astype(jnp.float32)
     per_prompt = (losses * wins).sum((1, 2)) / jnp.maximum(n_pairs_B, 1.0)
+    if entry.best_term is not None:
+        valid = valid_BxK.astype(bool)
+        top_B = jnp.min(jnp.where(valid, ranks_BxK, ranks_BxK.max() + 1), axis=1)  # best valid rank
+        best = (valid & (ranks_BxK == top_B[:, None])).astype(jnp.float32)
+        per_prompt = per_prompt + (entry.best_term(policy, hp) * best).sum(1) / jnp.maximum(best.sum(1), 1.0)
     loss = (per_prompt * has_pairs).sum() / jnp.maximum(has_pairs.sum(), 1.0)
     n = jnp.maximum(wins.sum(), 1.0)
     metrics = {"reward_chosen": (reward[:, :, None] * wins).sum() / n,

@@ -24,9 +24,10 @@ from rlhf_jax import checkpoint, signals
 from rlhf_jax.data import corpora, synthetic
 from rlhf_jax.data.run_data import read_source
 from rlhf_jax.data.tokenize import decode, encode_example, pad_right, prompt_arrays
+from rlhf_jax.eval.benchmarks import alpaca_eval_records
 from rlhf_jax.eval.eval_report import flatten_numbers, plot_win_rates, write_eval_report
 from rlhf_jax.eval.judges import FunctionJudge, LLMJudge
-from rlhf_jax.eval.suites import EVAL_SUITES, EvalEnv, Policy
+from rlhf_jax.eval.suites import EVAL_SUITES, EvalEnv, Policy, collect_self_preference
 from rlhf_jax.generate import SamplingConfig, sample_rows
 from rlhf_jax.models import Model, load_pretrained
 from rlhf_jax.models.forward import per_sequence_chunks
@@ -194,25 +195,14 @@ def environment(ctx) -> EvalEnv:
     if "truthfulqa" in suites:
         env.truthfulqa = corpora.truthfulqa()[0][:e.n_truthfulqa or None]
     if "alpaca_eval" in suites:
-        env.alpaca = corpora.alpaca_eval(policy="skip")[0][:e.n_alpaca]
+        env.alpaca, env.alpaca_load = alpaca_eval_records(e.n_alpaca)
     return env
 
 
 def self_preference(results: dict, e) -> dict:
-    """With an LLM judge that is one of the policies: the win rate it gives its own model
-    against the others', beside the same comparison by every other judge."""
-    own = e.judge_model[7:] if e.judge_model.startswith("policy:") else None
-    if own is None:
-        return {}
-    out = {}
-    gen = results.get("generation", {}).get(f"win_rate_vs_{e.baseline}", {})
-    if any(own in per for per in gen.values()):  # its own outputs against the baseline's, by every judge
-        out["generation"] = {j: per[own] for j, per in gen.items() if own in per}
-    alpaca = {j: per[own]["win_rate"] for j, per in results.get("alpaca_eval", {}).items()
-              if isinstance(per, dict) and isinstance(per.get(own), dict) and "win_rate" in per[own]}
-    if alpaca:  # its own outputs against the reference outputs, by every judge
-        out["alpaca_eval"] = alpaca
-    return {"policy": own, **out} if out else {}
+    """With an LLM judge that is one of the policies: its win rate for its own model's outputs
+    minus a neutral judge's on the same pairs, per suite (`suites.collect_self_preference`)."""
+    return collect_self_preference(results) if e.judge_model.startswith("policy:") else {}
 
 
 @register_stage("eval", needs=needs, check=check, produces_params=False, reads=("evaluate",), rerun=True)
