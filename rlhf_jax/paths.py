@@ -21,3 +21,15 @@ def data_dir() -> Path | None:
     """The real datasets, from RLHF_JAX_DATA_DIR; None when unset or missing."""
     env = os.environ.get("RLHF_JAX_DATA_DIR")
     return Path(env) if env and Path(env).is_dir() else None
+
+
+def data_file(name: str, root: str | Path | None = None) -> Path:
+    """The dataset file or folder `name` under `root` (default: data_dir()); a FileNotFoundError
+    saying what is missing otherwise."""
+    root = Path(root) if root is not None else data_dir()
+    if root is None:
+        raise FileNotFoundError(f"{name}: no data directory; set RLHF_JAX_DATA_DIR or pass data_dir")
+    path = root / name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist (see the data README for its public source)")
+    return path

@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import socket
 import sys
@@ -50,14 +51,19 @@ def prepare(workdir: str | Path) -> Path:
     return path
 
 
-class RunLock:
-    """`with RunLock(workdir):` holds the workdir for one run."""
+class HolderLock:
+    """`with HolderLock(path):` an exclusive `flock` on `path`, taken without waiting; while it is
+    held the file names its holder (pid, host, start time, command). When another process holds
+    it, entering raises `self.busy(holder)`. The kernel releases it when the holder dies."""
 
-    def __init__(self, workdir: str | Path):
-        self.path = Path(workdir) / ".lock"
-        self.file = None
+    def __init__(self, path: str | Path):
+        self.path, self.file = Path(path), None
 
-    def __enter__(self) -> "RunLock":
+    def busy(self, holder: str) -> Exception:
+        return RuntimeError(f"{self.path}: held by {holder}")
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(self.path, "a+")
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -65,12 +71,12 @@ class RunLock:
             self.file.seek(0)
             holder = self.file.read().strip() or "unknown"
             self.file.close()
-            raise WorkdirError(f"{self.path.parent}: another run holds this workdir ({holder}); wait for it, "
-                               f"or use another --workdir") from None
+            self.file = None
+            raise self.busy(holder) from None
         self.file.seek(0)
         self.file.truncate()
         started = datetime.datetime.now().isoformat(timespec="seconds")
-        self.file.write(f"pid {os.getpid()} on {socket.gethostname()} since {started}: {' '.join(sys.argv)}")
+        self.file.write(f"pid {os.getpid()} on {socket.gethostname()} since {started}: {shlex.join(sys.argv)}")
         self.file.flush()
         return self
 
@@ -80,6 +86,18 @@ class RunLock:
             self.file.truncate()
             fcntl.flock(self.file, fcntl.LOCK_UN)
             self.file.close()
+            self.file = None
+
+
+class RunLock(HolderLock):
+    """`with RunLock(workdir):` holds the workdir for one run (WORKDIR/.lock)."""
+
+    def __init__(self, workdir: str | Path):
+        super().__init__(Path(workdir) / ".lock")
+
+    def busy(self, holder: str) -> Exception:
+        return WorkdirError(f"{self.path.parent}: another run holds this workdir ({holder}); wait for it, "
+                            f"or use another --workdir")
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:

@@ -83,7 +83,7 @@ def test_language_filter_on_real_english_and_hand_written_other_languages(shared
     """lingua keeps Alpaca's English and drops all 60 sentences in 15 other languages, which the
     function-word heuristic it replaced let 16 of through (tools/benchmark_language.py)."""
     from rlhf_jax.data.sources import iter_rows
-    from tests.language_samples import NON_ENGLISH
+    from rlhf_jax.data.language_samples import NON_ENGLISH
     cfg = C.CurateConfig()
     rows = [row for _, row in iter_rows(shared_data / "alpaca_5000.json.gz")][:300]
     english = [{"prompt": r["instruction"] + "\n" + r["input"], "completion": r["output"]} for r in rows]

@@ -132,6 +132,26 @@ def test_launch_pins_the_child_and_logs_its_output(tmp_path):
     assert procs.describe_exit(-9) == "killed by SIGKILL" and procs.describe_exit(2) == "exit 2"
 
 
+
+def test_a_second_runner_on_the_sweep_directory_fails_naming_the_first(tmp_path):
+    """The sweep lock and the workdir lock (rlhf_jax.workdir.RunLock) are one HolderLock: taken
+    without waiting, naming the holder while held, empty and free again after."""
+    from rlhf_jax.workdir import RunLock, WorkdirError
+    out = tmp_path / "new" / "sweep"
+    with procs.SweepLock(out):
+        holder = (out / ".sweep.lock").read_text()
+        assert holder.startswith(f"pid {os.getpid()} on ")
+        with pytest.raises(RuntimeError, match=f"another sweep runner uses this directory \\(pid {os.getpid()} "):
+            with procs.SweepLock(out):
+                pass
+        with RunLock(out):  # another file, another lock
+            with pytest.raises(WorkdirError, match="another run holds this workdir"):
+                with RunLock(out):
+                    pass
+    assert (out / ".sweep.lock").read_text() == "" and (out / ".lock").read_text() == ""
+    with procs.SweepLock(out):
+        pass
+
 # --- aggregation ---------------------------------------------------------------------------------
 
 def test_aggregate_against_hand_computed_numbers():

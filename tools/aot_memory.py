@@ -15,7 +15,6 @@ argument + temporaries). `--fit` also searches the largest batch whose peak fits
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -36,6 +35,7 @@ from rlhf_jax.train import ppo as ppo_lib  # noqa: E402
 from rlhf_jax.train import sft as sft_lib  # noqa: E402
 from rlhf_jax.train.optim import make_optimizer  # noqa: E402
 from rlhf_jax.train.state import TrainState  # noqa: E402
+from tools._common import parser, report  # noqa: E402
 
 SHAPES = {
     # SmolLM2-1.7B: Llama architecture, MHA 32/32, tied embeddings, theta 130000
@@ -146,7 +146,7 @@ def measure(model: str, step: str, mesh, batch: int, seq: int, lora: bool, remat
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, out=True)
     ap.add_argument("--models", default="1.7b,8b")
     ap.add_argument("--steps", default="sft,ppo_update")
     ap.add_argument("--mesh", default="1,4,2", help="data,fsdp,tensor over the (fake) devices")
@@ -156,7 +156,6 @@ def main():
     ap.add_argument("--device_gb", type=float, default=80.0)
     ap.add_argument("--remat", default="full", help="the models' remat policy (none, full, save_matmuls)")
     ap.add_argument("--logits_chunk", type=int, default=256, help="sequence chunk of the LM head (0: full logits)")
-    ap.add_argument("--out", default="")
     args = ap.parse_args()
     mesh = shd.make_mesh(tuple(int(x) for x in args.mesh.split(",")))
     rows = []
@@ -176,11 +175,7 @@ def main():
                 rows.append(row)
     out = {"devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind, "device_gb": args.device_gb,
            "rows": rows}
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+    report(out, args.out, indent=1)
 
 
 if __name__ == "__main__":

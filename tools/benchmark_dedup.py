@@ -10,7 +10,6 @@ new one also drops (and what each pair's exact shingle Jaccard is where they dis
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import hashlib
 import json
@@ -25,6 +24,7 @@ import numpy as np  # noqa: E402
 from rlhf_jax.data import curate  # noqa: E402
 from rlhf_jax.data.sources import iter_rows  # noqa: E402
 from rlhf_jax.paths import data_dir  # noqa: E402
+from tools._common import parser  # noqa: E402
 
 # --- the replaced implementation, verbatim from rlhf_jax/data/curate.py before datasketch -------
 _RNG = np.random.default_rng(1234)
@@ -109,7 +109,7 @@ def disagreements(records, only_new, only_old, cfg, limit: int = 20) -> list[dic
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--sizes", default="10000,50000", help="comma-separated numbers of reviews")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]

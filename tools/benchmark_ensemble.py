@@ -8,7 +8,6 @@ single-member step k times, as k independent trainings would. Prints one JSON ob
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -24,10 +23,11 @@ from rlhf_jax.models import PRESETS, init_model  # noqa: E402
 from rlhf_jax.train import rm as rm_lib  # noqa: E402
 from rlhf_jax.train.optim import make_optimizer  # noqa: E402
 from rlhf_jax.train.state import TrainState  # noqa: E402
+from tools._common import parser  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = parser(__doc__)
     ap.add_argument("--members", type=int, default=5)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, default=32)

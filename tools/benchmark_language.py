@@ -5,12 +5,11 @@ it replaced (kept here only, for this comparison).
 
 English side: the first N Alpaca rows (instruction, input and output joined, without the
 English prompt template). Non-English side: the 60 hand-written sentences in 15 languages of
-tests/language_samples.py. For each detector: English kept, non-English rejected, the
+rlhf_jax/data/language_samples.py. For each detector: English kept, non-English rejected, the
 non-English languages it let through, load time and mean time per text. Prints one JSON object.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -19,9 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rlhf_jax.data.language_samples import NON_ENGLISH  # noqa: E402
 from rlhf_jax.data.sources import iter_rows  # noqa: E402
 from rlhf_jax.paths import data_dir  # noqa: E402
-from tests.language_samples import NON_ENGLISH  # noqa: E402
+from tools._common import parser  # noqa: E402
 
 # --- the replaced heuristic, verbatim from rlhf_jax/data/curate.py ------------------------------
 ENGLISH_WORDS = frozenset("the a an and or of to in is are was were be it that this for on with as at by from "
@@ -98,7 +98,7 @@ def measure(name: str, english: list[str], foreign: list[tuple[str, str]]) -> di
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--english", type=int, default=1000, help="Alpaca rows on the English side")
     ap.add_argument("--detectors", default=",".join(DETECTORS))
     args = ap.parse_args(argv)

@@ -16,7 +16,6 @@ value model (scalar head) forward and backward on the whole batch, AdamW on both
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -35,6 +34,7 @@ from rlhf_jax.train import ppo as ppo_lib
 from rlhf_jax.train import sft as sft_lib
 from rlhf_jax.train.optim import make_optimizer
 from rlhf_jax.train.state import TrainState
+from tools._common import parser  # noqa: E402
 
 # name -> (ModelConfig changes, grad_accum[, LoRA: "float" or "int8" base])
 VARIANTS = {
@@ -131,7 +131,7 @@ def measure(build, cfg, grad_accum: int, B: int, P: int, N: int, lora: str | Non
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--preset", default="135m")
     ap.add_argument("--stage", choices=("ppo", "sft"), default="ppo")
     ap.add_argument("--batch", type=int, default=64)

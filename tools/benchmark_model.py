@@ -11,7 +11,6 @@ weights and the KV cache once, at the measured copy bandwidth. Prints one JSON o
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
@@ -27,6 +26,7 @@ import numpy as np  # noqa: E402
 from rlhf_jax.generate import SamplingConfig, generate  # noqa: E402
 from rlhf_jax.models import PRESETS, apply, init_model  # noqa: E402
 from rlhf_jax.objectives.lm import next_token_loss  # noqa: E402
+from tools._common import parser  # noqa: E402
 
 
 def timeit(fn, *args, warmup=1, iters=3):
@@ -87,7 +87,7 @@ def bench_decode(cfg, batch, prompt_len, new_tokens):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser()
+    ap = parser(__doc__)
     ap.add_argument("--sizes", default="10m,135m")
     ap.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
     ap.add_argument("--batch", type=int, default=None)

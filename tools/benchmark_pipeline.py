@@ -16,7 +16,6 @@ and whether the targets (>= 2x TRL tokens/s for SFT and RM, >= 3x for PPO) are m
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -42,6 +41,7 @@ from rlhf_jax.train import rm as rm_lib  # noqa: E402
 from rlhf_jax.train import sft as sft_lib  # noqa: E402
 from rlhf_jax.train.optim import make_optimizer  # noqa: E402
 from rlhf_jax.train.state import PPOState, TrainState  # noqa: E402
+from tools._common import parser, report  # noqa: E402
 
 # model shape, SFT/RM batch x seq, PPO batch, prompt length, new tokens, minibatches, epochs
 SHAPES = {
@@ -206,11 +206,10 @@ def trl_side(shape: dict, steps: int) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = parser(__doc__, out=True)
     ap.add_argument("--shapes", default="tiny,smollm2")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--no-trl", action="store_true")
-    ap.add_argument("--out", default="", help="also write the JSON here")
     args = ap.parse_args()
     result = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
               "cpu": platform.processor() or platform.machine(), "jax": jax.__version__, "shapes": {}}
@@ -234,11 +233,7 @@ def main():
             row["targets_met"] = {"sft_2x": ratios["sft_tokens_per_s"] >= 2, "rm_2x": ratios["rm_tokens_per_s"] >= 2,
                                   "ppo_3x": ratios["ppo_iteration_speedup"] >= 3}
         result["shapes"][name] = row
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    report(result, args.out)
 
 
 if __name__ == "__main__":

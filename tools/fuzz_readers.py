@@ -8,7 +8,6 @@ record that is not clean text, or rejected a valid file (see rlhf_jax/data/fuzz.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -17,10 +16,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rlhf_jax.data import fuzz  # noqa: E402
+from tools._common import parser  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--cases", type=int, default=10_000, help="files to generate (each read under both policies)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds per read before it counts as a hang")

@@ -10,7 +10,6 @@ fields aside), and whether every metrics.jsonl holds each step exactly once, in 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -23,6 +22,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tools._common import parser  # noqa: E402
+
 WALL = ("wall_seconds",)
 
 
@@ -146,7 +149,7 @@ def kill_and_resume(cmd: list[str], kills: int, seed: int, events: list[tuple[st
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__)
     p.add_argument("--config", default="configs/instructgpt.py:micro")
     p.add_argument("--kills", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)

@@ -13,8 +13,6 @@ Each time is the median of `--repeats` calls after a warm-up.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from rlhf_jax.objectives.lm import next_token_loss  # noqa: E402
 from rlhf_jax.train import sft as sft_lib  # noqa: E402
 from rlhf_jax.train.optim import make_optimizer  # noqa: E402
 from rlhf_jax.train.state import TrainState  # noqa: E402
+from tools._common import parser, report  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_pipeline import median_time  # noqa: E402
@@ -67,11 +66,10 @@ def matmul_probes(M: int, repeats: int) -> list[dict]:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__, out=True)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--out", default="")
     args = ap.parse_args()
     B, T = args.batch, args.seq
     cfg = PRESETS["135m"]
@@ -122,10 +120,7 @@ def main():
     ]
     result = {"device": jax.devices()[0].device_kind, "batch": B, "seq": T, "params": cfg.num_params(),
               "pieces": pieces, "matmul_probes": matmul_probes(B * T, args.repeats)}
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    report(result, args.out, indent=1)
 
 
 if __name__ == "__main__":

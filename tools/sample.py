@@ -7,7 +7,6 @@ Prompts are rendered with the tokenizer's chat template when it has one. Prints 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -21,6 +20,7 @@ import numpy as np  # noqa: E402
 from rlhf_jax.generate import SamplingConfig, generate, left_pad  # noqa: E402
 from rlhf_jax.models import load_pretrained  # noqa: E402
 from rlhf_jax.paths import smollm2_path  # noqa: E402
+from tools._common import parser  # noqa: E402
 
 
 def encode(tokenizer, text: str) -> list[int]:
@@ -32,7 +32,7 @@ def encode(tokenizer, text: str) -> list[int]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--model", type=Path, default=smollm2_path())
     ap.add_argument("--prompt", action="append", help="repeatable")
     ap.add_argument("--max-new-tokens", type=int, default=48)

@@ -13,9 +13,7 @@ directory and loaded as AutoModelForSequenceClassification with a fresh score he
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import os
 import sys
 import tempfile
@@ -31,6 +29,7 @@ from rlhf_jax.context import base_model  # noqa: E402
 from rlhf_jax.data.run_data import RunData  # noqa: E402
 from rlhf_jax.eval import stats  # noqa: E402
 from rlhf_jax.models import save_pretrained  # noqa: E402
+from tools._common import parser, report  # noqa: E402
 
 
 def load_config(spec: str):
@@ -54,9 +53,8 @@ def pairs(arrays) -> tuple[list[list[int]], list[list[int]]]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, out=True)
     p.add_argument("--config", default="configs/instructgpt.py:smollm2_hh,cpu")
-    p.add_argument("--out", default="")
     args = p.parse_args()
     os.chdir(Path(__file__).resolve().parents[1])
     sys.path.insert(0, os.getcwd())
@@ -115,11 +113,7 @@ def main() -> None:
               "accuracy": stats.accuracy((sc > sr) + 0.5 * (sc == sr)).to_dict(),
               "shorter_wins_accuracy": stats.accuracy((d_len < 0) + 0.5 * (d_len == 0)).to_dict(),
               "score_length_correlation": float(np.corrcoef(sc - sr, d_len)[0, 1])}
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+    report(result, args.out, indent=1)
 
 
 if __name__ == "__main__":

@@ -25,9 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from rlhf_jax.data import imdb
 from rlhf_jax.data.records import FieldError, LoadReport
 from rlhf_jax.data.sources import iter_rows, validate_rows
-from rlhf_jax.paths import data_dir as default_data_dir
+from rlhf_jax.data.tokenize import gpt2_tokenizer
+from rlhf_jax.paths import data_file
 
 ALPACA_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "
                      "context. Write a response that appropriately completes the request.\n\n"
@@ -35,29 +37,6 @@ ALPACA_WITH_INPUT = ("Below is an instruction that describes a task, paired with
 ALPACA_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately "
                    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
 HH_ASSISTANT = "\n\nAssistant:"
-
-
-def _file(name: str, data_dir: str | Path | None) -> Path:
-    root = Path(data_dir) if data_dir is not None else default_data_dir()
-    if root is None:
-        raise FileNotFoundError(f"{name}: no data directory; set RLHF_JAX_DATA_DIR or pass data_dir")
-    path = root / name
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist (see the data README for its public source)")
-    return path
-
-
-def gpt2_tokenizer(data_dir: str | Path | None = None):
-    """The GPT-2 byte-level BPE tokenizer from encoder.json + vocab.bpe (no hub)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    root = _file("gpt2_tokenizer", data_dir)
-    bpe = models.BPE.from_file(str(root / "encoder.json"), str(root / "vocab.bpe"))
-    core = Tokenizer(bpe)
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                   unk_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
 def split_hh(dialogue: str) -> tuple[str, str]:
@@ -82,7 +61,7 @@ def _hh_row(row) -> dict:
 
 
 def hh_rlhf(data_dir=None, *, policy: str = "error", name: str = "hh_rlhf_harmless_base_test.jsonl.gz"):
-    path = _file(name, data_dir)
+    path = data_file(name, data_dir)
     return validate_rows(iter_rows(path), "pair", str(path), policy=policy, transform=_hh_row)
 
 
@@ -106,7 +85,7 @@ def _oasst_walk(node: dict, history: list[dict], out_rank: list, out_sft: list, 
 
 
 def _oasst(data_dir, name):
-    path = _file(name, data_dir)
+    path = data_file(name, data_dir)
     rankings, sft = [], []
     for line, tree in iter_rows(path):
         if isinstance(tree, Exception):
@@ -136,7 +115,7 @@ def _alpaca_row(row) -> dict:
 
 
 def alpaca(data_dir=None, *, policy: str = "error", name: str = "alpaca_5000.json.gz"):
-    path = _file(name, data_dir)
+    path = data_file(name, data_dir)
     return validate_rows(iter_rows(path), "sft", str(path), policy=policy, transform=_alpaca_row)
 
 
@@ -158,7 +137,7 @@ def _qa_row(row) -> dict:
 
 def qa_feedback(data_dir=None, *, policy: str = "error", name: str = "qa_feedback_dev.json.gz"):
     """Fine-grained records: prediction 1 with its labelled error spans (character offsets)."""
-    path = _file(name, data_dir)
+    path = data_file(name, data_dir)
     return validate_rows(iter_rows(path), "fine_grained", str(path), policy=policy, transform=_qa_row)
 
 
@@ -167,7 +146,7 @@ QA_PAIRS = [(1, 2), (1, 3), (1, 4), (2, 3), (2, 4), (3, 4)]
 
 def qa_feedback_pairs(data_dir=None, *, policy: str = "error", name: str = "qa_feedback_dev.json.gz"):
     """Preference pairs over the 4 predictions (label 1: first better, 2: second, 0: tie -> dropped)."""
-    path = _file(name, data_dir)
+    path = data_file(name, data_dir)
     rows, ties = [], 0
     for line, row in iter_rows(path):
         if isinstance(row, Exception):
@@ -190,7 +169,7 @@ def qa_feedback_pairs(data_dir=None, *, policy: str = "error", name: str = "qa_f
 def imdb_prompts(data_dir=None, *, split: str = "test", tokenizer=None, min_tokens: int = 2, max_tokens: int = 8,
                  limit: int | None = None, seed: int = 0):
     """IMDb review prefixes of min..max GPT-2 tokens as prompts, with the label and the full text."""
-    path = _file(f"imdb/{split}.jsonl.gz", data_dir)
+    path = data_file(f"imdb/{split}.jsonl.gz", data_dir)
     tokenizer = tokenizer or gpt2_tokenizer(data_dir)
     rng = np.random.default_rng(seed)
     out, report = [], LoadReport(str(path))
@@ -216,14 +195,14 @@ def imdb_prompts(data_dir=None, *, split: str = "test", tokenizer=None, min_toke
 
 
 def alpaca_eval(data_dir=None, *, policy: str = "error", name: str = "alpaca_eval_reference_davinci003.json"):
-    path = _file(name, data_dir)
+    path = data_file(name, data_dir)
     return validate_rows(iter_rows(path), "prompt", str(path), policy=policy,
                          transform=lambda r: {"prompt": r.get("instruction"), "reference": r.get("output")})
 
 
 def truthfulqa(data_dir=None, *, name: str = "truthfulqa.csv") -> tuple[list[dict[str, Any]], LoadReport]:
     """Multiple-choice items: question, choices (true answers first), labels (1 true, 0 false)."""
-    path = _file(name, data_dir)
+    path = data_file(name, data_dir)
     out, report = [], LoadReport(str(path))
     for line, row in iter_rows(path):
         report.read += 1
@@ -243,7 +222,7 @@ def truthfulqa(data_dir=None, *, name: str = "truthfulqa.csv") -> tuple[list[dic
 
 def tiny_shakespeare(data_dir=None, *, chunk_chars: int = 1000, name: str = "tinyshakespeare.txt"):
     """Pretraining text in chunks of about `chunk_chars`, cut at line breaks."""
-    path = _file(name, data_dir)
+    path = data_file(name, data_dir)
     text = path.read_text(encoding="utf-8")
     chunks, current = [], []
     size = 0
@@ -259,7 +238,7 @@ def tiny_shakespeare(data_dir=None, *, chunk_chars: int = 1000, name: str = "tin
 
 
 def imdb_unsup(data_dir=None, *, limit: int | None = None, policy: str = "error"):
-    path = _file("imdb/unsup.jsonl.gz", data_dir)
+    path = data_file("imdb/unsup.jsonl.gz", data_dir)
 
     def rows():
         for i, (line, row) in enumerate(iter_rows(path)):
@@ -275,16 +254,8 @@ READERS = {
     "qa_feedback": qa_feedback, "qa_feedback_pairs": qa_feedback_pairs, "imdb_prompts": imdb_prompts,
     "alpaca_eval": alpaca_eval, "truthfulqa": truthfulqa, "tiny_shakespeare": tiny_shakespeare,
     "imdb_unsup": imdb_unsup,
+    **imdb.READERS,  # the IMDb sentiment readers: reviews with labels, SFT, prefixes
 }
-
-
-def _register_imdb() -> None:
-    """The IMDb sentiment readers (rlhf_jax.data.imdb: reviews with labels, SFT, prefixes)."""
-    from rlhf_jax.data import imdb
-    READERS.update(imdb.READERS)
-
-
-_register_imdb()
 
 
 def dump_jsonl(records, path: str | Path) -> None:

@@ -24,6 +24,8 @@ import numpy as np
 
 from rlhf_jax.data.records import DataError, FieldError, LoadReport
 from rlhf_jax.data.sources import iter_rows, validate_rows
+from rlhf_jax.data.tokenize import gpt2_tokenizer
+from rlhf_jax.paths import data_file
 
 SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s*$")
 # characters tokenised per review: enough for 8 + 24 tokens (IMDb averages ~4.5 characters a token)
@@ -38,8 +40,7 @@ def clean(text: str) -> str:
 def _shuffled(split: str, data_dir, seed: int, limit: int | None = None) -> tuple[str, list]:
     """(path, [(line, row or DataError)]) of the split's rows in an order fixed by `seed` (the
     first `limit` of that order)."""
-    from rlhf_jax.data.corpora import _file
-    path = _file(f"imdb/{split}.jsonl.gz", data_dir)
+    path = data_file(f"imdb/{split}.jsonl.gz", data_dir)
     rows = list(iter_rows(path))
     return str(path), [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))[:limit]]
 
@@ -103,7 +104,6 @@ def imdb_sft(data_dir=None, *, split: str = "train", policy: str = "error", toke
     """SFT records {"prompt", "completion"} from reviews: a 2-8 token prefix and the tokens that
     follow it, up to the last sentence end within `max_completion_tokens` (see the module doc);
     `limit`: read only the first rows of the shuffled order."""
-    from rlhf_jax.data.corpora import gpt2_tokenizer
     tokenizer = tokenizer or gpt2_tokenizer(data_dir)
     source, rows = _shuffled(split, data_dir, seed, limit)
     rng = np.random.default_rng([seed, 1])
@@ -125,7 +125,6 @@ def imdb_prefixes(data_dir=None, *, split: str = "test", policy: str = "error", 
                   min_tokens: int = 2, max_tokens: int = 8, limit: int | None = None):
     """Prompts {"prompt"}: the first 2-8 GPT-2 tokens of each review, shuffled (`limit`: read only
     the first rows of that order)."""
-    from rlhf_jax.data.corpora import gpt2_tokenizer
     tokenizer = tokenizer or gpt2_tokenizer(data_dir)
     source, rows = _shuffled(split, data_dir, seed, limit)
     rng = np.random.default_rng([seed, 2])

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from rlhf_jax.paths import cache_dir
+from rlhf_jax.paths import cache_dir, data_file
 
 # named templates: (role prefix, role suffix) rendered as text; the assistant prefix is the prompt
 TEMPLATES = {
@@ -28,6 +28,20 @@ TEMPLATES = {
     "hh": {"system": ("", ""), "user": ("\n\nHuman: ", ""), "assistant": ("\n\nAssistant: ", "")},
     "plain": {"system": ("", "\n"), "user": ("User: ", "\n"), "assistant": ("Assistant: ", "\n")},
 }
+
+
+def gpt2_tokenizer(data_dir: str | Path | None = None):
+    """The GPT-2 byte-level BPE tokenizer from gpt2_tokenizer/{encoder.json, vocab.bpe} in the
+    data directory (no hub); its one special token <|endoftext|> is EOS, BOS and padding."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    root = data_file("gpt2_tokenizer", data_dir)
+    bpe = models.BPE.from_file(str(root / "encoder.json"), str(root / "vocab.bpe"))
+    core = Tokenizer(bpe)
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                   unk_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
 @dataclasses.dataclass(frozen=True)

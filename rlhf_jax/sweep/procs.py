@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import rlhf_jax
+from rlhf_jax.workdir import HolderLock
 
 PACKAGE_ROOT = Path(rlhf_jax.__file__).resolve().parents[1]
 LOG_NAME = "run.log"
@@ -133,30 +134,11 @@ def locked(workdir: Path) -> bool:
     return False
 
 
-class SweepLock:
+class SweepLock(HolderLock):
     """`with SweepLock(out):` one runner per sweep directory (an flock on OUT/.sweep.lock)."""
 
     def __init__(self, out: Path):
-        self.path, self.file = out / ".sweep.lock", None
+        super().__init__(Path(out) / ".sweep.lock")
 
-    def __enter__(self) -> "SweepLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a+")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "unknown"
-            self.file.close()
-            raise RuntimeError(f"{self.path.parent}: another sweep runner uses this directory ({holder})") from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(f"pid {os.getpid()}: {shlex.join(sys.argv)}")
-        self.file.flush()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.file.seek(0)
-        self.file.truncate()
-        fcntl.flock(self.file, fcntl.LOCK_UN)
-        self.file.close()
+    def busy(self, holder: str) -> Exception:
+        return RuntimeError(f"{self.path.parent}: another sweep runner uses this directory ({holder})")

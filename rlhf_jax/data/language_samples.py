@@ -1,6 +1,8 @@
 """Hand-written non-English prompts and replies (4 per language, 15 languages) for measuring the
-curation language filter offline; the English side of the sample is real data (Alpaca records).
-Shared by tests/test_curate.py and tools/benchmark_language.py."""
+curation language filter (rlhf_jax.data.curate) offline; the English side of such a measurement
+is real data (Alpaca records). Used by tests/test_curate.py and tools/benchmark_language.py.
+
+NON_ENGLISH: [(ISO 639-1 code, text)]."""
 
 NON_ENGLISH = [
     ("fr", "Quelle est la capitale de la France ? Réponds en une phrase."),
