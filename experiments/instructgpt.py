@@ -52,7 +52,7 @@ FULL = {"config": "configs/instructgpt.py:tiny", "seeds": [0, 1, 2], "ks": [2, 4
 SMOKE = {"config": "configs/instructgpt.py:micro", "seeds": [0, 1], "ks": [2], "budget": 96,
          "n_val": 32, "pairs_rankings": 32, "epochs": [1], "control": False,
          "ptx": [1], "ptx_batch": 16, "sets": {"sft.steps": 4},
-         "ppo_sets": {"ppo.iterations": 2, "rm.steps": 4, "eval.n_prompts": 16, "data.n_sft_val": 32}}
+         "ppo_sets": {"ppo.iterations": 2, "rm.steps": 4, "heldout.n_prompts": 16, "data.n_sft_val": 32}}
 BATCH = 32  # rm.batch_size of the tiny and micro configs' defaults (kept; stated in the JSON)
 
 

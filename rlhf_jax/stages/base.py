@@ -18,6 +18,7 @@ import numpy as np
 
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.data.batches import BatchIterator
+from rlhf_jax.stages.registry import STAGES
 from rlhf_jax.train.loop import Hook, LoopResult, run_loop
 from rlhf_jax.train.state import TrainState, commit, compile_step
 
@@ -81,7 +82,7 @@ def train(ctx, stage: str, t: Training, salt: int) -> LoopResult:
         stop_after = ctx.config.debug_stop_after.get(stage, 0) or None
         result = run_loop(stage, step_fn, state, lambda: ctx.shard(t.combine({k: next(it) for k, it in t.data.items()})),
                           total_steps=t.total_steps, start_step=start, rng=jax.random.fold_in(ctx.rng, salt),
-                          checkpointer=checkpointer, save_every=ctx.config[_block(stage)].save_every,
+                          checkpointer=checkpointer, save_every=ctx.config[STAGES[stage].block].save_every,
                           meta_fn=lambda: {"data": {k: it.position() for k, it in t.data.items()}}, writer=writer,
                           eval_fn=t.evaluate, eval_every=t.eval_every, stop_after=stop_after, hooks=t.hooks,
                           last_metrics=last)
@@ -92,8 +93,3 @@ def train(ctx, stage: str, t: Training, salt: int) -> LoopResult:
     if result.steps < t.total_steps:
         raise StoppedEarly(f"[{stage}] stopped after step {result.steps} of {t.total_steps} (debug_stop_after)")
     return result
-
-
-def _block(stage: str) -> str:
-    """The config section a stage's training settings live in."""
-    return {"fgrm": "fg"}.get(stage, stage)

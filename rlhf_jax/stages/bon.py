@@ -13,7 +13,7 @@ from rlhf_jax import checkpoint
 from rlhf_jax.objectives import bon as bon_lib
 from rlhf_jax.rewards import score_in_chunks
 from rlhf_jax.stages import common
-from rlhf_jax.stages.registry import SAMPLING, register_stage
+from rlhf_jax.stages.registry import register_stage
 
 
 def check(c, need) -> None:
@@ -37,11 +37,11 @@ def score_samples(ctx, samples: dict, reward, reward_params, n_prompts: int):
 
 
 def preflight(ctx, need) -> None:
-    need(len(ctx.data.records("eval_prompts")) > 0, "eval.n_prompts", "no held-out prompts for best-of-n")
+    need(len(ctx.data.records("eval_prompts")) > 0, "heldout.n_prompts", "no held-out prompts for best-of-n")
 
 
 @register_stage("bon", needs=lambda c: ("sft",) + common.reward_stages(c) + common.gold_stages(c), check=check,
-                produces_params=False, reads=("rm", "inform", "fg") + SAMPLING, preflight=preflight)
+                produces_params=False, reads=("heldout", "sampling"), preflight=preflight)
 def run(ctx) -> dict[str, Any]:
     c = ctx.config.bon
     t0 = time.perf_counter()

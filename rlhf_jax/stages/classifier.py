@@ -44,13 +44,10 @@ def check(c, need) -> None:
     need(not wanted or f.test.startswith("corpus:"), "clf.test", "must name a reader of labelled text (corpus:NAME)")
     need(1 <= f.min_len <= f.max_len, "clf.min_len", f"must be in [1, clf.max_len={f.max_len}]")
     max_seq = f.overrides.get("max_seq_len", c.model.overrides.get("max_seq_len", 0))
-    judged = c.data.max_prompt_len + c.ppo.max_new_tokens
+    judged = c.data.max_prompt_len + c.sampling.max_new_tokens
     need(not wanted or not max_seq or max_seq >= max(f.max_len, judged), "clf.overrides.max_seq_len",
          f"{max_seq} is shorter than clf.max_len={f.max_len} or the judged prompt + response ({judged})")
-    need(f.batch_size > 0 and f.n_test >= 0 and f.n_train >= 0, "clf.batch_size",
-         "batch_size must be > 0, n_train and n_test >= 0 (0 = all)")
-    need(f.lr > 0 and f.optimizer in ("adamw", "rmsprop") and f.schedule in ("cosine", "constant"), "clf.lr",
-         "lr must be > 0, optimizer adamw or rmsprop, schedule cosine or constant")
+    need(f.n_test >= 0 and f.n_train >= 0, "clf.n_train", "n_train and n_test must be >= 0 (0 = all)")
 
 
 def labelled(ctx, spec: str, n: int) -> list[dict]:
@@ -75,7 +72,7 @@ def held_out(graphdef, params, records: list[dict], tokenizer, f) -> dict[str, A
     return out
 
 
-@register_stage("clf", check=check, reads=("clf",))
+@register_stage("clf", trains=True, check=check)
 def run(ctx) -> dict[str, Any]:
     f = ctx.config.clf
     t0 = time.perf_counter()

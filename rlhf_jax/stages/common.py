@@ -32,7 +32,7 @@ def sample(ctx, params, prompt_records: list[dict], copies: int, temperature: fl
     """`copies` samples per prompt (rows prompt-major) from an LM-head policy: host arrays
     prompt, prompt_mask, response, response_mask."""
     arrays, _ = prompt_arrays(prompt_records, ctx.tokenizer, ctx.data.tcfg)
-    cfg = sampling_config(ctx.config.ppo, ctx.tokenizer, temperature=temperature, max_new_tokens=max_new_tokens)
+    cfg = sampling_config(ctx.config.sampling, ctx.tokenizer, temperature, max_new_tokens)
     return sample_rows(ctx.base.graphdef, params, arrays["tokens"], arrays["mask"], copies, cfg, seed)
 
 
@@ -165,8 +165,8 @@ def load_stacked(ctx, stage: str, member_params, k: int):
 
 def reward_stages(c) -> tuple[str, ...]:
     """The stages whose outputs make up the trained reward."""
-    if c.fg.components:
-        return ("fgrm",) + (("rm",) if c.fg.holistic_weight else ())
+    if c.fgrm.components:
+        return ("fgrm",) + (("rm",) if c.fgrm.holistic_weight else ())
     return ("rm",)
 
 
@@ -179,7 +179,7 @@ def trained_reward(ctx, use: str = "ppo"):
     """
     c = ctx.config
     scalar = reward_model(ctx, seed=c.seed + 1)
-    if c.fg.components:
+    if c.fgrm.components:
         return fine_grained_reward(ctx, scalar)
     summary = checkpoint.read_summary(ctx.workdir, "rm") or {}
     if c.rm.members == 1:
@@ -211,7 +211,7 @@ def category_model(ctx, seed: int):
 def fine_grained_reward(ctx, scalar):
     """The fine-grained reward: params = (stacked category models, holistic RM or None); the
     value model starts from the holistic RM if there is one."""
-    f = ctx.config.fg
+    f = ctx.config.fgrm
     components = parse_components(f.components)
     cats = load_stacked(ctx, "fgrm", category_model(ctx, seed=0).params, len(components))
     rm, holistic = None, None

@@ -14,14 +14,12 @@ import numpy as np
 
 from rlhf_jax import checkpoint
 from rlhf_jax.eval.policy_eval import compare_policies
-from rlhf_jax.generate import SAMPLERS
 from rlhf_jax.models import abstract_model
 from rlhf_jax.models.forward import latents, per_sequence_chunks, sequence_inputs
 from rlhf_jax.objectives.ppo import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS
 from rlhf_jax.stages import common
 from rlhf_jax.stages.base import Training, train
 from rlhf_jax.stages.registry import register_stage
-from rlhf_jax.stages.sft import check_lora
 from rlhf_jax.train import lora as lora_lib
 from rlhf_jax.train import optim
 from rlhf_jax.train import ppo as ppo_lib
@@ -42,8 +40,6 @@ def check(c, need) -> None:
     need(not p.adaptive_kl or p.kl_target > 0, "ppo.kl_target", "must be > 0 with adaptive_kl")
     need(p.ptx_coef == 0 or p.ptx_batch_size > 0, "ppo.ptx_batch_size", "must be > 0 when ppo.ptx_coef > 0")
     need(p.ptx_batch_size % p.minibatches == 0, "ppo.ptx_batch_size", "must be a multiple of ppo.minibatches")
-    check_lora(c, need, "ppo")
-    need(p.sampler in SAMPLERS, "ppo.sampler", f"must be one of {SAMPLERS}")
     need(p.reward in ("rm", "gold"), "ppo.reward", "must be 'rm' (the trained reward) or 'gold' (the gold reward)")
     need(p.reward == "rm" or c.data.gold or c.data.source == "synthetic", "ppo.reward",
          "'gold' needs a gold reward: data.gold = 'clf' or the task world")
@@ -93,7 +89,7 @@ def preflight(ctx, need) -> None:
     c = ctx.config.ppo
     n = len(ctx.data.records("prompts"))
     need(n >= c.batch_size, "ppo.batch_size", f"{n} prompts cannot fill one PPO batch of {c.batch_size}")
-    need(len(ctx.data.records("eval_prompts")) > 0, "eval.n_prompts", "no held-out prompts to evaluate on")
+    need(len(ctx.data.records("eval_prompts")) > 0, "heldout.n_prompts", "no held-out prompts to evaluate on")
     if c.ptx_coef:
         n = len(ctx.data.records("ptx"))
         need(n >= c.ptx_batch_size, "ppo.ptx_batch_size", f"{n} pretraining rows cannot fill a batch of "
@@ -122,12 +118,12 @@ def needs(c) -> tuple[str, ...]:
     return ("sft",) + (common.reward_stages(c) if c.ppo.reward == "rm" else ()) + common.gold_stages(c)
 
 
-@register_stage("ppo", needs=needs, check=check,
-                reads=("eval", "rm", "inform", "fg"), preflight=preflight)
+@register_stage("ppo", trains=True, needs=needs, check=check, reads=("heldout", "sampling"), data=("prompts",),
+                preflight=preflight)
 def run(ctx) -> dict[str, Any]:
     c = ctx.config.ppo
     t0 = time.perf_counter()
-    sampling = ppo_lib.sampling_config(c, ctx.tokenizer)
+    sampling = ppo_lib.sampling_config(ctx.config.sampling, ctx.tokenizer, c.temperature)
     sft = common.load_sft(ctx)
     reward, rm, value_gd, value_init = common.ppo_reward(ctx)
     lora = lora_lib.from_block(c)
@@ -158,11 +154,11 @@ def run(ctx) -> dict[str, Any]:
     final_policy = result.state.ema if c.ema_decay else result.state.params["policy"]
     if lora is not None:  # the merged weights, as every later stage and the export read them
         final_policy = lora_lib.view(constants["reference"], final_policy, lora)
-    e = ctx.config.eval
+    e = ctx.config.heldout
     evals, samples = compare_policies(
         ctx.base.graphdef, ctx.tokenizer, ctx.data.arrays("eval_prompts"),
-        ppo_lib.sampling_config(c, ctx.tokenizer, temperature=e.temperature), jax.random.fold_in(ctx.rng, 99), sft,
-        final_policy, reward, rm, gold, "ppo", e.n_report_samples)
+        ppo_lib.sampling_config(ctx.config.sampling, ctx.tokenizer, e.temperature), jax.random.fold_in(ctx.rng, 99),
+        sft, final_policy, reward, rm, gold, "ppo", e.n_report_samples)
     if track is not None:  # the SFT and final policies on the held-out prompts, in latent space
         prompts = ctx.data.records("eval_prompts")
         evals.update(track.finish(

@@ -27,7 +27,7 @@ from rlhf_jax.data.records import ranking_pairs
 from rlhf_jax.data.sources import read_records
 from rlhf_jax.data.tokenize import decode
 from rlhf_jax.stages import common
-from rlhf_jax.stages.registry import SAMPLING, register_stage
+from rlhf_jax.stages.registry import register_stage
 
 SPLITS = ("train", "val")
 
@@ -99,8 +99,8 @@ def _write(directory, split: str, records: list[dict]) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-@register_stage("prefs", needs=lambda c: ("sft",) + common.gold_stages(c), check=check, reads=("clf",) + SAMPLING,
-                preflight=preflight)
+@register_stage("prefs", block=None, needs=lambda c: ("sft",) + common.gold_stages(c), check=check,
+                reads=("sampling",), preflight=preflight)
 def run(ctx) -> dict[str, Any]:
     c, k = ctx.config, ctx.config.data.k
     t0 = time.perf_counter()

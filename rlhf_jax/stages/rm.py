@@ -16,8 +16,7 @@ from rlhf_jax.objectives.inform import KL_FORMS
 from rlhf_jax.rewards import EnsembleReward
 from rlhf_jax.stages import common
 from rlhf_jax.stages.base import Training, stack_batches, train, train_state
-from rlhf_jax.stages.registry import SAMPLING, register_stage
-from rlhf_jax.stages.sft import check_lora
+from rlhf_jax.stages.registry import register_stage
 from rlhf_jax.train.state import commit
 from rlhf_jax.train import lora as lora_lib
 from rlhf_jax.train import optim
@@ -32,13 +31,12 @@ def check(c, need) -> None:
     need(r.init in ("sft", "base", "random"), "rm.init",
          "must be 'sft' (the SFT policy), 'base' (the base model) or 'random' (a fresh model of rm.overrides' size)")
     need(r.init == "random" or not r.overrides, "rm.overrides", "another architecture needs rm.init='random'")
-    check_lora(c, need, "rm")
     need(not (r.lora_rank and r.init == "random"), "rm.lora_rank", "LoRA needs a pretrained backbone (rm.init sft/base)")
     need(r.pairs in ("kwise", "shuffled"), "rm.pairs", "must be 'kwise' (each prompt's pairs in one example) or "
          "'shuffled' (independent pairs)")
     need(r.head in REWARD_HEADS, "rm.head", "must be " + " or ".join(map(repr, REWARD_HEADS.names())))
     need(r.head == "scalar" or r.members == 1, "rm.head", "an InfoRM ensemble is not supported (rm.members = 1)")
-    need(i.kl_form in KL_FORMS, "inform.kl_form", f"must be one of {KL_FORMS}")
+    need(i.kl_form in KL_FORMS, "inform.kl_form", f"must be one of {KL_FORMS.names()}")
     need(i.latent_dim > 0, "inform.latent_dim", "must be > 0")
     need(i.beta >= 0, "inform.beta", "must be >= 0")
     need(0 < i.outlier_quantile < 1, "inform.outlier_quantile", "must be in (0, 1)")
@@ -66,7 +64,7 @@ def needs(c) -> tuple[str, ...]:
     return (("sft",) if c.rm.init == "sft" or ranks_sft_samples else ()) + common.preference_stages(c)
 
 
-@register_stage("rm", needs=needs, check=check, reads=("inform",) + SAMPLING,
+@register_stage("rm", trains=True, needs=needs, check=check, reads=("inform", "sampling"), data=("rm_train",),
                 ignores=("rm.aggregate", "rm.uncertainty", "rm.znorm"),
                 preflight=preflight)
 def run(ctx) -> dict[str, Any]:

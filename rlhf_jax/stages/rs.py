@@ -14,7 +14,7 @@ from rlhf_jax.eval.policy_eval import compare_policies
 from rlhf_jax.objectives import bon as bon_lib
 from rlhf_jax.stages import common
 from rlhf_jax.stages.bon import score_samples
-from rlhf_jax.stages.registry import SAMPLING, register_stage
+from rlhf_jax.stages.registry import register_stage
 from rlhf_jax.stages.sft import fine_tune
 from rlhf_jax.train.ppo import sampling_config
 
@@ -26,8 +26,8 @@ def preflight(ctx, need) -> None:
          f"{c.batch_size}")
 
 
-@register_stage("rs", needs=lambda c: ("sft",) + common.reward_stages(c) + common.gold_stages(c),
-                reads=("rm", "inform", "fg", "eval") + SAMPLING, preflight=preflight)
+@register_stage("rs", trains=True, needs=lambda c: ("sft",) + common.reward_stages(c) + common.gold_stages(c),
+                reads=("heldout", "sampling"), preflight=preflight)
 def run(ctx) -> dict[str, Any]:
     c = ctx.config.rs
     t0 = time.perf_counter()
@@ -44,9 +44,9 @@ def run(ctx) -> dict[str, Any]:
     result, final = fine_tune(ctx, "rs", train_arrays=train_arrays, init=sft)
     evals, report = compare_policies(
         ctx.base.graphdef, ctx.tokenizer, ctx.data.arrays("eval_prompts"),
-        sampling_config(ctx.config.ppo, ctx.tokenizer, temperature=ctx.config.eval.temperature),
+        sampling_config(ctx.config.sampling, ctx.tokenizer, ctx.config.heldout.temperature),
         jax.random.fold_in(ctx.rng, 99), sft, final, reward, rm, common.gold_reward(ctx), "rs",
-        ctx.config.eval.n_report_samples)
+        ctx.config.heldout.n_report_samples)
     summary = {**result, "proxy_of_kept_samples": float(proxy.max(1).mean()), "proxy_mean": float(proxy.mean()),
                **evals, "wall_seconds": time.perf_counter() - t0}
     (ctx.workdir / "rs" / "samples.json").write_text(json.dumps(report, indent=2))

@@ -15,24 +15,13 @@ from rlhf_jax.stages.registry import register_stage
 from rlhf_jax.train import lora as lora_lib
 from rlhf_jax.train import optim
 from rlhf_jax.train import sft as sft_lib
-from rlhf_jax.train.lora import IN_DIMS as LORA_TARGETS
 from rlhf_jax.train.state import commit
 
 SALT = 1
 
 
-def check_lora(c, need, block: str) -> None:
-    """LoRA fields of a stage's block (every trained stage has them)."""
-    s = c[block]
-    need(s.lora_rank >= 0, f"{block}.lora_rank", "must be >= 0 (0 = full fine-tuning)")
-    bad = [t for t in s.lora_targets.split(",") if t not in LORA_TARGETS]
-    need(not bad, f"{block}.lora_targets", f"{bad} are not among {sorted(LORA_TARGETS)}")
-    need(s.lora_rank or not s.lora_int8, f"{block}.lora_int8", "an int8 base needs LoRA (lora_rank > 0)")
-
-
 def check(c, need) -> None:
-    for block in ("sft", "rs"):
-        check_lora(c, need, block)
+    for block in ("sft", "rs"):  # rs fine-tunes with sft's fields (its own block)
         need(not (c[block].lora_rank and c[block].freeze_layers), f"{block}.lora_rank",
              "LoRA and freeze_layers exclude each other")
 
@@ -83,7 +72,7 @@ def preflight(ctx, need) -> None:
     need(len(ctx.data.records("sft_val")) > 0, "data.n_sft_val", "no held-out demonstrations")
 
 
-@register_stage("sft", check=check, preflight=preflight)
+@register_stage("sft", trains=True, check=check, data=("sft_train",), preflight=preflight)
 def run(ctx) -> dict[str, Any]:
     summary, params = fine_tune(ctx, "sft")
     checkpoint.save_final(ctx.workdir, "sft", params, summary)
