@@ -18,7 +18,8 @@ from rlhf_jax.context import build_context
 from rlhf_jax.data.tokenize import sft_arrays
 from rlhf_jax.errors import ConfigError
 from rlhf_jax.objectives import preference
-from rlhf_jax.stages import STAGES, common, plan
+from rlhf_jax.stages import STAGES, plan
+from rlhf_jax.stages.preferences import preference_arrays
 from rlhf_jax.stages import run as run_pipeline
 from rlhf_jax.stages.registry import stage_reads
 from rlhf_jax.stages.validate import validate_config
@@ -89,7 +90,7 @@ def test_a_new_trained_stage_is_one_module_and_one_config_block(tmp_path, prefer
 
     # what it computes: the NLL of the preferred responses falls from the SFT policy's
     ctx = build_context(c, tmp_path, use_wandb=False)
-    common.preference_arrays(ctx)  # the same rankings (the same seeds)
+    preference_arrays(ctx)  # the same rankings (the same seeds)
     arrays, _ = sft_arrays(preferred_ft.preferred(ctx.data.records("rm_train")), ctx.tokenizer, ctx.data.tcfg)
     assert len(arrays["tokens"]) == summary["rows"]
     evaluate = sft_lib.make_sft_eval(ctx.base.graphdef)

@@ -20,7 +20,8 @@ from rlhf_jax.data import synthetic
 from rlhf_jax.data.tokenize import TokenizeConfig, prompt_arrays, ranking_arrays, sft_arrays
 from rlhf_jax.models import PRESETS, init_model
 from rlhf_jax.rewards import ModelReward
-from rlhf_jax.stages import common, run_stages
+from rlhf_jax.stages import run_stages
+from rlhf_jax.stages.handoff import load_sft
 from rlhf_jax.stages import run as run_pipeline
 from rlhf_jax.stages.validate import validate_config
 from rlhf_jax.train import ppo as ppo_lib
@@ -166,7 +167,7 @@ def test_lora_sft_stage_trains_adapters_and_resumes(tmp_path):
     summary = run_stages(straight)["sft"]
     # micro model: L=2, d=32, 4 heads x 8, 2 kv heads x 8, d_ff=64; r * (fan_in + fan_out) per target
     assert summary["trainable_params"] == 2 * 4 * ((32 + 32) + (32 + 16) + (32 + 64))
-    final, base = common.load_sft(straight), straight.base.params
+    final, base = load_sft(straight), straight.base.params
     changed = {k for k in base["blocks"] if not np.allclose(final["blocks"][k], base["blocks"][k])}
     assert changed == {"wq", "wv", "w_up"}
     np.testing.assert_array_equal(final["embed"], base["embed"])

@@ -22,7 +22,9 @@ from rlhf_jax.eval.policy_eval import compare_policies
 from rlhf_jax.models import PRESETS, init_model
 from rlhf_jax.objectives import bon as bon_lib
 from rlhf_jax.rewards import ModelReward
-from rlhf_jax.stages import STAGES, MissingInputError, common, plan, register_stage, run_stages
+from rlhf_jax.stages import STAGES, MissingInputError, plan, register_stage, run_stages
+from rlhf_jax.stages.handoff import load_sft
+from rlhf_jax.stages.reward import STD_FLOOR, aggregator
 from rlhf_jax.stages import rm as rm_stage
 from rlhf_jax.train import ppo as ppo_lib
 from rlhf_jax.train import rm as rm_lib
@@ -70,7 +72,7 @@ def test_a_new_stage_is_one_registration_and_reads_hand_off_files(tmp_path):
     @register_stage("echo_test", needs=lambda c: ("sft",), produces_params=False)
     def echo(ctx):
         summary = {"sft_steps": checkpoint.read_summary(ctx.workdir, "sft")["steps"],
-                   "sft_params": int(sum(x.size for x in jax.tree.leaves(common.load_sft(ctx))))}
+                   "sft_params": int(sum(x.size for x in jax.tree.leaves(load_sft(ctx))))}
         checkpoint.save_final(ctx.workdir, "echo_test", None, summary)
         return summary
     try:
@@ -281,17 +283,17 @@ def _fake_ctx(**rm_changes):
 
 def test_ensemble_penalty_has_its_own_lambda_and_divisor_per_use():
     s = jnp.array([[1.0, 2.0], [3.0, 2.0], [5.0, 8.0]])  # 3 members, 2 sequences
-    ppo = common.aggregator(_fake_ctx(), {}, "ppo")(s)  # Coste et al.'s PPO code: lambda 0.1, divisor k - 1
-    bon = common.aggregator(_fake_ctx(), {}, "bon")(s)  # their best-of-n: lambda 0.5, divisor k
+    ppo = aggregator(_fake_ctx(), {}, "ppo")(s)  # Coste et al.'s PPO code: lambda 0.1, divisor k - 1
+    bon = aggregator(_fake_ctx(), {}, "bon")(s)  # their best-of-n: lambda 0.5, divisor k
     np.testing.assert_allclose(ppo, [3.0 - 0.1 * 8 / 2, 4.0 - 0.1 * 24 / 2], rtol=1e-6)
     np.testing.assert_allclose(bon, [3.0 - 0.5 * 8 / 3, 4.0 - 0.5 * 24 / 3], rtol=1e-6)
 
 
 def test_a_zero_demonstration_spread_is_not_divided_by():
     s = jnp.array([[1.0, 2.0], [3.0, 2.0], [5.0, 8.0]])
-    agg = common.aggregator(_fake_ctx(znorm=True, normalize=True), {"demonstration_std": [0.0, 1.0, 2.0]}, "ppo")
+    agg = aggregator(_fake_ctx(znorm=True, normalize=True), {"demonstration_std": [0.0, 1.0, 2.0]}, "ppo")
     assert np.isfinite(np.asarray(agg(s))).all()
     model = init_model(CFG, head="scalar", seed=1)
     arrays, _ = sft_arrays(synthetic.sft_records(WORLD, 4), TOK, TCFG)
-    reward = ModelReward(model.graphdef, scale=max(0.0, common.STD_FLOOR))
+    reward = ModelReward(model.graphdef, scale=max(0.0, STD_FLOOR))
     assert np.isfinite(np.asarray(reward.score(model.params, arrays["tokens"], arrays["segment_ids"], 8))).all()

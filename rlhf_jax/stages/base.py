@@ -20,6 +20,7 @@ from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.data.batches import BatchIterator
 from rlhf_jax.stages.registry import STAGES
 from rlhf_jax.train.loop import Hook, LoopResult, run_loop
+from rlhf_jax.train import lora as lora_lib
 from rlhf_jax.train.state import TrainState, commit, compile_step
 
 
@@ -47,6 +48,22 @@ class Training:
     hooks: tuple[Hook, ...] = ()
     progress_keys: tuple[str, ...] = ("loss",)
     outputs: bool = False  # the step returns (state, metrics, outputs) for the hooks
+
+
+def adapters(ctx, block, init, salt: int, extras: tuple[str, ...] = (), base=None):
+    """(trainable params, frozen base, full) of `init` under a block's LoRA fields (lora_rank...).
+
+    With LoRA: the adapters (and the `extras` subtrees, e.g. a value head) drawn from the run's
+    key folded with `salt`, the frozen weights (int8 with lora_int8; `base` reuses one, as
+    ensemble members share theirs) and full(params) -> the merged weights. Without: a copy of
+    `init` (the trained tree is separate from any frozen one), None and the identity."""
+    lora = lora_lib.from_block(block)
+    if lora is None:
+        return jax.tree.map(jnp.copy, init), None, (lambda p: p)
+    if base is None:
+        base = commit(lora_lib.quantize(init) if block.lora_int8 else init, ctx.mesh)
+    params = lora_lib.split(init, lora, jax.random.fold_in(ctx.rng, salt), extras=extras)
+    return params, base, (lambda p: lora_lib.view(base, p, lora))
 
 
 def train_state(params, tx, members: int = 0) -> TrainState:

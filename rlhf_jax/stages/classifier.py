@@ -3,7 +3,7 @@ its own size (`clf.overrides`, random init from `clf.seed`) trained with binary 
 on labelled reviews (`clf.train`), each cut to a random length in [clf.min_len, clf.max_len]
 tokens. Its held-out accuracy on `clf.test` goes in the summary with a 95% bootstrap interval,
 on the same random cuts and at fixed lengths. With `data.gold = "clf"` it is every stage's gold
-reward (`common.gold_reward`: p(positive) at the last text token, `clf.output`), and PPO can
+reward (`stages.gold.gold_reward`: p(positive) at the last text token, `clf.output`), and PPO can
 optimise it directly (`ppo.reward = "gold"`).
 
 Everything the stage draws (initialisation, data order, cut lengths) comes from `clf.seed`, not
@@ -23,8 +23,8 @@ from rlhf_jax.data.batches import BatchIterator
 from rlhf_jax.data.run_data import read_source
 from rlhf_jax.eval import stats
 from rlhf_jax.rewards.classifier import OUTPUTS
-from rlhf_jax.stages import common
 from rlhf_jax.stages.base import Training, train, train_state
+from rlhf_jax.stages.gold import classifier_model
 from rlhf_jax.stages.registry import listed, register_stage
 from rlhf_jax.train import classifier as clf_lib
 from rlhf_jax.train import optim
@@ -78,7 +78,7 @@ def run(ctx) -> dict[str, Any]:
     t0 = time.perf_counter()
     train_r, test_r = labelled(ctx, f.train, f.n_train), labelled(ctx, f.test, f.n_test)
     arrays = clf_lib.labelled_arrays(train_r, ctx.tokenizer, f.min_len, f.max_len, seed=f.seed * 1000 + SALT)
-    model = common.classifier_model(ctx)
+    model = classifier_model(ctx)
     it = BatchIterator(arrays, f.batch_size, seed=f.seed * 1000 + SALT)
     total = f.steps or f.epochs * it.steps_per_epoch
     tx, sched = optim.from_config(f, total)

@@ -30,10 +30,11 @@ from rlhf_jax.eval.suites import EVAL_SUITES, EvalEnv, Policy
 from rlhf_jax.generate import SamplingConfig, sample_rows
 from rlhf_jax.models import Model, load_pretrained
 from rlhf_jax.models.forward import per_sequence_chunks
-from rlhf_jax.rewards import SequenceReward
-from rlhf_jax.stages import common
 from rlhf_jax.registry import Registry
+from rlhf_jax.rewards import SequenceReward
+from rlhf_jax.stages.gold import gold_reward
 from rlhf_jax.stages.registry import register_stage
+from rlhf_jax.stages.reward import reward_stages, trained_reward
 from rlhf_jax.train.ppo import sequence_kl
 
 # the judges `evaluate.judges` names: fn(ctx, policies) -> a judge (rlhf_jax.eval.judges)
@@ -72,7 +73,7 @@ def needs(c) -> tuple[str, ...]:
         return ()
     stages = [w[6:] for w in parse_policies(c.evaluate.policies).values() if w.startswith("stage:")]
     if "rm" in c.evaluate.judges.split(","):
-        stages += list(common.reward_stages(c))
+        stages += list(reward_stages(c))
     return tuple(dict.fromkeys(stages))
 
 
@@ -95,7 +96,7 @@ def load_policy(ctx, name: str, spec: str) -> Policy:
 @JUDGES.register("gold")
 def gold_judge(ctx, policies) -> FunctionJudge:
     """The gold reward (the task world's, or the classifier of stage clf) as a pointwise judge."""
-    gold = common.gold_reward(ctx)
+    gold = gold_reward(ctx)
     if gold is None:
         raise ValueError("evaluate.judges: 'gold' needs the task world (data.source = synthetic)")
     return FunctionJudge(gold.fn)
@@ -104,7 +105,7 @@ def gold_judge(ctx, policies) -> FunctionJudge:
 @JUDGES.register("rm")
 def rm_judge(ctx, policies=None) -> FunctionJudge:
     """The source workdir's trained reward as a pointwise judge of (prompt, response) texts."""
-    reward, params, _, _ = common.trained_reward(ctx, "bon")
+    reward, params, _, _ = trained_reward(ctx, "bon")
     if not isinstance(reward, SequenceReward):
         raise ValueError("evaluate.judges: the rm judge needs a sequence reward (not a fine-grained one)")
     tcfg, bs = ctx.data.tcfg, ctx.config.evaluate.batch_size

@@ -12,9 +12,11 @@ from rlhf_jax.data import synthetic
 from rlhf_jax.data.run_data import read_source
 from rlhf_jax.models import abstract_model
 from rlhf_jax.objectives.finegrained import parse_components, token_classes
-from rlhf_jax.stages import common
 from rlhf_jax.stages.base import Training, train, train_state
+from rlhf_jax.stages.handoff import load_sft
 from rlhf_jax.stages.registry import listed, register_stage
+from rlhf_jax.stages.reward import category_model
+from rlhf_jax.stages.sampling import sample_texts
 from rlhf_jax.train import finegrained as fg_lib
 from rlhf_jax.train import optim
 from rlhf_jax.train import rm as rm_lib
@@ -42,7 +44,7 @@ def policy_span_records(ctx, n: int, split: str) -> list[dict]:
     """The SFT policy's own samples on the task world's prompts, annotated by its span oracle
     (as Wu et al. annotate their policy's outputs)."""
     prompts = synthetic.prompts(ctx.world, n, "fg_" + split)
-    texts = common.sample_texts(ctx, common.load_sft(ctx), prompts, 1, 1.0, seed=ctx.config.seed * 61 + (split == "val"))
+    texts = sample_texts(ctx, load_sft(ctx), prompts, 1, 1.0, seed=ctx.config.seed * 61 + (split == "val"))
     return [{"prompt": p["prompt"], "response": t[0], "spans": synthetic.error_spans(p["prompt"], t[0])}
             for p, t in zip(prompts, texts) if t[0].strip()]
 
@@ -82,8 +84,8 @@ def run(ctx) -> dict[str, Any]:
     make = lambda r: fg_lib.segment_arrays(r, ctx.tokenizer, ctx.data.tcfg, components, classes, f.min_words)
     (train_arrays, stats), (val, _) = make(train_r), make(val_r)
     print(f"[fgrm] {len(train_r)} train / {len(val_r)} val responses, {stats}", flush=True)
-    init = common.load_sft(ctx) if f.init == "sft" else ctx.base.params
-    members = [rm_lib.init_from_sft(init, common.category_model(ctx, seed=ctx.config.seed + 101 + j).params)
+    init = load_sft(ctx) if f.init == "sft" else ctx.base.params
+    members = [rm_lib.init_from_sft(init, category_model(ctx, seed=ctx.config.seed + 101 + j).params)
                for j in range(len(components))]
     graphdef = abstract_model(ctx.model_cfg(), "scalar")[0]
     it = ctx.iterator(train_arrays, f.batch_size, SALT)

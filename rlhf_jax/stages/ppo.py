@@ -17,9 +17,12 @@ from rlhf_jax.eval.policy_eval import compare_policies
 from rlhf_jax.models import abstract_model
 from rlhf_jax.models.forward import latents, per_sequence_chunks, sequence_inputs
 from rlhf_jax.objectives.ppo import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS
-from rlhf_jax.stages import common
-from rlhf_jax.stages.base import Training, train
+from rlhf_jax.stages.base import Training, adapters, train
+from rlhf_jax.stages.gold import gold_reward, gold_stages
+from rlhf_jax.stages.handoff import load_sft
 from rlhf_jax.stages.registry import register_stage
+from rlhf_jax.stages.reward import ppo_reward, reward_stages
+from rlhf_jax.stages.sampling import sample
 from rlhf_jax.train import lora as lora_lib
 from rlhf_jax.train import optim
 from rlhf_jax.train import ppo as ppo_lib
@@ -80,7 +83,7 @@ def latent_track(ctx, sft, rm_params):
     i, p = ctx.config.inform, ctx.config.ppo
     of = latent_fn(ctx, rm_params)
     prompts = ctx.data.records("prompts")[:i.n_reference]
-    reference = of(common.sample(ctx, sft, prompts, 1, p.temperature, seed=ctx.config.seed * 43 + 9))
+    reference = of(sample(ctx, sft, prompts, 1, p.temperature, seed=ctx.config.seed * 43 + 9))
     monitor = LatentMonitor(reference, i.csi_eps, i.min_samples, i.outlier_quantile)
     return LatentTrack(monitor, of, ctx.workdir / "ppo" / "latents", i.track_every)
 
@@ -115,7 +118,7 @@ def alignment_tax(ctx, sft, final) -> dict:
 def needs(c) -> tuple[str, ...]:
     """The SFT policy, the reward it optimises (the trained reward's stages unless ppo.reward =
     gold) and the gold reward's stage."""
-    return ("sft",) + (common.reward_stages(c) if c.ppo.reward == "rm" else ()) + common.gold_stages(c)
+    return ("sft",) + (reward_stages(c) if c.ppo.reward == "rm" else ()) + gold_stages(c)
 
 
 @register_stage("ppo", trains=True, needs=needs, check=check, reads=("heldout", "sampling"), data=("prompts",),
@@ -124,26 +127,25 @@ def run(ctx) -> dict[str, Any]:
     c = ctx.config.ppo
     t0 = time.perf_counter()
     sampling = ppo_lib.sampling_config(ctx.config.sampling, ctx.tokenizer, c.temperature)
-    sft = common.load_sft(ctx)
-    reward, rm, value_gd, value_init = common.ppo_reward(ctx)
+    sft = load_sft(ctx)
+    reward, rm, value_gd, value_init = ppo_reward(ctx)
     lora = lora_lib.from_block(c)
     models = ppo_lib.PPOModels(ctx.base.graphdef, value_gd, reward, lora)
     copy = functools.partial(jax.tree.map, jnp.copy)
-    constants = {"reference": sft, "reward": rm}  # frozen (the trained copies are separate trees)
-    if lora is None:
-        params = {"policy": copy(sft), "value": copy(value_init)}
-    else:  # adapters over the frozen SFT policy (the reference) and the frozen RM (the value model's base)
-        quantized = lora_lib.quantize if c.lora_int8 else (lambda p: p)
-        constants = {"reference": quantized(sft), "reward": rm, "value_base": quantized(value_init)}
-        params = {"policy": lora_lib.split(sft, lora, jax.random.fold_in(ctx.rng, 19)),
-                  "value": lora_lib.split(value_init, lora, jax.random.fold_in(ctx.rng, 23), extras=("head",))}
+    # frozen: the reference and the reward (the trained copies are separate trees); with LoRA the
+    # adapters are over the frozen SFT policy (the reference) and the frozen RM (the value model's base)
+    policy, reference, full_policy = adapters(ctx, c, sft, 19)
+    value, value_base, _ = adapters(ctx, c, value_init, 23, extras=("head",))
+    params = {"policy": policy, "value": value}
+    constants = ({"reference": sft, "reward": rm} if reference is None else
+                 {"reference": reference, "reward": rm, "value_base": value_base})
     tx, sched = optim.from_config(c, c.iterations * c.epochs * c.minibatches)
     state = PPOState(params, jax.jit(tx.init)(params), jnp.zeros((), jnp.int32), jnp.asarray(c.kl_coef, jnp.float32),
                      copy(params["policy"]) if c.ema_decay else None)
     data = {"prompts": ctx.iterator(ctx.data.arrays("prompts"), c.batch_size, SALT)}
     if c.ptx_coef:
         data["ptx"] = ctx.iterator(ctx.data.arrays("ptx"), c.ptx_batch_size, SALT + 1)
-    gold = common.gold_reward(ctx)
+    gold = gold_reward(ctx)
     hooks = (gold_hook(gold),) if gold is not None else ()
     track = latent_track(ctx, sft, rm) if ctx.config.rm.head == "inform" else None
     if track is not None:
@@ -152,8 +154,7 @@ def run(ctx) -> dict[str, Any]:
                                         c.iterations, constants=constants, hooks=hooks,
                                         progress_keys=("score", "kl", "gold_reward"), outputs=True), SALT)
     final_policy = result.state.ema if c.ema_decay else result.state.params["policy"]
-    if lora is not None:  # the merged weights, as every later stage and the export read them
-        final_policy = lora_lib.view(constants["reference"], final_policy, lora)
+    final_policy = full_policy(final_policy)  # the merged weights, as every later stage and the export read
     e = ctx.config.heldout
     evals, samples = compare_policies(
         ctx.base.graphdef, ctx.tokenizer, ctx.data.arrays("eval_prompts"),
@@ -162,7 +163,7 @@ def run(ctx) -> dict[str, Any]:
     if track is not None:  # the SFT and final policies on the held-out prompts, in latent space
         prompts = ctx.data.records("eval_prompts")
         evals.update(track.finish(
-            {name: track.latent_fn(common.sample(ctx, params, prompts, 1, c.temperature,
+            {name: track.latent_fn(sample(ctx, params, prompts, 1, c.temperature,
                                                  seed=ctx.config.seed * 41 + 8))
              for name, params in (("sft", sft), ("final", final_policy))},
             ctx.workdir / "ppo" / "latents.png", f"InfoRM latents: {ctx.config.name} {ctx.config.get('variant', '')}"))

@@ -10,12 +10,11 @@ import jax.numpy as jnp
 
 from rlhf_jax import checkpoint
 from rlhf_jax.models import abstract_model
-from rlhf_jax.stages.base import Training, train, train_state
+from rlhf_jax.stages.base import Training, adapters, train, train_state
 from rlhf_jax.stages.registry import register_stage
 from rlhf_jax.train import lora as lora_lib
 from rlhf_jax.train import optim
 from rlhf_jax.train import sft as sft_lib
-from rlhf_jax.train.state import commit
 
 SALT = 1
 
@@ -40,12 +39,9 @@ def fine_tune(ctx, stage: str, train_arrays=None, init=None) -> tuple[dict[str, 
     mask = optim.freeze_mask(init, c.freeze_layers, c.freeze_layers > 0) if c.freeze_layers else None
     tx, sched = optim.from_config(c, total, mask=mask)
     lora = lora_lib.from_block(c)
-    if lora is None:  # full fine-tuning: the state holds every weight
-        params, constants, view = jax.tree.map(jnp.copy, init), None, (lambda p: p)
-    else:  # LoRA: the state holds the adapters, the base weights are a frozen constant (int8 with lora_int8)
-        base = commit(lora_lib.quantize(init) if c.lora_int8 else init, ctx.mesh)
-        params, constants = lora_lib.split(init, lora, jax.random.fold_in(ctx.rng, 11)), (base, None)
-        view = lambda p: lora_lib.view(base, p, lora)
+    # full fine-tuning: the state holds every weight; LoRA: the adapters, over a frozen base constant
+    params, base, view = adapters(ctx, c, init, 11)
+    constants = None if base is None else (base, None)
     evaluate = sft_lib.make_sft_eval(ctx.base.graphdef)
     merged = jax.jit(view)
     val_bs = min(c.batch_size, len(val["tokens"]))
