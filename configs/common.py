@@ -75,6 +75,13 @@ def base() -> ml_collections.ConfigDict:
     # the gold reward every stage judges with: "" = the task world's (none from files), "clf" = stage clf's classifier
     c.data.gold = ""
 
+    # how every stage samples a policy (PPO's rollouts, best-of-n, rejection sampling, the held-out
+    # evaluation, the preference data): at most max_new_tokens tokens, top_k (0 = off) and top_p
+    # (1 = off) filtering, and the sampler: "gumbel" (jax.random.categorical) or "inverse_cdf" (one
+    # uniform a row: far cheaper on a CPU with a 50k vocabulary; same distribution, other samples for a
+    # seed). The temperature is each use's own (ppo.temperature, heldout.temperature, bon.temperature...)
+    c.sampling = ml_collections.ConfigDict({"max_new_tokens": 10, "top_k": 0, "top_p": 1.0, "sampler": "gumbel"})
+
     c.sft = ml_collections.ConfigDict({
         "steps": 0, "epochs": 1, "batch_size": 64, **optimizer(3e-3, warmup_steps=20), "dropout": 0.0,
         "freeze_layers": 0, **lora(),
@@ -103,8 +110,8 @@ def base() -> ml_collections.ConfigDict:
     c.ppo = ml_collections.ConfigDict({
         "iterations": 150, "batch_size": 64, "minibatches": 2, "epochs": 4,
         **optimizer(3e-4, warmup_steps=5, schedule="constant"), **lora(),  # LoRA: adapters on policy and value
-        "temperature": 1.0, "top_k": 0, "top_p": 1.0,
-        "max_new_tokens": 10, "kl_coef": 0.05, "kl_estimator": "k1", "adaptive_kl": False, "kl_target": 6.0,
+        "temperature": 1.0,  # the rollouts' (and the log-probs'); how they are sampled: c.sampling
+        "kl_coef": 0.05, "kl_estimator": "k1", "adaptive_kl": False, "kl_target": 6.0,
         "kl_horizon": 10000.0, "whiten_rewards": False, "reward_clip": 0.0,
         # the reward of a response without EOS; None keeps the RM score
         "missing_eos_penalty": ml_collections.FieldReference(-10.0, field_type=float),
@@ -113,9 +120,6 @@ def base() -> ml_collections.ConfigDict:
         "save_every": 20,
         # each minibatch's gradient accumulated over grad_accum slices (the same update)
         "grad_accum": 1,
-        # how every stage samples a policy: "gumbel" (jax.random.categorical) or "inverse_cdf" (one uniform a
-        # row: far cheaper on a CPU with a 50k vocabulary; same distribution, other samples for a seed)
-        "sampler": "gumbel",
         "reward": "rm"})  # what PPO optimises: "rm" (the trained reward) or "gold" (the gold reward itself)
 
     # fine-grained rewards (Wu et al. 2023): per-segment classifiers (stage "fgrm") whose rewards
@@ -124,7 +128,7 @@ def base() -> ml_collections.ConfigDict:
     # with unit token | word | subsentence | sentence | response; data: "" = the task world's
     # span annotations, or a fine_grained file / "corpus:qa_feedback". Empty components: holistic PPO.
     # init: the category models start from "sft" (the SFT policy) or "base" (the base model).
-    c.fg = ml_collections.ConfigDict({
+    c.fgrm = ml_collections.ConfigDict({
         "components": "", "holistic_weight": 1.0, "reward": "hard", "min_words": 5, "data": "", "init": "sft",
         "n_train": 4000, "n_val": 256, "steps": 0, "epochs": 2, "batch_size": 32,
         **optimizer(1e-3, warmup_steps=10), "save_every": 100, "grad_accum": 1})
@@ -157,7 +161,9 @@ def base() -> ml_collections.ConfigDict:
         "output": "prob", "overrides": ml_collections.ConfigDict(), "steps": 0, "epochs": 1, "batch_size": 64,
         **optimizer(1e-3, warmup_steps=20), "save_every": 200})
 
-    c.eval = ml_collections.ConfigDict({"n_prompts": 256, "temperature": 1.0, "n_report_samples": 8})
+    # the held-out evaluation of the trained policies by ppo, dpo and rs (and best-of-n's prompts): n_prompts
+    # held-out prompts (rlhf_jax.data.run_data), sampled at `temperature`, n_report_samples of them in the report
+    c.heldout = ml_collections.ConfigDict({"n_prompts": 256, "temperature": 1.0, "n_report_samples": 8})
 
     # the evaluation stage ("eval", or `python -m rlhf_jax.evaluate`): suites (rlhf_jax.eval.suites) on
     # policies "name=spec,..." (stage:NAME of `source`, "" = this workdir; or an HF directory / .gguf), judged by

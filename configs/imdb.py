@@ -61,12 +61,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # sampler (the Gumbel draw over 50,257 tokens is most of a CPU decoding step). The RM is read at the
     # EOS, so a response without one scores -1 against it (below most RM scores); the gold classifier
     # reads any text, so PPO on the gold reward keeps its score (no penalty)
-    c.ppo.update(iterations=32, batch_size=32, minibatches=2, epochs=2, lr=1e-3, max_new_tokens=24, kl_coef=0.05,
-                 sampler="inverse_cdf", missing_eos_penalty=-1.0, save_every=20,
+    c.sampling.update(max_new_tokens=24, sampler="inverse_cdf")
+    c.ppo.update(iterations=32, batch_size=32, minibatches=2, epochs=2, lr=1e-3, kl_coef=0.05,
+                 missing_eos_penalty=-1.0, save_every=20,
                  reward="gold" if method == "ppo_gold" else "rm")
     if method == "ppo_gold":
         c.ppo.missing_eos_penalty = None
-    c.eval.update(n_prompts=256, n_report_samples=8)
+    c.heldout.update(n_prompts=256, n_report_samples=8)
     if "micro" in variants:
         # the readers read only the first rows of their shuffled order
         c.data.update(sft_train="corpus:imdb_sft?limit=1500", prompts="corpus:imdb_prefixes?limit=300", n_sft=256,
@@ -76,7 +77,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.sft.update(batch_size=32, save_every=4)
         c.rm.update(epochs=1, batch_size=16, save_every=4)
         c.dpo.update(batch_size=16, eval_every=2, save_every=4)
-        c.ppo.update(iterations=3, batch_size=16, epochs=1, max_new_tokens=16, save_every=2)
-        c.eval.update(n_prompts=32, n_report_samples=4)
+        c.ppo.update(iterations=3, batch_size=16, epochs=1, save_every=2)
+        c.sampling.max_new_tokens = 16
+        c.heldout.update(n_prompts=32, n_report_samples=4)
         c.log.wandb = "disabled"
     return c

@@ -49,8 +49,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.sft.epochs, c.sft.batch_size, c.sft.save_every = 1, 32, 4
         c.rm.batch_size, c.rm.save_every = 16, 4
         c.ppo.iterations, c.ppo.batch_size, c.ppo.epochs, c.ppo.save_every = 4, 16, 1, 2
-        c.ppo.max_new_tokens = 6
-        c.eval.n_prompts, c.eval.n_report_samples = 32, 4
+        c.sampling.max_new_tokens = 6
+        c.heldout.n_prompts, c.heldout.n_report_samples = 32, 4
         c.log.wandb = "disabled"
     if "smollm2_hh" in variants:
         c.name = "smollm2_hh"
@@ -65,24 +65,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.max_len, c.data.max_prompt_len = 512, 384
         c.sft.update(epochs=1, batch_size=32, lr=1e-5, warmup_steps=20, min_lr_ratio=0.1, eps=1e-5)
         c.rm.update(epochs=1, batch_size=16, lr=9e-6, eps=1e-5)
-        c.ppo.update(iterations=100, batch_size=64, minibatches=4, epochs=1, lr=1e-6, max_new_tokens=64,
+        c.sampling.max_new_tokens = 64
+        c.ppo.update(iterations=100, batch_size=64, minibatches=4, epochs=1, lr=1e-6,
                      temperature=0.7, kl_coef=0.05, whiten_rewards=True, eps=1e-5)
-        c.eval.n_prompts = 128
+        c.heldout.n_prompts = 128
     if "cpu" in variants:  # the real model, cut to about an hour on a 2-core CPU
         c.data.max_len, c.data.max_prompt_len = 160, 112
         c.data.n_sft, c.data.n_rankings, c.data.n_prompts, c.data.val_fraction = 800, 600, 400, 0.1
         c.data.rm_from_policy = False
         c.sft.update(steps=100, batch_size=8, lr=2e-4, warmup_steps=10, lora_rank=8, lora_alpha=16.0, save_every=20)
         c.rm.update(init="base", epochs=1, batch_size=8, lr=2e-5, warmup_steps=5, save_every=15)
-        c.ppo.update(iterations=25, batch_size=8, minibatches=1, epochs=1, lr=5e-6, max_new_tokens=32, save_every=5)
-        c.eval.update(n_prompts=64, n_report_samples=8)
+        c.ppo.update(iterations=25, batch_size=8, minibatches=1, epochs=1, lr=5e-6, save_every=5)
+        c.sampling.max_new_tokens = 32
+        c.heldout.update(n_prompts=64, n_report_samples=8)
         c.evaluate.update(n_prompts=64, max_new_tokens=32, batch_size=16)
     if "small" in variants:  # the real model at a size a CPU test can afford
         c.data.max_len, c.data.max_prompt_len = 96, 64
         c.data.n_sft, c.data.n_rankings, c.data.n_prompts = 64, 32, 32
         c.sft.update(steps=4, batch_size=4, save_every=0)
         c.rm.update(steps=4, batch_size=4, save_every=0)
-        c.ppo.update(iterations=2, batch_size=4, minibatches=1, max_new_tokens=8, save_every=0)
-        c.eval.update(n_prompts=4, n_report_samples=2)
+        c.ppo.update(iterations=2, batch_size=4, minibatches=1, save_every=0)
+        c.sampling.max_new_tokens = 8
+        c.heldout.update(n_prompts=4, n_report_samples=2)
         c.log.wandb = "disabled"
     return c

@@ -51,7 +51,7 @@ LABELS = {"single": "single RM", "mean": "mean of 5", "min": "WCO (min of 5)", "
 FULL = {"variant": "hackable", "seeds": [0, 1, 2], "noise": [0.0, 0.25], "aggregates": ["mean", "min", "uwo"],
         "sets": {"bon.n_samples": 256, "bon.n_prompts": 128}, "smooth": 10}
 SMOKE = {"variant": "hackable,micro", "seeds": [0, 1], "noise": [0.25], "aggregates": ["min"],
-         "sets": {"sft.steps": 4, "rm.steps": 4, "ppo.iterations": 3, "eval.n_prompts": 16, "bon.n_prompts": 8},
+         "sets": {"sft.steps": 4, "rm.steps": 4, "ppo.iterations": 3, "heldout.n_prompts": 16, "bon.n_prompts": 8},
          "smooth": 2}
 
 

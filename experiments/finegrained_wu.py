@@ -39,13 +39,13 @@ QA_METRICS = ("fgrm.relevance_val_accuracy", "fgrm.relevance_val_majority_baseli
 
 def sweeps(out: Path, seeds: list[int], smoke: bool) -> dict[str, Sweep]:
     size = ",micro" if smoke else ""
-    sets = {"fg.data": "policy"}
+    sets = {"fgrm.data": "policy"}
     if smoke:
-        sets.update({"ppo.iterations": "4", "fg.n_train": "96", "fg.n_val": "32"})
+        sets.update({"ppo.iterations": "4", "fgrm.n_train": "96", "fgrm.n_val": "32"})
     out_sets = {name: dict(sets) for name in ARMS}
     result = {name: Sweep(f"configs/ablations/fine_grained.py:{variant}{size}", {}, seeds, out_sets[name],
                           out / name) for name, variant in ARMS.items()}
-    qa_sets = {"fg.n_train": "32", "fg.epochs": "1", "data.max_len": "128", "data.max_prompt_len": "96",
+    qa_sets = {"fgrm.n_train": "32", "fgrm.epochs": "1", "data.max_len": "128", "data.max_prompt_len": "96",
                "model.overrides.max_seq_len": "128"} if smoke else {}
     result["qa_feedback"] = Sweep("configs/ablations/fine_grained.py:qa_feedback", {}, seeds, qa_sets,
                                   out / "qa_feedback")
@@ -132,7 +132,7 @@ def main(argv=None) -> dict:
               "smoke": args.smoke, "commands": commands, "points": points,
               "curves": {arm: curves(out / arm) for arm in ARMS},
               "setting": "task world, hackable holistic RM (perturbed answers), category models on SFT samples "
-                         "annotated by the span oracle (fg.data=policy); QA-Feedback: random-init 2-layer decoder"}
+                         "annotated by the span oracle (fgrm.data=policy); QA-Feedback: random-init 2-layer decoder"}
     # the smoke mode writes beside its runs, never into the committed results and figures
     results = Path(args.results or (out / f"{name}.json" if args.smoke else ROOT / "experiments" / "results" /
                                     f"{name}.json"))

@@ -41,10 +41,10 @@ FULL = {"sizes": ["32", "64", "128"], "rankings": ["2000", "8000"], "seeds": [0,
         # cuts for a 2-core CPU (see the docstring of main): one RM epoch (Gao et al. also train one),
         # 100 PPO iterations, best-of-256 on 64 held-out prompts, PPO's final evaluation on 128 prompts
         "sets": {"rm.epochs": "1", "ppo.iterations": "100", "bon.n_samples": "256", "bon.n_prompts": "64",
-                 "eval.n_prompts": "128"}, "window": 9, "bins": 12}
+                 "heldout.n_prompts": "128"}, "window": 9, "bins": 12}
 SMOKE = {"sizes": ["16"], "rankings": ["192"], "seeds": [0, 1], "config_variant": ",micro",
          "sets": {"rm.epochs": "1", "ppo.iterations": "4", "bon.n_samples": "8", "bon.n_prompts": "8",
-                  "eval.n_prompts": "8"}, "window": 1, "bins": 3}
+                  "heldout.n_prompts": "8"}, "window": 1, "bins": 3}
 
 PAPER = {
     "source": "Gao, Schulman, Hilton 2022, Scaling laws for reward model overoptimization (arXiv:2210.10760)",

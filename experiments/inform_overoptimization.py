@@ -38,7 +38,7 @@ FULL = {"betas": ["0.001", "0.01", "0.1"], "seeds": [0, 1, 2], "variant": "hacka
         # no best-of-n stage; PPO keeps the README's budget (150 iterations x 64 episodes, beta 0.05)
         "sets": {"stages": "sft,rm,ppo", "rm.epochs": "1"}, "window": 9, "late": 15}
 SMOKE = {"betas": ["0.01"], "seeds": [0, 1], "variant": "hackable,micro",
-         "sets": {"stages": "sft,rm,ppo", "rm.epochs": "1", "ppo.iterations": "4", "eval.n_prompts": "8"},
+         "sets": {"stages": "sft,rm,ppo", "rm.epochs": "1", "ppo.iterations": "4", "heldout.n_prompts": "8"},
          "window": 1, "late": 2}
 
 PAPER = {
@@ -255,7 +255,7 @@ def main(argv=None) -> int:
                          "`window` iterations, then mean and 95% t-interval over seeds",
                "gold_last_minus_peak": "per seed: mean raw rollout gold over the last `late` iterations minus the "
                                        "seed's smoothed gold at the iteration where the seed-mean is highest",
-               "final": "the PPO stage's held-out evaluation (eval.n_prompts prompts, one sample each, gold judge)",
+               "final": "the PPO stage's held-out evaluation (heldout.n_prompts prompts, one sample each, gold judge)",
                "corr_csi_gold": "per seed Pearson r over the tracked iterations between latent/csi and the smoothed "
                                 "rollout gold; negative = CSI rises as gold falls",
                "gold_final_minus_standard_paired": "per seed (same SFT policy): InfoRM final held-out gold minus "

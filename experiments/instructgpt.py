@@ -52,7 +52,7 @@ FULL = {"config": "configs/instructgpt.py:tiny", "seeds": [0, 1, 2], "ks": [2, 4
 SMOKE = {"config": "configs/instructgpt.py:micro", "seeds": [0, 1], "ks": [2], "budget": 96,
          "n_val": 32, "pairs_rankings": 32, "epochs": [1], "control": False,
          "ptx": [1], "ptx_batch": 16, "sets": {"sft.steps": 4},
-         "ppo_sets": {"ppo.iterations": 2, "rm.steps": 4, "eval.n_prompts": 16, "data.n_sft_val": 32}}
+         "ppo_sets": {"ppo.iterations": 2, "rm.steps": 4, "heldout.n_prompts": 16, "data.n_sft_val": 32}}
 BATCH = 32  # rm.batch_size of the tiny and micro configs' defaults (kept; stated in the JSON)
 
 
@@ -63,21 +63,22 @@ class Evaluator:
 
     def __init__(self, config: str, run, workdir: Path):
         from rlhf_jax.context import build_context
-        from rlhf_jax.stages import common
+        from rlhf_jax.stages.handoff import load_sft
+        from rlhf_jax.stages.reward import reward_model
         from rlhf_jax.sweep import resolve_config
         from rlhf_jax.train import rm as rm_lib
         self.ctx = build_context(resolve_config(config, run.overrides), workdir, use_wandb=False)
-        self.sft = common.load_sft(self.ctx)
-        scalar = common.reward_model(self.ctx, seed=self.ctx.config.seed + 1)
+        self.sft = load_sft(self.ctx)
+        scalar = reward_model(self.ctx, seed=self.ctx.config.seed + 1)
         self.like, self.graphdef = scalar.params, scalar.graphdef
         self.evaluate = rm_lib.make_rm_eval(self.graphdef, self.ctx.config.rm.margin)
 
     def samples(self, n: int, split: str, k: int) -> list[list[str]]:
         """2K SFT samples per prompt, drawn as the rm stage draws them (same prompts and seed)."""
         from rlhf_jax.data import synthetic
-        from rlhf_jax.stages import common
+        from rlhf_jax.stages.sampling import sample_texts
         prompts = synthetic.prompts(self.ctx.world, n, "rm_" + split)
-        texts = common.sample_texts(self.ctx, self.sft, prompts, 2 * k, 1.0,
+        texts = sample_texts(self.ctx, self.sft, prompts, 2 * k, 1.0,
                                     seed=self.ctx.config.seed * 7919 + (split == "val"))
         return prompts, texts
 

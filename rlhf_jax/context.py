@@ -18,13 +18,9 @@ from rlhf_jax import sharding as shd
 from rlhf_jax.data import corpora, synthetic
 from rlhf_jax.data.batches import BatchIterator
 from rlhf_jax.data.run_data import RunData, world_config
-from rlhf_jax.errors import UserError
+from rlhf_jax.errors import ConfigError  # noqa: F401  (re-exported: raised by the config validation)
 from rlhf_jax.logging import Writer
 from rlhf_jax.models import PRESETS, Model, init_model, load_pretrained
-
-
-class ConfigError(UserError, ValueError):
-    """A config that cannot work; the message names the field."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,9 +96,8 @@ def base_model(c, mesh) -> tuple[Model, Any]:
 
 
 def build_context(config, workdir: str | Path, *, use_wandb: bool = True) -> RunContext:
-    """Validate the config, then build the mesh, tokenizer, base model, task world and data."""
-    from rlhf_jax.stages.validate import validate_config
-    validate_config(config)
+    """The mesh, tokenizer, base model, task world and data of a valid config (the runner,
+    `rlhf_jax.stages.run`, validates it first: `rlhf_jax.stages.validate.validate_config`)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = shd.make_mesh(shd.MeshConfig(config.mesh.data, config.mesh.fsdp, config.mesh.tensor))

@@ -11,6 +11,10 @@ class UserError(Exception):
     exit_code = 2
 
 
+class ConfigError(UserError, ValueError):
+    """A config that cannot work; the message names the field."""
+
+
 class CorruptFileError(UserError):
     """A file the run needs cannot be read; the message names it (and the tensor or key)."""
 

@@ -34,9 +34,11 @@ from rlhf_jax.data.tokenize import pad_left as left_pad  # noqa: F401  (re-expor
 from rlhf_jax.models.forward import positions_from_mask
 from rlhf_jax.models.model import apply
 from rlhf_jax.models.transformer import KVCache
+from rlhf_jax.registry import Registry
 
-
-SAMPLERS = ("gumbel", "inverse_cdf")
+# how a token is drawn from the processed distribution: fn(rng, processed logits_BxV, their log_softmax) -> token_B
+SAMPLERS = Registry("sampler")
+SAMPLERS.register("gumbel", lambda rng, logits_BxV, logp_BxV: jax.random.categorical(rng, logits_BxV, axis=-1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +59,7 @@ class SamplingConfig:
         if self.top_k < 0 or self.max_new_tokens < 1:
             raise ValueError("top_k must be >= 0 and max_new_tokens >= 1")
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler={self.sampler!r} must be one of {SAMPLERS}")
+            raise ValueError(f"sampler={self.sampler!r} must be one of {SAMPLERS.names()}")
 
 
 class Generation(NamedTuple):
@@ -92,10 +94,8 @@ def sample_token(logits_BxV, rng, cfg: SamplingConfig):
     logp = jax.nn.log_softmax(processed, axis=-1)
     if cfg.temperature == 0:
         token = jnp.argmax(processed, axis=-1)
-    elif cfg.sampler == "inverse_cdf":
-        token = inverse_cdf_sample(rng, logp)
     else:
-        token = jax.random.categorical(rng, processed, axis=-1)
+        token = SAMPLERS[cfg.sampler](rng, processed, logp)
     return token.astype(jnp.int32), jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
 
 
@@ -116,6 +116,9 @@ def inverse_cdf_sample(rng, logp_BxV, block: int = 256):
     probs_BxK = jnp.take_along_axis(probs_BxNxK, j_B[:, None, None], 1)[:, 0]
     k_B = jnp.sum(jnp.cumsum(probs_BxK, axis=-1) <= (u_B - before_B)[:, None], axis=-1)
     return (j_B * block + jnp.minimum(k_B, _last_positive(probs_BxK))).astype(jnp.int32)
+
+
+SAMPLERS.register("inverse_cdf", lambda rng, logits_BxV, logp_BxV: inverse_cdf_sample(rng, logp_BxV))
 
 
 def _last_positive(values_BxN):

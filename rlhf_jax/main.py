@@ -101,6 +101,8 @@ def _flag_error(error: Exception) -> str:
 def run() -> None:
     sys.path.insert(0, os.getcwd())  # configs/ importable from the repository root
     try:
+        from rlhf_jax.stages.validate import check_renamed  # an old field name fails naming the new one
+        check_renamed(a[len("--config."):].split("=")[0] for a in sys.argv[1:] if a.startswith("--config."))
         argv = flags.FLAGS(sys.argv)
         _CONFIG.value.to_dict()  # a config file that failed to load raises here, not at parse time
     except Exception as e:  # noqa: BLE001  (any failure to read the flags or the config is the user's)

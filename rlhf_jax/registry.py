@@ -1,7 +1,9 @@
 """Registries: the ablation menu, one per family of interchangeable functions.
 
-Each family (KL estimators, advantage estimators, preference losses, reward aggregators,
-segmenters, reward heads, stages) is a `Registry` filled in the module that implements it:
+Each family is a `Registry` filled in the module that implements it (the list, with the
+config field each one checks, is in docs/extending.md): stages, preference losses, KL and
+advantage estimators, reward aggregators, InfoRM KL forms, segmenters, reward heads, samplers,
+evaluation judges and suites.
 
     KL_ESTIMATORS = Registry("KL estimator")
 

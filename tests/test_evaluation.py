@@ -15,7 +15,8 @@ from configs.instructgpt import get_config
 from rlhf_jax.context import build_context
 from rlhf_jax.data.tokenize import encode_example, pad_right
 from rlhf_jax.models.forward import score_at_last
-from rlhf_jax.stages import common, run as run_pipeline, run_stages
+from rlhf_jax.stages import run as run_pipeline, run_stages
+from rlhf_jax.stages.reward import trained_reward
 from rlhf_jax.stages.evaluation import labelled_pairs, parse_policies
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,7 +64,7 @@ def test_rm_pair_accuracy_and_the_length_baseline_by_hand(trained, evaluated):
     c.stages, c.evaluate = "eval", eval_config("micro").evaluate
     ctx = build_context(c, path, use_wandb=False)
     pairs = labelled_pairs(ctx)
-    reward, params, _, _ = common.trained_reward(ctx, "bon")
+    reward, params, _, _ = trained_reward(ctx, "bon")
 
     def scores(key):
         ids = [encode_example(ctx.tokenizer, r["prompt"], r[key], ctx.data.tcfg)[0] for r in pairs]

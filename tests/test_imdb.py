@@ -21,7 +21,10 @@ from rlhf_jax.data.corpora import gpt2_tokenizer
 from rlhf_jax.models import init_model
 from rlhf_jax.models.config import PRESETS
 from rlhf_jax.rewards.classifier import ClassifierReward
-from rlhf_jax.stages import common, prefs
+from rlhf_jax.stages import prefs
+from rlhf_jax.stages.gold import gold_reward
+from rlhf_jax.stages import preferences
+from rlhf_jax.stages.preferences import preference_arrays
 from rlhf_jax.train.classifier import binary_cross_entropy
 from tests.conftest import ROOT
 
@@ -130,8 +133,8 @@ def test_prefs_are_ranked_by_the_gold_classifier_and_feed_rm_and_dpo(micro_run):
     config, workdir, summary = micro_run
     assert summary["prefs"]["train"]["rankings"] > 0.9 * config.data.n_rankings
     ctx = build_context(config, workdir, use_wandb=False)
-    gold = common.gold_reward(ctx)
-    records = prefs.load(workdir, "train")
+    gold = gold_reward(ctx)
+    records = preferences.load(workdir, "train")
     with gzip.open(workdir / "prefs/final/train.jsonl.gz", "rt") as f:
         stored = [json.loads(line) for line in f]
     pairs = 0
@@ -152,7 +155,7 @@ def test_prefs_are_ranked_by_the_gold_classifier_and_feed_rm_and_dpo(micro_run):
                 assert scores[i] > scores[j]
                 pairs += 1
     assert pairs == summary["prefs"]["train"]["pairs"] >= 5 * len(records)
-    train, _ = common.preference_arrays(ctx)  # what the RM and DPO train on: these rankings
+    train, _ = preference_arrays(ctx)  # what the RM and DPO train on: these rankings
     assert len(train["tokens"]) == len(records)
     np.testing.assert_array_equal(train["ranks"][0, :len(records[0]["ranks"])], records[0]["ranks"])
 

@@ -138,11 +138,12 @@ def test_lora_in_every_stage_trains_adapters_and_exports_full_weights(lora_run, 
     """Each stage trains adapters (the state holds only them and the heads) and hands on full
     weights: only LoRA targets (and heads) differ from its starting point."""
     from rlhf_jax import checkpoint
-    from rlhf_jax.stages import common
+    from rlhf_jax.stages.handoff import load_sft
+    from rlhf_jax.stages.reward import trained_reward
     ctx, summary = lora_run
-    sft = common.load_sft(ctx)
+    sft = load_sft(ctx)
     if stage == "rm":
-        _, params, _, _ = common.trained_reward(ctx)
+        _, params, _, _ = trained_reward(ctx)
         final = jax.tree.map(lambda x: x[1], params)  # the second member
         assert summary["rm"]["val_accuracy"] > 0.5
     else:

@@ -21,7 +21,8 @@ from rlhf_jax.data import synthetic
 from rlhf_jax.data.tokenize import TokenizeConfig, prompt_arrays, ranking_arrays, sft_arrays
 from rlhf_jax.models import PRESETS, init_model
 from rlhf_jax.rewards import ModelReward
-from rlhf_jax.stages import common, run_stages
+from rlhf_jax.stages import run_stages
+from rlhf_jax.stages.handoff import load_sft
 from rlhf_jax.stages import run as run_pipeline
 from rlhf_jax.stages.validate import validate_config
 from rlhf_jax.train import ppo as ppo_lib
@@ -43,6 +44,11 @@ def ppo_hp(**changes):
     hp = base().ppo
     hp.update(changes)
     return hp
+
+
+def sampling(hp, max_new_tokens: int = 5):
+    """The config's sampling at PPO's rollout temperature, `max_new_tokens` long."""
+    return ppo_lib.sampling_config(base().sampling, TOK, hp.temperature, max_new_tokens)
 
 
 def _mesh(shape):
@@ -68,7 +74,7 @@ def _build(kind, mesh):
         step = rm_lib.make_rm_step(scalar.graphdef, tx, sched, center_coef=0.01)  # gives the bias a gradient
         batches = [{k: v[i * 8:(i + 1) * 8] for k, v in arrays.items()} for i in range(3)]
         return (*compile_step(step, state, shd.shard_batch(batches[0], mesh), mesh), batches, None)
-    hp = ppo_hp(max_new_tokens=5, minibatches=2, epochs=2, ema_decay=0.9)
+    hp = ppo_hp(minibatches=2, epochs=2, ema_decay=0.9)
     models = ppo_lib.PPOModels(lm.graphdef, scalar.graphdef, ModelReward(scalar.graphdef))
     params = {"policy": lm.params, "value": scalar.params}
     copy = lambda t: jax.tree.map(jnp.copy, t)
@@ -78,7 +84,7 @@ def _build(kind, mesh):
     batches = [{"prompt": arrays["tokens"][i * 8:(i + 1) * 8], "prompt_mask": arrays["mask"][i * 8:(i + 1) * 8]}
                for i in range(3)]
     constants = commit({"reference": copy(lm.params), "reward": copy(scalar.params)}, mesh)
-    step, state = compile_step(ppo_lib.make_ppo_step(hp, ppo_lib.sampling_config(hp, TOK), models, tx, sched), state,
+    step, state = compile_step(ppo_lib.make_ppo_step(hp, sampling(hp), models, tx, sched), state,
                                shd.shard_batch(batches[0], mesh), mesh, constants=constants, outputs=True)
     return step, state, batches, constants
 
@@ -162,7 +168,7 @@ def test_lora_sft_stage_trains_adapters_and_resumes(tmp_path):
     summary = run_stages(straight)["sft"]
     # micro model: L=2, d=32, 4 heads x 8, 2 kv heads x 8, d_ff=64; r * (fan_in + fan_out) per target
     assert summary["trainable_params"] == 2 * 4 * ((32 + 32) + (32 + 16) + (32 + 64))
-    final, base = common.load_sft(straight), straight.base.params
+    final, base = load_sft(straight), straight.base.params
     changed = {k for k in base["blocks"] if not np.allclose(final["blocks"][k], base["blocks"][k])}
     assert changed == {"wq", "wv", "w_up"}
     np.testing.assert_array_equal(final["embed"], base["embed"])
@@ -184,9 +190,9 @@ def test_ptx_term_adds_coef_times_the_pretraining_loss():
     ptx, _ = sft_arrays(synthetic.sft_records(WORLD, 8, "ptx"), TOK, TCFG)
     ptx = {k: jnp.asarray(v) for k, v in ptx.items()}
     models = ppo_lib.PPOModels(lm.graphdef, scalar.graphdef, ModelReward(scalar.graphdef))
-    cfg0, cfg = ppo_hp(max_new_tokens=5), ppo_hp(max_new_tokens=5, ptx_coef=0.7)
+    cfg0, cfg = ppo_hp(), ppo_hp(ptx_coef=0.7)
     state = PPOState({"policy": lm.params, "value": scalar.params}, None, 0, jnp.float32(0.05), None)
-    data, _ = ppo_lib.rollout(cfg0, ppo_lib.sampling_config(cfg0, TOK), models, state,
+    data, _ = ppo_lib.rollout(cfg0, sampling(cfg0), models, state,
                               {"reference": lm.params, "reward": scalar.params},
                               {"prompt": prompts["tokens"], "prompt_mask": prompts["mask"]}, jax.random.key(0))
     without, _ = ppo_lib.ppo_loss(cfg0, models, state.params, data, ptx)

@@ -150,9 +150,9 @@ def test_corrupt_files_are_named(tmp_path, straight):
         if f.is_file():
             f.write_bytes(b"junk")
     from rlhf_jax.context import build_context
-    from rlhf_jax.stages import common
+    from rlhf_jax.stages.handoff import load_sft
     with pytest.raises(CorruptFileError, match=r"sft/final: the final parameters of stage 'sft' cannot be read"):
-        common.load_sft(build_context(micro(), work, use_wandb=False))
+        load_sft(build_context(micro(), work, use_wandb=False))
     from rlhf_jax.models import load_pretrained
     bad = tmp_path / "model.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 40)

@@ -291,7 +291,7 @@ def test_config_defaults_are_todays_computation():
     c, cfg = base(), ModelConfig()
     assert (c.model.remat, c.model.attention_impl, c.model.logits_chunk, c.model.vocab_chunk) == (
         cfg.remat, cfg.attention_impl, cfg.logits_chunk, cfg.vocab_chunk) == ("none", "xla_manual", 0, 0)
-    assert all(c[block].grad_accum == 1 for block in ("sft", "rs", "rm", "fg", "dpo", "ppo"))
+    assert all(c[block].grad_accum == 1 for block in ("sft", "rs", "rm", "fgrm", "dpo", "ppo"))
 
 
 def test_unrolled_layer_scan_gives_the_same_logits_and_gradients():

@@ -1,6 +1,7 @@
 """The stage layer: registry order and hand-offs, missing inputs, strict variants, and the fixes
 an outside read of the maths asked for (each checked against an independent computation)."""
 import os
+import re
 import subprocess
 import sys
 import types
@@ -21,7 +22,9 @@ from rlhf_jax.eval.policy_eval import compare_policies
 from rlhf_jax.models import PRESETS, init_model
 from rlhf_jax.objectives import bon as bon_lib
 from rlhf_jax.rewards import ModelReward
-from rlhf_jax.stages import STAGES, MissingInputError, common, plan, register_stage, run_stages
+from rlhf_jax.stages import STAGES, MissingInputError, plan, register_stage, run_stages
+from rlhf_jax.stages.handoff import load_sft
+from rlhf_jax.stages.reward import STD_FLOOR, aggregator
 from rlhf_jax.stages import rm as rm_stage
 from rlhf_jax.train import ppo as ppo_lib
 from rlhf_jax.train import rm as rm_lib
@@ -48,7 +51,7 @@ def test_plan_runs_needs_first_and_keeps_the_listed_order_otherwise(tmp_path):
     assert plan(micro("ppo,rm,sft"), tmp_path) == ["sft", "rm", "ppo"]
     assert plan(micro("sft,dpo,rm,bon"), tmp_path) == ["sft", "dpo", "rm", "bon"]
     fine = get_config("micro")
-    fine.fg.components, fine.stages = "wrong:word:0.3", "ppo,fgrm,rm,sft"
+    fine.fgrm.components, fine.stages = "wrong:word:0.3", "ppo,fgrm,rm,sft"
     assert plan(fine, tmp_path) == ["sft", "fgrm", "rm", "ppo"]  # fine-grained PPO needs fgrm and the RM
 
 
@@ -69,7 +72,7 @@ def test_a_new_stage_is_one_registration_and_reads_hand_off_files(tmp_path):
     @register_stage("echo_test", needs=lambda c: ("sft",), produces_params=False)
     def echo(ctx):
         summary = {"sft_steps": checkpoint.read_summary(ctx.workdir, "sft")["steps"],
-                   "sft_params": int(sum(x.size for x in jax.tree.leaves(common.load_sft(ctx))))}
+                   "sft_params": int(sum(x.size for x in jax.tree.leaves(load_sft(ctx))))}
         checkpoint.save_final(ctx.workdir, "echo_test", None, summary)
         return summary
     try:
@@ -83,6 +86,75 @@ def test_a_new_stage_is_one_registration_and_reads_hand_off_files(tmp_path):
         assert again["echo_test"] == summary["echo_test"]
     finally:
         STAGES._entries.pop("echo_test")
+
+
+def test_stage_reads_are_derived_from_the_block_the_declarations_and_the_needs():
+    from rlhf_jax.stages.registry import stage_reads
+    from configs import imdb
+    c = imdb.get_config("ppo")  # clf, sft, prefs, rm, ppo: the gold reward is the classifier of stage clf
+    assert set(stage_reads("ppo", c)) == {"ppo", "heldout", "sampling", "sft", "rm", "inform", "clf"}
+    assert set(stage_reads("prefs", c)) == {"sampling", "sft", "clf"}  # no block of its own
+    assert set(stage_reads("ppo", imdb.get_config("ppo_gold"))) == {"ppo", "heldout", "sampling", "sft", "clf"}
+    fine = get_config("micro")
+    fine.fgrm.components = "wrong:word:0.3"
+    assert {"fgrm", "rm"} <= set(stage_reads("bon", fine)) and "fgrm" not in stage_reads("bon", micro("bon"))
+    assert STAGES["eval"].block == "evaluate" and STAGES["fgrm"].block == "fgrm"
+    assert {s.name for s in STAGES._entries.values() if s.trains} == {"sft", "rm", "fgrm", "ppo", "dpo", "rs", "clf"}
+
+
+def test_every_trained_block_gets_the_shared_checks_clf_included():
+    from rlhf_jax.errors import ConfigError
+    from rlhf_jax.stages.validate import validate_config
+    for block in ("sft", "rm", "fgrm", "ppo", "dpo", "rs", "clf"):
+        c = micro("sft")
+        c[block].lr = -1.0
+        with pytest.raises(ConfigError, match=rf"config\.{block}\.lr: -1\.0 must be a positive number"):
+            validate_config(c)
+        c = micro("sft")
+        c[block].optimizer = "sgd"
+        with pytest.raises(ConfigError, match=rf"config\.{block}\.optimizer: must be 'adamw' or 'rmsprop'"):
+            validate_config(c)
+
+
+def test_choice_fields_are_checked_against_their_registries():
+    from rlhf_jax.errors import ConfigError
+    from rlhf_jax.stages.validate import validate_config
+    for field, value, words in (("sampling.sampler", "greedy", "config.sampling.sampler: must be one of ('gumbel', "
+                                 "'inverse_cdf')"),
+                                ("inform.kl_form", "sum", "config.inform.kl_form: must be one of ('per_dim_sum', "
+                                 "'mean_then_kl')"),
+                                ("evaluate.judges", "gold,oracle", "each must be one of ('gold', 'rm', 'llm', "
+                                 "'llm_rating')")):
+        c = micro("sft")
+        section, name = field.split(".")
+        c[section][name] = value
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            validate_config(c)
+
+
+def test_old_config_names_fail_naming_the_new_ones(tmp_path):
+    from rlhf_jax.errors import ConfigError
+    from rlhf_jax.stages.validate import validate_config
+    c = micro("sft")
+    c.ppo.top_k = 5  # a config file that still sets the old field
+    with pytest.raises(ConfigError, match=r"config\.ppo\.top_k: was renamed: use config\.sampling\.top_k"):
+        validate_config(c)
+    c = micro("sft")
+    c.fg = c.fgrm
+    with pytest.raises(ConfigError, match=r"config\.fg\.\w+: was renamed: use config\.fgrm\."):
+        validate_config(c)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    for flag, words in (("--config.fg.lr=0.1", "config.fg.lr: was renamed: use config.fgrm.lr"),
+                        ("--config.eval.n_prompts=8", "config.eval.n_prompts: was renamed: use config.heldout.n_prompts"),
+                        ("--config.ppo.max_new_tokens=8",
+                         "config.ppo.max_new_tokens: was renamed: use config.sampling.max_new_tokens")):
+        out = subprocess.run([sys.executable, "-m", "rlhf_jax.main", "--config", "configs/instructgpt.py:micro",
+                              "--workdir", str(tmp_path / "w"), flag], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 2 and words in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+    from rlhf_jax.sweep.spec import resolve_config
+    with pytest.raises(ConfigError, match=r"config\.ppo\.sampler: was renamed: use config\.sampling\.sampler"):
+        resolve_config("configs/instructgpt.py:micro", {"ppo.sampler": "inverse_cdf"})
 
 
 # --- strict variants -------------------------------------------------------------------------
@@ -117,9 +189,7 @@ def test_end_of_run_kl_uses_the_sampling_temperature():
     policy, ref = init_model(CFG, seed=0), init_model(CFG, seed=5)
     arrays, _ = prompt_arrays(synthetic.prompts(WORLD, 16), TOK, TCFG)
     prompts = {"prompt": arrays["tokens"], "prompt_mask": arrays["mask"]}
-    hp = base().ppo
-    hp.update(temperature=1.0, max_new_tokens=5)
-    sampling = ppo_lib.sampling_config(hp, TOK, temperature=0.5)
+    sampling = ppo_lib.sampling_config(base().sampling, TOK, 0.5, max_new_tokens=5)
     out, _ = compare_policies(policy.graphdef, TOK, prompts, sampling, jax.random.key(3), ref.params, policy.params,
                               None, None, None)
     from rlhf_jax.generate import generate
@@ -213,17 +283,17 @@ def _fake_ctx(**rm_changes):
 
 def test_ensemble_penalty_has_its_own_lambda_and_divisor_per_use():
     s = jnp.array([[1.0, 2.0], [3.0, 2.0], [5.0, 8.0]])  # 3 members, 2 sequences
-    ppo = common.aggregator(_fake_ctx(), {}, "ppo")(s)  # Coste et al.'s PPO code: lambda 0.1, divisor k - 1
-    bon = common.aggregator(_fake_ctx(), {}, "bon")(s)  # their best-of-n: lambda 0.5, divisor k
+    ppo = aggregator(_fake_ctx(), {}, "ppo")(s)  # Coste et al.'s PPO code: lambda 0.1, divisor k - 1
+    bon = aggregator(_fake_ctx(), {}, "bon")(s)  # their best-of-n: lambda 0.5, divisor k
     np.testing.assert_allclose(ppo, [3.0 - 0.1 * 8 / 2, 4.0 - 0.1 * 24 / 2], rtol=1e-6)
     np.testing.assert_allclose(bon, [3.0 - 0.5 * 8 / 3, 4.0 - 0.5 * 24 / 3], rtol=1e-6)
 
 
 def test_a_zero_demonstration_spread_is_not_divided_by():
     s = jnp.array([[1.0, 2.0], [3.0, 2.0], [5.0, 8.0]])
-    agg = common.aggregator(_fake_ctx(znorm=True, normalize=True), {"demonstration_std": [0.0, 1.0, 2.0]}, "ppo")
+    agg = aggregator(_fake_ctx(znorm=True, normalize=True), {"demonstration_std": [0.0, 1.0, 2.0]}, "ppo")
     assert np.isfinite(np.asarray(agg(s))).all()
     model = init_model(CFG, head="scalar", seed=1)
     arrays, _ = sft_arrays(synthetic.sft_records(WORLD, 4), TOK, TCFG)
-    reward = ModelReward(model.graphdef, scale=max(0.0, common.STD_FLOOR))
+    reward = ModelReward(model.graphdef, scale=max(0.0, STD_FLOOR))
     assert np.isfinite(np.asarray(reward.score(model.params, arrays["tokens"], arrays["segment_ids"], 8))).all()

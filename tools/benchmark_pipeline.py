@@ -97,7 +97,7 @@ def ours(shape: dict, steps: int) -> dict:
     out["rm"] = {"step_s": t, "tokens_per_s": R * 2 * T / t}
 
     pcfg = base().ppo  # the config's PPO settings, at the benchmark's shape
-    pcfg.update(max_new_tokens=shape["new"], minibatches=shape["minibatches"], epochs=shape["epochs"])
+    pcfg.update(minibatches=shape["minibatches"], epochs=shape["epochs"])
     # eos -1: every response has full length
     sampling = SamplingConfig(max_new_tokens=shape["new"], eos_token_ids=(-1,), pad_token_id=PAD)
     models = ppo_lib.PPOModels(lm.graphdef, scalar.graphdef, ModelReward(scalar.graphdef))

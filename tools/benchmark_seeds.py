@@ -75,7 +75,8 @@ def seed_setup(stage: str, seeds: int, batch: int, tx=None):
             state = PPOState(params, tx.init(params), jnp.zeros((), jnp.int32), jnp.float32(hp.kl_coef), None)
             per_seed.append((state, {"prompt": arrays["tokens"], "prompt_mask": arrays["mask"]},
                              {"reference": lm.params, "reward": scalar.params}))
-            step = ppo_lib.make_ppo_step(hp, ppo_lib.sampling_config(hp, TOK), models, tx, sched)
+            sampling = ppo_lib.sampling_config(base().sampling, TOK, hp.temperature)
+            step = ppo_lib.make_ppo_step(hp, sampling, models, tx, sched)
     return step, per_seed
 
 

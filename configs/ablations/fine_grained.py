@@ -39,14 +39,14 @@ def get_config(arg: str | None = None):
         c.stages = "sft,rm,ppo"
     else:
         c.stages = "sft,rm,fgrm,ppo"
-        c.fg.components = WORLD
+        c.fgrm.components = WORLD
     if "hackable" in variants:
         c.data.rm_from_policy = False
     if "micro" in variants:
-        c.fg.update(n_train=128, n_val=32, epochs=1, batch_size=16, save_every=0)
+        c.fgrm.update(n_train=128, n_val=32, epochs=1, batch_size=16, save_every=0)
     if "qa_feedback" in variants:
         c.stages = "fgrm"
-        c.fg.update(components=QA, init="base", data="corpus:qa_feedback", n_train=1000, epochs=4, batch_size=16,
+        c.fgrm.update(components=QA, init="base", data="corpus:qa_feedback", n_train=1000, epochs=4, batch_size=16,
                     lr=1e-3)
         c.model.tokenizer = "corpus:gpt2"
         c.model.overrides.update(max_seq_len=768)

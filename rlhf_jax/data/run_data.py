@@ -88,7 +88,7 @@ class RunData:
                 "rm_train": lambda: synthetic.ranking_records(w, c.n_rankings, c.k, "train"),
                 "rm_val": lambda: synthetic.ranking_records(w, c.n_rankings_val, c.k, "val"),
                 "prompts": lambda: synthetic.prompts(w, c.n_prompts, "train"),
-                "eval_prompts": lambda: synthetic.prompts(w, self.c.eval.n_prompts, "eval"),
+                "eval_prompts": lambda: synthetic.prompts(w, self.c.heldout.n_prompts, "eval"),
                 "ptx": lambda: synthetic.sft_records(w, c.n_ptx, "ptx")}
         return {name: make[name]()} if name in make else {}
 
@@ -103,7 +103,7 @@ class RunData:
             return {f"{prefix}_train": records[n_val:n_val + limit], f"{prefix}_val": records[:n_val]}
         if name in ("prompts", "eval_prompts") and c.prompts:
             prompts = [{"prompt": r["prompt"]} for r in read_source(c.prompts, "prompt", c.policy)]
-            n_eval = self.c.eval.n_prompts
+            n_eval = self.c.heldout.n_prompts
             return {"eval_prompts": prompts[:n_eval], "prompts": prompts[n_eval:n_eval + c.n_prompts]}
         if name == "ptx" and c.ptx:
             return {"ptx": read_source(c.ptx, "sft", c.policy)[:c.n_ptx]}

@@ -14,8 +14,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from rlhf_jax.objectives.reward import bradley_terry_loss, pair_matrix
+from rlhf_jax.registry import Registry
 
-KL_FORMS = ("per_dim_sum", "mean_then_kl")
+KL_FORMS = Registry("kl_form")  # fn(mu_BxKxL, logvar_BxKxL) -> kl_BxK
 
 
 def gaussian_kl(mu, logvar):
@@ -23,13 +24,21 @@ def gaussian_kl(mu, logvar):
     return 0.5 * (mu ** 2 + jnp.exp(logvar) - 1.0 - logvar)
 
 
+@KL_FORMS.register("per_dim_sum")
+def per_dim_sum(mu_BxKxL, logvar_BxKxL):
+    """The paper's: the Gaussian KL summed over the latent dimensions."""
+    return gaussian_kl(mu_BxKxL, logvar_BxKxL).sum(-1)
+
+
+@KL_FORMS.register("mean_then_kl")
+def mean_then_kl(mu_BxKxL, logvar_BxKxL):
+    """The released code's: mu and log sigma^2 averaged over the dimensions, then a 1-D KL."""
+    return gaussian_kl(mu_BxKxL.mean(-1), logvar_BxKxL.mean(-1))
+
+
 def latent_kl(mu_BxKxL, logvar_BxKxL, form: str = "per_dim_sum"):
-    """kl_BxK: one number per response, in the given form."""
-    if form == "per_dim_sum":
-        return gaussian_kl(mu_BxKxL, logvar_BxKxL).sum(-1)
-    if form == "mean_then_kl":
-        return gaussian_kl(mu_BxKxL.mean(-1), logvar_BxKxL.mean(-1))
-    raise ValueError(f"kl_form {form!r} is not one of {KL_FORMS}")
+    """kl_BxK: one number per response, in the given form (a name in KL_FORMS)."""
+    return KL_FORMS[form](mu_BxKxL, logvar_BxKxL)
 
 
 def inform_loss(scores_BxK, mu_BxKxL, logvar_BxKxL, ranks_BxK, valid_BxK, beta: float = 0.1,

@@ -11,13 +11,22 @@ stage (its summary in the workdir) is not run again.
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any
 
 from rlhf_jax import checkpoint, signals, workdir as workdirs
-# each module registers itself; imported in pipeline order, the order summaries are listed in (the
-# IMDb experiment's clf and prefs last, so the existing order is unchanged)
+from rlhf_jax.context import build_context
+# each stage module registers itself when imported: the pipeline's in pipeline order, the order
+# summaries are listed in (the IMDb experiment's clf and prefs last), then any other module of
+# this package (a new stage is one module here: nothing to add to a list)
 from rlhf_jax.stages import sft, rm, fgrm, ppo, dpo, bon, rs, evaluation, classifier, prefs  # noqa: F401,I001
-from rlhf_jax.stages.registry import STAGES, MissingInputError, finished, plan, register_stage, started
+from rlhf_jax.stages.registry import (STAGES, MissingInputError, finished, plan, register_stage, stage_reads,
+                                     started)
+from rlhf_jax.stages.validate import need, validate_config
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["STAGES", "MissingInputError", "plan", "register_stage", "run", "run_stages"]
 
@@ -38,7 +47,6 @@ def run_stages(ctx, stages: list[str] | None = None) -> dict[str, Any]:
 
 def preflight(ctx, order: list[str]) -> None:
     """Every listed stage's data-size checks, before the first stage starts."""
-    from rlhf_jax.stages.validate import need
     for name in order:
         if STAGES[name].preflight is not None and not finished(ctx.workdir, name):
             STAGES[name].preflight(ctx, need)
@@ -48,15 +56,13 @@ def run(config, workdir, *, use_wandb: bool = True, fresh: bool = False) -> dict
     """One run on a workdir: hold its lock, check the config against the one it was started
     with, plan (a missing input fails before anything is built), build the context, check
     every stage's data, run the stages."""
-    from rlhf_jax.context import build_context
-    from rlhf_jax.stages.validate import validate_config
     validate_config(config)
     path = workdirs.prepare(workdir)
     with workdirs.RunLock(path):
         if fresh:
             workdirs.start_over(path)
         order = plan(config, path)
-        reads = {name: STAGES[name].reads for name in STAGES}
+        reads = {name: stage_reads(name, config) for name in STAGES}
         ignores = {name: STAGES[name].ignores for name in STAGES}
         changed = workdirs.check_config(path, config, reads, {s for s in STAGES if started(path, s)}, ignores)
         if changed:

@@ -18,7 +18,9 @@ import numpy as np
 
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.data.batches import BatchIterator
+from rlhf_jax.stages.registry import STAGES
 from rlhf_jax.train.loop import Hook, LoopResult, run_loop
+from rlhf_jax.train import lora as lora_lib
 from rlhf_jax.train.state import TrainState, commit, compile_step
 
 
@@ -46,6 +48,22 @@ class Training:
     hooks: tuple[Hook, ...] = ()
     progress_keys: tuple[str, ...] = ("loss",)
     outputs: bool = False  # the step returns (state, metrics, outputs) for the hooks
+
+
+def adapters(ctx, block, init, salt: int, extras: tuple[str, ...] = (), base=None):
+    """(trainable params, frozen base, full) of `init` under a block's LoRA fields (lora_rank...).
+
+    With LoRA: the adapters (and the `extras` subtrees, e.g. a value head) drawn from the run's
+    key folded with `salt`, the frozen weights (int8 with lora_int8; `base` reuses one, as
+    ensemble members share theirs) and full(params) -> the merged weights. Without: a copy of
+    `init` (the trained tree is separate from any frozen one), None and the identity."""
+    lora = lora_lib.from_block(block)
+    if lora is None:
+        return jax.tree.map(jnp.copy, init), None, (lambda p: p)
+    if base is None:
+        base = commit(lora_lib.quantize(init) if block.lora_int8 else init, ctx.mesh)
+    params = lora_lib.split(init, lora, jax.random.fold_in(ctx.rng, salt), extras=extras)
+    return params, base, (lambda p: lora_lib.view(base, p, lora))
 
 
 def train_state(params, tx, members: int = 0) -> TrainState:
@@ -81,7 +99,7 @@ def train(ctx, stage: str, t: Training, salt: int) -> LoopResult:
         stop_after = ctx.config.debug_stop_after.get(stage, 0) or None
         result = run_loop(stage, step_fn, state, lambda: ctx.shard(t.combine({k: next(it) for k, it in t.data.items()})),
                           total_steps=t.total_steps, start_step=start, rng=jax.random.fold_in(ctx.rng, salt),
-                          checkpointer=checkpointer, save_every=ctx.config[_block(stage)].save_every,
+                          checkpointer=checkpointer, save_every=ctx.config[STAGES[stage].block].save_every,
                           meta_fn=lambda: {"data": {k: it.position() for k, it in t.data.items()}}, writer=writer,
                           eval_fn=t.evaluate, eval_every=t.eval_every, stop_after=stop_after, hooks=t.hooks,
                           last_metrics=last)
@@ -92,8 +110,3 @@ def train(ctx, stage: str, t: Training, salt: int) -> LoopResult:
     if result.steps < t.total_steps:
         raise StoppedEarly(f"[{stage}] stopped after step {result.steps} of {t.total_steps} (debug_stop_after)")
     return result
-
-
-def _block(stage: str) -> str:
-    """The config section a stage's training settings live in."""
-    return {"fgrm": "fg"}.get(stage, stage)

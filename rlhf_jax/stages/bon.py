@@ -12,8 +12,11 @@ import numpy as np
 from rlhf_jax import checkpoint
 from rlhf_jax.objectives import bon as bon_lib
 from rlhf_jax.rewards import score_in_chunks
-from rlhf_jax.stages import common
-from rlhf_jax.stages.registry import SAMPLING, register_stage
+from rlhf_jax.stages.gold import gold_reward, gold_stages
+from rlhf_jax.stages.handoff import load_sft
+from rlhf_jax.stages.registry import register_stage
+from rlhf_jax.stages.reward import reward_stages, trained_reward
+from rlhf_jax.stages.sampling import sample
 
 
 def check(c, need) -> None:
@@ -25,11 +28,11 @@ def check(c, need) -> None:
 
 
 def score_samples(ctx, samples: dict, reward, reward_params, n_prompts: int):
-    """(proxy [P, N], gold [P, N] or None) for `common.sample` output with N copies per prompt."""
+    """(proxy [P, N], gold [P, N] or None) for `sample` output with N copies per prompt."""
     tokens = np.concatenate([samples["prompt"], samples["response"]], 1)
     mask = np.concatenate([samples["prompt_mask"], samples["response_mask"]], 1).astype(np.int32)
     proxy = score_in_chunks(reward, reward_params, tokens, mask, samples["prompt"].shape[1]).reshape(n_prompts, -1)
-    gold = common.gold_reward(ctx)
+    gold = gold_reward(ctx)
     if gold is None:
         return proxy, None
     return proxy, gold.host_scores(samples["prompt"], samples["prompt_mask"], samples["response"],
@@ -37,17 +40,17 @@ def score_samples(ctx, samples: dict, reward, reward_params, n_prompts: int):
 
 
 def preflight(ctx, need) -> None:
-    need(len(ctx.data.records("eval_prompts")) > 0, "eval.n_prompts", "no held-out prompts for best-of-n")
+    need(len(ctx.data.records("eval_prompts")) > 0, "heldout.n_prompts", "no held-out prompts for best-of-n")
 
 
-@register_stage("bon", needs=lambda c: ("sft",) + common.reward_stages(c) + common.gold_stages(c), check=check,
-                produces_params=False, reads=("rm", "inform", "fg") + SAMPLING, preflight=preflight)
+@register_stage("bon", needs=lambda c: ("sft",) + reward_stages(c) + gold_stages(c), check=check,
+                produces_params=False, reads=("heldout", "sampling"), preflight=preflight)
 def run(ctx) -> dict[str, Any]:
     c = ctx.config.bon
     t0 = time.perf_counter()
-    reward, rm, _, _ = common.trained_reward(ctx, "bon")
+    reward, rm, _, _ = trained_reward(ctx, "bon")
     prompts = ctx.data.records("eval_prompts")[:c.n_prompts]
-    samples = common.sample(ctx, common.load_sft(ctx), prompts, c.n_samples, c.temperature,
+    samples = sample(ctx, load_sft(ctx), prompts, c.n_samples, c.temperature,
                             seed=ctx.config.seed * 31 + 5)
     proxy, gold = score_samples(ctx, samples, reward, rm, len(prompts))
     if c.rank_by == "gold":  # the oracle ranker: the ceiling any proxy could reach

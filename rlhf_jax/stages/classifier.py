@@ -3,7 +3,7 @@ its own size (`clf.overrides`, random init from `clf.seed`) trained with binary 
 on labelled reviews (`clf.train`), each cut to a random length in [clf.min_len, clf.max_len]
 tokens. Its held-out accuracy on `clf.test` goes in the summary with a 95% bootstrap interval,
 on the same random cuts and at fixed lengths. With `data.gold = "clf"` it is every stage's gold
-reward (`common.gold_reward`: p(positive) at the last text token, `clf.output`), and PPO can
+reward (`stages.gold.gold_reward`: p(positive) at the last text token, `clf.output`), and PPO can
 optimise it directly (`ppo.reward = "gold"`).
 
 Everything the stage draws (initialisation, data order, cut lengths) comes from `clf.seed`, not
@@ -23,8 +23,8 @@ from rlhf_jax.data.batches import BatchIterator
 from rlhf_jax.data.run_data import read_source
 from rlhf_jax.eval import stats
 from rlhf_jax.rewards.classifier import OUTPUTS
-from rlhf_jax.stages import common
 from rlhf_jax.stages.base import Training, train, train_state
+from rlhf_jax.stages.gold import classifier_model
 from rlhf_jax.stages.registry import listed, register_stage
 from rlhf_jax.train import classifier as clf_lib
 from rlhf_jax.train import optim
@@ -44,13 +44,10 @@ def check(c, need) -> None:
     need(not wanted or f.test.startswith("corpus:"), "clf.test", "must name a reader of labelled text (corpus:NAME)")
     need(1 <= f.min_len <= f.max_len, "clf.min_len", f"must be in [1, clf.max_len={f.max_len}]")
     max_seq = f.overrides.get("max_seq_len", c.model.overrides.get("max_seq_len", 0))
-    judged = c.data.max_prompt_len + c.ppo.max_new_tokens
+    judged = c.data.max_prompt_len + c.sampling.max_new_tokens
     need(not wanted or not max_seq or max_seq >= max(f.max_len, judged), "clf.overrides.max_seq_len",
          f"{max_seq} is shorter than clf.max_len={f.max_len} or the judged prompt + response ({judged})")
-    need(f.batch_size > 0 and f.n_test >= 0 and f.n_train >= 0, "clf.batch_size",
-         "batch_size must be > 0, n_train and n_test >= 0 (0 = all)")
-    need(f.lr > 0 and f.optimizer in ("adamw", "rmsprop") and f.schedule in ("cosine", "constant"), "clf.lr",
-         "lr must be > 0, optimizer adamw or rmsprop, schedule cosine or constant")
+    need(f.n_test >= 0 and f.n_train >= 0, "clf.n_train", "n_train and n_test must be >= 0 (0 = all)")
 
 
 def labelled(ctx, spec: str, n: int) -> list[dict]:
@@ -75,13 +72,13 @@ def held_out(graphdef, params, records: list[dict], tokenizer, f) -> dict[str, A
     return out
 
 
-@register_stage("clf", check=check, reads=("clf",))
+@register_stage("clf", trains=True, check=check)
 def run(ctx) -> dict[str, Any]:
     f = ctx.config.clf
     t0 = time.perf_counter()
     train_r, test_r = labelled(ctx, f.train, f.n_train), labelled(ctx, f.test, f.n_test)
     arrays = clf_lib.labelled_arrays(train_r, ctx.tokenizer, f.min_len, f.max_len, seed=f.seed * 1000 + SALT)
-    model = common.classifier_model(ctx)
+    model = classifier_model(ctx)
     it = BatchIterator(arrays, f.batch_size, seed=f.seed * 1000 + SALT)
     total = f.steps or f.epochs * it.steps_per_epoch
     tx, sched = optim.from_config(f, total)

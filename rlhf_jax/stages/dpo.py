@@ -9,15 +9,15 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from rlhf_jax import checkpoint
 from rlhf_jax.eval.policy_eval import compare_policies, frontier_eval
 from rlhf_jax.objectives.preference import PREFERENCE_LOSSES
-from rlhf_jax.stages import common
-from rlhf_jax.stages.base import Training, train, train_state
-from rlhf_jax.stages.registry import SAMPLING, register_stage
-from rlhf_jax.stages.sft import check_lora
+from rlhf_jax.stages.base import Training, adapters, train, train_state
+from rlhf_jax.stages.gold import gold_reward, gold_stages
+from rlhf_jax.stages.handoff import load_sft
+from rlhf_jax.stages.preferences import check_preference_sizes, preference_arrays, preference_stages
+from rlhf_jax.stages.registry import register_stage
 from rlhf_jax.train import dpo as dpo_lib
 from rlhf_jax.train import lora as lora_lib
 from rlhf_jax.train import optim
@@ -36,23 +36,21 @@ def check(c, need) -> None:
     need(d.loss in ("cdpo", "robust") or d.label_smoothing == 0, "dpo.label_smoothing",
          f"only cdpo and robust use it (dpo.loss={d.loss!r})")
     need(d.orpo_lambda >= 0, "dpo.orpo_lambda", "must be >= 0")
-    check_lora(c, need, "dpo")
     need(d.eval_every >= 0, "dpo.eval_every", "must be >= 0 (0 = no trajectory)")
 
 
 def preflight(ctx, need) -> None:
-    common.check_preference_sizes(ctx, need, "dpo")
-    need(len(ctx.data.records("eval_prompts")) > 0, "eval.n_prompts", "no held-out prompts to evaluate on")
+    check_preference_sizes(ctx, need, "dpo")
+    need(len(ctx.data.records("eval_prompts")) > 0, "heldout.n_prompts", "no held-out prompts to evaluate on")
 
 
-@register_stage("dpo", needs=lambda c: ("sft",) + common.preference_stages(c) + common.gold_stages(c), check=check,
-                reads=("eval",) + SAMPLING,
-                preflight=preflight)
+@register_stage("dpo", trains=True, needs=lambda c: ("sft",) + preference_stages(c) + gold_stages(c),
+                check=check, reads=("heldout", "sampling"), data=("rm_train",), preflight=preflight)
 def run(ctx) -> dict[str, Any]:
     c = ctx.config.dpo
     t0 = time.perf_counter()
-    train_arrays, val = common.preference_arrays(ctx)
-    sft = common.load_sft(ctx)
+    train_arrays, val = preference_arrays(ctx)
+    sft = load_sft(ctx)
     graphdef = ctx.base.graphdef
     val_bs = min(c.batch_size, len(val["tokens"]))
     ref = None
@@ -67,17 +65,14 @@ def run(ctx) -> dict[str, Any]:
     tx, sched = optim.from_config(c, total)
     live_ref = ref if ref is not None and not c.cache_reference else None
     lora = lora_lib.from_block(c)
-    if lora is None:
-        params, constants, full = jax.tree.map(jnp.copy, sft), live_ref, (lambda p: p)
-    else:  # adapters over the frozen SFT policy, which is also the reference (adapters off): one copy
-        base = commit(lora_lib.quantize(sft) if c.lora_int8 else sft, ctx.mesh)
-        params = lora_lib.split(sft, lora, jax.random.fold_in(ctx.rng, 17))
-        constants, full = (base, live_ref), (lambda p: lora_lib.view(base, p, lora))
-    sampling = sampling_config(ctx.config.ppo, ctx.tokenizer, temperature=ctx.config.eval.temperature)
+    # with LoRA: adapters over the frozen SFT policy, which is also the reference (adapters off): one copy
+    params, base, full = adapters(ctx, c, sft, 17)
+    constants = live_ref if base is None else (base, live_ref)
+    sampling = sampling_config(ctx.config.sampling, ctx.tokenizer, ctx.config.heldout.temperature)
     evaluate = None  # the trajectory: KL to SFT and gold reward on the held-out prompts every eval_every steps
     if c.eval_every:
         evaluate = frontier_eval(graphdef, ctx.data.arrays("eval_prompts"), sampling, jax.random.fold_in(ctx.rng, 98),
-                                 sft, common.gold_reward(ctx), full)
+                                 sft, gold_reward(ctx), full)
     result = train(ctx, "dpo", Training(dpo_lib.make_dpo_step(graphdef, tx, sched, c, lora),
                                         train_state(params, tx), {"train": it}, total, constants=constants,
                                         evaluate=evaluate, eval_every=c.eval_every,
@@ -86,8 +81,8 @@ def run(ctx) -> dict[str, Any]:
     held_out = dpo_lib.held_out_metrics(graphdef, final, val, val_bs, c)
     evals, samples = compare_policies(
         graphdef, ctx.tokenizer, ctx.data.arrays("eval_prompts"), sampling,
-        jax.random.fold_in(ctx.rng, 99), sft, final, None, None, common.gold_reward(ctx), "dpo",
-        ctx.config.eval.n_report_samples)
+        jax.random.fold_in(ctx.rng, 99), sft, final, None, None, gold_reward(ctx), "dpo",
+        ctx.config.heldout.n_report_samples)
     summary = {"steps": total, "wall_seconds": time.perf_counter() - t0,
                "train_reward_accuracy": result.last_metrics.get("reward_accuracy"), **held_out, **evals}
     (ctx.workdir / "dpo" / "samples.json").write_text(json.dumps(samples, indent=2))

@@ -31,12 +31,15 @@ from rlhf_jax.eval.suites import EVAL_SUITES, EvalEnv, Policy, collect_self_pref
 from rlhf_jax.generate import SamplingConfig, sample_rows
 from rlhf_jax.models import Model, load_pretrained
 from rlhf_jax.models.forward import per_sequence_chunks
+from rlhf_jax.registry import Registry
 from rlhf_jax.rewards import SequenceReward
-from rlhf_jax.stages import common
+from rlhf_jax.stages.gold import gold_reward
 from rlhf_jax.stages.registry import register_stage
+from rlhf_jax.stages.reward import reward_stages, trained_reward
 from rlhf_jax.train.ppo import sequence_kl
 
-JUDGES = ("gold", "rm", "llm", "llm_rating")
+# the judges `evaluate.judges` names: fn(ctx, policies) -> a judge (rlhf_jax.eval.judges)
+JUDGES = Registry("judge")
 
 
 def parse_policies(spec: str) -> dict[str, str]:
@@ -58,7 +61,7 @@ def check(c, need) -> None:
     bad = [s for s in e.suites.split(",") if s and s not in EVAL_SUITES]
     need(not bad, "evaluate.suites", f"{bad} are not among {EVAL_SUITES.names()}")
     judges = [j for j in e.judges.split(",") if j]
-    need(all(j in JUDGES for j in judges), "evaluate.judges", f"{judges}: each must be one of {JUDGES}")
+    need(all(j in JUDGES for j in judges), "evaluate.judges", f"{judges}: each must be one of {JUDGES.names()}")
     need(not policies or e.baseline in policies, "evaluate.baseline", f"{e.baseline!r} is not among {list(policies)}")
     need(not {"llm", "llm_rating"} & set(judges) or bool(e.judge_model), "evaluate.judge_model",
          "an llm judge needs a checkpoint (a path, or policy:NAME)")
@@ -71,7 +74,7 @@ def needs(c) -> tuple[str, ...]:
         return ()
     stages = [w[6:] for w in parse_policies(c.evaluate.policies).values() if w.startswith("stage:")]
     if "rm" in c.evaluate.judges.split(","):
-        stages += list(common.reward_stages(c))
+        stages += list(reward_stages(c))
     return tuple(dict.fromkeys(stages))
 
 
@@ -91,9 +94,19 @@ def load_policy(ctx, name: str, spec: str) -> Policy:
     return Policy(name, model, tokenizer)
 
 
-def rm_judge(ctx) -> FunctionJudge:
+@JUDGES.register("gold")
+def gold_judge(ctx, policies) -> FunctionJudge:
+    """The gold reward (the task world's, or the classifier of stage clf) as a pointwise judge."""
+    gold = gold_reward(ctx)
+    if gold is None:
+        raise ValueError("evaluate.judges: 'gold' needs the task world (data.source = synthetic)")
+    return FunctionJudge(gold.fn)
+
+
+@JUDGES.register("rm")
+def rm_judge(ctx, policies=None) -> FunctionJudge:
     """The source workdir's trained reward as a pointwise judge of (prompt, response) texts."""
-    reward, params, _, _ = common.trained_reward(ctx, "bon")
+    reward, params, _, _ = trained_reward(ctx, "bon")
     if not isinstance(reward, SequenceReward):
         raise ValueError("evaluate.judges: the rm judge needs a sequence reward (not a fine-grained one)")
     tcfg, bs = ctx.data.tcfg, ctx.config.evaluate.batch_size
@@ -110,23 +123,23 @@ def rm_judge(ctx) -> FunctionJudge:
     return FunctionJudge(scores)
 
 
+def llm_judge(ctx, policies: dict[str, Policy], pairwise: bool = True) -> LLMJudge:
+    """An LLM (evaluate.judge_model: a path, or policy:NAME) judging pairs in both orders
+    (`llm`), or rating each response 1-5 on its own, compared by the ratings' difference
+    (`llm_rating`)."""
+    e = ctx.config.evaluate
+    p = (policies[e.judge_model[7:]] if e.judge_model.startswith("policy:")
+         else load_policy(ctx, "judge", e.judge_model))
+    return LLMJudge(p.model, p.tokenizer, chat=e.judge_chat or None, order_rule=e.judge_order_rule,
+                    batch_size=max(1, e.batch_size // 4), **({} if pairwise else {"pairwise_template": None}))
+
+
+JUDGES.register("llm", llm_judge)
+JUDGES.register("llm_rating", lambda ctx, policies: llm_judge(ctx, policies, pairwise=False))
+
+
 def build_judges(ctx, policies: dict[str, Policy]) -> dict[str, Any]:
-    e, judges = ctx.config.evaluate, {}
-    for name in [j for j in e.judges.split(",") if j]:
-        if name == "gold":
-            gold = common.gold_reward(ctx)
-            if gold is None:
-                raise ValueError("evaluate.judges: 'gold' needs the task world (data.source = synthetic)")
-            judges["gold"] = FunctionJudge(gold.fn)
-        elif name == "rm":
-            judges["rm"] = rm_judge(ctx)
-        else:  # llm: pairwise, both orders; llm_rating: pointwise expected 1-5 rating, compared by its difference
-            p = (policies[e.judge_model[7:]] if e.judge_model.startswith("policy:")
-                 else load_policy(ctx, "judge", e.judge_model))
-            pairwise = {} if name == "llm" else {"pairwise_template": None}
-            judges[name] = LLMJudge(p.model, p.tokenizer, chat=e.judge_chat or None, order_rule=e.judge_order_rule,
-                                    batch_size=max(1, e.batch_size // 4), **pairwise)
-    return judges
+    return {name: JUDGES[name](ctx, policies) for name in ctx.config.evaluate.judges.split(",") if name}
 
 
 def generator(ctx, baseline: Policy):
@@ -139,7 +152,7 @@ def generator(ctx, baseline: Policy):
             records = [{**r, "prompt": [{"role": "user", "content": r["prompt"]}]} if isinstance(r["prompt"], str)
                        else r for r in records]
         arrays, _ = prompt_arrays(records, tok, ctx.data.tcfg)
-        cfg = SamplingConfig(max_new_tokens=e.max_new_tokens or ctx.config.ppo.max_new_tokens,
+        cfg = SamplingConfig(max_new_tokens=e.max_new_tokens or ctx.config.sampling.max_new_tokens,
                              temperature=e.temperature, eos_token_ids=(tok.eos_token_id,),
                              pad_token_id=tok.pad_token_id or 0)
         s = sample_rows(policy.model.graphdef, policy.model.params, arrays["tokens"], arrays["mask"], 1, cfg,
@@ -205,7 +218,8 @@ def self_preference(results: dict, e) -> dict:
     return collect_self_preference(results) if e.judge_model.startswith("policy:") else {}
 
 
-@register_stage("eval", needs=needs, check=check, produces_params=False, reads=("evaluate",), rerun=True)
+@register_stage("eval", block="evaluate", needs=needs, check=check, produces_params=False, reads=("sampling",),
+                rerun=True)
 def run(ctx) -> dict[str, Any]:
     e = ctx.config.evaluate
     t0 = time.perf_counter()

@@ -1,5 +1,5 @@
 """Stage "fgrm": fine-grained reward models (Wu et al. 2023), one per-segment classifier per
-component of `fg.components`, trained together in one step vmapped over the categories, on
+component of `fgrm.components`, trained together in one step vmapped over the categories, on
 span-annotated responses (the task world's, or a fine_grained file / corpus:qa_feedback)."""
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from rlhf_jax.data import synthetic
 from rlhf_jax.data.run_data import read_source
 from rlhf_jax.models import abstract_model
 from rlhf_jax.objectives.finegrained import parse_components, token_classes
-from rlhf_jax.stages import common
 from rlhf_jax.stages.base import Training, train, train_state
-from rlhf_jax.stages.registry import SAMPLING, listed, register_stage
+from rlhf_jax.stages.handoff import load_sft
+from rlhf_jax.stages.registry import listed, register_stage
+from rlhf_jax.stages.reward import category_model
+from rlhf_jax.stages.sampling import sample_texts
 from rlhf_jax.train import finegrained as fg_lib
 from rlhf_jax.train import optim
 from rlhf_jax.train import rm as rm_lib
@@ -23,18 +25,18 @@ SALT = 7
 
 
 def check(c, need) -> None:
-    f = c.fg
+    f = c.fgrm
     try:
         components = parse_components(f.components)
     except ValueError as e:
-        need(False, "fg.components", str(e))
-    need(not ("fgrm" in listed(c) and not components), "fg.components", "stage fgrm needs at least one component")
-    need(f.reward in ("hard", "soft"), "fg.reward", "must be 'hard' or 'soft'")
-    need(f.init in ("sft", "base"), "fg.init", "must be 'sft' (the SFT policy) or 'base' (the base model)")
-    need(f.data != "policy" or c.data.source == "synthetic", "fg.data",
+        need(False, "fgrm.components", str(e))
+    need(not ("fgrm" in listed(c) and not components), "fgrm.components", "stage fgrm needs at least one component")
+    need(f.reward in ("hard", "soft"), "fgrm.reward", "must be 'hard' or 'soft'")
+    need(f.init in ("sft", "base"), "fgrm.init", "must be 'sft' (the SFT policy) or 'base' (the base model)")
+    need(f.data != "policy" or c.data.source == "synthetic", "fgrm.data",
          "'policy' needs the task world's span oracle (data.source = synthetic)")
     need(not (components and f.holistic_weight and (c.rm.members > 1 or c.rm.head != "scalar")),
-         "fg.holistic_weight",
+         "fgrm.holistic_weight",
          "the holistic part of a fine-grained reward must be one scalar RM (rm.members = 1, rm.head = scalar)")
 
 
@@ -42,15 +44,15 @@ def policy_span_records(ctx, n: int, split: str) -> list[dict]:
     """The SFT policy's own samples on the task world's prompts, annotated by its span oracle
     (as Wu et al. annotate their policy's outputs)."""
     prompts = synthetic.prompts(ctx.world, n, "fg_" + split)
-    texts = common.sample_texts(ctx, common.load_sft(ctx), prompts, 1, 1.0, seed=ctx.config.seed * 61 + (split == "val"))
+    texts = sample_texts(ctx, load_sft(ctx), prompts, 1, 1.0, seed=ctx.config.seed * 61 + (split == "val"))
     return [{"prompt": p["prompt"], "response": t[0], "spans": synthetic.error_spans(p["prompt"], t[0])}
             for p, t in zip(prompts, texts) if t[0].strip()]
 
 
 def span_records(ctx) -> tuple[list[dict], list[dict]]:
     """(train, held-out) span-annotated responses: perturbed answers or the SFT policy's samples
-    (`fg.data = "policy"`) in the task world, or a fine_grained file / corpus."""
-    f = ctx.config.fg
+    (`fgrm.data = "policy"`) in the task world, or a fine_grained file / corpus."""
+    f = ctx.config.fgrm
     if ctx.world is not None and f.data == "policy":
         return policy_span_records(ctx, f.n_train, "train"), policy_span_records(ctx, f.n_val, "val")
     if ctx.world is not None and not f.data:
@@ -62,16 +64,19 @@ def span_records(ctx) -> tuple[list[dict], list[dict]]:
 
 
 def preflight(ctx, need) -> None:
-    f = ctx.config.fg
+    f = ctx.config.fgrm
     n = f.n_train if ctx.world is not None and f.data in ("", "policy") else len(span_records(ctx)[0])
-    need(n >= f.batch_size, "fg.batch_size", f"{n} annotated responses cannot fill one batch of {f.batch_size}")
+    need(n >= f.batch_size, "fgrm.batch_size", f"{n} annotated responses cannot fill one batch of {f.batch_size}")
 
 
-@register_stage("fgrm", needs=lambda c: ("sft",) if c.fg.init == "sft" or c.fg.data == "policy" else (), check=check,
-                reads=("fg",) + SAMPLING,
-                preflight=preflight)
+def needs(c) -> tuple[str, ...]:
+    """The SFT policy: as the categories' backbone (fgrm.init = sft) or as the annotated sampler."""
+    return ("sft",) if c.fgrm.init == "sft" or c.fgrm.data == "policy" else ()
+
+
+@register_stage("fgrm", trains=True, needs=needs, check=check, reads=("sampling",), preflight=preflight)
 def run(ctx) -> dict[str, Any]:
-    f = ctx.config.fg
+    f = ctx.config.fgrm
     t0 = time.perf_counter()
     components = parse_components(f.components)
     train_r, val_r = span_records(ctx)
@@ -79,8 +84,8 @@ def run(ctx) -> dict[str, Any]:
     make = lambda r: fg_lib.segment_arrays(r, ctx.tokenizer, ctx.data.tcfg, components, classes, f.min_words)
     (train_arrays, stats), (val, _) = make(train_r), make(val_r)
     print(f"[fgrm] {len(train_r)} train / {len(val_r)} val responses, {stats}", flush=True)
-    init = common.load_sft(ctx) if f.init == "sft" else ctx.base.params
-    members = [rm_lib.init_from_sft(init, common.category_model(ctx, seed=ctx.config.seed + 101 + j).params)
+    init = load_sft(ctx) if f.init == "sft" else ctx.base.params
+    members = [rm_lib.init_from_sft(init, category_model(ctx, seed=ctx.config.seed + 101 + j).params)
                for j in range(len(components))]
     graphdef = abstract_model(ctx.model_cfg(), "scalar")[0]
     it = ctx.iterator(train_arrays, f.batch_size, SALT)

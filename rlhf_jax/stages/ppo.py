@@ -14,14 +14,15 @@ import numpy as np
 
 from rlhf_jax import checkpoint
 from rlhf_jax.eval.policy_eval import compare_policies
-from rlhf_jax.generate import SAMPLERS
 from rlhf_jax.models import abstract_model
 from rlhf_jax.models.forward import latents, per_sequence_chunks, sequence_inputs
 from rlhf_jax.objectives.ppo import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS
-from rlhf_jax.stages import common
-from rlhf_jax.stages.base import Training, train
+from rlhf_jax.stages.base import Training, adapters, train
+from rlhf_jax.stages.gold import gold_reward, gold_stages
+from rlhf_jax.stages.handoff import load_sft
 from rlhf_jax.stages.registry import register_stage
-from rlhf_jax.stages.sft import check_lora
+from rlhf_jax.stages.reward import ppo_reward, reward_stages
+from rlhf_jax.stages.sampling import sample
 from rlhf_jax.train import lora as lora_lib
 from rlhf_jax.train import optim
 from rlhf_jax.train import ppo as ppo_lib
@@ -42,8 +43,6 @@ def check(c, need) -> None:
     need(not p.adaptive_kl or p.kl_target > 0, "ppo.kl_target", "must be > 0 with adaptive_kl")
     need(p.ptx_coef == 0 or p.ptx_batch_size > 0, "ppo.ptx_batch_size", "must be > 0 when ppo.ptx_coef > 0")
     need(p.ptx_batch_size % p.minibatches == 0, "ppo.ptx_batch_size", "must be a multiple of ppo.minibatches")
-    check_lora(c, need, "ppo")
-    need(p.sampler in SAMPLERS, "ppo.sampler", f"must be one of {SAMPLERS}")
     need(p.reward in ("rm", "gold"), "ppo.reward", "must be 'rm' (the trained reward) or 'gold' (the gold reward)")
     need(p.reward == "rm" or c.data.gold or c.data.source == "synthetic", "ppo.reward",
          "'gold' needs a gold reward: data.gold = 'clf' or the task world")
@@ -84,7 +83,7 @@ def latent_track(ctx, sft, rm_params):
     i, p = ctx.config.inform, ctx.config.ppo
     of = latent_fn(ctx, rm_params)
     prompts = ctx.data.records("prompts")[:i.n_reference]
-    reference = of(common.sample(ctx, sft, prompts, 1, p.temperature, seed=ctx.config.seed * 43 + 9))
+    reference = of(sample(ctx, sft, prompts, 1, p.temperature, seed=ctx.config.seed * 43 + 9))
     monitor = LatentMonitor(reference, i.csi_eps, i.min_samples, i.outlier_quantile)
     return LatentTrack(monitor, of, ctx.workdir / "ppo" / "latents", i.track_every)
 
@@ -93,7 +92,7 @@ def preflight(ctx, need) -> None:
     c = ctx.config.ppo
     n = len(ctx.data.records("prompts"))
     need(n >= c.batch_size, "ppo.batch_size", f"{n} prompts cannot fill one PPO batch of {c.batch_size}")
-    need(len(ctx.data.records("eval_prompts")) > 0, "eval.n_prompts", "no held-out prompts to evaluate on")
+    need(len(ctx.data.records("eval_prompts")) > 0, "heldout.n_prompts", "no held-out prompts to evaluate on")
     if c.ptx_coef:
         n = len(ctx.data.records("ptx"))
         need(n >= c.ptx_batch_size, "ppo.ptx_batch_size", f"{n} pretraining rows cannot fill a batch of "
@@ -119,35 +118,34 @@ def alignment_tax(ctx, sft, final) -> dict:
 def needs(c) -> tuple[str, ...]:
     """The SFT policy, the reward it optimises (the trained reward's stages unless ppo.reward =
     gold) and the gold reward's stage."""
-    return ("sft",) + (common.reward_stages(c) if c.ppo.reward == "rm" else ()) + common.gold_stages(c)
+    return ("sft",) + (reward_stages(c) if c.ppo.reward == "rm" else ()) + gold_stages(c)
 
 
-@register_stage("ppo", needs=needs, check=check,
-                reads=("eval", "rm", "inform", "fg"), preflight=preflight)
+@register_stage("ppo", trains=True, needs=needs, check=check, reads=("heldout", "sampling"), data=("prompts",),
+                preflight=preflight)
 def run(ctx) -> dict[str, Any]:
     c = ctx.config.ppo
     t0 = time.perf_counter()
-    sampling = ppo_lib.sampling_config(c, ctx.tokenizer)
-    sft = common.load_sft(ctx)
-    reward, rm, value_gd, value_init = common.ppo_reward(ctx)
+    sampling = ppo_lib.sampling_config(ctx.config.sampling, ctx.tokenizer, c.temperature)
+    sft = load_sft(ctx)
+    reward, rm, value_gd, value_init = ppo_reward(ctx)
     lora = lora_lib.from_block(c)
     models = ppo_lib.PPOModels(ctx.base.graphdef, value_gd, reward, lora)
     copy = functools.partial(jax.tree.map, jnp.copy)
-    constants = {"reference": sft, "reward": rm}  # frozen (the trained copies are separate trees)
-    if lora is None:
-        params = {"policy": copy(sft), "value": copy(value_init)}
-    else:  # adapters over the frozen SFT policy (the reference) and the frozen RM (the value model's base)
-        quantized = lora_lib.quantize if c.lora_int8 else (lambda p: p)
-        constants = {"reference": quantized(sft), "reward": rm, "value_base": quantized(value_init)}
-        params = {"policy": lora_lib.split(sft, lora, jax.random.fold_in(ctx.rng, 19)),
-                  "value": lora_lib.split(value_init, lora, jax.random.fold_in(ctx.rng, 23), extras=("head",))}
+    # frozen: the reference and the reward (the trained copies are separate trees); with LoRA the
+    # adapters are over the frozen SFT policy (the reference) and the frozen RM (the value model's base)
+    policy, reference, full_policy = adapters(ctx, c, sft, 19)
+    value, value_base, _ = adapters(ctx, c, value_init, 23, extras=("head",))
+    params = {"policy": policy, "value": value}
+    constants = ({"reference": sft, "reward": rm} if reference is None else
+                 {"reference": reference, "reward": rm, "value_base": value_base})
     tx, sched = optim.from_config(c, c.iterations * c.epochs * c.minibatches)
     state = PPOState(params, jax.jit(tx.init)(params), jnp.zeros((), jnp.int32), jnp.asarray(c.kl_coef, jnp.float32),
                      copy(params["policy"]) if c.ema_decay else None)
     data = {"prompts": ctx.iterator(ctx.data.arrays("prompts"), c.batch_size, SALT)}
     if c.ptx_coef:
         data["ptx"] = ctx.iterator(ctx.data.arrays("ptx"), c.ptx_batch_size, SALT + 1)
-    gold = common.gold_reward(ctx)
+    gold = gold_reward(ctx)
     hooks = (gold_hook(gold),) if gold is not None else ()
     track = latent_track(ctx, sft, rm) if ctx.config.rm.head == "inform" else None
     if track is not None:
@@ -156,17 +154,16 @@ def run(ctx) -> dict[str, Any]:
                                         c.iterations, constants=constants, hooks=hooks,
                                         progress_keys=("score", "kl", "gold_reward"), outputs=True), SALT)
     final_policy = result.state.ema if c.ema_decay else result.state.params["policy"]
-    if lora is not None:  # the merged weights, as every later stage and the export read them
-        final_policy = lora_lib.view(constants["reference"], final_policy, lora)
-    e = ctx.config.eval
+    final_policy = full_policy(final_policy)  # the merged weights, as every later stage and the export read
+    e = ctx.config.heldout
     evals, samples = compare_policies(
         ctx.base.graphdef, ctx.tokenizer, ctx.data.arrays("eval_prompts"),
-        ppo_lib.sampling_config(c, ctx.tokenizer, temperature=e.temperature), jax.random.fold_in(ctx.rng, 99), sft,
-        final_policy, reward, rm, gold, "ppo", e.n_report_samples)
+        ppo_lib.sampling_config(ctx.config.sampling, ctx.tokenizer, e.temperature), jax.random.fold_in(ctx.rng, 99),
+        sft, final_policy, reward, rm, gold, "ppo", e.n_report_samples)
     if track is not None:  # the SFT and final policies on the held-out prompts, in latent space
         prompts = ctx.data.records("eval_prompts")
         evals.update(track.finish(
-            {name: track.latent_fn(common.sample(ctx, params, prompts, 1, c.temperature,
+            {name: track.latent_fn(sample(ctx, params, prompts, 1, c.temperature,
                                                  seed=ctx.config.seed * 41 + 8))
              for name, params in (("sft", sft), ("final", final_policy))},
             ctx.workdir / "ppo" / "latents.png", f"InfoRM latents: {ctx.config.name} {ctx.config.get('variant', '')}"))

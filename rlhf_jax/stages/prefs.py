@@ -24,16 +24,18 @@ import numpy as np
 from rlhf_jax import checkpoint
 from rlhf_jax.data import synthetic
 from rlhf_jax.data.records import ranking_pairs
-from rlhf_jax.data.sources import read_records
 from rlhf_jax.data.tokenize import decode
-from rlhf_jax.stages import common
-from rlhf_jax.stages.registry import SAMPLING, register_stage
+from rlhf_jax.stages.gold import gold_reward, gold_stages
+from rlhf_jax.stages.handoff import load_sft
+from rlhf_jax.stages.preferences import PREFS
+from rlhf_jax.stages.registry import register_stage
+from rlhf_jax.stages.sampling import sample
 
 SPLITS = ("train", "val")
 
 
 def check(c, need) -> None:
-    if c.data.rm_train != common.PREFS:
+    if c.data.rm_train != PREFS:
         return
     need(c.data.k >= 2, "data.k", "stage prefs needs at least 2 samples per prompt to rank")
     need(c.data.gold == "clf" or c.data.source == "synthetic", "data.gold",
@@ -84,27 +86,18 @@ def rank(prompts: list[str], responses: list[list[str]], scores: np.ndarray,
     return records, dropped
 
 
-def load(workdir, split: str) -> list[dict]:
-    """One split's rankings, as stage prefs wrote them."""
-    path = checkpoint.final_path(workdir, "prefs") / f"{split}.jsonl.gz"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: stage 'prefs' has not finished; run it first (--config.stages=prefs,...)")
-    records, _ = read_records(path, "ranking")
-    return records
-
-
 def _write(directory, split: str, records: list[dict]) -> None:
     with gzip.open(directory / f"{split}.jsonl.gz", "wt", encoding="utf-8") as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-@register_stage("prefs", needs=lambda c: ("sft",) + common.gold_stages(c), check=check, reads=("clf",) + SAMPLING,
-                preflight=preflight)
+@register_stage("prefs", block=None, needs=lambda c: ("sft",) + gold_stages(c), check=check,
+                reads=("sampling",), preflight=preflight)
 def run(ctx) -> dict[str, Any]:
     c, k = ctx.config, ctx.config.data.k
     t0 = time.perf_counter()
-    sft, gold = common.load_sft(ctx), common.gold_reward(ctx)
+    sft, gold = load_sft(ctx), gold_reward(ctx)
     out = checkpoint.final_path(ctx.workdir, "prefs")
     tmp = out.with_name("final.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -112,7 +105,7 @@ def run(ctx) -> dict[str, Any]:
     summary: dict[str, Any] = {"k": k}
     for split in SPLITS:
         prompts = ranking_prompts(ctx, split)
-        s = common.sample(ctx, sft, prompts, k, 1.0, seed=c.seed * 7907 + 13 + (split == "val"))
+        s = sample(ctx, sft, prompts, k, 1.0, seed=c.seed * 7907 + 13 + (split == "val"))
         scores = gold.host_scores(s["prompt"], s["prompt_mask"], s["response"], s["response_mask"])
         texts = decode(ctx.tokenizer, s["response"], s["response_mask"])
         ids = [[int(t) for t, m in zip(row, mask) if m] for row, mask in zip(s["response"], s["response_mask"])]

@@ -2,14 +2,23 @@
 
 A stage is one module under `rlhf_jax/stages/` that registers its entry point:
 
-    @register_stage("rm", needs=lambda c: ("sft",), check=check_rm, reads=("rm", "inform"))
+    @register_stage("rm", trains=True, needs=needs, check=check, reads=("inform", "sampling"))
     def run(ctx: RunContext) -> dict: ...          # returns the stage's summary
 
-`needs(config)` names the stages whose hand-off files (WORKDIR/<stage>/final and
-summary.json) the stage reads; `check(config, need)` validates the stage's config section;
-`reads` names the config sections (or field prefixes) its results depend on, besides the
-run-wide ones (seed, model, data), so a workdir can refuse a config change a started stage
-would not see; `preflight(ctx, need)` checks its data sizes before the first stage starts.
+`block` is the config section holding the stage's settings (default: its name; None for a
+stage without one); `trains` says it trains with the skeleton (`stages.base.train`), so its
+block holds the optimizer fields, batch_size and save_every (and, if it has them, grad_accum
+and the LoRA fields), which `validate.py` checks for every such stage. `needs(config)` names
+the stages whose hand-off files (WORKDIR/<stage>/final and summary.json) the stage reads;
+`check(config, need)` validates the rest of its block; `data` names the `data.*` files it
+needs when data.source = "files"; `preflight(ctx, need)` checks its data sizes before the
+first stage starts.
+
+What a stage's results depend on (`stage_reads`), besides the run-wide fields (seed, model,
+data), is derived: its block, the shared sections it declares in `reads` (sampling, heldout,
+inform: sections no stage owns), and everything the stages it needs read, since their
+outputs are its inputs (a stage that needs clf judges with the classifier: it reads clf.*).
+A workdir refuses a config change a started stage would not see.
 `plan` orders the stages a config lists so that every need runs first, and fails before
 anything is built when a need is neither listed nor already finished in the workdir.
 """
@@ -31,26 +40,61 @@ class Stage:
     needs: Callable
     check: Callable | None
     produces_params: bool
-    reads: tuple[str, ...]
+    reads: tuple[str, ...]  # its block and the shared sections it declares (see `stage_reads` for all)
     preflight: Callable | None
     rerun: bool  # run every time it is listed (evaluation): never "finished", never constrains a config change
     ignores: tuple[str, ...]  # fields under `reads` its results do not depend on
+    block: str | None = None  # its config section
+    trains: bool = False  # trains with the skeleton: its block has the shared training fields
+    data: tuple[str, ...] = ()  # data.* files it needs with data.source = "files"
 
 
 STAGES = Registry("stage")
-SAMPLING = ("ppo.max_new_tokens", "ppo.top_k", "ppo.top_p", "ppo.sampler")  # how every stage samples a policy
 
 
-def register_stage(name: str, *, needs: Callable = lambda c: (), check: Callable | None = None,
-                   produces_params: bool = True, reads: tuple[str, ...] = (),
-                   preflight: Callable | None = None, rerun: bool = False, ignores: tuple[str, ...] = ()
-                   ) -> Callable:
-    """Register `run(ctx) -> summary` as stage `name` (see the module docstring)."""
+_NAME = "<the stage's name>"
+
+
+def register_stage(name: str, *, block: str | None = _NAME, trains: bool = False,
+                   needs: Callable = lambda c: (), check: Callable | None = None, produces_params: bool = True,
+                   reads: tuple[str, ...] = (), data: tuple[str, ...] = (), preflight: Callable | None = None,
+                   rerun: bool = False, ignores: tuple[str, ...] = ()) -> Callable:
+    """Register `run(ctx) -> summary` as stage `name` (see the module docstring); `block`
+    defaults to the stage's name."""
+    block = name if block == _NAME else block
+    if trains and not block:
+        raise ValueError(f"stage {name!r} trains, so it needs a config block")
+
     def add(run):
-        STAGES.register(name, Stage(name, run, needs, check, produces_params, (name,) + tuple(reads), preflight,
-                                    rerun, tuple(ignores)))
+        own = (block,) if block else ()
+        STAGES.register(name, Stage(name, run, needs, check, produces_params, own + tuple(reads), preflight,
+                                    rerun, tuple(ignores), block, trains, tuple(data)))
         return run
     return add
+
+
+def stage_reads(name: str, config) -> tuple[str, ...]:
+    """The config sections (or field prefixes) stage `name`'s results depend on, besides the
+    run-wide ones: its block, the sections it declares, and what every stage it needs reads
+    (recursively: a need's results are its inputs)."""
+    out: dict[str, None] = {}
+    seen: set[str] = set()
+
+    def visit(stage: str) -> None:
+        if stage in seen:
+            return
+        seen.add(stage)
+        out.update(dict.fromkeys(STAGES[stage].reads))
+        for need in STAGES[stage].needs(config):
+            visit(need)
+
+    visit(name)
+    return tuple(out)
+
+
+def trained() -> list[Stage]:
+    """The registered stages that train (their blocks hold the shared training fields)."""
+    return [STAGES[name] for name in STAGES if STAGES[name].trains]
 
 
 def listed(config) -> list[str]:

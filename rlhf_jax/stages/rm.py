@@ -7,18 +7,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import jax
-
 from rlhf_jax import checkpoint
 from rlhf_jax.models.heads import REWARD_HEADS
 from rlhf_jax.objectives.ensemble import AGGREGATORS
 from rlhf_jax.objectives.inform import KL_FORMS
 from rlhf_jax.rewards import EnsembleReward
-from rlhf_jax.stages import common
-from rlhf_jax.stages.base import Training, stack_batches, train, train_state
-from rlhf_jax.stages.registry import SAMPLING, register_stage
-from rlhf_jax.stages.sft import check_lora
-from rlhf_jax.train.state import commit
+from rlhf_jax.stages.base import Training, adapters, stack_batches, train, train_state
+from rlhf_jax.stages.handoff import load_sft
+from rlhf_jax.stages.preferences import check_preference_sizes, preference_arrays, preference_stages
+from rlhf_jax.stages.registry import register_stage
+from rlhf_jax.stages.reward import reward_model
 from rlhf_jax.train import lora as lora_lib
 from rlhf_jax.train import optim
 from rlhf_jax.train import rm as rm_lib
@@ -32,13 +30,12 @@ def check(c, need) -> None:
     need(r.init in ("sft", "base", "random"), "rm.init",
          "must be 'sft' (the SFT policy), 'base' (the base model) or 'random' (a fresh model of rm.overrides' size)")
     need(r.init == "random" or not r.overrides, "rm.overrides", "another architecture needs rm.init='random'")
-    check_lora(c, need, "rm")
     need(not (r.lora_rank and r.init == "random"), "rm.lora_rank", "LoRA needs a pretrained backbone (rm.init sft/base)")
     need(r.pairs in ("kwise", "shuffled"), "rm.pairs", "must be 'kwise' (each prompt's pairs in one example) or "
          "'shuffled' (independent pairs)")
     need(r.head in REWARD_HEADS, "rm.head", "must be " + " or ".join(map(repr, REWARD_HEADS.names())))
     need(r.head == "scalar" or r.members == 1, "rm.head", "an InfoRM ensemble is not supported (rm.members = 1)")
-    need(i.kl_form in KL_FORMS, "inform.kl_form", f"must be one of {KL_FORMS}")
+    need(i.kl_form in KL_FORMS, "inform.kl_form", f"must be one of {KL_FORMS.names()}")
     need(i.latent_dim > 0, "inform.latent_dim", "must be > 0")
     need(i.beta >= 0, "inform.beta", "must be >= 0")
     need(0 < i.outlier_quantile < 1, "inform.outlier_quantile", "must be in (0, 1)")
@@ -57,31 +54,31 @@ def demonstrations(ctx):
 
 
 def preflight(ctx, need) -> None:
-    common.check_preference_sizes(ctx, need, "rm")
+    check_preference_sizes(ctx, need, "rm")
 
 
 def needs(c) -> tuple[str, ...]:
     """The SFT policy: as the backbone (rm.init = sft) or as the sampler of the ranked responses."""
     ranks_sft_samples = c.data.rm_from_policy and c.data.source == "synthetic"
-    return (("sft",) if c.rm.init == "sft" or ranks_sft_samples else ()) + common.preference_stages(c)
+    return (("sft",) if c.rm.init == "sft" or ranks_sft_samples else ()) + preference_stages(c)
 
 
-@register_stage("rm", needs=needs, check=check, reads=("inform",) + SAMPLING,
+@register_stage("rm", trains=True, needs=needs, check=check, reads=("inform", "sampling"), data=("rm_train",),
                 ignores=("rm.aggregate", "rm.uncertainty", "rm.znorm"),
                 preflight=preflight)
 def run(ctx) -> dict[str, Any]:
     c, k = ctx.config.rm, ctx.config.rm.members
     t0 = time.perf_counter()
-    train_arrays, val = common.preference_arrays(ctx, shuffled_pairs=c.pairs == "shuffled")
+    train_arrays, val = preference_arrays(ctx, shuffled_pairs=c.pairs == "shuffled")
     names = ["train"] if k == 1 else [f"train_{i}" for i in range(k)]
     data = {name: ctx.iterator(train_arrays, c.batch_size, SALT + 1000 * i) for i, name in enumerate(names)}
     total = c.steps or c.epochs * data[names[0]].steps_per_epoch
-    heads = [common.reward_model(ctx, seed=ctx.config.seed + 1 + i) for i in range(k)]
+    heads = [reward_model(ctx, seed=ctx.config.seed + 1 + i) for i in range(k)]
     graphdef = heads[0].graphdef
     if c.init == "random":  # a fresh model of its own size (rm.overrides), backbone included
         members = [h.params for h in heads]
     else:
-        backbone = common.load_sft(ctx) if c.init == "sft" else ctx.base.params
+        backbone = load_sft(ctx) if c.init == "sft" else ctx.base.params
         members = [rm_lib.init_from_sft(backbone, h.params) for h in heads]
     tx, sched = optim.from_config(c, total)
     ib = ctx.config.inform
@@ -89,12 +86,11 @@ def run(ctx) -> dict[str, Any]:
     single = rm_lib.make_rm_step(graphdef, tx, sched, c.margin, c.center_coef,
                                  ib_beta=ib.beta if c.head == "inform" else None, kl_form=ib.kl_form,
                                  microbatches=c.grad_accum, lora=lora)
-    constants, full = None, (lambda p: p)
-    if lora is not None:  # adapters and a head per member over one frozen backbone they all share
-        base = commit(lora_lib.quantize(members[0]) if c.lora_int8 else members[0], ctx.mesh)
-        members = [lora_lib.split(m, lora, jax.random.fold_in(ctx.rng, 13 + i), extras=("head",))
-                   for i, m in enumerate(members)]
-        constants, full = (base, None), (lambda p: lora_lib.view(base, p, lora))
+    # with LoRA: adapters and a head per member over one frozen backbone they all share (the first's)
+    first, base, full = adapters(ctx, c, members[0], 13, extras=("head",))
+    members = [first] + [adapters(ctx, c, m, 13 + i, extras=("head",), base=base)[0]
+                         for i, m in enumerate(members[1:], 1)]
+    constants = None if base is None else (base, None)
     if k == 1:
         training = Training(single, train_state(members[0], tx), data, total, constants=constants,
                             progress_keys=("loss", "accuracy"))

@@ -12,9 +12,12 @@ from rlhf_jax import checkpoint
 from rlhf_jax.data.tokenize import decode, sft_arrays
 from rlhf_jax.eval.policy_eval import compare_policies
 from rlhf_jax.objectives import bon as bon_lib
-from rlhf_jax.stages import common
 from rlhf_jax.stages.bon import score_samples
-from rlhf_jax.stages.registry import SAMPLING, register_stage
+from rlhf_jax.stages.gold import gold_reward, gold_stages
+from rlhf_jax.stages.handoff import load_sft
+from rlhf_jax.stages.registry import register_stage
+from rlhf_jax.stages.reward import reward_stages, trained_reward
+from rlhf_jax.stages.sampling import sample
 from rlhf_jax.stages.sft import fine_tune
 from rlhf_jax.train.ppo import sampling_config
 
@@ -26,15 +29,15 @@ def preflight(ctx, need) -> None:
          f"{c.batch_size}")
 
 
-@register_stage("rs", needs=lambda c: ("sft",) + common.reward_stages(c) + common.gold_stages(c),
-                reads=("rm", "inform", "fg", "eval") + SAMPLING, preflight=preflight)
+@register_stage("rs", trains=True, needs=lambda c: ("sft",) + reward_stages(c) + gold_stages(c),
+                reads=("heldout", "sampling"), preflight=preflight)
 def run(ctx) -> dict[str, Any]:
     c = ctx.config.rs
     t0 = time.perf_counter()
-    reward, rm, _, _ = common.trained_reward(ctx, "bon")
-    sft = common.load_sft(ctx)
+    reward, rm, _, _ = trained_reward(ctx, "bon")
+    sft = load_sft(ctx)
     prompts = ctx.data.records("prompts")[:c.n_prompts]
-    samples = common.sample(ctx, sft, prompts, c.n_samples, c.temperature, seed=ctx.config.seed * 37 + 6)
+    samples = sample(ctx, sft, prompts, c.n_samples, c.temperature, seed=ctx.config.seed * 37 + 6)
     proxy, _ = score_samples(ctx, samples, reward, rm, len(prompts))
     best = bon_lib.best_index(proxy)
     texts = decode(ctx.tokenizer, samples["response"], samples["response_mask"])
@@ -44,9 +47,9 @@ def run(ctx) -> dict[str, Any]:
     result, final = fine_tune(ctx, "rs", train_arrays=train_arrays, init=sft)
     evals, report = compare_policies(
         ctx.base.graphdef, ctx.tokenizer, ctx.data.arrays("eval_prompts"),
-        sampling_config(ctx.config.ppo, ctx.tokenizer, temperature=ctx.config.eval.temperature),
-        jax.random.fold_in(ctx.rng, 99), sft, final, reward, rm, common.gold_reward(ctx), "rs",
-        ctx.config.eval.n_report_samples)
+        sampling_config(ctx.config.sampling, ctx.tokenizer, ctx.config.heldout.temperature),
+        jax.random.fold_in(ctx.rng, 99), sft, final, reward, rm, gold_reward(ctx), "rs",
+        ctx.config.heldout.n_report_samples)
     summary = {**result, "proxy_of_kept_samples": float(proxy.max(1).mean()), "proxy_mean": float(proxy.mean()),
                **evals, "wall_seconds": time.perf_counter() - t0}
     (ctx.workdir / "rs" / "samples.json").write_text(json.dumps(report, indent=2))

@@ -10,29 +10,17 @@ import jax.numpy as jnp
 
 from rlhf_jax import checkpoint
 from rlhf_jax.models import abstract_model
-from rlhf_jax.stages.base import Training, train, train_state
+from rlhf_jax.stages.base import Training, adapters, train, train_state
 from rlhf_jax.stages.registry import register_stage
 from rlhf_jax.train import lora as lora_lib
 from rlhf_jax.train import optim
 from rlhf_jax.train import sft as sft_lib
-from rlhf_jax.train.lora import IN_DIMS as LORA_TARGETS
-from rlhf_jax.train.state import commit
 
 SALT = 1
 
 
-def check_lora(c, need, block: str) -> None:
-    """LoRA fields of a stage's block (every trained stage has them)."""
-    s = c[block]
-    need(s.lora_rank >= 0, f"{block}.lora_rank", "must be >= 0 (0 = full fine-tuning)")
-    bad = [t for t in s.lora_targets.split(",") if t not in LORA_TARGETS]
-    need(not bad, f"{block}.lora_targets", f"{bad} are not among {sorted(LORA_TARGETS)}")
-    need(s.lora_rank or not s.lora_int8, f"{block}.lora_int8", "an int8 base needs LoRA (lora_rank > 0)")
-
-
 def check(c, need) -> None:
-    for block in ("sft", "rs"):
-        check_lora(c, need, block)
+    for block in ("sft", "rs"):  # rs fine-tunes with sft's fields (its own block)
         need(not (c[block].lora_rank and c[block].freeze_layers), f"{block}.lora_rank",
              "LoRA and freeze_layers exclude each other")
 
@@ -51,12 +39,9 @@ def fine_tune(ctx, stage: str, train_arrays=None, init=None) -> tuple[dict[str, 
     mask = optim.freeze_mask(init, c.freeze_layers, c.freeze_layers > 0) if c.freeze_layers else None
     tx, sched = optim.from_config(c, total, mask=mask)
     lora = lora_lib.from_block(c)
-    if lora is None:  # full fine-tuning: the state holds every weight
-        params, constants, view = jax.tree.map(jnp.copy, init), None, (lambda p: p)
-    else:  # LoRA: the state holds the adapters, the base weights are a frozen constant (int8 with lora_int8)
-        base = commit(lora_lib.quantize(init) if c.lora_int8 else init, ctx.mesh)
-        params, constants = lora_lib.split(init, lora, jax.random.fold_in(ctx.rng, 11)), (base, None)
-        view = lambda p: lora_lib.view(base, p, lora)
+    # full fine-tuning: the state holds every weight; LoRA: the adapters, over a frozen base constant
+    params, base, view = adapters(ctx, c, init, 11)
+    constants = None if base is None else (base, None)
     evaluate = sft_lib.make_sft_eval(ctx.base.graphdef)
     merged = jax.jit(view)
     val_bs = min(c.batch_size, len(val["tokens"]))
@@ -83,7 +68,7 @@ def preflight(ctx, need) -> None:
     need(len(ctx.data.records("sft_val")) > 0, "data.n_sft_val", "no held-out demonstrations")
 
 
-@register_stage("sft", check=check, preflight=preflight)
+@register_stage("sft", trains=True, check=check, data=("sft_train",), preflight=preflight)
 def run(ctx) -> dict[str, Any]:
     summary, params = fine_tune(ctx, "sft")
     checkpoint.save_final(ctx.workdir, "sft", params, summary)

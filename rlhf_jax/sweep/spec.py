@@ -160,6 +160,9 @@ def resolve_config(config: str, overrides: dict[str, str]):
     (the same ml_collections parsing; the working directory is importable, as in main)."""
     from absl import flags
     from ml_collections import config_flags
+
+    from rlhf_jax.stages.validate import check_renamed
+    check_renamed(overrides)  # an old field name fails naming the new one
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # configs/ importable from the repository root, as main does
     argv = ["sweep", f"--config={config}"] + [f"--config.{k}={v}" for k, v in overrides.items()]

@@ -60,13 +60,12 @@ class Rollout(NamedTuple):
     returns_BxN: jax.Array
 
 
-def sampling_config(hp, tokenizer, temperature: float | None = None, max_new_tokens: int | None = None
-                    ) -> SamplingConfig:
-    """The rollout's sampling settings (the `ppo` block and the tokenizer's EOS / pad ids)."""
-    return SamplingConfig(max_new_tokens=max_new_tokens or hp.max_new_tokens,
-                          temperature=hp.temperature if temperature is None else temperature,
-                          top_k=hp.top_k, top_p=hp.top_p, eos_token_ids=(tokenizer.eos_token_id,),
-                          pad_token_id=tokenizer.pad_token_id or 0, sampler=hp.sampler)
+def sampling_config(sampling, tokenizer, temperature: float, max_new_tokens: int | None = None) -> SamplingConfig:
+    """How to sample a policy: the config's `sampling` block (max_new_tokens, top_k, top_p, sampler),
+    the use's temperature (PPO's rollouts: ppo.temperature) and the tokenizer's EOS / pad ids."""
+    return SamplingConfig(max_new_tokens=max_new_tokens or sampling.max_new_tokens, temperature=temperature,
+                          top_k=sampling.top_k, top_p=sampling.top_p, eos_token_ids=(tokenizer.eos_token_id,),
+                          pad_token_id=tokenizer.pad_token_id or 0, sampler=sampling.sampler)
 
 
 def rollout(hp, sampling: SamplingConfig, models: PPOModels, state: PPOState, constants, batch, rng):
