@@ -10,8 +10,8 @@ of module-level imports alone shows none of them). Imports under `if TYPE_CHECKI
 submodule is not counted as an edge to its parent packages' __init__ (which Python also runs),
 so a package's __init__ may re-export its submodules.
 
-KNOWN_CYCLES lists circles other changes of issue 18 remove; an entry must match a circle
-exactly, and the test fails once a listed circle is gone so that its entry is deleted with it.
+KNOWN_CYCLES lists circles tolerated for now (none); an entry must match a circle exactly, and
+the test fails once a listed circle is gone so that its entry is deleted with it.
 """
 from __future__ import annotations
 
@@ -21,13 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "rlhf_jax"
 
-# frozenset of modules -> why it is still there. Empty this once the fixes are merged.
-KNOWN_CYCLES = {
-    frozenset({"rlhf_jax.context", "rlhf_jax.stages.validate"}):
-        "through ConfigError; it moves to rlhf_jax/errors.py (issue 18, section 6)",
-    frozenset({"rlhf_jax.stages.common", "rlhf_jax.stages.prefs"}):
-        "stages/common.py is split by job (issue 18, section 6)",
-}
+# frozenset of modules -> why it is still there.
+KNOWN_CYCLES: dict = {}
 
 
 def module_files(folder: Path, package: str) -> dict[str, Path]:
