@@ -100,9 +100,9 @@ class Evaluator:
 
     def score(self, workdir: Path, arrays: dict) -> dict[str, float]:
         """Pair accuracy and prompt-weighted Bradley-Terry loss of the RM in `workdir`."""
-        from rlhf_jax import checkpoint
+        from rlhf_jax.stages.handoff import load_members
         from rlhf_jax.train import rm as rm_lib
-        params = checkpoint.load_final(workdir, "rm", self.like)
+        params = rm_lib.unstack(load_members(workdir, "rm", self.like, 1), 1)[0]  # one RM: a member axis of 1
         return rm_lib.held_out_accuracy(self.evaluate, params, arrays, 64)
 
 

@@ -65,6 +65,7 @@ def test_rm_pair_accuracy_and_the_length_baseline_by_hand(trained, evaluated):
     ctx = build_context(c, path, use_wandb=False)
     pairs = labelled_pairs(ctx)
     reward, params, _, _ = trained_reward(ctx, "bon")
+    params = jax.tree.map(lambda x: x[0], params)  # one RM: an ensemble of one member
 
     def scores(key):
         ids = [encode_example(ctx.tokenizer, r["prompt"], r[key], ctx.data.tcfg)[0] for r in pairs]

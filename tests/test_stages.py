@@ -297,3 +297,33 @@ def test_a_zero_demonstration_spread_is_not_divided_by():
     arrays, _ = sft_arrays(synthetic.sft_records(WORLD, 4), TOK, TCFG)
     reward = ModelReward(model.graphdef, scale=max(0.0, STD_FLOOR))
     assert np.isfinite(np.asarray(reward.score(model.params, arrays["tokens"], arrays["segment_ids"], 8))).all()
+
+
+def test_one_reward_model_is_an_ensemble_of_one(tmp_path):
+    """rm.members = 1 trains, saves and is read through the ensemble's one path: the hand-off has a
+    member axis of 1, the per-member summary fields are lists of one, the held-out loss is the model's
+    own, and the using stages' reward is the single model's score divided by its demonstration spread."""
+    from rlhf_jax.stages.handoff import load_stacked
+    from rlhf_jax.stages.reward import reward_model, trained_reward
+    c = micro("sft,rm")
+    c.rm.update(members=1, steps=4, znorm=True)
+    ctx = build_context(c, tmp_path, use_wandb=False)
+    rm = run_stages(ctx)["rm"]
+    assert len(rm["demonstration_std"]) == len(rm["demonstration_mean_before_centering"]) == 1
+    assert rm["val_accuracy_members"] == [rm["val_accuracy"]] == [rm["val_accuracy_member_mean"]]
+    model = reward_model(ctx, seed=c.seed + 1)
+    stacked = load_stacked(ctx, "rm", model.params, 1)
+    assert all(x.shape[0] == 1 for x in jax.tree.leaves(stacked))
+    one = jax.tree.map(lambda x: x[0], stacked)
+    # the held-out numbers are the single model's (centring shifts every score alike: the same
+    # loss and accuracy up to the rounding of the shifted scores)
+    _, val = rm_stage.preference_arrays(ctx)
+    single = rm_lib.held_out_accuracy(rm_lib.make_rm_eval(model.graphdef, c.rm.margin), one, val, 16)
+    assert single["val_accuracy"] == pytest.approx(rm["val_accuracy"], abs=1 / 64)  # a tie may turn
+    assert single["val_loss"] == pytest.approx(rm["val_loss"], rel=1e-5)
+    reward, params, _, value_init = trained_reward(ctx, "ppo")
+    tokens, mask = (jnp.asarray(x[:16]) for x in rm_stage.demonstrations(ctx))
+    expected = ModelReward(model.graphdef, scale=rm["demonstration_std"][0]).score(one, tokens, mask, 1)
+    got = reward.score(params, tokens, mask, 1)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), value_init, one))

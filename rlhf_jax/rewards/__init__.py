@@ -10,7 +10,8 @@ a penalised response loses its whole score whatever the reward's granularity.
 
 - `ModelReward`: a scalar-head reward model read at the EOS (the InfoRM head reads g(mu)
   there too), optionally divided by its spread on the demonstrations (z-normalisation);
-- `EnsembleReward`: k stacked reward models, aggregated by a registered aggregator;
+- `EnsembleReward`: k >= 1 stacked reward models, aggregated by a registered aggregator (one
+  model with the mean: `ModelReward`, up to the last bits of a vmapped call);
 - `FineGrainedReward` (rewards.finegrained): per-segment category models plus a holistic RM;
 - `GoldReward`: a host function of decoded text (the task world's gold reward), usable
   inside jit through a host callback and directly on host arrays for monitoring.
@@ -70,7 +71,7 @@ class ModelReward(SequenceReward):
 
 
 class EnsembleReward(SequenceReward):
-    """k reward models stacked on axis 0 of their params, scores [k, B] aggregated to [B]."""
+    """k >= 1 reward models stacked on axis 0 of their params, scores [k, B] aggregated to [B]."""
 
     def __init__(self, graphdef, aggregate: Callable):
         self.graphdef, self.aggregate = graphdef, aggregate

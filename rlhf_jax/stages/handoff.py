@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import jax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from rlhf_jax import checkpoint
-from rlhf_jax.train import rm as rm_lib
 
 
 def load_sft(ctx):
@@ -13,8 +13,17 @@ def load_sft(ctx):
 
 
 def load_stacked(ctx, stage: str, member_params, k: int):
-    """A stage's k stacked members (ensemble, fine-grained categories), replicated."""
-    like = jax.eval_shape(lambda p: rm_lib.stack([p] * k), member_params)
-    replicated = jax.sharding.NamedSharding(ctx.mesh, jax.sharding.PartitionSpec())
-    like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), like)
-    return checkpoint.load_final(ctx.workdir, stage, like)
+    """A stage's k >= 1 members stacked on a leading axis (ensemble, fine-grained categories)."""
+    return load_members(ctx.workdir, stage, member_params, k)
+
+
+def load_members(workdir, stage: str, member_params, k: int):
+    """WORKDIR/<stage>/final as k members stacked on axis 0, each sharded like `member_params`
+    (the member axis not split, so one RM keeps the layout of a single model)."""
+    def like(x):
+        sharding = x.sharding
+        if isinstance(sharding, NamedSharding):
+            sharding = NamedSharding(sharding.mesh, PartitionSpec(None, *sharding.spec))
+        return jax.ShapeDtypeStruct((k, *x.shape), x.dtype, sharding=sharding)
+
+    return checkpoint.load_final(workdir, stage, jax.tree.map(like, member_params))

@@ -147,7 +147,8 @@ def run(ctx) -> dict[str, Any]:
         data["ptx"] = ctx.iterator(ctx.data.arrays("ptx"), c.ptx_batch_size, SALT + 1)
     gold = gold_reward(ctx)
     hooks = (gold_hook(gold),) if gold is not None else ()
-    track = latent_track(ctx, sft, rm) if ctx.config.rm.head == "inform" else None
+    # InfoRM is one RM (rm's check): its latents are the first member's
+    track = latent_track(ctx, sft, jax.tree.map(lambda x: x[0], rm)) if ctx.config.rm.head == "inform" else None
     if track is not None:
         hooks += (Hook(lambda step, m, episodes: track.on_rollout(step, episodes_dict(episodes))),)
     result = train(ctx, "ppo", Training(ppo_lib.make_ppo_step(c, sampling, models, tx, sched), state, data,

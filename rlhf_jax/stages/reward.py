@@ -1,5 +1,6 @@
-"""The trained reward a stage optimises or ranks by, rebuilt from the workdir: one RM, an
-aggregated ensemble or the fine-grained composite (and PPO's choice of it or the gold reward)."""
+"""The trained reward a stage optimises or ranks by, rebuilt from the workdir: the RM's members
+aggregated (one RM is an ensemble of one) or the fine-grained composite (and PPO's choice of it
+or the gold reward)."""
 from __future__ import annotations
 
 import functools
@@ -10,7 +11,7 @@ from rlhf_jax import checkpoint
 from rlhf_jax.models import init_model
 from rlhf_jax.objectives import ensemble as ensemble_lib
 from rlhf_jax.objectives.finegrained import parse_components, token_classes
-from rlhf_jax.rewards import EnsembleReward, ModelReward
+from rlhf_jax.rewards import EnsembleReward
 from rlhf_jax.rewards.classifier import ClassifierReward
 from rlhf_jax.rewards.finegrained import FineGrainedReward
 from rlhf_jax.stages.gold import gold_reward
@@ -54,19 +55,15 @@ def reward_stages(c) -> tuple[str, ...]:
 def trained_reward(ctx, use: str = "ppo"):
     """(reward, params, value graphdef, value init) of the trained reward in the workdir.
 
-    One RM (scalar or InfoRM head, read at the EOS; divided by its demonstration spread with
-    rm.znorm), an aggregated ensemble, or the fine-grained composite. The value model is the
-    RM's architecture, started from (the first member of) the RM.
+    The RM's k >= 1 members (scalar or InfoRM head, read at the EOS) aggregated as `rm.aggregate`
+    says (one RM: k = 1 and the mean, divided by its demonstration spread with rm.znorm), or the
+    fine-grained composite. The value model is the RM's architecture, started from the first member.
     """
     c = ctx.config
     scalar = reward_model(ctx, seed=c.seed + 1)
     if c.fgrm.components:
         return fine_grained_reward(ctx, scalar)
     summary = checkpoint.read_summary(ctx.workdir, "rm") or {}
-    if c.rm.members == 1:
-        params = checkpoint.load_final(ctx.workdir, "rm", scalar.params)
-        scale = max(summary["demonstration_std"], STD_FLOOR) if c.rm.znorm else None
-        return ModelReward(scalar.graphdef, scale), params, scalar.graphdef, params
     params = load_stacked(ctx, "rm", scalar.params, c.rm.members)
     reward = EnsembleReward(scalar.graphdef, aggregator(ctx, summary, use))
     return reward, params, scalar.graphdef, rm_lib.unstack(params, c.rm.members)[0]
@@ -80,8 +77,8 @@ def fine_grained_reward(ctx, scalar):
     cats = load_stacked(ctx, "fgrm", category_model(ctx, seed=0).params, len(components))
     rm, holistic = None, None
     if f.holistic_weight:
-        rm = checkpoint.load_final(ctx.workdir, "rm", scalar.params)
-        std = (checkpoint.read_summary(ctx.workdir, "rm") or {}).get("demonstration_std", 1.0)
+        rm = rm_lib.unstack(load_stacked(ctx, "rm", scalar.params, 1), 1)[0]  # one RM (fgrm's check)
+        std = ((checkpoint.read_summary(ctx.workdir, "rm") or {}).get("demonstration_std") or [1.0])[0]
         holistic = (scalar.graphdef, f.holistic_weight, 0.0, max(std, STD_FLOOR))  # centred on demonstrations
     reward = FineGrainedReward(scalar.graphdef, components, token_classes(ctx.tokenizer), f.min_words, f.reward,
                                holistic)

@@ -1,7 +1,9 @@
-"""Stage "rm": the reward model on the SFT backbone (or the base model, `rm.init`; scalar or InfoRM head), K-wise Bradley-Terry
-on rankings; or an ensemble of `rm.members` RMs that differ only in seed (head init and data
-order), trained together in one step vmapped over the member axis. Then each member's bias is
-shifted so the SFT demonstrations score 0 on average (`rm.normalize`)."""
+"""Stage "rm": `rm.members` = k >= 1 reward models on the SFT backbone (or the base model, `rm.init`;
+scalar or InfoRM head), K-wise Bradley-Terry on rankings. Members differ only in seed (head init and
+data order) and train together in one step vmapped over the member axis; one RM is an ensemble of
+one. Then each member's bias is shifted so the SFT demonstrations score 0 on average (`rm.normalize`).
+WORKDIR/rm/final holds the members stacked on axis 0 for every k; the summary's per-member fields
+(demonstration_mean_before_centering, demonstration_std, val_accuracy_members) are lists of k."""
 from __future__ import annotations
 
 import time
@@ -70,7 +72,7 @@ def run(ctx) -> dict[str, Any]:
     c, k = ctx.config.rm, ctx.config.rm.members
     t0 = time.perf_counter()
     train_arrays, val = preference_arrays(ctx, shuffled_pairs=c.pairs == "shuffled")
-    names = ["train"] if k == 1 else [f"train_{i}" for i in range(k)]
+    names = [f"train_{i}" for i in range(k)]
     data = {name: ctx.iterator(train_arrays, c.batch_size, SALT + 1000 * i) for i, name in enumerate(names)}
     total = c.steps or c.epochs * data[names[0]].steps_per_epoch
     heads = [reward_model(ctx, seed=ctx.config.seed + 1 + i) for i in range(k)]
@@ -91,33 +93,25 @@ def run(ctx) -> dict[str, Any]:
     members = [first] + [adapters(ctx, c, m, 13 + i, extras=("head",), base=base)[0]
                          for i, m in enumerate(members[1:], 1)]
     constants = None if base is None else (base, None)
-    if k == 1:
-        training = Training(single, train_state(members[0], tx), data, total, constants=constants,
-                            progress_keys=("loss", "accuracy"))
-    else:  # members on axis 0 of the state and axis 1 of the batch (axis 0 stays the data axis)
-        training = Training(rm_lib.ensemble_step(single), train_state(rm_lib.stack(members), tx, members=k), data,
-                            total, constants=constants, combine=stack_batches, progress_keys=("loss", "accuracy"))
+    # one RM is an ensemble of one: members on axis 0 of the state and axis 1 of the batch (axis 0
+    # stays the data axis), one step vmapped over them
+    training = Training(rm_lib.ensemble_step(single), train_state(rm_lib.stack(members), tx, members=k), data,
+                        total, constants=constants, combine=stack_batches, progress_keys=("loss", "accuracy"))
     result = train(ctx, "rm", training, SALT)
-    params = result.state.params
-    if lora is not None:  # the full weights, as every later stage reads them
-        params = full(params) if k == 1 else rm_lib.stack([full(p) for p in rm_lib.unstack(params, k)])
+    members = [full(p) for p in rm_lib.unstack(result.state.params, k)]  # full weights, as later stages read them
     val_bs = min(c.batch_size, len(val["tokens"]))
     summary = {"steps": total, "members": k, "train_accuracy": result.last_metrics.get("accuracy")}
-    if k == 1:
-        summary.update(rm_lib.held_out_accuracy(rm_lib.make_rm_eval(graphdef, c.margin), params, val, val_bs))
+    # each member's and the members' mean's (how they are aggregated is the using stage's choice)
+    reward = EnsembleReward(graphdef, lambda s: s.mean(0))
+    summary.update(rm_lib.ensemble_held_out(graphdef, rm_lib.stack(members), val, val_bs, reward.aggregate,
+                                            reward.member_scores, c.margin))
     if c.normalize:  # each member's bias shifted so the SFT demonstrations score 0 on average
         tokens, mask = demonstrations(ctx)
-        centred, means, stds = [], [], []
-        for p in (rm_lib.unstack(params, k) if k > 1 else [params]):
-            p, mean, std = rm_lib.center_on_demonstrations(graphdef, p, tokens, mask)
-            centred.append(p), means.append(mean), stds.append(std)
-        params = centred[0] if k == 1 else rm_lib.stack(centred)
-        summary["demonstration_mean_before_centering"] = means[0] if k == 1 else means
-        summary["demonstration_std"] = stds[0] if k == 1 else stds
-    if k > 1:  # members and their mean (how they are aggregated is the using stage's choice)
-        reward = EnsembleReward(graphdef, lambda s: s.mean(0))
-        summary.update(rm_lib.ensemble_held_out(graphdef, params, val, val_bs, reward.aggregate,
-                                                lambda p, t, m: reward.member_scores(p, t, m)))
+        centred = [rm_lib.center_on_demonstrations(graphdef, p, tokens, mask) for p in members]
+        members = [p for p, _, _ in centred]
+        summary["demonstration_mean_before_centering"] = [mean for _, mean, _ in centred]
+        summary["demonstration_std"] = [std for _, _, std in centred]
+    params = rm_lib.stack(members)  # saved with the member axis for every k
     summary["wall_seconds"] = time.perf_counter() - t0
     checkpoint.save_final(ctx.workdir, "rm", params, summary)
     return summary

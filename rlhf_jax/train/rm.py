@@ -130,21 +130,26 @@ def ensemble_step(single_step):
     return step
 
 
-def ensemble_held_out(graphdef, stacked, arrays, batch_size: int, aggregate, score_members) -> dict:
-    """Held-out pair accuracy of each member and of the aggregated ensemble score."""
+def ensemble_held_out(graphdef, stacked, arrays, batch_size: int, aggregate, score_members,
+                      margin: float = 0.0) -> dict:
+    """Held-out prompt-weighted Bradley-Terry loss and pair accuracy of the aggregated score of k >= 1
+    stacked members (for k = 1 and the mean: the model's own, as `held_out_accuracy` gives them),
+    and each member's pair accuracy."""
     @jax.jit
     def evaluate(p, b):
         B, K, _ = b["tokens"].shape
         s = score_members(p, *_flat(b))
         per = s.reshape(-1, B, K)
-        acc = lambda scores: bradley_terry_loss(scores, b["ranks"], b["valid"])[1]
-        members = jax.vmap(acc)(per)
-        agg = acc(aggregate(s).reshape(B, K))
-        return {"members": members["accuracy"] * members["pairs"], "aggregate": agg["accuracy"] * agg["pairs"],
-                "pairs": agg["pairs"]}
+        bt = lambda scores: bradley_terry_loss(scores, b["ranks"], b["valid"], margin)
+        members = jax.vmap(lambda scores: bt(scores)[1])(per)
+        loss, agg = bt(aggregate(s).reshape(B, K))
+        prompts = (pair_matrix(b["ranks"], b["valid"]).sum((1, 2)) > 0).sum()
+        return {"loss": loss, "prompts": prompts, "members": members["accuracy"] * members["pairs"],
+                "aggregate": agg["accuracy"] * agg["pairs"], "pairs": agg["pairs"]}
 
     out = evaluate_all(evaluate, stacked, arrays, batch_size)
     pairs = max(float(np.sum(out["pairs"])), 1.0)
     member = np.sum(out["members"], 0) / pairs
-    return {"val_accuracy": float(np.sum(out["aggregate"])) / pairs,
+    return {"val_loss": float(np.sum(out["loss"] * out["prompts"]) / max(float(np.sum(out["prompts"])), 1.0)),
+            "val_accuracy": float(np.sum(out["aggregate"])) / pairs,
             "val_accuracy_members": [float(a) for a in member], "val_accuracy_member_mean": float(np.mean(member))}
