@@ -169,8 +169,8 @@ def test_smoke_experiment_writes_finite_numbers(shared_data, tmp_path):
     proc = subprocess.run([sys.executable, "experiments/dpo_imdb.py", "--smoke", "--out", str(out)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=3000)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads((out / "dpo_imdb.json").read_text())
-    assert (out / "frontier.png").stat().st_size > 0
+    result = json.loads((out / "dpo_imdb_smoke.json").read_text())
+    assert (out / "dpo_imdb_frontier_smoke.png").stat().st_size > 0
     assert {p["arm"] for p in result["points"]} == {"dpo", "ppo_rm", "ppo_gold"}
     for p in result["points"]:
         assert p["kl"]["n"] == 2 and p["gold"]["n"] == 2

@@ -81,3 +81,53 @@ def test_world_tokenizer_and_arrays():
     ranked, _ = ranking_arrays(S.ranking_records(cfg, 6, k=4), tok, TokenizeConfig(max_len=16, max_prompt_len=10))
     assert ranked["tokens"].shape == (6, 4, 16) and (ranked["valid"] == 1).all()
     assert sorted(ranked["ranks"][0].tolist())[0] == 0
+
+
+def test_pretraining_text_is_its_own_distribution():
+    """The world's pretraining text (PPO-ptx's data with data.ptx = "world:pretrain"): seeded,
+    disjoint splits, half solved examples of 1..9 items as running text (the demonstrations hold
+    3..4 items, answer only), half runs of consecutive digits; every token in the vocabulary and
+    in the loss, within the default max_len."""
+    cfg = S.WorldConfig(seed=0, min_items=3, max_items=4)
+    train, val = S.pretrain_records(cfg, 400, "train"), S.pretrain_records(cfg, 400, "val")
+    assert train == S.pretrain_records(cfg, 400, "train") and train != val
+    assert train[:50] != S.pretrain_records(S.WorldConfig(seed=1), 50, "train")
+    solved, runs, lengths = 0, 0, set()
+    for r in train:
+        assert r["prompt"] == "" and r["completion"]
+        words = r["completion"].split()
+        if S.SEP in words:
+            i = words.index(S.SEP)
+            prompt, answer = " ".join(words[:i + 1]), " ".join(words[i + 1:])
+            assert S.gold_reward(prompt, answer) == 1.0
+            lengths.add(i - 1)
+            solved += 1
+        else:
+            digits = [int(w) for w in words]
+            steps = {b - a for a, b in zip(digits, digits[1:])}
+            assert steps in ({1}, {-1}) and 3 <= len(digits) <= 9
+            runs += 1
+    assert 150 < solved < 250 and solved + runs == 400
+    assert lengths == set(range(1, 10))  # wider than the demonstrations' 3..4 items
+    arrays, stats = sft_arrays(train, S.tokenizer(), TokenizeConfig(max_len=24, max_prompt_len=10))
+    assert stats["response_truncated"] == 0
+    assert not (arrays["tokens"] == S.vocabulary().index("<unk>")).any()
+    np.testing.assert_array_equal(arrays["loss_mask"], arrays["segment_ids"])  # every token is in the loss
+
+
+def test_run_data_reads_the_pretraining_text_for_ptx_and_its_held_out_split():
+    from configs import instructgpt
+    from rlhf_jax.data.run_data import RunData, world_config
+    c = instructgpt.get_config("micro")
+    c.data.update(ptx="world:pretrain", n_ptx=32, n_sft_pretrain=48)
+    world = world_config(c)
+    data = RunData(c, S.tokenizer(), world)
+    assert data.records("ptx") == S.pretrain_records(world, 32, "train")
+    assert data.records("ptx_val") == S.pretrain_records(world, c.data.n_sft_val, "val")
+    assert data.records("sft_train") == S.sft_records(world, c.data.n_sft, "train") + S.pretrain_records(world, 48)
+    assert data.records("sft_val") == S.sft_records(world, c.data.n_sft_val, "val")  # demonstrations only
+    c.data.ptx = ""  # the default: PPO-ptx on demonstrations of their own split, no pretraining text
+    data = RunData(c, S.tokenizer(), world)
+    assert data.records("ptx") == S.sft_records(world, 32, "ptx")
+    with pytest.raises(Exception, match="ptx_val"):
+        data.records("ptx_val")
