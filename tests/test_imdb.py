@@ -108,13 +108,10 @@ def run_main(config: str, workdir, data_dir, *overrides: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def micro_run(tmp_path_factory):
+def micro_run(tmp_path_factory, shared_data):
     """clf (on a 4,096-review slice), sft and prefs at micro sizes."""
-    from tests.conftest import data_dir
-    if data_dir() is None:
-        pytest.skip("real datasets not found: set RLHF_JAX_DATA_DIR")
     workdir = tmp_path_factory.mktemp("imdb_micro")
-    summary = run_main("configs/imdb.py:dpo,micro", workdir, data_dir(), "stages=clf,sft,prefs",
+    summary = run_main("configs/imdb.py:dpo,micro", workdir, shared_data, "stages=clf,sft,prefs",
                        "clf.train=corpus:imdb_reviews?limit=4096", "clf.test=corpus:imdb_reviews?split=test&limit=1000",
                        "clf.steps=0", "clf.epochs=1", "clf.lr=0.003", "clf.max_len=32")
     return imdb_config.get_config("dpo,micro"), workdir, summary
