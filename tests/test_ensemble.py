@@ -74,7 +74,7 @@ def test_vmapped_ensemble_step_equals_separate_steps():
     # stepped on another member's data (or not stepped, or at another step's learning rate) fails it
     update = max(float(np.abs(np.asarray(a) - b).max())
                  for a, b in zip(jax.tree.leaves(separate[0][0].params), jax.tree.leaves(members[0])))
-    assert update > 20 * atol, (update, atol)  # 1.5e-3 against 1.7e-5 on the machine this was written on
+    assert update > 20 * atol, (update, atol)  # 1.5e-3 against 1.2e-6 on the machine this was written on
     # the loss at step 1 is a forward pass at equal parameters: the chain to one score, then the
     # mean over 24 responses (the Bradley-Terry terms are 1-Lipschitz in the scores)
     assert float(m["loss"]) == pytest.approx(np.mean([float(mi["loss"]) for _, mi in separate]), rel=0,

@@ -5,6 +5,7 @@ import pytest
 from rlhf_jax.data import corpora
 from rlhf_jax.eval import benchmarks
 from rlhf_jax.eval.judges import FunctionJudge
+from tests import tolerance as tol
 
 
 def test_mc_scores_by_hand():
@@ -56,7 +57,7 @@ def test_truthfulqa_mc_matches_transformers(gpt2_pair, shared_data, prompt_forma
     assert result["format"] == prompt_format and result["n"] == 4
 
     # independently: prompt strings built here, every answer scored unpadded by torch
-    mc1_expected, mc2_expected = [], []
+    mc1_expected, mc2_expected, mc2_tol = [], [], []
     for item, got in zip(items, result["per_item"]):
         if prompt_format == "qa_primer":
             context = tok(benchmarks.QA_PRIMER + "\n\nQ: " + item["question"] + "\nA:")["input_ids"]
@@ -69,13 +70,18 @@ def test_truthfulqa_mc_matches_transformers(gpt2_pair, shared_data, prompt_forma
         scores = np.array([_torch_logprob(ref, context, tok(prefix + a)["input_ids"]) for a in answers])
         labels = np.array(item["labels"], bool)
         best = item["choices"].index(item["best_answer"])
-        np.testing.assert_allclose(got["logprobs"], scores, rtol=1e-5)
+        # per answer token: our float32 log-sum-exp over 50,257 positive terms (torch's is float64)
+        # plus the forward chain at the logits' size (< 10 here), summed over the answer's tokens
+        per_token = tol.f32(50257) / 2 + tol.forward(ours.cfg, len(context) + 32, 10.0)
+        atol = per_token * np.array([len(tok(prefix + a)["input_ids"]) for a in answers])
+        np.testing.assert_allclose(got["logprobs"], scores, rtol=0, atol=atol)
+        mc2_tol.append(atol.max())  # mc2, a ratio of sums of exp(score): moves by < max |score error|
         mc1_expected.append(float(scores[best] > scores[~labels].max()))
         p = np.exp(scores)
         mc2_expected.append(p[labels].sum() / p.sum())
     np.testing.assert_array_equal([r["mc1"] for r in result["per_item"]], mc1_expected)
-    np.testing.assert_allclose([r["mc2"] for r in result["per_item"]], mc2_expected, atol=1e-4, rtol=0)
-    assert result["mc2"]["value"] == pytest.approx(np.mean(mc2_expected), abs=1e-4)
+    np.testing.assert_allclose([r["mc2"] for r in result["per_item"]], mc2_expected, atol=mc2_tol, rtol=0)
+    assert result["mc2"]["value"] == pytest.approx(np.mean(mc2_expected), abs=max(mc2_tol))
     assert result["mc1"]["value"] == pytest.approx(np.mean(mc1_expected))
 
 
