@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from tests import tolerance as tol
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SEEDS = 2
@@ -72,7 +73,10 @@ def test_instructgpt_smoke(tmp_path):
         for m in ("win_rate_vs_sft", "alignment_tax", "gold_reward_final"):
             _assert_full(p[m], f"ptx {p['ptx_coef']} {m}")
         tax = [f - s for f, s in zip(p["heldout_nll_final"]["values"], p["heldout_nll_sft"]["values"])]
-        assert tax == pytest.approx(p["alignment_tax"]["values"], abs=1e-6)
+        # difference of the two float32 mean NLLs against the mean of per-demonstration differences
+        # (stages/ppo.py alignment_tax): numpy's pairwise means, about log2(N) + 8 <= 16 roundings
+        # each at the NLLs' size (< 8 nats), two chains on one side (tests/tolerance.py)
+        assert tax == pytest.approx(p["alignment_tax"]["values"], abs=2 * tol.f32(16, 8.0))
 
 
 def test_coste_ensembles_smoke(tmp_path):
