@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+
 from tests import tolerance as tol
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

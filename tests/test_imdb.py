@@ -180,4 +180,7 @@ def test_smoke_experiment_writes_finite_numbers(shared_data, tmp_path):
         assert 0.0 <= p["gold"]["mean"] <= 1.0 and p["trajectory"]
     assert math.isfinite(result["shared"]["clf.test_accuracy"]["mean"])
     gold_run = json.loads((out / "ppo_gold/kl_coef=0.05/seed_0/summary.json").read_text())["ppo"]
-    assert gold_run["rm_score_final"] == pytest.approx(gold_run["gold_reward_final"], abs=1e-5)  # optimised the gold
+    # optimised the gold: the same classifier scored in two programs (jit and host), mean of probabilities
+    small = imdb_config.SMALL_MODEL
+    atol = tol.f32(tol.decoder_chain(small["d_model"], small["d_ff"], small["n_layers"], small["head_dim"], 32))
+    assert gold_run["rm_score_final"] == pytest.approx(gold_run["gold_reward_final"], abs=atol)
