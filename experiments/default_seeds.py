@@ -69,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         "per_seed": {str(s): v for s, v in per_seed.items()},
         "over_seeds": {m: aggregate([per_seed[s][m] for s in seeds], "t") for m in METRICS},
     }
+    first = json.loads((out / "default_isa" / point / f"seed_{seeds[0]}" / "summary.json").read_text())["ppo"]
+    result["first_seed_prompt_interval"] = {
+        "ppo.gold_reward_final": first["intervals"]["gold_reward_final"],
+        "note": "the first seed's own summary interval: a bootstrap over its evaluation prompts, not over training; "
+                "compare per_seed"}
     isas = [isa for isa in args.isa.split(",") if isa]
     if isas:
         result["first_seed_by_isa"] = {"seed": seeds[0], "default": per_seed[seeds[0]],
