@@ -187,7 +187,7 @@ def test_monitor_outlier_rate_and_csi_react_to_a_shift():
     assert monitor.eps == pytest.approx(default_eps(reference, 4))
     same = monitor(rng.normal(size=(2000, 4)))
     shifted = monitor(rng.normal(size=(2000, 4)) + 6.0)
-    assert same["outlier_rate"] == pytest.approx(0.01, abs=0.008)
+    assert same["outlier_rate"] == pytest.approx(0.01, abs=0.008)  # sampling: 3.6 standard errors (0.0022) at n = 2,000
     assert shifted["outlier_rate"] > 0.99
     assert shifted["csi"] > 20 * same["csi"]
 
