@@ -5,6 +5,7 @@ import pytest
 from rlhf_jax.data import corpora
 from rlhf_jax.eval import benchmarks
 from rlhf_jax.eval.judges import FunctionJudge
+from tests import tolerance as tol
 
 
 def test_mc_scores_by_hand():
@@ -56,7 +57,7 @@ def test_truthfulqa_mc_matches_transformers(gpt2_pair, shared_data, prompt_forma
     assert result["format"] == prompt_format and result["n"] == 4
 
     # independently: prompt strings built here, every answer scored unpadded by torch
-    mc1_expected, mc2_expected = [], []
+    mc1_expected, mc2_expected, mc2_tol = [], [], []
     for item, got in zip(items, result["per_item"]):
         if prompt_format == "qa_primer":
             context = tok(benchmarks.QA_PRIMER + "\n\nQ: " + item["question"] + "\nA:")["input_ids"]
@@ -69,13 +70,20 @@ def test_truthfulqa_mc_matches_transformers(gpt2_pair, shared_data, prompt_forma
         scores = np.array([_torch_logprob(ref, context, tok(prefix + a)["input_ids"]) for a in answers])
         labels = np.array(item["labels"], bool)
         best = item["choices"].index(item["best_answer"])
-        np.testing.assert_allclose(got["logprobs"], scores, rtol=1e-5)
+        # per answer token: our float32 log-sum-exp over 50,257 positive terms (torch's is float64)
+        # plus the forward chain at the logits' size (< 10 here), summed over the answer's tokens
+        per_token = tol.f32(50257) / 2 + tol.forward(ours.cfg, len(context) + 32, 10.0)
+        atol = per_token * np.array([len(tok(prefix + a)["input_ids"]) for a in answers])
+        err = np.abs(np.asarray(got["logprobs"]) - scores)
+        assert np.all(err <= atol), (err, atol)
+        mc2_tol.append(atol.max())  # mc2, a ratio of sums of exp(score): moves by < max |score error|
         mc1_expected.append(float(scores[best] > scores[~labels].max()))
         p = np.exp(scores)
         mc2_expected.append(p[labels].sum() / p.sum())
     np.testing.assert_array_equal([r["mc1"] for r in result["per_item"]], mc1_expected)
-    np.testing.assert_allclose([r["mc2"] for r in result["per_item"]], mc2_expected, atol=1e-4, rtol=0)
-    assert result["mc2"]["value"] == pytest.approx(np.mean(mc2_expected), abs=1e-4)
+    err = np.abs(np.array([r["mc2"] for r in result["per_item"]]) - mc2_expected)
+    assert np.all(err <= np.array(mc2_tol)), (err, mc2_tol)
+    assert result["mc2"]["value"] == pytest.approx(np.mean(mc2_expected), abs=max(mc2_tol))
     assert result["mc1"]["value"] == pytest.approx(np.mean(mc1_expected))
 
 
@@ -95,6 +103,7 @@ def test_length_controlled_win_rate_removes_a_pure_length_preference():
     wins, lm, lr = _synthetic(2000, length_coef=3.0, intercept=0.0, seed=0)
     out = benchmarks.length_controlled_win_rate(wins, lm, lr, n_resamples=100)
     assert out["win_rate"]["value"] > 0.7  # raw: verbosity wins
+    # sampling tolerances (one seeded sample of 2,000): a rate's standard error at 0.5 is 0.011
     assert out["lc_win_rate"]["value"] == pytest.approx(0.5, abs=0.04)
     assert out["lc_win_rate"]["low"] < 0.5 < out["lc_win_rate"]["high"]
     assert out["fit"]["length_coef"] == pytest.approx(3.0, abs=0.5)
@@ -103,7 +112,7 @@ def test_length_controlled_win_rate_removes_a_pure_length_preference():
 def test_length_controlled_equals_raw_when_preference_ignores_length():
     wins, lm, lr = _synthetic(2000, length_coef=0.0, intercept=np.log(0.7 / 0.3), seed=1)
     out = benchmarks.length_controlled_win_rate(wins, lm, lr, n_resamples=100)
-    assert out["win_rate"]["value"] == pytest.approx(0.7, abs=0.03)
+    assert out["win_rate"]["value"] == pytest.approx(0.7, abs=0.03)  # 3 standard errors (0.010) at n = 2,000
     assert out["lc_win_rate"]["value"] == pytest.approx(out["win_rate"]["value"], abs=0.02)
 
 

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from rlhf_jax.eval import judges
+from tests import tolerance as tol
 from tests.eval_tiny import tiny_model, word_tokenizer
 
 RATING = "Rate the answer : {response} . question : {prompt} Rating :"
@@ -20,6 +21,13 @@ def _last_logits(judge, text):
     """Next-token logits after one unpadded prompt (no batching, no padding)."""
     ids = np.array([judge.tokenizer.encode(text, add_special_tokens=False)])
     return np.asarray(judge.model(ids)[0])[0, -1].astype(np.float64)
+
+
+def _atol(judge, scale: float) -> float:
+    """Batched and padded against one unpadded prompt: the forward chain over at most 32 tokens at
+    the logits' size (|logit| < 10 for this random model), through a softmax over 5 rating tokens
+    (a probability moves by < 1/2 of the logits' error) times `scale` (5 for a 1-5 rating)."""
+    return tol.forward(judge.model.cfg, 32, 10.0) / 2 * scale
 
 
 def _softmax(x):
@@ -43,7 +51,7 @@ def test_expected_rating_matches_one_prompt_at_a_time(judge):
     ids = [judge.tokenizer.convert_tokens_to_ids(t) for t in "12345"]
     for i, (p, r) in enumerate(zip(prompts, responses)):
         probs = _softmax(_last_logits(judge, RATING.format(prompt=p, response=r))[ids])
-        assert got[i] == pytest.approx(float(probs @ np.arange(1, 6)), abs=1e-5)
+        assert got[i] == pytest.approx(float(probs @ np.arange(1, 6)), abs=_atol(judge, 5))
     assert np.all((got > 1) & (got < 5))
     # without a pairwise template the judge compares by its expected ratings
     pointwise = judges.LLMJudge(judge.model, judge.tokenizer, rating_template=RATING, pairwise_template=None,
@@ -59,7 +67,7 @@ def test_reference_guided_rating_fills_the_reference(judge):
     ids = [judge.tokenizer.convert_tokens_to_ids(t) for t in "12345"]
     text = RATING_REF.format(response="the cat sat", reference="the dog ran")
     expected = _softmax(_last_logits(judge, text)[ids]) @ np.arange(1, 6)
-    assert got[0] == pytest.approx(expected, abs=1e-5)
+    assert got[0] == pytest.approx(expected, abs=_atol(judge, 5))
     with pytest.raises(ValueError, match="reference"):
         judges.LLMJudge(judge.model, judge.tokenizer, rating_template=RATING_REF, chat=None).score(["q"], ["a"])
 
@@ -72,8 +80,8 @@ def test_pairwise_probability_and_both_orders(judge):
     for i in range(2):
         pa = _softmax(_last_logits(judge, PAIRWISE.format(prompt=prompts[i], response_a=a[i], response_b=b[i]))[ids])
         pb = _softmax(_last_logits(judge, PAIRWISE.format(prompt=prompts[i], response_a=b[i], response_b=a[i]))[ids])
-        assert first[i] == pytest.approx(pa[0], abs=1e-5)
-        assert swapped[i] == pytest.approx(pb[0], abs=1e-5)
+        assert first[i] == pytest.approx(pa[0], abs=_atol(judge, 1))
+        assert swapped[i] == pytest.approx(pb[0], abs=_atol(judge, 1))
     # the judge's verdict: a win only when both orders agree
     a_second = 1 - swapped
     expected = np.where((first > 0.5) & (a_second > 0.5), 1.0, np.where((first < 0.5) & (a_second < 0.5), 0.0, 0.5))

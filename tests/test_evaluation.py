@@ -14,6 +14,8 @@ from configs.eval import get_config as eval_config
 from configs.instructgpt import get_config
 from rlhf_jax.context import build_context
 from rlhf_jax.data.tokenize import encode_example, pad_right
+from rlhf_jax.eval.policy_eval import INTERVAL_COVERS
+from rlhf_jax.eval.report import write_report
 from rlhf_jax.models.forward import score_at_last
 from rlhf_jax.stages import run as run_pipeline, run_stages
 from rlhf_jax.stages.reward import trained_reward
@@ -125,6 +127,17 @@ def test_the_end_of_ppo_evaluation_carries_intervals(trained):
     assert win["value"] == pytest.approx(ppo["win_rate_vs_sft"]) and win["low"] <= win["value"] <= win["high"]
     assert ppo["intervals"]["gold_reward_final"]["value"] == pytest.approx(ppo["gold_reward_final"])
     assert ppo["intervals"]["kl_final"]["n"] == 32
+    # the summary says what the intervals cover: the evaluation prompts, not training
+    assert ppo["interval_covers"] == INTERVAL_COVERS and "not training randomness" in INTERVAL_COVERS
+
+
+def test_the_run_report_shows_intervals_with_what_they_cover(tmp_path):
+    summary = {"ppo": {"gold_reward_final": 0.479, "interval_covers": INTERVAL_COVERS,
+                       "intervals": {"gold_reward_final": {"value": 0.479, "low": 0.437, "high": 0.521, "n": 256}}}}
+    text = write_report(tmp_path, summary, "cmd").read_text()
+    assert "| ppo | gold_reward_final 95% interval (evaluation prompts) | 0.479 [0.437, 0.521] (n=256) |" in text
+    assert f"Intervals over evaluation prompts cover {INTERVAL_COVERS}." in text
+    assert "| ppo | intervals |" not in text and "| ppo | interval_covers |" not in text
 
 
 def test_the_cli_evaluates_a_finished_workdir_with_its_own_config(trained, tmp_path):

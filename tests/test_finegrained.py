@@ -17,19 +17,10 @@ TEXT = ("Bloom is the second album, released in 2018 by EMI. It was good, very g
 
 
 @pytest.fixture(scope="module")
-def gpt2(shared_data_module):
+def gpt2(shared_data):
     from rlhf_jax.data.corpora import gpt2_tokenizer
-    tok = gpt2_tokenizer(shared_data_module)
+    tok = gpt2_tokenizer(shared_data)
     return tok, F.token_classes(tok)
-
-
-@pytest.fixture(scope="module")
-def shared_data_module():
-    from tests.conftest import data_dir
-    d = data_dir()
-    if d is None:
-        pytest.skip("real datasets not found: set RLHF_JAX_DATA_DIR")
-    return d
 
 
 def _segments(tok, ids, ends):

@@ -6,6 +6,7 @@ import pytest
 from rlhf_jax.generate import SamplingConfig, generate, left_pad
 from rlhf_jax.models import load_pretrained
 from rlhf_jax.paths import smollm2_path
+from tests import tolerance as tol
 
 pytestmark = pytest.mark.slow
 GGUF = smollm2_path()
@@ -49,7 +50,8 @@ def test_logits_match_transformers(both):
     ids = np.array([_chat_ids(tokenizer, PROMPTS[0])])
     with torch.no_grad():
         ref = theirs(torch.tensor(ids)).logits.numpy()
-    np.testing.assert_allclose(np.asarray(ours(ids)[0]), ref, atol=2e-3, rtol=0)
+    # two libraries' kernels for a 30-layer forward pass: the chain's bound at the logits' size
+    np.testing.assert_allclose(np.asarray(ours(ids)[0]), ref, atol=tol.forward(ours.cfg, ids.shape[1], ref), rtol=0)
 
 
 @needs_model
