@@ -7,7 +7,7 @@ import torch
 
 from rlhf_jax.generate import SamplingConfig, generate, left_pad, process_logits
 from rlhf_jax.models import KVCache, PRESETS, init_model, load_pretrained
-from tests.test_hf_parity import V, make_hf
+from tests.models.test_hf_parity import V, make_hf
 from tests import tolerance as tol
 
 

@@ -108,12 +108,12 @@ def forward(cfg, seq: int, values, extra: int = 0) -> float:
 
 # The other tolerances of the suite, and why they need no helper:
 #  - A float32 loss or metric on a handful of numbers against its value computed by hand in
-#    float64 (tests/test_objectives.py, test_dpo.py, test_inform.py, test_finegrained.py, the
-#    aggregators of test_ensemble.py, test_precision.py): rel 1e-6 = 8.4 eps32, above the worst
+#    float64 (tests/objectives/: test_ppo_reward_losses.py, test_preference.py, test_inform.py,
+#    test_finegrained.py, the aggregators of test_ensemble.py; tests/models/test_precision.py): rel 1e-6 = 8.4 eps32, above the worst
 #    case 16 * u = 9.5e-7 of a result of up to 16 roundings; exp / log / tanh differ between
 #    instruction sets by an ulp, one rounding each. Results of longer computations use 1e-5.
-#  - Statistics computed by numpy / scipy in float64 (test_eval_stats.py, test_eval_metrics.py,
-#    test_sweep.py, test_bon.py, test_eval_reliability.py): 1e-9 to 1e-12, far above n * eps64
+#  - Statistics computed by numpy / scipy in float64 (tests/eval/: test_stats.py, test_metrics.py,
+#    sweep/test_sweep.py, objectives/test_bon.py, eval/test_judge_reliability.py): 1e-9 to 1e-12, far above n * eps64
 #    (2.2e-16) at their sizes; pytest.approx's default (rel 1e-6) for exact fractions.
 #  - Checks on what a sample or a fit estimates (a rate "about 0.7", a fitted coefficient), not
 #    on rounding: their tolerances are sampling error and say so beside them.

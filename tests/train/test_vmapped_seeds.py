@@ -7,13 +7,13 @@ import numpy as np
 import optax
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "tools"))
 import benchmark_seeds as bs  # noqa: E402
 
 from tests import tolerance as tol  # noqa: E402
 
 
-@pytest.mark.parametrize("stage", ["sft", "ppo"])  # the RM: tests/test_ensemble.py
+@pytest.mark.parametrize("stage", ["sft", "ppo"])  # the RM: tests/objectives/test_ensemble.py
 def test_vmapped_seeds_equal_separate_runs(stage):
     # plain SGD: the update is linear in the gradient, so the check sees the vmapped computation
     # itself (Adam's first steps turn a 1e-9 gradient difference into a sign, hence lr-sized)

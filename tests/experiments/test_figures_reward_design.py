@@ -18,7 +18,7 @@ import pytest
 
 from tests import tolerance as tol
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 SEEDS = 2
 
 

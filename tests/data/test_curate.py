@@ -8,7 +8,7 @@ import pytest
 
 from rlhf_jax.data import curate as C
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 def pair(prompt, chosen="yes it is", rejected="no it is not"):

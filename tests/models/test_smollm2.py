@@ -85,7 +85,7 @@ def test_smollm2_hh_pipeline_runs_at_reduced_size(tmp_path, shared_data):
     import os
     import subprocess
     import sys
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, RLHF_JAX_DATA_DIR=str(shared_data), XLA_FLAGS="--xla_force_host_platform_device_count=1")
     cmd = [sys.executable, "-m", "rlhf_jax.main", "--config", "configs/instructgpt.py:smollm2_hh,small",
            "--workdir", str(tmp_path), f"--config.model.path={GGUF}"]

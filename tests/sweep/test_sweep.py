@@ -19,7 +19,7 @@ from rlhf_jax.sweep import (Point, Sweep, SweepError, aggregate, check, expand, 
 from rlhf_jax.sweep import procs, results
 from rlhf_jax.sweep.results import is_wall_clock, summary_markdown, write_csv, write_jsonl
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MICRO = "configs/instructgpt.py:micro"
 T_975 = {1: 12.706204736174707, 2: 4.302652729749464, 3: 3.182446305284263}  # scipy.stats.t.ppf(0.975, df)
 
@@ -355,7 +355,7 @@ def test_shared_stages_run_once_per_seed_and_are_refused_when_the_grid_changes_t
 
 def test_a_sweeps_command_line_parses_back_to_the_same_sweep(tmp_path, monkeypatch):
     from rlhf_jax.sweep import Sweep, parse_grid, parse_seeds, parse_sets
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
     import sweep as cli
     monkeypatch.chdir(tmp_path)
     original = Sweep("configs/instructgpt.py:micro", {"ppo.kl_coef": ["0.01", "0.2"], "stages": ["sft", "sft,rm"]},

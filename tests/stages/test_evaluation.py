@@ -21,7 +21,7 @@ from rlhf_jax.stages import run as run_pipeline, run_stages
 from rlhf_jax.stages.reward import trained_reward
 from rlhf_jax.stages.evaluation import labelled_pairs, parse_policies
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")

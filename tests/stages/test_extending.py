@@ -26,7 +26,7 @@ from rlhf_jax.stages.validate import validate_config
 from rlhf_jax.train import sft as sft_lib
 from rlhf_jax.workdir import WorkdirError
 
-DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "extending.md")
+DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "docs", "extending.md")
 
 
 def block(first_line: str) -> str:

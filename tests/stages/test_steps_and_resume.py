@@ -32,7 +32,7 @@ from rlhf_jax.train.optim import make_optimizer
 from rlhf_jax.train.state import PPOState, TrainState, commit, compile_step
 from tests import tolerance as tol
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOK = synthetic.tokenizer()
 WORLD = synthetic.WorldConfig(seed=0, max_items=4)
 TCFG = TokenizeConfig(max_len=16, max_prompt_len=8)
