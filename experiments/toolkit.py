@@ -143,7 +143,7 @@ class Recorder:
             os.chdir(cwd)
 
     def _run(self, sweep, share, metrics, share_from, strict, key):
-        argv = sweep.cli(share, metrics, self.jobs)
+        argv = sweep.cli(share, metrics, self.jobs, wandb=self.wandb)
         command = shlex.join(argv)
         if share_from:
             source, stages = share_from

@@ -366,3 +366,5 @@ def test_a_sweeps_command_line_parses_back_to_the_same_sweep(tmp_path, monkeypat
     back = Sweep(args.config, parse_grid(args.grid), parse_seeds(args.seeds), parse_sets(args.set),
                  tmp_path / args.out, args.vary_world_seed)
     assert back == original and args.share == "sft" and args.metrics == "ppo.kl_final" and args.no_wandb
+    # a sweep run with W&B records a command that runs it with W&B
+    assert not cli.parser().parse_args(original.cli(wandb=True)[2:]).no_wandb
