@@ -65,10 +65,15 @@ def base() -> ml_collections.ConfigDict:
     c.data.rm_from_policy = True
     c.data.n_prompts = 2048
     c.data.n_ptx = 2048
+    # task world: rows of its pretraining text (synthetic.pretrain_records) the SFT trains on besides the
+    # demonstrations, as a base model pretrained on that text (0: demonstrations only)
+    c.data.n_sft_pretrain = 0
     # files (data.source = "files"): a path, or "corpus:NAME" for a reader in rlhf_jax.data.corpora
     c.data.sft_train = ""
     c.data.rm_train = ""
     c.data.prompts = ""
+    # PPO-ptx text: a file or corpus:NAME; in the task world "" (its demonstrations) or "world:pretrain" (its
+    # pretraining text, held-out split scored as the alignment tax)
     c.data.ptx = ""
     c.data.val_fraction = 0.05
     # data.rm_train = "stage:prefs": the rankings of stage prefs (K SFT samples per prompt ranked by the gold reward)

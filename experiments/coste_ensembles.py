@@ -25,12 +25,13 @@ the JSON too).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import expa_common as X  # noqa: E402  (also puts this checkout first on sys.path)
+import toolkit as T  # noqa: E402  (also puts this checkout first on sys.path)
 
 NAME = "coste_ensembles"
 PAPER = {
@@ -48,9 +49,9 @@ PAPER = {
 
 METHODS = ("single", "mean", "min", "uwo")
 LABELS = {"single": "single RM", "mean": "mean of 5", "min": "WCO (min of 5)", "uwo": "UWO (mean - lambda Var)"}
-FULL = {"variant": "hackable", "seeds": [0, 1, 2], "noise": [0.0, 0.25], "aggregates": ["mean", "min", "uwo"],
+FULL = {"variant": "hackable", "noise": [0.0, 0.25], "aggregates": ["mean", "min", "uwo"],
         "sets": {"bon.n_samples": 256, "bon.n_prompts": 128}, "smooth": 10}
-SMOKE = {"variant": "hackable,micro", "seeds": [0, 1], "noise": [0.25], "aggregates": ["min"],
+SMOKE = {"variant": "hackable,micro", "noise": [0.25], "aggregates": ["min"],
          "sets": {"sft.steps": 4, "rm.steps": 4, "ppo.iterations": 3, "heldout.n_prompts": 16, "bon.n_prompts": 8},
          "smooth": 2}
 
@@ -81,7 +82,7 @@ def measured_noise(config: str, sets: dict) -> dict:
             "disagree_with_gold_incl_ties_half": (flipped + tied / 2) / max(n, 1)}
 
 
-def run_all(rec: X.Recorder, s: dict) -> dict:
+def run_all(rec: T.Recorder, s: dict) -> dict:
     """Per noise level: the single-RM sweep and the ensemble sweep (aggregators share sft and rm)."""
     metrics = ["ppo.gold_reward_final", "ppo.kl_final", "ppo.win_rate_vs_sft", "bon.gold_peak", "bon.gold_best_of_N"]
     out = {}
@@ -111,26 +112,26 @@ SUMMARY_METRICS = ("rm.val_accuracy", "rm.val_accuracy_member_mean", "ppo.gold_r
 
 
 def method_result(sweep, outcome, point: str, s: dict) -> dict:
-    dirs = X.run_dirs(sweep, outcome, point)
+    dirs = T.run_dirs(sweep, outcome, point)
     curves = [read_curves(d) for _, d in dirs]
     bons = [c[0] for c in curves]
     ref = next((b for b in bons if b is not None), [])
     ns = [r["n"] for r in ref]
-    bon_curve = X.curve_stats(ns, [[r["gold"] for r in b] if b else None for b in bons])
-    proxy_curve = X.curve_stats(ns, [[r["proxy"] for r in b] if b else None for b in bons])
+    bon_curve = T.curve_stats(ns, [[r["gold"] for r in b] if b else None for b in bons])
+    proxy_curve = T.curve_stats(ns, [[r["proxy"] for r in b] if b else None for b in bons])
     for row, r in zip(bon_curve, ref):
         row["kl_bon"] = r["kl"]
     ppos = [c[1] for c in curves]
     steps = [int(r["step"]) for r in next((p for p in ppos if p is not None), [])]
     gold = [[r.get("gold_reward") for r in p] if p else None for p in ppos]
-    smooth = [X.moving_average(g, s["smooth"]) if g else None for g in gold]
+    smooth = [T.trailing_moving_average(g, s["smooth"]) if g else None for g in gold]
     return {"point": point, "sweep": str(sweep.out), "seeds": [seed for seed, _ in dirs],
-            "summary": {m: X.row_stat(outcome, point, m) for m in SUMMARY_METRICS},
+            "summary": {m: T.row_stat(outcome, point, m) for m in SUMMARY_METRICS},
             "bon_gold": bon_curve, "bon_proxy": proxy_curve,
-            "ppo_gold": X.curve_stats(steps, gold),
-            f"ppo_gold_ma{s['smooth']}": X.curve_stats(steps, smooth),
-            "ppo_kl": X.curve_stats(steps, [[r.get("kl") for r in p] if p else None for p in ppos]),
-            "ppo_rm_score": X.curve_stats(steps, [[r.get("score") for r in p] if p else None for p in ppos])}
+            "ppo_gold": T.curve_stats(steps, gold),
+            f"ppo_gold_ma{s['smooth']}": T.curve_stats(steps, smooth),
+            "ppo_kl": T.curve_stats(steps, [[r.get("kl") for r in p] if p else None for p in ppos]),
+            "ppo_rm_score": T.curve_stats(steps, [[r.get("score") for r in p] if p else None for p in ppos])}
 
 
 def figure(result: dict, path: Path) -> None:
@@ -183,10 +184,13 @@ def figure(result: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    ap = X.parser(__doc__, NAME, "micro config, 2 tiny points, 2 seeds, few steps")
+    ap = T.parser(__doc__, NAME, seeds="0-2", smoke_seeds="0-1", smoke_help="micro config, 2 tiny points, 2 seeds, "
+                                                                            "few steps")
     args = ap.parse_args(argv)
-    s = SMOKE if args.smoke else FULL
-    json_path, png_path, rec = X.setup(args, NAME)
+    run = T.setup(args, NAME, argv=argv)
+    os.chdir(T.REPO)  # the post-hoc scoring resolves configs/... as the runner does
+    s = {**(SMOKE if args.smoke else FULL), "seeds": run.seeds}
+    json_path, png_path, rec = run.json_path, run.png_path, run.recorder
     t0 = time.perf_counter()
     sweeps = run_all(rec, s)
     levels, results = [], {}
@@ -198,10 +202,9 @@ def main(argv=None) -> int:
         results[tag] = {m: method_result(sw_oc[0], sw_oc[1], point, s) for m, (sw_oc, point) in methods.items()}
     result = {"name": NAME, "smoke": args.smoke, "seeds": s["seeds"], "settings": s, "paper": PAPER,
               "interval": "95% t-interval over seeds (rlhf_jax.sweep.results.aggregate)",
-              "noise_levels": levels, "results": results, "commands": rec.commands, "timings": rec.timings,
-              "failed_runs": rec.failed, "total_wall_s": round(time.perf_counter() - t0, 1),
-              "total_run_cpu_s": round(sum(t["cpu_s"] for t in rec.timings.values()), 1), "runs_dir": str(rec.runs_dir)}
-    X.write_json(json_path, result)
+              "noise_levels": levels, "results": results, "command": run.command, **rec.report(),
+              "total_wall_s": round(time.perf_counter() - t0, 1)}
+    T.write_json(json_path, result)
     figure(result, png_path)
     print(f"[{NAME}] wrote {json_path} and {png_path} in {result['total_wall_s']:.0f}s ({rec.failed} failed runs)",
           flush=True)

@@ -6,9 +6,9 @@ RM trained on the gold-ranked pairs and with the gold classifier itself as PPO's
     RLHF_JAX_DATA_DIR=../shared/data python experiments/dpo_imdb.py --smoke    # micro sizes, 2 seeds
 
 Every point at every seed is an ordinary `rlhf_jax.main` run of `configs/imdb.py`, run by the
-sweep runner (`rlhf_jax.sweep`) under OUT (default runs/dpo_imdb, gitignored). The stages the
+sweep runner (`rlhf_jax.sweep`) under OUT (--out, default runs/experiments/dpo_imdb, gitignored). The stages the
 points share run once per seed in OUT/base (clf, sft, prefs, rm) and are copied into each point's
-workdir before it starts; inside each arm `--share` re-checks that its grid key is a field no
+workdir before it starts (the runner's `share_stages`); inside each arm `--share` re-checks that its grid key is a field no
 shared stage reads. The gold classifier is the same for every seed (its `clf.seed`). Run the same
 command again to resume: finished runs are skipped.
 
@@ -23,24 +23,22 @@ Each point: (mean sequence KL to the SFT policy, mean gold reward) of the final 
 on the held-out prefixes (`<stage>.kl_final`, `<stage>.gold_reward_final`), mean and 95%
 t-interval over seeds; and the trajectory over training (DPO: held-out every dpo.eval_every steps;
 PPO: its training rollouts, averaged over windows). Writes experiments/results/dpo_imdb.json and
-experiments/figures/dpo_imdb_frontier.png (with --smoke: OUT/dpo_imdb.json and OUT/frontier.png).
+experiments/figures/dpo_imdb_frontier.png (with --smoke: OUT/dpo_imdb_smoke.json and
+OUT/dpo_imdb_frontier_smoke.png). The flags are every figure script's (experiments/toolkit.py)
+and one per arm for its grid values.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import math
-import os
-import resource
-import shlex
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # rlhf_jax and configs from this checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import toolkit as T  # noqa: E402  (also puts this checkout first on sys.path)
 
+NAME = "dpo_imdb"
 PAPER_CLAIM = ("DPO's reward/KL frontier strictly dominates PPO's: at every KL, DPO reaches a higher gold "
                "reward than PPO with the learned RM, and even than PPO with the gold reward (Rafailov et al. "
                "2023, Fig. 2 left: GPT-2-large, IMDb prefixes of 2-8 tokens, gold = a sentiment classifier).")
@@ -58,71 +56,42 @@ SMOKE = {"seeds": "0-1", "dpo": "0.1,5", "ppo_rm": "0.05", "ppo_gold": "0.05"}
 TRAJECTORY_WINDOW = 10  # PPO iterations averaged per trajectory point (its rollouts are noisy)
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--smoke", action="store_true", help="micro sizes, 2 seeds, one or two points per arm")
-    p.add_argument("--out", default="", help="the sweeps' directory (default runs/dpo_imdb[_smoke])")
-    p.add_argument("--seeds", default="", help=f"seeds (default {FULL['seeds']}; smoke {SMOKE['seeds']})")
+def parser():
+    # --jobs 0 runs in this process: --smoke took 397 s in-process on a quiet machine, 231 s with
+    # child runs (--jobs 1) on a loaded one; the cause was not measured
+    p = T.parser(__doc__, NAME, seeds=FULL["seeds"], smoke_seeds=SMOKE["seeds"],
+                 smoke_help="micro sizes, 2 seeds, one or two points per arm")
     for arm in ARMS:
-        p.add_argument(f"--{arm}", default="", help=f"{ARMS[arm][1]} values (default {FULL[arm]})")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="an override of every run")
-    p.add_argument("--jobs", type=int, default=1, help="runs at once (each pinned to its share of the CPUs); 0: in "
-                                                       "this process (--smoke took 397 s in-process on a quiet "
-                                                       "machine, 231 s with child runs on a loaded one; the cause "
-                                                       "was not measured)")
-    p.add_argument("--results", default="", help="results JSON (default experiments/results/dpo_imdb.json)")
-    p.add_argument("--figure", default="", help="figure (default experiments/figures/dpo_imdb_frontier.png)")
+        p.add_argument(f"--{arm}", default="", help=f"{ARMS[arm][1]} values (default {FULL[arm]}; "
+                                                   f"--smoke {SMOKE[arm]})")
     return p
-
-
-def copy_shared(arm_runs, base_runs, stages) -> None:
-    """Each arm run that has not started gets the shared stages of its seed's base run."""
-    from rlhf_jax.sweep.runner import share_stages
-    for run in arm_runs:
-        share_stages(run, [*base_runs, run], stages)
 
 
 def copy_classifier(base_runs) -> None:
     """The first seed's gold classifier into the other seeds' base runs that have not started:
     it depends on clf.* only (its own seed), so every seed would train the same one."""
-    from rlhf_jax.sweep.runner import share_stages
     source = base_runs[0]
-    for run in base_runs[1:]:
-        share_stages(run, [dataclasses.replace(source, seed=run.seed), run], ("clf",))
+    T.copy_stages(base_runs[1:], [dataclasses.replace(source, seed=run.seed) for run in base_runs[1:]], ("clf",))
 
 
-class Interrupted(Exception):
-    """A sweep stopped by SIGINT / SIGTERM (its name); the command resumes it."""
-
-
-def run_all(args, defaults: dict) -> tuple[dict, dict, dict, float]:
+def run_all(run, args, defaults: dict) -> tuple:
     """Run base and every arm; returns (base outcome, {arm: outcome}, {arm: Sweep}, wall seconds)."""
-    from rlhf_jax.sweep import Sweep, expand, parse_grid, parse_seeds, parse_sets, run_sweep
-    out = Path(args.out)
-    seeds = parse_seeds(args.seeds or defaults["seeds"])
-    sets = parse_sets(args.set)
+    from rlhf_jax.sweep import expand, parse_grid
+    rec, seeds = run.recorder, run.seeds
     micro = ",micro" if args.smoke else ""
     t0 = time.perf_counter()
-    base = Sweep(f"configs/imdb.py:ppo{micro}", {}, seeds, {**sets, "stages": BASE_STAGES}, out / "base",
-                 name="dpo_imdb_base")
+    base = rec.build("base", f"configs/imdb.py:ppo{micro}", seeds, sets={"stages": BASE_STAGES})
     base_runs = expand(base)
     if len(seeds) > 1 and not (base_runs[0].workdir / "clf" / "summary.json").exists():
-        run_sweep(dataclasses.replace(base, seeds=seeds[:1]), jobs=1, wandb=False, argv=sys.argv)  # one classifier
+        rec.run(dataclasses.replace(base, seeds=seeds[:1]), key="base_first_seed")  # one classifier
     copy_classifier(base_runs)
-    outcomes = {"base": run_sweep(base, jobs=args.jobs, wandb=False, argv=sys.argv)}
-    sweeps = {}
-    if outcomes["base"].interrupted:
-        raise Interrupted(outcomes["base"].interrupted)
+    _, base_outcome = rec.run(base)
+    outcomes, sweeps = {}, {}
     for arm, (variant, key, _, shared) in ARMS.items():
         values = getattr(args, arm) or defaults[arm]
-        sweep = Sweep(f"configs/imdb.py:{variant}{micro}", parse_grid([f"{key}={values}"]), seeds, sets, out / arm,
-                      name=f"dpo_imdb_{arm}")
-        copy_shared(expand(sweep), base_runs, shared)
-        outcomes[arm] = run_sweep(sweep, jobs=args.jobs, wandb=False, argv=sys.argv, share=shared)
-        sweeps[arm] = sweep
-        if outcomes[arm].interrupted:  # SIGTERM / Ctrl-C: stop here, the next arms would only be interrupted too
-            raise Interrupted(outcomes[arm].interrupted)
-    return outcomes.pop("base"), outcomes, sweeps, time.perf_counter() - t0
+        sweep = rec.build(arm, f"configs/imdb.py:{variant}{micro}", seeds, grid=parse_grid([f"{key}={values}"]))
+        sweeps[arm], outcomes[arm] = rec.run(sweep, share=shared, share_from=(base, shared))
+    return base_outcome, outcomes, sweeps, time.perf_counter() - t0
 
 
 def _stat(rows: list[dict], point: str, metric: str) -> dict | None:
@@ -177,23 +146,40 @@ def collect(base_outcome, outcomes: dict, sweeps: dict) -> dict:
     return {"shared": shared, "sft_gold_reward": sft_gold, "points": points}
 
 
+def _frontier(points: list[tuple[float, float]], x: float) -> float | None:
+    """The piecewise-linear curve through (KL, gold) points sorted by KL, at x; None outside."""
+    points = sorted(points)
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else max(y0, y1)
+    return None
+
+
 def dominance(points: list[dict]) -> list[dict]:
     """For every PPO point: DPO's frontier (piecewise linear between DPO's mean points sorted by
-    KL) at the PPO point's mean KL, minus the PPO point's mean gold reward; None outside DPO's KL range."""
-    dpo = sorted((p["kl"]["mean"], p["gold"]["mean"]) for p in points
-                 if p["arm"] == "dpo" and p["kl"] and p["gold"] and p["kl"]["mean"] is not None)
+    KL) at the PPO point's mean KL, minus the PPO point's mean gold reward (None outside DPO's KL
+    range); and the same paired by seed (each seed's DPO frontier at that seed's KL minus that
+    seed's PPO gold), with its 95% t-interval over seeds: what the seeds support."""
+    dpo = [p for p in points if p["arm"] == "dpo" and p["kl"] and p["gold"] and p["kl"]["mean"] is not None]
+    means = [(p["kl"]["mean"], p["gold"]["mean"]) for p in dpo]
     out = []
     for p in points:
         if p["arm"] == "dpo" or not p["kl"] or p["kl"]["mean"] is None:
             continue
         x, y = p["kl"]["mean"], p["gold"]["mean"]
-        at = None
-        for (x0, y0), (x1, y1) in zip(dpo, dpo[1:]):
-            if x0 <= x <= x1:
-                at = y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else max(y0, y1)
-        best_below = max((gy for gx, gy in dpo if gx <= x), default=None)  # a DPO point with no more KL
-        out.append({"arm": p["arm"], "value": p["value"], "kl": x, "gold": y,
+        at = _frontier(means, x)
+        best_below = max((gy for gx, gy in means if gx <= x), default=None)  # a DPO point with no more KL
+        paired = []
+        for i, (kl_i, gold_i) in enumerate(zip(p["kl"]["values"], p["gold"]["values"])):
+            seed_dpo = [(d["kl"]["values"][i], d["gold"]["values"][i]) for d in dpo
+                        if d["kl"]["values"][i] is not None and d["gold"]["values"][i] is not None]
+            f = _frontier(seed_dpo, kl_i) if kl_i is not None and gold_i is not None else None
+            paired.append(None if f is None else f - gold_i)
+        margin = T.stat(paired)
+        out.append({"arm": p["arm"], "value": p["value"], "kl": x, "gold": y, "gold_half_width": p["gold"]["half_width"],
                     "dpo_frontier_at_kl": at, "dpo_minus_ppo": None if at is None else at - y,
+                    "dpo_minus_ppo_paired": margin,
+                    "supported_by_seeds": margin["ci_low"] is not None and margin["ci_low"] > 0,
                     "dpo_point_with_less_kl_and_more_reward": best_below is not None and best_below >= y})
     return out
 
@@ -242,51 +228,43 @@ def plot(result: dict, path: Path) -> None:
 
 
 def verdict(dom: list[dict]) -> str:
-    """One sentence on whether DPO's frontier dominates PPO's here."""
+    """What the seeds support about DPO's frontier against PPO's, in one sentence."""
     judged = [d for d in dom if d["dpo_minus_ppo"] is not None]
     if not judged:
         return "not judged: no PPO point lies within DPO's KL range"
     above = [d for d in judged if d["dpo_minus_ppo"] > 0]
-    return (f"DPO's frontier is above {len(above)} of the {len(judged)} PPO points within its KL range "
-            f"({len(dom) - len(judged)} PPO points lie outside it); "
-            + ("DPO dominates here" if len(above) == len(judged) else "DPO does NOT dominate here"))
+    supported = [d for d in judged if d["supported_by_seeds"]]
+    where = "; ".join(f"{d['arm']} {d['value']:g}: {d['dpo_minus_ppo_paired']['mean']:+.3f} ± "
+                      f"{d['dpo_minus_ppo_paired']['half_width'] or float('nan'):.3f} (n={d['dpo_minus_ppo_paired']['n']})"
+                      for d in judged)
+    return (f"DPO's mean frontier is above {len(above)} of the {len(judged)} PPO points within its KL range "
+            f"({len(dom) - len(judged)} outside it); paired by seed, the margin's 95% interval excludes 0 for "
+            f"{len(supported)} of them ({where}); "
+            + ("the seeds support dominance here" if len(supported) == len(judged) else
+               "the seeds do not support dominance at every KL"))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     defaults = SMOKE if args.smoke else FULL
-    args.out = str(Path(args.out).resolve()) if args.out else str(ROOT / "runs" / ("dpo_imdb_smoke" if args.smoke
-                                                                                    else "dpo_imdb"))
-    out = Path(args.out)
-    results = Path(args.results).resolve() if args.results else (out / "dpo_imdb.json" if args.smoke
-                                                        else ROOT / "experiments" / "results" / "dpo_imdb.json")
-    figure = Path(args.figure).resolve() if args.figure else (out / "frontier.png" if args.smoke
-                                                    else ROOT / "experiments" / "figures" / "dpo_imdb_frontier.png")
-    os.chdir(ROOT)  # configs/ resolves from the repository root, in the runner and in its children
-    try:
-        base_outcome, outcomes, sweeps, wall = run_all(args, defaults)
-    except Interrupted as e:
-        print(f"[dpo_imdb] stopped by {e}; run the same command to resume", file=sys.stderr)
-        return 130 if str(e) == "SIGINT" else 143
-    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
-    failed = base_outcome.failed + sum(o.failed for o in outcomes.values())
+    run = T.setup(args, NAME, figure_name="dpo_imdb_frontier", argv=argv)
+    base_outcome, outcomes, sweeps, wall = run_all(run, args, defaults)
+    report = run.recorder.report()
     result = {"experiment": "DPO paper, IMDb sentiment frontier (Rafailov et al. 2023, Fig. 2 left)",
-              "paper_claim": PAPER_CLAIM, "smoke": args.smoke,
-              "command": shlex.join(["python", "experiments/dpo_imdb.py", *(sys.argv[1:] if argv is None else argv)]),
+              "paper_claim": PAPER_CLAIM, "smoke": args.smoke, "command": run.command,
               "sweep_commands": {arm: sweep_command(sweeps[arm], ARMS[arm][3]) for arm in ARMS},
-              "seeds": sweeps["dpo"].seeds, "interval": "95% t-interval over seeds (mean +- t(0.975, n-1) s / sqrt(n))",
+              "seeds": run.seeds, "interval": "95% t-interval over seeds (mean +- t(0.975, n-1) s / sqrt(n))",
               "wall_seconds_this_invocation": round(wall, 1),
-              "cpu_seconds_this_invocation": round(cpu.ru_utime + cpu.ru_stime, 1),
-              "run_seconds": run_seconds(base_outcome, outcomes),
-              "failed_runs": failed, **collect(base_outcome, outcomes, sweeps)}
+              "cpu_seconds_this_invocation": report["total_run_cpu_s"],
+              "run_seconds": run_seconds(base_outcome, outcomes), **report,
+              **collect(base_outcome, outcomes, sweeps)}
     result["dominance"] = dominance(result["points"])
     result["verdict"] = verdict(result["dominance"])
-    results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(json.dumps(result, indent=1, default=lambda x: None if isinstance(x, float) and not
-                                  math.isfinite(x) else x))
-    plot(result, figure)
-    print(f"[dpo_imdb] {result['verdict']}\n  {results}\n  {figure}\n  wall {wall:.0f}s, {failed} failed runs")
-    return min(failed, 100)
+    T.write_json(run.json_path, result)
+    plot(result, run.png_path)
+    print(f"[dpo_imdb] {result['verdict']}\n  {run.json_path}\n  {run.png_path}\n  wall {wall:.0f}s, "
+          f"{result['failed_runs']} failed runs")
+    return min(result["failed_runs"], 100)
 
 
 def run_seconds(base_outcome, outcomes: dict) -> dict:
@@ -299,6 +277,7 @@ def run_seconds(base_outcome, outcomes: dict) -> dict:
 
 def sweep_command(sweep, share) -> str:
     """The experiments/sweep.py command that runs one arm by itself (without the copy from base)."""
+    import shlex
     return shlex.join(sweep.cli(share))
 
 

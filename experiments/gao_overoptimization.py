@@ -23,7 +23,6 @@ experiments/figures/gao_overoptimization.png.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -31,9 +30,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import expb_common as ec  # noqa: E402
-from expb_common import ROOT  # noqa: E402
-from rlhf_jax.sweep import Sweep  # noqa: E402
+import toolkit as T  # noqa: E402  (also puts this checkout first on sys.path)
+from toolkit import REPO as ROOT  # noqa: E402
 
 NAME = "gao_overoptimization"
 CONFIG = "experiments/configs/overopt.py:hackable"
@@ -104,7 +102,7 @@ def fits(form: str, per_seed: dict[int, tuple[np.ndarray, np.ndarray]]) -> dict:
     pooled = _fit(form, np.concatenate([d for d, _ in per_seed.values()]),
                   np.concatenate([y for _, y in per_seed.values()]))
     each = {s: _fit(form, d, y) for s, (d, y) in per_seed.items()}
-    return {"pooled": pooled, "per_seed": {k: ec.stats([each[s][k] for s in sorted(each)])
+    return {"pooled": pooled, "per_seed": {k: T.stat([each[s][k] for s in sorted(each)])
                                            for k in ("alpha", "beta", "d_star", "r2")},
             "seeds_with_peak": int(sum(each[s]["d_star"] is not None for s in each))}
 
@@ -122,41 +120,41 @@ def bin_by_d(d: np.ndarray, values: dict[str, np.ndarray], bins: int) -> dict:
         seeds = [i for i in range(d.shape[0]) if inside[i].any()]
         if len(seeds) < 2:
             continue
-        out["d"].append(ec.stats([d[i][inside[i]].mean() for i in seeds]))
+        out["d"].append(T.stat([d[i][inside[i]].mean() for i in seeds]))
         for k, v in values.items():
-            out[k].append(ec.stats([v[i][inside[i]].mean() for i in seeds]))
+            out[k].append(T.stat([v[i][inside[i]].mean() for i in seeds]))
     return out
 
 
 def analyse_point(dirs: dict[int, Path], window: int, bins: int) -> dict:
     seeds = sorted(dirs)
-    curves = {s: ec.read_json(dirs[s] / "bon" / "curve.json") for s in seeds}
+    curves = {s: T.read_json(dirs[s] / "bon" / "curve.json") for s in seeds}
     ns = [r["n"] for r in curves[seeds[0]]]
     kl = np.array([r["kl"] for r in curves[seeds[0]]])
     gold = np.array([[r["gold"] for r in curves[s]] for s in seeds])    # [S, n]
     proxy = np.array([[r["proxy"] for r in curves[s]] for s in seeds])
     gold0, proxy0 = gold[:, :1], proxy[:, :1]                           # the SFT policy (best-of-1)
     bon = {"n": ns, "kl": kl, "d": np.sqrt(kl),
-           "gold": [ec.stats(gold[:, j]) for j in range(len(ns))],
-           "proxy": [ec.stats(proxy[:, j]) for j in range(len(ns))],
-           "gold_gain": [ec.stats(gold[:, j] - gold0[:, 0]) for j in range(len(ns))],
-           "proxy_gain": [ec.stats(proxy[:, j] - proxy0[:, 0]) for j in range(len(ns))]}
+           "gold": [T.stat(gold[:, j]) for j in range(len(ns))],
+           "proxy": [T.stat(proxy[:, j]) for j in range(len(ns))],
+           "gold_gain": [T.stat(gold[:, j] - gold0[:, 0]) for j in range(len(ns))],
+           "proxy_gain": [T.stat(proxy[:, j] - proxy0[:, 0]) for j in range(len(ns))]}
     bon_fit = fits("bon", {s: (np.sqrt(kl), gold[i] - gold0[i]) for i, s in enumerate(seeds)})
     peak = int(np.argmax(gold.mean(0)))
-    bon["empirical_peak"] = {"n": ns[peak], "d": float(np.sqrt(kl[peak])), "gold": ec.stats(gold[:, peak])}
+    bon["empirical_peak"] = {"n": ns[peak], "d": float(np.sqrt(kl[peak])), "gold": T.stat(gold[:, peak])}
     bon["proxy_monotone"] = bool(np.all(np.diff(proxy.mean(0)) >= -1e-9))
 
-    logs = {s: ec.read_jsonl(dirs[s] / "ppo" / "metrics.jsonl") for s in seeds}
-    T = min(len(v) for v in logs.values())
-    series = {key: np.array([[row.get(key, np.nan) for row in logs[s][:T]] for s in seeds], float)
+    logs = {s: T.read_jsonl(dirs[s] / "ppo" / "metrics.jsonl") for s in seeds}
+    n_it = min(len(v) for v in logs.values())
+    series = {key: np.array([[row.get(key, np.nan) for row in logs[s][:n_it]] for s in seeds], float)
               for key in ("kl", "score", "gold_reward")}
     d_raw = np.sqrt(np.maximum(series["kl"], 0.0))
-    smooth = {k: ec.moving_average(v, window) for k, v in series.items()}
+    smooth = {k: T.centred_moving_average(v, window) for k, v in series.items()}
     d_smooth = np.sqrt(np.maximum(smooth["kl"], 0.0))
-    rl = {"iteration": list(range(1, T + 1)), "smoothing_window": window,
-          "kl": [ec.stats(smooth["kl"][:, t]) for t in range(T)],
-          "gold": [ec.stats(smooth["gold_reward"][:, t]) for t in range(T)],
-          "proxy": [ec.stats(smooth["score"][:, t]) for t in range(T)]}
+    rl = {"iteration": list(range(1, n_it + 1)), "smoothing_window": window,
+          "kl": [T.stat(smooth["kl"][:, t]) for t in range(n_it)],
+          "gold": [T.stat(smooth["gold_reward"][:, t]) for t in range(n_it)],
+          "proxy": [T.stat(smooth["score"][:, t]) for t in range(n_it)]}
     for entry in ("kl", "gold", "proxy"):  # keep the JSON small: per-seed values only in `binned`
         for s in rl[entry]:
             s.pop("values")
@@ -167,11 +165,11 @@ def analyse_point(dirs: dict[int, Path], window: int, bins: int) -> dict:
     mean_gold = smooth["gold_reward"].mean(0)
     tp = int(np.nanargmax(mean_gold))
     rl["empirical_peak"] = {"iteration": tp + 1, "d": float(d_smooth[:, tp].mean()),
-                            "gold": ec.stats(smooth["gold_reward"][:, tp])}
-    summaries = {s: ec.summary(dirs[s]) for s in seeds}
-    get = lambda stage, key: ec.stats([summaries[s].get(stage, {}).get(key) for s in seeds])
-    final = {"rm_val_accuracy": get("rm", "val_accuracy"), "gold_sft": ec.stats(gold0[:, 0]),
-             "bon_gold_at_N": ec.stats(gold[:, -1]), "ppo_gold_final": get("ppo", "gold_reward_final"),
+                            "gold": T.stat(smooth["gold_reward"][:, tp])}
+    summaries = {s: T.summary(dirs[s]) for s in seeds}
+    get = lambda stage, key: T.stat([summaries[s].get(stage, {}).get(key) for s in seeds])
+    final = {"rm_val_accuracy": get("rm", "val_accuracy"), "gold_sft": T.stat(gold0[:, 0]),
+             "bon_gold_at_N": T.stat(gold[:, -1]), "ppo_gold_final": get("ppo", "gold_reward_final"),
              "ppo_gold_sft_eval": get("ppo", "gold_reward_sft"), "ppo_kl_final": get("ppo", "kl_final"),
              "ppo_win_rate_vs_sft": get("ppo", "win_rate_vs_sft"),
              "ppo_rm_score_final": get("ppo", "rm_score_final")}
@@ -247,47 +245,35 @@ def checks(points: list[dict], sizes: list[str], rankings: list[str]) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--smoke", action="store_true", help="micro config, one point, 2 seeds, 4 PPO iterations")
-    p.add_argument("--runs", default=None, help="sweep directories (default runs/gao_overoptimization[_smoke])")
-    p.add_argument("--results", default=None, help="results JSON directory (default experiments/results; "
-                                                   "with --smoke the runs directory)")
-    p.add_argument("--figures", default=None, help="PNG directory (default experiments/figures; with --smoke "
-                                                   "the runs directory)")
-    p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; smoke 0,1)")
+    p = T.parser(__doc__, NAME, seeds="0-2", smoke_seeds="0-1",
+                 smoke_help="micro config, one point, 2 seeds, 4 PPO iterations")
     args = p.parse_args(argv)
+    run = T.setup(args, NAME, argv=argv)
     spec = SMOKE if args.smoke else FULL
-    name = NAME + ("_smoke" if args.smoke else "")
-    runs = Path(args.runs or ROOT / "runs" / name).resolve()
-    results = Path(args.results or (runs if args.smoke else ROOT / "experiments" / "results"))
-    figures = Path(args.figures or (runs if args.smoke else ROOT / "experiments" / "figures"))
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else spec["seeds"]
+    seeds, fig_path, json_path = run.seeds, run.png_path, run.json_path
     config = CONFIG + spec.get("config_variant", "")
     t0 = time.perf_counter()
-    sweeps, records, points = [], [], []
+    points, names = [], []
     for n_rank in spec["rankings"]:
-        sweep = Sweep(config, {"rm.overrides.d_model": spec["sizes"]}, seeds,
-                      {"data.n_rankings": n_rank, **spec["sets"]}, runs / f"rankings_{n_rank}", name=f"{name}_{n_rank}")
-        records.append(ec.run(sweep, share=("sft",), jobs=0 if args.smoke else 1, metrics=["rm.val_accuracy", "bon.gold_peak",
-                                                               "ppo.gold_reward_final", "ppo.kl_final"]))
-        sweeps.append(sweep)
-        for point, dirs in ec.workdirs(sweep).items():
+        sweep, _ = run.recorder.sweep(f"rankings_{n_rank}", config, seeds, grid={"rm.overrides.d_model": spec["sizes"]},
+                                      sets={"data.n_rankings": n_rank, **spec["sets"]}, share=("sft",), strict=True,
+                                      metrics=["rm.val_accuracy", "bon.gold_peak", "ppo.gold_reward_final",
+                                               "ppo.kl_final"])
+        names.append(sweep.label)
+        for point, dirs in T.workdirs(sweep).items():
             size = int(point.split("=")[1])
             res = analyse_point(dirs, spec["window"], spec["bins"])
             points.append({"point": f"{n_rank}/{point}", "rm_d_model": size, "rm_params": rm_params(size),
                            "n_rankings": int(n_rank), **res})
     wall = time.perf_counter() - t0
-    fig_path = figures / f"{name}.png"
     figure(points, spec["rankings"], fig_path,
            f"Gao et al. 2022 on the task world: hackable proxy RMs trained from scratch; mean over "
            f"{len(seeds)} seeds, 95% t-interval bands; dotted: fitted forms; dashed: fitted d*")
     config_text = {k: v for k, v in spec.items() if k not in ("seeds",)}
     out = {"experiment": NAME, "mode": "smoke" if args.smoke else "full", "seeds": seeds,
            "config": config, "spec": config_text,
-           "commands": [" ".join(["python", "experiments/gao_overoptimization.py", *(argv or sys.argv[1:])])]
-           + [r["command"] for r in records],
-           "sweep_seconds": [r["seconds"] for r in records], "wall_seconds": round(wall, 1),
-           "run_seconds_total": round(sum(r["seconds"] or 0.0 for rec in records for r in rec["runs"]), 1),
+           "command": run.command, **run.recorder.report(),
+           "sweep_seconds": [run.recorder.timings[n]["wall_s"] for n in names], "wall_seconds": round(wall, 1),
            "timing_note": "wall_seconds: this invocation (small when the runs were finished before and only the "
                           "analysis ran); run_seconds_total: the runs' own wall times as the runner recorded them",
            "gold_baseline": "gold gains are relative to each seed's SFT policy (the best-of-1 gold of its bon stage)",
@@ -297,15 +283,14 @@ def main(argv=None) -> int:
                         f"then over seeds; the fits use every raw iteration of every seed",
            "paper": PAPER, "checks": checks(points, spec["sizes"], spec["rankings"]),
            "points": points, "figure": str(fig_path.relative_to(ROOT)) if fig_path.is_relative_to(ROOT) else
-           str(fig_path), "runs": [r["runs"] for r in records]}
-    json_path = results / f"{name}.json"
-    ec.write_json(json_path, out)
+           str(fig_path), "runs": [run.recorder.records[n] for n in names]}
+    T.write_json(json_path, out)
     print(f"[{NAME}] {len(points)} points x {len(seeds)} seeds in {wall:.0f}s\n  {json_path}\n  {fig_path}")
     for pt in points:
         bf, rf = pt["bon_fit"]["pooled"], pt["rl_fit"]["pooled"]
-        print(f"  {pt['point']}: rm acc {ec.fmt(pt['final']['rm_val_accuracy'])}, bon peak n={pt['bon']['empirical_peak']['n']} "
-              f"gold {ec.fmt(pt['bon']['empirical_peak']['gold'])}; bon fit a={bf['alpha']} b={bf['beta']} d*={bf['d_star']}; "
-              f"rl fit a={rf['alpha']} b={rf['beta']} d*={rf['d_star']}; ppo gold final {ec.fmt(pt['final']['ppo_gold_final'])}")
+        print(f"  {pt['point']}: rm acc {T.fmt(pt['final']['rm_val_accuracy'])}, bon peak n={pt['bon']['empirical_peak']['n']} "
+              f"gold {T.fmt(pt['bon']['empirical_peak']['gold'])}; bon fit a={bf['alpha']} b={bf['beta']} d*={bf['d_star']}; "
+              f"rl fit a={rf['alpha']} b={rf['beta']} d*={rf['d_star']}; ppo gold final {T.fmt(pt['final']['ppo_gold_final'])}")
     return 0
 
 

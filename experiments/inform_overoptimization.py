@@ -19,7 +19,6 @@ experiments/figures/inform_overoptimization.png.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -27,9 +26,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import expb_common as ec  # noqa: E402
-from expb_common import ROOT  # noqa: E402
-from rlhf_jax.sweep import Sweep  # noqa: E402
+import toolkit as T  # noqa: E402  (also puts this checkout first on sys.path)
+from toolkit import REPO as ROOT  # noqa: E402
 
 NAME = "inform_overoptimization"
 CONFIG = "configs/ablations/inform.py"
@@ -64,14 +62,14 @@ PAPER = {
 def curves(dirs: dict[int, Path], window: int, late: int) -> dict:
     """Per-iteration rollout metrics and the tracked latent diagnostics of one point."""
     seeds = sorted(dirs)
-    logs = {s: ec.read_jsonl(dirs[s] / "ppo" / "metrics.jsonl") for s in seeds}
-    T = min(len(v) for v in logs.values())
-    series = {k: np.array([[row.get(k, np.nan) for row in logs[s][:T]] for s in seeds], float)
+    logs = {s: T.read_jsonl(dirs[s] / "ppo" / "metrics.jsonl") for s in seeds}
+    n_it = min(len(v) for v in logs.values())
+    series = {k: np.array([[row.get(k, np.nan) for row in logs[s][:n_it]] for s in seeds], float)
               for k in ("gold_reward", "kl", "score")}
-    smooth = {k: ec.moving_average(v, window) for k, v in series.items()}
-    out = {"iteration": list(range(1, T + 1)), "smoothing_window": window}
+    smooth = {k: T.centred_moving_average(v, window) for k, v in series.items()}
+    out = {"iteration": list(range(1, n_it + 1)), "smoothing_window": window}
     for k, v in smooth.items():
-        out[k] = [ec.stats(v[:, t]) for t in range(T)]
+        out[k] = [T.stat(v[:, t]) for t in range(n_it)]
         for s in out[k]:
             s.pop("values")
     # the fall from the peak: the peak is the iteration where the seed-mean smoothed gold is highest;
@@ -80,29 +78,29 @@ def curves(dirs: dict[int, Path], window: int, late: int) -> dict:
     tp = int(np.nanargmax(mean_gold))
     last = series["gold_reward"][:, -late:].mean(1)
     first = series["gold_reward"][:, :late].mean(1)
-    out["peak"] = {"iteration": tp + 1, "gold": ec.stats(smooth["gold_reward"][:, tp])}
-    out["gold_first"] = ec.stats(first)
-    out["gold_last"] = ec.stats(last)
-    out["gold_last_minus_peak"] = ec.stats(last - smooth["gold_reward"][:, tp])
-    out["gold_last_minus_first"] = ec.stats(last - first)
+    out["peak"] = {"iteration": tp + 1, "gold": T.stat(smooth["gold_reward"][:, tp])}
+    out["gold_first"] = T.stat(first)
+    out["gold_last"] = T.stat(last)
+    out["gold_last_minus_peak"] = T.stat(last - smooth["gold_reward"][:, tp])
+    out["gold_last_minus_first"] = T.stat(last - first)
     tracked = sorted({int(row["step"]) for s in seeds for row in logs[s] if "latent/csi" in row})
     if tracked:
         lat = {k: {s: {int(r["step"]): r.get(k) for r in logs[s] if "latent/csi" in r} for s in seeds}
                for k in ("latent/csi", "latent/outlier_rate")}
         out["tracked_iteration"] = tracked
-        out["csi"] = [ec.stats([lat["latent/csi"][s].get(t) for s in seeds]) for t in tracked]
-        out["outlier_rate"] = [ec.stats([lat["latent/outlier_rate"][s].get(t) for s in seeds]) for t in tracked]
+        out["csi"] = [T.stat([lat["latent/csi"][s].get(t) for s in seeds]) for t in tracked]
+        out["outlier_rate"] = [T.stat([lat["latent/outlier_rate"][s].get(t) for s in seeds]) for t in tracked]
         # does CSI rise as gold falls? per seed, Pearson r over the tracked iterations between CSI and
         # the smoothed gold at those iterations (negative: CSI up while gold down)
         rs = []
         for i, s in enumerate(seeds):
             c = np.array([lat["latent/csi"][s].get(t, np.nan) for t in tracked], float)
-            g = smooth["gold_reward"][i, [t - 1 for t in tracked if t <= T]]
+            g = smooth["gold_reward"][i, [t - 1 for t in tracked if t <= n_it]]
             ok = np.isfinite(c[:len(g)]) & np.isfinite(g)
             rs.append(float(np.corrcoef(c[:len(g)][ok], g[ok])[0, 1]) if ok.sum() >= 3 and np.std(c[:len(g)][ok]) > 0
                       else None)
-        out["corr_csi_gold"] = ec.stats(rs)
-        out["csi_last_over_first"] = ec.stats(
+        out["corr_csi_gold"] = T.stat(rs)
+        out["csi_last_over_first"] = T.stat(
             [lat["latent/csi"][s].get(tracked[-1]) / lat["latent/csi"][s][tracked[0]]
              if lat["latent/csi"][s].get(tracked[0]) else None for s in seeds])
     return out
@@ -110,14 +108,14 @@ def curves(dirs: dict[int, Path], window: int, late: int) -> dict:
 
 def finals(dirs: dict[int, Path]) -> dict:
     seeds = sorted(dirs)
-    sums = {s: ec.summary(dirs[s]) for s in seeds}
-    get = lambda stage, key: ec.stats([sums[s].get(stage, {}).get(key) for s in seeds])
+    sums = {s: T.summary(dirs[s]) for s in seeds}
+    get = lambda stage, key: T.stat([sums[s].get(stage, {}).get(key) for s in seeds])
     out = {k: get("ppo", k) for k in ("gold_reward_sft", "gold_reward_final", "kl_final", "win_rate_vs_sft",
                                        "rm_score_sft", "rm_score_final", "response_length_final",
                                        "latent_csi_sft", "latent_csi_final", "latent_outlier_rate_sft",
                                        "latent_outlier_rate_final")}
     out["rm_val_accuracy"] = get("rm", "val_accuracy")
-    out["gold_gain_vs_sft"] = ec.stats([sums[s]["ppo"]["gold_reward_final"] - sums[s]["ppo"]["gold_reward_sft"]
+    out["gold_gain_vs_sft"] = T.stat([sums[s]["ppo"]["gold_reward_final"] - sums[s]["ppo"]["gold_reward_sft"]
                                         for s in seeds])
     out["final_gold_by_seed"] = {s: sums[s]["ppo"]["gold_reward_final"] for s in seeds}
     return {k: v for k, v in out.items() if k == "final_gold_by_seed" or v["n"]}
@@ -179,49 +177,37 @@ def figure(points: list[dict], path: Path, title: str) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--smoke", action="store_true", help="micro config, standard + one beta, 2 seeds, 4 PPO iterations")
-    p.add_argument("--runs", default=None, help="sweep directories (default runs/inform_overoptimization[_smoke])")
-    p.add_argument("--results", default=None, help="results JSON directory (default experiments/results; "
-                                                   "with --smoke the runs directory)")
-    p.add_argument("--figures", default=None, help="PNG directory (default experiments/figures; with --smoke "
-                                                   "the runs directory)")
-    p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2; smoke 0,1)")
+    p = T.parser(__doc__, NAME, seeds="0-2", smoke_seeds="0-1",
+                 smoke_help="micro config, standard + one beta, 2 seeds, 4 PPO iterations")
     p.add_argument("--readme_budget", action="store_true",
                    help="the README's single-seed setting instead (RM trained 3 epochs, standard RM and beta 0.01 "
                         "only), written as inform_overoptimization_rm3ep.json / .png")
     args = p.parse_args(argv)
     spec = SMOKE if args.smoke else FULL
-    name = NAME + ("_smoke" if args.smoke else "")
+    tag = NAME
     if args.readme_budget and not args.smoke:
         spec = {**FULL, "betas": ["0.01"], "sets": {**FULL["sets"], "rm.epochs": "3"}}
-        name = NAME + "_rm3ep"
-    runs = Path(args.runs or ROOT / "runs" / name).resolve()
-    results = Path(args.results or (runs if args.smoke else ROOT / "experiments" / "results"))
-    figures = Path(args.figures or (runs if args.smoke else ROOT / "experiments" / "figures"))
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else spec["seeds"]
+        tag = NAME + "_rm3ep"
+    run = T.setup(args, NAME, argv=argv, tag=tag)
+    seeds, fig_path, json_path = run.seeds, run.png_path, run.json_path
     t0 = time.perf_counter()
     headline = ["rm.val_accuracy", "ppo.gold_reward_final", "ppo.kl_final", "ppo.win_rate_vs_sft"]
-    standard = Sweep(f"{CONFIG}:standard,{spec['variant']}", {}, seeds, dict(spec["sets"]), runs / "standard",
-                     name=f"{name}_standard")
-    inform = Sweep(f"{CONFIG}:inform,{spec['variant']}", {"inform.beta": spec["betas"]}, seeds, dict(spec["sets"]),
-                   runs / "inform", name=f"{name}_inform")
-    jobs = 0 if args.smoke else 1  # smoke: in this process (no start-up per run)
-    records = [ec.run(standard, share=(), metrics=headline, jobs=jobs),
-               ec.run(inform, share=("sft",), metrics=headline, jobs=jobs)]
+    standard, _ = run.recorder.sweep("standard", f"{CONFIG}:standard,{spec['variant']}", seeds, sets=spec["sets"],
+                                     metrics=headline, strict=True)
+    inform, _ = run.recorder.sweep("inform", f"{CONFIG}:inform,{spec['variant']}", seeds, sets=spec["sets"],
+                                   grid={"inform.beta": spec["betas"]}, share=("sft",), metrics=headline, strict=True)
     points = []
-    for label, dirs in [("standard RM", ec.workdirs(standard)["base"])] + [
-            (f"InfoRM beta={pt.split('=')[1]}", d) for pt, d in ec.workdirs(inform).items()]:
+    for label, dirs in [("standard RM", T.workdirs(standard)["base"])] + [
+            (f"InfoRM beta={pt.split('=')[1]}", d) for pt, d in T.workdirs(inform).items()]:
         points.append({"label": label, "seeds": sorted(dirs), "curves": curves(dirs, spec["window"], spec["late"]),
                        "final": finals(dirs)})
     # paired by seed (same SFT policy, same task world): InfoRM's final gold minus the standard RM's
     std_gold = points[0]["final"]["final_gold_by_seed"]
     for pt in points[1:]:
         mine = pt["final"]["final_gold_by_seed"]
-        pt["final"]["gold_final_minus_standard_paired"] = ec.stats(
+        pt["final"]["gold_final_minus_standard_paired"] = T.stat(
             [mine[s] - std_gold[s] for s in seeds if s in mine and s in std_gold])
     wall = time.perf_counter() - t0
-    fig_path = figures / f"{name}.png"
     figure(points, fig_path, f"InfoRM (Miao et al. 2024) on the task world, hackable RMs: PPO rollouts over iterations "
                              f"(each seed smoothed over {spec['window']} iterations), mean and 95% t-interval over "
                              f"{len(seeds)} seeds")
@@ -244,10 +230,9 @@ def main(argv=None) -> int:
                 c["corr_csi_gold"]["ci_high"] is not None and c["corr_csi_gold"]["ci_high"] < 0)
     out = {"experiment": NAME, "mode": "smoke" if args.smoke else "full", "seeds": seeds,
            "spec": {k: v for k, v in spec.items() if k != "seeds"},
-           "commands": [" ".join(["python", "experiments/inform_overoptimization.py", *(argv or sys.argv[1:])])]
-           + [r["command"] for r in records],
-           "sweep_seconds": [r["seconds"] for r in records], "wall_seconds": round(wall, 1),
-           "run_seconds_total": round(sum(r["seconds"] or 0.0 for rec in records for r in rec["runs"]), 1),
+           "command": run.command, **run.recorder.report(),
+           "sweep_seconds": [run.recorder.timings[n]["wall_s"] for n in ("standard", "inform")],
+           "wall_seconds": round(wall, 1),
            "timing_note": "wall_seconds: this invocation (small when the runs were finished before and only the "
                           "analysis ran); run_seconds_total: the runs' own wall times as the runner recorded them",
            "definitions": {
@@ -262,15 +247,14 @@ def main(argv=None) -> int:
                                                    "the standard RM's, t-interval over seeds"},
            "paper": PAPER, "checks": checks, "points": points,
            "figure": str(fig_path.relative_to(ROOT)) if fig_path.is_relative_to(ROOT) else str(fig_path),
-           "runs": [r["runs"] for r in records]}
-    json_path = results / f"{name}.json"
-    ec.write_json(json_path, out)
+           "runs": [run.recorder.records[n] for n in ("standard", "inform")]}
+    T.write_json(json_path, out)
     print(f"[{NAME}] {len(points)} points x {len(seeds)} seeds in {wall:.0f}s\n  {json_path}\n  {fig_path}")
     for pt in points:
         f, c = pt["final"], pt["curves"]
-        print(f"  {pt['label']}: gold final {ec.fmt(f['gold_reward_final'])} (sft {ec.fmt(f['gold_reward_sft'])}), "
-              f"kl {ec.fmt(f['kl_final'], 2)}, win {ec.fmt(f['win_rate_vs_sft'])}, last-peak "
-              f"{ec.fmt(c['gold_last_minus_peak'])}, corr(csi,gold) {ec.fmt(c.get('corr_csi_gold'))}")
+        print(f"  {pt['label']}: gold final {T.fmt(f['gold_reward_final'])} (sft {T.fmt(f['gold_reward_sft'])}), "
+              f"kl {T.fmt(f['kl_final'], 2)}, win {T.fmt(f['win_rate_vs_sft'])}, last-peak "
+              f"{T.fmt(c['gold_last_minus_peak'])}, corr(csi,gold) {T.fmt(c.get('corr_csi_gold'))}")
     return 0
 
 

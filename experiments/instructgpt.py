@@ -18,20 +18,27 @@ B. K-wise grouping against the same pairs shuffled as independent examples (`rm.
    control arm gives the shuffled pairs 32 * C(K,2) pairs per step (as many steps and pairs per
    step as K-wise), to separate the grouping from the number of updates.
 C. PPO against PPO-ptx as `ppo.ptx_coef` grows: win rate over SFT (gold judge) and the alignment
-   tax (held-out demonstration NLL per token, final policy minus SFT). sft and rm are shared
-   across the points of a seed (`--share sft,rm`).
+   tax (held-out NLL per token, final policy minus SFT) on the task world's pretraining text
+   (`data.ptx=world:pretrain`: synthetic.pretrain_records, its own generator: solved examples of
+   1-9 items as running text and runs of consecutive digits), which the SFT also trains on
+   (`data.n_sft_pretrain`, as a base model pretrained on it) and PPO-ptx trains on; the tax is
+   scored on that text's held-out split, so ptx never trains on the rows it is measured on. The
+   tax on the held-out demonstrations (which ptx no longer trains on) is reported beside it. sft
+   and rm are shared across the points of a seed (`--share sft,rm`). `--parts ptx` reruns this
+   part alone and keeps the other parts of an existing results JSON.
 
 Run directories go to runs/experiments/instructgpt (gitignored); run the same command again to
 resume (finished runs are reused).
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import expa_common as X  # noqa: E402  (also puts this checkout first on sys.path)
+import toolkit as T  # noqa: E402  (also puts this checkout first on sys.path)
 
 NAME = "instructgpt"
 PAPER = {
@@ -46,13 +53,17 @@ PAPER = {
            "a larger pretraining coefficient trades reward for less regression.",
 }
 
-FULL = {"config": "configs/instructgpt.py:tiny", "seeds": [0, 1, 2], "ks": [2, 4, 6, 9], "budget": 7200,
+FULL = {"config": "configs/instructgpt.py:tiny", "ks": [2, 4, 6, 9], "budget": 7200,
         "n_val": 512, "pairs_rankings": 1000, "epochs": [1, 2, 4, 8], "control": True,
-        "ptx": [0, 1, 4, 16], "ptx_batch": 64, "sets": {}, "ppo_sets": {}}
-SMOKE = {"config": "configs/instructgpt.py:micro", "seeds": [0, 1], "ks": [2], "budget": 96,
+        "ptx": [0, 1, 16], "ptx_batch": 64, "sets": {}, "ppo_sets": {},
+        # C's cuts for a shared 2-core CPU (its rerun on the pretraining text had about 30 min): the RM
+        # on 2,000 rankings of SFT samples (not 8,000), ptx_coef 0, 1, 16 (not 0, 1, 4, 16)
+        "ptx_sets": {"data.ptx": "world:pretrain", "data.n_sft_pretrain": 4000, "data.n_rankings": 2000}}
+SMOKE = {"config": "configs/instructgpt.py:micro", "ks": [2], "budget": 96,
          "n_val": 32, "pairs_rankings": 32, "epochs": [1], "control": False,
          "ptx": [1], "ptx_batch": 16, "sets": {"sft.steps": 4},
-         "ppo_sets": {"ppo.iterations": 2, "rm.steps": 4, "heldout.n_prompts": 16, "data.n_sft_val": 32}}
+         "ppo_sets": {"ppo.iterations": 2, "rm.steps": 4, "heldout.n_prompts": 16, "data.n_sft_val": 32},
+         "ptx_sets": {"data.ptx": "world:pretrain", "data.n_sft_pretrain": 64, "data.n_ptx": 64}}
 BATCH = 32  # rm.batch_size of the tiny and micro configs' defaults (kept; stated in the JSON)
 
 
@@ -113,7 +124,7 @@ def first_run(sweep, seed: int):
 
 # --- the three parts ----------------------------------------------------------------------------
 
-def run_k(rec: X.Recorder, s: dict) -> dict:
+def run_k(rec: T.Recorder, s: dict) -> dict:
     """A's sweeps: one per K (n_rankings = budget / K), stages sft and rm."""
     sweeps = {}
     for k in s["ks"]:
@@ -130,7 +141,7 @@ def part_k(sweeps: dict, s: dict) -> dict:
     fills = {k: {} for k in s["ks"]}
     sft_loss_spread = 0.0
     for seed in s["seeds"]:
-        ok = {k: dict(X.run_dirs(*sweeps[k], "base"))[seed] for k in s["ks"]}
+        ok = {k: dict(T.run_dirs(*sweeps[k], "base"))[seed] for k in s["ks"]}
         some = next((k for k in s["ks"] if ok[k] is not None), None)
         if some is None:
             continue
@@ -141,22 +152,22 @@ def part_k(sweeps: dict, s: dict) -> dict:
             fills[k][seed] = ev.fill_fraction(s["n_val"], k)
             if ok[k] is not None:
                 fixed[k][seed] = ev.score(ok[k], val4)
-                losses.append(X.row_stat(sweeps[k][1], "base", "sft.val_loss")["values"][s["seeds"].index(seed)])
+                losses.append(T.row_stat(sweeps[k][1], "base", "sft.val_loss")["values"][s["seeds"].index(seed)])
         losses = [v for v in losses if v is not None]
         sft_loss_spread = max(sft_loss_spread, max(losses) - min(losses) if losses else 0.0)
     points = []
     for k in s["ks"]:
         sweep, outcome = sweeps[k]
-        own_acc = X.row_stat(outcome, "base", "rm.val_accuracy")
-        steps = X.row_stat(outcome, "base", "rm.steps")
+        own_acc = T.row_stat(outcome, "base", "rm.val_accuracy")
+        steps = T.row_stat(outcome, "base", "rm.steps")
         points.append({
             "k": k, "n_rankings": s["budget"] // k, "pairs_per_prompt": k * (k - 1) // 2,
             "train_pairs": (s["budget"] // k) * k * (k - 1) // 2, "rm_steps": steps["mean"],
-            "val_accuracy_fixed_k4": X.stat(fixed[k].get(seed, {}).get("val_accuracy") for seed in s["seeds"]),
-            "val_loss_fixed_k4": X.stat(fixed[k].get(seed, {}).get("val_loss") for seed in s["seeds"]),
+            "val_accuracy_fixed_k4": T.stat(fixed[k].get(seed, {}).get("val_accuracy") for seed in s["seeds"]),
+            "val_loss_fixed_k4": T.stat(fixed[k].get(seed, {}).get("val_loss") for seed in s["seeds"]),
             "val_accuracy_own_k": own_acc,
-            "val_loss_own_k": X.row_stat(outcome, "base", "rm.val_loss"),
-            "fill_fraction": X.stat(fills[k].get(seed) for seed in s["seeds"])})
+            "val_loss_own_k": T.row_stat(outcome, "base", "rm.val_loss"),
+            "fill_fraction": T.stat(fills[k].get(seed) for seed in s["seeds"])})
     check = {}
     if 4 in s["ks"]:  # the rebuilt K = 4 set must be the K = 4 point's own held-out set
         a = points[s["ks"].index(4)]
@@ -169,7 +180,7 @@ def part_k(sweeps: dict, s: dict) -> dict:
             "points": points, "checks": check}
 
 
-def run_pairs(rec: X.Recorder, s: dict) -> list:
+def run_pairs(rec: T.Recorder, s: dict) -> list:
     """B's sweeps: K-wise and shuffled x epochs (batch 32 examples); the control arm."""
     k, pairs = 4, 6
     base = {"stages": "sft,rm", "data.k": k, "data.n_rankings": s["pairs_rankings"],
@@ -190,7 +201,7 @@ def part_pairs(arms: list, s: dict) -> dict:
     train_scores: dict[tuple, dict] = {}
     for seed in s["seeds"]:
         sweep, outcome = arms[0][1]
-        dirs = {p.name: dict(X.run_dirs(sweep, outcome, p.name))[seed] for p in _points(sweep)}
+        dirs = {p.name: dict(T.run_dirs(sweep, outcome, p.name))[seed] for p in _points(sweep)}
         anchor = next((d for d in dirs.values() if d is not None), None)
         if anchor is None:
             continue
@@ -199,7 +210,7 @@ def part_pairs(arms: list, s: dict) -> dict:
         val = ev.rankings(s["n_val"], "val", k)
         for arm, (sw, oc) in arms:
             for p in _points(sw):
-                d = dict(X.run_dirs(sw, oc, p.name))[seed]
+                d = dict(T.run_dirs(sw, oc, p.name))[seed]
                 if d is not None:
                     train_scores[arm, p.name, seed] = {**{f"train_{m}": v for m, v in ev.score(d, train).items()},
                                                        **{f"heldout_{m}": v for m, v in ev.score(d, val).items()}}
@@ -208,18 +219,18 @@ def part_pairs(arms: list, s: dict) -> dict:
         for p in _points(sw):
             mode = p.params.get("rm.pairs", "shuffled")
             per = [train_scores.get((arm, p.name, seed), {}) for seed in s["seeds"]]
-            stage_val = X.row_stat(oc, p.name, "rm.val_accuracy")
+            stage_val = T.row_stat(oc, p.name, "rm.val_accuracy")
             rebuilt = [q.get("heldout_val_accuracy") for q in per]
             diffs = [abs(a - b) for a, b in zip(rebuilt, stage_val["values"]) if a is not None and b is not None]
             points.append({
                 "arm": "kwise" if mode == "kwise" else ("shuffled" if arm == "main" else "shuffled_equal_steps"),
                 "pairs": mode, "epochs": int(p.params["rm.epochs"]),
                 "batch_size": BATCH * pairs if arm == "control" else BATCH,
-                "rm_steps": X.row_stat(oc, p.name, "rm.steps")["mean"],
-                "train_accuracy": X.stat(q.get("train_val_accuracy") for q in per),
-                "train_loss": X.stat(q.get("train_val_loss") for q in per),
+                "rm_steps": T.row_stat(oc, p.name, "rm.steps")["mean"],
+                "train_accuracy": T.stat(q.get("train_val_accuracy") for q in per),
+                "train_loss": T.stat(q.get("train_val_loss") for q in per),
                 "heldout_accuracy": stage_val,
-                "heldout_loss": X.row_stat(oc, p.name, "rm.val_loss"),
+                "heldout_loss": T.row_stat(oc, p.name, "rm.val_loss"),
                 "check_rebuilt_heldout_minus_stage_max_abs": max(diffs) if diffs else None})
     return {"k": k, "n_rankings": s["pairs_rankings"], "train_pairs": s["pairs_rankings"] * pairs,
             "n_val_rankings": s["n_val"], "points": points}
@@ -230,12 +241,14 @@ def _points(sweep):
     return points(sweep.grid)
 
 
-def run_ptx(rec: X.Recorder, s: dict):
+def run_ptx(rec: T.Recorder, s: dict):
     """C's sweep: ppo.ptx_coef, sft and rm shared across the points of a seed."""
-    metrics = ["ppo.win_rate_vs_sft", "ppo.alignment_tax.value", "ppo.gold_reward_final", "ppo.kl_final"]
-    return rec.sweep("ptx", s["config"], s["seeds"], grid={"ppo.ptx_coef": s["ptx"]}, share=("sft", "rm"),
-                               sets={"ppo.ptx_batch_size": s["ptx_batch"], **s["sets"], **s["ppo_sets"]},
-                               metrics=metrics)
+    metrics = ["ppo.win_rate_vs_sft", "ppo.alignment_tax_pretrain.value", "ppo.alignment_tax.value",
+               "ppo.gold_reward_final", "ppo.kl_final"]
+    # its own directory: the earlier ptx sweep (ptx on demonstrations) used other data
+    return rec.sweep("ptx_pretrain", s["config"], s["seeds"], grid={"ppo.ptx_coef": s["ptx"]}, share=("sft", "rm"),
+                     sets={"ppo.ptx_batch_size": s["ptx_batch"], **s["sets"], **s["ppo_sets"], **s["ptx_sets"]},
+                     metrics=metrics)
 
 
 def part_ptx(sweep_outcome, s: dict) -> dict:
@@ -243,19 +256,24 @@ def part_ptx(sweep_outcome, s: dict) -> dict:
     sweep, outcome = sweep_outcome
     points = []
     for p in _points(sweep):
-        get = lambda m: X.row_stat(outcome, p.name, m)
+        get = lambda m: T.row_stat(outcome, p.name, m)
         points.append({"ptx_coef": float(p.params["ppo.ptx_coef"]),
                        "win_rate_vs_sft": get("ppo.win_rate_vs_sft"),
-                       "alignment_tax": get("ppo.alignment_tax.value"),
+                       "alignment_tax_pretrain": get("ppo.alignment_tax_pretrain.value"),
+                       "pretrain_nll_sft": get("ppo.pretrain_nll_sft"), "pretrain_nll_final": get("ppo.pretrain_nll_final"),
+                       "alignment_tax_demonstrations": get("ppo.alignment_tax.value"),
                        "heldout_nll_sft": get("ppo.heldout_nll_sft"), "heldout_nll_final": get("ppo.heldout_nll_final"),
                        "gold_reward_sft": get("ppo.gold_reward_sft"), "gold_reward_final": get("ppo.gold_reward_final"),
                        "rm_score_final": get("ppo.rm_score_final"), "kl_final": get("ppo.kl_final"),
                        "response_length_final": get("ppo.response_length_final"),
                        "rm_val_accuracy": get("rm.val_accuracy")})
-    return {"ptx_batch_size": s["ptx_batch"],
-            "ptx_data": "task-world demonstrations (synthetic.sft_records, split 'ptx')",
-            "alignment_tax_definition": "held-out demonstration NLL per token, final policy minus SFT (mean over "
-                                        "the held-out demonstrations; per seed), from the ppo summary",
+    return {"ptx_batch_size": s["ptx_batch"], "sets": s["ptx_sets"],
+            "ptx_data": "the task world's pretraining text (data.ptx=world:pretrain: synthetic.pretrain_records, "
+                        "split 'train'; the SFT also trains on data.n_sft_pretrain rows of it)",
+            "alignment_tax_definition": "alignment_tax_pretrain: NLL per token on the held-out split ('val') of the "
+                                        "pretraining text, final policy minus SFT (mean over its data.n_sft_val "
+                                        "documents; per seed), from the ppo summary; alignment_tax_demonstrations: "
+                                        "the same on the held-out demonstrations",
             "points": points}
 
 
@@ -313,12 +331,18 @@ def figure(result: dict, path: Path) -> None:
     ax.set_title("C. PPO (ptx 0) vs PPO-ptx: preference", fontsize=9)
     ax.legend(fontsize=8)
     ax = axes[1, 1]
-    _errorbar(ax, xs, [p["alignment_tax"] for p in c["points"]], color="C1",
-              label="alignment tax: held-out demo NLL/token, final - SFT")
+    if "alignment_tax_pretrain" in c["points"][0]:
+        _errorbar(ax, xs, [p["alignment_tax_pretrain"] for p in c["points"]], color="C1",
+                  label="held-out pretraining text (ptx trains on other rows)")
+        _errorbar(ax, xs, [p["alignment_tax_demonstrations"] for p in c["points"]], color="C4", linestyle="--",
+                  alpha=0.7, label="held-out demonstrations")
+    else:  # a results JSON from before the pretraining text: ptx trained on demonstrations
+        _errorbar(ax, xs, [p["alignment_tax"] for p in c["points"]], color="C1",
+                  label="alignment tax: held-out demo NLL/token, final - SFT")
     ax.axhline(0.0, color="grey", lw=0.8)
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xlabel("ppo.ptx_coef")
-    ax.set_ylabel("nats per token")
+    ax.set_ylabel("NLL per token, final policy - SFT (nats)")
     ax.set_title("C. PPO vs PPO-ptx: alignment tax", fontsize=9)
     ax.legend(fontsize=8)
     fig.suptitle(f"InstructGPT claims on the task world ({result['config']}; mean and 95% t-interval over "
@@ -329,12 +353,38 @@ def figure(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+PARTS = {"k": "k_budget", "pairs": "kwise_vs_shuffled", "ptx": "ptx"}  # --parts name: results JSON key
+PART_SWEEPS = {"k": ("k",), "pairs": ("pairs",), "ptx": ("ptx",)}  # prefixes of each part's sweep names
+
+
+def merge(old: dict, new: dict, parts: set[str]) -> dict:
+    """An earlier results JSON with `parts` replaced by this invocation's: the other parts, their
+    commands and timings stay; this invocation's record goes under `reruns`."""
+    out = {k: v for k, v in old.items() if k != "reruns"}
+    for part in parts:
+        out[PARTS[part]] = new[PARTS[part]]
+    mine = tuple(p for part in parts for p in PART_SWEEPS[part])
+    out["timings"] = {k: v for k, v in old.get("timings", {}).items() if not k.startswith(mine)}
+    # the earlier invocation's commands of the parts rerun (the ptx sweep is the one with a ptx_coef grid)
+    out["commands"] = [c for c in old.get("commands", []) if not ("ptx" in parts and "ppo.ptx_coef" in c)]
+    out["settings"] = {**old.get("settings", {}), **new["settings"]}
+    out["reruns"] = old.get("reruns", []) + [{
+        "parts": sorted(parts), **{k: new[k] for k in ("command", "commands", "timings", "failed_runs", "runs_dir",
+                                                       "total_run_cpu_s", "run_seconds_total", "total_wall_s",
+                                                       "posthoc_scoring_wall_s")}}]
+    out["failed_runs"] = old.get("failed_runs", 0) + new["failed_runs"]
+    return out
+
+
 def main(argv=None) -> int:
-    ap = X.parser(__doc__, NAME, "micro config, 1-2 tiny points, 2 seeds, few steps")
+    ap = T.parser(__doc__, NAME, seeds="0-2", smoke_seeds="0-1", smoke_help="micro config, 1-2 tiny points, "
+                                                                            "2 seeds, few steps")
     ap.add_argument("--parts", default="k,pairs,ptx", help="subset of k,pairs,ptx (default all)")
     args = ap.parse_args(argv)
-    s = SMOKE if args.smoke else FULL
-    json_path, png_path, rec = X.setup(args, NAME)
+    run = T.setup(args, NAME, argv=argv)
+    os.chdir(T.REPO)  # the post-hoc scoring resolves configs/... as the runner does
+    s = {**(SMOKE if args.smoke else FULL), "seeds": run.seeds}
+    json_path, png_path, rec = run.json_path, run.png_path, run.recorder
     t0 = time.perf_counter()
     parts = set(args.parts.split(","))
     result = {"name": NAME, "smoke": args.smoke, "config": s["config"], "seeds": s["seeds"],
@@ -342,7 +392,7 @@ def main(argv=None) -> int:
               "interval": "95% t-interval over seeds (rlhf_jax.sweep.results.aggregate)"}
     # every sweep first, then the post-hoc scoring in this process (no fork after JAX has started)
     ran = {"k": run_k, "pairs": run_pairs, "ptx": run_ptx}
-    sweeps = {part: ran[part](rec, s) for part in ("k", "pairs", "ptx") if part in parts}
+    sweeps = {part: ran[part](rec, s) for part in PARTS if part in parts}
     t_runs = time.perf_counter() - t0
     if "k" in sweeps:
         result["k_budget"] = part_k(sweeps["k"], s)
@@ -351,11 +401,11 @@ def main(argv=None) -> int:
     if "ptx" in sweeps:
         result["ptx"] = part_ptx(sweeps["ptx"], s)
     result["posthoc_scoring_wall_s"] = round(time.perf_counter() - t0 - t_runs, 1)
-    result.update(commands=rec.commands, timings=rec.timings, failed_runs=rec.failed,
-                  total_wall_s=round(time.perf_counter() - t0, 1),
-                  total_run_cpu_s=round(sum(t["cpu_s"] for t in rec.timings.values()), 1), runs_dir=str(rec.runs_dir))
-    X.write_json(json_path, result)
-    if parts == {"k", "pairs", "ptx"}:
+    result.update(command=run.command, **rec.report(), total_wall_s=round(time.perf_counter() - t0, 1))
+    if parts != set(PARTS) and json_path.exists():
+        result = merge(T.read_json(json_path), result, parts)
+    T.write_json(json_path, result)
+    if all(key in result for key in PARTS.values()):
         figure(result, png_path)
     print(f"[{NAME}] wrote {json_path} and {png_path} in {result['total_wall_s']:.0f}s "
           f"({rec.failed} failed runs)", flush=True)

@@ -21,19 +21,36 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def data_dir() -> pathlib.Path | None:
-    """Where the real datasets live: RLHF_JAX_DATA_DIR, else ../shared/data beside the checkout."""
+def _find_data_dir() -> tuple[pathlib.Path | None, str]:
+    """(the real datasets' directory or None, where it was looked for): RLHF_JAX_DATA_DIR when
+    set, else ../shared/data beside the checkout (the layout of the project's machines)."""
     env = os.environ.get("RLHF_JAX_DATA_DIR")
-    candidates = [pathlib.Path(env)] if env else [ROOT.parent / "shared" / "data"]
-    for c in candidates:
-        if c.is_dir():
-            return c
-    return None
+    where = pathlib.Path(env) if env else ROOT.parent / "shared" / "data"
+    looked = f"RLHF_JAX_DATA_DIR={env}" if env else f"{where} (RLHF_JAX_DATA_DIR unset)"
+    return (where if where.is_dir() else None), looked
 
 
-@pytest.fixture
-def shared_data():
-    d = data_dir()
-    if d is None:
-        pytest.skip("real datasets not found: set RLHF_JAX_DATA_DIR")
-    return d
+_DATA, _DATA_LOOKED = _find_data_dir()
+if _DATA is not None:
+    # the library reads only RLHF_JAX_DATA_DIR (it never guesses ../shared): tell it, and every
+    # child process a test starts, where the fixture found the data
+    os.environ["RLHF_JAX_DATA_DIR"] = str(_DATA)
+
+
+def data_dir() -> pathlib.Path | None:
+    """Where the real datasets live (see _find_data_dir); None when not found."""
+    return _DATA
+
+
+def skip_without_data() -> pathlib.Path:
+    """The data directory, or skip the calling test naming what is missing."""
+    if _DATA is None:
+        pytest.skip(f"real datasets (gpt2_tokenizer/, imdb/, hh-rlhf, alpaca, ...) not found at {_DATA_LOOKED}: "
+                    "set RLHF_JAX_DATA_DIR to the data directory")
+    return _DATA
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+    """The real datasets' directory (also in RLHF_JAX_DATA_DIR for the library); skips when absent."""
+    return skip_without_data()

@@ -1,6 +1,6 @@
 """Hand-written non-English prompts and replies (4 per language, 15 languages) for measuring the
 curation language filter (rlhf_jax.data.curate) offline; the English side of such a measurement
-is real data (Alpaca records). Used by tests/test_curate.py and tools/benchmark_language.py.
+is real data (Alpaca records). Used by tests/data/test_curate.py and tools/benchmark_language.py.
 
 NON_ENGLISH: [(ISO 639-1 code, text)]."""
 

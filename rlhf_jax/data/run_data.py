@@ -1,5 +1,5 @@
 """The records and token arrays a run reads, from the task world or from files, named as the
-stages ask for them: sft_train, sft_val, rm_train, rm_val, prompts, eval_prompts, ptx.
+stages ask for them: sft_train, sft_val, rm_train, rm_val, prompts, eval_prompts, ptx, ptx_val.
 
 Records are read once per run and kept; arrays are tokenised on demand. A dataset the
 config names but no listed stage reads is never loaded.
@@ -46,6 +46,9 @@ def reader_arguments(query: str) -> dict:
     return out
 
 
+WORLD_PRETRAIN = "world:pretrain"  # data.ptx naming the task world's pretraining text (synthetic.pretrain_records)
+
+
 def world_config(c) -> synthetic.WorldConfig:
     """The task world of `config.data.world` (comma-separated lists become tuples)."""
     w = dict(c.data.world)
@@ -83,13 +86,18 @@ class RunData:
 
     def _world_records(self, name: str) -> dict[str, list[dict]]:
         c, w = self.c.data, self.world
-        make = {"sft_train": lambda: synthetic.sft_records(w, c.n_sft, "train"),
+        pretrain = c.ptx == WORLD_PRETRAIN  # the world's own pretraining text (else ptx = demonstrations)
+        make = {"sft_train": lambda: synthetic.sft_records(w, c.n_sft, "train")
+                + synthetic.pretrain_records(w, c.n_sft_pretrain, "train"),
                 "sft_val": lambda: synthetic.sft_records(w, c.n_sft_val, "val"),
                 "rm_train": lambda: synthetic.ranking_records(w, c.n_rankings, c.k, "train"),
                 "rm_val": lambda: synthetic.ranking_records(w, c.n_rankings_val, c.k, "val"),
                 "prompts": lambda: synthetic.prompts(w, c.n_prompts, "train"),
                 "eval_prompts": lambda: synthetic.prompts(w, self.c.heldout.n_prompts, "eval"),
-                "ptx": lambda: synthetic.sft_records(w, c.n_ptx, "ptx")}
+                "ptx": lambda: (synthetic.pretrain_records(w, c.n_ptx, "train") if pretrain
+                                else synthetic.sft_records(w, c.n_ptx, "ptx"))}
+        if pretrain:
+            make["ptx_val"] = lambda: synthetic.pretrain_records(w, c.n_sft_val, "val")
         return {name: make[name]()} if name in make else {}
 
     def _file_records(self, name: str) -> dict[str, list[dict]]:
@@ -105,6 +113,8 @@ class RunData:
             prompts = [{"prompt": r["prompt"]} for r in read_source(c.prompts, "prompt", c.policy)]
             n_eval = self.c.heldout.n_prompts
             return {"eval_prompts": prompts[:n_eval], "prompts": prompts[n_eval:n_eval + c.n_prompts]}
+        if name.startswith("ptx") and c.ptx == WORLD_PRETRAIN:
+            raise UserError(f"data.ptx = {WORLD_PRETRAIN!r} is the task world's text: it needs data.source = synthetic")
         if name == "ptx" and c.ptx:
             return {"ptx": read_source(c.ptx, "sft", c.policy)[:c.n_ptx]}
         return {}
@@ -114,8 +124,8 @@ class RunData:
         `pack`, default the config's sft.pack for the demonstrations), rankings [N, K, T], or
         left-padded prompts (prompt, prompt_mask)."""
         r = self.records(name)
-        if name.startswith("sft") or name == "ptx":
-            pack = (self.c.sft.pack and name != "ptx") if pack is None else pack
+        if name.startswith(("sft", "ptx")):
+            pack = (self.c.sft.pack and not name.startswith("ptx")) if pack is None else pack
             arrays, stats = sft_arrays(r, self.tokenizer, self.tcfg, pack_rows=pack)
         elif name.startswith("rm"):
             arrays, stats = ranking_arrays(r, self.tokenizer, self.tcfg)

@@ -135,10 +135,30 @@ def sft_records(cfg: WorldConfig, n: int, split: str = "train") -> list[dict]:
     return [dict(zip(("prompt", "completion"), _prompt(rng, cfg))) for _ in range(n)]
 
 
-def pretrain_records(cfg: WorldConfig, n: int) -> list[dict]:
-    """Text for the PPO-ptx term: whole solved examples."""
-    rng = _rng(cfg, "pretrain")
-    return [{"text": " ".join(_prompt(rng, cfg))} for _ in range(n)]
+PRETRAIN_MAX_ITEMS = 9  # a solved example of 9 items is 20 words: with EOS within the default max_len 24
+
+
+def pretrain_records(cfg: WorldConfig, n: int, split: str = "train") -> list[dict]:
+    """The world's pretraining text (what PPO-ptx trains on, apart from the demonstrations and
+    the evaluation): documents from their own generator, half of them solved examples of any
+    task on 1..9 items written as running text (the demonstrations hold min_items..max_items,
+    and answer only), half of them runs of consecutive digits, up or down, of 3..9 digits (text
+    no demonstration holds). Records are {"prompt": "", "completion": text}: every token is in
+    the loss, as in language-model pretraining. Splits ("train", "val") are disjoint streams."""
+    rng = _rng(cfg, "pretrain/" + split)
+    out = []
+    for _ in range(n):
+        if rng.random() < 0.5:
+            task = cfg.tasks[rng.integers(len(cfg.tasks))]
+            items = [str(d) for d in rng.integers(0, 10, rng.integers(1, PRETRAIN_MAX_ITEMS + 1))]
+            text = f"{task} {' '.join(items)} {SEP} {' '.join(solve(task, items))}"
+        else:
+            length = int(rng.integers(3, PRETRAIN_MAX_ITEMS + 1))
+            start = int(rng.integers(0, 11 - length))
+            run = [str(d) for d in range(start, start + length)]
+            text = " ".join(run if rng.random() < 0.5 else run[::-1])
+        out.append({"prompt": "", "completion": text})
+    return out
 
 
 def perturb(reference: str, rng: np.random.Generator, kinds: tuple[str, ...] = PERTURBATIONS) -> str:

@@ -3,7 +3,11 @@ scored by the gold reward (task world) and the trained reward, judged against ea
 
 A win counts 1, a tie 1/2; the judge is the gold reward when there is one, the trained
 reward otherwise. `intervals` holds the 95% bootstrap intervals over the prompts (paired for
-the win rate: both policies answer the same prompts). KL is the per-sequence sum of log pi - log pi_ref on the final policy's
+the win rate: both policies answer the same prompts). They cover the choice of evaluation
+prompts and the sampling of these two policies' responses, not training: another seed (or
+another CPU, whose float code differs in the last bit) trains another policy, whose numbers
+can fall outside them. `interval_covers` says so in the summary; training's spread comes
+from seeds (experiments/sweep.py --seeds). KL is the per-sequence sum of log pi - log pi_ref on the final policy's
 own samples, with both log-probs at the temperature the samples were drawn at (1 for greedy).
 """
 from __future__ import annotations
@@ -18,6 +22,11 @@ from rlhf_jax.generate import SamplingConfig, generate
 from rlhf_jax.models.forward import sequence_inputs
 from rlhf_jax.rewards import GoldReward, Reward
 from rlhf_jax.train.ppo import sequence_kl
+
+
+INTERVAL_COVERS = ("evaluation sampling only: a bootstrap over the held-out prompts and the two policies' sampled "
+                   "responses to them, for these trained policies; not training randomness (another seed or CPU "
+                   "trains another policy): for that, run seeds (experiments/sweep.py --seeds 0-4)")
 
 
 def compare_policies(graphdef, tokenizer, prompts: dict, sampling: SamplingConfig, rng, sft_params, final_params,
@@ -57,6 +66,7 @@ def compare_policies(graphdef, tokenizer, prompts: dict, sampling: SamplingConfi
     for key, values in kept.items():
         intervals[key] = stats.mean(values, seed=0).to_dict()
     out["intervals"] = intervals  # 95% bootstrap intervals over the prompts
+    out["interval_covers"] = INTERVAL_COVERS
     samples = [{"prompt": p, "sft": texts["sft"]["responses"][i], label: texts["final"]["responses"][i],
                 "sft_gold": _num(texts["sft"]["gold"][i]), f"{label}_gold": _num(texts["final"]["gold"][i]),
                 "sft_rm": float(texts["sft"]["rm"][i]), f"{label}_rm": float(texts["final"]["rm"][i])}

@@ -65,12 +65,29 @@ def _cell(text: str) -> str:
     return (text or "").replace("|", "\\|").replace("\n", " ")[:120]
 
 
+def _interval_rows(stage: str, intervals: dict, covers: str | None) -> list[str]:
+    """One row per interval: `metric 95% CI (over prompts)` | value [low, high] (n)."""
+    what = " (evaluation prompts)" if covers else ""
+    rows = []
+    for name, est in intervals.items():
+        if isinstance(est, dict) and {"value", "low", "high"} <= set(est):
+            rows.append(f"| {stage} | {name} 95% interval{what} | {est['value']:.4g} [{est['low']:.4g}, "
+                        f"{est['high']:.4g}] (n={est.get('n', '?')}) |")
+    return rows
+
+
 def write_report(workdir: Path, summary: dict[str, Any], command: str) -> Path:
     lines = [f"# Run report: {workdir.name}", "", f"Command: `{command}`", "", "## Summary", "",
              "| stage | metric | value |", "|---|---|---|"]
     for stage, values in summary.items():
         for k, v in values.items():
-            lines.append(f"| {stage} | {k} | {v:.4g} |" if isinstance(v, float) else f"| {stage} | {k} | {v} |")
+            if k == "intervals" and isinstance(v, dict):
+                lines += _interval_rows(stage, v, values.get("interval_covers"))
+            elif k != "interval_covers":
+                lines.append(f"| {stage} | {k} | {v:.4g} |" if isinstance(v, float) else f"| {stage} | {k} | {v} |")
+    covers = {values["interval_covers"] for values in summary.values()
+              if isinstance(values, dict) and isinstance(values.get("interval_covers"), str)}
+    lines += [f"\nIntervals over evaluation prompts cover {c}." for c in sorted(covers)]
     for label, name in (("ppo", "PPO"), ("dpo", "DPO"), ("rs", "rejection sampling")):
         samples_path = workdir / label / "samples.json"
         if not samples_path.exists():

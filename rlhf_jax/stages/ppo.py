@@ -100,19 +100,30 @@ def preflight(ctx, need) -> None:
 
 
 def alignment_tax(ctx, sft, final) -> dict:
-    """Held-out demonstration NLL per token of the SFT and the final policy (InstructGPT's
-    "alignment tax": what PPO costs on the data SFT learnt), with the paired difference's interval."""
+    """Held-out NLL per token of the SFT and the final policy (InstructGPT's "alignment tax":
+    what PPO costs on text the policy had learnt), with the paired difference's interval: on the
+    held-out demonstrations, and with data.ptx = "world:pretrain" also on the held-out split of
+    the task world's pretraining text (`pretrain_nll_*`, `alignment_tax_pretrain`), which PPO-ptx
+    trains on other rows of."""
+    from rlhf_jax.data.run_data import WORLD_PRETRAIN
+    out = _heldout_nll(ctx, "sft_val", sft, final, "heldout_nll", "alignment_tax")
+    if ctx.world is not None and ctx.config.data.ptx == WORLD_PRETRAIN:
+        out.update(_heldout_nll(ctx, "ptx_val", sft, final, "pretrain_nll", "alignment_tax_pretrain"))
+    return out
+
+
+def _heldout_nll(ctx, records: str, sft, final, nll_key: str, tax_key: str) -> dict:
     from rlhf_jax.eval import metrics, stats
     from rlhf_jax.models import Model
-    val = ctx.data.arrays("sft_val", pack=False)
+    val = ctx.data.arrays(records, pack=False)
     per_token = {}
     for name, params in (("sft", sft), ("final", final)):
         model = Model(ctx.base.cfg, "lm", ctx.base.graphdef, params)
         nll_N, count_N = metrics.heldout_nll(model, val["tokens"], val["loss_mask"], val["segment_ids"],
                                              batch_size=min(ctx.config.sft.batch_size, len(val["tokens"])))
         per_token[name] = nll_N / np.maximum(count_N, 1)
-    return {"heldout_nll_sft": float(per_token["sft"].mean()), "heldout_nll_final": float(per_token["final"].mean()),
-            "alignment_tax": stats.paired_difference(per_token["final"], per_token["sft"], seed=0).to_dict()}
+    return {f"{nll_key}_sft": float(per_token["sft"].mean()), f"{nll_key}_final": float(per_token["final"].mean()),
+            tax_key: stats.paired_difference(per_token["final"], per_token["sft"], seed=0).to_dict()}
 
 
 def needs(c) -> tuple[str, ...]:

@@ -49,7 +49,8 @@ class Sweep:
         """The sweep's name: `name`, else the output directory's name."""
         return self.name or self.out.resolve().name
 
-    def cli(self, share: tuple[str, ...] = (), metrics: list[str] | None = None, jobs: int = 1) -> list[str]:
+    def cli(self, share: tuple[str, ...] = (), metrics: list[str] | None = None, jobs: int = 1,
+            wandb: bool = False) -> list[str]:
         """The `experiments/sweep.py` command line that runs this sweep (the output directory
         relative to the working directory when it lies inside it), for results files."""
         out = self.out.resolve()
@@ -69,7 +70,7 @@ class Sweep:
         argv += ["--share", ",".join(share)] if share else []
         argv += ["--metrics", ",".join(metrics)] if metrics else []
         argv += ["--jobs", str(jobs)] if jobs > 1 else []
-        return argv + ["--no_wandb"]
+        return argv + ([] if wandb else ["--no_wandb"])
 
 
 @dataclasses.dataclass(frozen=True)

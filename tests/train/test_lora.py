@@ -1,0 +1,166 @@
+"""LoRA: the merged model starts as the base, gradients follow the chain rule, only adapters train."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlhf_jax.models import PRESETS, init_model
+from rlhf_jax.train import lora as lora_lib
+from rlhf_jax.train.lora import LoRAConfig
+from rlhf_jax.train.optim import make_optimizer
+from rlhf_jax.train.sft import lm_forward, make_sft_step
+from rlhf_jax.train.state import TrainState
+from rlhf_jax.objectives.lm import next_token_loss
+from tests import tolerance as tol
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = init_model(PRESETS["test"], seed=0)
+    rng = np.random.default_rng(0)
+    tokens = jnp.asarray(rng.integers(3, 128, (4, 12)), jnp.int32)
+    batch = {"tokens": tokens, "loss_mask": jnp.ones_like(tokens), "segment_ids": jnp.ones_like(tokens),
+             "positions": jnp.broadcast_to(jnp.arange(12), (4, 12))}
+    return model, batch
+
+
+def loss_of(model, params, batch):
+    return next_token_loss(lm_forward(model.graphdef, params, batch), batch["tokens"], batch["loss_mask"])[0]
+
+
+def test_starts_as_base_and_counts(setup):
+    model, _ = setup
+    cfg = LoRAConfig(rank=4, alpha=8.0)
+    adapters = lora_lib.init(model.params, cfg, jax.random.key(1))
+    merged = lora_lib.merge(model.params, adapters, cfg)
+    for a, b in zip(jax.tree.leaves(merged), jax.tree.leaves(model.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # test preset: L=2, d=32, heads 4x8, kv 2x8, ff 64: per layer r*(in+out) summed over targets
+    d, q, kv, ff, r = 32, 32, 16, 64, 4
+    per_layer = r * ((d + q) + 2 * (d + kv) + (q + d) + 2 * (d + ff) + (ff + d))
+    assert lora_lib.count(adapters) == 2 * per_layer
+    with pytest.raises(ValueError, match="targets"):
+        LoRAConfig(targets=("embed",))
+
+
+def test_gradients_follow_chain_rule(setup):
+    """dL/dB = s A^T G and dL/dA = s G B^T, with G = dL/dW at the merged weights."""
+    model, batch = setup
+    cfg = LoRAConfig(rank=2, alpha=6.0, targets=("wq", "wo"))
+    adapters = lora_lib.init(model.params, cfg, jax.random.key(1))
+    adapters["wo"]["b"] = 0.01 * jax.random.normal(jax.random.key(2), adapters["wo"]["b"].shape)
+    g_ad = jax.grad(lambda ad: loss_of(model, lora_lib.merge(model.params, ad, cfg), batch))(adapters)
+    merged = lora_lib.merge(model.params, adapters, cfg)
+    g_w = jax.grad(lambda p: loss_of(model, p, batch))(merged)["blocks"]
+    # g_ad's G (inside autodiff) and g_w come from two programs (the gradient chain's bound over the
+    # 4 x 12 positions), then each product sums fan_in (or fan_out) terms in its own order: elementwise
+    # bounds from |A|, |B| and |G| (tests/tolerance.py)
+    dG = tol.f32(tol.gradient_chain(model.cfg, 12, 4 * 12))
+    for name in cfg.targets:
+        L, fan_in, fan_out = lora_lib._split(name, g_w[name].shape)
+        G = np.asarray(g_w[name]).reshape(L, fan_in, fan_out)
+        A, B = np.asarray(adapters[name]["a"]), np.asarray(adapters[name]["b"])
+        absG = np.abs(G) + dG * np.abs(G).max()
+        bound_b = cfg.scale * np.einsum("lir,lio->lro", np.abs(A), absG) * (tol.f32(fan_in) + dG)
+        bound_a = cfg.scale * np.einsum("lio,lro->lir", absG, np.abs(B)) * (tol.f32(fan_out) + dG)
+        assert np.all(np.abs(g_ad[name]["b"] - cfg.scale * np.einsum("lir,lio->lro", A, G)) <= bound_b), name
+        assert np.all(np.abs(g_ad[name]["a"] - cfg.scale * np.einsum("lio,lro->lir", G, B)) <= bound_a), name
+    assert float(jnp.abs(g_ad["wq"]["a"]).max()) == 0.0  # B = 0 at init: A gets no gradient yet
+
+
+def test_sft_step_trains_only_adapters(setup):
+    model, batch = setup
+    cfg = LoRAConfig(rank=4, alpha=8.0)
+    base = jax.tree.map(jnp.copy, model.params)
+    adapters = lora_lib.split(base, cfg, jax.random.key(1))
+    tx, sched = make_optimizer(1e-2, 20, max_grad_norm=1.0, schedule_kind="constant")
+    step = jax.jit(make_sft_step(model.graphdef, tx, sched, lora=cfg))
+    state = TrainState(adapters, tx.init(adapters), jnp.zeros((), jnp.int32))
+    losses = []
+    for _ in range(20):
+        state, m = step(state, batch, jax.random.key(0), (base, None))
+        losses.append(float(m["loss"]))
+    assert losses[-1] < losses[0] - 0.3  # measured: 4.84 -> 4.40
+    # the first step's loss is at the merged weights = the base (B = 0), in another program: the
+    # forward chain, the log-softmax over 128 tokens and the mean over 4 x 12 positions
+    chain = tol.decoder_chain(32, 64, 2, 8, 12) + 128 + 4 * 12
+    assert np.isclose(losses[0], float(loss_of(model, model.params, batch)), rtol=tol.f32(chain), atol=0)
+    for a, b in zip(jax.tree.leaves(base), jax.tree.leaves(model.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    merged = lora_lib.view(base, state.params, cfg)
+    assert np.asarray(merged["embed"] == base["embed"]).all()
+    assert not np.allclose(merged["blocks"]["wq"], base["blocks"]["wq"])
+
+
+def test_split_and_view_start_as_the_full_model_with_trainable_extras(setup):
+    model, batch = setup
+    scalar = init_model(PRESETS["test"], head="scalar", seed=3)
+    cfg = LoRAConfig(rank=4, alpha=8.0, targets=("wq", "w_up"))
+    trainable = lora_lib.split(scalar.params, cfg, jax.random.key(0), extras=("head",))
+    assert set(trainable) == {"adapters", "head"}
+    full = lora_lib.view(scalar.params, trainable, cfg)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), full, scalar.params)
+    # the loss of the trainable part: gradients reach the adapters' B and the head, never the base
+    loss = lora_lib.wrap_loss(lambda p, b, r, c: (jnp.sum(lm_forward(scalar.graphdef, p, b)), {}), cfg)
+    grads = jax.grad(lambda t: loss(t, batch, None, (scalar.params, None))[0])(trainable)
+    assert float(jnp.abs(grads["head"]["kernel"]).sum()) > 0
+    assert float(jnp.abs(grads["adapters"]["wq"]["b"]).sum()) > 0
+
+
+def test_int8_base_is_a_quarter_of_float32_and_close_in_logits(setup):
+    model, batch = setup
+    q = lora_lib.quantize(model.params)
+    stored = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree["blocks"]))
+    targets = {k: model.params["blocks"][k] for k in lora_lib.IN_DIMS}
+    q_targets = {k: q["blocks"][k]["int8"] for k in lora_lib.IN_DIMS}
+    assert stored({"blocks": q_targets}) * 4 == stored({"blocks": targets})
+    full = lm_forward(model.graphdef, model.params, batch)
+    approx = lm_forward(model.graphdef, lora_lib.dequantize(q), batch)
+    err = float(jnp.abs(full - approx).max())
+    # int8 absmax per output column: the error is a small fraction of the logits' spread
+    assert 0 < err < 0.01 * float(jnp.std(full)) + 1e-3, err
+    cfg = LoRAConfig(rank=4, alpha=8.0)
+    trainable = lora_lib.split(model.params, cfg, jax.random.key(0))
+    # B = 0: the view is the dequantized base, computed in another program (the forward chain's bound)
+    np.testing.assert_allclose(lm_forward(model.graphdef, lora_lib.view(q, trainable, cfg), batch), approx,
+                               rtol=0, atol=tol.forward(model.cfg, 12, approx))
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    """One micro workdir: SFT, a 2-member RM ensemble with LoRA over an int8 backbone, PPO with LoRA
+    policy and value, then DPO with LoRA and a live reference (the base with adapters off)."""
+    from configs.instructgpt import get_config
+    from rlhf_jax.context import build_context
+    from rlhf_jax.stages import run_stages
+    c = get_config("micro")
+    c.rm.update(lora_rank=4, lr=1e-2, members=2, lora_int8=True)
+    c.ppo.update(lora_rank=4, iterations=2)
+    c.dpo.update(lora_rank=4, lr=1e-2, cache_reference=False, steps=4)
+    work = tmp_path_factory.mktemp("lora")
+    summary = run_stages(build_context(c, work, use_wandb=False))
+    c.stages = "dpo"
+    ctx = build_context(c, work, use_wandb=False)
+    summary.update(run_stages(ctx))
+    return ctx, summary
+
+
+@pytest.mark.parametrize("stage", ["rm", "ppo", "dpo"])
+def test_lora_in_every_stage_trains_adapters_and_exports_full_weights(lora_run, stage):
+    """Each stage trains adapters (the state holds only them and the heads) and hands on full
+    weights: only LoRA targets (and heads) differ from its starting point."""
+    from rlhf_jax import checkpoint
+    from rlhf_jax.stages.handoff import load_sft
+    from rlhf_jax.stages.reward import trained_reward
+    ctx, summary = lora_run
+    sft = load_sft(ctx)
+    if stage == "rm":
+        _, params, _, _ = trained_reward(ctx)
+        final = jax.tree.map(lambda x: x[1], params)  # the second member
+        assert summary["rm"]["val_accuracy"] > 0.5
+    else:
+        final = checkpoint.load_final(ctx.workdir, stage, ctx.base.params)
+        assert np.isfinite(summary[stage]["kl_final"])
+    changed = {k for k in sft["blocks"] if not np.allclose(final["blocks"][k], sft["blocks"][k], atol=1e-7)}
+    assert changed and changed <= set(lora_lib.IN_DIMS)
+    np.testing.assert_array_equal(final["embed"], sft["embed"])
