@@ -41,7 +41,7 @@ def test_vmapped_seeds_equal_separate_runs(stage):
     if stage == "sft":
         updates, chain = 1, tol.gradient_chain(cfg, 24, 16 * 24)
     else:
-        hp, T = bs.base().ppo, bs.TCFG.max_prompt_len + bs.base().ppo.max_new_tokens
+        hp, T = bs.base().ppo, bs.TCFG.max_prompt_len + bs.base().sampling.max_new_tokens
         updates, chain = hp.epochs * hp.minibatches, tol.gradient_chain(cfg, T, 8 * T) + 2 * 16 * T
     for i, (state, metrics) in enumerate(separate):
         atol = tol.f32(chain, updates * moved[i])
