@@ -139,7 +139,6 @@ def test_finegrained_wu_smoke_reuses_the_holistic_sft_and_rm(tmp_path, monkeypat
     the runner's share_stages: the sft and rm stages run once per seed (in the holistic sweep),
     never in the fine-grained one, whose stage summaries are the holistic run's, byte for byte."""
     from rlhf_jax.stages import STAGES
-    from tests.conftest import data_dir
     calls = collections.Counter()
     for name in ("sft", "rm"):
         stage = STAGES[name]
@@ -149,7 +148,7 @@ def test_finegrained_wu_smoke_reuses_the_holistic_sft_and_rm(tmp_path, monkeypat
             return _run(ctx)
         monkeypatch.setitem(STAGES._entries, name, dataclasses.replace(stage, run=counted))
     module = _load("finegrained_wu")
-    parts = "holistic,fine_grained" + (",qa_feedback" if data_dir() is not None else "")
+    parts = "holistic,fine_grained"  # the QA-Feedback part: the slow test below
     out = tmp_path / "runs"
     assert module.main(["--smoke", "--out", str(out), "--parts", parts]) == 0
     assert dict(calls) == {("sft", "holistic"): SEEDS, ("rm", "holistic"): SEEDS}
@@ -173,5 +172,15 @@ def test_finegrained_wu_smoke_reuses_the_holistic_sft_and_rm(tmp_path, monkeypat
     d = r["fine_grained_minus_holistic_paired"]["ppo.gold_reward_final"]
     fg, ho = (r["points"][a]["ppo.gold_reward_final"]["values"] for a in ("fine_grained", "holistic"))
     assert d["values"] == pytest.approx([a - b for a, b in zip(fg, ho)], abs=1e-6)
-    if "qa_feedback" in parts:
-        _assert_full(r["points"]["qa_feedback"]["fgrm.relevance_val_accuracy"], "qa relevance")
+
+
+@pytest.mark.slow
+def test_finegrained_wu_smoke_qa_feedback(tmp_path, shared_data):
+    """The figure's QA-Feedback part (real span annotations) in smoke mode: kept out of the
+    default run for its time."""
+    module = _load("finegrained_wu")
+    out = tmp_path / "runs"
+    assert module.main(["--smoke", "--out", str(out), "--parts", "qa_feedback"]) == 0
+    r = json.loads((out / "finegrained_wu_smoke.json").read_text())
+    for m in ("fgrm.relevance_val_accuracy", "fgrm.factuality_val_accuracy"):
+        _assert_full(r["points"]["qa_feedback"][m], f"qa {m}")
