@@ -12,7 +12,6 @@ import time
 import numpy as np
 import pytest
 
-from configs.instructgpt import get_config
 from rlhf_jax import checkpoint, signals
 from rlhf_jax.errors import CorruptFileError, user_message
 from rlhf_jax.logging import Writer, truncate_metrics, wandb_mode
@@ -24,19 +23,7 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 import kill_anywhere  # noqa: E402
 
 
-def micro(**overrides):
-    c = get_config("micro")
-    for key, value in overrides.items():
-        target = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
-    return c
-
-
-def numbers(summary):
-    return {stage: {k: v for k, v in vals.items() if k != "wall_seconds"} for stage, vals in summary.items()}
+from tests.micro import micro, numbers  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,9 @@ from configs.instructgpt import get_config
 from rlhf_jax import checkpoint
 from rlhf_jax.context import build_context
 from rlhf_jax.data import synthetic
-from rlhf_jax.data.tokenize import TokenizeConfig, prompt_arrays, ranking_arrays, sft_arrays
+from rlhf_jax.data.tokenize import prompt_arrays, ranking_arrays, sft_arrays
 from rlhf_jax.eval.policy_eval import compare_policies
-from rlhf_jax.models import PRESETS, init_model
+from rlhf_jax.models import init_model
 from rlhf_jax.objectives import bon as bon_lib
 from rlhf_jax.rewards import ModelReward
 from rlhf_jax.stages import STAGES, MissingInputError, plan, register_stage, run_stages
@@ -33,11 +33,7 @@ from rlhf_jax.train import optim
 from tests import tolerance as tol
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TOK = synthetic.tokenizer()
-WORLD = synthetic.WorldConfig(seed=0, max_items=4)
-TCFG = TokenizeConfig(max_len=16, max_prompt_len=8)
-CFG = PRESETS["test"].replace(vocab_size=len(TOK), d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=64,
-                              eos_token_id=TOK.eos_token_id, pad_token_id=TOK.pad_token_id)
+from tests.micro import CFG, TCFG, TOK, WORLD  # noqa: E402
 
 
 def micro(stages: str):

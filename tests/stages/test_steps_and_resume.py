@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 
 from configs.common import base
-from configs.instructgpt import get_config
 from rlhf_jax import checkpoint
 from rlhf_jax import sharding as shd
 from rlhf_jax.context import ConfigError, build_context
 from rlhf_jax.data import synthetic
-from rlhf_jax.data.tokenize import TokenizeConfig, prompt_arrays, ranking_arrays, sft_arrays
-from rlhf_jax.models import PRESETS, init_model
+from rlhf_jax.data.tokenize import prompt_arrays, ranking_arrays, sft_arrays
+from rlhf_jax.models import init_model
 from rlhf_jax.rewards import ModelReward
 from rlhf_jax.stages import run_stages
 from rlhf_jax.stages.handoff import load_sft
@@ -33,11 +32,7 @@ from rlhf_jax.train.state import PPOState, TrainState, commit, compile_step
 from tests import tolerance as tol
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TOK = synthetic.tokenizer()
-WORLD = synthetic.WorldConfig(seed=0, max_items=4)
-TCFG = TokenizeConfig(max_len=16, max_prompt_len=8)
-CFG = PRESETS["test"].replace(vocab_size=len(TOK), d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=64,
-                              eos_token_id=TOK.eos_token_id, pad_token_id=TOK.pad_token_id)
+from tests.micro import CFG, TCFG, TOK, WORLD  # noqa: E402
 
 
 def ppo_hp(**changes):
@@ -140,19 +135,7 @@ def test_step_compiles_once_and_sharded_equals_single_device(kind):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=atol, rtol=0), state1, state8)
 
 
-def micro(**overrides):
-    c = get_config("micro")
-    for key, value in overrides.items():
-        target = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
-    return c
-
-
-def _numbers(summary):
-    return {stage: {k: v for k, v in vals.items() if k != "wall_seconds"} for stage, vals in summary.items()}
+from tests.micro import micro, numbers as _numbers  # noqa: E402
 
 
 def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
