@@ -1,0 +1,219 @@
+"""Per-operation profile of a train step: where the time of each compiled XLA operation goes.
+
+    python tools/profile_ops.py --step sft --batch 4 --seq 128 --out experiments/benchmarks/ops_sft.json
+    python tools/profile_ops.py --step rm --batch 2 --seq 128      # pairs: 2 x 2 x 128 tokens, as the stage runs
+    python tools/profile_ops.py --step sft --set scan_unroll=30    # a model field changed
+
+The step (the one a run executes, new state returned) is compiled once and run under the JAX
+profiler; the trace's events are the XLA runtime's executed operations (one per fusion, dot,
+copy... and per layer when the layers are scanned). Each event is joined with the compiled
+module's text: its opcode, the operations fused inside it, its result shape and the source
+line and JAX operation it came from. Operations are grouped by phase (forward; backward, i.e.
+JAX's transpose of the forward; the optimizer and the rest), by kind (matmul, transpose or
+copy, reduction, elementwise, scan bookkeeping) and by the model function they come from
+(attention, RMSNorm, RoPE, the MLP...). Prints one JSON object: the step's wall time, the
+summed operation time, the groups and the `--top` costliest operations.
+"""
+from __future__ import annotations
+
+import collections
+import glob
+import gzip
+import json
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from rlhf_jax.models import PRESETS, init_model  # noqa: E402
+from rlhf_jax.train import rm as rm_lib  # noqa: E402
+from rlhf_jax.train import sft as sft_lib  # noqa: E402
+from rlhf_jax.train.optim import make_optimizer  # noqa: E402
+from rlhf_jax.train.state import TrainState  # noqa: E402
+from tools._common import parser, report  # noqa: E402
+
+CONTAINERS = {"while", "conditional", "call"}  # their events contain their bodies' events
+INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\S+?\[[^\]]*\](?:\{[^}]*\})?|\([^)]*\)|\S+) (\S+?)\(")
+
+
+def parse_module(text: str) -> dict[str, dict]:
+    """Every instruction of a compiled module's text: name -> opcode, shape, the opcodes fused in
+    it, its JAX operation name and its innermost source frame (function, file:line)."""
+    files = dict(re.findall(r'^(\d+) "(.*)"$', text.split("FunctionNames")[0], re.M))
+    section = lambda a, b: text.split(a, 1)[1].split(b, 1)[0] if a in text else ""
+    functions = dict(re.findall(r'^(\d+) "(.*)"$', section("FunctionNames", "FileLocations"), re.M))
+    locations = {i: (f, fn, line) for i, f, fn, line in re.findall(
+        r"^(\d+) \{file_name_id=(\d+) function_name_id=(\d+) line=(\d+)", section("FileLocations", "StackFrames"),
+        re.M)}
+    frames = dict(re.findall(r"^(\d+) \{file_location_id=(\d+)", section("StackFrames", "\n\n\n"), re.M))
+    computations: dict[str, list[str]] = collections.defaultdict(list)
+    inner: dict[str, list[tuple[str, str]]] = collections.defaultdict(list)  # (op_name, source) inside
+    instructions, current = {}, None
+    for line in text.splitlines():
+        head = re.match(r"^(?:ENTRY )?%(\S+) \(", line)
+        if head and line.rstrip().endswith("{"):
+            current = head.group(1)
+            continue
+        m = INSTRUCTION.match(line)
+        if not m or current is None:
+            continue
+        name, shape, opcode = m.groups()
+        computations[current].append(opcode)
+        op_name = re.search(r'op_name="([^"]*)"', line)
+        frame = re.search(r"stack_frame_id=(\d+)", line)
+        source = ""
+        if frame and frames.get(frame.group(1)) in locations:
+            f, fn, ln = locations[frames[frame.group(1)]]
+            source = f"{functions.get(fn, '?')} ({Path(files.get(f, '?')).name}:{ln})"
+        calls = re.search(r"calls=%([\w.\-]+)", line)
+        instructions[name] = {"opcode": opcode, "shape": shape.split("{")[0],
+                              "op_name": op_name.group(1) if op_name else "", "source": source,
+                              "calls": calls.group(1) if calls else None}
+        if op_name:  # a dot's metadata first: it names a matmul fusion best
+            inner[current].insert(0 if opcode == "dot" else len(inner[current]), (op_name.group(1), source))
+    for ins in instructions.values():
+        called = ins.pop("calls") or ""
+        ins["fused"] = sorted(set(computations.get(called, [])) - {"parameter", "constant"})
+        if not ins["op_name"] and inner.get(called):  # a fusion without metadata: its contents'
+            ins["op_name"], ins["source"] = inner[called][0]
+    return instructions
+
+
+def kind(ins: dict) -> str:
+    ops = set(ins["fused"]) | {ins["opcode"]}
+    if ops & {"dot", "convolution"} or "ynn" in ins.get("name", ""):
+        return "matmul"
+    if ops & {"dynamic-update-slice", "dynamic-slice"}:
+        return "scan slicing (dynamic-(update-)slice)"
+    if ops <= {"copy", "transpose", "bitcast", "reshape", "fusion", "broadcast", "slice", "concatenate"}:
+        return "transpose / copy / layout"
+    if ops & {"reduce", "reduce-window"}:
+        return "reduction (+ fused elementwise)"
+    if ops & {"gather", "scatter", "sort"}:
+        return "gather / scatter"
+    return "elementwise"
+
+
+def phase(op_name: str) -> str:
+    if "transpose(jvp" in op_name:
+        return "backward"
+    if "jvp(" in op_name:
+        return "forward"
+    return "optimizer and other"
+
+
+def trace_events(logdir: str) -> list[dict]:
+    path = sorted(glob.glob(f"{logdir}/**/perfetto_trace.json.gz", recursive=True))[-1]
+    with gzip.open(path) as f:
+        data = json.load(f)
+    return [e for e in (data["traceEvents"] if isinstance(data, dict) else data) if e.get("ph") == "X"]
+
+
+def profile(jitted, args, repeats: int, top: int = 25) -> dict:
+    """Run `jitted(*args)` `repeats` times under the profiler; per-operation times per call."""
+    compiled = jitted.lower(*args).compile()
+    instructions = parse_module(compiled.as_text())
+    for name, ins in instructions.items():
+        ins["name"] = name
+    jax.block_until_ready(jitted(*args))  # warm
+    import time
+    with tempfile.TemporaryDirectory() as logdir:
+        walls = []
+        with jax.profiler.trace(logdir, create_perfetto_trace=True):
+            for _ in range(repeats):
+                t = time.perf_counter()
+                jax.block_until_ready(jitted(*args))
+                walls.append(time.perf_counter() - t)
+        events = trace_events(logdir)
+    per_op = collections.Counter()
+    count = collections.Counter()
+    for e in events:
+        ins = instructions.get(e["name"])
+        if ins is None or ins["opcode"] in CONTAINERS:
+            continue
+        per_op[e["name"]] += e["dur"] / 1e6 / repeats
+        count[e["name"]] += 1
+    groups = {g: collections.Counter() for g in ("phase", "kind", "phase_kind", "source")}
+    for name, s in per_op.items():
+        ins = instructions[name]
+        p, k = phase(ins["op_name"]), kind(ins)
+        groups["phase"][p] += s
+        groups["kind"][k] += s
+        groups["phase_kind"][f"{p}: {k}"] += s
+        groups["source"][ins["source"].split(" (")[0] or "?"] += s
+    total = sum(per_op.values())
+    table = lambda c: [{"group": g, "seconds": s, "share": s / total} for g, s in c.most_common()]
+    rows = [{"op": n, "seconds": s, "share": s / total, "calls": count[n] // repeats, "phase": phase(instructions[n]["op_name"]),
+             "kind": kind(instructions[n]), "shape": instructions[n]["shape"], "fused": instructions[n]["fused"],
+             "source": instructions[n]["source"], "op_name": instructions[n]["op_name"][-120:]}
+            for n, s in per_op.most_common(top)]
+    return {"wall_s": float(np.median(walls)), "ops_s": total, "flops": _flops(compiled),
+            "by_phase": table(groups["phase"]), "by_kind": table(groups["kind"]),
+            "by_phase_kind": table(groups["phase_kind"]), "by_source": table(groups["source"])[:20], "top": rows}
+
+
+def _flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float((cost or {}).get("flops", 0.0))
+
+
+def build_step(step: str, cfg, B: int, T: int):
+    """(jitted step returning the new state, its arguments) as a run executes it."""
+    rng = np.random.default_rng(0)
+    tx, sched = make_optimizer(1e-5, 1000)
+    if step == "sft":
+        model = init_model(cfg, seed=0)
+        tokens = jnp.asarray(rng.integers(3, cfg.vocab_size, (B, T)), jnp.int32)
+        batch = {"tokens": tokens, "loss_mask": jnp.ones_like(tokens), "segment_ids": jnp.ones_like(tokens),
+                 "positions": jnp.broadcast_to(jnp.arange(T), (B, T))}
+        fn = sft_lib.make_sft_step(model.graphdef, tx, sched)
+    else:
+        model = init_model(cfg, head="scalar", seed=1)
+        tokens = jnp.asarray(rng.integers(3, cfg.vocab_size, (B, 2, T)), jnp.int32)
+        batch = {"tokens": tokens, "mask": jnp.ones_like(tokens), "ranks": jnp.tile(jnp.arange(2), (B, 1)),
+                 "valid": jnp.ones((B, 2), bool)}
+        fn = rm_lib.make_rm_step(model.graphdef, tx, sched)
+        if step == "rm":  # as the stage runs it: an ensemble of one, members on axis 0 / batch axis 1
+            fn = rm_lib.ensemble_step(fn)
+            params = rm_lib.stack([model.params])
+            batch = jax.tree.map(lambda x: x[:, None], batch)
+            state = TrainState(params, jax.vmap(tx.init)(params), jnp.zeros((1,), jnp.int32))
+            return jax.jit(lambda s, b: fn(s, b, jax.random.key(0))), (state, batch)
+    state = TrainState(model.params, tx.init(model.params), jnp.zeros((), jnp.int32))
+    # the new state is returned, so XLA keeps the backward pass and the update
+    return jax.jit(lambda s, b: fn(s, b, jax.random.key(0))), (state, batch)
+
+
+def main():
+    ap = parser(__doc__, out=True)
+    ap.add_argument("--step", choices=("sft", "rm", "rm_plain"), default="sft",
+                    help="rm: the step as the rm stage runs it (an ensemble of one); rm_plain: without the member axis")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--model", default="135m", help=f"a preset: {', '.join(PRESETS)}")
+    ap.add_argument("--set", action="append", default=[], help="model field=value (e.g. scan_unroll=30)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--top", type=int, default=25)
+    args = ap.parse_args()
+    cfg = PRESETS[args.model]
+    for item in args.set:
+        key, _, value = item.partition("=")
+        cfg = cfg.replace(**{key: type(getattr(cfg, key))(value)})
+    jitted, fargs = build_step(args.step, cfg, args.batch, args.seq)
+    tokens = args.batch * args.seq * (1 if args.step == "sft" else 2)
+    out = {"step": args.step, "batch": args.batch, "seq": args.seq, "tokens": tokens, "model": args.model,
+           "set": args.set, "device": jax.devices()[0].device_kind, "jax": jax.__version__,
+           **profile(jitted, fargs, args.repeats, args.top)}
+    out["tokens_per_s"] = tokens / out["wall_s"]
+    report(out, args.out, indent=1)
+
+
+if __name__ == "__main__":
+    main()
