@@ -7,12 +7,14 @@ reward of the source workdir: single, ensemble or InfoRM), `llm` (an LLM-as-a-ju
 `evaluate.judge_model`: a path, or `policy:NAME` for one of the policies, which then also
 gives its self-preference: `llm` judges pairs in both orders, `llm_rating` rates each
 response 1-5 on its own). Writes WORKDIR/eval/: summary.json, report.md (per-example
-tables), samples.jsonl, metrics.jsonl (and W&B), win_rates.png. Evaluation is re-run every
-time the stage is asked for; it changes no training stage.
+tables), samples.jsonl, metrics.jsonl (and W&B), win_rates.png, and suites/NAME.json as
+each suite finishes (`eval.suite_store`). A rerun recomputes only the suites without a file
+made under the same `provenance` (the config fields the evaluation reads, the checkpoints it
+loads). It changes no training stage.
 """
 from __future__ import annotations
 
-import json
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -21,12 +23,14 @@ import jax
 import numpy as np
 
 from rlhf_jax import checkpoint, signals
+from rlhf_jax import workdir as workdirs
 from rlhf_jax.data import corpora, synthetic
 from rlhf_jax.data.run_data import read_source
 from rlhf_jax.data.tokenize import decode, encode_example, pad_right, prompt_arrays
 from rlhf_jax.eval.benchmarks import alpaca_eval_records
 from rlhf_jax.eval.eval_report import flatten_numbers, plot_win_rates, write_eval_report
 from rlhf_jax.eval.judges import FunctionJudge, LLMJudge
+from rlhf_jax.eval.suite_store import SuiteStore, write_rows
 from rlhf_jax.eval.suites import EVAL_SUITES, EvalEnv, Policy, collect_self_preference
 from rlhf_jax.generate import SamplingConfig, sample_rows
 from rlhf_jax.models import Model, load_pretrained
@@ -34,7 +38,7 @@ from rlhf_jax.models.forward import per_sequence_chunks
 from rlhf_jax.registry import Registry
 from rlhf_jax.rewards import SequenceReward
 from rlhf_jax.stages.gold import gold_reward
-from rlhf_jax.stages.registry import register_stage
+from rlhf_jax.stages.registry import STAGES, register_stage, stage_reads
 from rlhf_jax.stages.reward import reward_stages, trained_reward
 from rlhf_jax.train.ppo import sequence_kl
 
@@ -218,29 +222,80 @@ def self_preference(results: dict, e) -> dict:
     return collect_self_preference(results) if e.judge_model.startswith("policy:") else {}
 
 
+def _stage_identity(workdir: Path, stage: str) -> str | None:
+    """A hash of the stage's summary.json, which every run of the stage writes anew (wall times
+    included): another run of it since gives another value. None when it has not finished."""
+    path = checkpoint.summary_path(workdir, stage)
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.exists() else None
+
+
+def _file_identity(path: Path) -> str | None:
+    """Size and modification time of a checkpoint file, or of each file of a checkpoint directory."""
+    if not path.exists():
+        return None
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+
+
+def provenance(ctx) -> dict[str, Any]:
+    """What every suite's results depend on besides the suite's own code: the config fields the
+    stage reads (its block but `evaluate.suites`, sampling, seed, model, data, and what the stages
+    it reads from read) and the identity of each checkpoint it loads (a stage of another workdir
+    may have been run again since)."""
+    c, e = ctx.config, ctx.config.evaluate
+    reads, ignores = {"eval": stage_reads("eval", c)}, {"eval": STAGES["eval"].ignores + ("evaluate.suites",)}
+    fields = {k: v for k, v in workdirs.flatten(c).items() if "eval" in workdirs.readers(k, reads, ignores)}
+    judges, specs = e.judges.split(","), list(parse_policies(e.policies).values())
+    stages = [w[6:] for w in specs if w.startswith("stage:")] + (list(reward_stages(c)) if "rm" in judges else [])
+    inputs = {f"stage:{s}": _stage_identity(_source(ctx), s) for s in stages}
+    if "gold" in judges and c.data.gold == "clf":
+        inputs["stage:clf"] = _stage_identity(ctx.workdir, "clf")
+    paths = [w for w in specs if not w.startswith("stage:")]
+    paths += [e.judge_model] if e.judge_model and not e.judge_model.startswith("policy:") else []
+    inputs.update({w: _file_identity(Path(w).expanduser()) for w in paths})
+    return {"config": fields, "inputs": inputs}
+
+
 @register_stage("eval", block="evaluate", needs=needs, check=check, produces_params=False, reads=("sampling",),
                 rerun=True)
 def run(ctx) -> dict[str, Any]:
+    """Each suite in turn, its results written to WORKDIR/eval/suites/ (and its example rows to
+    samples.jsonl) as it finishes, or read back from there when a run under the same provenance
+    made them; then the summary, metrics, report and figure of them all."""
     e = ctx.config.evaluate
     t0 = time.perf_counter()
-    env = environment(ctx)
-    results, rows = {}, {}
-    for suite in [s for s in e.suites.split(",") if s]:
-        signals.check("eval")
-        s0 = time.perf_counter()
-        results[suite], rows[suite] = EVAL_SUITES[suite](env)
-        results[suite]["seconds"] = time.perf_counter() - s0
-        print(f"[eval] {suite}: {results[suite]['seconds']:.1f}s", flush=True)
-    if self_preference(results, e):
-        results["self_preference"] = self_preference(results, e)
-    summary = {"policies": parse_policies(e.policies), "baseline": e.baseline, "judges": list(env.judges),
-               **results, "wall_seconds": time.perf_counter() - t0}
     out = ctx.workdir / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "samples.jsonl", "w") as f:
-        for suite, suite_rows in rows.items():
-            for row in suite_rows:
-                f.write(json.dumps({"suite": suite, **row}) + "\n")
+    store = SuiteStore(out, provenance(ctx))
+    env, results, rows = None, {}, {}
+    for suite in [s for s in e.suites.split(",") if s]:
+        signals.check("eval")
+        stored = store.load(suite)
+        if stored is not None:
+            results[suite], rows[suite] = stored
+            continue
+        if env is None:  # built when a suite first runs: a rerun that reuses every suite loads no model
+            env = environment(ctx)
+        s0 = time.perf_counter()
+        try:
+            result, suite_rows = EVAL_SUITES[suite](env)
+        except Exception as err:
+            kept = (f"the finished suites ({', '.join(results)}) are in {store.directory}; rerunning reuses them"
+                    if results else "no suite had finished")
+            print(f"[eval] suite {suite}: failed ({type(err).__name__}); {kept}", flush=True)
+            if hasattr(err, "add_note"):  # Python >= 3.11 (on 3.10 the line above names the suite)
+                err.add_note(f"in evaluation suite {suite!r} ({kept})")
+            raise
+        result["seconds"] = time.perf_counter() - s0
+        results[suite], rows[suite] = store.save(suite, result, suite_rows)
+        write_rows(out / "samples.jsonl", rows)
+        print(f"[eval] {suite}: {result['seconds']:.1f}s -> {store.path(suite)}", flush=True)
+    if self_preference(results, e):
+        results["self_preference"] = self_preference(results, e)
+    judges = list(dict.fromkeys(j for j in e.judges.split(",") if j))  # as build_judges names them
+    summary = {"policies": parse_policies(e.policies), "baseline": e.baseline, "judges": judges, **results,
+               "wall_seconds": time.perf_counter() - t0}
+    write_rows(out / "samples.jsonl", rows)  # the reused suites' rows too
     writer = ctx.writer("eval", ())
     writer.write(0, flatten_numbers(results))
     writer.close()
@@ -248,4 +303,3 @@ def run(ctx) -> dict[str, Any]:
     write_eval_report(out / "report.md", summary, rows)
     checkpoint.save_final(ctx.workdir, "eval", None, summary)
     return summary
-

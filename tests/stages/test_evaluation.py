@@ -1,6 +1,7 @@
 """The evaluation stage: the tiny world's suites end to end (in the test suite, under a minute),
-numbers checked against independent computations, the CLI on a finished workdir, and the
-intervals the end-of-PPO evaluation now carries."""
+numbers checked against independent computations, the CLI on a finished workdir, the
+intervals the end-of-PPO evaluation now carries, and each suite's file written as it finishes
+and reused by a rerun."""
 import json
 import os
 import subprocess
@@ -307,3 +308,93 @@ def test_self_preference_summary_collects_the_paired_differences():
     assert self_preference(results, e) == {"policy": "smollm2", "alpaca_eval": {"llm_minus_gold": diff},
                                            "generation": {"not_measurable": "no neutral judge"}}
     assert self_preference(results, ml_collections.ConfigDict({"judge_model": "/m/judge.gguf"})) == {}
+
+
+# --- each suite on disk as it finishes; a rerun reuses it --------------------------------------
+
+def stand_in_perplexity(env):
+    """A second suite with fixed numbers (the stage's bookkeeping, not the suite, is under test)."""
+    return {name: {"perplexity": 2.0 + i} for i, name in enumerate(env.policies)}, [{"policy": "sft", "nll": 0.5}]
+
+
+def stub_stage(monkeypatch):
+    """run(workdir, fail=False, **evaluate) of the eval stage on the stub environment with suites
+    generation (the real one) and perplexity (the stand-in, raising when `fail`); and the calls of
+    each suite and of the environment, counted."""
+    from types import SimpleNamespace
+
+    from rlhf_jax.eval.suites import EVAL_SUITES
+    from rlhf_jax.logging import Writer
+    from rlhf_jax.stages import evaluation
+    calls = {"environment": 0, "generation": 0, "perplexity": 0}
+    generation, failing = EVAL_SUITES["generation"], {"now": False}
+
+    def counted(name, fn):
+        def suite(*args):
+            calls[name] += 1
+            if name == "perplexity" and failing["now"]:
+                raise FloatingPointError("nll overflowed")
+            return fn(*args)
+        return suite
+    monkeypatch.setitem(EVAL_SUITES._entries, "generation", counted("generation", generation))
+    monkeypatch.setitem(EVAL_SUITES._entries, "perplexity", counted("perplexity", stand_in_perplexity))
+    monkeypatch.setattr(evaluation, "environment", counted("environment", lambda ctx: stub_env()))
+
+    def run(path, fail=False, **evaluate):
+        c = eval_config("micro")
+        c.evaluate.update(suites="generation,perplexity", judges="gold,llm", judge_model="policy:ppo", **evaluate)
+        failing["now"] = fail
+        writer = lambda stage, keys: Writer(path / stage, stage, wandb="disabled", keys=keys)  # noqa: E731
+        return evaluation.run(SimpleNamespace(config=c, workdir=path, writer=writer))
+    return run, calls
+
+
+def timeless(value):
+    """Evaluation results without their wall times and rates (what two equal evaluations share)."""
+    if not isinstance(value, dict):
+        return value
+    return {k: timeless(v) for k, v in value.items() if not k.endswith(("seconds", "per_second"))}
+
+
+def test_a_failing_suite_leaves_the_finished_ones_on_disk_and_is_named(tmp_path, monkeypatch, capsys):
+    from rlhf_jax.eval.suites import generation
+    run, _ = stub_stage(monkeypatch)
+    with pytest.raises(FloatingPointError, match="nll overflowed") as err:
+        run(tmp_path, fail=True)
+    out = tmp_path / "eval"
+    stored = json.loads((out / "suites" / "generation.json").read_text())
+    expected, rows = generation(stub_env())  # the same numbers again (the stub and the bootstrap are seeded)
+    assert stored["results"]["seconds"] > 0
+    assert timeless(stored["results"]) == timeless(json.loads(json.dumps(expected)))
+    assert stored["results"]["win_rate_vs_sft"]["gold"]["ppo"]["value"] == pytest.approx(0.625)  # by hand above
+    assert [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()] == \
+        [{"suite": "generation", **json.loads(json.dumps(r))} for r in rows]
+    assert not (out / "suites" / "perplexity.json").exists() and not (out / "summary.json").exists()
+    assert (f"[eval] suite perplexity: failed (FloatingPointError); the finished suites (generation) are in "
+            f"{out / 'suites'}; rerunning reuses them") in capsys.readouterr().out
+    if sys.version_info >= (3, 11):  # the error itself carries the suite's name as a note
+        assert "in evaluation suite 'perplexity'" in " ".join(err.value.__notes__)
+
+
+def test_a_rerun_reuses_the_finished_suites_and_equals_an_uninterrupted_run(tmp_path, monkeypatch, capsys):
+    run, calls = stub_stage(monkeypatch)
+    with pytest.raises(FloatingPointError):
+        run(tmp_path / "resumed", fail=True)
+    resumed = run(tmp_path / "resumed")
+    stored = tmp_path / "resumed" / "eval" / "suites" / "generation.json"
+    assert calls == {"environment": 2, "generation": 1, "perplexity": 2}  # generation not recomputed
+    assert f"[eval] suite generation: reused from {stored}" in capsys.readouterr().out
+    whole = run(tmp_path / "whole")
+    assert calls["generation"] == 2 and timeless(resumed) == timeless(whole)
+    assert resumed["generation"]["seconds"] == json.loads(stored.read_text())["results"]["seconds"]
+    for name in ("summary.json", "samples.jsonl"):
+        a, b = [(tmp_path / w / "eval" / name).read_text() for w in ("resumed", "whole")]
+        assert (timeless(json.loads(a)) == timeless(json.loads(b))) if name.endswith(".json") else a == b, name
+    run(tmp_path / "whole")  # everything on disk: no suite runs, no model is loaded
+    assert calls == {"environment": 3, "generation": 2, "perplexity": 3}
+    (tmp_path / "whole" / "sft").mkdir()
+    (tmp_path / "whole" / "sft" / "summary.json").write_text("{}")  # stage sft (policy stage:sft) run since
+    run(tmp_path / "whole", bootstrap=200)  # and another config: recomputed, the differences named
+    assert calls == {"environment": 4, "generation": 3, "perplexity": 4}
+    assert ("generation.json was computed under another config (config.evaluate.bootstrap, inputs.stage:sft); "
+            "recomputing") in capsys.readouterr().out
