@@ -40,7 +40,8 @@ from rlhf_jax.train import ppo as ppo_lib  # noqa: E402
 from rlhf_jax.train import rm as rm_lib  # noqa: E402
 from rlhf_jax.train import sft as sft_lib  # noqa: E402
 from rlhf_jax.train.optim import make_optimizer  # noqa: E402
-from rlhf_jax.train.state import PPOState, TrainState  # noqa: E402
+from rlhf_jax.sharding import make_mesh  # noqa: E402
+from rlhf_jax.train.state import PPOState, TrainState, compile_step  # noqa: E402
 from tools._common import parser, report  # noqa: E402
 
 # model shape, SFT/RM batch x seq, PPO batch, prompt length, new tokens, minibatches, epochs
@@ -77,23 +78,30 @@ def ours(shape: dict, steps: int) -> dict:
     tokens = ids(B, T)
     batch = {"tokens": tokens, "loss_mask": jnp.ones_like(tokens), "segment_ids": jnp.ones_like(tokens),
              "positions": jnp.broadcast_to(jnp.arange(T), (B, T))}
-    def time_step(make_step, params, batch) -> float:
-        """Median seconds of a donated train step, fed its own output state."""
-        step = jax.jit(make_step, donate_argnums=0)
-        box = [TrainState(copy(params), tx.init(params), jnp.zeros((), jnp.int32))]
+    mesh = make_mesh()  # the run's default mesh: every device on the data axis
+
+    def time_step(step_fn, state, batch) -> float:
+        """Median seconds of a train step compiled as a stage compiles it (`compile_step`: explicit
+        shardings, the state donated), fed its own output state."""
+        step, state = compile_step(step_fn, state, batch, mesh)
+        box = [state]
 
         def once():
             box[0], m = step(box[0], batch, jax.random.key(0))
             return m["loss"]
         return median_time(once, steps)
 
-    t = time_step(sft_lib.make_sft_step(lm.graphdef, tx, sched), lm.params, batch)
+    state = TrainState(copy(lm.params), tx.init(lm.params), jnp.zeros((), jnp.int32))
+    t = time_step(sft_lib.make_sft_step(lm.graphdef, tx, sched), state, batch)
     out["sft"] = {"step_s": t, "tokens_per_s": B * T / t}
 
-    rm_tokens = ids(R, 2, T)
-    rm_batch = {"tokens": rm_tokens, "mask": jnp.ones_like(rm_tokens), "ranks": jnp.tile(jnp.arange(2), (R, 1)),
-                "valid": jnp.ones((R, 2), bool)}
-    t = time_step(rm_lib.make_rm_step(scalar.graphdef, tx, sched), scalar.params, rm_batch)
+    # the rm stage's step: an ensemble of one (members on axis 0 of the state, axis 1 of the batch)
+    rm_tokens = ids(R, 1, 2, T)
+    rm_batch = {"tokens": rm_tokens, "mask": jnp.ones_like(rm_tokens), "ranks": jnp.tile(jnp.arange(2), (R, 1, 1)),
+                "valid": jnp.ones((R, 1, 2), bool)}
+    members = rm_lib.stack([copy(scalar.params)])
+    state = TrainState(members, jax.vmap(tx.init)(members), jnp.zeros((1,), jnp.int32))
+    t = time_step(rm_lib.ensemble_step(rm_lib.make_rm_step(scalar.graphdef, tx, sched)), state, rm_batch)
     out["rm"] = {"step_s": t, "tokens_per_s": R * 2 * T / t}
 
     pcfg = base().ppo  # the config's PPO settings, at the benchmark's shape
