@@ -1,7 +1,9 @@
 """Stage "dpo": a preference loss (`dpo.loss`: the DPO family, SimPO, ORPO) from the SFT policy on
 the rankings the RM would see (all C(K, 2) pairs). A loss that needs a reference reads the
 frozen SFT policy's log-probs, cached in one pass before training (`dpo.cache_reference`) or
-computed live; reference-free losses build no reference at all."""
+computed live; reference-free losses build no reference at all. With LoRA the reference is the
+frozen base the adapters sit on, with the adapters off (the int8 base under `dpo.lora_int8`),
+so at step 0 the policy is its reference and every implicit reward is 0."""
 from __future__ import annotations
 
 import json
@@ -53,9 +55,13 @@ def run(ctx) -> dict[str, Any]:
     sft = load_sft(ctx)
     graphdef = ctx.base.graphdef
     val_bs = min(c.batch_size, len(val["tokens"]))
+    lora = lora_lib.from_block(c)
+    # with LoRA: adapters over the frozen SFT policy (int8 with lora_int8), which is also the
+    # reference (adapters off; dequantised where it is read): one frozen copy
+    params, base, full = adapters(ctx, c, sft, 17)
     ref = None
     if dpo_lib.needs_reference(c):
-        ref = commit(sft, ctx.mesh)  # frozen: the trained copy is a separate tree
+        ref = commit(sft, ctx.mesh) if base is None else base  # frozen: the trained copy is a separate tree
         val = {**val, "ref_logp": dpo_lib.reference_logprobs(graphdef, ref, val, val_bs)}
         if c.cache_reference:  # one pass of the reference over the data, before training
             train_arrays = {**train_arrays, "ref_logp": dpo_lib.reference_logprobs(graphdef, ref, train_arrays,
@@ -64,9 +70,6 @@ def run(ctx) -> dict[str, Any]:
     total = c.steps or c.epochs * it.steps_per_epoch
     tx, sched = optim.from_config(c, total)
     live_ref = ref if ref is not None and not c.cache_reference else None
-    lora = lora_lib.from_block(c)
-    # with LoRA: adapters over the frozen SFT policy, which is also the reference (adapters off): one copy
-    params, base, full = adapters(ctx, c, sft, 17)
     constants = live_ref if base is None else (base, live_ref)
     sampling = sampling_config(ctx.config.sampling, ctx.tokenizer, ctx.config.heldout.temperature)
     evaluate = None  # the trajectory: KL to SFT and gold reward on the held-out prompts every eval_every steps

@@ -38,6 +38,13 @@ class PPOModels(NamedTuple):
         return {"policy": lora_lib.view(constants["reference"], params["policy"], self.lora),
                 "value": lora_lib.view(constants["value_base"], params["value"], self.lora)}
 
+    def reference(self, constants):
+        """The reference's weights: the frozen SFT policy, which with LoRA is the policy's own
+        base with the adapters off, dequantised when stored in int8 (`lora_int8`), so that at
+        step 0 the policy equals its reference and the KL penalty starts at 0."""
+        from rlhf_jax.train import lora as lora_lib
+        return lora_lib.dequantize(constants["reference"])
+
 
 class Episodes(NamedTuple):
     """The sampled episodes of one iteration: what host-side monitors (gold reward, latents) read."""
@@ -84,7 +91,7 @@ def score_rollout(hp, sampling: SamplingConfig, models: PPOModels, state: PPOSta
     # log-probs at the sampling temperature, for the policy and the reference alike
     full = models.full(state.params, constants)
     logp = F.response_logprobs(models.policy, full["policy"], seq, P_len, N, hp.temperature)
-    ref_logp = F.response_logprobs(models.policy, constants["reference"], seq, P_len, N, hp.temperature)
+    ref_logp = F.response_logprobs(models.policy, models.reference(constants), seq, P_len, N, hp.temperature)
     values = F.response_values(models.value, full["value"], seq, P_len, N)
     maskf = resp_mask.astype(jnp.float32)
     has_eos = jnp.any((resp == sampling.eos_token_ids[0]) & (resp_mask > 0), axis=1)

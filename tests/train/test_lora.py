@@ -129,20 +129,36 @@ def test_int8_base_is_a_quarter_of_float32_and_close_in_logits(setup):
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
     """One micro workdir: SFT, a 2-member RM ensemble with LoRA over an int8 backbone, PPO with LoRA
-    policy and value, then DPO with LoRA and a live reference (the base with adapters off)."""
+    policy and value over int8 bases, then DPO with LoRA over an int8 base and a live reference
+    (the base with adapters off). Returns (context, summary, the frozen constants each of PPO and
+    DPO handed to its training loop)."""
     from configs.instructgpt import get_config
     from rlhf_jax.context import build_context
+    from rlhf_jax.stages import dpo as dpo_stage
+    from rlhf_jax.stages import ppo as ppo_stage
     from rlhf_jax.stages import run_stages
     c = get_config("micro")
     c.rm.update(lora_rank=4, lr=1e-2, members=2, lora_int8=True)
-    c.ppo.update(lora_rank=4, iterations=2)
-    c.dpo.update(lora_rank=4, lr=1e-2, cache_reference=False, steps=4)
+    c.ppo.update(lora_rank=4, iterations=2, lora_int8=True)
+    c.dpo.update(lora_rank=4, lr=1e-2, cache_reference=False, steps=4, lora_int8=True)
+    constants = {}
+
+    def recording(module):
+        def train(ctx, stage, t, salt):
+            constants[stage] = t.constants
+            return real[module](ctx, stage, t, salt)
+        return train
+
+    real = {m: m.train for m in (ppo_stage, dpo_stage)}
     work = tmp_path_factory.mktemp("lora")
-    summary = run_stages(build_context(c, work, use_wandb=False))
-    c.stages = "dpo"
-    ctx = build_context(c, work, use_wandb=False)
-    summary.update(run_stages(ctx))
-    return ctx, summary
+    with pytest.MonkeyPatch.context() as mp:
+        for m in real:
+            mp.setattr(m, "train", recording(m))
+        summary = run_stages(build_context(c, work, use_wandb=False))
+        c.stages = "dpo"
+        ctx = build_context(c, work, use_wandb=False)
+        summary.update(run_stages(ctx))
+    return ctx, summary, constants
 
 
 @pytest.mark.parametrize("stage", ["rm", "ppo", "dpo"])
@@ -152,7 +168,7 @@ def test_lora_in_every_stage_trains_adapters_and_exports_full_weights(lora_run, 
     from rlhf_jax import checkpoint
     from rlhf_jax.stages.handoff import load_sft
     from rlhf_jax.stages.reward import trained_reward
-    ctx, summary = lora_run
+    ctx, summary, _ = lora_run
     sft = load_sft(ctx)
     if stage == "rm":
         _, params, _, _ = trained_reward(ctx)
@@ -164,3 +180,64 @@ def test_lora_in_every_stage_trains_adapters_and_exports_full_weights(lora_run, 
     changed = {k for k in sft["blocks"] if not np.allclose(final["blocks"][k], sft["blocks"][k], atol=1e-7)}
     assert changed and changed <= set(lora_lib.IN_DIMS)
     np.testing.assert_array_equal(final["embed"], sft["embed"])
+
+
+def _assert_int8_base_of(tree, sft):
+    """`tree` is the int8 base of `sft` (its dequantised weights exactly those of quantize(sft)),
+    whose block matrices differ from the full-precision SFT's (int8 rounding)."""
+    want = lora_lib.dequantize(lora_lib.quantize(sft))
+    assert isinstance(tree["blocks"]["wq"], dict) and tree["blocks"]["wq"]["int8"].dtype == jnp.int8
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                 lora_lib.dequantize(tree), want)
+    for name in lora_lib.IN_DIMS:
+        assert float(jnp.abs(want["blocks"][name] - sft["blocks"][name]).max()) > 0, name
+
+
+def test_ppo_stage_with_int8_base_uses_it_as_the_reference(lora_run):
+    """PPO with lora_int8 ran (its first rollout used to crash on the int8 reference); the reference
+    it was given is the policy's int8 base, which PPOModels.reference reads dequantised."""
+    import json
+    from rlhf_jax.stages.handoff import load_sft
+    from rlhf_jax.train import ppo as ppo_lib
+    ctx, summary, constants = lora_run
+    sft = load_sft(ctx)
+    _assert_int8_base_of(constants["ppo"]["reference"], sft)
+    ref = ppo_lib.PPOModels(None, None, None, lora_lib.from_block(ctx.config.ppo)).reference(constants["ppo"])
+    assert not isinstance(ref["blocks"]["wq"], dict)
+    lines = (ctx.workdir / "ppo" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and all(np.isfinite(json.loads(line)["kl"]) for line in lines)
+
+
+def test_dpo_stage_with_int8_base_starts_at_its_reference(lora_run):
+    """The DPO stage's reference with lora_int8 is the int8 base with adapters off, not the
+    full-precision SFT: the live reference it hands to the step is that base, and its first step
+    (at the step-0 policy, the dequantised base) logs implicit rewards and margin 0 and loss log 2
+    up to float32 rounding."""
+    import json
+    import math
+    from rlhf_jax.stages import dpo as dpo_stage
+    from rlhf_jax.stages.handoff import load_sft
+    from rlhf_jax.stages.preferences import preference_arrays
+    from rlhf_jax.train import dpo as dpo_lib
+    ctx, _, constants = lora_run
+    hp = ctx.config.dpo
+    sft = load_sft(ctx)
+    base, reference = constants["dpo"]
+    _assert_int8_base_of(base, sft)
+    _assert_int8_base_of(reference, sft)
+    first = json.loads((ctx.workdir / "dpo" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 1
+    # the scale of the bound: the step-0 policy's log-probs on the stage's first batch
+    train_arrays, _ = preference_arrays(ctx)
+    batch = {k: jnp.asarray(v) for k, v in next(ctx.iterator(train_arrays, hp.batch_size, dpo_stage.SALT)).items()}
+    graphdef = ctx.base.graphdef
+    int8 = jax.jit(lambda p: dpo_lib.response_logprobs(graphdef, p, batch))(lora_lib.dequantize(base))
+    # an implicit reward: beta times the difference of two sums of up to T token log-probs, each
+    # from a forward pass on equal weights (tests/tolerance.py)
+    T = batch["tokens"].shape[-1]
+    reward_tol = hp.beta * tol.forward(ctx.base.cfg, T, int8.sum_BxK, extra=ctx.base.cfg.vocab_size + T)
+    for key in ("reward_chosen", "reward_rejected"):
+        assert abs(first[key]) <= reward_tol, (key, first[key], reward_tol)
+    assert abs(first["reward_margin"]) <= 2 * reward_tol, (first["reward_margin"], reward_tol)
+    # -log sigmoid has slope -1/2 at 0; the means over pairs and prompts add a few roundings
+    assert abs(first["loss"] - math.log(2)) <= reward_tol + tol.f32(16, math.log(2)), first["loss"]
