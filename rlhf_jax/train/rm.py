@@ -120,11 +120,20 @@ def unstack(stacked, k: int) -> list:
 
 def ensemble_step(single_step):
     """A member's step vmapped over members (state axis 0, batch axis 1); metrics averaged,
-    with the weakest member's accuracy kept."""
+    with the weakest member's accuracy kept. One member runs the step itself on the squeezed
+    axis: the vmapped program of one member was 13% slower at the SmolLM2 shape (batched
+    matmuls of batch 1; `docs/benchmarks.md`), and this way an ensemble of one is exactly the
+    single model's step."""
     vstep = jax.vmap(single_step, in_axes=(0, 1, None, None))
 
+    def one(state, batch, rng, constants):
+        state, m = single_step(jax.tree.map(lambda x: x[0], state), jax.tree.map(lambda x: x[:, 0], batch), rng,
+                               constants)
+        return jax.tree.map(lambda x: x[None], state), jax.tree.map(lambda x: x[None], m)
+
     def step(state, batch, rng, constants=None):  # constants (a shared frozen base) are not per member
-        state, m = vstep(state, batch, rng, constants)
+        k = state.step.shape[0]  # the member axis (static)
+        state, m = (one if k == 1 else vstep)(state, batch, rng, constants)
         return state, {**{k: v.mean() for k, v in m.items()}, "accuracy_min": m["accuracy"].min()}
 
     return step

@@ -84,3 +84,27 @@ def test_vmapped_ensemble_step_equals_separate_steps():
     scores = EnsembleReward(graphdef, None).member_scores(state.params, jnp.asarray(batches[0]["tokens"][:, 0]),
                                                           jnp.asarray(batches[0]["mask"][:, 0]))
     assert scores.shape == (k, 8)
+
+
+def test_ensemble_of_one_is_the_single_step():
+    """k = 1 runs the member's own step on the squeezed axis (no vmap): the state and metrics are
+    the single model's, bit for bit, under Adam's ordinary eps."""
+    tok = synthetic.tokenizer()
+    cfg = PRESETS["test"].replace(vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    arrays, _ = ranking_arrays(synthetic.ranking_records(synthetic.WorldConfig(seed=0), 8, k=3), tok,
+                               TokenizeConfig(max_len=16, max_prompt_len=8))
+    model = init_model(cfg, head="scalar", seed=0)
+    tx, sched = make_optimizer(1e-2, 10)
+    single = rm_lib.make_rm_step(model.graphdef, tx, sched)
+    batch = {key: jnp.asarray(v) for key, v in arrays.items()}
+    plain_state, plain_m = jax.jit(single)(TrainState(model.params, tx.init(model.params), jnp.zeros((), jnp.int32)),
+                                           batch, jax.random.key(0))
+    stacked = rm_lib.stack([model.params])
+    state = TrainState(stacked, jax.vmap(tx.init)(stacked), jnp.zeros((1,), jnp.int32))
+    new, m = jax.jit(rm_lib.ensemble_step(single))(state, jax.tree.map(lambda x: x[:, None], batch),
+                                                   jax.random.key(0))
+    assert plain_m["loss"] != 0 and float(m["loss"]) == float(plain_m["loss"])
+    assert float(m["accuracy_min"]) == float(plain_m["accuracy"])
+    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(plain_state.params)):
+        np.testing.assert_array_equal(np.asarray(a)[0], np.asarray(b))
+    assert int(new.step[0]) == 1
