@@ -90,7 +90,7 @@ def kind(ins: dict) -> str:
     if ops & {"dot", "convolution"} or "ynn" in ins.get("name", ""):
         return "matmul"
     if ops & {"dynamic-update-slice", "dynamic-slice"}:
-        return "scan slicing (dynamic-(update-)slice)"
+        return "scan slicing (dynamic-(update-)slice) + what is fused with it"
     if ops <= {"copy", "transpose", "bitcast", "reshape", "fusion", "broadcast", "slice", "concatenate"}:
         return "transpose / copy / layout"
     if ops & {"reduce", "reduce-window"}:
