@@ -253,9 +253,18 @@ def figure(res: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def fmt(s: dict | None, digits: int = 3) -> str:
+    """toolkit.fmt over seeds; with one seed, its own interval over prompts / pairs instead."""
+    own = (s or {}).get("per_seed_interval") or [None]
+    if s and s.get("n") == 1 and own[0] and own[0].get("low") is not None:
+        return f"{s['mean']:.{digits}f} [{own[0]['low']:.{digits}f}, {own[0]['high']:.{digits}f}] (1 seed, n={own[0]['n']})"
+    return T.fmt(s, digits)
+
+
 def table(res: dict, trl: dict) -> str:
-    """One markdown table of the headline numbers (mean ± 95% t half-width over seeds)."""
-    f, pol = T.fmt, res["policies"]
+    """One markdown table of the headline numbers (mean ± 95% t half-width over seeds; with one
+    seed, its interval over pairs or prompts in brackets)."""
+    f, pol = fmt, res["policies"]
     lines = ["| | held-out pair acc. | shorter-wins | margin-length corr. | train s |", "|---|---|---|---|---|"]
     for name, r in (("proxy RM (ours)", res["proxy_rm"]), ("gold RM (ours)", res["gold_rm"])):
         lines.append(f"| {name} | {f(r['rm_pairs_accuracy'])} | {f(r['shorter_wins_accuracy'])} | "
@@ -298,9 +307,12 @@ def main(argv=None) -> int:
     layout = check_layout(module.layout(configs["proxy"]), module.layout(configs["gold"]))
     est = estimate(configs["proxy"], configs["gold"], len(seeds), len(gold_seeds), args.step_seconds)
     print(f"[{NAME}] {size}: {len(seeds)} seeds, gold seeds {gold_seeds}; rows {layout}", flush=True)
-    print(f"[{NAME}] estimate at {args.step_seconds:g} s per RM step (--step_seconds): "
-          + ", ".join(f"{k} {v / 60:.0f} min/run" for k, v in est["per_run_s"].items())
-          + f"; total {est['total_s'] / 3600:.1f} h (finished runs are reused)", flush=True)
+    if not args.smoke:  # the assumed rates are the cpu size's
+        print(f"[{NAME}] estimate at {args.step_seconds:g} s per RM step of 8 pairs (--step_seconds): "
+              + ", ".join(f"{k} {v / 60:.0f} min/run" for k, v in est["per_run_s"].items())
+              + f"; total {est['total_s'] / 3600:.1f} h (finished runs are reused)", flush=True)
+        if max(est["per_run_s"].values()) > 3600:
+            print(f"[{NAME}] warning: a run is estimated above an hour", flush=True)
     t0 = time.perf_counter()
     rec = run.recorder
     gold_sweep, _ = rec.sweep("gold", cfg["gold"], gold_seeds, sets={"stages": "sft,rm,eval", **GOLD_EVAL_SETS},
@@ -338,6 +350,9 @@ def main(argv=None) -> int:
                         "a proxy for human judgement, not human judgement",
            "intervals": "over seeds: mean, std, n, 95% t-interval; per_seed_interval: each seed's bootstrap "
                         "interval over held-out prompts (generation, TruthfulQA) or pairs (rm_pairs)",
+           "scoring_note": "bon and the PPO curve score the sampled tokens (a response cut at max_new_tokens has no "
+                           "EOS); the eval stage's judges score the decoded text re-tokenised with an EOS, as the RMs "
+                           "were trained: the figure's diamonds and curves can differ by that",
            "trl_reward_trainer": trl, **res, "table_md": md,
            "figure": str(run.png_path.relative_to(ROOT)) if run.png_path.is_relative_to(ROOT) else str(run.png_path),
            "runs": {k: rec.records[k] for k in ("gold", *sweeps)}}

@@ -97,8 +97,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.prompts = f"{SOURCE}[{held - n_eval}:{proxy[0] + (n['proxy'] or proxy[1] - proxy[0])}]"
     c.heldout.update(n_prompts=n_eval, temperature=1.0, n_report_samples=4)
     # the start: stage sft leaves the base model as it is (one LoRA step at the warmup's learning rate 0)
-    c.sft.update(steps=1, warmup_steps=1, batch_size=4 if smoke else 8, lora_rank=8, save_every=0)
-    batch = 4 if smoke else 8
+    batch = 8  # also a multiple of the 8 fake devices the tests run under
+    c.sft.update(steps=1, warmup_steps=1, batch_size=batch, lora_rank=8, save_every=0)
     c.rm.update(init="base", epochs=2 if role == "gold" else 1, batch_size=batch, save_every=0 if smoke else 25)
     if smoke:
         c.rm.update(steps=3 if role == "proxy" else 4, lr=1e-3)
@@ -110,8 +110,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # penalty's -10, and PPO would learn to stop rather than what the proxy RM prefers; keep the RM score
     c.ppo.missing_eos_penalty = None
     c.bon.update(n_samples=8 if smoke else 64, n_prompts=n_eval if smoke else 32, temperature=1.0)
-    if smoke:
+    if smoke:  # learning rates that move a random-init model within a few steps
         c.dpo.update(steps=3, lr=1e-3)
+        c.ppo.update(lr=1e-3)
     c.evaluate.update(n_prompts=n_eval, n_pairs=n["heldout"] or 200, max_new_tokens=c.sampling.max_new_tokens,
                       temperature=1.0, batch_size=8 if smoke else 16, n_truthfulqa=8 if smoke else 200,
                       bootstrap=200 if smoke else 2000, n_report=4)
