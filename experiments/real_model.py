@@ -38,7 +38,6 @@ real_model.json and experiments/figures/real_model.png (with --smoke: into --out
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import subprocess
 import sys
@@ -58,6 +57,8 @@ CONFIG = "experiments/configs/real_model.py"
 POLICIES = ("start", "ppo", "dpo")
 EVAL_SETS = {"evaluate.policies": "start=stage:sft,ppo=stage:ppo,dpo=stage:dpo", "evaluate.baseline": "start",
              "evaluate.suites": "rm_pairs,generation,truthfulqa", "evaluate.judges": "gold,rm"}
+LAYOUT_KEYS = ("data.rm_train", "data.rm_val", "data.prompts", "data.n_rankings", "data.n_prompts",
+               "heldout.n_prompts")  # the fields that decide which rows each part reads
 GOLD_EVAL_SETS = {"evaluate.policies": "start=stage:sft", "evaluate.baseline": "start",
                   "evaluate.suites": "rm_pairs", "evaluate.judges": "rm"}
 # assumed costs at the cpu size for the printed estimate (override with --step_seconds): one RM / DPO
@@ -257,7 +258,8 @@ def fmt(s: dict | None, digits: int = 3) -> str:
     """toolkit.fmt over seeds; with one seed, its own interval over prompts / pairs instead."""
     own = (s or {}).get("per_seed_interval") or [None]
     if s and s.get("n") == 1 and own[0] and own[0].get("low") is not None:
-        return f"{s['mean']:.{digits}f} [{own[0]['low']:.{digits}f}, {own[0]['high']:.{digits}f}] (1 seed, n={own[0]['n']})"
+        lo, hi = own[0]["low"], own[0]["high"]
+        return f"{s['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}] (1 seed, n={own[0]['n']})"
     return T.fmt(s, digits)
 
 
@@ -304,6 +306,11 @@ def main(argv=None) -> int:
     cfg = {role: f"{CONFIG}:{role},{size}" for role in ("proxy", "gold")}
     module = _config_module()
     configs = {role: module.get_config(f"{role},{size}") for role in cfg}
+    for key, value in run.recorder.sets.items():  # a --set that moves a part is checked as the runs see it
+        if key in LAYOUT_KEYS:
+            for c in configs.values():
+                block, field = key.split(".")
+                c[block][field] = type(c[block][field])(value)
     layout = check_layout(module.layout(configs["proxy"]), module.layout(configs["gold"]))
     est = estimate(configs["proxy"], configs["gold"], len(seeds), len(gold_seeds), args.step_seconds)
     print(f"[{NAME}] {size}: {len(seeds)} seeds, gold seeds {gold_seeds}; rows {layout}", flush=True)

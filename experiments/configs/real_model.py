@@ -4,7 +4,8 @@ parts of the HH-RLHF harmless-base pairs.
     python -m rlhf_jax.main --config experiments/configs/real_model.py:proxy,cpu --workdir runs/proxy
     python -m rlhf_jax.main --config experiments/configs/real_model.py:gold,smoke --workdir /tmp/gold
 
-The 1,992 valid pairs of corpus:hh_rlhf (8 of the file's 2,000 are skipped as malformed) are cut by row into parts no run mixes (`LAYOUT`, `layout`):
+The 1,992 valid pairs of corpus:hh_rlhf (8 of the file's 2,000 are skipped as malformed) are cut
+by row into parts no run mixes (`LAYOUT`, `layout`):
 - held-out [0:200): every RM's and DPO's validation pairs (data.rm_val); their prompts (the last
   heldout.n_prompts of them) are the held-out prompts best-of-n, PPO's and DPO's final
   evaluation and stage eval sample on;

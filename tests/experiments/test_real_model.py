@@ -40,7 +40,8 @@ def test_the_configs_parts_are_disjoint():
     for size in ("cpu", "smoke"):
         proxy, gold = (module.layout(module.get_config(f"{role},{size}")) for role in ("proxy", "gold"))
         parts = rm.check_layout(proxy, gold)
-        assert parts["heldout_pairs"][1] <= parts["proxy_pairs"][0] and parts["proxy_pairs"][1] <= parts["gold_pairs"][0]
+        assert parts["heldout_pairs"][1] <= parts["proxy_pairs"][0]
+        assert parts["proxy_pairs"][1] <= parts["gold_pairs"][0]
     full = module.get_config("proxy,cpu")
     assert full.data.n_rankings == 1000 and full.data.rm_train == "corpus:hh_rlhf[200:1200]"
     assert module.get_config("gold,cpu").data.rm_train == "corpus:hh_rlhf[1200:1992]"
