@@ -59,3 +59,12 @@ def test_rm_val_source_keeps_parts_disjoint(tmp_path):
     data = RunData(c, None, None)
     assert [r["prompt"] for r in data.records("rm_val")] == ["p0", "p1"]
     assert [r["prompt"] for r in data.records("rm_train")] == ["p2", "p3", "p4", "p5", "p6"]
+
+
+def test_rm_val_needs_files():
+    from rlhf_jax.errors import ConfigError
+    from rlhf_jax.stages.validate import validate_config
+    c = base()
+    c.data.rm_val = "corpus:hh_rlhf[0:200]"
+    with pytest.raises(ConfigError, match="data.rm_val"):
+        validate_config(c)
