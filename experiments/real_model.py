@@ -267,7 +267,8 @@ def table(res: dict, trl: dict) -> str:
     """One markdown table of the headline numbers (mean ± 95% t half-width over seeds; with one
     seed, its interval over pairs or prompts in brackets)."""
     f, pol = fmt, res["policies"]
-    lines = ["| | held-out pair acc. | shorter-wins | margin-length corr. | train s |", "|---|---|---|---|---|"]
+    lines = ["| | held-out pair acc. | shorter-wins | margin-length corr. | wall s (ours: the rm stage, with its "
+             "held-out pass and centring; TRL: training) |", "|---|---|---|---|---|"]
     for name, r in (("proxy RM (ours)", res["proxy_rm"]), ("gold RM (ours)", res["gold_rm"])):
         lines.append(f"| {name} | {f(r['rm_pairs_accuracy'])} | {f(r['shorter_wins_accuracy'])} | "
                      f"{f(r['score_length_correlation'])} | {f(r['train_seconds'], 0)} |")
