@@ -87,6 +87,8 @@ def test_real_model_smoke(tmp_path, shared_data):
         for key in ("kl_to_start", "score_gold", "score_rm", "win_rate_vs_start_gold", "response_length"):
             assert row[key]["n"] == 2 and len(row[key]["per_seed_interval"]) == 2, (p, key)
         _finite(row["score_gold"], 2)
+        # the trained policy, not the start: the same weights would give a KL of exactly 0
+        assert all(v != 0.0 for v in row["kl_to_start"]["values"]), p
     assert out["policies"]["start"]["truthfulqa_qa_primer_mc2"]["n"] == 2
     assert len(out["ppo_curve"]["iteration"]) == 4 and out["ppo_curve"]["kl"][0]["n"] == 2
     assert "| proxy RM (ours) |" in out["table_md"]
