@@ -76,6 +76,9 @@ def base() -> ml_collections.ConfigDict:
     # pretraining text, held-out split scored as the alignment tax)
     c.data.ptx = ""
     c.data.val_fraction = 0.05
+    # files: the RM's (and DPO's) held-out pairs from their own source ("" = the first val_fraction of rm_train);
+    # any source takes a row slice, "corpus:hh_rlhf[0:200]", so disjoint parts of one file can train and judge
+    c.data.rm_val = ""
     # data.rm_train = "stage:prefs": the rankings of stage prefs (K SFT samples per prompt ranked by the gold reward)
     # the gold reward every stage judges with: "" = the task world's (none from files), "clf" = stage clf's classifier
     c.data.gold = ""

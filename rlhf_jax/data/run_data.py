@@ -6,6 +6,7 @@ config names but no listed stage reads is never loaded.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +17,47 @@ from rlhf_jax.data.tokenize import TokenizeConfig, prompt_arrays, ranking_arrays
 from rlhf_jax.errors import UserError
 
 
+_SLICE = re.compile(r"^(?P<spec>.+)\[(?P<start>[^\[\]:]*):(?P<stop>[^\[\]:]*)\]$")
+
+
+def split_slice(spec: str) -> tuple[str, int | None, int | None]:
+    """("corpus:hh_rlhf", 200, 1200) from "corpus:hh_rlhf[200:1200]": a source with rows
+    [start, stop) of its records (Python's slice, non-negative bounds, either may be empty);
+    (spec, None, None) without a trailing slice."""
+    m = _SLICE.match(spec)
+    if not m:
+        return spec, None, None
+    bounds = []
+    for name in ("start", "stop"):
+        text = m.group(name).strip()
+        if text and not text.isdigit():
+            raise UserError(f"data source {spec!r}: the slice's {name} {text!r} must be a non-negative integer "
+                            "(SOURCE[START:STOP], e.g. corpus:hh_rlhf[200:1200])")
+        bounds.append(int(text) if text else None)
+    start, stop = bounds
+    if start is not None and stop is not None and stop <= start:
+        raise UserError(f"data source {spec!r}: the slice [{start}:{stop}] is empty (STOP must exceed START)")
+    return m.group("spec"), start, stop
+
+
 def read_source(spec: str, kind: str, policy: str) -> list[dict]:
     """A data path, or "corpus:NAME" for a reader in `rlhf_jax.data.corpora`, with keyword
-    arguments for it if any ("corpus:imdb_sft?limit=2000&seed=1": integers, floats or strings);
-    prints the load report."""
+    arguments for it if any ("corpus:imdb_sft?limit=2000&seed=1": integers, floats or strings),
+    optionally cut to rows [START:STOP) of its valid records ("corpus:hh_rlhf[200:1200]": disjoint
+    parts of one file for runs that must not share rows); prints the load report."""
+    spec, start, stop = split_slice(spec)
+    records = _read_whole(spec, kind, policy)
+    if start is None and stop is None:
+        return records
+    lo, hi = start or 0, len(records) if stop is None else stop
+    if hi > len(records) or lo >= hi:
+        raise UserError(f"data source {spec}[{'' if start is None else start}:{'' if stop is None else stop}]: "
+                        f"rows [{lo}:{hi}) are not within the {len(records)} records {spec} holds")
+    print(f"[data] {spec}: rows [{lo}:{hi}) of {len(records)}", flush=True)
+    return records[lo:hi]
+
+
+def _read_whole(spec: str, kind: str, policy: str) -> list[dict]:
     if spec.startswith("corpus:"):
         name, _, query = spec[7:].partition("?")
         records, report = corpora.READERS[name](policy=policy, **reader_arguments(query))
@@ -106,8 +144,10 @@ class RunData:
                              "rm": ("preference", c.rm_train, c.n_rankings)}.get(name.split("_")[0], (None, None, None))
         if kind is not None and spec:
             records = read_source(spec, kind, c.policy)  # preference: pairs or K-wise rankings
-            n_val = max(1, int(len(records) * c.val_fraction))
             prefix = name.split("_")[0]
+            if prefix == "rm" and c.rm_val:  # held-out pairs of their own: every training record is trained on
+                return {"rm_train": records[:limit], "rm_val": read_source(c.rm_val, kind, c.policy)}
+            n_val = max(1, int(len(records) * c.val_fraction))
             return {f"{prefix}_train": records[n_val:n_val + limit], f"{prefix}_val": records[:n_val]}
         if name in ("prompts", "eval_prompts") and c.prompts:
             prompts = [{"prompt": r["prompt"]} for r in read_source(c.prompts, "prompt", c.policy)]

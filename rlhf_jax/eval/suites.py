@@ -171,7 +171,11 @@ def generation(env: EvalEnv) -> tuple[dict, list[dict]]:
                 own_verdicts[judge_name] = verdicts
             out.setdefault(f"win_rate_vs_{env.baseline}", {}).setdefault(judge_name, {})[name] = \
                 stats.win_rate(verdicts, **env.boot()).to_dict()
-            bias = reliability.verbosity_bias(verdicts, [_length(t) for t in a], [_length(t) for t in b], **env.boot())
+            try:
+                bias = reliability.verbosity_bias(verdicts, [_length(t) for t in a], [_length(t) for t in b],
+                                                  **env.boot())
+            except ValueError as err:  # every pair of equal length (both cut at max_new_tokens): no bias to measure
+                bias = {"not_measured": str(err)}
             if getattr(judge, "pairwise", False):
                 bias.update(reliability.judge_position_bias(judge.prefer_first, prompts, a, b, **env.boot()))
             out.setdefault("judge_bias", {}).setdefault(judge_name, {})[name] = bias

@@ -36,8 +36,9 @@ FIXED_LENGTHS = (16, 32)  # held-out accuracy on each test review's first L toke
 def check(c, need) -> None:
     f = c.clf
     wanted = "clf" in listed(c) or c.data.gold == "clf"
-    need(c.data.gold in ("", "clf"), "data.gold", "must be '' (the task world's gold reward, none from files) or "
-         "'clf' (the classifier of stage clf)")
+    need(c.data.gold in ("", "clf") or (c.data.gold.startswith("rm:") and len(c.data.gold) > 3), "data.gold",
+         "must be '' (the task world's gold reward, none from files), 'clf' (the classifier of stage clf) or "
+         "'rm:WORKDIR' (the reward model of another run's workdir)")
     need(f.output in OUTPUTS, "clf.output", f"must be one of {OUTPUTS}")
     need(not wanted or f.train.startswith("corpus:"), "clf.train",
          "must name a reader of labelled text (corpus:NAME, e.g. corpus:imdb_reviews)")

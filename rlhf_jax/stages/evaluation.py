@@ -250,6 +250,8 @@ def provenance(ctx) -> dict[str, Any]:
     inputs = {f"stage:{s}": _stage_identity(_source(ctx), s) for s in stages}
     if "gold" in judges and c.data.gold == "clf":
         inputs["stage:clf"] = _stage_identity(ctx.workdir, "clf")
+    if "gold" in judges and c.data.gold.startswith("rm:"):
+        inputs[c.data.gold] = _stage_identity(Path(c.data.gold[3:]).expanduser(), "rm")
     paths = [w for w in specs if not w.startswith("stage:")]
     paths += [e.judge_model] if e.judge_model and not e.judge_model.startswith("policy:") else []
     inputs.update({w: _file_identity(Path(w).expanduser()) for w in paths})

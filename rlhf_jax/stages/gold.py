@@ -1,14 +1,23 @@
-"""The gold reward every stage judges with: the task world's, or the classifier of stage clf
-(`data.gold = "clf"`), rebuilt from the workdir."""
+"""The gold reward every stage judges with: the task world's, the classifier of stage clf
+(`data.gold = "clf"`), rebuilt from the workdir, or the reward model of another run's workdir
+(`data.gold = "rm:WORKDIR"`, its stage rm: a gold RM trained on pairs the run never sees)."""
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import numpy as np
 
 from rlhf_jax import checkpoint
 from rlhf_jax.data import synthetic
+from rlhf_jax.errors import UserError
 from rlhf_jax.models import init_model
 from rlhf_jax.rewards import GoldReward
 from rlhf_jax.rewards.classifier import ClassifierReward
+from rlhf_jax.rewards.rm_gold import RMGoldReward
+from rlhf_jax.stages.handoff import load_members
+
+RM_GOLD = "rm:"  # data.gold = "rm:WORKDIR": the finished stage rm of that workdir
 
 
 def classifier_model(ctx):
@@ -25,8 +34,11 @@ def gold_stages(c) -> tuple[str, ...]:
 
 
 def gold_reward(ctx) -> GoldReward | None:
-    """The gold reward: the classifier of stage clf (`data.gold = "clf"`), else the task world's
-    gold reward over decoded text (None outside the task world)."""
+    """The gold reward: the classifier of stage clf (`data.gold = "clf"`), another run's reward
+    model (`"rm:WORKDIR"`), else the task world's gold reward over decoded text (None outside the
+    task world)."""
+    if ctx.config.data.gold.startswith(RM_GOLD):
+        return rm_gold(ctx, ctx.config.data.gold)
     if ctx.config.data.gold == "clf":
         model = classifier_model(ctx)
         return ClassifierReward(model.graphdef, checkpoint.load_final(ctx.workdir, "clf", model.params), ctx.tokenizer,
@@ -43,3 +55,29 @@ def gold_reward(ctx) -> GoldReward | None:
 
     return GoldReward(lambda prompts, responses: np.array([one(p, r) for p, r in zip(prompts, responses)]),
                       ctx.tokenizer)
+
+
+def rm_gold_workdir(spec: str) -> Path:
+    """WORKDIR of data.gold = "rm:WORKDIR"."""
+    return Path(spec[len(RM_GOLD):]).expanduser()
+
+
+def rm_gold(ctx, spec: str) -> RMGoldReward:
+    """The finished stage rm of another workdir as the gold reward: its k members on the base
+    model's architecture with a scalar head (rm.init sft or base there), averaged."""
+    workdir = rm_gold_workdir(spec)
+    summary = checkpoint.read_summary(workdir, "rm")
+    if summary is None:
+        raise UserError(f"data.gold = {spec!r}: {workdir / 'rm'} has no finished reward model "
+                        f"(run stage rm there first)")
+    stored = workdir / "config.json"
+    if stored.exists():
+        fields = json.loads(stored.read_text()).get("config", {})
+        odd = {k: v for k, v in fields.items() if (k == "rm.head" and v != "scalar")
+               or (k == "rm.init" and v == "random")}
+        if odd:
+            raise UserError(f"data.gold = {spec!r}: the gold RM must be a scalar-head RM on the base model's "
+                            f"architecture; {stored} has {odd}")
+    scalar = init_model(ctx.model_cfg(), head="scalar", seed=0, mesh=ctx.mesh)
+    params = load_members(workdir, "rm", scalar.params, int(summary.get("members", 1)))
+    return RMGoldReward(scalar.graphdef, params, ctx.tokenizer, ctx.data.tcfg)

@@ -12,7 +12,6 @@ from rlhf_jax.models import init_model
 from rlhf_jax.objectives import ensemble as ensemble_lib
 from rlhf_jax.objectives.finegrained import parse_components, token_classes
 from rlhf_jax.rewards import EnsembleReward
-from rlhf_jax.rewards.classifier import ClassifierReward
 from rlhf_jax.rewards.finegrained import FineGrainedReward
 from rlhf_jax.stages.gold import gold_reward
 from rlhf_jax.stages.handoff import load_sft, load_stacked
@@ -95,5 +94,5 @@ def ppo_reward(ctx):
         return trained_reward(ctx, "ppo")
     gold = gold_reward(ctx)
     value = category_model(ctx, seed=ctx.config.seed + 1)
-    params = gold.params if isinstance(gold, ClassifierReward) else None
+    params = getattr(gold, "params", None)  # a model (classifier, another run's RM), or host code
     return gold, params, value.graphdef, rm_lib.init_from_sft(load_sft(ctx), value.params)

@@ -88,6 +88,8 @@ def validate_config(c) -> None:
         need(s in STAGES, "stages", f"{s!r} is not one of {STAGES.names()}")
     need(c.data.source in ("synthetic", "files"), "data.source", "must be 'synthetic' or 'files'")
     need(c.data.policy in ("error", "skip"), "data.policy", "must be 'error' or 'skip'")
+    need(not c.data.rm_val or c.data.source == "files", "data.rm_val", "a source of held-out pairs needs "
+         "data.source = 'files' (the task world makes its own held-out rankings)")
     need(c.data.max_len > 0, "data.max_len", "must be > 0")
     need(c.data.max_prompt_len > 0, "data.max_prompt_len", "must be > 0")
     need(c.data.max_prompt_len < c.data.max_len, "data.max_prompt_len", "must be below data.max_len")

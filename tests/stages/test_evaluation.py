@@ -398,3 +398,15 @@ def test_a_rerun_reuses_the_finished_suites_and_equals_an_uninterrupted_run(tmp_
     assert calls == {"environment": 4, "generation": 3, "perplexity": 4}
     assert ("generation.json was computed under another config (config.evaluate.bootstrap, inputs.stage:sft); "
             "recomputing") in capsys.readouterr().out
+
+
+def test_generation_suite_records_an_unmeasurable_verbosity_bias(monkeypatch):
+    """Every pair of equal length (both policies cut at max_new_tokens): the bias is recorded as
+    not measured, and the win rates are still reported."""
+    from rlhf_jax.eval.suites import EVAL_SUITES
+    monkeypatch.setitem(STUB_TEXTS, "ppo", ["good answer now"] * N_STUB)
+    monkeypatch.setitem(STUB_TEXTS, "copy", ["the dog ran"] * N_STUB)
+    out, _ = EVAL_SUITES["generation"](stub_env(judge_model=""))
+    assert "equal lengths" in out["judge_bias"]["gold"]["ppo"]["not_measured"]
+    assert out["win_rate_vs_sft"]["gold"]["ppo"]["value"] == 0.5  # 3 words against 3: every pair a tie
+    assert out["win_rate_vs_sft"]["llm"]["ppo"]["value"] == 1.0

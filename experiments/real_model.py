@@ -1,0 +1,376 @@
+"""A real model end to end: SmolLM2-135M-Instruct through a proxy RM, DPO, PPO and best-of-n on
+HH-RLHF harmless-base pairs, every policy judged by a gold RM trained on pairs no policy saw.
+
+    python experiments/real_model.py            # the full experiment (3 seeds; prints its time estimate first)
+    python experiments/real_model.py --smoke    # a random-init tiny decoder on the same HH rows, 2 seeds (CI)
+
+The runs' config is experiments/configs/real_model.py (variant `cpu`: configs/instructgpt.py:
+smollm2_hh,cpu sizes; `smoke`: a 2-layer random-init decoder with the GPT-2 tokenizer). It cuts
+the HH pairs by row into parts no run mixes (its docstring; checked here and recorded in the
+JSON as `layout`): held-out pairs and prompts, the proxy's 1,000 training pairs, the gold RM's.
+Every policy starts from the base model (stage sft there is one LoRA step at learning rate 0).
+
+Sweeps, in order (each through the sweep runner: resume by running the same command again):
+1. gold   (--gold_seeds, default the first seed): stage rm on the gold part, two epochs, from
+          the base model, then stage eval's rm_pairs suite on the held-out pairs (accuracy with its
+          interval over pairs, the shorter-wins rule, the correlation of the score margin with the
+          length difference). The first gold seed's RM is every policy run's gold reward
+          (`data.gold = rm:WORKDIR`): a proxy for human judgement, not human judgement.
+2. proxy  (--seeds): stages sft (the start) and rm (the proxy RM on the proxy part, one epoch).
+3. bon    best-of-n under the proxy RM on the held-out prompts, n = 1, 2, 4, ..., 64, with the
+          unbiased estimator, proxy and gold score against KL_bon = log n - (n-1)/n (stage bon).
+4. ppo    PPO with LoRA against the proxy RM (rollouts at temperature 1; per-iteration KL to the
+          start, proxy score and gold reward in ppo/metrics.jsonl).
+5. dpo    DPO with LoRA from the start on the proxy part.
+6. eval   stage eval of start, ppo and dpo on the held-out prompts at temperature 1: win rate
+          against the start under the gold and the proxy RM, their mean scores, KL to the start,
+          response length (each with a bootstrap interval over prompts), TruthfulQA MC1/MC2 per
+          policy (the alignment tax), and the proxy RM's rm_pairs on the held-out pairs.
+Stages are copied, not rerun, from earlier sweeps of the same seed (sft, rm from proxy; ppo, dpo
+into eval). With `trl` importable, tools/trl_reward_baseline.py trains TRL's RewardTrainer on
+the same proxy pairs, truncation and budget per seed (else the JSON says it was skipped).
+
+Numbers over seeds are mean, std, n and the 95% t-interval (toolkit.stat); each seed's interval
+over prompts is kept beside them. Figure: gold and proxy reward against sqrt(KL) for best-of-n
+and PPO's iterations, with the eval stage's PPO and DPO points. Writes experiments/results/
+real_model.json and experiments/figures/real_model.png (with --smoke: into --out).
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import toolkit as T  # noqa: E402  (also puts this checkout first on sys.path)
+from toolkit import REPO as ROOT  # noqa: E402
+
+from rlhf_jax.sweep import expand  # noqa: E402
+
+NAME = "real_model"
+CONFIG = "experiments/configs/real_model.py"
+POLICIES = ("start", "ppo", "dpo")
+EVAL_SETS = {"evaluate.policies": "start=stage:sft,ppo=stage:ppo,dpo=stage:dpo", "evaluate.baseline": "start",
+             "evaluate.suites": "rm_pairs,generation,truthfulqa", "evaluate.judges": "gold,rm"}
+LAYOUT_KEYS = ("data.rm_train", "data.rm_val", "data.prompts", "data.n_rankings", "data.n_prompts",
+               "heldout.n_prompts")  # the fields that decide which rows each part reads
+GOLD_EVAL_SETS = {"evaluate.policies": "start=stage:sft", "evaluate.baseline": "start",
+                  "evaluate.suites": "rm_pairs", "evaluate.judges": "rm"}
+# assumed costs at the cpu size for the printed estimate (override with --step_seconds): one RM / DPO
+# step of 8 pairs (16 sequences of 160 tokens, forward and backward); a forward pass costs a third of a
+# step per sequence; one decoding step of a batch costs `decode_fraction` of a training step
+COST = {"decode_fraction": 0.12, "run_overhead_s": 120.0}
+
+
+def _config_module():
+    spec = importlib.util.spec_from_file_location("real_model_config", ROOT / CONFIG)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------- layout and estimate
+def check_layout(proxy: dict, gold: dict) -> dict:
+    """The parts' row ranges; raises if two parts that must not share rows do. Allowed: the
+    held-out prompts inside the held-out pairs, PPO's prompts inside the proxy's pairs."""
+    parts = {"heldout_pairs": proxy["rm_val"], "heldout_prompts": proxy["eval_prompts"],
+             "proxy_pairs": proxy["rm_train"], "ppo_prompts": proxy["ppo_prompts"], "gold_pairs": gold["rm_train"]}
+    allowed = {frozenset(("heldout_pairs", "heldout_prompts")), frozenset(("proxy_pairs", "ppo_prompts"))}
+    names = list(parts)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            (a0, a1), (b0, b1) = parts[a], parts[b]
+            if max(a0, b0) < min(a1, b1) and frozenset((a, b)) not in allowed:
+                raise SystemExit(f"{CONFIG}: parts {a} {parts[a]} and {b} {parts[b]} share rows")
+    if not (parts["heldout_pairs"][0] <= parts["heldout_prompts"][0]
+            and parts["heldout_prompts"][1] <= parts["heldout_pairs"][1]):
+        raise SystemExit(f"{CONFIG}: the held-out prompts {parts['heldout_prompts']} leave the held-out pairs")
+    return parts
+
+
+def estimate(proxy_c, gold_c, seeds: int, gold_seeds: int, step_s: float) -> dict:
+    """Seconds per run of each sweep at an assumed training-step time (COST)."""
+    fwd = step_s / 48  # one sequence's forward pass
+    decode = step_s * COST["decode_fraction"]
+    steps = lambda c, n: c.rm.steps or c.rm.epochs * (n // c.rm.batch_size)
+    n_new = proxy_c.sampling.max_new_tokens
+    rm_norm = proxy_c.data.n_sft * fwd  # centring on the demonstrations
+    b = proxy_c.bon
+    per_run = {
+        "gold": steps(gold_c, gold_c.data.n_rankings) * step_s + rm_norm + 2 * 200 * fwd,
+        "proxy": steps(proxy_c, proxy_c.data.n_rankings) * step_s + rm_norm,
+        "bon": math.ceil(b.n_prompts * b.n_samples / 64) * n_new * decode + 2 * b.n_prompts * b.n_samples * fwd,
+        "ppo": proxy_c.ppo.iterations * (n_new * decode + 2 * step_s) + 4 * proxy_c.heldout.n_prompts * fwd
+        + 2 * 500 * fwd,
+        "dpo": (proxy_c.dpo.steps or proxy_c.data.n_rankings // proxy_c.dpo.batch_size) * step_s
+        + 2 * proxy_c.data.n_rankings * fwd,
+        "eval": 3 * (math.ceil(proxy_c.evaluate.n_prompts / 16) * n_new * decode + 4 * proxy_c.evaluate.n_prompts * fwd
+                     + proxy_c.evaluate.n_truthfulqa * 8 * fwd) + 2 * 200 * fwd}
+    per_run = {k: v + COST["run_overhead_s"] for k, v in per_run.items()}
+    total = per_run["gold"] * gold_seeds + sum(v for k, v in per_run.items() if k != "gold") * seeds
+    return {"assumed_step_seconds": step_s, **COST, "per_run_s": per_run, "total_s": total}
+
+
+# ---------------------------------------------------------------- reading the runs
+def _value(x):
+    return None if x is None else x.get("value") if isinstance(x, dict) else x
+
+
+def over_seeds(per_seed: list[dict | None], *path) -> dict:
+    """Statistics over seeds of a number (or of an interval's value) at `path` in each seed's
+    dict, with each seed's own interval over prompts / pairs where there is one."""
+    vals, own = [], []
+    for d in per_seed:
+        for key in path:
+            d = d.get(key) if isinstance(d, dict) else None
+        vals.append(_value(d))
+        own.append({k: d.get(k) for k in ("low", "high", "n", "method")} if isinstance(d, dict) else None)
+    out = T.stat(vals)
+    if any(o is not None for o in own):
+        out["per_seed_interval"] = own
+    return out
+
+
+def trl_baseline(run, seeds: list[int], size: str) -> dict:
+    """TRL's RewardTrainer on the proxy's pairs per seed (tools/trl_reward_baseline.py), when trl is
+    importable; resumed from the per-seed JSON files."""
+    if importlib.util.find_spec("trl") is None:
+        return {"status": "skipped: trl not installed"}
+    out, per_seed = run.runs / "trl", []
+    for seed in seeds:
+        path = out / f"seed_{seed}.json"
+        cmd = [sys.executable, "tools/trl_reward_baseline.py", "--config", f"{CONFIG}:proxy,{size},seed{seed}",
+               "--out", str(path)]
+        run.recorder.commands.append(" ".join(["python", *cmd[1:]]))
+        if not path.exists():
+            t0 = time.perf_counter()
+            done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+            if done.returncode != 0:
+                print(f"[trl] seed {seed} failed:\n{done.stderr[-2000:]}", flush=True)
+                per_seed.append(None)
+                continue
+            print(f"[trl] seed {seed}: {time.perf_counter() - t0:.0f}s", flush=True)
+        per_seed.append(T.read_json(path))
+    return {"status": "ran", "per_seed": per_seed,
+            "accuracy": over_seeds(per_seed, "accuracy"),
+            "shorter_wins_accuracy": over_seeds(per_seed, "shorter_wins_accuracy"),
+            "score_length_correlation": over_seeds(per_seed, "score_length_correlation"),
+            "train_seconds": over_seeds(per_seed, "train_seconds")}
+
+
+def analyse(dirs: dict[str, dict[int, Path]], seeds: list[int], gold_dirs: dict[int, Path]) -> dict:
+    """The results JSON's numbers from the finished workdirs."""
+    summ = lambda d, stage: T.read_json(d / stage / "summary.json")
+    gold_rm = [summ(gold_dirs[s], "rm") for s in sorted(gold_dirs)]
+    gold_pairs = [summ(gold_dirs[s], "eval")["rm_pairs"] for s in sorted(gold_dirs)]
+    proxy_rm = [summ(dirs["proxy"][s], "rm") for s in seeds]
+    ev = [summ(dirs["eval"][s], "eval") for s in seeds]
+    gen = [e["generation"] for e in ev]
+    out = {
+        "gold_rm": {"val_accuracy": T.stat([r["val_accuracy"] for r in gold_rm]),
+                    "rm_pairs_accuracy": over_seeds(gold_pairs, "accuracy"),
+                    "shorter_wins_accuracy": over_seeds(gold_pairs, "shorter_wins_accuracy"),
+                    "score_length_correlation": over_seeds(gold_pairs, "score_length_correlation"),
+                    "train_seconds": T.stat([r["wall_seconds"] for r in gold_rm]), "steps": gold_rm[0]["steps"]},
+        "proxy_rm": {"val_accuracy": T.stat([r["val_accuracy"] for r in proxy_rm]),
+                     "rm_pairs_accuracy": over_seeds([e["rm_pairs"] for e in ev], "accuracy"),
+                     "shorter_wins_accuracy": over_seeds([e["rm_pairs"] for e in ev], "shorter_wins_accuracy"),
+                     "score_length_correlation": over_seeds([e["rm_pairs"] for e in ev], "score_length_correlation"),
+                     "train_seconds": T.stat([r["wall_seconds"] for r in proxy_rm]), "steps": proxy_rm[0]["steps"]},
+        "policies": {}}
+    for p in POLICIES:
+        row = {k: over_seeds(gen, p, k) for k in ("score_gold", "score_rm", "response_length", "eos_rate")}
+        if p != "start":
+            row["kl_to_start"] = over_seeds(gen, p, "kl_to_baseline")
+            for judge in ("gold", "rm"):
+                row[f"win_rate_vs_start_{judge}"] = over_seeds(gen, "win_rate_vs_start", judge, p)
+        for fmt in ev[0].get("truthfulqa", {}):
+            for k in ("mc1", "mc2"):
+                row[f"truthfulqa_{fmt}_{k}"] = over_seeds([e["truthfulqa"] for e in ev], fmt, p, k)
+        out["policies"][p] = row
+    for p in ("ppo", "dpo"):
+        out["policies"][p]["train_seconds"] = T.stat([summ(dirs[p][s], p)["wall_seconds"] for s in seeds])
+    out["policies"]["dpo"]["implicit_reward_accuracy_heldout"] = T.stat(
+        [summ(dirs["dpo"][s], "dpo").get("val_reward_accuracy") for s in seeds])
+    out["policies"]["ppo"]["alignment_tax_alpaca_nll"] = T.stat(
+        [_value(summ(dirs["ppo"][s], "ppo").get("alignment_tax")) for s in seeds])
+    # best-of-n: the bon stage's unbiased estimates per seed
+    curves = [T.read_json(dirs["bon"][s] / "bon" / "curve.json") for s in seeds]
+    ns = [r["n"] for r in curves[0]]
+    gold = np.array([[r["gold"] for r in c] for c in curves], float)
+    proxy = np.array([[r["proxy"] for r in c] for c in curves], float)
+    kl = np.array([r["kl"] for r in curves[0]])
+    out["bon"] = {"n": ns, "kl": kl, "d": np.sqrt(kl), "gold": [T.stat(gold[:, j]) for j in range(len(ns))],
+                  "proxy": [T.stat(proxy[:, j]) for j in range(len(ns))],
+                  "gold_gain": [T.stat(gold[:, j] - gold[:, 0]) for j in range(len(ns))],
+                  "train_seconds": T.stat([summ(dirs["bon"][s], "bon")["wall_seconds"] for s in seeds])}
+    # PPO: each iteration's rollouts (temperature 1): KL to the start, proxy score, gold reward
+    logs = [T.read_jsonl(dirs["ppo"][s] / "ppo" / "metrics.jsonl") for s in seeds]
+    n_it = min(len(x) for x in logs)
+    series = {k: np.array([[row.get(k, np.nan) for row in x[:n_it]] for x in logs], float)
+              for k in ("kl", "score", "gold_reward")}
+    out["ppo_curve"] = {"iteration": list(range(1, n_it + 1)),
+                        **{k: [T.stat(series[k][:, t]) for t in range(n_it)] for k in series},
+                        "d": [float(np.sqrt(max(np.nanmean(series["kl"][:, t]), 0.0))) for t in range(n_it)]}
+    return out
+
+
+# ---------------------------------------------------------------- figure and table
+def figure(res: dict, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    bon, ppo = res["bon"], res["ppo_curve"]
+    for ax, (key, ppo_key, judge, label) in zip(axes, (("gold", "gold_reward", "score_gold", "gold reward"),
+                                                       ("proxy", "score", "score_rm", "proxy reward"))):
+        m = np.array([s["mean"] for s in bon[key]], float)
+        lo = np.array([np.nan if s["ci_low"] is None else s["ci_low"] for s in bon[key]], float)
+        hi = np.array([np.nan if s["ci_high"] is None else s["ci_high"] for s in bon[key]], float)
+        ax.plot(bon["d"], m, "-o", ms=3, color="C0", label="best-of-n (n = 1..%d)" % bon["n"][-1])
+        ax.fill_between(bon["d"], lo, hi, color="C0", alpha=0.15, lw=0)
+        pm = np.array([s["mean"] for s in ppo[ppo_key]], float)
+        ax.plot(ppo["d"], pm, "-s", ms=3, color="C1", label="PPO rollouts by iteration")
+        for p, c in (("ppo", "C1"), ("dpo", "C2")):
+            row = res["policies"][p]
+            x, y = row["kl_to_start"]["mean"], row[judge]["mean"]
+            if x is not None and y is not None:
+                ax.errorbar(np.sqrt(max(x, 0.0)), y, yerr=row[judge]["half_width"] or 0.0, fmt="D", color=c, ms=6,
+                            label=f"{p.upper()} final (eval stage)")
+        ax.set_xlabel("sqrt(KL to the start) (nats^0.5)")
+        ax.set_ylabel(label)
+        ax.axhline(m[0], color="grey", lw=0.5)
+    axes[0].legend(fontsize=8)
+    import textwrap
+    fig.suptitle(textwrap.fill(title, 120), fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def fmt(s: dict | None, digits: int = 3) -> str:
+    """toolkit.fmt over seeds; with one seed, its own interval over prompts / pairs instead."""
+    own = (s or {}).get("per_seed_interval") or [None]
+    if s and s.get("n") == 1 and own[0] and own[0].get("low") is not None:
+        lo, hi = own[0]["low"], own[0]["high"]
+        return f"{s['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}] (1 seed, n={own[0]['n']})"
+    return T.fmt(s, digits)
+
+
+def table(res: dict, trl: dict) -> str:
+    """One markdown table of the headline numbers (mean ± 95% t half-width over seeds; with one
+    seed, its interval over pairs or prompts in brackets)."""
+    f, pol = fmt, res["policies"]
+    lines = ["| | held-out pair acc. | shorter-wins | margin-length corr. | wall s (ours: the rm stage, with its "
+             "held-out pass and centring; TRL: training) |", "|---|---|---|---|---|"]
+    for name, r in (("proxy RM (ours)", res["proxy_rm"]), ("gold RM (ours)", res["gold_rm"])):
+        lines.append(f"| {name} | {f(r['rm_pairs_accuracy'])} | {f(r['shorter_wins_accuracy'])} | "
+                     f"{f(r['score_length_correlation'])} | {f(r['train_seconds'], 0)} |")
+    if trl.get("status") == "ran":
+        lines.append(f"| proxy RM (TRL RewardTrainer) | {f(trl['accuracy'])} | {f(trl['shorter_wins_accuracy'])} | "
+                     f"{f(trl['score_length_correlation'])} | {f(trl['train_seconds'], 0)} |")
+    else:
+        lines.append(f"| proxy RM (TRL RewardTrainer) | {trl.get('status')} | | | |")
+    lines += ["", "| policy | gold win rate vs start | proxy win rate | gold | proxy | KL to start | length (tokens) | "
+              "TruthfulQA MC1 / MC2 (qa_primer) |", "|---|---|---|---|---|---|---|---|"]
+    for p in POLICIES:
+        r = pol[p]
+        lines.append(f"| {p} | {f(r.get('win_rate_vs_start_gold'))} | {f(r.get('win_rate_vs_start_rm'))} | "
+                     f"{f(r['score_gold'])} | {f(r['score_rm'])} | {f(r.get('kl_to_start'))} | "
+                     f"{f(r['response_length'], 1)} | {f(r.get('truthfulqa_qa_primer_mc1'))} / "
+                     f"{f(r.get('truthfulqa_qa_primer_mc2'))} |")
+    bon = res["bon"]
+    lines.append(f"| best-of-{bon['n'][-1]} | | | {f(bon['gold'][-1])} | {f(bon['proxy'][-1])} | "
+                 f"{bon['kl'][-1]:.3f} (analytic) | | |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- main
+def main(argv=None) -> int:
+    p = T.parser(__doc__, NAME, seeds="0-2", smoke_seeds="0-1",
+                 smoke_help="a random-init tiny decoder on the same HH rows, 2 seeds, a few steps per stage")
+    p.add_argument("--gold_seeds", default=None, help="seeds of the gold RM (default: the first of --seeds); "
+                   "the first one's RM judges every policy")
+    p.add_argument("--step_seconds", type=float, default=4.0,
+                   help="the assumed seconds of one RM step of 8 pairs at the cpu size, for the printed estimate")
+    args = p.parse_args(argv)
+    run = T.setup(args, NAME, argv=argv)
+    seeds = run.seeds
+    gold_seeds = T.parse_seeds(args.gold_seeds) if args.gold_seeds else seeds[:1]
+    size = "smoke" if args.smoke else "cpu"
+    cfg = {role: f"{CONFIG}:{role},{size}" for role in ("proxy", "gold")}
+    module = _config_module()
+    configs = {role: module.get_config(f"{role},{size}") for role in cfg}
+    for key, value in run.recorder.sets.items():  # a --set that moves a part is checked as the runs see it
+        if key in LAYOUT_KEYS:
+            for c in configs.values():
+                block, field = key.split(".")
+                c[block][field] = type(c[block][field])(value)
+    layout = check_layout(module.layout(configs["proxy"]), module.layout(configs["gold"]))
+    est = estimate(configs["proxy"], configs["gold"], len(seeds), len(gold_seeds), args.step_seconds)
+    print(f"[{NAME}] {size}: {len(seeds)} seeds, gold seeds {gold_seeds}; rows {layout}", flush=True)
+    if not args.smoke:  # the assumed rates are the cpu size's
+        print(f"[{NAME}] estimate at {args.step_seconds:g} s per RM step of 8 pairs (--step_seconds): "
+              + ", ".join(f"{k} {v / 60:.0f} min/run" for k, v in est["per_run_s"].items())
+              + f"; total {est['total_s'] / 3600:.1f} h (finished runs are reused)", flush=True)
+        if max(est["per_run_s"].values()) > 3600:
+            print(f"[{NAME}] warning: a run is estimated above an hour", flush=True)
+    t0 = time.perf_counter()
+    rec = run.recorder
+    gold_sweep, _ = rec.sweep("gold", cfg["gold"], gold_seeds, sets={"stages": "sft,rm,eval", **GOLD_EVAL_SETS},
+                              strict=True, metrics=["rm.val_accuracy"])
+    gold_dirs = next(iter(T.workdirs(gold_sweep).values()))
+    common = {"data.gold": f"rm:{gold_dirs[gold_seeds[0]]}"}
+    sweeps = {}
+    sweeps["proxy"], _ = rec.sweep("proxy", cfg["proxy"], seeds, sets={**common, "stages": "sft,rm"}, strict=True,
+                                   metrics=["rm.val_accuracy"])
+    for name, stages, shared, metrics in (("bon", "sft,rm,bon", ("sft", "rm"), ["bon.gold_peak"]),
+                                          ("ppo", "sft,rm,ppo", ("sft", "rm"), ["ppo.gold_reward_final"]),
+                                          ("dpo", "sft,dpo", ("sft",), ["dpo.gold_reward_final"])):
+        sweeps[name], _ = rec.run(rec.build(name, cfg["proxy"], seeds, sets={**common, "stages": stages}),
+                                  share_from=(sweeps["proxy"], shared), strict=True, metrics=metrics)
+    ev = rec.build("eval", cfg["proxy"], seeds, sets={**common, "stages": "sft,rm,ppo,dpo,eval", **EVAL_SETS})
+    copied = T.copy_stages(expand(ev), expand(sweeps["ppo"]), ("sft", "rm", "ppo"))
+    for label, stages in T.copy_stages(expand(ev), expand(sweeps["dpo"]), ("dpo",)).items():
+        copied[label] = copied.get(label, []) + stages
+    rec.reused["eval"] = copied
+    sweeps["eval"], _ = rec.run(ev, strict=True)
+    rec.commands[-1] += "  # first: stages sft,rm,ppo of ppo/<point>/seed_N and dpo of dpo/<point>/seed_N copied in"
+    trl = trl_baseline(run, seeds, size)
+    dirs = {name: next(iter(T.workdirs(s).values())) for name, s in sweeps.items()}
+    res = analyse(dirs, seeds, gold_dirs)
+    wall = time.perf_counter() - t0
+    title = (f"SmolLM2-135M-Instruct on HH-RLHF harmless-base ({size}): gold RM on {layout['gold_pairs']} rows, "
+             f"proxy on {layout['proxy_pairs']}; mean over {len(seeds)} seeds, best-of-n band: 95% t-interval"
+             if not args.smoke else f"smoke: random-init tiny decoder on HH rows; {len(seeds)} seeds")
+    figure(res, run.png_path, title)
+    md = table(res, trl)
+    out = {"experiment": NAME, "mode": "smoke" if args.smoke else "full", "seeds": seeds, "gold_seeds": gold_seeds,
+           "configs": cfg, "layout": layout, "estimate": est, "command": run.command, **rec.report(),
+           "wall_seconds": round(wall, 1),
+           "gold_note": "the gold reward is an RM trained on HH pairs disjoint from every policy's and the proxy's: "
+                        "a proxy for human judgement, not human judgement",
+           "intervals": "over seeds: mean, std, n, 95% t-interval; per_seed_interval: each seed's bootstrap "
+                        "interval over held-out prompts (generation, TruthfulQA) or pairs (rm_pairs)",
+           "scoring_note": "bon and the PPO curve score the sampled tokens (a response cut at max_new_tokens has no "
+                           "EOS); the eval stage's judges score the decoded text re-tokenised with an EOS, as the RMs "
+                           "were trained: the figure's diamonds and curves can differ by that",
+           "trl_reward_trainer": trl, **res, "table_md": md,
+           "figure": str(run.png_path.relative_to(ROOT)) if run.png_path.is_relative_to(ROOT) else str(run.png_path),
+           "runs": {k: rec.records[k] for k in ("gold", *sweeps)}}
+    bad = T.check_finite(T.jsonable(out))
+    if bad:
+        print(f"[{NAME}] non-finite numbers at {bad[:8]}", flush=True)
+    T.write_json(run.json_path, out)
+    print(f"[{NAME}] {len(seeds)} seeds in {wall:.0f}s\n  {run.json_path}\n  {run.png_path}\n\n{md}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""experiments/real_model.py: the parts of the HH pairs it checks are disjoint, and its smoke
+mode (a random-init tiny decoder on the real HH rows, 2 seeds, a few steps per stage) runs the
+gold RM, proxy RM, best-of-n, PPO, DPO and the evaluation through the sweep runner and writes a
+results JSON whose numbers come from the runs' own files, and a PNG."""
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("real_model", ROOT / "experiments" / "real_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_layout_check_refuses_shared_rows():
+    rm = _load()
+    proxy = {"rm_val": [0, 200], "eval_prompts": [136, 200], "rm_train": [200, 1200], "ppo_prompts": [200, 600]}
+    parts = rm.check_layout(proxy, {"rm_train": [1200, 1992]})
+    assert parts["gold_pairs"] == [1200, 1992] and parts["heldout_prompts"] == [136, 200]
+    with pytest.raises(SystemExit, match="gold_pairs"):
+        rm.check_layout(proxy, {"rm_train": [1100, 1992]})  # the gold RM would train on proxy pairs
+    with pytest.raises(SystemExit, match="heldout_prompts"):
+        rm.check_layout({**proxy, "eval_prompts": [150, 214]}, {"rm_train": [1200, 1992]})
+
+
+def test_the_configs_parts_are_disjoint():
+    rm = _load()
+    module = rm._config_module()
+    for size in ("cpu", "smoke"):
+        proxy, gold = (module.layout(module.get_config(f"{role},{size}")) for role in ("proxy", "gold"))
+        parts = rm.check_layout(proxy, gold)
+        assert parts["heldout_pairs"][1] <= parts["proxy_pairs"][0]
+        assert parts["proxy_pairs"][1] <= parts["gold_pairs"][0]
+    full = module.get_config("proxy,cpu")
+    assert full.data.n_rankings == 1000 and full.data.rm_train == "corpus:hh_rlhf[200:1200]"
+    assert module.get_config("gold,cpu").data.rm_train == "corpus:hh_rlhf[1200:1992]"
+
+
+def _finite(s, n):
+    assert s["n"] == n, s
+    assert all(s[k] is not None and math.isfinite(s[k]) for k in ("mean", "ci_low", "ci_high")), s
+
+
+def test_real_model_smoke(tmp_path, shared_data):
+    # a child process with one host device, as the script runs from a shell (in this process the
+    # runs would see the 8 fake devices of the sharding tests: four times slower on 2 cores)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "real_model.py"), "--smoke", "--out",
+                           str(tmp_path / "runs")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = json.loads((tmp_path / "runs" / "real_model_smoke.json").read_text())
+    assert (tmp_path / "runs" / "real_model_smoke.png").stat().st_size > 10_000
+    assert out["mode"] == "smoke" and out["seeds"] == [0, 1] and out["gold_seeds"] == [0]
+    assert out["failed_runs"] == 0 and len(out["commands"]) == 6
+    assert all(r["status"] == "ok" for records in out["runs"].values() for r in records)
+    assert out["trl_reward_trainer"]["status"] in ("ran", "skipped: trl not installed")
+    runs = tmp_path / "runs"
+    # every policy run is judged by the gold sweep's first seed, which trained on the gold rows only
+    gold_dir = runs / "gold" / "base" / "seed_0"
+    cfg = json.loads((runs / "eval" / "base" / "seed_1" / "config.json").read_text())["config"]
+    assert cfg["data.gold"] == f"rm:{gold_dir}"
+    assert json.loads((gold_dir / "config.json").read_text())["config"]["data.rm_train"] == "corpus:hh_rlhf[1200:1248]"
+    # numbers over seeds are the runs' own: the proxy RM's accuracy and best-of-n's curves
+    accs = [json.loads((runs / "proxy" / "base" / f"seed_{s}" / "rm" / "summary.json").read_text())["val_accuracy"]
+            for s in (0, 1)]
+    assert out["proxy_rm"]["val_accuracy"]["values"] == pytest.approx(accs, rel=1e-6)
+    _finite(out["proxy_rm"]["val_accuracy"], 2)
+    curves = [json.loads((runs / "bon" / "base" / f"seed_{s}" / "bon" / "curve.json").read_text()) for s in (0, 1)]
+    assert out["bon"]["n"] == [1, 2, 4, 8]
+    for j in range(4):
+        want = np.mean([c[j]["gold"] for c in curves])
+        assert out["bon"]["gold"][j]["mean"] == pytest.approx(want, rel=1e-6, abs=1e-9)
+    # the eval sweep's policies: KL to the start and scores under both judges, with intervals
+    for p in ("ppo", "dpo"):
+        row = out["policies"][p]
+        for key in ("kl_to_start", "score_gold", "score_rm", "win_rate_vs_start_gold", "response_length"):
+            assert row[key]["n"] == 2 and len(row[key]["per_seed_interval"]) == 2, (p, key)
+        _finite(row["score_gold"], 2)
+        # the trained policy, not the start: the same weights would give a KL of exactly 0
+        assert all(v != 0.0 for v in row["kl_to_start"]["values"]), p
+    assert out["policies"]["start"]["truthfulqa_qa_primer_mc2"]["n"] == 2
+    assert len(out["ppo_curve"]["iteration"]) == 4 and out["ppo_curve"]["kl"][0]["n"] == 2
+    assert "| proxy RM (ours) |" in out["table_md"]

@@ -1,0 +1,59 @@
+"""Another run's reward model as the gold reward (`data.gold = "rm:WORKDIR"`): it scores what
+that run's own trained reward scores, on token arrays and on texts alike, is refused before its
+stage rm has finished, and runs as best-of-n's gold in a second workdir that never trains it."""
+import json
+
+import numpy as np
+import pytest
+
+from rlhf_jax.context import build_context
+from rlhf_jax.data.tokenize import encode_example, pad_right
+from rlhf_jax.errors import UserError
+from rlhf_jax.rewards import score_in_chunks
+from rlhf_jax.rewards.rm_gold import RMGoldReward
+from rlhf_jax.stages import run as run_pipeline
+from rlhf_jax.stages.gold import gold_reward
+from rlhf_jax.stages.reward import trained_reward
+from tests.micro import micro
+
+
+@pytest.fixture(scope="module")
+def gold_workdir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gold")
+    run_pipeline(micro(stages="sft,rm", **{"rm.steps": 3}), path, use_wandb=False)
+    return path
+
+
+def test_rm_gold_scores_as_the_source_run_scores(gold_workdir, tmp_path):
+    source = build_context(micro(), gold_workdir, use_wandb=False)
+    reward, params, _, _ = trained_reward(source, "bon")
+    ctx = build_context(micro(**{"data.gold": f"rm:{gold_workdir}"}), tmp_path / "other", use_wandb=False)
+    gold = gold_reward(ctx)
+    assert isinstance(gold, RMGoldReward)
+    prompts = [r["prompt"] for r in ctx.data.records("eval_prompts")[:6]]
+    responses = ["1 2 3", "3 2 1", "", "9", "1 1", "2"]
+    ids = [encode_example(ctx.tokenizer, p, r, ctx.data.tcfg)[0] for p, r in zip(prompts, responses)]
+    tokens, mask = pad_right(ids, ctx.tokenizer.pad_token_id or 0, ctx.data.tcfg.max_len)
+    want = score_in_chunks(reward, params, tokens, mask, 0)
+    # the same jitted computation on the same parameters (a mean over one member): equal up to the
+    # last bits a different program layout may change
+    np.testing.assert_allclose(gold.fn(prompts, responses), want, rtol=1e-5, atol=1e-6)
+    n_prompt = 4
+    np.testing.assert_allclose(gold.host_scores(tokens[:, :n_prompt], mask[:, :n_prompt], tokens[:, n_prompt:],
+                                                mask[:, n_prompt:]), want, rtol=1e-5, atol=1e-6)
+    assert np.ptp(want) > 0  # not a constant: the comparison could fail
+
+
+def test_rm_gold_needs_a_finished_rm(tmp_path):
+    ctx = build_context(micro(**{"data.gold": f"rm:{tmp_path / 'nothing'}"}), tmp_path / "w", use_wandb=False)
+    with pytest.raises(UserError, match="no finished reward model"):
+        gold_reward(ctx)
+
+
+def test_rm_gold_judges_best_of_n_in_another_workdir(gold_workdir, tmp_path):
+    c = micro(stages="sft,rm,bon", **{"data.gold": f"rm:{gold_workdir}", "rm.steps": 2, "bon.n_samples": 4,
+                                      "bon.n_prompts": 4})
+    summary = run_pipeline(c, tmp_path / "run", use_wandb=False)
+    curve = json.loads((tmp_path / "run" / "bon" / "curve.json").read_text())
+    assert np.isfinite(summary["bon"]["gold_best_of_N"]) and len(curve) == 3
+    assert curve[0]["gold"] != curve[0]["proxy"]  # judged by the other run's RM, not this run's proxy
