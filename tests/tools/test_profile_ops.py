@@ -1,0 +1,48 @@
+"""The per-operation profiler (tools/profile_ops.py): the compiled module's text is parsed into
+what each executed operation is, and the profiler's events are joined with it."""
+import importlib.util
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from rlhf_jax.models import PRESETS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tool():
+    spec = importlib.util.spec_from_file_location("profile_ops", ROOT / "tools" / "profile_ops.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_parse_names_phase_kind_and_source(tool):
+    """grad of sum(tanh(a @ b)) w.r.t. a: one forward matmul, one backward matmul (JAX's transpose
+    of the forward), the tanh derivative elementwise; each traced to this file's line."""
+    f = jax.jit(jax.grad(lambda a, b: jnp.tanh(a @ b).sum()))
+    a, b = jnp.ones((64, 32)), jnp.ones((32, 16))
+    ins = tool.parse_module(f.lower(a, b).compile().as_text())
+    executed = {n: i for n, i in ins.items() if i["fused"]}
+    kinds = sorted((tool.phase(i["op_name"]), tool.kind({**i, "name": n})) for n, i in executed.items())
+    assert kinds == [("backward", "elementwise"), ("backward", "matmul"), ("forward", "matmul")]
+    assert all("test_profile_ops.py" in i["source"] for i in executed.values())
+    assert {i["shape"] for i in executed.values()} == {"f32[64,16]", "f32[64,32]"}
+
+
+def test_profile_of_a_scanned_step_counts_every_layer(tool):
+    """The SFT step of a 3-layer model: the layers' matmuls run once per layer (scan), both phases
+    appear, and the shares of the grouped tables add up to the summed operation time."""
+    cfg = PRESETS["test"].replace(n_layers=3)
+    jitted, args = tool.build_step("sft", cfg, 2, 16)
+    out = tool.profile(jitted, args, repeats=2, top=200)
+    assert out["ops_s"] > 0 and out["wall_s"] > 0
+    for table in ("by_phase", "by_kind", "by_phase_kind"):
+        assert sum(r["share"] for r in out[table]) == pytest.approx(1.0, abs=1e-9)
+    phases = {r["group"] for r in out["by_phase"]}
+    assert {"forward", "backward"} <= phases
+    layer_matmuls = [r for r in out["top"] if r["kind"] == "matmul" and "while/body" in r["op_name"]]
+    assert layer_matmuls and all(r["calls"] == 3 for r in layer_matmuls)
