@@ -80,7 +80,8 @@ def base() -> ml_collections.ConfigDict:
     # any source takes a row slice, "corpus:hh_rlhf[0:200]", so disjoint parts of one file can train and judge
     c.data.rm_val = ""
     # data.rm_train = "stage:prefs": the rankings of stage prefs (K SFT samples per prompt ranked by the gold reward)
-    # the gold reward every stage judges with: "" = the task world's (none from files), "clf" = stage clf's classifier
+    # the gold reward every stage judges with: "" = the task world's (none from files), "clf" = stage clf's classifier,
+    # "rm:WORKDIR" = the reward model of another run (trained on pairs this run never sees)
     c.data.gold = ""
 
     # how every stage samples a policy (PPO's rollouts, best-of-n, rejection sampling, the held-out

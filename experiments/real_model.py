@@ -297,8 +297,9 @@ def main(argv=None) -> int:
                  smoke_help="a random-init tiny decoder on the same HH rows, 2 seeds, a few steps per stage")
     p.add_argument("--gold_seeds", default=None, help="seeds of the gold RM (default: the first of --seeds); "
                    "the first one's RM judges every policy")
-    p.add_argument("--step_seconds", type=float, default=4.0,
-                   help="the assumed seconds of one RM step of 8 pairs at the cpu size, for the printed estimate")
+    p.add_argument("--step_seconds", type=float, default=10.0,
+                   help="the assumed seconds of one RM step of 8 pairs at the cpu size, for the printed estimate "
+                        "(default: 9.5-11 s measured on this project's 2-core CPU, docs/benchmarks.md)")
     args = p.parse_args(argv)
     run = T.setup(args, NAME, argv=argv)
     seeds = run.seeds
