@@ -20,7 +20,10 @@ phases are the wall times of the methods the learner calls (rollout generation; 
 log-probs + values + rewards + GAE; actor update; critic update). Both sides: random weights,
 random prompts of exactly `prompt` tokens, `new` tokens sampled at temperature 1 with no EOS stop
 (every response full length), fp32, on the default device. Iteration seconds are medians over
-`--steps` iterations after warm-up. Prints one JSON object; `tunix_over_ours` is Tunix's iteration
+`--steps` iterations after warm-up; Tunix's iteration is the wall time of one global step of its
+training loop, host work included (tokenizing the prompts, padding, metrics), as a Tunix run pays
+it. The sides run one after the other, not interleaved: the JSON records the load average around
+each. Prints one JSON object; `tunix_over_ours` is Tunix's iteration
 time over ours (> 1: ours is faster). If the Tunix venv is missing, the "tunix" entry is an error
 saying how to install it.
 """
@@ -161,10 +164,15 @@ def main(argv=None):
                                                      "head_dim", "d_ff", "tie_embeddings", "dtype")},
               "params": cfg.num_params(), "epochs": 1, "minibatches": 1, "steps": args.steps,
               "command": "python tools/benchmark_tunix.py " + " ".join(sys.argv[1:] if argv is None else argv)}
+    # the 1-minute load average around each side: the two sides run one after the other, so a
+    # change in other processes' load between them moves the ratio
+    load = result["load_average_1m"] = {"start": os.getloadavg()[0]}
     if not args.no_ours:
         result["ours"] = ours(shape, args.steps, args.scan_unroll)
+        load["after_ours"] = os.getloadavg()[0]
         print(f"[bench] ours: {json.dumps(result['ours'])}", file=sys.stderr, flush=True)
     result["tunix"] = tunix_side(shape, args.warmup, args.steps, args.tunix_python, args.tunix_timeout)
+    load["after_tunix"] = os.getloadavg()[0]
     if "iteration_s" in result["tunix"] and "ours" in result:
         result["tunix_over_ours"] = result["tunix"]["iteration_s"] / result["ours"]["iteration_s"]
         result["target_1p5x_met"] = result["tunix_over_ours"] >= 1.5
