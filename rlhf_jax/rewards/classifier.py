@@ -21,7 +21,29 @@ from rlhf_jax.rewards import GoldReward
 OUTPUTS = ("prob", "logit")
 
 
-class ClassifierReward(GoldReward):
+class HeldModelReward(GoldReward):
+    """A gold reward that is a model with the parameters it holds: `sequence_score(params, tokens,
+    mask)` in jit (so PPO can optimise it), and on the host token arrays scored in fixed-shape
+    chunks (`host_scores`). Subclasses set `params`, `chunk`, `_score` (the jitted
+    sequence_score) and define `sequence_score` and `fn`."""
+
+    def rewards(self, params, tokens_BxT, mask_BxT, n_prompt: int):
+        return self.sequence_score(params, tokens_BxT, mask_BxT)
+
+    def host_scores(self, prompt_BxP, prompt_mask_BxP, response_BxN, response_mask_BxN) -> np.ndarray:
+        tokens = np.concatenate([np.asarray(prompt_BxP), np.asarray(response_BxN)], 1)
+        mask = np.concatenate([np.asarray(prompt_mask_BxP), np.asarray(response_mask_BxN)], 1).astype(np.int32)
+        return self._chunks(tokens, mask)
+
+    def _chunks(self, tokens_NxT, mask_NxT) -> np.ndarray:
+        n = len(tokens_NxT)
+        rows = -(-n // self.chunk) * self.chunk if n > self.chunk else n  # one shape for every chunk
+        pad = lambda x: np.concatenate([x, np.zeros((rows - n, x.shape[1]), x.dtype)])
+        out = per_sequence_chunks(self._score, self.params, pad(tokens_NxT), pad(mask_NxT), self.chunk)
+        return np.asarray(out[:n], np.float64)
+
+
+class ClassifierReward(HeldModelReward):
     """p(positive) (or its logit) of a scalar-head classifier at the last non-EOS token."""
 
     def __init__(self, graphdef, params, tokenizer, output: str = "prob", chunk: int = 256):
@@ -37,14 +59,6 @@ class ClassifierReward(GoldReward):
         logits_B = score_at_last(self.graphdef, params, tokens_BxT, text_mask_BxT)
         return jax.nn.sigmoid(logits_B) if self.output == "prob" else logits_B
 
-    def rewards(self, params, tokens_BxT, mask_BxT, n_prompt: int):
-        return self.sequence_score(params, tokens_BxT, mask_BxT)
-
-    def host_scores(self, prompt_BxP, prompt_mask_BxP, response_BxN, response_mask_BxN) -> np.ndarray:
-        tokens = np.concatenate([np.asarray(prompt_BxP), np.asarray(response_BxN)], 1)
-        mask = np.concatenate([np.asarray(prompt_mask_BxP), np.asarray(response_mask_BxN)], 1).astype(np.int32)
-        return self._chunks(tokens, mask)
-
     def fn(self, prompts: list[str], responses: list[str]) -> np.ndarray:
         """scores of (prompt, response) texts, the text being prompt + response."""
         ids = [self.tokenizer.encode(p + r, add_special_tokens=False) or [self.eos_id]
@@ -52,12 +66,5 @@ class ClassifierReward(GoldReward):
         tokens, mask = pad_right(ids, self.tokenizer.pad_token_id or 0)
         return self._chunks(tokens, mask)
 
-    def _chunks(self, tokens_NxT, mask_NxT) -> np.ndarray:
-        n = len(tokens_NxT)
-        rows = -(-n // self.chunk) * self.chunk if n > self.chunk else n  # one shape for every chunk
-        pad = lambda x: np.concatenate([x, np.zeros((rows - n, x.shape[1]), x.dtype)])
-        out = per_sequence_chunks(self._score, self.params, pad(tokens_NxT), pad(mask_NxT), self.chunk)
-        return np.asarray(out[:n], np.float64)
 
-
-__all__ = ["OUTPUTS", "ClassifierReward"]
+__all__ = ["OUTPUTS", "ClassifierReward", "HeldModelReward"]

@@ -14,11 +14,11 @@ import jax
 import numpy as np
 
 from rlhf_jax.data.tokenize import encode_example, pad_right
-from rlhf_jax.models.forward import per_sequence_chunks
-from rlhf_jax.rewards import EnsembleReward, GoldReward
+from rlhf_jax.rewards import EnsembleReward
+from rlhf_jax.rewards.classifier import HeldModelReward
 
 
-class RMGoldReward(GoldReward):
+class RMGoldReward(HeldModelReward):
     """The mean over k stacked reward models of the score at the last (EOS) token."""
 
     def __init__(self, graphdef, params_K, tokenizer, tcfg, chunk: int = 64):
@@ -30,26 +30,11 @@ class RMGoldReward(GoldReward):
         """scores_B of prompt + response token rows (any padding)."""
         return self.model.sequence_score(params_K, tokens_BxT, mask_BxT)
 
-    def rewards(self, params_K, tokens_BxT, mask_BxT, n_prompt: int):
-        return self.sequence_score(params_K, tokens_BxT, mask_BxT)
-
-    def host_scores(self, prompt_BxP, prompt_mask_BxP, response_BxN, response_mask_BxN) -> np.ndarray:
-        tokens = np.concatenate([np.asarray(prompt_BxP), np.asarray(response_BxN)], 1)
-        mask = np.concatenate([np.asarray(prompt_mask_BxP), np.asarray(response_mask_BxN)], 1).astype(np.int32)
-        return self._chunks(tokens, mask)
-
     def fn(self, prompts: list, responses: list[str]) -> np.ndarray:
         """scores of (prompt, response) texts, encoded as the RM's pairs (prompt, response, EOS)."""
         ids = [encode_example(self.tokenizer, p, r, self.tcfg)[0] for p, r in zip(prompts, responses)]
         tokens, mask = pad_right(ids, self.tokenizer.pad_token_id or 0, self.tcfg.max_len)
         return self._chunks(tokens, mask)
-
-    def _chunks(self, tokens_NxT, mask_NxT) -> np.ndarray:
-        n = len(tokens_NxT)
-        rows = -(-n // self.chunk) * self.chunk if n > self.chunk else n  # one shape for every chunk
-        pad = lambda x: np.concatenate([x, np.zeros((rows - n, x.shape[1]), x.dtype)])
-        out = per_sequence_chunks(self._score, self.params, pad(tokens_NxT), pad(mask_NxT), self.chunk)
-        return np.asarray(out[:n], np.float64)
 
 
 __all__ = ["RMGoldReward"]
