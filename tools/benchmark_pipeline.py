@@ -104,6 +104,15 @@ def ours(shape: dict, steps: int) -> dict:
     t = time_step(rm_lib.ensemble_step(rm_lib.make_rm_step(scalar.graphdef, tx, sched)), state, rm_batch)
     out["rm"] = {"step_s": t, "tokens_per_s": R * 2 * T / t}
 
+    out["ppo"] = ppo_times(shape, lm, scalar, tx, sched, ids, steps)
+    return out
+
+
+def ppo_times(shape: dict, lm, scalar, tx, sched, ids, steps: int) -> dict:
+    """Our PPO iteration (one donated program) and its three phases each jitted alone, at `shape`
+    (ppo_batch, prompt, new, minibatches, epochs): policy and reference from `lm`, value and
+    reward from `scalar`; `ids(*shape)` draws random prompt tokens. Also used by benchmark_tunix."""
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)  # the full step donates its state
     pcfg = base().ppo  # the config's PPO settings, at the benchmark's shape
     pcfg.update(minibatches=shape["minibatches"], epochs=shape["epochs"])
     # eos -1: every response has full length
@@ -136,9 +145,7 @@ def ours(shape: dict, steps: int) -> dict:
         box[0], m, _ = full(box[0], prompts, jax.random.key(3), constants)
         return m["loss"]
     t = median_time(ppo, steps)
-    out["ppo"] = {"iteration_s": t, "sequences_per_s": Bp / t,
-                  "tokens_per_s": Bp * (Pl + shape["new"]) / t, **phases}
-    return out
+    return {"iteration_s": t, "sequences_per_s": Bp / t, "tokens_per_s": Bp * (Pl + shape["new"]) / t, **phases}
 
 
 class _Clock:

@@ -69,59 +69,22 @@ def tunix_spec(shape: dict, warmup: int, steps: int) -> dict:
 
 
 def ours(shape: dict, steps: int, scan_unroll: int = 1) -> dict:
-    """Our PPO iteration and its three phases, as tools/benchmark_pipeline.py times them."""
-    import jax
+    """Our PPO iteration and its three phases, timed by tools/benchmark_pipeline.py's `ppo_times`
+    (1 epoch x 1 minibatch)."""
     import jax.numpy as jnp
     import numpy as np
 
-    from configs.common import base
-    from rlhf_jax.generate import SamplingConfig, generate
     from rlhf_jax.models import init_model
-    from rlhf_jax.rewards import ModelReward
-    from rlhf_jax.train import ppo as ppo_lib
     from rlhf_jax.train.optim import make_optimizer
-    from rlhf_jax.train.state import PPOState
-    from tools.benchmark_pipeline import EOS, PAD, median_time
+    from tools.benchmark_pipeline import EOS, PAD, ppo_times
 
     cfg = model_config(shape, scan_unroll).replace(eos_token_id=EOS, pad_token_id=PAD)
     rng = np.random.default_rng(0)
+    ids = lambda *s: jnp.asarray(rng.integers(3, cfg.vocab_size, s), jnp.int32)
     lm, scalar = init_model(cfg, seed=0), init_model(cfg, head="scalar", seed=1)
     tx, sched = make_optimizer(1e-5, 1000)
-    copy = lambda tree: jax.tree.map(jnp.copy, tree)  # the full step donates its state
-
-    pcfg = base().ppo  # the config's PPO settings: 1 epoch x 1 minibatch
-    pcfg.update(minibatches=1, epochs=1)
-    # eos -1: every response has full length
-    sampling = SamplingConfig(max_new_tokens=shape["new"], eos_token_ids=(-1,), pad_token_id=PAD)
-    models = ppo_lib.PPOModels(lm.graphdef, scalar.graphdef, ModelReward(scalar.graphdef))
-    params = {"policy": copy(lm.params), "value": copy(scalar.params)}
-    state = PPOState(params, tx.init(params), jnp.zeros((), jnp.int32), jnp.float32(0.05), None)
-    constants = {"reference": lm.params, "reward": scalar.params}
-    B, P = shape["ppo_batch"], shape["prompt"]
-    prompts = {"prompt": jnp.asarray(rng.integers(3, cfg.vocab_size, (B, P)), jnp.int32),
-               "prompt_mask": jnp.ones((B, P), jnp.int32)}
-    gen = jax.jit(lambda st, b, r: generate(lm.graphdef, st.params["policy"], b["prompt"], b["prompt_mask"], r,
-                                            sampling))
-    g = gen(state, prompts, jax.random.key(0))
-    score = jax.jit(lambda st, c, b, resp, m: ppo_lib.score_rollout(pcfg, sampling, models, st, c, b["prompt"],
-                                                                     b["prompt_mask"], resp, m))
-    data, _ = score(state, constants, prompts, g.tokens_BxN, g.mask_BxN)
-    # the new parameters and optimizer state are returned, as in a run (else XLA drops the backward pass)
-    upd = jax.jit(lambda st, d, r: ppo_lib.update(pcfg, models, tx, st.params, st.opt_state, d, {}, r))
-    phases = {
-        "generation_s": median_time(lambda: gen(state, prompts, jax.random.key(1)).tokens_BxN, steps),
-        "scoring_s": median_time(lambda: score(state, constants, prompts, g.tokens_BxN, g.mask_BxN)[0].advantages_BxN,
-                                 steps),
-        "update_s": median_time(lambda: upd(state, data, jax.random.key(2))[:2], steps),
-    }
-    full = jax.jit(ppo_lib.make_ppo_step(pcfg, sampling, models, tx, sched), donate_argnums=0)
-    box = [state]
-
-    def ppo():
-        box[0], m, _ = full(box[0], prompts, jax.random.key(3), constants)
-        return box[0].params, box[0].opt_state, m["loss"]
-    t = median_time(ppo, steps)
-    return {"iteration_s": t, "sequences_per_s": B / t, "scan_unroll": scan_unroll, **phases}
+    out = ppo_times({**shape, "minibatches": 1, "epochs": 1}, lm, scalar, tx, sched, ids, steps)
+    return {**out, "scan_unroll": scan_unroll}
 
 
 def tunix_side(shape: dict, warmup: int, steps: int, python: str, timeout: float) -> dict:
