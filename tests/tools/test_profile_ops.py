@@ -1,23 +1,16 @@
 """The per-operation profiler (tools/profile_ops.py): the compiled module's text is parsed into
 what each executed operation is, and the profiler's events are joined with it."""
-import importlib.util
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import pytest
 
 from rlhf_jax.models import PRESETS
-
-ROOT = Path(__file__).resolve().parents[2]
+from tools import profile_ops
 
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("profile_ops", ROOT / "tools" / "profile_ops.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return profile_ops
 
 
 def test_parse_names_phase_kind_and_source(tool):
