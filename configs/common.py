@@ -124,7 +124,16 @@ def base() -> ml_collections.ConfigDict:
         "kl_horizon": 10000.0, "whiten_rewards": False, "reward_clip": 0.0,
         # the reward of a response without EOS; None keeps the RM score
         "missing_eos_penalty": ml_collections.FieldReference(-10.0, field_type=float),
-        "advantage_estimator": "gae", "gamma": 1.0, "lam": 0.95, "whiten_advantages": True, "clip_eps": 0.2,
+        # the advantage estimator (objectives/ppo.py ADVANTAGE_ESTIMATORS): "gae" (a value model, InstructGPT), or
+        # critic-free: "grpo", "dr_grpo", "rloo", "reinforce_pp", "remax" (configs/critic_free.py sets each paper's
+        # settings); group_size: G responses per prompt (batch_size counts responses: batch_size / G prompts)
+        "advantage_estimator": "gae", "group_size": 1, "gamma": 1.0, "lam": 0.95, "whiten_advantages": True,
+        # the surrogate (POLICY_LOSSES): "ppo" | "grpo" | "dr_grpo" | "dapo" | "gspo"; clip range
+        # [1 - clip_eps, 1 + clip_eps_high], clip_eps_high None = clip_eps (DAPO's clip-higher: 0.28)
+        "policy_loss": "ppo", "clip_eps": 0.2, "clip_eps_high": ml_collections.FieldReference(None, field_type=float),
+        # DAPO: dynamic_sampling F > 0 samples F x the groups and keeps those whose rewards differ;
+        # overlong_buffer L > 0 penalises responses longer than max_new_tokens - L linearly down to -1
+        "dynamic_sampling": 0, "overlong_buffer": 0,
         "vf_clip": 0.2, "vf_coef": 0.1, "ent_coef": 0.0, "ptx_coef": 0.0, "ptx_batch_size": 0, "ema_decay": 0.0,
         "save_every": 20,
         # each minibatch's gradient accumulated over grad_accum slices (the same update)

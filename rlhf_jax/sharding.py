@@ -151,6 +151,13 @@ def batch_sharding(mesh: Mesh, ndim: int, rules=DEFAULT_RULES) -> NamedSharding:
     return NamedSharding(mesh, P(batch_axes, *([None] * (ndim - 1))))
 
 
+def batch_shards(mesh: Mesh, rules=DEFAULT_RULES) -> int:
+    """How many ways a batch's leading axis is split (the product of the batch mesh axes)."""
+    axes = dict(rules)["batch"]
+    axes = (axes,) if isinstance(axes, str) else axes or ()
+    return int(np.prod([mesh.shape[a] for a in axes]))
+
+
 def shard_batch(batch, mesh: Mesh, rules=DEFAULT_RULES):
     """Turn this process's slice of the batch (NumPy) into global arrays split over the batch axes.
 

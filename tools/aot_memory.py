@@ -4,8 +4,10 @@ ahead of time from abstract inputs on a mesh of fake CPU devices (nothing is all
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python tools/aot_memory.py \
         --models 1.7b,8b --mesh 1,4,2 --batch 8 --seq 2048 --out experiments/benchmarks/aot_memory.json
 
-For each model shape (SmolLM2-1.7B, Llama-3-8B), step (sft: one full training step; ppo_update:
-PPO's epochs x minibatches update of policy and value model on a rollout) and LoRA on / off, the
+For each model shape (SmolLM2-135M, SmolLM2-1.7B, Llama-3-8B), step (sft: one full training step;
+ppo_update: PPO's epochs x minibatches update of policy and value model on a rollout;
+grpo_update: the same update of a critic-free estimator, GRPO, with no value model and the KL
+to the reference as a loss term) and LoRA on / off, the
 step is lowered with the parameters, optimizer state and batch as ShapeDtypeStructs carrying
 their shardings (FSDP over `fsdp`, tensor parallelism over `tensor`, the batch over
 `data` x `fsdp`, by `sharding.DEFAULT_RULES`) and compiled; `memory_analysis()` gives the bytes
@@ -38,6 +40,9 @@ from rlhf_jax.train.state import TrainState  # noqa: E402
 from tools._common import parser, report  # noqa: E402
 
 SHAPES = {
+    # SmolLM2-135M: GQA 9/3, tied embeddings, theta 100000
+    "135m": ModelConfig(vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, head_dim=64,
+                        d_ff=1536, max_seq_len=8192, rope_theta=100000.0, norm_eps=1e-5),
     # SmolLM2-1.7B: Llama architecture, MHA 32/32, tied embeddings, theta 130000
     "1.7b": ModelConfig(vocab_size=49152, d_model=2048, n_layers=24, n_heads=32, n_kv_heads=32, head_dim=64,
                         d_ff=8192, max_seq_len=8192, rope_theta=130000.0, norm_eps=1e-5),
@@ -102,31 +107,37 @@ def sft_step(cfg, mesh, batch: int, seq: int, lora: bool, microbatches: int = 1)
     return jax.jit(fn, donate_argnums=(0,), keep_unused=True).lower(*args).compile(), args
 
 
-def ppo_update(cfg, mesh, batch: int, seq: int, lora: bool):
+def ppo_update(cfg, mesh, batch: int, seq: int, lora: bool, critic: bool = True):
     """PPO's update phase (one epoch, one minibatch) of policy and value on a rollout of `batch`
     sequences of `seq` tokens (half prompt, half response). With LoRA the trained parameters are
     the adapters (and the value head) over two frozen bases: the policy's, which is also the
-    reference, and the value model's, passed as constants as the PPO stage does.
-    Returns (compiled update, its abstract arguments)."""
+    reference, and the value model's, passed as constants as the PPO stage does. Without a
+    critic (GRPO): the policy alone, the rollout carrying the reference's log-probs instead of
+    values and returns. Returns (compiled update, its abstract arguments)."""
     hp = base().ppo
     hp.update(epochs=1, minibatches=1)
+    if not critic:
+        hp.update(advantage_estimator="grpo", group_size=2, policy_loss="grpo", kl_estimator="k3")
     policy_gd, policy = abstract_sharded(cfg, "lm", mesh)
-    value_gd, value = abstract_sharded(cfg, "scalar", mesh)
+    value_gd, value = abstract_sharded(cfg, "scalar", mesh) if critic else (None, None)
     lcfg = lora_lib.LoRAConfig(rank=16, alpha=32.0) if lora else None
     models = ppo_lib.PPOModels(policy_gd, value_gd, ModelReward(value_gd), lcfg)
     tx, _ = make_optimizer(1e-6, 1000)
     if lora:
         key = jax.random.key(0)
-        params = {"policy": with_sharding(jax.eval_shape(lambda p: lora_lib.split(p, lcfg, key), policy), mesh=mesh),
-                  "value": with_sharding(jax.eval_shape(lambda p: lora_lib.split(p, lcfg, key, extras=("head",)),
-                                                        value), mesh=mesh)}
-        constants = {"reference": policy, "value_base": value}
+        params = {"policy": with_sharding(jax.eval_shape(lambda p: lora_lib.split(p, lcfg, key), policy), mesh=mesh)}
+        constants = {"reference": policy}
+        if critic:
+            params["value"] = with_sharding(jax.eval_shape(lambda p: lora_lib.split(p, lcfg, key, extras=("head",)),
+                                                           value), mesh=mesh)
+            constants["value_base"] = value
     else:
-        params, constants = {"policy": policy, "value": value}, {}
+        params, constants = ({"policy": policy, "value": value} if critic else {"policy": policy}), {}
     n = seq // 2
+    f32 = lambda: batch_struct(mesh, (batch, n), jnp.float32)
     data = ppo_lib.Rollout(batch_struct(mesh, (batch, seq)), batch_struct(mesh, (batch, seq)),
-                           batch_struct(mesh, (batch, seq)), batch_struct(mesh, (batch, n)),
-                           *[batch_struct(mesh, (batch, n), jnp.float32) for _ in range(5)])
+                           batch_struct(mesh, (batch, seq)), batch_struct(mesh, (batch, n)), f32(), f32(),
+                           f32() if critic else None, f32(), f32() if critic else None, None if critic else f32())
     opt = with_sharding(jax.eval_shape(tx.init, params), params, mesh)
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
     fn = lambda p, o, d, r, c: ppo_lib.update(hp, models, tx, p, o, d, {}, r, c)[:2]
@@ -138,7 +149,10 @@ def measure(model: str, step: str, mesh, batch: int, seq: int, lora: bool, remat
             logits_chunk: int = 256) -> dict:
     cfg = SHAPES[model].replace(remat=remat, logits_chunk=logits_chunk)
     t0 = time.perf_counter()
-    compiled, _ = (sft_step if step == "sft" else ppo_update)(cfg, mesh, batch, seq, lora)
+    if step == "sft":
+        compiled, _ = sft_step(cfg, mesh, batch, seq, lora)
+    else:
+        compiled, _ = ppo_update(cfg, mesh, batch, seq, lora, critic=step == "ppo_update")
     return {"model": model, "params_b": round(cfg.num_params() / 1e9, 2), "step": step, "lora": lora,
             "batch": batch, "seq": seq, "mesh": dict(mesh.shape), "remat": remat, "logits_chunk": logits_chunk,
             **analyse(compiled),
@@ -148,7 +162,7 @@ def measure(model: str, step: str, mesh, batch: int, seq: int, lora: bool, remat
 def main():
     ap = parser(__doc__, out=True)
     ap.add_argument("--models", default="1.7b,8b")
-    ap.add_argument("--steps", default="sft,ppo_update")
+    ap.add_argument("--steps", default="sft,ppo_update", help="of sft, ppo_update, grpo_update")
     ap.add_argument("--mesh", default="1,4,2", help="data,fsdp,tensor over the (fake) devices")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=2048)

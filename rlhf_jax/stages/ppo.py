@@ -1,6 +1,9 @@
 """Stage "ppo": PPO of the SFT policy against the trained reward with a KL tether to the SFT
 model (InstructGPT), PPO-ptx, EMA of the policy; the SFT and the final policy are then
-compared on held-out prompts. With an InfoRM reward, the rollouts' latents are tracked."""
+compared on held-out prompts. With an InfoRM reward, the rollouts' latents are tracked.
+
+The same stage runs the critic-free methods: `ppo.advantage_estimator` = grpo, dr_grpo, rloo,
+reinforce_pp or remax builds, trains and saves no value model (configs/critic_free.py)."""
 from __future__ import annotations
 
 import functools
@@ -16,7 +19,8 @@ from rlhf_jax import checkpoint
 from rlhf_jax.eval.policy_eval import compare_policies
 from rlhf_jax.models import abstract_model
 from rlhf_jax.models.forward import latents, per_sequence_chunks, sequence_inputs
-from rlhf_jax.objectives.ppo import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS
+from rlhf_jax.objectives.ppo import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, POLICY_LOSSES
+from rlhf_jax.sharding import batch_shards
 from rlhf_jax.stages.base import Training, adapters, train
 from rlhf_jax.stages.gold import gold_reward, gold_stages
 from rlhf_jax.stages.handoff import load_sft
@@ -38,6 +42,19 @@ def check(c, need) -> None:
     need(p.kl_estimator in KL_ESTIMATORS, "ppo.kl_estimator", f"must be one of {KL_ESTIMATORS.names()}")
     need(p.advantage_estimator in ADVANTAGE_ESTIMATORS, "ppo.advantage_estimator",
          f"must be one of {ADVANTAGE_ESTIMATORS.names()}")
+    need(p.policy_loss in POLICY_LOSSES, "ppo.policy_loss", f"must be one of {POLICY_LOSSES.names()}")
+    if p.advantage_estimator in ADVANTAGE_ESTIMATORS:
+        est = ADVANTAGE_ESTIMATORS[p.advantage_estimator]
+        need(p.group_size >= est.min_group, "ppo.group_size",
+             f"must be >= {est.min_group} with advantage_estimator={p.advantage_estimator!r}")
+        need(est.critic or not p.whiten_rewards, "ppo.whiten_rewards",
+             f"only the critic's estimator (gae) whitens rewards, not {p.advantage_estimator!r}")
+    need(p.group_size >= 1 and p.batch_size % p.group_size == 0, "ppo.group_size",
+         f"must be >= 1 and divide ppo.batch_size={p.batch_size}")
+    need(p.dynamic_sampling >= 0, "ppo.dynamic_sampling", "must be >= 0 (0 = off)")
+    need(not p.dynamic_sampling or p.group_size > 1, "ppo.dynamic_sampling", "needs groups: ppo.group_size > 1")
+    need(p.overlong_buffer >= 0, "ppo.overlong_buffer", "must be >= 0 (0 = off)")
+    need(p.clip_eps_high is None or p.clip_eps_high > 0, "ppo.clip_eps_high", "must be > 0 or None (= clip_eps)")
     need(p.temperature > 0, "ppo.temperature", "must be > 0 for PPO rollouts")
     need(0 <= p.ema_decay < 1, "ppo.ema_decay", "must be in [0, 1)")
     need(not p.adaptive_kl or p.kl_target > 0, "ppo.kl_target", "must be > 0 with adaptive_kl")
@@ -88,10 +105,20 @@ def latent_track(ctx, sft, rm_params):
     return LatentTrack(monitor, of, ctx.workdir / "ppo" / "latents", i.track_every)
 
 
+def prompts_per_iteration(c) -> int:
+    """batch_size responses answer batch_size / group_size prompts (x dynamic_sampling: DAPO
+    samples that many times the groups it keeps)."""
+    return c.batch_size // c.group_size * max(c.dynamic_sampling, 1)
+
+
 def preflight(ctx, need) -> None:
     c = ctx.config.ppo
     n = len(ctx.data.records("prompts"))
-    need(n >= c.batch_size, "ppo.batch_size", f"{n} prompts cannot fill one PPO batch of {c.batch_size}")
+    need(n >= prompts_per_iteration(c), "ppo.batch_size", f"{n} prompts cannot fill one PPO batch of "
+         f"{prompts_per_iteration(c)} prompts ({c.batch_size} responses)")
+    shards = batch_shards(ctx.mesh)
+    need(prompts_per_iteration(c) % shards == 0, "ppo.group_size", f"the {prompts_per_iteration(c)} prompts of an "
+         f"iteration (ppo.batch_size / ppo.group_size) must split evenly over the mesh's {shards} batch shards")
     need(len(ctx.data.records("eval_prompts")) > 0, "heldout.n_prompts", "no held-out prompts to evaluate on")
     if c.ptx_coef:
         n = len(ctx.data.records("ptx"))
@@ -139,21 +166,25 @@ def run(ctx) -> dict[str, Any]:
     t0 = time.perf_counter()
     sampling = ppo_lib.sampling_config(ctx.config.sampling, ctx.tokenizer, c.temperature)
     sft = load_sft(ctx)
-    reward, rm, value_gd, value_init = ppo_reward(ctx)
+    reward, rm, value_model = ppo_reward(ctx)
     lora = lora_lib.from_block(c)
-    models = ppo_lib.PPOModels(ctx.base.graphdef, value_gd, reward, lora)
     copy = functools.partial(jax.tree.map, jnp.copy)
     # frozen: the reference and the reward (the trained copies are separate trees); with LoRA the
     # adapters are over the frozen SFT policy (the reference) and the frozen RM (the value model's base)
     policy, reference, full_policy = adapters(ctx, c, sft, 19)
-    value, value_base, _ = adapters(ctx, c, value_init, 23, extras=("head",))
-    params = {"policy": policy, "value": value}
-    constants = ({"reference": sft, "reward": rm} if reference is None else
-                 {"reference": reference, "reward": rm, "value_base": value_base})
+    params = {"policy": policy}
+    constants = {"reference": sft if reference is None else reference, "reward": rm}
+    value_gd = None
+    if ADVANTAGE_ESTIMATORS[c.advantage_estimator].critic:  # a critic-free estimator builds no value model
+        value_gd, value_init = value_model()
+        params["value"], value_base, _ = adapters(ctx, c, value_init, 23, extras=("head",))
+        if value_base is not None:
+            constants["value_base"] = value_base
+    models = ppo_lib.PPOModels(ctx.base.graphdef, value_gd, reward, lora)
     tx, sched = optim.from_config(c, c.iterations * c.epochs * c.minibatches)
     state = PPOState(params, jax.jit(tx.init)(params), jnp.zeros((), jnp.int32), jnp.asarray(c.kl_coef, jnp.float32),
                      copy(params["policy"]) if c.ema_decay else None)
-    data = {"prompts": ctx.iterator(ctx.data.arrays("prompts"), c.batch_size, SALT)}
+    data = {"prompts": ctx.iterator(ctx.data.arrays("prompts"), prompts_per_iteration(c), SALT)}
     if c.ptx_coef:
         data["ptx"] = ctx.iterator(ctx.data.arrays("ptx"), c.ptx_batch_size, SALT + 1)
     gold = gold_reward(ctx)

@@ -86,13 +86,18 @@ def fine_grained_reward(ctx, scalar):
 
 
 def ppo_reward(ctx):
-    """(reward, params, value graphdef, value init) PPO optimises: the trained reward
-    (`ppo.reward = "rm"`) or the gold reward itself (`"gold"`: the gold classifier, or the task
-    world's gold through a host callback). With the gold reward there is no RM to start the value
-    model from, so it starts from the SFT policy with a fresh scalar head."""
+    """(reward, params, value) PPO optimises: the trained reward (`ppo.reward = "rm"`) or the gold
+    reward itself (`"gold"`: the gold classifier, or the task world's gold through a host
+    callback). value() -> (graphdef, init) of the value model, called only when the advantage
+    estimator needs a critic: from the RM's first member, or with the gold reward (no RM to start
+    from) the SFT policy with a fresh scalar head."""
     if ctx.config.ppo.reward == "rm":
-        return trained_reward(ctx, "ppo")
+        reward, params, value_gd, value_init = trained_reward(ctx, "ppo")
+        return reward, params, lambda: (value_gd, value_init)
     gold = gold_reward(ctx)
-    value = category_model(ctx, seed=ctx.config.seed + 1)
-    params = getattr(gold, "params", None)  # a model (classifier, another run's RM), or host code
-    return gold, params, value.graphdef, rm_lib.init_from_sft(load_sft(ctx), value.params)
+
+    def value():
+        model = category_model(ctx, seed=ctx.config.seed + 1)
+        return model.graphdef, rm_lib.init_from_sft(load_sft(ctx), model.params)
+
+    return gold, getattr(gold, "params", None), value  # params: a model's (classifier, another run's RM) or None

@@ -1,11 +1,20 @@
-"""PPO for language models: rollout, scoring, GAE and the clipped update in one jitted step.
+"""PPO for language models: rollout, scoring, advantages and the clipped update in one jitted step.
 
-Models by role: the policy (from SFT) and the value model (from the RM) are trained; the
-reference (frozen SFT) and the reward are constants. Every setting is a field of the
-config's `ppo` block (`hp` below), read as it is: there is no second copy of the defaults.
+Models by role: the policy (from SFT) and, when the advantage estimator needs a critic (GAE),
+the value model (from the RM) are trained; the reference (frozen SFT) and the reward are
+constants. The critic-free estimators (GRPO, Dr. GRPO, RLOO, REINFORCE++, ReMax) build no value
+model: `PPOModels.value` is None and the trained params are {"policy"} alone.
+
+Batch semantics: `ppo.batch_size` is the number of sampled responses (episodes) per iteration,
+whatever the estimator; they answer batch_size / `ppo.group_size` prompts, G responses each,
+a group's rows adjacent. DAPO's dynamic sampling (`ppo.dynamic_sampling` = F > 0) samples F
+times as many groups and keeps batch_size / G of them, those whose rewards differ first.
+Every setting is a field of the config's `ppo` block (`hp` below), read as it is: there is no
+second copy of the defaults.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import jax
@@ -26,17 +35,19 @@ class PPOModels(NamedTuple):
     trainable params are `lora.split` parts over frozen bases: the reference, which is the
     policy with its adapters off, and `constants["value_base"]`)."""
     policy: Any
-    value: Any
+    value: Any  # None: no value model (a critic-free estimator)
     reward: Reward
     lora: Any = None
 
     def full(self, params, constants):
-        """{"policy", "value"}: the weights each model runs with."""
+        """{"policy"[, "value"]}: the weights each model runs with."""
         if self.lora is None:
             return params
         from rlhf_jax.train import lora as lora_lib
-        return {"policy": lora_lib.view(constants["reference"], params["policy"], self.lora),
-                "value": lora_lib.view(constants["value_base"], params["value"], self.lora)}
+        out = {"policy": lora_lib.view(constants["reference"], params["policy"], self.lora)}
+        if "value" in params:
+            out["value"] = lora_lib.view(constants["value_base"], params["value"], self.lora)
+        return out
 
     def reference(self, constants):
         """The reference's weights: the frozen SFT policy, which with LoRA is the policy's own
@@ -55,16 +66,21 @@ class Episodes(NamedTuple):
 
 
 class Rollout(NamedTuple):
-    """One PPO batch after scoring: sequences, old log-probs and values, advantages, returns."""
+    """One PPO batch after scoring: sequences, old log-probs and values, advantages, returns
+    (values and returns None without a critic); the reference's log-probs when the KL is a loss
+    term (GRPO), and the prompts the episodes answer."""
     tokens_BxT: jax.Array
     mask_BxT: jax.Array
     positions_BxT: jax.Array
     response_BxN: jax.Array
     response_mask_BxN: jax.Array
     logp_BxN: jax.Array
-    values_BxN: jax.Array
+    values_BxN: jax.Array | None
     advantages_BxN: jax.Array
-    returns_BxN: jax.Array
+    returns_BxN: jax.Array | None
+    ref_logp_BxN: jax.Array | None = None
+    prompt_BxP: jax.Array | None = None
+    prompt_mask_BxP: jax.Array | None = None
 
 
 def sampling_config(sampling, tokenizer, temperature: float, max_new_tokens: int | None = None) -> SamplingConfig:
@@ -75,24 +91,35 @@ def sampling_config(sampling, tokenizer, temperature: float, max_new_tokens: int
                           pad_token_id=tokenizer.pad_token_id or 0, sampler=sampling.sampler)
 
 
+def estimator(hp) -> P.Estimator:
+    return P.ADVANTAGE_ESTIMATORS[hp.advantage_estimator]
+
+
 def rollout(hp, sampling: SamplingConfig, models: PPOModels, state: PPOState, constants, batch, rng):
-    """Sample, score and compute advantages: (Rollout, metrics)."""
-    gen = generate(models.policy, models.full(state.params, constants)["policy"], batch["prompt"],
-                   batch["prompt_mask"], rng, sampling)
-    return score_rollout(hp, sampling, models, state, constants, batch["prompt"], batch["prompt_mask"],
-                         gen.tokens_BxN, gen.mask_BxN)
+    """Sample G = ppo.group_size responses to each prompt of the batch (adjacent rows), score them
+    and compute advantages: (Rollout, metrics). ReMax also decodes each prompt greedily once and
+    scores that response as its baseline."""
+    G = hp.group_size
+    repeat = (lambda x: jnp.repeat(x, G, axis=0)) if G > 1 else (lambda x: x)
+    policy = models.full(state.params, constants)["policy"]
+    prompt, prompt_mask = repeat(batch["prompt"]), repeat(batch["prompt_mask"])
+    gen = generate(models.policy, policy, prompt, prompt_mask, rng, sampling)
+    baseline = None
+    if estimator(hp).greedy:
+        greedy = generate(models.policy, policy, batch["prompt"], batch["prompt_mask"], jax.random.fold_in(rng, 1),
+                          dataclasses.replace(sampling, temperature=0.0))
+        score, _ = sequence_scores(hp, sampling, models, constants, batch["prompt"], batch["prompt_mask"],
+                                   greedy.tokens_BxN, greedy.mask_BxN)
+        baseline = repeat(score.sum(1) if score.ndim == 2 else score)
+    return score_rollout(hp, sampling, models, state, constants, prompt, prompt_mask, gen.tokens_BxN, gen.mask_BxN,
+                         baseline)
 
 
-def score_rollout(hp, sampling: SamplingConfig, models: PPOModels, state: PPOState, constants, prompt, prompt_mask,
-                  resp, resp_mask):
-    """The scoring phase: policy, reference, value and reward forward passes, rewards, GAE."""
-    P_len, N = prompt.shape[1], resp.shape[1]
+def sequence_scores(hp, sampling: SamplingConfig, models: PPOModels, constants, prompt, prompt_mask, resp, resp_mask):
+    """(score [B] or per-token [B, N], has_eos [B]): the reward of each response, with the
+    missing-EOS penalty, DAPO's overlong penalty and the clip the config sets."""
+    P_len = prompt.shape[1]
     seq = F.sequence_inputs(prompt, prompt_mask, resp, resp_mask)
-    # log-probs at the sampling temperature, for the policy and the reference alike
-    full = models.full(state.params, constants)
-    logp = F.response_logprobs(models.policy, full["policy"], seq, P_len, N, hp.temperature)
-    ref_logp = F.response_logprobs(models.policy, models.reference(constants), seq, P_len, N, hp.temperature)
-    values = F.response_values(models.value, full["value"], seq, P_len, N)
     maskf = resp_mask.astype(jnp.float32)
     has_eos = jnp.any((resp == sampling.eos_token_ids[0]) & (resp_mask > 0), axis=1)
     score = models.reward.rewards(constants["reward"], seq[0], seq[1], P_len)  # [B] or [B, N]
@@ -100,31 +127,76 @@ def score_rollout(hp, sampling: SamplingConfig, models: PPOModels, state: PPOSta
         score = score * maskf
     if hp.missing_eos_penalty is not None:
         score = P.missing_eos_penalty(score, has_eos, maskf, hp.missing_eos_penalty)
+    if hp.overlong_buffer:
+        penalty = P.overlong_penalty(maskf.sum(1), resp.shape[1], hp.overlong_buffer)
+        score = score + (penalty if score.ndim == 1 else penalty[:, None] * P.at_last_token(maskf))
     if hp.reward_clip:
         score = jnp.clip(score, -hp.reward_clip, hp.reward_clip)
-    logp, ref_logp, values = logp * maskf, ref_logp * maskf, values * maskf
+    return score, has_eos
+
+
+def keep_groups(hp, score, arrays: dict):
+    """DAPO's dynamic sampling: of the F x (B / G) sampled groups keep B / G, those whose rewards
+    differ first; a kept group whose rewards are all equal (too few differed) is masked out of the
+    loss. Returns (score, arrays, live_B, metrics)."""
+    G = hp.group_size
+    seq_score = score.sum(1) if score.ndim == 2 else score
+    groups = seq_score.shape[0] // G // hp.dynamic_sampling
+    order, differs = P.dynamic_sampling_order(seq_score, G)
+    rows = (order[:groups, None] * G + jnp.arange(G)).reshape(-1)
+    live = jnp.repeat(differs[:groups], G).astype(jnp.float32)
+    take = lambda x: x[rows]
+    metrics = {"groups_differing": differs.mean(), "batch_filled": differs[:groups].mean()}
+    return take(score), jax.tree.map(take, arrays), live, metrics
+
+
+def score_rollout(hp, sampling: SamplingConfig, models: PPOModels, state: PPOState, constants, prompt, prompt_mask,
+                  resp, resp_mask, baseline=None):
+    """The scoring phase: the reward, then policy, reference (and value) forward passes, the KL,
+    and the registered advantage estimator."""
+    est = estimator(hp)
+    score, has_eos = sequence_scores(hp, sampling, models, constants, prompt, prompt_mask, resp, resp_mask)
+    extra = {}
+    if hp.dynamic_sampling:
+        score, kept, live, extra = keep_groups(hp, score, {"prompt": prompt, "prompt_mask": prompt_mask, "resp": resp,
+                                                           "resp_mask": resp_mask, "has_eos": has_eos})
+        prompt, prompt_mask, resp, has_eos = kept["prompt"], kept["prompt_mask"], kept["resp"], kept["has_eos"]
+        resp_mask = kept["resp_mask"] * live[:, None].astype(kept["resp_mask"].dtype)
+    P_len, N = prompt.shape[1], resp.shape[1]
+    seq = F.sequence_inputs(prompt, prompt_mask, resp, resp_mask)
+    # log-probs at the sampling temperature, for the policy and the reference alike
+    full = models.full(state.params, constants)
+    logp = F.response_logprobs(models.policy, full["policy"], seq, P_len, N, hp.temperature)
+    ref_logp = F.response_logprobs(models.policy, models.reference(constants), seq, P_len, N, hp.temperature)
+    maskf = resp_mask.astype(jnp.float32)
+    values = F.response_values(models.value, full["value"], seq, P_len, N) * maskf if est.critic else None
+    logp, ref_logp = logp * maskf, ref_logp * maskf
     kl = P.kl_estimate(logp, ref_logp, hp.kl_estimator) * maskf
-    rewards = P.token_rewards(score, kl, maskf, state.kl_coef)
-    if hp.whiten_rewards:
-        rewards = P.masked_whiten(rewards, maskf, shift_mean=False)
-    advantages, returns = P.ADVANTAGE_ESTIMATORS[hp.advantage_estimator](rewards, values, maskf, hp.gamma, hp.lam)
-    if hp.whiten_advantages:
-        advantages = P.masked_whiten(advantages, maskf)
+    placed = score * maskf if score.ndim == 2 else score[:, None] * P.at_last_token(maskf)
+    inputs = P.AdvantageInputs(placed, kl, maskf, values, baseline, hp.group_size)
+    advantages, returns = est.fn(inputs, state.kl_coef, hp)
     seq_kl_k1 = ((logp - ref_logp) * maskf).sum(1)
     seq_score = score.sum(1) if score.ndim == 2 else score
-    data = Rollout(seq[0], seq[1], seq[2], resp, maskf, logp, values, advantages, returns)
+    data = Rollout(seq[0], seq[1], seq[2], resp, maskf, logp, values, advantages, returns,
+                   ref_logp if est.kl == "loss" else None, prompt, prompt_mask)
+    in_reward = state.kl_coef if est.kl == "reward" else 0.0
     metrics = {
         "score": seq_score.mean(), "kl": seq_kl_k1.mean(), "kl_estimator_sum": kl.sum(1).mean(),
-        "reward": (seq_score - state.kl_coef * kl.sum(1)).mean(), "response_length": maskf.sum(1).mean(),
+        "reward": (seq_score - in_reward * kl.sum(1)).mean(), "response_length": maskf.sum(1).mean(),
         "frac_no_eos": 1.0 - has_eos.mean(), "kl_coef": state.kl_coef,
-        "advantage_mean": P.masked_mean(advantages, maskf), "return_mean": P.masked_mean(returns, maskf),
-        "value_mean": P.masked_mean(values, maskf), "negative_kl_frac": (seq_kl_k1 < 0).mean(),
+        "advantage_mean": P.masked_mean(advantages, maskf), "negative_kl_frac": (seq_kl_k1 < 0).mean(), **extra,
     }
+    if est.critic:
+        metrics.update(return_mean=P.masked_mean(returns, maskf), value_mean=P.masked_mean(values, maskf))
+    if baseline is not None:
+        metrics["baseline_mean"] = baseline.mean()
     return data, metrics
 
 
 def ppo_loss(hp, models: PPOModels, params, mb: Rollout, ptx, scales=None, constants=None):
-    """Clipped policy loss + vf_coef * clipped value loss - ent_coef * entropy (+ ptx_coef * LM loss).
+    """The registered policy loss (clipped surrogate) + vf_coef * clipped value loss (with a
+    critic) + kl_coef * KL to the reference (estimators that put the KL in the loss, GRPO) -
+    ent_coef * entropy (+ ptx_coef * LM loss).
 
     With the policy's `logits_chunk` > 0 the log-probs and entropy come chunk by chunk from the
     final hidden states (`forward.response_logprobs`), never from B x T x V logits. `scales` =
@@ -141,15 +213,24 @@ def ppo_loss(hp, models: PPOModels, params, mb: Rollout, ptx, scales=None, const
     else:
         logits = F.response_logits(models.policy, params["policy"], seq, P_len, N) / hp.temperature
         logp = token_logprobs(logits, mb.response_BxN)
-    values = F.response_values(models.value, params["value"], seq, P_len, N)
     mask = mb.response_mask_BxN
-    pg, pg_m = P.policy_loss(logp, mb.logp_BxN, mb.advantages_BxN, mask, hp.clip_eps)
-    vf, vf_m = P.value_loss(values, mb.values_BxN, mb.returns_BxN, mask, hp.vf_clip)
+    pg, pg_m = P.policy_loss(logp, mb.logp_BxN, mb.advantages_BxN, mask, hp.clip_eps, hp.clip_eps_high,
+                             hp.policy_loss)
     ent = P.masked_entropy(entropy_BxN, mask) if chunked else P.entropy(logits, mask)
-    loss = pg + hp.vf_coef * vf - hp.ent_coef * ent
+    loss = pg - hp.ent_coef * ent
+    metrics = {"policy_loss": pg, "entropy": ent, **pg_m}
+    if "value" in params:
+        values = F.response_values(models.value, params["value"], seq, P_len, N)
+        vf, vf_m = P.value_loss(values, mb.values_BxN, mb.returns_BxN, mask, hp.vf_clip)
+        loss = loss + hp.vf_coef * vf
+        metrics.update(value_loss=vf, **vf_m)
+    if mb.ref_logp_BxN is not None:  # the KL as a loss term, normalised as the policy loss is
+        kl_loss = P.aggregate(P.kl_estimate(logp, mb.ref_logp_BxN, hp.kl_estimator), mask,
+                              P.POLICY_LOSSES[hp.policy_loss].aggregate)
+        loss = loss + hp.kl_coef * kl_loss
+        metrics["kl_loss"] = kl_loss
     if scales is not None:
         loss = loss * scales[0]
-    metrics = {"policy_loss": pg, "value_loss": vf, "entropy": ent, **pg_m, **vf_m}
     if hp.ptx_coef and ptx is not None:
         if chunked:
             ptx_logp = F.shifted_logprobs(models.policy, params["policy"], ptx["tokens"], None,
@@ -167,15 +248,19 @@ def ppo_loss(hp, models: PPOModels, params, mb: Rollout, ptx, scales=None, const
 def minibatch_grads(hp, models: PPOModels, params, mb: Rollout, ptx, constants=None):
     """((loss, metrics), grads) of one minibatch; with `hp.grad_accum` = M > 1, accumulated over M
     slices in a scan (one slice's activations at a time), each slice's PPO terms weighted by its
-    share of the minibatch's response tokens and its ptx term by its share of ptx tokens: the
-    same gradient as the whole minibatch. Metrics: token-weighted means, `ratio_max` the max."""
+    share of what the policy loss normalises by (response tokens, responses or rows:
+    `objectives.ppo.aggregate_weight`) and its ptx term by its share of ptx tokens: the same
+    gradient as the whole minibatch for the policy and KL terms (the value and entropy terms,
+    token means, are exact with the token-normalised losses, ppo and dapo). Metrics: weighted
+    means, `ratio_max` the max."""
     M = hp.grad_accum
     if M == 1:
         return jax.value_and_grad(lambda p: ppo_loss(hp, models, p, mb, ptx, constants=constants),
                                   has_aux=True)(params)
     slices = split_microbatches(mb, M)
     ptx_slices = split_microbatches(ptx, M) if ptx is not None else None
-    tokens_M = slices.response_mask_BxN.sum((1, 2))
+    how = P.POLICY_LOSSES[hp.policy_loss].aggregate
+    tokens_M = jax.vmap(lambda m: P.aggregate_weight(m, how))(slices.response_mask_BxN)
     total = jnp.maximum(tokens_M.sum(), 1.0)
     ptx_M = (ptx_slices["loss_mask"][:, :, 1:].astype(jnp.float32).sum((1, 2)) if ptx is not None
              else jnp.zeros((M,), jnp.float32))
@@ -243,7 +328,7 @@ def make_ppo_step(hp, sampling: SamplingConfig, models: PPOModels, tx, schedule)
             ema = jax.tree.map(lambda e, p: hp.ema_decay * e + (1 - hp.ema_decay) * p, ema, params["policy"])
         metrics = {**metrics, **{k: v.mean() for k, v in upd.items()}, "ratio_max": upd["ratio_max"].max(),
                    "lr": schedule(state.step)}
-        episodes = Episodes(batch["prompt"], batch["prompt_mask"], data.response_BxN, data.response_mask_BxN)
+        episodes = Episodes(data.prompt_BxP, data.prompt_mask_BxP, data.response_BxN, data.response_mask_BxN)
         return PPOState(params, opt_state, state.step + 1, kl_coef, ema), metrics, episodes
 
     return step

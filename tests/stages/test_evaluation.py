@@ -26,9 +26,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    path = tmp_path_factory.mktemp("trained")
-    return path, run_pipeline(get_config("micro"), path, use_wandb=False)
+def trained(micro_trained):
+    return micro_trained
 
 
 @pytest.fixture(scope="module")

@@ -57,7 +57,7 @@ def _mesh(shape):
 # and single-device runs' last-bit gradient differences stay small (at eps 1e-8 a coordinate with a
 # near-zero gradient moves by +-lr either way: tests/tolerance.py)
 B1, B2, EPS_ADAM = 0.9, 0.95, 1.0
-UPDATES = {"sft": 3, "rm": 3, "ppo": 3 * 2 * 2}  # optimizer updates in `_run`'s three steps
+UPDATES = {"sft": 3, "rm": 3, "ppo": 3 * 2 * 2, "grpo": 3 * 2 * 2}  # optimizer updates in `_run`'s three steps
 
 
 def _optimizer():
@@ -70,7 +70,8 @@ def _tolerance(kind, params) -> tuple[float, float]:
     (the global norm sums every squared coordinate), through Adam's updates at the warmup's rates.
     Adam's moments differ by at most 2 x the gradient's error. Growth through later gradients
     (lr x Hessian per update) is neglected."""
-    seq, positions = {"sft": (16, 8 * 16), "rm": (16, 8 * 3 * 16), "ppo": (13, 4 * 13 + 2 * 8 * 13)}[kind]
+    seq, positions = {"sft": (16, 8 * 16), "rm": (16, 8 * 3 * 16), "ppo": (13, 4 * 13 + 2 * 8 * 13),
+                      "grpo": (13, 4 * 13 + 2 * 8 * 13)}[kind]  # GRPO: 8 episodes, group sums instead of GAE
     chain = tol.gradient_chain(CFG, seq, positions)
     grad_err = tol.f32(chain) + tol.f32(sum(x.size for x in jax.tree.leaves(params)))
     _, sched = _optimizer()
@@ -95,14 +96,19 @@ def _build(kind, mesh):
         step = rm_lib.make_rm_step(scalar.graphdef, tx, sched, center_coef=0.01)  # gives the bias a gradient
         batches = [{k: v[i * 8:(i + 1) * 8] for k, v in arrays.items()} for i in range(3)]
         return (*compile_step(step, state, shd.shard_batch(batches[0], mesh), mesh), batches, None)
-    hp = ppo_hp(minibatches=2, epochs=2, ema_decay=0.9)
-    models = ppo_lib.PPOModels(lm.graphdef, scalar.graphdef, ModelReward(scalar.graphdef))
-    params = {"policy": lm.params, "value": scalar.params}
+    # GRPO: 4 prompts x G = 2 responses (8 episodes, as PPO's), groups split across batch shards
+    # by the repeat inside the step; no value model
+    grpo = kind == "grpo"
+    hp = ppo_hp(minibatches=2, epochs=2, ema_decay=0.9, **(dict(
+        advantage_estimator="grpo", group_size=2, policy_loss="grpo", kl_estimator="k3") if grpo else {}))
+    models = ppo_lib.PPOModels(lm.graphdef, None if grpo else scalar.graphdef, ModelReward(scalar.graphdef))
+    params = {"policy": lm.params} if grpo else {"policy": lm.params, "value": scalar.params}
     copy = lambda t: jax.tree.map(jnp.copy, t)
     state = PPOState(params, jax.jit(tx.init)(params), jnp.zeros((), jnp.int32), jnp.float32(0.05),
                      copy(lm.params))
     arrays, _ = prompt_arrays(synthetic.prompts(WORLD, 24), TOK, TCFG)
-    batches = [{"prompt": arrays["tokens"][i * 8:(i + 1) * 8], "prompt_mask": arrays["mask"][i * 8:(i + 1) * 8]}
+    n = 4 if grpo else 8
+    batches = [{"prompt": arrays["tokens"][i * n:(i + 1) * n], "prompt_mask": arrays["mask"][i * n:(i + 1) * n]}
                for i in range(3)]
     constants = commit({"reference": copy(lm.params), "reward": copy(scalar.params)}, mesh)
     step, state = compile_step(ppo_lib.make_ppo_step(hp, sampling(hp), models, tx, sched), state,
@@ -121,13 +127,13 @@ def _run(kind, mesh_shape):
     return step, jax.tree.map(np.asarray, jax.device_get(state)), history
 
 
-@pytest.mark.parametrize("kind", ["sft", "rm", "ppo"])
+@pytest.mark.parametrize("kind", ["sft", "rm", "ppo", "grpo"])
 def test_step_compiles_once_and_sharded_equals_single_device(kind):
     step, state1, hist1 = _run(kind, None)
     assert step._cache_size() == 1  # three steps, one compilation
     if jax.device_count() < 8:
         pytest.skip("needs 8 devices")
-    _, state8, hist8 = _run(kind, (2, 2, 2) if kind != "ppo" else (8, 1, 1))
+    _, state8, hist8 = _run(kind, (2, 2, 2) if kind != "ppo" else (8, 1, 1))  # grpo: 4 prompts on 4 batch shards
     atol, rtol = _tolerance(kind, state1.params)
     for a, b in zip(hist1, hist8):
         for k in a:  # a metric: a forward pass (rtol) at parameters within atol of each other

@@ -66,3 +66,23 @@ def test_per_device_arguments_shrink_with_the_mesh(aot):
     ratio = one["arguments_gb"] / eight["arguments_gb"]
     assert 6.0 < ratio <= 8.5, ratio
     assert eight["temp_gb"] < one["temp_gb"]
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_the_critic_free_update_drops_exactly_the_value_model(aot, lora):
+    """GRPO's update takes no value model: its per-device arguments are PPO's less the value
+    model's trained parameters, their Adam moments, its frozen base (with LoRA) and the rollout's
+    values and returns, plus the reference's log-probs the KL loss term reads."""
+    mesh = shd.make_mesh((1, 4, 2))
+    per_device = lambda leaves: sum(math.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize for a in leaves)
+    with_critic, args = aot.ppo_update(SMALL, mesh, 8, 64, lora, critic=True)
+    free, free_args = aot.ppo_update(SMALL, mesh, 8, 64, lora, critic=False)
+    params, opt, data, _, constants = args
+    value = jax.tree.leaves(params["value"]) + jax.tree.leaves(constants.get("value_base"))
+    # Adam's mu and nu of the value model: the leaves of opt whose path runs through "value"
+    moments = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(opt)
+               if any(getattr(k, "key", None) == "value" for k in path)]
+    assert len(moments) == 2 * len(jax.tree.leaves(params["value"]))
+    dropped = per_device(value + moments + [data.values_BxN, data.returns_BxN]) - per_device([free_args[2].ref_logp_BxN])
+    got = aot.analyse(with_critic)["arguments_gb"] - aot.analyse(free)["arguments_gb"]
+    assert got * aot.GB == pytest.approx(dropped, rel=1e-6)
