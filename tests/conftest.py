@@ -56,3 +56,14 @@ def skip_without_data() -> pathlib.Path:
 def shared_data() -> pathlib.Path:
     """The real datasets' directory (also in RLHF_JAX_DATA_DIR for the library); skips when absent."""
     return skip_without_data()
+
+
+@pytest.fixture(scope="session")
+def micro_trained(tmp_path_factory):
+    """(workdir, summary) of one uninterrupted configs/instructgpt.py:micro run (SFT, RM, PPO),
+    shared by every test that compares against it or builds on its stages: a test copies what
+    it changes (the workdir is never written after this)."""
+    from rlhf_jax.stages import run as run_pipeline
+    from tests.micro import micro
+    path = tmp_path_factory.mktemp("micro_trained")
+    return path, run_pipeline(micro(), path, use_wandb=False)

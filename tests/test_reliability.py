@@ -27,10 +27,9 @@ from tests.micro import micro, numbers  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    """An uninterrupted micro run, shared by the tests that compare against it."""
-    path = tmp_path_factory.mktemp("straight")
-    return path, run_pipeline(micro(), path, use_wandb=False)
+def straight(micro_trained):
+    """An uninterrupted micro run (the session's), shared by the tests that compare against it."""
+    return micro_trained
 
 
 def test_sigkill_at_random_moments_then_resume_gives_the_same_numbers(tmp_path):

@@ -4,6 +4,7 @@ intervals the end-of-PPO evaluation now carries, and each suite's file written a
 and reused by a rerun."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -26,8 +27,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 @pytest.fixture(scope="module")
-def trained(micro_trained):
-    return micro_trained
+def trained(micro_trained, tmp_path_factory):
+    """A copy of the session's micro run: the evaluation stage writes into it."""
+    path = tmp_path_factory.mktemp("trained") / "run"
+    shutil.copytree(micro_trained[0], path)
+    return path, micro_trained[1]
 
 
 @pytest.fixture(scope="module")

@@ -144,8 +144,8 @@ def test_step_compiles_once_and_sharded_equals_single_device(kind):
 from tests.micro import micro, numbers as _numbers  # noqa: E402
 
 
-def test_killed_and_resumed_run_matches_uninterrupted(tmp_path):
-    straight = run_pipeline(micro(), tmp_path / "straight", use_wandb=False)
+def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, micro_trained):
+    straight = micro_trained[1]  # the uninterrupted micro run
     assert set(straight) == {"sft", "rm", "ppo"}
     # stop mid-SFT and mid-PPO (after their checkpoints), as a kill would, then run again
     for stop in ({"debug_stop_after.sft": 5}, {"debug_stop_after.ppo": 2}):
