@@ -79,7 +79,5 @@ def online(c, chosen: list[str]) -> None:
     gold = "gold_reward" in chosen
     c.online_dpo.reward = "gold" if gold else "rm"
     c.stages = "sft,online_dpo" if gold else "sft,rm,online_dpo"
-    if "tiny" in chosen or not instructgpt.base_variants(chosen):
-        c.online_dpo.update(iterations=40, save_every=10)
     if "micro" in chosen:
         c.online_dpo.update(iterations=3, batch_size=8, minibatches=2, epochs=1, save_every=2)
