@@ -1,5 +1,5 @@
 """Online DPO: the pair labelling by hand, one step's loss against the offline preference loss on
-the pairs it sampled, and the stage from configs/dpo.py (killed and resumed)."""
+the pairs it sampled, and the stage from configs/dpo.py with the gold annotator."""
 import json
 
 import jax
@@ -12,9 +12,9 @@ from configs.dpo import get_config
 from rlhf_jax.data import synthetic
 from rlhf_jax.data.tokenize import prompt_arrays
 from rlhf_jax.models import init_model
-from rlhf_jax.objectives.preference import SequenceLogprobs, preference_loss
+from rlhf_jax.objectives.preference import preference_loss
 from rlhf_jax.objectives.reward import pair_matrix
-from rlhf_jax.rewards import GoldReward
+from rlhf_jax.rewards import Reward
 from rlhf_jax.stages import run as run_pipeline
 from rlhf_jax.train import dpo as dpo_lib
 from rlhf_jax.train import online_dpo as online_lib
@@ -43,19 +43,23 @@ def hp(**changes):
     return c
 
 
+class TokenSumMod3(Reward):
+    """A stand-in annotator whose scores tie often: the sum of the response's token ids mod 3."""
+
+    def rewards(self, params, tokens_BxT, mask_BxT, n_prompt: int):
+        return ((tokens_BxT[:, n_prompt:] * mask_BxT[:, n_prompt:]).sum(1) % 3).astype(jnp.float32)
+
+
 def test_one_step_is_the_offline_preference_loss_on_the_pairs_it_sampled():
     """With one update per iteration the step's loss is `preference_loss` at the pre-update policy on
     its sampled pairs, written as an offline ranking batch (prompt + response, loss_mask on the
-    response) and labelled from the annotator's scores; the annotator here is host code reached
-    through a callback (as the task world's gold reward is): the response's length in characters,
-    so that pairs tie often."""
+    response) and labelled by hand from the annotator's scores, ties left out."""
     policy = init_model(CFG, seed=0)
     reference = init_model(CFG, seed=1).params  # not the policy: the implicit rewards are not 0
-    annotator = GoldReward(lambda prompts, responses: np.array([float(len(r)) for r in responses]), TOK)
     c = hp(epochs=1, minibatches=1, beta=0.5, lr=1e-2, warmup_steps=0)
     sampling = sampling_config(base().sampling, TOK, 1.0, max_new_tokens=5)
     tx, sched = make_optimizer(c.lr, 4)
-    models = online_lib.OnlineModels(policy.graphdef, annotator)
+    models = online_lib.OnlineModels(policy.graphdef, TokenSumMod3())
     step = jax.jit(online_lib.make_online_dpo_step(c, sampling, models, tx, sched))
     arrays, _ = prompt_arrays(synthetic.prompts(WORLD, 8), TOK, TCFG)
     batch = {"prompt": jnp.asarray(arrays["tokens"]), "prompt_mask": jnp.asarray(arrays["mask"])}
@@ -65,9 +69,8 @@ def test_one_step_is_the_offline_preference_loss_on_the_pairs_it_sampled():
 
     p = {k: np.asarray(v) for k, v in pairs._asdict().items()}
     np.testing.assert_array_equal(p["prompt_BxP"], np.repeat(arrays["tokens"], 2, 0))  # prompt-major
-    host = annotator.host_scores(p["prompt_BxP"], p["prompt_mask_BxP"], p["response_BxN"], p["response_mask_BxN"])
-    np.testing.assert_array_equal(p["score_B"], host.astype(np.float32))
-    s = host.reshape(8, 2)
+    s = ((p["response_BxN"] * p["response_mask_BxN"]).sum(1) % 3).reshape(8, 2)
+    np.testing.assert_array_equal(p["score_B"], s.reshape(-1))
     ranks = np.stack([s[:, 0] < s[:, 1], s[:, 1] < s[:, 0]], 1).astype(np.int32)
     tied = s[:, 0] == s[:, 1]
     assert 0 < tied.sum() < 8  # the case needs both ties and pairs
@@ -75,9 +78,14 @@ def test_one_step_is_the_offline_preference_loss_on_the_pairs_it_sampled():
                "mask": np.concatenate([p["prompt_mask_BxP"], p["response_mask_BxN"]], 1),
                "loss_mask": np.concatenate([np.zeros_like(p["prompt_mask_BxP"]), p["response_mask_BxN"]], 1)}
     offline = {k: jnp.asarray(v.reshape(8, 2, -1)) for k, v in offline.items()}
-    logp = dpo_lib.response_logprobs(policy.graphdef, policy.params, offline)
-    ref = dpo_lib.response_logprobs(policy.graphdef, reference, offline)
-    want, m = preference_loss("dpo", logp, ref, jnp.asarray(ranks), jnp.ones((8, 2), bool), c)
+
+    @jax.jit
+    def offline_loss(policy_params, ref_params, batch, ranks):
+        logp = dpo_lib.response_logprobs(policy.graphdef, policy_params, batch)
+        ref = dpo_lib.response_logprobs(policy.graphdef, ref_params, batch)
+        return logp, ref, preference_loss("dpo", logp, ref, ranks, jnp.ones((8, 2), bool), c)
+
+    logp, ref, (want, m) = offline_loss(policy.params, reference, offline, jnp.asarray(ranks))
     # h = four summed log-probs of up to T = 13 tokens, each a forward pass in another program
     # (tests/tolerance.py); the loss moves by at most beta x |dh|
     T = offline["tokens"].shape[-1]
@@ -100,16 +108,13 @@ def test_one_step_is_the_offline_preference_loss_on_the_pairs_it_sampled():
     assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(params)))
 
 
-def test_online_dpo_stage_from_the_config_resumes_and_reports(tmp_path):
+def test_online_dpo_stage_from_the_config_labels_with_the_gold_reward_and_reports(tmp_path):
     """configs/dpo.py:micro,online,gold_reward: SFT, then online DPO labelled by the task world's
-    gold reward; killed after iteration 2 and resumed, it logs iterations 1..3 once each and ends
-    as the dpo stage does (held-out comparison, samples, final weights)."""
+    gold reward through a host callback; it logs every iteration's pair metrics and gold reward
+    and ends as the dpo stage does (held-out comparison, samples, final weights)."""
     c = get_config("micro,online,gold_reward")
     assert c.stages == "sft,online_dpo" and c.online_dpo.reward == "gold"
-    c.debug_stop_after.online_dpo = 2
-    with pytest.raises(SystemExit):
-        run_pipeline(c, tmp_path, use_wandb=False)
-    c.debug_stop_after.online_dpo = 0
+    c.heldout.n_prompts = 16
     summary = run_pipeline(c, tmp_path, use_wandb=False)["online_dpo"]
     log = [json.loads(line) for line in open(tmp_path / "online_dpo" / "metrics.jsonl")]
     assert [r["step"] for r in log] == [1, 2, 3]
@@ -119,6 +124,8 @@ def test_online_dpo_stage_from_the_config_resumes_and_reports(tmp_path):
             assert np.isfinite(r[key]), key
         if r["frac_tied"] < 1:  # the annotator is the gold reward: the chosen scores above the rejected
             assert r["score_chosen"] > r["score_rejected"]
+        # the annotator's mean score over the 2B responses is the gold reward the hook computes on the host
+        assert r["score"] == pytest.approx(r["gold_reward"], rel=1e-6)
     for key in ("gold_reward_sft", "gold_reward_final", "kl_final", "win_rate_vs_sft"):
         assert np.isfinite(summary[key]), key
     assert summary["sampled_responses"] == 2 * 8 * 3 and summary["updates"] == 3 * 2
