@@ -9,8 +9,13 @@ the RM would see.
 Variants (combine with commas): the loss, any registered in
 rlhf_jax.objectives.preference.PREFERENCE_LOSSES: dpo (default), cdpo, robust, ipo, simpo (beta 2,
 gamma 1: Meng et al.'s range), orpo (lambda 0.1); mean (per-token mean of the log-probs instead
-of the sum, DPO family); live_ref (reference log-probs on the fly instead of cached); and any
+of the sum, DPO family); live_ref (reference log-probs on the fly instead of cached); online
+(online DPO, stage online_dpo: pairs sampled from the current policy every iteration and
+labelled by the RM; stages sft,rm,online_dpo; a loss variant sets online_dpo's loss) and
+online,gold_reward (labelled by the task world's gold reward; stages sft,online_dpo); and any
 variant of configs/instructgpt.py (tiny, micro, smollm2_hh, small) for the model and data.
+
+    python -m rlhf_jax.main --config configs/dpo.py:tiny,online --workdir runs/odpo
 """
 from configs import instructgpt
 from configs.variants import Variants

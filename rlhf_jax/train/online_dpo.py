@@ -11,6 +11,12 @@ log-probs of the 2B responses are computed once; then `epochs` x `minibatches` u
 log-probs in the loss are the policy's own (temperature 1), as offline DPO reads them, so
 the step's loss on a pair is `preference_loss` on that pair as an offline ranking batch.
 `hp` is the config's `online_dpo` block.
+
+Metrics: the preference loss, implicit-reward accuracy / margin / chosen / rejected (means over
+the updates, pair-weighted); the annotator's mean `score` and its score of the chosen and the
+rejected responses; `frac_tied` (prompts without a pair: tied or unscored); `kl`, the k1
+estimate sum(log pi - log pi_ref) per response at the pre-update policy; response length and
+the fraction without EOS.
 """
 from __future__ import annotations
 

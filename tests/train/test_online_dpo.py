@@ -1,6 +1,7 @@
 """Online DPO: the pair labelling by hand, one step's loss against the offline preference loss on
 the pairs it sampled, and the stage from configs/dpo.py with the gold annotator."""
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -11,11 +12,13 @@ from configs.common import base
 from configs.dpo import get_config
 from rlhf_jax.data import synthetic
 from rlhf_jax.data.tokenize import prompt_arrays
+from rlhf_jax.errors import ConfigError
 from rlhf_jax.models import init_model
 from rlhf_jax.objectives.preference import preference_loss
 from rlhf_jax.objectives.reward import pair_matrix
 from rlhf_jax.rewards import Reward
 from rlhf_jax.stages import run as run_pipeline
+from rlhf_jax.stages.validate import validate_config
 from rlhf_jax.train import dpo as dpo_lib
 from rlhf_jax.train import online_dpo as online_lib
 from rlhf_jax.train.optim import make_optimizer
@@ -130,3 +133,17 @@ def test_online_dpo_stage_from_the_config_labels_with_the_gold_reward_and_report
         assert np.isfinite(summary[key]), key
     assert summary["sampled_responses"] == 2 * 8 * 3 and summary["updates"] == 3 * 2
     assert (tmp_path / "online_dpo" / "final").exists() and (tmp_path / "online_dpo" / "samples.json").exists()
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("online_dpo.minibatches", 3, "config.online_dpo.minibatches: must divide online_dpo.batch_size=8"),
+    ("online_dpo.reward", "judge", "config.online_dpo.reward: must be 'rm'"),
+    ("online_dpo.loss", "kpo", "config.online_dpo.loss: must be one of"),
+    ("online_dpo.temperature", 0.0, "config.online_dpo.temperature: must be > 0"),
+])
+def test_invalid_online_dpo_fields_are_named(field, value, words):
+    c = get_config("micro,online,ipo")
+    assert c.online_dpo.loss == "ipo"  # a loss variant sets the online block's loss too
+    c.online_dpo[field.split(".")[1]] = value
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        validate_config(c)
