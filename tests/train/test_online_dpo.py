@@ -1,5 +1,6 @@
 """Online DPO: the pair labelling by hand, one step's loss against the offline preference loss on
-the pairs it sampled, and the stage from configs/dpo.py with the gold annotator."""
+the pairs it sampled, config errors, and (slow) the stage from configs/dpo.py with the gold
+annotator, killed and resumed. The stage with the RM annotator runs in tests/train/test_lora.py."""
 import json
 import re
 
@@ -25,7 +26,7 @@ from rlhf_jax.train.optim import make_optimizer
 from rlhf_jax.train.ppo import sampling_config
 from rlhf_jax.train.state import TrainState
 from tests import tolerance as tol
-from tests.micro import CFG, TCFG, TOK, WORLD
+from tests.micro import CFG, TCFG, TOK, WORLD, numbers
 
 
 def test_the_higher_score_is_chosen_and_ties_or_undefined_scores_make_no_pair():
@@ -111,15 +112,25 @@ def test_one_step_is_the_offline_preference_loss_on_the_pairs_it_sampled():
     assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(params)))
 
 
-def test_online_dpo_stage_from_the_config_labels_with_the_gold_reward_and_reports(tmp_path):
+@pytest.mark.slow
+def test_online_dpo_with_the_gold_annotator_resumes_exactly(tmp_path):
     """configs/dpo.py:micro,online,gold_reward: SFT, then online DPO labelled by the task world's
-    gold reward through a host callback; it logs every iteration's pair metrics and gold reward
-    and ends as the dpo stage does (held-out comparison, samples, final weights)."""
+    gold reward through a host callback; killed after iteration 2 and resumed, it ends with the
+    numbers of an uninterrupted run and logs every iteration once. Kept out of the default run for
+    its time: a step with a host callback is compiled anew in every process (XLA's persistent cache
+    does not hold it). The RM annotator runs in the default suite (tests/train/test_lora.py)."""
     c = get_config("micro,online,gold_reward")
     assert c.stages == "sft,online_dpo" and c.online_dpo.reward == "gold"
     c.heldout.n_prompts = 16
-    summary = run_pipeline(c, tmp_path, use_wandb=False)["online_dpo"]
-    log = [json.loads(line) for line in open(tmp_path / "online_dpo" / "metrics.jsonl")]
+    straight = run_pipeline(c, tmp_path / "straight", use_wandb=False)
+    c.debug_stop_after.online_dpo = 2
+    with pytest.raises(SystemExit):
+        run_pipeline(c, tmp_path / "resumed", use_wandb=False)
+    c.debug_stop_after.online_dpo = 0
+    resumed = run_pipeline(c, tmp_path / "resumed", use_wandb=False)
+    assert numbers(resumed) == numbers(straight)
+    summary = resumed["online_dpo"]
+    log = [json.loads(line) for line in open(tmp_path / "resumed" / "online_dpo" / "metrics.jsonl")]
     assert [r["step"] for r in log] == [1, 2, 3]
     for r in log:
         for key in ("loss", "reward_accuracy", "reward_margin", "score_chosen", "score_rejected", "frac_tied",
@@ -132,7 +143,7 @@ def test_online_dpo_stage_from_the_config_labels_with_the_gold_reward_and_report
     for key in ("gold_reward_sft", "gold_reward_final", "kl_final", "win_rate_vs_sft"):
         assert np.isfinite(summary[key]), key
     assert summary["sampled_responses"] == 2 * 8 * 3 and summary["updates"] == 3 * 2
-    assert (tmp_path / "online_dpo" / "final").exists() and (tmp_path / "online_dpo" / "samples.json").exists()
+    assert (tmp_path / "resumed" / "online_dpo" / "samples.json").exists()
 
 
 @pytest.mark.parametrize("field, value, words", [
