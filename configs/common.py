@@ -162,6 +162,19 @@ def base() -> ml_collections.ConfigDict:
         "cache_reference": True, "save_every": 100, "grad_accum": 1,
         "eval_every": 0})  # > 0: held-out KL to SFT and gold reward every eval_every steps (the trajectory)
 
+    # online DPO (Guo et al. 2024; stage "online_dpo", after SFT): each iteration samples 2 responses to each of
+    # batch_size prompts from the current policy at `temperature`, the annotator (`reward`: "rm" the trained
+    # reward, "gold" the gold reward) prefers the higher-scored one (a tie makes no pair), and epochs x minibatches
+    # updates of a registered preference loss (the dpo block's fields: loss, beta, ...) train on the pairs against
+    # the fixed SFT reference. The defaults sample as many responses (2 x 32 = ppo.batch_size) and take as many
+    # gradient steps per iteration (4 x 2) as PPO's
+    c.online_dpo = ml_collections.ConfigDict({
+        "iterations": 150, "batch_size": 32, "minibatches": 2, "epochs": 4,
+        **optimizer(1e-4, warmup_steps=10, schedule="constant", max_grad_norm=10.0), **lora(),
+        "temperature": 1.0, "reward": "rm",
+        "loss": "dpo", "beta": 0.1, "label_smoothing": 0.0, "logprob_reduction": "sum", "simpo_gamma": 0.5,
+        "orpo_lambda": 0.1, "save_every": 20})
+
     # best-of-n evaluation of the SFT policy under the RM (stage "bon") and rejection-sampling
     # fine-tuning on the best of n_samples (stage "rs": the SFT fields, started from the SFT policy)
     # rank_by: "rm" (the trained reward: single, ensemble, InfoRM, fine-grained) or "gold" (oracle)
@@ -200,4 +213,5 @@ def base() -> ml_collections.ConfigDict:
     c.log = ml_collections.ConfigDict({"wandb": "auto", "project": "rlhf_jax", "group": ""})
     c.debug_stop_after = ml_collections.ConfigDict({"sft": 0, "rm": 0, "ppo": 0, "dpo": 0, "rs": 0,  # simulate a
                                                     "clf": 0})  # kill (tests)
+    c.debug_stop_after.online_dpo = 0
     return c

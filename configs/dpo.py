@@ -9,8 +9,13 @@ the RM would see.
 Variants (combine with commas): the loss, any registered in
 rlhf_jax.objectives.preference.PREFERENCE_LOSSES: dpo (default), cdpo, robust, ipo, simpo (beta 2,
 gamma 1: Meng et al.'s range), orpo (lambda 0.1); mean (per-token mean of the log-probs instead
-of the sum, DPO family); live_ref (reference log-probs on the fly instead of cached); and any
+of the sum, DPO family); live_ref (reference log-probs on the fly instead of cached); online
+(online DPO, stage online_dpo: pairs sampled from the current policy every iteration and
+labelled by the RM; stages sft,rm,online_dpo; a loss variant sets online_dpo's loss) and
+online,gold_reward (labelled by the task world's gold reward; stages sft,online_dpo); and any
 variant of configs/instructgpt.py (tiny, micro, smollm2_hh, small) for the model and data.
+
+    python -m rlhf_jax.main --config configs/dpo.py:tiny,online --workdir runs/odpo
 """
 from configs import instructgpt
 from configs.variants import Variants
@@ -22,7 +27,11 @@ LOSS_SETTINGS = {
     "ipo": "IPO (beta plays tau)", "simpo": "SimPO (reference-free, beta 2, gamma 1)",
     "orpo": "ORPO (reference-free, SFT + odds-ratio term, lambda 0.1)"}
 OTHER = {"mean": "per-token mean of the response log-probs (DPO family)",
-         "live_ref": "reference log-probs computed live, not cached"}
+         "live_ref": "reference log-probs computed live, not cached",
+         "online": "online DPO: pairs sampled from the current policy each iteration, labelled by the RM",
+         "gold_reward": "with online: the gold reward labels the pairs (no RM stage)"}
+# the preference-loss fields a loss variant sets, for the dpo block and (with `online`) the online_dpo block
+LOSS_FIELDS = ("loss", "beta", "label_smoothing", "logprob_reduction", "simpo_gamma", "orpo_lambda")
 
 
 def variants() -> Variants:
@@ -60,4 +69,20 @@ def get_config(arg: str | None = None):
         c.dpo.update(batch_size=16, lr=5e-7, warmup_steps=150, optimizer="rmsprop")
     if "small" in chosen:
         c.dpo.update(steps=4, batch_size=4, warmup_steps=0, save_every=0)
+    if "gold_reward" in chosen and "online" not in chosen:
+        raise ValueError("configs/dpo.py: gold_reward is a variant of online DPO: use online,gold_reward")
+    if "online" in chosen:
+        online(c, chosen)
     return c
+
+
+def online(c, chosen: list[str]) -> None:
+    """Online DPO in place of offline DPO: SFT, the RM (the annotator) and stage online_dpo with
+    the loss variant's fields; with gold_reward the task world's gold reward labels the pairs."""
+    c.name = "online_dpo"
+    c.online_dpo.update({k: c.dpo[k] for k in LOSS_FIELDS})
+    gold = "gold_reward" in chosen
+    c.online_dpo.reward = "gold" if gold else "rm"
+    c.stages = "sft,online_dpo" if gold else "sft,rm,online_dpo"
+    if "micro" in chosen:
+        c.online_dpo.update(iterations=3, batch_size=8, minibatches=2, epochs=1, save_every=2)

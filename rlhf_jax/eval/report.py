@@ -11,6 +11,8 @@ CURVES = {
     "ppo": [("score", "RM score"), ("reward", "reward (score - beta KL)"), ("kl", "KL to reference (sequence sum)"),
             ("gold_reward", "gold reward"), ("entropy", "policy entropy"), ("value_loss", "value loss")],
     "dpo": [("loss", "DPO loss"), ("reward_accuracy", "implicit reward accuracy"), ("reward_margin", "reward margin")],
+    "online_dpo": [("loss", "online DPO loss"), ("score", "annotator score of the samples"),
+                   ("kl", "KL to SFT (sequence sum)"), ("gold_reward", "gold reward"), ("frac_tied", "tied pairs")],
 }
 
 
@@ -88,7 +90,7 @@ def write_report(workdir: Path, summary: dict[str, Any], command: str) -> Path:
     covers = {values["interval_covers"] for values in summary.values()
               if isinstance(values, dict) and isinstance(values.get("interval_covers"), str)}
     lines += [f"\nIntervals over evaluation prompts cover {c}." for c in sorted(covers)]
-    for label, name in (("ppo", "PPO"), ("dpo", "DPO"), ("rs", "rejection sampling")):
+    for label, name in (("ppo", "PPO"), ("dpo", "DPO"), ("online_dpo", "online DPO"), ("rs", "rejection sampling")):
         samples_path = workdir / label / "samples.json"
         if not samples_path.exists():
             continue

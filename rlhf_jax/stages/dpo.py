@@ -29,16 +29,20 @@ from rlhf_jax.train.state import commit
 SALT = 5
 
 
+def check_loss(d, block: str, need) -> None:
+    """The preference-loss fields of a block (dpo, online_dpo): loss, beta, label_smoothing..."""
+    need(d.loss in PREFERENCE_LOSSES, f"{block}.loss", f"must be one of {PREFERENCE_LOSSES.names()}")
+    need(d.logprob_reduction in ("sum", "mean"), f"{block}.logprob_reduction", "must be 'sum' or 'mean'")
+    need(d.beta > 0, f"{block}.beta", "must be > 0")
+    need(0 <= d.label_smoothing < 0.5, f"{block}.label_smoothing", "must be in [0, 0.5)")
+    need(d.loss in ("cdpo", "robust") or d.label_smoothing == 0, f"{block}.label_smoothing",
+         f"only cdpo and robust use it ({block}.loss={d.loss!r})")
+    need(d.orpo_lambda >= 0, f"{block}.orpo_lambda", "must be >= 0")
+
+
 def check(c, need) -> None:
-    d = c.dpo
-    need(d.loss in PREFERENCE_LOSSES, "dpo.loss", f"must be one of {PREFERENCE_LOSSES.names()}")
-    need(d.logprob_reduction in ("sum", "mean"), "dpo.logprob_reduction", "must be 'sum' or 'mean'")
-    need(d.beta > 0, "dpo.beta", "must be > 0")
-    need(0 <= d.label_smoothing < 0.5, "dpo.label_smoothing", "must be in [0, 0.5)")
-    need(d.loss in ("cdpo", "robust") or d.label_smoothing == 0, "dpo.label_smoothing",
-         f"only cdpo and robust use it (dpo.loss={d.loss!r})")
-    need(d.orpo_lambda >= 0, "dpo.orpo_lambda", "must be >= 0")
-    need(d.eval_every >= 0, "dpo.eval_every", "must be >= 0 (0 = no trajectory)")
+    check_loss(c.dpo, "dpo", need)
+    need(c.dpo.eval_every >= 0, "dpo.eval_every", "must be >= 0 (0 = no trajectory)")
 
 
 def preflight(ctx, need) -> None:

@@ -130,17 +130,20 @@ def test_int8_base_is_a_quarter_of_float32_and_close_in_logits(setup):
 def lora_run(tmp_path_factory):
     """One micro workdir: SFT, a 2-member RM ensemble with LoRA over an int8 backbone, PPO with LoRA
     policy and value over int8 bases, then DPO with LoRA over an int8 base and a live reference
-    (the base with adapters off). Returns (context, summary, the frozen constants each of PPO and
-    DPO handed to its training loop)."""
+    (the base with adapters off), and online DPO likewise, its pairs labelled by the RM. Returns
+    (context, summary, the frozen constants each of PPO, DPO and online DPO handed to its training
+    loop)."""
     from configs.instructgpt import get_config
     from rlhf_jax.context import build_context
     from rlhf_jax.stages import dpo as dpo_stage
+    from rlhf_jax.stages import online_dpo as online_dpo_stage
     from rlhf_jax.stages import ppo as ppo_stage
     from rlhf_jax.stages import run_stages
     c = get_config("micro")
     c.rm.update(lora_rank=4, lr=1e-2, members=2, lora_int8=True)
     c.ppo.update(lora_rank=4, iterations=2, lora_int8=True)
     c.dpo.update(lora_rank=4, lr=1e-2, cache_reference=False, steps=4, lora_int8=True)
+    c.online_dpo.update(lora_rank=4, lr=1e-2, lora_int8=True, iterations=3, batch_size=8, epochs=1, save_every=0)
     constants = {}
 
     def recording(module):
@@ -149,19 +152,19 @@ def lora_run(tmp_path_factory):
             return real[module](ctx, stage, t, salt)
         return train
 
-    real = {m: m.train for m in (ppo_stage, dpo_stage)}
+    real = {m: m.train for m in (ppo_stage, dpo_stage, online_dpo_stage)}
     work = tmp_path_factory.mktemp("lora")
     with pytest.MonkeyPatch.context() as mp:
         for m in real:
             mp.setattr(m, "train", recording(m))
         summary = run_stages(build_context(c, work, use_wandb=False))
-        c.stages = "dpo"
+        c.stages = "dpo,online_dpo"
         ctx = build_context(c, work, use_wandb=False)
         summary.update(run_stages(ctx))
     return ctx, summary, constants
 
 
-@pytest.mark.parametrize("stage", ["rm", "ppo", "dpo"])
+@pytest.mark.parametrize("stage", ["rm", "ppo", "dpo", "online_dpo"])
 def test_lora_in_every_stage_trains_adapters_and_exports_full_weights(lora_run, stage):
     """Each stage trains adapters (the state holds only them and the heads) and hands on full
     weights: only LoRA targets (and heads) differ from its starting point."""
@@ -241,3 +244,23 @@ def test_dpo_stage_with_int8_base_starts_at_its_reference(lora_run):
     assert abs(first["reward_margin"]) <= 2 * reward_tol, (first["reward_margin"], reward_tol)
     # -log sigmoid has slope -1/2 at 0; the means over pairs and prompts add a few roundings
     assert abs(first["loss"] - math.log(2)) <= reward_tol + tol.f32(16, math.log(2)), first["loss"]
+
+
+def test_online_dpo_stage_with_int8_base_labels_pairs_with_the_rm_ensemble(lora_run):
+    """Online DPO with lora_int8 ran on the RM's labels: its reference is the policy's int8 base,
+    its annotator the 2-member RM ensemble (stacked), and each iteration logged its pairs: the RM's
+    score of the chosen response above the rejected one's, since the RM chose it."""
+    import json
+    from rlhf_jax.stages.handoff import load_sft
+    ctx, summary, constants = lora_run
+    _assert_int8_base_of(constants["online_dpo"]["reference"], load_sft(ctx))
+    assert {x.shape[0] for x in jax.tree.leaves(constants["online_dpo"]["reward"])} == {2}
+    rows = [json.loads(line) for line in (ctx.workdir / "online_dpo" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert r["frac_tied"] < 1 and r["score_chosen"] > r["score_rejected"], r
+        assert all(np.isfinite(r[k]) for k in ("loss", "reward_accuracy", "kl", "gold_reward"))
+    d = summary["online_dpo"]
+    assert d["sampled_responses"] == 2 * 8 * 3 and d["updates"] == 3 * 2
+    for key in ("rm_score_sft", "rm_score_final", "gold_reward_sft", "gold_reward_final", "kl_final"):
+        assert np.isfinite(d[key]), key
