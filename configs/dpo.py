@@ -5,11 +5,13 @@ the RM would see.
     python -m rlhf_jax.main --config configs/dpo.py:ipo --workdir runs/ipo
     python -m rlhf_jax.main --config configs/dpo.py:simpo --workdir runs/simpo
     python -m rlhf_jax.main --config configs/dpo.py:cdpo --workdir runs/cdpo --config.dpo.beta=0.5
+    python -m rlhf_jax.main --config configs/dpo.py:kto --workdir runs/kto
 
 Variants (combine with commas): the loss, any registered in
 rlhf_jax.objectives.preference.PREFERENCE_LOSSES: dpo (default), cdpo, robust, ipo, simpo (beta 2,
 gamma 1: Meng et al.'s range), orpo (lambda 0.1); mean (per-token mean of the log-probs instead
-of the sum, DPO family); live_ref (reference log-probs on the fly instead of cached); and any
+of the sum, DPO family); live_ref (reference log-probs on the fly instead of cached); kto (stage kto
+in place of dpo: KTO on the same rankings as unpaired desirable / undesirable examples); and any
 variant of configs/instructgpt.py (tiny, micro, smollm2_hh, small) for the model and data.
 """
 from configs import instructgpt
@@ -22,7 +24,8 @@ LOSS_SETTINGS = {
     "ipo": "IPO (beta plays tau)", "simpo": "SimPO (reference-free, beta 2, gamma 1)",
     "orpo": "ORPO (reference-free, SFT + odds-ratio term, lambda 0.1)"}
 OTHER = {"mean": "per-token mean of the response log-probs (DPO family)",
-         "live_ref": "reference log-probs computed live, not cached"}
+         "live_ref": "reference log-probs computed live, not cached",
+         "kto": "KTO (stage kto in place of dpo) on the rankings converted to unpaired binary feedback"}
 
 
 def variants() -> Variants:
@@ -50,14 +53,20 @@ def get_config(arg: str | None = None):
         c.dpo.label_smoothing = 0.1
     if c.dpo.loss == "simpo":
         c.dpo.update(beta=2.0, simpo_gamma=1.0)
+    if "kto" in chosen:
+        c.name = "kto"
+        c.stages = "sft,kto"
     if "mean" in chosen:
         c.dpo.logprob_reduction = "mean"
     if "live_ref" in chosen:
         c.dpo.cache_reference = False
     if "micro" in chosen:
         c.dpo.update(batch_size=16, save_every=4)
+        c.kto.update(batch_size=16, save_every=4)
     if "smollm2_hh" in chosen:
         c.dpo.update(batch_size=16, lr=5e-7, warmup_steps=150, optimizer="rmsprop")
+        c.kto.update(batch_size=16, lr=5e-7, warmup_steps=150, optimizer="rmsprop")  # DPO's, for a like comparison
     if "small" in chosen:
         c.dpo.update(steps=4, batch_size=4, warmup_steps=0, save_every=0)
+        c.kto.update(steps=4, batch_size=4, warmup_steps=0, save_every=0)
     return c
