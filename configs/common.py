@@ -175,6 +175,16 @@ def base() -> ml_collections.ConfigDict:
         "loss": "dpo", "beta": 0.1, "label_smoothing": 0.0, "logprob_reduction": "sum", "simpo_gamma": 0.5,
         "orpo_lambda": 0.1, "save_every": 20})
 
+    # KTO (stage "kto", after SFT; Ethayarajh et al. 2024): unpaired desirable / undesirable examples, beta and the
+    # weights lambda_d / lambda_u (paper: beta 0.1, lambda_d n_D / (lambda_u n_U) in [1, 4/3]); data: "" = the
+    # preference data dpo trains on, converted (top-ranked desirable, bottom-ranked undesirable; unpair "both" keeps
+    # both sides of a prompt, "one" one of them), or a file / corpus:NAME of binary feedback {prompt, response, label}
+    c.kto = ml_collections.ConfigDict({
+        "steps": 0, "epochs": 1, "batch_size": 64,
+        **optimizer(1e-4, warmup_steps=10, schedule="constant", max_grad_norm=10.0), **lora(), "beta": 0.1,
+        "lambda_d": 1.0, "lambda_u": 1.0, "data": "", "unpair": "both", "save_every": 100, "grad_accum": 1,
+        "eval_every": 0})  # > 0: held-out KL to SFT and gold reward every eval_every steps (the trajectory)
+
     # best-of-n evaluation of the SFT policy under the RM (stage "bon") and rejection-sampling
     # fine-tuning on the best of n_samples (stage "rs": the SFT fields, started from the SFT policy)
     # rank_by: "rm" (the trained reward: single, ensemble, InfoRM, fine-grained) or "gold" (oracle)

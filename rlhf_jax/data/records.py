@@ -7,6 +7,9 @@ Kinds (each a plain dict once validated):
 - "prompt":   {"prompt"} (PPO rollouts; optional "reference")
 - "text":     {"text"} (pretraining text for the PPO-ptx term)
 - "fine_grained": {"prompt", "response", "spans": [{"start", "end", "category"}], optional "pairs"}
+- "binary":   {"prompt", "response", "label": bool}: unpaired feedback (KTO), label True = desirable;
+              the label may be true/false, 1/0 or "desirable"/"undesirable" (CSV: the same as text),
+              and "completion" (TRL's name) stands for "response"
 - "preference": a "pair" row or a "ranking" row, each checked by its own validator and returned in
                 its own canonical form (a ranking row is one with "responses" or "ranks"), so one
                 file of K-wise rankings, pairs, or both can train the reward model and DPO
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import random
 import reprlib
 from typing import Any, Callable, Mapping
 
@@ -224,9 +228,29 @@ def validate_preference(row: Mapping, max_chars: int | None = None) -> dict:
                                "(a ranking)", reason="missing_preference")
 
 
+LABELS = {True: True, False: False, 1: True, 0: False, "desirable": True, "undesirable": False,
+          "true": True, "false": False, "1": True, "0": False}
+
+
+def validate_binary(row: Mapping, max_chars: int | None = None) -> dict:
+    """Unpaired binary feedback: a prompt, one response and whether it is desirable."""
+    prompt = _prompt(row, max_chars)
+    field = "completion" if "response" not in row and "completion" in row else "response"
+    response = _text(row, field, max_chars=max_chars)
+    label = row.get("label")
+    key = label.strip().lower() if isinstance(label, str) else label
+    if label is None:
+        raise FieldError("label", "missing (true/false, 1/0 or 'desirable'/'undesirable')", reason="missing_label")
+    if isinstance(key, float) or not isinstance(key, (str, int)) or key not in LABELS:
+        raise FieldError("label", f"{show(label)} is not true/false, 1/0 or 'desirable'/'undesirable'",
+                         reason="bad_label")
+    return {"prompt": prompt, "response": response, "label": LABELS[key]}
+
+
 VALIDATORS: dict[str, Callable[..., dict]] = {
     "sft": validate_sft, "pair": validate_pair, "ranking": validate_ranking, "prompt": validate_prompt,
     "text": validate_text, "fine_grained": validate_fine_grained, "preference": validate_preference,
+    "binary": validate_binary,
 }
 
 
@@ -234,3 +258,31 @@ def ranking_pairs(ranks: list[int]) -> list[tuple[int, int]]:
     """(winner, loser) index pairs of a ranking; ties dropped. C(K,2) pairs for a strict ranking."""
     return [(i, j) if ranks[i] < ranks[j] else (j, i)
             for i in range(len(ranks)) for j in range(i + 1, len(ranks)) if ranks[i] != ranks[j]]
+
+
+UNPAIR = ("both", "one")
+
+
+def binary_from_preferences(records: list[dict], unpair: str = "both", seed: int = 0) -> list[dict]:
+    """Pairs and rankings as binary feedback (KTO): a ranking's top-ranked responses (all tied at
+    rank 0) are desirable, its bottom-ranked ones undesirable, the middle ranks dropped; a pair's
+    chosen is desirable and its rejected undesirable. unpair="both" keeps both sides of every
+    prompt (as separate examples; the data order later shuffles them apart); "one" keeps one
+    response per prompt, desirable or undesirable by a seeded coin: the paper's one-y-per-x
+    setting, where no prompt has both a desirable and an undesirable response."""
+    if unpair not in UNPAIR:
+        raise ValueError(f"unpair={unpair!r} must be one of {UNPAIR}")
+    coin = random.Random(seed)
+    out = []
+    for r in records:
+        if "responses" in r:
+            top, bottom = min(r["ranks"]), max(r["ranks"])
+            good = [y for y, k in zip(r["responses"], r["ranks"]) if k == top]
+            bad = [y for y, k in zip(r["responses"], r["ranks"]) if k == bottom]
+        else:
+            good, bad = [r["chosen"]], [r["rejected"]]
+        sides = [(good, True), (bad, False)]
+        if unpair == "one":
+            sides = [sides[coin.random() < 0.5]]
+        out += [{"prompt": r["prompt"], "response": y, "label": label} for ys, label in sides for y in ys]
+    return out

@@ -46,6 +46,15 @@ def preference_arrays(ctx, shuffled_pairs: bool = False) -> tuple[dict, dict]:
     task world with `data.rm_from_policy`, the annotators' rankings of K samples of the SFT policy (InstructGPT).
     `shuffled_pairs`: the training rankings broken into independent pairs (each response scored
     once per pair it is in, the pairs shuffled apart): the setting InstructGPT reports overfits."""
+    prepare_rankings(ctx)
+    if shuffled_pairs and not ctx.data.derived("rm_train_pairs"):
+        ctx.data.set_records("rm_train_pairs", as_pairs(ctx.data.records("rm_train")))
+    return ctx.data.arrays("rm_train_pairs" if shuffled_pairs else "rm_train"), ctx.data.arrays("rm_val")
+
+
+def prepare_rankings(ctx) -> None:
+    """Make records rm_train / rm_val the rankings `preference_arrays` describes (stage prefs'
+    or the task world's rankings of SFT samples are derived here, once per run)."""
     c = ctx.config
     if c.data.rm_train == PREFS and not ctx.data.derived("rm_train"):  # stage prefs: gold-ranked SFT samples
         for split in ("train", "val"):
@@ -57,9 +66,6 @@ def preference_arrays(ctx, shuffled_pairs: bool = False) -> tuple[dict, dict]:
             samples = sample_texts(ctx, sft, prompts, 2 * c.data.k, 1.0, seed=c.seed * 7919 + (split == "val"))
             ctx.data.set_records(f"rm_{split}", synthetic.rank_samples(
                 ctx.world, [p["prompt"] for p in prompts], samples, c.data.k, split))
-    if shuffled_pairs and not ctx.data.derived("rm_train_pairs"):
-        ctx.data.set_records("rm_train_pairs", as_pairs(ctx.data.records("rm_train")))
-    return ctx.data.arrays("rm_train_pairs" if shuffled_pairs else "rm_train"), ctx.data.arrays("rm_val")
 
 
 def check_preference_sizes(ctx, need, block: str) -> None:

@@ -96,14 +96,14 @@ def test_stage_reads_are_derived_from_the_block_the_declarations_and_the_needs()
     fine.fgrm.components = "wrong:word:0.3"
     assert {"fgrm", "rm"} <= set(stage_reads("bon", fine)) and "fgrm" not in stage_reads("bon", micro("bon"))
     assert STAGES["eval"].block == "evaluate" and STAGES["fgrm"].block == "fgrm"
-    assert {s.name for s in STAGES._entries.values() if s.trains} == {"sft", "rm", "fgrm", "ppo", "dpo", "rs", "clf",
-                                                                      "online_dpo"}
+    assert ({s.name for s in STAGES._entries.values() if s.trains}
+            == {"sft", "rm", "fgrm", "ppo", "dpo", "kto", "online_dpo", "rs", "clf"})
 
 
 def test_every_trained_block_gets_the_shared_checks_clf_included():
     from rlhf_jax.errors import ConfigError
     from rlhf_jax.stages.validate import validate_config
-    for block in ("sft", "rm", "fgrm", "ppo", "dpo", "rs", "clf", "online_dpo"):
+    for block in ("sft", "rm", "fgrm", "ppo", "dpo", "kto", "online_dpo", "rs", "clf"):
         c = micro("sft")
         c[block].lr = -1.0
         with pytest.raises(ConfigError, match=rf"config\.{block}\.lr: -1\.0 must be a positive number"):
