@@ -1,10 +1,11 @@
 """The stages of a run, one module each, registered by name (see `registry.py`):
 
     sft   supervised fine-tuning                    rm    reward model (single, ensemble, InfoRM)
-    fgrm  fine-grained category reward models       ppo   PPO against the trained reward
+    fgrm  fine-grained category reward models       ppo   PPO (or a critic-free method) against the reward
     dpo   preference losses (DPO family, SimPO...)  bon   best-of-n curves
     rs    rejection-sampling fine-tuning            eval  evaluation suites on any checkpoints
     clf   the gold classifier (IMDb sentiment)      prefs SFT samples ranked by the gold reward
+    kto   KTO on unpaired binary feedback           online_dpo  DPO on pairs the policy samples
 
 `run_stages(ctx)` runs the stages the config lists, in the order their needs set; a finished
 stage (its summary in the workdir) is not run again.
