@@ -137,7 +137,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_title(f"final policies on held-out prompts: mean over {n} seeds, 95% t-intervals", fontsize=9)
     ax.set_xlabel("mean sequence KL to the SFT policy (nats)")
     tx.set_title(f"lines: training rollouts ({WINDOW}-iteration windows, seed mean);\nmarkers: final policy "
-                 "at the stage's wall time (shared CPU)", fontsize=9)
+                 "at the stage's wall time (otherwise idle CPU)", fontsize=9)
     tx.set_xlabel("wall seconds of the stage (2-core CPU)")
     for a in (ax, tx):
         a.set_ylabel("gold reward")
