@@ -2,8 +2,8 @@
 
 Each family is a `Registry` filled in the module that implements it (the list, with the
 config field each one checks, is in docs/extending.md): stages, preference losses, KL and
-advantage estimators, reward aggregators, InfoRM KL forms, segmenters, reward heads, samplers,
-evaluation judges and suites.
+advantage estimators, policy losses, reward aggregators, InfoRM KL forms, segmenters, reward
+heads, samplers, evaluation judges and suites, comparison-selection strategies.
 
     KL_ESTIMATORS = Registry("KL estimator")
 
