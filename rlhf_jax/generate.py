@@ -126,6 +126,11 @@ def _last_positive(values_BxN):
     return values_BxN.shape[-1] - 1 - jnp.argmax(values_BxN[:, ::-1] > 0, axis=-1)
 
 
+def ends_with_eos(tokens_BxN, mask_BxN, cfg: SamplingConfig) -> jax.Array:
+    """[B] bool: the response holds the (first) EOS token among its kept tokens, i.e. it was not cut."""
+    return jnp.any((tokens_BxN == cfg.eos_token_ids[0]) & (mask_BxN > 0), axis=1)
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "cfg"))
 def generate(graphdef, params, prompt_BxP, prompt_mask_BxP, rng, cfg: SamplingConfig) -> Generation:
     """Sample up to cfg.max_new_tokens tokens after each left-padded prompt."""

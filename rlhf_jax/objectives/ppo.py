@@ -90,11 +90,21 @@ def missing_eos_penalty(score, has_eos_B, mask_BxN, penalty: float):
     return jnp.where(has_eos_B[:, None], score, penalty * at_last_token(mask_BxN))
 
 
+def place(score, mask_BxN):
+    """A reward on the response tokens [B, N]: a sequence score [B] on the last token, per-token
+    rewards [B, N] (fine-grained) as they are, masked."""
+    return score * mask_BxN if score.ndim == 2 else score[:, None] * at_last_token(mask_BxN)
+
+
+def per_sequence(score):
+    """A reward per response [B]: a sequence score as it is, per-token rewards [B, N] summed."""
+    return score.sum(1) if score.ndim == 2 else score
+
+
 def token_rewards(score, kl_BxN, mask_BxN, kl_coef):
     """r_t = -beta * kl_t on every response token, plus the score: a sequence score [B] on the
     last token, or per-token rewards [B, N] already placed (fine-grained rewards)."""
-    placed = score if score.ndim == 2 else score[:, None] * at_last_token(mask_BxN)
-    return (-kl_coef * kl_BxN + placed) * mask_BxN
+    return (-kl_coef * kl_BxN + place(score, mask_BxN)) * mask_BxN
 
 
 def gae(rewards_BxN, values_BxN, mask_BxN, gamma: float = 1.0, lam: float = 0.95):

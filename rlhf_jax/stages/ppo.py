@@ -49,6 +49,9 @@ def check(c, need) -> None:
              f"must be >= {est.min_group} with advantage_estimator={p.advantage_estimator!r}")
         need(est.critic or not p.whiten_rewards, "ppo.whiten_rewards",
              f"only the critic's estimator (gae) whitens rewards, not {p.advantage_estimator!r}")
+        # the KL loss term reads ppo.kl_coef; the controller adapts the coefficient of the KL in the reward
+        need(est.kl == "reward" or not p.adaptive_kl, "ppo.adaptive_kl",
+             f"adapts the KL penalty in the reward; {p.advantage_estimator!r} puts the KL in the loss")
     need(p.group_size >= 1 and p.batch_size % p.group_size == 0, "ppo.group_size",
          f"must be >= 1 and divide ppo.batch_size={p.batch_size}")
     need(p.dynamic_sampling >= 0, "ppo.dynamic_sampling", "must be >= 0 (0 = off)")

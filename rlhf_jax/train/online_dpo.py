@@ -25,13 +25,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax.generate import SamplingConfig, generate
+from rlhf_jax.generate import SamplingConfig, ends_with_eos, generate
 from rlhf_jax.objectives.preference import PREFERENCE_LOSSES, SequenceLogprobs, preference_loss
 from rlhf_jax.rewards import Reward
 from rlhf_jax.train import lora as lora_lib
 from rlhf_jax.train.dpo import response_logprobs
 from rlhf_jax.train.state import TrainState
-from rlhf_jax.train.step import apply_gradients
+from rlhf_jax.train.step import apply_gradients, minibatch_order
 
 PAIR_METRICS = ("loss", "reward_chosen", "reward_rejected", "reward_accuracy", "reward_margin")
 
@@ -132,8 +132,7 @@ def make_online_dpo_step(hp, sampling: SamplingConfig, models: OnlineModels, tx,
             params, opt_state, grad_norm = apply_gradients(tx, params, opt_state, grads)
             return (params, opt_state), {**m, "loss": loss, "grad_norm": grad_norm}
 
-        perms = jax.vmap(lambda k: jax.random.permutation(k, B))(jax.random.split(rng_perm, hp.epochs))
-        order = perms.reshape(hp.epochs * hp.minibatches, B // hp.minibatches)
+        order = minibatch_order(rng_perm, B, hp.epochs, hp.minibatches)
         (params, opt_state), upd = jax.lax.scan(minibatch, (state.params, state.opt_state), order)
 
         wins = (ranks[:, 0] != ranks[:, 1]) & valid.all(1)  # prompts with a pair
@@ -142,7 +141,7 @@ def make_online_dpo_step(hp, sampling: SamplingConfig, models: OnlineModels, tx,
         rejected = jnp.where(ranks[:, 0] == 0, score.reshape(B, 2)[:, 1], score.reshape(B, 2)[:, 0])
         finite = jnp.isfinite(score)
         resp_mask = gen.mask_BxN.astype(jnp.float32)
-        has_eos = jnp.any((gen.tokens_BxN == sampling.eos_token_ids[0]) & (gen.mask_BxN > 0), axis=1)
+        has_eos = ends_with_eos(gen.tokens_BxN, gen.mask_BxN, sampling)
         metrics = {
             **_pair_weighted(upd),
             "score": jnp.where(finite, score, 0.0).sum() / jnp.maximum(finite.sum(), 1),

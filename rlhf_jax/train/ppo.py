@@ -20,13 +20,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax.generate import SamplingConfig, generate
+from rlhf_jax.generate import SamplingConfig, ends_with_eos, generate
 from rlhf_jax.models import forward as F
 from rlhf_jax.objectives import ppo as P
 from rlhf_jax.objectives.lm import masked_nll, next_token_loss, token_logprobs
 from rlhf_jax.rewards import Reward
 from rlhf_jax.train.state import PPOState
-from rlhf_jax.train.step import apply_gradients, combine_metrics, split_microbatches
+from rlhf_jax.train.step import apply_gradients, combine_metrics, minibatch_order, split_microbatches
 
 
 class PPOModels(NamedTuple):
@@ -110,7 +110,7 @@ def rollout(hp, sampling: SamplingConfig, models: PPOModels, state: PPOState, co
                           dataclasses.replace(sampling, temperature=0.0))
         score, _ = sequence_scores(hp, sampling, models, constants, batch["prompt"], batch["prompt_mask"],
                                    greedy.tokens_BxN, greedy.mask_BxN)
-        baseline = repeat(score.sum(1) if score.ndim == 2 else score)
+        baseline = repeat(P.per_sequence(score))
     return score_rollout(hp, sampling, models, state, constants, prompt, prompt_mask, gen.tokens_BxN, gen.mask_BxN,
                          baseline)
 
@@ -121,7 +121,7 @@ def sequence_scores(hp, sampling: SamplingConfig, models: PPOModels, constants, 
     P_len = prompt.shape[1]
     seq = F.sequence_inputs(prompt, prompt_mask, resp, resp_mask)
     maskf = resp_mask.astype(jnp.float32)
-    has_eos = jnp.any((resp == sampling.eos_token_ids[0]) & (resp_mask > 0), axis=1)
+    has_eos = ends_with_eos(resp, resp_mask, sampling)
     score = models.reward.rewards(constants["reward"], seq[0], seq[1], P_len)  # [B] or [B, N]
     if score.ndim == 2:
         score = score * maskf
@@ -140,7 +140,7 @@ def keep_groups(hp, score, arrays: dict):
     differ first; a kept group whose rewards are all equal (too few differed) is masked out of the
     loss. Returns (score, arrays, live_B, metrics)."""
     G = hp.group_size
-    seq_score = score.sum(1) if score.ndim == 2 else score
+    seq_score = P.per_sequence(score)
     groups = seq_score.shape[0] // G // hp.dynamic_sampling
     order, differs = P.dynamic_sampling_order(seq_score, G)
     rows = (order[:groups, None] * G + jnp.arange(G)).reshape(-1)
@@ -172,11 +172,10 @@ def score_rollout(hp, sampling: SamplingConfig, models: PPOModels, state: PPOSta
     values = F.response_values(models.value, full["value"], seq, P_len, N) * maskf if est.critic else None
     logp, ref_logp = logp * maskf, ref_logp * maskf
     kl = P.kl_estimate(logp, ref_logp, hp.kl_estimator) * maskf
-    placed = score * maskf if score.ndim == 2 else score[:, None] * P.at_last_token(maskf)
-    inputs = P.AdvantageInputs(placed, kl, maskf, values, baseline, hp.group_size)
+    inputs = P.AdvantageInputs(P.place(score, maskf), kl, maskf, values, baseline, hp.group_size)
     advantages, returns = est.fn(inputs, state.kl_coef, hp)
     seq_kl_k1 = ((logp - ref_logp) * maskf).sum(1)
-    seq_score = score.sum(1) if score.ndim == 2 else score
+    seq_score = P.per_sequence(score)
     data = Rollout(seq[0], seq[1], seq[2], resp, maskf, logp, values, advantages, returns,
                    ref_logp if est.kl == "loss" else None, prompt, prompt_mask)
     in_reward = state.kl_coef if est.kl == "reward" else 0.0
@@ -287,12 +286,10 @@ PTX_KEYS = ("tokens", "loss_mask", "segment_ids", "positions")
 def update(hp, models: PPOModels, tx, params, opt_state, data: Rollout, batch, rng, constants=None):
     """The update phase: `epochs` x `minibatches` clipped-PPO (+ ptx) steps as one scan."""
     B = data.tokens_BxT.shape[0]
-    mb_size = B // hp.minibatches
     ptx = {k: batch[k] for k in PTX_KEYS if k in batch} or None
     if ptx is not None:
         ptx = jax.tree.map(lambda x: x.reshape(hp.minibatches, -1, *x.shape[1:]), ptx)
-    perms = jax.vmap(lambda k: jax.random.permutation(k, B))(jax.random.split(rng, hp.epochs))
-    order = perms.reshape(hp.epochs * hp.minibatches, mb_size)
+    order = minibatch_order(rng, B, hp.epochs, hp.minibatches)
 
     def minibatch(carry, xs):
         params, opt_state = carry

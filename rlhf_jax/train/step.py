@@ -34,6 +34,13 @@ def apply_gradients(tx: optax.GradientTransformation, params, opt_state, grads):
     return optax.apply_updates(params, updates), opt_state, optax.global_norm(grads)
 
 
+def minibatch_order(rng, batch_size: int, epochs: int, minibatches: int) -> jax.Array:
+    """[epochs * minibatches, batch_size / minibatches] row indices: each epoch a fresh permutation
+    of the batch, cut into its minibatches (PPO's and online DPO's update scans)."""
+    perms = jax.vmap(lambda k: jax.random.permutation(k, batch_size))(jax.random.split(rng, epochs))
+    return perms.reshape(epochs * minibatches, batch_size // minibatches)
+
+
 def split_microbatches(batch, microbatches: int):
     """Every leaf [B, ...] -> [M, B / M, ...]; slice m holds rows m, m + M, m + 2M, ... (strided, so
     a batch sharded on its leading axis gives each slice an equal share of every device's rows)."""

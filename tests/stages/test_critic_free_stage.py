@@ -42,3 +42,17 @@ def test_critic_free_ppo_builds_no_value_model(micro_trained, tmp_path, monkeypa
     assert "policy" in keys(tmp_path) and not {"value", "head"} & keys(tmp_path)
     last = [line for line in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines() if "score" in line][-1]
     assert "value_loss" not in last and ("kl_loss" in last) == (method == "grpo")
+
+
+def test_a_kl_in_the_loss_is_not_adapted():
+    """The adaptive controller moves the coefficient of the KL in the reward: with GRPO's KL loss
+    term it would silently do nothing, so the config is refused naming the field."""
+    from rlhf_jax.errors import ConfigError
+    from rlhf_jax.stages.validate import validate_config
+    c = get_config("micro,grpo")
+    c.ppo.adaptive_kl = True
+    with pytest.raises(ConfigError, match=r"config\.ppo\.adaptive_kl: adapts the KL penalty in the reward"):
+        validate_config(c)
+    c = get_config("micro,rloo")  # RLOO folds the KL into the reward: adaptable
+    c.ppo.adaptive_kl = True
+    validate_config(c)

@@ -167,6 +167,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, micro_trained):
     ("ppo.policy_loss", "trpo", "config.ppo.policy_loss: must be one of"),
     ("ppo.group_size", 3, "config.ppo.group_size: must be >= 1 and divide ppo.batch_size=16"),
     ("ppo.dynamic_sampling", 2, "config.ppo.dynamic_sampling: needs groups"),
+    ("ppo.advantage_estimator", "grpo", "config.ppo.group_size: must be >= 2"),
     ("sft.batch_size", 30, "config.sft.batch_size: 30 must be a positive multiple of the 8"),
     ("ppo.ptx_coef", 1.0, "config.ppo.ptx_batch_size: must be > 0"),
     ("data.max_prompt_len", 40, "config.data.max_prompt_len: must be below data.max_len"),
