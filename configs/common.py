@@ -185,6 +185,20 @@ def base() -> ml_collections.ConfigDict:
         "lambda_d": 1.0, "lambda_u": 1.0, "data": "", "unpair": "both", "save_every": 100, "grad_accum": 1,
         "eval_every": 0})  # > 0: held-out KL to SFT and gold reward every eval_every steps (the trajectory)
 
+    # active selection of comparisons (stage "active", task world; rlhf_jax/stages/active.py): rounds that label
+    # comparisons until `budgets` (cumulative) are labelled, the first at random, each later one by `strategy`
+    # (rlhf_jax.data.active: random, uncertainty, disagreement, diverse_disagreement) under an ensemble of
+    # `members` RMs retrained from the SFT backbone every round (max(min_steps, epochs x batches) steps); the pool:
+    # pool_prompts prompts with k responses each (SFT samples with data.rm_from_policy, topped up with perturbed
+    # answers); diverse_disagreement picks at most per_cluster comparisons per cluster ("prompt", or "task": task
+    # type and list length) and round (0: an even share); evaluation: pair accuracy on eval_prompts held-out
+    # prompts' k responses, best-of-bon_n of the SFT policy on bon_prompts held-out prompts
+    c.active = ml_collections.ConfigDict({
+        "strategy": "random", "budgets": "64,128,256,512,1024", "members": 4, "pool_prompts": 1024, "k": 4,
+        "clusters": "prompt", "per_cluster": 2, "eval_prompts": 256, "bon_prompts": 128, "bon_n": 16,
+        "steps": 0, "epochs": 4, "min_steps": 100, "batch_size": 32, **optimizer(1e-3, warmup_steps=10),
+        "save_every": 0})
+
     # best-of-n evaluation of the SFT policy under the RM (stage "bon") and rejection-sampling
     # fine-tuning on the best of n_samples (stage "rs": the SFT fields, started from the SFT policy)
     # rank_by: "rm" (the trained reward: single, ensemble, InfoRM, fine-grained) or "gold" (oracle)

@@ -225,6 +225,19 @@ def _annotator_bias(cfg: WorldConfig, annotator: int) -> float:
     return float(_rng(cfg, f"annotator/{annotator}").standard_normal())
 
 
+def fill_responses(cfg: WorldConfig, prompt: str, drawn: list[str], k: int, rng: np.random.Generator) -> list[str]:
+    """k distinct non-empty responses: the first distinct `drawn` ones (policy samples), the
+    slots left filled with perturbations of the answer."""
+    responses = list(dict.fromkeys(s for s in drawn if s.strip()))[:k]
+    task, items = parse_prompt(prompt)
+    for extra in candidates(" ".join(solve(task, items)), 2 * k, rng, cfg.perturbations):
+        if len(responses) >= k:
+            break
+        if extra not in responses:
+            responses.append(extra)
+    return responses
+
+
 def rank_samples(cfg: WorldConfig, prompts: list[str], samples: list[list[str]], k: int,
                  split: str = "train") -> list[dict]:
     """K-wise rankings of policy samples (InstructGPT: labelers rank K outputs of the SFT model).
@@ -235,13 +248,7 @@ def rank_samples(cfg: WorldConfig, prompts: list[str], samples: list[list[str]],
     rng = _rng(cfg, "policy_rankings/" + split)
     out = []
     for prompt, drawn in zip(prompts, samples):
-        responses = list(dict.fromkeys(s for s in drawn if s.strip()))[:k]
-        task, items = parse_prompt(prompt)
-        for extra in candidates(" ".join(solve(task, items)), 2 * k, rng, cfg.perturbations):
-            if len(responses) >= k:
-                break
-            if extra not in responses:
-                responses.append(extra)
+        responses = fill_responses(cfg, prompt, drawn, k, rng)
         ranks = annotate(prompt, responses, cfg, rng)
         if len(set(ranks)) >= 2:
             out.append({"prompt": prompt, "responses": responses, "ranks": ranks})

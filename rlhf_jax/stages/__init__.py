@@ -6,6 +6,7 @@
     rs    rejection-sampling fine-tuning            eval  evaluation suites on any checkpoints
     clf   the gold classifier (IMDb sentiment)      prefs SFT samples ranked by the gold reward
     kto   KTO on unpaired binary feedback           online_dpo  DPO on pairs the policy samples
+    active  rounds of label, retrain, select: which comparisons to label (active learning)
 
 `run_stages(ctx)` runs the stages the config lists, in the order their needs set; a finished
 stage (its summary in the workdir) is not run again.

@@ -97,7 +97,7 @@ def test_stage_reads_are_derived_from_the_block_the_declarations_and_the_needs()
     assert {"fgrm", "rm"} <= set(stage_reads("bon", fine)) and "fgrm" not in stage_reads("bon", micro("bon"))
     assert STAGES["eval"].block == "evaluate" and STAGES["fgrm"].block == "fgrm"
     assert ({s.name for s in STAGES._entries.values() if s.trains}
-            == {"sft", "rm", "fgrm", "ppo", "dpo", "kto", "online_dpo", "rs", "clf"})
+            == {"sft", "rm", "fgrm", "ppo", "dpo", "kto", "online_dpo", "rs", "clf", "active"})
 
 
 def test_every_trained_block_gets_the_shared_checks_clf_included():
