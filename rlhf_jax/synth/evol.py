@@ -54,26 +54,26 @@ def run_evol_instruct(complete: Callable, instructions: list[dict], rounds: int,
             elif no_new_information(x["prompt"], evolved, e.same_rouge, e.min_new_words):
                 reason = "no_new_information"
             if reason:
-                result.reject(reason, stage="rewrite", evolved=evolved, generation=out, provenance=prov)
+                result.reject(reason, stage="rewrite", evolved=evolved, generation=str(out), provenance=prov)
                 nxt.append(x)
             else:
                 answer.append((i, x, evolved, prov))
         responses = complete([templates.response_prompt(ev, e.response_system) for _, _, ev, _ in answer],
                              e.response_tokens)
         for (i, x, evolved, prov), response in zip(answer, responses):
-            response = response.strip()
-            reason = evol_rule(x["prompt"], evolved, response, e)
+            reason = evol_rule(x["prompt"], evolved, response.strip(), e)
             if reason is None:
                 try:
-                    record = validate_sft({"prompt": evolved, "completion": response})
+                    record = validate_sft({"prompt": evolved, "completion": response.strip()})
                 except FieldError as err:
                     reason, prov = "invalid_record", {**prov, "detail": str(err)}
             if reason:
-                result.reject(reason, stage="response", evolved=evolved, response=response, provenance=prov)
+                result.reject(reason, stage="response", evolved=evolved, response=str(response), provenance=prov)
                 nxt.append(x)
                 continue
             rid = f"evol_r{rnd}_{i}"
-            result.records.append({**record, "id": rid, "provenance": prov})
+            result.records.append({**record, "id": rid, "cut_at_token_limit": bool(getattr(response, "cut", False)),
+                                   "provenance": prov})
             nxt.append({"id": rid, "prompt": evolved, "root": x["root"], "depth": x["depth"] + 1})
         current = nxt
         after = result.counts()

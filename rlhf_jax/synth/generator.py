@@ -30,6 +30,12 @@ from rlhf_jax.generate import SamplingConfig, generate
 from rlhf_jax.paths import smollm2_path
 
 
+class Completion(str):
+    """A generated text that knows whether it was cut at max_new_tokens (no EOS): `.cut`."""
+
+    cut: bool = False
+
+
 class ModelNotFound(UserError):
     """--model names nothing loadable; the message says how to get the default one."""
 
@@ -124,15 +130,15 @@ class Generator:
             ids = ids[-self.s.max_prompt_len:]
         return ids
 
-    def complete(self, prompts: Sequence[tuple[list[dict], str]], max_new_tokens: int) -> list[str]:
-        """The model's continuation of each (messages, prefix), special tokens dropped; batches of
-        `batch_size`, seeded by (seed, call number, batch number)."""
+    def complete(self, prompts: Sequence[tuple[list[dict], str]], max_new_tokens: int) -> list[Completion]:
+        """The model's continuation of each (messages, prefix), special tokens dropped, with `.cut` set
+        when it hit max_new_tokens; batches of `batch_size`, seeded by (seed, call number, batch number)."""
         if not prompts:
             return []
         t0 = time.perf_counter()
         cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=self.s.temperature, top_p=self.s.top_p,
-                             top_k=self.s.get("top_k", 0), eos_token_ids=self.eos, pad_token_id=self.pad,
-                             sampler=self.s.get("sampler", "gumbel"))
+                             top_k=self.s.top_k, eos_token_ids=self.eos, pad_token_id=self.pad,
+                             sampler=self.s.sampler)
         encoded = [self.encode(m, p) for m, p in prompts]
         B, out = self.s.batch_size, []
         call = self.stats.calls
@@ -152,9 +158,10 @@ class Generator:
             for r in range(real):
                 ids = [int(t) for t, m in zip(toks[r], kept[r]) if m]
                 self.stats.new_tokens += len(ids)
-                if len(ids) == max_new_tokens and not (self.eos and ids[-1] in self.eos):
-                    self.stats.cut_at_limit += 1
-                out.append(self.tokenizer.decode(ids, skip_special_tokens=True))
+                text = Completion(self.tokenizer.decode(ids, skip_special_tokens=True))
+                text.cut = len(ids) == max_new_tokens and not (self.eos and ids[-1] in self.eos)
+                self.stats.cut_at_limit += text.cut
+                out.append(text)
             self.stats.rows += real
             self.stats.padded_rows += B - real
         self.stats.seconds += time.perf_counter() - t0

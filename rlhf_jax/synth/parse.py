@@ -13,7 +13,8 @@ NO_INPUT = ("<noinput>", "<no input>", "none", "n/a", "no input", "")
 def parse_tasks(text: str, first: int) -> list[str]:
     """The instructions of lines 'Task N: ...' (or 'N. ...') with N >= first, in order; the text is the
     generation with its prefix ('Task {first}:') put back. A line without a number continues the task
-    above it (a two-sentence task broken over lines). Stops at a number that does not increase."""
+    above it when that task has not ended (no final '.', '?' or '!': a sentence broken over lines), and
+    ends the list otherwise (the model went on to other text), as does a number that does not follow."""
     out: list[str] = []
     last = first - 1
     for line in text.splitlines():
@@ -24,10 +25,10 @@ def parse_tasks(text: str, first: int) -> list[str]:
                 break
             last = n
             out.append(m.group(2).strip())
-        elif out and line.strip() and not _FIELD.match(line):
+        elif out and line.strip():
+            if _FIELD.match(line) or out[-1].rstrip("\"')*").endswith((".", "?", "!")):
+                break  # an example instance, or other text after a finished task: not part of a task
             out[-1] = f"{out[-1]} {line.strip()}"
-        elif out and _FIELD.match(line):
-            break  # the model went on to an example instance: not part of the task
     return [t for t in (" ".join(t.split()) for t in out) if t]
 
 

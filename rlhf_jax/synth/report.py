@@ -79,6 +79,7 @@ def build_report(records: list[dict], rejected: list[dict], seed_instructions: S
     by = collections.Counter(r["reason"] for r in rejected)
     counts = {"candidates": len(records) + len(rejected), "kept": len(records), "rejected": dict(sorted(by.items()))}
     counts["kept_fraction"] = round(len(records) / counts["candidates"], 4) if counts["candidates"] else 0.0
+    counts["kept_output_cut_at_token_limit"] = sum(bool(r.get("cut_at_token_limit")) for r in records)
     if run and "counts" in run and run["counts"].get("candidates") != counts["candidates"]:
         raise ValueError(f"records + rejected hold {counts['candidates']} candidates, the run counted "
                          f"{run['counts']['candidates']}: files from different runs?")

@@ -13,6 +13,9 @@ Each round:
 4. an instance that cannot be parsed (`malformed_instance`), whose output is over `max_output_words`
    (`output_too_long`) or that fails the sft validator (`invalid_record`) is rejected, and its
    instruction leaves the pool again; the rest are kept.
+A generation cut at `instruction_tokens` whose last task runs to its end loses that task
+(`cut_at_token_limit`: it may stop mid-sentence), as the paper's code drops it; tasks beyond
+`new_per_prompt` are not parsed.
 Every candidate ends kept or with exactly one reason: kept + sum(rejected) == candidates.
 """
 from __future__ import annotations
@@ -89,11 +92,17 @@ def run_self_instruct(complete: Callable, seeds: list[dict], n: int, cfg,
         for j, (ex, (_, prefix), out) in enumerate(zip(draws, prompts, outputs)):
             prov = {"method": "self_instruct", "round": rnd, "prompt_index": j,
                     "prompt_examples": [e["id"] for e in ex]}
-            tasks = parse_tasks(prefix + out, first=len(ex) + 1)[:s.new_per_prompt]
+            tasks = parse_tasks(prefix + out, first=len(ex) + 1)
             if not tasks:
-                result.reject("malformed", stage="instruction", generation=out, provenance=prov)
+                result.reject("malformed", stage="instruction", generation=str(out), provenance=prov)
                 continue
-            for t in tasks:
+            # a generation cut at the token limit ends in a task cut mid-sentence (Self-Instruct drops it)
+            runs_to_end = " ".join((prefix + out).split()).endswith(tasks[-1])
+            cut = len(tasks) if getattr(out, "cut", False) and runs_to_end else None
+            for i, t in enumerate(tasks[:s.new_per_prompt], 1):
+                if i == cut:
+                    result.reject("cut_at_token_limit", stage="instruction", instruction=t, provenance=prov)
+                    continue
                 reason, detail = instruction_filter(t, f, dedup, pool)
                 if reason:
                     result.reject(reason, stage="instruction", instruction=t, **detail, provenance=prov)
@@ -135,7 +144,7 @@ def _instances(complete, pending, seeds, cls_shots, s, f, rng, result, dedup, po
                 reason, detail = "invalid_record", str(e)
         if reason:
             extra = {"detail": detail} if reason == "invalid_record" else {}
-            result.reject(reason, stage="instance", instruction=p["instruction"], generation=out,
+            result.reject(reason, stage="instance", instruction=p["instruction"], generation=str(out),
                           is_classification=p["is_classification"], provenance=p["provenance"], **extra)
             dedup.remove(p["instruction"])
             pool.remove(p["instruction"])
@@ -143,6 +152,7 @@ def _instances(complete, pending, seeds, cls_shots, s, f, rng, result, dedup, po
         rid = f"si_r{rnd}_{i}"
         row = {**record, "id": rid, "instruction": p["instruction"], "input": inst["input"],
                "output": inst["output"], "is_classification": p["is_classification"],
-               "rouge_l_to_pool": p["rouge_l"], "provenance": p["provenance"]}
+               "rouge_l_to_pool": p["rouge_l"], "cut_at_token_limit": bool(getattr(out, "cut", False)),
+               "provenance": p["provenance"]}
         result.records.append(row)
         machine.append({"id": rid, "instruction": p["instruction"]})

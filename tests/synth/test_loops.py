@@ -171,5 +171,28 @@ def test_evol_rounds_rules_and_provenance():
                                    "parent": "f", "parent_prompt": "Name a fruit.", "root": "f", "depth": 1}
     assert second["provenance"]["parent"] == first["id"] and second["provenance"]["depth"] == 2
     assert second["provenance"]["root"] == "f"
-    assert first["completion"].startswith("It is a juicy fruit")
+    assert first["completion"].startswith("It is a juicy fruit") and first["cut_at_token_limit"] is False
     assert result.rounds == [{"round": 0, "candidates": 4, "kept": 1}, {"round": 1, "candidates": 4, "kept": 1}]
+
+
+@pytest.mark.parametrize("cut", [True, False])
+def test_a_generation_cut_at_the_token_limit_loses_its_last_task(cut):
+    from rlhf_jax.synth.generator import Completion
+
+    def complete(prompts, max_new_tokens):
+        out = []
+        for _, prefix in prompts:
+            if prefix.startswith("Task"):
+                text = Completion(" Write a limerick about a cat.\nTask 5: Describe the water cycle in three")
+                text.cut = cut
+                out.append(text)
+            else:
+                out.append(" No" if prefix.startswith("Is") else " <noinput>\nOutput: An answer.")
+        return out
+    cfg = small_config()
+    cfg.self_instruct.update(prompts_per_round=1, max_rounds=1)
+    c = run_self_instruct(complete, SEEDS, n=10, cfg=cfg).counts()
+    if cut:
+        assert c == {"candidates": 2, "kept": 1, "rejected": {"cut_at_token_limit": 1}}
+    else:  # ended at EOS: the short last task is whole
+        assert c == {"candidates": 2, "kept": 2, "rejected": {}}

@@ -16,6 +16,8 @@ def test_parse_tasks_numbered_lines_continuations_and_stop():
     # the model's own example instance is not part of a task
     assert parse.parse_tasks("Task 9: Sort the list.\nInput: 3, 1, 2\nOutput: 1, 2, 3", 9) == ["Sort the list."]
     assert parse.parse_tasks("Task 9 : Spaced colon.", 9) == ["Spaced colon."]
+    # other text after a finished task ends the list; an unfinished one continues on the next line
+    assert parse.parse_tasks("Task 9: Find x.\nNow, with these new tasks in mind\nTask 10: y", 9) == ["Find x."]
     assert parse.parse_tasks("Sure! Here are some tasks you might like.", 9) == []
     assert parse.parse_tasks("Task 9:", 9) == []
 

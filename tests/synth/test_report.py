@@ -29,7 +29,7 @@ def test_verb_object_heuristic():
 def test_report_counts_lengths_verbs_and_overlap():
     rep = build_report(RECORDS, REJECTED, SEEDS)
     assert rep["counts"] == {"candidates": 6, "kept": 3, "rejected": {"malformed": 1, "rouge_similar": 2},
-                             "kept_fraction": 0.5}
+                             "kept_fraction": 0.5, "kept_output_cut_at_token_limit": 0}
     # instruction lengths 6, 6, 4 words; outputs 3, 1, 5 words (means rounded to 3 decimals)
     li, lo = rep["lengths"]["instruction_words"], rep["lengths"]["output_words"]
     assert li["n"] == 3 and li["mean"] == pytest.approx(16 / 3, abs=5e-4) and li["max"] == 6
