@@ -79,6 +79,9 @@ EVOL_METHODS = {
 BLOCKLIST = ("image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps", "draw",
              "plot", "go to", "video", "audio", "music", "flowchart", "diagram")
 REFUSALS = ("sorry", "as an ai", "i cannot", "i can't", "i am unable", "i'm unable", "as a language model")
+# a rewrite that answers the rewriter instead of being a prompt (common in small models)
+REPLY_OPENERS = ("sure", "certainly", "of course", "absolutely", "okay", "i'm ready", "i am ready", "i'd be happy",
+                 "i would be happy", "i'm happy", "i am happy", "here is", "here's")
 TEMPLATE_WORDS = ("#the given prompt#", "#rewritten prompt#", "#created prompt#", "given prompt", "rewritten prompt",
                   "created prompt")
 
@@ -109,14 +112,14 @@ def get_config(arg: str | None = None) -> ConfigDict:
         rewrite_tokens=96, response_tokens=192,
         # elimination rules (rlhf_jax/synth/evol.py): (1) no new information, (2) refusal / too short, (3) copies
         same_rouge=0.9, min_new_words=1, refusals=REFUSALS, refusal_max_words=80, min_response_words=3,
-        template_words=TEMPLATE_WORDS))
+        template_words=TEMPLATE_WORDS, reply_openers=REPLY_OPENERS))
     if "cpu" in variants:
         # top-p sorts the 49,152-token vocabulary at every step: 0.7 s of a 1.0 s decoding step at 16 rows
         # on this 2-core CPU (top-k 50: 0.5 s, neither: 0.33 s); prompt tokens cost as much as the rest
         c.sampling.update(batch_size=16, top_p=1.0, top_k=50)
         c.self_instruct.update(instruction_tokens=128, instance_tokens=96, prompts_per_round=16,
                                is_class_examples=4, instance_examples=1)
-        c.evol_instruct.update(rewrite_tokens=64, response_tokens=96)
+        c.evol_instruct.update(rewrite_tokens=96, response_tokens=96)
     if "smoke" in variants:
         c.sampling.update(batch_size=4, max_prompt_len=256, prompt_bucket=32)
         c.self_instruct.update(k_seed=2, k_machine=1, new_per_prompt=2, prompts_per_round=4, max_rounds=3,

@@ -87,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--seed-tasks", type=Path, default=None, help=f"default: $RLHF_JAX_DATA_DIR/{SEED_TASKS}")
         if name == "self_instruct":
             p.add_argument("--n", type=int, default=500, help="stop once this many records are kept")
-            p.add_argument("--max-candidates", type=int, default=None, help="or once this many candidates")
+            p.add_argument("--max-candidates", type=int, default=None,
+                           help="or once this many candidates (checked between rounds)")
         else:
             p.add_argument("--instructions", type=Path, default=None, help="default: the seed tasks")
             p.add_argument("--limit", type=int, default=None, help="evolve a seeded sample of this many")

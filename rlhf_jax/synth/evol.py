@@ -3,8 +3,9 @@
 Each round, every instruction of the current pool gets one operation drawn (seeded) from
 `evol_instruct.operations`: an in-depth rewrite (add_constraints, deepening, concretizing,
 increased_reasoning: the `depth` template with that method) or in-breadth mutation (`breadth`: a new
-prompt in the same domain). The rewrite is parsed (`parse.parse_rewrite`; empty: `malformed`), checked
-against elimination rules 3 (`copies_template`) and 1 (`no_new_information`) before a response is
+prompt in the same domain). The rewrite is parsed (`parse.parse_rewrite`; empty: `malformed`; one that
+runs into `rewrite_tokens`: `cut_at_token_limit`), checked against elimination rule 3
+(`copies_template`), `rewrite_is_reply` and rule 1 (`no_new_information`) before a response is
 generated (a response would be wasted on it), then answered, and the response checked against rule 2
 (`refusal`, `response_too_short`); see `filters.py` for each rule's exact test.
 
@@ -21,7 +22,7 @@ from typing import Callable
 
 from rlhf_jax.data.records import FieldError, validate_sft
 from rlhf_jax.synth import templates
-from rlhf_jax.synth.filters import copies_template, evol_rule, no_new_information
+from rlhf_jax.synth.filters import copies_template, evol_rule, no_new_information, rewrite_is_reply
 from rlhf_jax.synth.parse import parse_rewrite
 from rlhf_jax.synth.self_instruct import RunResult
 
@@ -49,8 +50,12 @@ def run_evol_instruct(complete: Callable, instructions: list[dict], rounds: int,
             reason = None
             if evolved is None:
                 reason = "malformed"
+            elif getattr(out, "cut", False) and " ".join(out.split()).endswith(evolved):
+                reason = "cut_at_token_limit"  # the rewrite runs into the token limit: it may stop mid-sentence
             elif copies_template(evolved, e.template_words):
                 reason = "copies_template"
+            elif rewrite_is_reply(evolved, e.refusals, e.reply_openers):
+                reason = "rewrite_is_reply"
             elif no_new_information(x["prompt"], evolved, e.same_rouge, e.min_new_words):
                 reason = "no_new_information"
             if reason:

@@ -19,6 +19,8 @@ Evol-Instruct (Xu et al. 2023, section 3.2), `evol_rule`:
     `refusal_max_words` words (the paper's rule: "sorry" and < 80 words); `response_too_short`: fewer than
     `min_response_words` words, or nothing but punctuation and stopwords;
 (3) `copies_template`: the rewrite copies words of the evolving prompt ("#Rewritten Prompt#", "given prompt").
+Beyond the paper, for small models: `rewrite_is_reply`, the "rewrite" is a reply to the rewriter, not a
+prompt: it holds a refusal phrase or opens like an answer ("Sure", "I'm ready", "Here is").
 """
 from __future__ import annotations
 
@@ -214,12 +216,20 @@ def copies_template(evolved: str, template_words: Sequence[str]) -> str | None:
     return next((w for w in template_words if w.lower() in low), None)
 
 
+def rewrite_is_reply(evolved: str, refusals: Sequence[str], openers: Sequence[str]) -> bool:
+    """The rewrite answers the rewriter: a refusal phrase anywhere, or a reply opener first."""
+    low = " ".join(evolved.lower().split())
+    return any(p in low for p in refusals) or any(re.match(re.escape(o) + r"\b", low) for o in openers)
+
+
 def evol_rule(original: str, evolved: str, response: str, e) -> str | None:
     """The first elimination rule a failed evolution breaks, or None; `e` is the config's
     `evol_instruct` block. Rule 3 is checked first: a rewrite that copies the template is a failure
     whatever its response."""
     if copies_template(evolved, e.template_words):
         return "copies_template"
+    if rewrite_is_reply(evolved, e.refusals, e.reply_openers):
+        return "rewrite_is_reply"
     if no_new_information(original, evolved, e.same_rouge, e.min_new_words):
         return "no_new_information"
     if refusal(response, e.refusals, e.refusal_max_words):

@@ -6,17 +6,21 @@
 - root verb / direct object of the kept instructions. No parser runs offline here (nltk's tagger data
   is not installed), so a small dependency-free heuristic stands in for the paper's Berkeley parser:
   drop leading politeness words ("please", "can you", "i want you to", ...); an instruction that then
-  starts with a wh-word or an auxiliary ("what", "how", "is", "does", ...) is a question and has no root
-  verb; otherwise the verb is its first word, and the object is the next word that is not a determiner,
-  pronoun, preposition or one of a few common adjectives (`_SKIP`). It misreads nouns used as the first
-  word ("Sentence: ...") and phrasal objects; it is a coarse view, named `heuristic` in the JSON;
+  starts with a wh-word or an auxiliary ("what", "how", "is", "does", ...) is a question, one that
+  starts with a determiner, pronoun, preposition or conjunction ("the", "i", "in", "if", ...) is
+  `other` (a statement, not an imperative); neither has a root verb. Otherwise the verb is its first
+  word, and the object is the next word that is not a determiner, pronoun, preposition, conjunction or
+  one of a few common adjectives (`_SKIP`). It misreads nouns used as the first word ("Sentence: ...")
+  and phrasal objects; it is a coarse view, named `heuristic` in the JSON;
 - ROUGE-L overlap with the seed pool: each kept instruction's highest ROUGE-L F against the seed
-  instructions (Self-Instruct's Figure 3), histogram over [0, 1] in bins of 0.1.
+  instructions (Self-Instruct's Figure 3), histogram over [0, 1] in bins of 0.1;
+- `examples`: `n_examples` kept records drawn at random (random.Random(0)), to read.
 """
 from __future__ import annotations
 
 import collections
 import json
+import random
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,13 +36,24 @@ WH = frozenset("what how why which who whom whose where when is are was were do 
 _SKIP = frozenset("a an the this that these those some any each every all your my our their his her its me us "
                   "them him it you one two three few several many more new short brief simple good list of for to "
                   "in on about with from by into up out down following given next first best most interesting "
-                  "possible different creative detailed".split())
-HEURISTIC = "first-word verb / next non-determiner word object, after politeness words; wh-word or auxiliary = question"
+                  "possible different creative detailed and or but that which".split())
+# words that cannot start an imperative ("list" can: "List three fruits")
+NOT_VERB = (_SKIP - {"list"}) | frozenset("i we he she they there here if as at so because while after before since "
+                                          "though although unless whether i'm i'd i'll it's here's there's "
+                                          "sure yes no".split())
+HEURISTIC = ("first-word verb / next non-determiner word object, after politeness words; a wh-word or auxiliary "
+             "first = question, a determiner / pronoun / preposition / conjunction first = other")
 
 
-def verb_object(instruction: str) -> tuple[str | None, str | None]:
-    """(root verb, direct object) by the heuristic of the module docstring; (None, None) for a question,
-    (verb, None) when no object word follows."""
+def instruction_kind(instruction: str) -> str:
+    """'question', 'other' or 'imperative' (see the module docstring)."""
+    ws = _strip_polite(instruction).split()
+    if not ws or ws[0] in WH:
+        return "question"
+    return "other" if ws[0] in NOT_VERB else "imperative"
+
+
+def _strip_polite(instruction: str) -> str:
     text = " " + " ".join(re.findall(r"[a-z']+", instruction.lower())) + " "
     changed = True
     while changed:
@@ -46,9 +61,15 @@ def verb_object(instruction: str) -> tuple[str | None, str | None]:
         for p in POLITE:
             if text.startswith(f" {p} "):
                 text, changed = text[len(p) + 1:], True
-    ws = text.split()
-    if not ws or ws[0] in WH:
+    return text
+
+
+def verb_object(instruction: str) -> tuple[str | None, str | None]:
+    """(root verb, direct object) by the heuristic of the module docstring; (None, None) for a question
+    or another non-imperative, (verb, None) when no object word follows."""
+    if instruction_kind(instruction) != "imperative":
         return None, None
+    ws = _strip_polite(instruction).split()
     obj = next((w for w in ws[1:] if w not in _SKIP and not w.endswith("ly")), None)
     return ws[0], obj
 
@@ -74,7 +95,7 @@ def instruction_of(record: dict) -> str:
 
 
 def build_report(records: list[dict], rejected: list[dict], seed_instructions: Sequence[str],
-                 run: dict | None = None, top: int = 20) -> dict[str, Any]:
+                 run: dict | None = None, top: int = 20, n_examples: int = 10) -> dict[str, Any]:
     """The report as a dict (see the module docstring)."""
     by = collections.Counter(r["reason"] for r in rejected)
     counts = {"candidates": len(records) + len(rejected), "kept": len(records), "rejected": dict(sorted(by.items()))}
@@ -95,13 +116,17 @@ def build_report(records: list[dict], rejected: list[dict], seed_instructions: S
     verbs = collections.Counter(v for v, _ in pairs if v)
     objects = {v: collections.Counter(o for vv, o in pairs if vv == v and o).most_common(4)
                for v, _ in verbs.most_common(top)}
-    diversity = {"heuristic": HEURISTIC, "questions": sum(v is None for v, _ in pairs),
+    kinds = collections.Counter(instruction_kind(t) for t in instr)
+    diversity = {"heuristic": HEURISTIC, "questions": kinds["question"], "other": kinds["other"],
                  "distinct_verbs": len(verbs), "distinct_verb_object": len({p for p in pairs if p[0] and p[1]}),
                  "top_verbs": [{"verb": v, "n": n, "objects": dict(objects[v])} for v, n in verbs.most_common(top)]}
     seeds = RougePool(seed_instructions)
     overlap = [seeds.max_score(t)[0] for t in instr]
+    picked = random.Random(0).sample(range(len(records)), min(n_examples, len(records)))
+    examples = [{k: records[i][k] for k in ("id", "prompt", "completion", "provenance") if k in records[i]}
+                for i in sorted(picked)]
     out = {"counts": counts, "lengths": lengths, "verb_object": diversity,
-           "rouge_l_to_seeds": histogram(overlap, np.linspace(0, 1, 11))}
+           "rouge_l_to_seeds": histogram(overlap, np.linspace(0, 1, 11)), "examples": examples}
     if run:
         out["run"] = {k: run[k] for k in ("method", "model", "seconds", "rounds", "generator", "command") if k in run}
         if "rounds" in run and run["rounds"]:
@@ -134,7 +159,8 @@ def plot_report(report: dict[str, Any], path: str | Path, title: str = "") -> Pa
     for i, t in enumerate(top[::-1]):
         obj = ", ".join(list(t["objects"])[:3])
         ax[1, 0].text(t["n"], i, f" {obj}", va="center", fontsize=7)
-    ax[1, 0].set_title(f"root verbs (objects), heuristic; {report['verb_object']['questions']} questions")
+    vo = report["verb_object"]
+    ax[1, 0].set_title(f"root verbs (objects), heuristic; {vo['questions']} questions, {vo.get('other', 0)} other")
     r = report["rouge_l_to_seeds"]
     ax[1, 1].stairs(r["counts"], np.asarray(r["bin_edges"]), fill=True)
     ax[1, 1].set_xlabel("max ROUGE-L F to a seed instruction")

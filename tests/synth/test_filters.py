@@ -152,3 +152,12 @@ def test_evol_rule_names_the_first_broken_rule():
     assert F.evol_rule(orig, "About the sea, write a poem.", ok_response, E) == "no_new_information"
     assert F.evol_rule(orig, good, "Sorry, I cannot write poems.", E) == "refusal"
     assert F.evol_rule(orig, good, "Waves.", E) == "response_too_short"
+    assert F.evol_rule(orig, "Sure! Here is a poem about the sea at night.", ok_response, E) == "rewrite_is_reply"
+
+
+def test_rewrite_is_reply():
+    assert F.rewrite_is_reply("Sure, I'd be happy to help!", E.refusals, E.reply_openers)
+    assert F.rewrite_is_reply("I'm ready to help. What's the prompt?", E.refusals, E.reply_openers)
+    assert F.rewrite_is_reply("Write a poem. I'm sorry, I cannot do more.", E.refusals, E.reply_openers)
+    assert not F.rewrite_is_reply("Surely you can name three rivers in Peru?", E.refusals, E.reply_openers)
+    assert not F.rewrite_is_reply("Write a sonnet about the sea at night.", E.refusals, E.reply_openers)

@@ -133,6 +133,7 @@ class EvolScripted:
         "Write a poem about the sea.": ["#Rewritten Prompt#: Write a poem about the sea at night."],
         "Describe a cat.": ["Describe a cat.\n\nA cat is an animal."],
         "Explain gravity.": ["Explain gravity to a ten year old using an example with apples and the Moon."],
+        "Say hello.": ["Sure, I'd be happy to help with that."],
     }
 
     def __init__(self):
@@ -158,13 +159,15 @@ def test_evol_rounds_rules_and_provenance():
     cfg = get_config()
     cfg.evol_instruct.operations = ("add_constraints",)
     inputs = [{"id": "f", "prompt": "Name a fruit."}, {"id": "p", "prompt": "Write a poem about the sea."},
-              {"id": "c", "prompt": "Describe a cat."}, {"id": "g", "prompt": "Explain gravity."}]
+              {"id": "c", "prompt": "Describe a cat."}, {"id": "g", "prompt": "Explain gravity."},
+              {"id": "h", "prompt": "Say hello."}]
     result = run_evol_instruct(EvolScripted(), inputs, rounds=2, cfg=cfg)
     c = result.counts()
-    # round 1: fruit kept; poem copies the template; cat says nothing new; gravity's answer refuses.
-    # round 2: the evolved fruit prompt evolves again (kept), the three failures are retried and fail again.
-    assert c == {"candidates": 8, "kept": 2,
-                 "rejected": {"copies_template": 2, "no_new_information": 2, "refusal": 2}}
+    # round 1: fruit kept; poem copies the template; cat says nothing new; gravity's answer refuses; the
+    # rewrite of "Say hello." answers the rewriter. Round 2: the evolved fruit prompt evolves again (kept),
+    # the four failures are retried and fail again.
+    assert c == {"candidates": 10, "kept": 2, "rejected": {"copies_template": 2, "no_new_information": 2,
+                                                          "refusal": 2, "rewrite_is_reply": 2}}
     first, second = result.records
     assert first["prompt"] == "Name a tropical fruit that grows in Brazil and explain how it is eaten."
     assert first["provenance"] == {"method": "evol_instruct", "round": 0, "operation": "add_constraints",
@@ -172,7 +175,25 @@ def test_evol_rounds_rules_and_provenance():
     assert second["provenance"]["parent"] == first["id"] and second["provenance"]["depth"] == 2
     assert second["provenance"]["root"] == "f"
     assert first["completion"].startswith("It is a juicy fruit") and first["cut_at_token_limit"] is False
-    assert result.rounds == [{"round": 0, "candidates": 4, "kept": 1}, {"round": 1, "candidates": 4, "kept": 1}]
+    assert result.rounds == [{"round": 0, "candidates": 5, "kept": 1}, {"round": 1, "candidates": 5, "kept": 1}]
+
+
+def test_evol_a_rewrite_cut_at_the_token_limit_is_rejected():
+    from rlhf_jax.synth.generator import Completion
+
+    def complete(prompts, max_new_tokens):
+        if "#The Given Prompt#" not in prompts[0][0][-1]["content"]:
+            return ["A long and careful answer about rivers in South America."] * len(prompts)
+        cut = Completion(" Name three rivers in Peru and, for each, the ocean it flows into and")
+        cut.cut = True
+        whole = Completion(" Name three rivers in Peru.\n\nThe Amazon, the")  # cut later, after the rewrite
+        whole.cut = True
+        return [cut, whole]
+    cfg = get_config()
+    cfg.evol_instruct.operations = ("deepening",)
+    c = run_evol_instruct(complete, [{"id": "a", "prompt": "Name a river."}, {"id": "b", "prompt": "Name a river."}],
+                          rounds=1, cfg=cfg).counts()
+    assert c == {"candidates": 2, "kept": 1, "rejected": {"cut_at_token_limit": 1}}
 
 
 @pytest.mark.parametrize("cut", [True, False])

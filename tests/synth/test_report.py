@@ -4,7 +4,7 @@ import json
 import pytest
 
 from rlhf_jax.synth.io import write_jsonl
-from rlhf_jax.synth.report import build_report, verb_object, write_report
+from rlhf_jax.synth.report import build_report, instruction_kind, verb_object, write_report
 
 RECORDS = [
     {"prompt": "Write a poem about the sea.", "completion": "Waves roll in.",
@@ -24,6 +24,11 @@ def test_verb_object_heuristic():
     assert verb_object("Can you give me some examples of verbs?") == ("give", "examples")
     assert verb_object("What is the capital of France?") == (None, None)
     assert verb_object("Summarize.") == ("summarize", None)
+    assert verb_object("Find the smallest and largest number.") == ("find", "smallest")
+    assert verb_object("Compare apples and oranges.") == ("compare", "apples")
+    assert verb_object("The sentence is long.") == (None, None) and instruction_kind("The sentence is long.") == "other"
+    assert instruction_kind("Could you tell me why?") == "imperative"  # "could you" is dropped: "tell me why"
+    assert instruction_kind("Why is the sky blue?") == "question"
 
 
 def test_report_counts_lengths_verbs_and_overlap():
@@ -36,12 +41,14 @@ def test_report_counts_lengths_verbs_and_overlap():
     assert sum(li["counts"]) == 3 and lo["mean"] == pytest.approx(3.0)
     assert rep["lengths"]["input_words"]["mean"] == pytest.approx(1.0)
     vo = rep["verb_object"]
-    assert vo["questions"] == 1 and vo["distinct_verbs"] == 2 and vo["distinct_verb_object"] == 2
+    assert vo["questions"] == 1 and vo["other"] == 0 and vo["distinct_verbs"] == 2 and vo["distinct_verb_object"] == 2
     assert {v["verb"]: v["objects"] for v in vo["top_verbs"]} == {"write": {"poem": 1}, "list": {"fruits": 1}}
     # max ROUGE-L to the seed: 1.0 (the seed itself); 1/6 ("the" shared of 6 and 6 tokens); 0
     r = rep["rouge_l_to_seeds"]
     assert r["counts"] == [1, 1, 0, 0, 0, 0, 0, 0, 0, 1]
     assert r["mean"] == pytest.approx((1 + 1 / 6) / 3, abs=5e-4)
+    assert [e["prompt"] for e in rep["examples"]] == [r["prompt"] for r in RECORDS]  # all 3 of at most 10
+    assert len(build_report(RECORDS, REJECTED, SEEDS, n_examples=2)["examples"]) == 2
 
 
 def test_report_refuses_files_of_another_run():
