@@ -150,7 +150,8 @@ def generate(args) -> int:
     write_jsonl(out / "rejected.jsonl", result.rejected)
     run = {"method": args.command, "model": str(args.model), "reference": str(reference), "inputs": len(inputs),
            "seconds": round(seconds, 1), "load_seconds": round(load_s, 1), "counts": result.counts(),
-           "rounds": result.rounds, "generator": gen.stats.as_dict(), "command": shlex.join(sys.argv),
+           "rounds": result.rounds, "generator": gen.stats.as_dict(),
+           "command": "python -m rlhf_jax.generate_data " + shlex.join(args.argv),
            "config": cfg.to_dict()}
     (out / "run.json").write_text(json.dumps(run, indent=1, default=list) + "\n")
     report = write_report(out, _reference(Path(reference)), title=f"{args.command}: {Path(str(args.model)).name}")
@@ -166,13 +167,16 @@ def report(args) -> int:
             raise FileNotFoundError(f"{d / name}: missing; is {d} the --out of a generation run?")
     run = json.loads((d / "run.json").read_text()) if (d / "run.json").is_file() else {}
     reference = args.seed_tasks or (Path(run["reference"]) if "reference" in run else _seed_file(args))
-    rep = write_report(d, _reference(reference), title=f"{run.get('method', 'generated set')}")
+    title = run.get("method", "generated set") + (f": {Path(run['model']).name}" if "model" in run else "")
+    rep = write_report(d, _reference(reference), title=title)
     print(json.dumps(rep["counts"], indent=1))
     return 0
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    args.argv = argv
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from rlhf_jax.data.records import DataError
     try:

@@ -217,8 +217,9 @@ def copies_template(evolved: str, template_words: Sequence[str]) -> str | None:
 
 
 def rewrite_is_reply(evolved: str, refusals: Sequence[str], openers: Sequence[str]) -> bool:
-    """The rewrite answers the rewriter: a refusal phrase anywhere, or a reply opener first."""
-    low = " ".join(evolved.lower().split())
+    """The rewrite answers the rewriter: a refusal phrase anywhere, or a reply opener first (after any
+    leading emoji, quotes or punctuation)."""
+    low = re.sub(r"^[^a-z0-9]+", "", " ".join(evolved.lower().split()))
     return any(p in low for p in refusals) or any(re.match(re.escape(o) + r"\b", low) for o in openers)
 
 

@@ -142,8 +142,8 @@ def plot_report(report: dict[str, Any], path: str | Path, title: str = "") -> Pa
     fig, ax = plt.subplots(2, 2, figsize=(12, 8))
     c = report["counts"]
     names = ["kept"] + list(c["rejected"])
-    ax[0, 0].barh(names[::-1], ([c["kept"]] + list(c["rejected"].values()))[::-1],
-                  color=["tab:green"] + ["tab:red"] * len(c["rejected"]))
+    colors = ["tab:green"] + ["tab:red"] * len(c["rejected"])
+    ax[0, 0].barh(names[::-1], ([c["kept"]] + list(c["rejected"].values()))[::-1], color=colors[::-1])
     ax[0, 0].set_title(f"{c['candidates']} candidates: kept and rejected per reason")
     for name, h in (("instruction_words", "instruction"), ("output_words", "output")):
         hist = report["lengths"][name]

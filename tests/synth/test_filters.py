@@ -158,6 +158,7 @@ def test_evol_rule_names_the_first_broken_rule():
 def test_rewrite_is_reply():
     assert F.rewrite_is_reply("Sure, I'd be happy to help!", E.refusals, E.reply_openers)
     assert F.rewrite_is_reply("I'm ready to help. What's the prompt?", E.refusals, E.reply_openers)
+    assert F.rewrite_is_reply("\U0001f92a\U0001f31f I'm ready to help.", E.refusals, E.reply_openers)  # emoji first
     assert F.rewrite_is_reply("Write a poem. I'm sorry, I cannot do more.", E.refusals, E.reply_openers)
     assert not F.rewrite_is_reply("Surely you can name three rivers in Peru?", E.refusals, E.reply_openers)
     assert not F.rewrite_is_reply("Write a sonnet about the sea at night.", E.refusals, E.reply_openers)
