@@ -163,8 +163,8 @@ def plot_report(report: dict[str, Any], path: str | Path, title: str = "") -> Pa
     ax[1, 0].set_title(f"root verbs (objects), heuristic; {vo['questions']} questions, {vo.get('other', 0)} other")
     r = report["rouge_l_to_seeds"]
     ax[1, 1].stairs(r["counts"], np.asarray(r["bin_edges"]), fill=True)
-    ax[1, 1].set_xlabel("max ROUGE-L F to a seed instruction")
-    ax[1, 1].set_title("overlap with the seed pool")
+    ax[1, 1].set_xlabel("max ROUGE-L F to an instruction of the input pool (seeds, or the evolved inputs)")
+    ax[1, 1].set_title("overlap with the input pool")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
