@@ -54,7 +54,7 @@ items = sa.Table(
     sa.Column("prompt", sa.Text, nullable=False),
     sa.Column("responses", sa.JSON, nullable=False),
     sa.Column("meta", sa.JSON, nullable=False),
-    sa.Column("gold", sa.JSON, nullable=True))
+    sa.Column("gold", sa.JSON(none_as_null=True), nullable=True))
 tasks = sa.Table(
     "tasks", metadata,
     sa.Column("id", sa.Integer, primary_key=True),
