@@ -199,7 +199,7 @@ def test_pages_carry_the_dom_hooks_and_forms_walk_the_queue(app):
         form = {"client_id": hidden(html, "client_id")}
         if kind == "ranking":
             assert '<ol id="ranking">' in html and 'id="ranks-json"' in html
-            assert len(re.findall(r'<li class="response" data-slot="\d" tabindex="0" draggable="true">', html)) == 3
+            assert len(re.findall(r'<li class="response" data-slot="\d" data-rank-label="\d" tabindex="0" draggable="true">', html)) == 3
             form["ranks-json"] = "[1, 0, 2]"
         elif kind == "rating":
             assert html.count('name="score-helpfulness"') == 5 and 'id="comment"' in html
