@@ -245,3 +245,19 @@ def test_report_rows_sorts_leaves_into_the_three_tables():
     assert rows["agreement"] == [("ranking.alpha", "0.500")]
     assert rows["gold"] == [("gold_threshold", "0.700"), ("ranking.gold.a.accuracy", "1.000")]
     assert rows["bias"] == [("ranking.bias.length_corr.spearman", "-")]
+
+
+def test_the_api_on_postgresql(pg_url):
+    """The same app on a PostgreSQL server: a label round trip, the double submit and the 409."""
+    store = open_store(pg_url)
+    token = store.add_annotator("a")
+    store.create_batch("r", "ranking", [{"prompt": "p", "responses": ["x", "y", "z"]}], None, seed=0)
+    client = TestClient(create_app(store))
+    assert client.get("/healthz").json() == {"ok": True}
+    task = next_task(client, token)
+    codes = [post(client, token, task["id"], {"ranks": [0, 1, 2]}, cid).status_code for cid in ("c", "c", "d")]
+    assert codes == [201, 200, 409]
+    row = store.label_rows()[0]
+    assert [row["value"]["ranks"][i] for i in row["display"]] == [0, 1, 2]  # back in display order
+    assert client.get("/api/next", headers=auth(token)).status_code == 204
+    store.close()
