@@ -261,3 +261,17 @@ def test_the_api_on_postgresql(pg_url):
     assert [row["value"]["ranks"][i] for i in row["display"]] == [0, 1, 2]  # back in display order
     assert client.get("/api/next", headers=auth(token)).status_code == 204
     store.close()
+
+
+def test_a_full_length_demonstration_in_any_script_fits_the_body_limit(app):
+    """20,000 characters of CJK text (3 UTF-8 bytes each) posted as the page's multipart form (raw
+    UTF-8) stays under 64 KiB; url-encoding would have tripled it past the limit."""
+    store, client, tokens = app
+    client.cookies.set("label_token", tokens["a"])
+    tid = task_of_kind(store, tokens["a"], "sft")
+    assert 'enctype="multipart/form-data"' in client.get(f"/task/{tid}").text
+    text = "漢" * 20_000
+    r = client.post(f"/task/{tid}", files={"completion": (None, text), "client_id": (None, "c1")},
+                    follow_redirects=False)
+    assert r.status_code == 303, r.text[:200]
+    assert store.label_rows(kind="sft")[0]["value"]["completion"] == text
