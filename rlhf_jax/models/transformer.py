@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from rlhf_jax.models import layers as L
 from rlhf_jax.models.config import ModelConfig
 from rlhf_jax.models.heads import make_head
+from rlhf_jax.models.lowrank import project
 
 # ModelConfig.remat -> the jax.checkpoint policy of each block ("none": no jax.checkpoint at all)
 REMAT_POLICIES = {
@@ -96,9 +97,9 @@ def _block(cfg: ModelConfig, w, x_BxTxD, positions_BxT, mask_BxTxS, cache_kv, ca
     rngs = jax.random.split(rng, 3) if rng is not None else (None, None, None)
 
     h = L.norm(x_BxTxD, w["attn_norm_scale"], w.get("attn_norm_bias"), cfg)
-    q = jnp.einsum("btd,dhk->bthk", h, w["wq"])
-    k = jnp.einsum("btd,dgk->btgk", h, w["wk"])
-    v = jnp.einsum("btd,dgk->btgk", h, w["wv"])
+    q = project(h, w["wq"], "btd,dhk->bthk")
+    k = project(h, w["wk"], "btd,dgk->btgk")
+    v = project(h, w["wv"], "btd,dgk->btgk")
     if cfg.qkv_bias:
         q, k, v = q + w["bq"], k + w["bk"], v + w["bv"]
     if cfg.position == "rope":
@@ -116,7 +117,7 @@ def _block(cfg: ModelConfig, w, x_BxTxD, positions_BxT, mask_BxTxS, cache_kv, ca
         att = L.fused_attention(q, k.astype(dt), v.astype(dt), mask_BxTxS, aligned=cache_kv is None,
                                 window=cfg.sliding_window,
                                 implementation="cudnn" if cfg.attention_impl == "cudnn" else None)
-    att = jnp.einsum("bthk,hkd->btd", att, w["wo"])
+    att = project(att, w["wo"], "bthk,hkd->btd")
     if cfg.out_bias:
         att = att + w["bo"]
     att = L.dropout(att, rngs[1], cfg.dropout_rate)
@@ -130,13 +131,13 @@ def _block(cfg: ModelConfig, w, x_BxTxD, positions_BxT, mask_BxTxS, cache_kv, ca
 
 
 def _mlp(cfg: ModelConfig, w, h_BxTxD, rng):
-    up = h_BxTxD @ w["w_up"] + (w["b_up"] if cfg.mlp_bias else 0)
+    up = project(h_BxTxD, w["w_up"]) + (w["b_up"] if cfg.mlp_bias else 0)
     if cfg.mlp == "swiglu":
-        gate = h_BxTxD @ w["w_gate"] + (w["b_gate"] if cfg.mlp_bias else 0)
+        gate = project(h_BxTxD, w["w_gate"]) + (w["b_gate"] if cfg.mlp_bias else 0)
         hidden = L.activation(gate, cfg.activation) * up
     else:
         hidden = L.activation(up, cfg.activation)
-    out = hidden @ w["w_down"] + (w["b_down"] if cfg.out_bias else 0)
+    out = project(hidden, w["w_down"]) + (w["b_down"] if cfg.out_bias else 0)
     return L.dropout(out, rng, cfg.dropout_rate)
 
 

@@ -63,7 +63,7 @@ def adapters(ctx, block, init, salt: int, extras: tuple[str, ...] = (), base=Non
     if base is None:
         base = commit(lora_lib.quantize(init) if block.lora_int8 else init, ctx.mesh)
     params = lora_lib.split(init, lora, jax.random.fold_in(ctx.rng, salt), extras=extras)
-    return params, base, (lambda p: lora_lib.view(base, p, lora))
+    return params, base, (lambda p: lora_lib.full(base, p, lora))
 
 
 def train_state(params, tx, members: int = 0) -> TrainState:

@@ -38,7 +38,7 @@ def _reference(graphdef, hp, batch, policy: SequenceLogprobs, ref_params):
         return None
     if ref_params is None:  # cached: same tokens, so the policy's counts are the reference's
         return SequenceLogprobs(batch["ref_logp"], policy.count_BxK)
-    return jax.lax.stop_gradient(response_logprobs(graphdef, lora_lib.dequantize(ref_params), batch))
+    return jax.lax.stop_gradient(response_logprobs(graphdef, lora_lib.lowrank_base(ref_params), batch))
 
 
 def dpo_loss(graphdef, hp):
@@ -60,7 +60,7 @@ def make_dpo_step(graphdef, tx, schedule, hp, lora=None):
 
 def reference_logprobs(graphdef, ref_params, arrays, batch_size: int) -> np.ndarray:
     """The reference's [N, K] summed response log-probs over a whole dataset, computed once."""
-    fn = jax.jit(lambda p, b: response_logprobs(graphdef, lora_lib.dequantize(p), b).sum_BxK)
+    fn = jax.jit(lambda p, b: response_logprobs(graphdef, lora_lib.lowrank_base(p), b).sum_BxK)
     keys = ("tokens", "mask", "loss_mask")
     n = len(arrays["tokens"])
     out = []

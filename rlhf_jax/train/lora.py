@@ -2,8 +2,9 @@
 
 Only the adapters are trained: they form the train state (so the optimizer moments and the
 checkpoints are adapter-sized), the base weights are passed to the step as a frozen
-constant, and `merge` builds the weights the model runs with. The stage saves the merged
-weights, so every later stage sees an ordinary parameter tree.
+constant, and `view` hands the model the base and adapters as `LowRank` weights, applied inside
+each layer (x W0 + s (x A) B) rather than merged up front. The stage saves the merged weights
+(`merge`), so every later stage sees an ordinary parameter tree.
 
 Stacked block weights are [L, *in, *out]; `IN_DIMS` says how many of the dimensions after
 the layer axis are inputs (wo maps heads x head_dim -> d_model).
@@ -16,6 +17,8 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from rlhf_jax.models.lowrank import LowRank
 
 IN_DIMS = {"wq": 1, "wk": 1, "wv": 1, "wo": 2, "w_gate": 1, "w_up": 1, "w_down": 1}
 
@@ -83,11 +86,34 @@ def split(full_params, cfg: LoRAConfig, rng, extras: tuple[str, ...] = ()) -> di
 
 
 def view(base, trainable: dict, cfg: LoRAConfig):
-    """The parameters the model runs with: the (dequantised) base plus the scaled adapters,
-    with the trainable extras in place of the base's."""
-    base = dequantize(base)
-    merged = merge(base, trainable["adapters"], cfg)
-    return {**merged, **{k: v for k, v in trainable.items() if k != "adapters"}}
+    """The parameters the model runs with: each adapted (or int8) block matrix as a `LowRank`
+    weight, W0 + (alpha / r) A B applied inside its layer as x W0 + (alpha / r) (x A) B, so no
+    full-size merged (or dequantised) copy of the matrices exists in the step; the trainable
+    extras in place of the base's."""
+    return {**lowrank_base(base, trainable["adapters"], cfg.scale),
+            **{k: v for k, v in trainable.items() if k != "adapters"}}
+
+
+def full(base, trainable: dict, cfg: LoRAConfig):
+    """The ordinary parameter tree of base + adapters (merged, dequantised) with the trainable
+    extras: what a stage saves and hands on."""
+    return {**merge(dequantize(base), trainable["adapters"], cfg),
+            **{k: v for k, v in trainable.items() if k != "adapters"}}
+
+
+def lowrank_base(params, adapters: dict | None = None, scale: float = 1.0):
+    """`params` with every int8 block matrix, and every one with an adapter, as a `LowRank`
+    weight (dequantised and adapted one layer at a time inside the decoder); the rest as is."""
+    adapters = adapters or {}
+    blocks = dict(params.get("blocks", {}))
+    for name, w in blocks.items():
+        q = isinstance(w, dict) and "int8" in w
+        ad = adapters.get(name)
+        if ad is None and not q:
+            continue
+        blocks[name] = LowRank(w["int8"] if q else w, None if ad is None else ad["a"],
+                               None if ad is None else ad["b"], w["scale"] if q else None, scale, IN_DIMS[name])
+    return {**params, "blocks": blocks} if blocks else params
 
 
 def wrap_loss(loss_fn, cfg: LoRAConfig):

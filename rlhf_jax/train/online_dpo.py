@@ -50,7 +50,7 @@ class OnlineModels(NamedTuple):
         return params if self.lora is None else lora_lib.view(constants["reference"], params, self.lora)
 
     def reference(self, constants):
-        return lora_lib.dequantize(constants["reference"])
+        return lora_lib.lowrank_base(constants["reference"])
 
 
 class Pairs(NamedTuple):

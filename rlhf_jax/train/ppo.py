@@ -51,10 +51,10 @@ class PPOModels(NamedTuple):
 
     def reference(self, constants):
         """The reference's weights: the frozen SFT policy, which with LoRA is the policy's own
-        base with the adapters off, dequantised when stored in int8 (`lora_int8`), so that at
+        base with the adapters off (an int8 base, `lora_int8`, dequantised inside each layer), so that at
         step 0 the policy equals its reference and the KL penalty starts at 0."""
         from rlhf_jax.train import lora as lora_lib
-        return lora_lib.dequantize(constants["reference"])
+        return lora_lib.lowrank_base(constants["reference"])
 
 
 class Episodes(NamedTuple):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from rlhf_jax.models import PRESETS, init_model
+from rlhf_jax.models.lowrank import densify
 from rlhf_jax.train import lora as lora_lib
 from rlhf_jax.train.lora import LoRAConfig
 from rlhf_jax.train.optim import make_optimizer
@@ -87,9 +88,31 @@ def test_sft_step_trains_only_adapters(setup):
     assert np.isclose(losses[0], float(loss_of(model, model.params, batch)), rtol=tol.f32(chain), atol=0)
     for a, b in zip(jax.tree.leaves(base), jax.tree.leaves(model.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    merged = lora_lib.view(base, state.params, cfg)
+    merged = lora_lib.merge(base, state.params["adapters"], cfg)
     assert np.asarray(merged["embed"] == base["embed"]).all()
     assert not np.allclose(merged["blocks"]["wq"], base["blocks"]["wq"])
+    # the view the step runs holds the same matrices, never formed in the step itself
+    np.testing.assert_allclose(densify(lora_lib.view(base, state.params, cfg))["blocks"]["wq"],
+                               merged["blocks"]["wq"], rtol=0, atol=1e-6)
+
+
+def test_adapters_applied_inside_the_layer_equal_the_merged_weights(setup):
+    """x W0 + s (x A) B in each layer against x (W0 + s A B) with the merged matrices, adapters
+    trained away from B = 0, on a float32 base and on an int8 one."""
+    model, batch = setup
+    cfg = LoRAConfig(rank=4, alpha=8.0)
+    trainable = lora_lib.split(model.params, cfg, jax.random.key(0))
+    trainable["adapters"] = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(7), x.shape),
+                                         trainable["adapters"])
+    for base in (model.params, lora_lib.quantize(model.params)):
+        merged = lora_lib.merge(lora_lib.dequantize(base), trainable["adapters"], cfg)
+        want = lm_forward(model.graphdef, merged, batch)
+        got = lm_forward(model.graphdef, lora_lib.view(base, trainable, cfg), batch)
+        assert not np.allclose(want, lm_forward(model.graphdef, lora_lib.dequantize(base), batch), atol=1e-3)
+        # the same sums in another order: x A (fan-in terms, as x W), then the rank-4 product and
+        # the addition (r + 1 more roundings) in each of the 3 projections a layer chains
+        extra = model.cfg.n_layers * 3 * (cfg.rank + 1)
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol.forward(model.cfg, 12, want, extra=extra))
 
 
 def test_split_and_view_start_as_the_full_model_with_trainable_extras(setup):
@@ -98,7 +121,7 @@ def test_split_and_view_start_as_the_full_model_with_trainable_extras(setup):
     cfg = LoRAConfig(rank=4, alpha=8.0, targets=("wq", "w_up"))
     trainable = lora_lib.split(scalar.params, cfg, jax.random.key(0), extras=("head",))
     assert set(trainable) == {"adapters", "head"}
-    full = lora_lib.view(scalar.params, trainable, cfg)
+    full = densify(lora_lib.view(scalar.params, trainable, cfg))
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), full, scalar.params)
     # the loss of the trainable part: gradients reach the adapters' B and the head, never the base
     loss = lora_lib.wrap_loss(lambda p, b, r, c: (jnp.sum(lm_forward(scalar.graphdef, p, b)), {}), cfg)
