@@ -106,6 +106,7 @@ def run(args) -> dict:
     from rlhf_jax.label import simulate
     from rlhf_jax.label.store import open_store
 
+    load_before = os.getloadavg()[0]  # other work on the machine shares the cores with server and clients
     tmp = tempfile.mkdtemp(prefix="label_loadtest_")
     db = args.db or str(Path(tmp) / "labels.sqlite")
     store = open_store(db)
@@ -149,7 +150,7 @@ def run(args) -> dict:
         "retries": sum(s.retries for s in stats), "failures": sum(s.failures for s in stats),
         "rows_in_db": n_rows, "lost": lost, "duplicated": sum(1 for v in by_task.values() if len(v) > 1),
         "endpoints": endpoints,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "load_avg_1min_before": round(load_before, 2), "python": platform.python_version(), "platform": platform.platform()},
     }
     store.close()
     return out
@@ -170,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--url needs --db: the database that server uses (to create the batch and count rows)")
     if not 1 <= args.overlap <= args.annotators:
         ap.error(f"--overlap {args.overlap} must be in 1..--annotators ({args.annotators})")
-    out = run(args)
+    out = {"command": " ".join(["python tools/label_loadtest.py", *(sys.argv[1:] if argv is None else argv)]),
+           **run(args)}
     report(out, args.out)
     return 0 if out["lost"] == 0 and out["duplicated"] == 0 and out["failures"] == 0 else 1
 
