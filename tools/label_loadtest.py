@@ -11,7 +11,7 @@ temporary folder). With --url it drives that server, and --db must be the databa
 Annotators and one ranking batch (K=4, overlap --overlap) are created in --db first.
 
 Prints one JSON object: requests and latency percentiles (p50/p95/p99, ms) per endpoint with
-status counts, labels acknowledged, rows in the labels table, "lost" (acknowledged but absent,
+status counts, labels acknowledged, the batch's rows in the labels table, "lost" (acknowledged but absent,
 or present with another label id) and "duplicated" (tasks with more than one label row); both
 must be 0, and the exit status is 1 otherwise.
 """
@@ -89,12 +89,14 @@ def percentiles(samples: list[float]) -> dict:
             "p99_ms": round(float(np.percentile(ms, 99)), 2), "max_ms": round(float(ms.max()), 2)}
 
 
-def count_rows(store, task_ids_batch: set[int] | None = None) -> tuple[dict[int, list[int]], int]:
-    """{task_id: [label ids]} of the whole labels table, and its row count."""
+def count_rows(store, batch_id: int) -> tuple[dict[int, list[int]], int]:
+    """{task_id: [label ids]} of the batch's labels (a reused --db may hold others), and their count."""
     import sqlalchemy as sa
-    from rlhf_jax.label.store import labels
+    from rlhf_jax.label.store import items, labels, tasks
+    q = (sa.select(labels.c.task_id, labels.c.id).join(tasks, tasks.c.id == labels.c.task_id)
+         .join(items, items.c.id == tasks.c.item_id).where(items.c.batch_id == batch_id))
     with store.engine.connect() as c:
-        rows = c.execute(sa.select(labels.c.task_id, labels.c.id)).all()
+        rows = c.execute(q).all()
     by_task: dict[int, list[int]] = defaultdict(list)
     for task_id, label_id in rows:
         by_task[task_id].append(label_id)
@@ -130,7 +132,7 @@ def run(args) -> dict:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
-    by_task, n_rows = count_rows(store)
+    by_task, n_rows = count_rows(store, batch["batch_id"])
     acknowledged = {task: label for s in stats for task, label in s.acknowledged.items()}
     lost = sum(1 for task, label in acknowledged.items() if label not in by_task.get(task, ()))
     endpoints = {}
