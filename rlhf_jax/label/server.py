@@ -106,10 +106,9 @@ def report_rows(report: Any) -> dict[str, list[tuple[str, str]]]:
             for i, v in enumerate(node):
                 walk(v, path + [str(i)])
         else:
-            key = ".".join(path)
+            key = ".".join(path[1:] if path[:1] == ["kinds"] else path)
             shown = f"{node:.3f}" if isinstance(node, float) else ("-" if node is None else str(node))
-            table = "gold" if "gold" in key else "bias" if ("bias" in key or "length" in key or "first" in key) \
-                else "agreement"
+            table = "gold" if ("gold" in key or "excluded" in key) else "bias" if "bias" in key else "agreement"
             tables[table].append((key, shown))
     walk(report, [])
     return tables
