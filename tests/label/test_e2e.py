@@ -7,10 +7,8 @@ items labelled directly by synthetic.annotate (a file), and both are judged on h
 ranked by the gold reward."""
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from rlhf_jax.label import quality
 from rlhf_jax.label.cli import main as label_cli
 from rlhf_jax.label.store import open_store
 from rlhf_jax.stages import run as run_pipeline
+from tests.label.conftest import serve
 from tests.micro import micro
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,12 +59,6 @@ def gold_ranks(prompt: str, responses: list[str]) -> list[int]:
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train_rm(tmp_path: Path, name: str, rankings: Path, heldout: Path, demos: Path, steps: int, lr: float) -> dict:
@@ -114,20 +107,9 @@ def test_sample_label_export_train(tmp_path, capsys, size):
     made = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert made["items"] == len(to_label) and made["gold_items"] == N_GOLD
 
-    # 3. a real server; the simulated annotators answer every queue through its API
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    # 3. a real server (`python -m rlhf_jax.label serve`); the simulated annotators answer every queue through its API
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    server = subprocess.Popen([sys.executable, "-m", "rlhf_jax.label", "serve", "--db", db, "--port", str(port)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert server.poll() is None, server.stderr.read().decode()
-            time.sleep(0.1)
+    with serve(db) as (url, _):
         sim = subprocess.run(
             [sys.executable, "-m", "rlhf_jax.label", "simulate", "--url", url,
              "--tokens", ",".join(f"{n}:{t}" for n, t in tokens.items()), "--world-seed", str(world.seed),
@@ -135,9 +117,6 @@ def test_sample_label_export_train(tmp_path, capsys, size):
              "--resend", "0.2", "--seed", "0"], env=env, capture_output=True, text=True, timeout=120)
         assert sim.returncode == 0, sim.stderr[-3000:]
         report = httpx.get(url + "/api/report", headers={"Authorization": f"Bearer {admin}"}, timeout=30).json()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     stats = {s["name"]: s for s in json.loads(sim.stdout)["annotators"]}
     queues = {a["name"]: a["tasks"] for a in store.list_annotators()}
     for name in tokens:
