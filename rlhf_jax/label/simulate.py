@@ -89,10 +89,13 @@ def _random_value(task: dict, rng: np.random.Generator) -> dict:
     return {"completion": "I do not know."}
 
 
-def rating_score(prompt: str, response: str, length_coef: float, noise: float, rng: np.random.Generator) -> int:
-    """The gold reward binned to 1..5 (1 + 4 * reward, clipped), plus N(0, noise) points."""
+def rating_score(prompt: str, response: str, length_coef: float, noise: float,
+                 rng: np.random.Generator | None) -> int:
+    """The gold reward binned to 1..5 (1 + 4 * reward, clipped), plus N(0, noise) points (no draw
+    at noise 0, so rng may be None)."""
     g = synthetic.gold_reward(prompt, response, length_coef)
-    return int(np.clip(np.rint(1 + 4 * np.clip(g, 0.0, 1.0) + noise * rng.standard_normal()), 1, 5))
+    jitter = noise * rng.standard_normal() if noise else 0.0
+    return int(np.clip(np.rint(1 + 4 * np.clip(g, 0.0, 1.0) + jitter), 1, 5))
 
 
 def answer(task: dict, annotator: Annotator, world: synthetic.WorldConfig, rng: np.random.Generator,

@@ -111,3 +111,39 @@ def test_cli_argument_errors():
         S.main(["--url", "http://x", "--tokens", "a:x", "--bad", "zed"])
     with pytest.raises(SystemExit, match="--flip-rate"):
         S.main(["--url", "http://x", "--tokens", "a:x", "--flip-rate", "2"])
+
+
+def test_rating_and_spans_through_a_real_server(tmp_path):
+    """Ratings and spans answered through the app: a good annotator's stored values are the
+    world's binned gold and span oracle; gold screening on ratings excludes a random one."""
+    from rlhf_jax.label import quality
+    from rlhf_jax.label.store import open_store
+    from tests.label.conftest import serve
+
+    db = str(tmp_path / "labels.sqlite")
+    store = open_store(db)
+    tokens = {n: store.add_annotator(n) for n in ("good", "bad")}
+    world = synthetic.WorldConfig(seed=3)
+    recs = synthetic.finegrained_records(world, 40)
+    criteria = ["helpfulness", "honesty"]
+    rows = [{"prompt": r["prompt"], "responses": [r["response"]], "meta": {"criteria": criteria}} for r in recs[:20]]
+    gold = [{"prompt": r["prompt"], "responses": [r["response"]], "meta": {"criteria": criteria},
+             "gold": {"scores": {c: S.rating_score(r["prompt"], r["response"], world.length_coef, 0.0, None)
+                                 for c in criteria}, "comment": ""}} for r in recs[20:]]
+    store.create_batch("rate", "rating", rows, list(tokens), overlap=2, gold=gold, gold_rate=0.5)
+    spans = [{"prompt": r["prompt"], "responses": [r["response"]], "meta": {"categories": ["wrong", "extra"]}}
+             for r in recs[:20]]
+    store.create_batch("spans", "spans", spans, ["good"], overlap=1)
+    with serve(db) as (url, _):
+        annotators = [S.Annotator("good", tokens["good"], 0, "argmax"), S.Annotator("bad", tokens["bad"], 1, "bad")]
+        stats = S.run_all(url, annotators, world, rating_noise=0.0, span_miss=0.0)
+    assert [s.labels for s in stats] == [60, 40] and all(s.failures == 0 for s in stats)
+    for row in store.label_rows(kind="spans"):
+        assert row["value"]["spans"] == synthetic.error_spans(row["prompt"], row["responses"][0])
+    rating = store.label_rows(kind="rating")
+    for row in rating:
+        if row["annotator"] == "good":
+            want = S.rating_score(row["prompt"], row["responses"][0], world.length_coef, 0.0, None)
+            assert row["value"]["scores"] == {c: want for c in criteria}
+    out = quality.report(rating, 0.7)["kinds"]["rating"]
+    assert out["gold"]["good"]["accuracy"] == 1.0 and out["excluded"] == ["bad"]
