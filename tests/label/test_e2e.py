@@ -41,7 +41,9 @@ THRESHOLD = 0.7
 def sample_items(workdir: Path, prompts: list[str], seed: int) -> list[dict]:
     """K distinct samples per prompt from the stage's policy (the project's sampler, duplicates
     resampled by batch.sample_responses). Task-world prompts are plain text: the model never saw a
-    chat template, so they go to the generator as strings."""
+    chat template, so they go to the generator as strings (`batch --model` sends a user turn, which
+    a tokenizer without a chat template renders with the "plain" template: <unk> words in this
+    vocabulary), and the items reach the app through `batch --responses`."""
     from rlhf_jax.synth.generator import Generator
     sampling = types.SimpleNamespace(batch_size=64, temperature=1.0, top_p=1.0, top_k=0, sampler="gumbel",
                                      max_prompt_len=16, prompt_bucket=16)
