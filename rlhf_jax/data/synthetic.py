@@ -195,12 +195,14 @@ def candidates(reference: str, k: int, rng: np.random.Generator,
     return out
 
 
-def annotate(prompt: str, responses: list[str], cfg: WorldConfig, rng: np.random.Generator) -> list[int]:
-    """Dense ranks (0 best) of `responses` from the simulated annotator(s)."""
+def annotate(prompt: str, responses: list[str], cfg: WorldConfig, rng: np.random.Generator,
+             who: int | None = None) -> list[int]:
+    """Dense ranks (0 best) of `responses` from the simulated annotator(s); `who` fixes the
+    annotator (its own length weight) instead of drawing one per prompt."""
     rankings = []
     n = cfg.n_annotators if cfg.consensus else 1
     for a in range(n):
-        annotator = a if cfg.consensus else int(rng.integers(cfg.n_annotators))
+        annotator = a if cfg.consensus else who if who is not None else int(rng.integers(cfg.n_annotators))
         coef = cfg.length_coef * (1 + cfg.disagreement * _annotator_bias(cfg, annotator))
         g = np.array([gold_reward(prompt, r, coef) for r in responses])
         if cfg.annotator_model == "bt":
