@@ -120,7 +120,7 @@ def export(store, kind: str, rule: str | None = None, exclude_below: float | Non
     records = []
     for item_id, rs in sorted(by_item.items()):
         first, values = rs[0], [r["value"] for r in rs]
-        prov = {"item_id": item_id, "annotators": [r["annotator"] for r in rs],
+        prov = {"item_id": item_id, "annotators": sorted(r["annotator"] for r in rs),
                 "agreement": item_agreement(ITEM_KIND[kind], values), "batch": first["batch"],
                 "consensus": rule, **{k: v for k, v in first["meta"].items() if k in ("source", "model")}}
         try:

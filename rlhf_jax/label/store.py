@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import random
 import secrets
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -116,6 +117,9 @@ class Store:
             if not parent.is_dir():
                 raise UserError(f"--db {url}: directory {parent} does not exist")
         self.engine = sa.create_engine(self.url, future=True)
+        # SQLite has one writer at a time: queueing this process's writers on a lock (first come,
+        # first served) replaces the busy handler's sleep-and-retry, which sets the tail latency
+        self._write_lock = threading.Lock() if self.sqlite else contextlib.nullcontext()
         if self.sqlite:
             sa.event.listen(self.engine, "connect", _sqlite_connect)
             sa.event.listen(self.engine, "begin", _sqlite_begin)
@@ -126,7 +130,7 @@ class Store:
 
     @contextlib.contextmanager
     def _write(self):
-        with self.engine.connect() as c:
+        with self._write_lock, self.engine.connect() as c:
             c = c.execution_options(sqlite_begin="IMMEDIATE")
             with c.begin():
                 yield c
@@ -285,7 +289,11 @@ class Store:
                      seconds: float | None = None) -> tuple[str, int]:
         """Store `value` (item order) for the task in one transaction. Returns ("created", label_id);
         ("exists", label_id) when this client_id already stored it (a double submit: nothing written);
-        ("conflict", label_id) when another client_id did. The unique task_id decides races."""
+        ("conflict", label_id) when another client_id did. The unique task_id decides races; a
+        resend whose label is already stored is answered from a read, without queueing for the writer."""
+        found = self._existing(task_id, client_id)
+        if found is not None:
+            return found
         try:
             with self._write() as c:
                 label_id = c.execute(labels.insert().values(
@@ -293,11 +301,16 @@ class Store:
                     seconds=seconds, created=time.time())).inserted_primary_key[0]
             return "created", label_id
         except IntegrityError:
-            pass
+            found = self._existing(task_id, client_id)
+        if found is None:  # the insert failed for another reason (a task id that does not exist)
+            raise KeyError(task_id)
+        return found
+
+    def _existing(self, task_id: int, client_id: str) -> tuple[str, int] | None:
         with self._read() as c:
             row = c.execute(sa.select(labels.c.id, labels.c.client_id).where(labels.c.task_id == task_id)).first()
-        if row is None:  # the insert failed for another reason (a task id that does not exist)
-            raise KeyError(task_id)
+        if row is None:
+            return None
         return ("exists" if hmac.compare_digest(row.client_id, client_id) else "conflict"), row.id
 
     def label_rows(self, kind: str | None = None, batch: str | None = None) -> list[dict]:

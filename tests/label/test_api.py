@@ -199,7 +199,7 @@ def test_pages_carry_the_dom_hooks_and_forms_walk_the_queue(app):
         form = {"client_id": hidden(html, "client_id")}
         if kind == "ranking":
             assert '<ol id="ranking">' in html and 'id="ranks-json"' in html
-            assert len(re.findall(r'<li class="response" data-slot="\d" tabindex="0" draggable="true">', html)) == 3
+            assert len(re.findall(r'<li class="response" data-slot="\d" data-rank-label="\d" tabindex="0" draggable="true">', html)) == 3
             form["ranks-json"] = "[1, 0, 2]"
         elif kind == "rating":
             assert html.count('name="score-helpfulness"') == 5 and 'id="comment"' in html
@@ -245,3 +245,33 @@ def test_report_rows_sorts_leaves_into_the_three_tables():
     assert rows["agreement"] == [("ranking.alpha", "0.500")]
     assert rows["gold"] == [("gold_threshold", "0.700"), ("ranking.gold.a.accuracy", "1.000")]
     assert rows["bias"] == [("ranking.bias.length_corr.spearman", "-")]
+
+
+def test_the_api_on_postgresql(pg_url):
+    """The same app on a PostgreSQL server: a label round trip, the double submit and the 409."""
+    store = open_store(pg_url)
+    token = store.add_annotator("a")
+    store.create_batch("r", "ranking", [{"prompt": "p", "responses": ["x", "y", "z"]}], None, seed=0)
+    client = TestClient(create_app(store))
+    assert client.get("/healthz").json() == {"ok": True}
+    task = next_task(client, token)
+    codes = [post(client, token, task["id"], {"ranks": [0, 1, 2]}, cid).status_code for cid in ("c", "c", "d")]
+    assert codes == [201, 200, 409]
+    row = store.label_rows()[0]
+    assert [row["value"]["ranks"][i] for i in row["display"]] == [0, 1, 2]  # back in display order
+    assert client.get("/api/next", headers=auth(token)).status_code == 204
+    store.close()
+
+
+def test_a_full_length_demonstration_in_any_script_fits_the_body_limit(app):
+    """20,000 characters of CJK text (3 UTF-8 bytes each) posted as the page's multipart form (raw
+    UTF-8) stays under 64 KiB; url-encoding would have tripled it past the limit."""
+    store, client, tokens = app
+    client.cookies.set("label_token", tokens["a"])
+    tid = task_of_kind(store, tokens["a"], "sft")
+    assert 'enctype="multipart/form-data"' in client.get(f"/task/{tid}").text
+    text = "漢" * 20_000
+    r = client.post(f"/task/{tid}", files={"completion": (None, text), "client_id": (None, "c1")},
+                    follow_redirects=False)
+    assert r.status_code == 303, r.text[:200]
+    assert store.label_rows(kind="sft")[0]["value"]["completion"] == text

@@ -147,6 +147,9 @@ def test_export_pairs_by_majority(tmp_path):
     assert got == {("r0", "r1"): [2, 1], ("r0", "r2"): [3, 0], ("r1", "r2"): [2, 1]}
     for r in records:
         validate_pair(r)
+    # the pairs of the Borda ranking [0, 1, 2] instead
+    records, _ = export(store, "pairs", "borda")
+    assert [(r["chosen"], r["rejected"]) for r in records] == [("r0", "r1"), ("r0", "r2"), ("r1", "r2")]
 
 
 def test_export_rating_spans_and_sft(tmp_path):

@@ -28,6 +28,7 @@
         ranks[Number(li.dataset.slot)] = rank;
         li.setAttribute("aria-label", "rank " + (rank + 1));
         li.dataset.rank = String(rank);
+        li.dataset.rankLabel = String(rank + 1);  // shown by the CSS: tied responses share a number
       });
       out.value = JSON.stringify(ranks);
     };
