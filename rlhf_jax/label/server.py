@@ -313,11 +313,16 @@ def create_app(db_url: str | Store) -> FastAPI:
     return app
 
 
+def _text_field(form, name: str) -> str:
+    """A textarea's text as typed: browsers post its line breaks as CRLF (the HTML form encoding)."""
+    return str(form.get(name, "")).replace("\r\n", "\n")
+
+
 def form_value(task: dict, form) -> dict:
     """The label value (display order) a task page's form posted."""
     kind = task["kind"]
     if kind == "sft":
-        return {"completion": str(form.get("completion", ""))}
+        return {"completion": _text_field(form, "completion")}
     if kind == "rating":
         scores = {}
         for c in task["meta"].get("criteria") or V.DEFAULT_CRITERIA:
@@ -328,7 +333,7 @@ def form_value(task: dict, form) -> dict:
                 scores[c] = int(raw)
             except ValueError:
                 raise V.LabelValueError(f"value.scores.{c}", f"{raw!r} is not an integer 1..5") from None
-        return {"scores": scores, "comment": str(form.get("comment", ""))}
+        return {"scores": scores, "comment": _text_field(form, "comment")}
     field = "ranks-json" if kind == "ranking" else "spans-json"
     try:
         parsed = json.loads(str(form.get(field, "")))
