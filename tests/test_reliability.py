@@ -80,6 +80,9 @@ def test_a_changed_config_is_refused_naming_the_fields(tmp_path, straight):
         run_pipeline(micro(**{"ppo.kl_coef": 0.5}), work, use_wandb=False)
     with pytest.raises(WorkdirError, match=r"data\.max_len: 24 -> 20 \(read by stage ppo, rm, sft\)"):
         run_pipeline(micro(**{"data.max_len": 20}), work, use_wandb=False)
+    # the rankings' size is read by rm and ppo (through rm), not by sft, which ignores that part of data
+    with pytest.raises(WorkdirError, match=r"data\.n_rankings: \d+ -> 7 \(read by stage ppo, rm\)"):
+        run_pipeline(micro(**{"data.n_rankings": 7}), work, use_wandb=False)
     # logging is safe to change; so is a field only unstarted stages read
     assert numbers(run_pipeline(micro(**{"log.project": "other"}), work, use_wandb=False)) == numbers(summary)
     for stage in ("ppo",):

@@ -116,8 +116,12 @@ def _kind(kind: str) -> None:
         raise UserError(f"--kind {kind}: unknown; valid: {', '.join(ITEM_KINDS)}")
 
 
+def as_chat(prompt: str) -> list[dict]:
+    return [{"role": "user", "content": prompt}]
+
+
 def sample_responses(complete: Callable[[list], list[str]], prompts: Sequence[str], k: int,
-                     tries: int = RESAMPLE_TRIES) -> tuple[list[list[str]], dict]:
+                     tries: int = RESAMPLE_TRIES, as_input: Callable = as_chat) -> tuple[list[list[str]], dict]:
     """K distinct non-empty responses per prompt from `complete([(messages, prefix), ...])`: duplicates
     (after stripping) and empty ones are resampled up to `tries` times; prompts that still lack K
     distinct responses are dropped and counted. Returns (responses per kept prompt or [] if dropped, stats)."""
@@ -128,7 +132,7 @@ def sample_responses(complete: Callable[[list], list[str]], prompts: Sequence[st
         if not need:
             break
         asks = [(i, k - len(out[i])) for i in need]
-        batch = [([{"role": "user", "content": prompts[i]}], "") for i, m in asks for _ in range(m)]
+        batch = [(as_input(prompts[i]), "") for i, m in asks for _ in range(m)]
         texts = iter(complete(batch))
         stats["sampled" if attempt == 0 else "resampled"] += len(batch)
         for i, m in asks:
@@ -158,9 +162,13 @@ def items_from_model(model: str, prompts_path, kind: str, k: int, seed: int = 0,
                                      sampler="gumbel", max_prompt_len=512, prompt_bucket=64)
     gen = Generator.load(model, sampling, seed=seed)
     rows = prompts_from_file(prompts_path)
-    per, stats = sample_responses(lambda b: gen.complete(b, max_new_tokens), [p for _, p in rows], k)
+    # a model with a chat template gets the prompt as a user turn; one without (a task-world policy,
+    # a base model) gets the prompt's text as it was trained on, not a made-up chat format
+    chat = bool(getattr(gen.tokenizer, "chat_template", None))
+    per, stats = sample_responses(lambda b: gen.complete(b, max_new_tokens), [p for _, p in rows], k,
+                                  as_input=as_chat if chat else str)
     prov = {"model": str(model), "seed": seed, "max_new_tokens": max_new_tokens, "temperature": temperature,
-            "top_p": top_p}
+            "top_p": top_p, "prompt_format": "chat" if chat else "plain"}
     out = []
     for (n, prompt), responses in zip(rows, per):
         if not responses:

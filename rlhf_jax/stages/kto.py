@@ -24,7 +24,7 @@ from rlhf_jax.stages.base import Training, adapters, train, train_state
 from rlhf_jax.stages.gold import gold_reward, gold_stages
 from rlhf_jax.stages.handoff import load_sft
 from rlhf_jax.stages.preferences import check_preference_sizes, preference_stages, prepare_rankings
-from rlhf_jax.stages.registry import register_stage
+from rlhf_jax.stages.registry import listed, register_stage
 from rlhf_jax.train import dpo as dpo_lib
 from rlhf_jax.train import kto as kto_lib
 from rlhf_jax.train import lora as lora_lib
@@ -43,7 +43,7 @@ def check(c, need) -> None:
     need(k.lambda_u > 0, "kto.lambda_u", "must be > 0")
     need(k.unpair in UNPAIR, "kto.unpair", f"must be one of {UNPAIR}")
     need(k.eval_every >= 0, "kto.eval_every", "must be >= 0 (0 = no trajectory)")
-    need(c.data.source != "files" or bool(k.data) or bool(c.data.rm_train), "kto.data",
+    need(c.data.source != "files" or "kto" not in listed(c) or bool(k.data) or bool(c.data.rm_train), "kto.data",
          "with data.source = 'files' stage kto needs binary feedback (kto.data) or preference data to "
          "convert (data.rm_train)")
 

@@ -68,7 +68,13 @@ def preflight(ctx, need) -> None:
     need(len(ctx.data.records("sft_val")) > 0, "data.n_sft_val", "no held-out demonstrations")
 
 
-@register_stage("sft", trains=True, check=check, data=("sft_train",), preflight=preflight)
+# what SFT never reads of the run-wide data section: a workdir whose SFT has run takes these changed
+# (the rankings a labelling round exported, say) without redoing the SFT
+SFT_IGNORES = tuple(f"data.{f}" for f in ("rm_train", "rm_val", "n_rankings", "n_rankings_val", "k", "rm_from_policy",
+                                          "prompts", "n_prompts", "ptx", "n_ptx", "gold"))
+
+
+@register_stage("sft", trains=True, check=check, data=("sft_train",), preflight=preflight, ignores=SFT_IGNORES)
 def run(ctx) -> dict[str, Any]:
     summary, params = fine_tune(ctx, "sft")
     checkpoint.save_final(ctx.workdir, "sft", params, summary)

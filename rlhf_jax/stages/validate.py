@@ -90,6 +90,12 @@ def validate_config(c) -> None:
     need(c.data.policy in ("error", "skip"), "data.policy", "must be 'error' or 'skip'")
     need(not c.data.rm_val or c.data.source == "files", "data.rm_val", "a source of held-out pairs needs "
          "data.source = 'files' (the task world makes its own held-out rankings)")
+    if c.data.source == "synthetic":  # a file named here would be silently replaced by the world's records
+        for field in ("sft_train", "rm_train", "prompts"):
+            value = c.data[field]
+            need(not value or (field == "rm_train" and value == "stage:prefs"), f"data.{field}",
+                 f"= {value!r} is read only with data.source = 'files' (the task world makes its own records); "
+                 "set --config.data.source=files")
     need(c.data.max_len > 0, "data.max_len", "must be > 0")
     need(c.data.max_prompt_len > 0, "data.max_prompt_len", "must be > 0")
     need(c.data.max_prompt_len < c.data.max_len, "data.max_prompt_len", "must be below data.max_len")

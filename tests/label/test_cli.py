@@ -125,3 +125,5 @@ def test_batch_samples_k_distinct_responses_from_a_workdir_stage(db, tmp_path, c
         rows = conn.execute(sa.select(items.c.responses, items.c.meta)).all()
     assert all(len(set(r.responses)) == 3 for r in rows)
     assert rows[0].meta["model"] == f"{run_dir}:sft" and rows[0].meta["source"].endswith("p.jsonl:1")
+    # the task world's tokenizer has no chat template: the policy sees its prompts as it was trained
+    assert rows[0].meta["prompt_format"] == "plain"

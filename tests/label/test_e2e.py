@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 K, N_GOLD = 4, 24
 # (prompts labelled, held-out prompts, RM steps, RM learning rate). The fast size checks the loop;
 # its RM is too small a run to beat chance reliably (micro's own sft,rm run scores 0.49 held out),
-# so only the slow size asserts accuracy above chance (measured: docs/labelling_quality.md)
+# so only the slow size asserts accuracy above chance (measured: docs/labelling.md)
 FAST = (64, 64, 40, 1e-2)
 SLOW = (512, 160, 300, 3e-3)
 GOOD, BAD = ("a", "b", "c"), "bad"
@@ -173,7 +173,7 @@ def test_sample_label_export_train(tmp_path, capsys, size):
     # annotators): their held-out accuracies, each a mean over n_pairs pair outcomes, differ by
     # less than 3 standard deviations of a difference of two such means at p = 0.5 (pairs of one
     # prompt are correlated, so this is a bound of the right order, not a test of equality; the
-    # values measured at both sizes are in docs/labelling_quality.md)
+    # values measured at both sizes are in docs/labelling.md)
     margin = 3 * np.sqrt(2 * 0.25 / n_pairs)
     assert abs(app_rm["val_accuracy"] - file_rm["val_accuracy"]) <= margin
     for rm in (app_rm, file_rm):

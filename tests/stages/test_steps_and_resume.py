@@ -174,6 +174,8 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, micro_trained):
     ("sft.lora_targets", "wq,embed", "config.sft.lora_targets: ['embed'] are not among"),
     ("rm.head", "mlp", "config.rm.head: must be 'scalar' or 'inform'"),
     ("inform.kl_form", "sum", "config.inform.kl_form: must be one of"),
+    # the task world would replace the file by its own rankings without a word
+    ("data.rm_train", "labels.jsonl", "config.data.rm_train: = 'labels.jsonl' is read only with data.source = 'files'"),
 ])
 def test_invalid_configs_name_the_field(field, value, words):
     if "multiple of the 8" in words and jax.device_count() != 8:
