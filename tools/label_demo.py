@@ -115,10 +115,12 @@ def screenshots(url: str, tokens: dict[str, str], out: Path) -> list[Path]:
         login("you")
         shot("queue")
         queue = page.locator("#queue tbody tr")
-        kinds = {}
+        kinds, hrefs = {}, {}
         for i in range(queue.count()):
             cells = queue.nth(i).locator("td")
-            kinds.setdefault(cells.nth(1).inner_text().strip(), cells.nth(0).locator("a").get_attribute("href"))
+            kind, href = cells.nth(1).inner_text().strip(), cells.nth(0).locator("a").get_attribute("href")
+            kinds.setdefault(kind, href)
+            hrefs.setdefault(kind, []).append(href)
         page.goto(url + kinds["ranking"])
         page.locator("#ranking li.response").nth(2).press("ArrowUp")
         page.locator("#ranking li.response").nth(2).press("t")
@@ -128,10 +130,15 @@ def screenshots(url: str, tokens: dict[str, str], out: Path) -> list[Path]:
             page.check(f"input[name='score-{c}'][value='{s}']")
         page.fill("#comment", "Right items, one of them out of order.")
         shot("rating")
-        page.goto(url + kinds["spans"])
-        # select what the task world's span oracle marks first (the whole response when it marks nothing)
-        prompt, text = page.inner_text("#prompt-text").strip(), page.inner_text("#response-text").strip()
-        marked = synthetic.error_spans(prompt, text) or [{"start": 0, "end": len(text), "category": "wrong"}]
+        # a response with errors, and the first span the task world's oracle marks in it
+        for href in hrefs["spans"]:
+            page.goto(url + href)
+            prompt, text = page.inner_text("#prompt-text").strip(), page.inner_text("#response-text").strip()
+            marked = synthetic.error_spans(prompt, text)
+            if marked:
+                break
+        else:
+            marked = [{"start": 0, "end": len(text), "category": CATEGORIES[0]}]
         page.select_option("#category", marked[0]["category"])
         page.evaluate("""([start, end]) => {
             const node = document.getElementById('response-text').firstChild;

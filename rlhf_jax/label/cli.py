@@ -81,17 +81,39 @@ def batch(args) -> int:
         rows = B.items_from_file(args.prompts, "sft", meta)
     else:
         raise UserError("give --responses FILE, --model SPEC with --prompts FILE, or (sft) --prompts FILE")
+    if args.select is not None or args.rm is not None or args.budget is not None:
+        rows, selection = _select(args, rows)
+    else:
+        selection = None
     gold = B.gold_from_file(args.gold, args.kind, meta) if args.gold is not None else []
     if gold and args.gold_rate <= 0:
         raise UserError("--gold needs --gold-rate > 0 (the share of each queue that is screening items)")
     store = open_store(args.db)
     names = None if args.annotators in (None, "all") else _csv(args.annotators)
     config = {"source": str(args.responses or args.prompts), "model": args.model, "k": args.k,
-              "gold": str(args.gold) if args.gold else None, "sampling": stats or None}
+              "gold": str(args.gold) if args.gold else None, "sampling": stats or None, "selection": selection}
     out = store.create_batch(args.name, args.kind, rows, names, overlap=args.overlap, seed=args.seed,
                              gold=gold, gold_rate=args.gold_rate, config=config)
-    print(json.dumps(dict(out, **({"sampling": stats} if stats else {}))))
+    print(json.dumps(dict(out, **({"sampling": stats} if stats else {}), **({"selection": selection} if selection else {}))))
     return 0
+
+
+def _select(args, rows: list[dict]) -> tuple[list[dict], dict]:
+    """--select/--rm/--budget: the comparisons an active-selection strategy picks, as pair items."""
+    from rlhf_jax.label import select as S
+    if args.kind != "ranking":
+        raise UserError(f"--select chooses comparisons: it needs --kind ranking, not {args.kind}")
+    if args.select is None or args.budget is None or (args.rm is None and args.select != "random"):
+        raise UserError("--select STRATEGY, --budget N and (except for random) --rm WORKDIR go together")
+    if args.budget < 1:
+        raise UserError(f"--budget {args.budget}: must be >= 1")
+    if args.rm is None:  # random needs no scores: one member of zeros keeps the shapes
+        import numpy as np
+        scores = np.zeros((1, len(rows), len(rows[0]["responses"]) if rows else 0))
+    else:
+        scores = S.reward_scorer(args.rm)(rows)
+    picked, info = S.select_pairs(rows, scores, args.select, args.budget, args.seed, args.per_cluster)
+    return picked, dict(info, rm=args.rm)
 
 
 def export(args) -> int:
@@ -167,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--criteria", help="rating criteria, comma-separated (default helpfulness,honesty,harmlessness)")
     p.add_argument("--categories", help="span categories, comma-separated")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--select", help="ranking: send only the comparisons this active-selection strategy picks "
+                                    "(random, uncertainty, disagreement, diverse_disagreement), as pairs")
+    p.add_argument("--rm", help="with --select: a run directory whose stage rm has finished (its ensemble scores)")
+    p.add_argument("--budget", type=int, help="with --select: how many comparisons")
+    p.add_argument("--per-cluster", type=int, default=1, help="diverse_disagreement: at most this many per prompt")
 
     p = sub.add_parser("export", help="consensus records for training")
     p.add_argument("--db", required=True, help=db_help)
