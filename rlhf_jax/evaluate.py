@@ -13,21 +13,8 @@ import json
 import sys
 from pathlib import Path
 
-import ml_collections
-
 from rlhf_jax import main as cli
-
-
-def unflatten(flat: dict) -> ml_collections.ConfigDict:
-    """A ConfigDict from the dotted keys of WORKDIR/config.json."""
-    nested: dict = {}
-    for key, value in flat.items():
-        *parents, leaf = key.split(".")
-        node = nested
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return ml_collections.ConfigDict(nested)
+from rlhf_jax.workdir import unflatten
 
 
 def with_run_config(config, workdir: Path):

@@ -100,6 +100,24 @@ class RunLock(HolderLock):
                             f"or use another --workdir")
 
 
+def unflatten(flat: dict[str, Any]):
+    """A ConfigDict from dotted keys (the inverse of `flatten`)."""
+    import ml_collections
+    nested: dict = {}
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = nested
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return ml_collections.ConfigDict(nested)
+
+
+def stored_config(workdir: str | Path):
+    """The config a workdir's run was started with (WORKDIR/config.json) as a ConfigDict."""
+    return unflatten(json.loads((Path(workdir) / "config.json").read_text())["config"])
+
+
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     """{"ppo.kl_coef": 0.05, ...} of a ConfigDict (or nested dict)."""
     items = config.to_dict() if hasattr(config, "to_dict") else config

@@ -9,7 +9,6 @@ order. The `active` stage runs the same strategies in rounds on the task world.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,6 @@ def reward_scorer(workdir: str | Path):
     """score(items) -> member scores [k, P, K] of the items' responses under WORKDIR's trained RM
     (its k members on the run's base model with a scalar head, tokenised as the run's pairs)."""
     import jax
-    from ml_collections import ConfigDict
 
     from rlhf_jax import checkpoint
     from rlhf_jax import sharding as shd
@@ -31,7 +29,7 @@ def reward_scorer(workdir: str | Path):
     from rlhf_jax.models import init_model
     from rlhf_jax.rewards import EnsembleReward
     from rlhf_jax.stages.handoff import load_members
-    from rlhf_jax.synth.generator import _unflatten
+    from rlhf_jax.workdir import stored_config
 
     workdir = Path(workdir).expanduser()
     stored = workdir / "config.json"
@@ -39,7 +37,7 @@ def reward_scorer(workdir: str | Path):
     if summary is None:
         raise UserError(f"--rm {workdir}: no finished reward model there (a run directory whose stage rm has "
                         "finished: WORKDIR/config.json and WORKDIR/rm/final)")
-    config = ConfigDict(_unflatten(json.loads(stored.read_text())["config"]))
+    config = stored_config(workdir)
     if config.rm.head != "scalar":
         raise UserError(f"--rm {workdir}: rm.head = {config.rm.head!r}; selection reads scalar-head reward models")
     mesh = shd.make_mesh(shd.MeshConfig())

@@ -16,10 +16,9 @@ compiles once. A prompt longer than `max_prompt_len` keeps its end (the question
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import numpy as np
@@ -40,17 +39,6 @@ class ModelNotFound(UserError):
     """--model names nothing loadable; the message says how to get the default one."""
 
 
-def _unflatten(flat: dict[str, Any]) -> dict:
-    out: dict = {}
-    for key, value in flat.items():
-        node = out
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return out
-
-
 def _stage_spec(spec: str) -> tuple[Path, str] | None:
     """(workdir, stage) when spec is WORKDIR:STAGE of a run directory (it holds config.json)."""
     head, sep, stage = spec.rpartition(":")
@@ -65,14 +53,13 @@ def load_model(spec: str | Path):
     from rlhf_jax.models import load_pretrained
     stage = _stage_spec(str(spec))
     if stage is not None:
-        from ml_collections import ConfigDict
-
         from rlhf_jax import checkpoint
         from rlhf_jax import sharding as shd
         from rlhf_jax.context import base_model
         from rlhf_jax.models import Model
+        from rlhf_jax.workdir import stored_config
         workdir, name = stage
-        config = ConfigDict(_unflatten(json.loads((workdir / "config.json").read_text())["config"]))
+        config = stored_config(workdir)
         base, tokenizer = base_model(config, shd.make_mesh(shd.MeshConfig()))
         params = checkpoint.load_final(workdir, name, base.params)
         return Model(base.cfg, "lm", base.graphdef, params), tokenizer
