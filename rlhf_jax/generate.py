@@ -132,9 +132,13 @@ def ends_with_eos(tokens_BxN, mask_BxN, cfg: SamplingConfig) -> jax.Array:
     return jnp.any((tokens_BxN == cfg.eos_token_ids[0]) & (mask_BxN > 0), axis=1)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "cfg"))
-def generate(graphdef, params, prompt_BxP, prompt_mask_BxP, rng, cfg: SamplingConfig) -> Generation:
-    """Sample up to cfg.max_new_tokens tokens after each left-padded prompt."""
+@functools.partial(jax.jit, static_argnames=("graphdef", "cfg", "on_step"))
+def generate(graphdef, params, prompt_BxP, prompt_mask_BxP, rng, cfg: SamplingConfig, on_step=None) -> Generation:
+    """Sample up to cfg.max_new_tokens tokens after each left-padded prompt.
+
+    `on_step(i, token_B, live_B)`, when given (a hashable host function; it is static), receives each
+    step's tokens on the host as they are sampled (`jax.debug.callback`), for streaming; callbacks
+    may arrive out of order on some backends, hence the step index `i`."""
     B, P = prompt_BxP.shape
     N = cfg.max_new_tokens
     model_cfg = graphdef_cfg(graphdef, params)
@@ -164,6 +168,8 @@ def generate(graphdef, params, prompt_BxP, prompt_mask_BxP, rng, cfg: SamplingCo
         logprobs = logprobs.at[:, i].set(jnp.where(live, logprob, 0.0))
         out_mask = out_mask.at[:, i].set(live.astype(jnp.int32))
         done = done | jnp.isin(token, eos)
+        if on_step is not None:
+            jax.debug.callback(on_step, i, token, live)
         step_logits, cache = apply(graphdef, params, token[:, None], positions_BxT=(next_pos_B + i)[:, None],
                                    segment_ids_BxT=jnp.ones((B, 1), jnp.int32), cache=cache)
         return i + 1, tokens, logprobs, out_mask, done, cache, step_logits[:, -1], rng

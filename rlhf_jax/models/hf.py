@@ -1,4 +1,5 @@
-"""Checkpoints in and out: HF safetensors directories and GGUF files in, HF directories out.
+"""Checkpoints in and out: HF safetensors directories and GGUF files (Llama family, Qwen2, GPT-2) in, HF
+directories out (GGUF out: rlhf_jax/models/gguf_export.py).
 
     model, tokenizer = load_pretrained("path/to/hf_dir_or_file.gguf", mesh=mesh)
     save_pretrained(model, "out_dir", tokenizer)   # loads in transformers
@@ -148,7 +149,7 @@ def _hf_tokenizer(directory: Path):
 
 # --- GGUF ------------------------------------------------------------------------------
 
-_GGUF_LAYER = {
+GGUF_LAYER = {  # llama.cpp name (after blk.{i}.) -> transformers name (after model.layers.{i}.)
     "attn_norm.weight": "input_layernorm.weight", "ffn_norm.weight": "post_attention_layernorm.weight",
     "attn_q.weight": "self_attn.q_proj.weight", "attn_k.weight": "self_attn.k_proj.weight",
     "attn_v.weight": "self_attn.v_proj.weight", "attn_output.weight": "self_attn.o_proj.weight",
@@ -157,16 +158,30 @@ _GGUF_LAYER = {
     "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
 }
-_GGUF_TOP = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
-             "output.weight": "lm_head.weight"}
+GGUF_TOP = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+            "output.weight": "lm_head.weight"}
+# GPT-2 (after transformer.h.{i}.); llama.cpp stores the Conv1D weights transposed, (out, in)
+GGUF_GPT2_LAYER = {
+    "attn_norm.weight": "ln_1.weight", "attn_norm.bias": "ln_1.bias",
+    "ffn_norm.weight": "ln_2.weight", "ffn_norm.bias": "ln_2.bias",
+    "attn_qkv.weight": "attn.c_attn.weight", "attn_qkv.bias": "attn.c_attn.bias",
+    "attn_output.weight": "attn.c_proj.weight", "attn_output.bias": "attn.c_proj.bias",
+    "ffn_up.weight": "mlp.c_fc.weight", "ffn_up.bias": "mlp.c_fc.bias",
+    "ffn_down.weight": "mlp.c_proj.weight", "ffn_down.bias": "mlp.c_proj.bias",
+}
+GGUF_GPT2_TOP = {"token_embd.weight": "transformer.wte.weight", "position_embd.weight": "transformer.wpe.weight",
+                 "output_norm.weight": "transformer.ln_f.weight", "output_norm.bias": "transformer.ln_f.bias",
+                 "output.weight": "lm_head.weight"}
 
 
-def _gguf_name_to_hf(name: str) -> str | None:
-    if name in _GGUF_TOP:
-        return _GGUF_TOP[name]
+def _gguf_name_to_hf(name: str, arch: str = "llama") -> str | None:
+    top, layer, prefix = ((GGUF_GPT2_TOP, GGUF_GPT2_LAYER, "transformer.h.") if arch == "gpt2"
+                          else (GGUF_TOP, GGUF_LAYER, "model.layers."))
+    if name in top:
+        return top[name]
     parts = name.split(".", 2)
-    if parts[0] == "blk" and len(parts) == 3 and parts[2] in _GGUF_LAYER:
-        return f"model.layers.{parts[1]}.{_GGUF_LAYER[parts[2]]}"
+    if parts[0] == "blk" and len(parts) == 3 and parts[2] in layer:
+        return f"{prefix}{parts[1]}.{layer[parts[2]]}"
     return None
 
 
@@ -174,6 +189,31 @@ def _unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:
     """Undo llama.cpp's q/k row permutation (interleaved rotary halves -> rotate-half layout)."""
     rows = w.shape[0]
     return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def gguf_getter(arch: str, loaders: dict, n_heads: int, n_kv: int, source: str = "GGUF"):
+    """(get(hf_name) -> float32 array in the transformers layout, the HF names present) over GGUF-named
+    tensors, `loaders` mapping each llama.cpp name to a function returning its (dequantized) array."""
+    by_hf = {}
+    for name in loaders:
+        hf_name = _gguf_name_to_hf(name, arch)
+        if hf_name is None:
+            raise UnsupportedModelError(f"{source}: GGUF tensor {name!r} has no counterpart in the {arch} decoder")
+        by_hf[hf_name] = name
+
+    def get(hf_name: str) -> np.ndarray:
+        if hf_name not in by_hf:
+            raise KeyError(hf_name)
+        w = np.asarray(loaders[by_hf[hf_name]](), dtype=np.float32)
+        if arch == "llama" and hf_name.endswith("q_proj.weight"):
+            w = _unpermute(w, n_heads)
+        elif arch == "llama" and hf_name.endswith("k_proj.weight"):
+            w = _unpermute(w, n_kv)
+        elif arch == "gpt2" and w.ndim == 2 and hf_name.startswith("transformer.h."):
+            w = np.ascontiguousarray(w.T)  # back to Conv1D's (in, out)
+        return w
+
+    return get, list(by_hf)
 
 
 def _open_gguf(path: Path):
@@ -188,48 +228,41 @@ def _open_gguf(path: Path):
         return f.contents() if f is not None else default
 
     arch = field("general.architecture")
-    if arch not in ("llama", "qwen2"):
-        raise UnsupportedModelError(f"{path}: GGUF architecture {arch!r} is not supported (llama, qwen2 are)")
+    if arch not in ("llama", "qwen2", "gpt2"):
+        raise UnsupportedModelError(f"{path}: GGUF architecture {arch!r} is not supported (llama, qwen2, gpt2 are)")
     tensors = {t.name: t for t in reader.tensors}
     n_heads = int(field(f"{arch}.attention.head_count"))
     n_kv = int(field(f"{arch}.attention.head_count_kv", n_heads))
     d_model = int(field(f"{arch}.embedding_length"))
-    hf_cfg = {
-        "model_type": arch, "hidden_size": d_model, "num_hidden_layers": int(field(f"{arch}.block_count")),
-        "num_attention_heads": n_heads, "num_key_value_heads": n_kv,
-        "head_dim": int(field(f"{arch}.rope.dimension_count", d_model // n_heads)),
-        "intermediate_size": int(field(f"{arch}.feed_forward_length")),
-        "max_position_embeddings": int(field(f"{arch}.context_length", 2048)),
-        "rms_norm_eps": float(field(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)),
-        "rope_theta": float(field(f"{arch}.rope.freq_base", 10000.0)),
-        "vocab_size": int(tensors["token_embd.weight"].data.shape[0]),
-        "tie_word_embeddings": "output.weight" not in tensors,
-        "bos_token_id": field("tokenizer.ggml.bos_token_id"), "eos_token_id": field("tokenizer.ggml.eos_token_id"),
-        "pad_token_id": field("tokenizer.ggml.padding_token_id"),
-    }
-    if field(f"{arch}.rope.scaling.type") not in (None, "none"):
-        raise UnsupportedModelError(f"{path}: GGUF rope scaling {field(f'{arch}.rope.scaling.type')!r}")
+    tokens = dict(bos_token_id=field("tokenizer.ggml.bos_token_id"), eos_token_id=field("tokenizer.ggml.eos_token_id"),
+                  pad_token_id=field("tokenizer.ggml.padding_token_id"))
+    if arch == "gpt2":
+        hf_cfg = {"model_type": "gpt2", "n_embd": d_model, "n_layer": int(field("gpt2.block_count")),
+                  "n_head": n_heads, "n_inner": int(field("gpt2.feed_forward_length", 4 * d_model)),
+                  "n_positions": int(field("gpt2.context_length", 1024)),
+                  "layer_norm_epsilon": float(field("gpt2.attention.layer_norm_epsilon", 1e-5)),
+                  "vocab_size": int(tensors["token_embd.weight"].data.shape[0]), "activation_function": "gelu_new",
+                  "tie_word_embeddings": "output.weight" not in tensors, **tokens}
+    else:
+        hf_cfg = {
+            "model_type": arch, "hidden_size": d_model, "num_hidden_layers": int(field(f"{arch}.block_count")),
+            "num_attention_heads": n_heads, "num_key_value_heads": n_kv,
+            "head_dim": int(field(f"{arch}.rope.dimension_count", d_model // n_heads)),
+            "intermediate_size": int(field(f"{arch}.feed_forward_length")),
+            "max_position_embeddings": int(field(f"{arch}.context_length", 2048)),
+            "rms_norm_eps": float(field(f"{arch}.attention.layer_norm_rms_epsilon", 1e-6)),
+            "rope_theta": float(field(f"{arch}.rope.freq_base", 10000.0)),
+            "vocab_size": int(tensors["token_embd.weight"].data.shape[0]),
+            "tie_word_embeddings": "output.weight" not in tensors, **tokens,
+        }
+        if field(f"{arch}.rope.scaling.type") not in (None, "none"):
+            raise UnsupportedModelError(f"{path}: GGUF rope scaling {field(f'{arch}.rope.scaling.type')!r}")
     cfg = from_hf_config(hf_cfg)
-    by_hf = {}
-    for name in tensors:
-        hf_name = _gguf_name_to_hf(name)
-        if hf_name is None:
-            raise UnsupportedModelError(f"{path}: GGUF tensor {name!r} has no counterpart in the {arch} decoder")
-        by_hf[hf_name] = name
-
-    def get(hf_name: str) -> np.ndarray:
-        if hf_name not in by_hf:
-            raise KeyError(hf_name)
-        t = tensors[by_hf[hf_name]]
-        w = np.asarray(gguf.dequantize(t.data, t.tensor_type), dtype=np.float32)
-        if arch == "llama" and hf_name.endswith("q_proj.weight"):
-            w = _unpermute(w, n_heads)
-        elif arch == "llama" and hf_name.endswith("k_proj.weight"):
-            w = _unpermute(w, n_kv)
-        return w
+    loaders = {name: (lambda t=t: gguf.dequantize(t.data, t.tensor_type)) for name, t in tensors.items()}
+    get, keys = gguf_getter(arch, loaders, n_heads, n_kv, source=str(path))
 
     def tokenizer():
         from transformers import AutoTokenizer
         return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
 
-    return cfg, get, list(by_hf), tokenizer
+    return cfg, get, keys, tokenizer
