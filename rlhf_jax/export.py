@@ -24,12 +24,12 @@ from rlhf_jax.errors import UserError
 
 def source_pre(spec: str) -> str | None:
     """The tokenizer.ggml.pre of the GGUF behind a model spec (the file itself, or a run's base model)."""
-    from rlhf_jax.synth.generator import _stage_spec, _unflatten
+    from rlhf_jax.synth.generator import _stage_spec
+    from rlhf_jax.workdir import stored_config
     path = Path(spec).expanduser()
     stage = _stage_spec(spec)
     if stage is not None:
-        flat = json.loads((stage[0] / "config.json").read_text())["config"]
-        base = _unflatten(flat).get("model", {}).get("path") or ""
+        base = stored_config(stage[0]).get("model", {}).get("path") or ""
         path = Path(base).expanduser() if base else None
     if path is None or path.suffix != ".gguf" or not path.is_file():
         return None

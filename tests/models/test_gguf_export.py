@@ -17,6 +17,7 @@ neglected. Float rounding of the two forward passes is added on top (tests/toler
 A wrong tensor layout (q/k permutation, a transposition, a swapped name) moves the logits by O(1), far
 past the bound.
 """
+import functools
 import json
 import subprocess
 import sys
@@ -78,11 +79,11 @@ CASES = {"gpt2": (GPT2_SHAPE, _gpt2_tokenizer, None), "llama": (LLAMA_SHAPE, _gp
                                     "smollm")}
 
 
-@pytest.fixture(scope="module", params=list(CASES))
-def source(request):
-    cfg, make_tok, pre = CASES[request.param]
+@functools.cache
+def _source(name):
+    cfg, make_tok, pre = CASES[name]
     tok = make_tok()
-    return request.param, _random_model(cfg, tok), tok, pre
+    return name, _random_model(cfg, tok), tok, pre
 
 
 def _host(model):
@@ -140,12 +141,19 @@ def _logit_bound(model, bounds, ids):
     return np.asarray(jnp.stack(out))
 
 
-@pytest.mark.parametrize("qtype", ["f32", "f16", "q8_0"])
-def test_round_trip_through_our_reader_and_transformers(source, qtype, tmp_path):
+# the default run keeps one exact case (GPT-2's transposed Conv1D layout, f32) and one quantised one
+# (Llama's q/k row permutation, q8_0), about 45 s; the other seven (some 2 min) run with -m slow
+DEFAULT_CASES = {("gpt2", "f32"), ("llama", "q8_0")}
+ROUND_TRIPS = [pytest.param(name, qtype, marks=() if (name, qtype) in DEFAULT_CASES else pytest.mark.slow)
+               for name in CASES for qtype in ("f32", "f16", "q8_0")]
+
+
+@pytest.mark.parametrize("case, qtype", ROUND_TRIPS)
+def test_round_trip_through_our_reader_and_transformers(case, qtype, tmp_path):
     import gguf
     import torch
     from transformers import AutoModelForCausalLM
-    name, model, tok, pre = source
+    name, model, tok, pre = _source(case)
     path = tmp_path / f"{name}.{qtype}.gguf"
     report = write_gguf(model, tok, path, qtype, pre=pre)
 
