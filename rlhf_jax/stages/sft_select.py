@@ -9,19 +9,19 @@ final step). This stage scores every candidate by each criterion of `sft_select.
     val_loss  token-weighted NLL of the held-out demonstrations              (lower is better)
     rm_score  mean reward-model score of the candidate's samples for the first
               n_prompts held-out prompts (n_samples each, at `temperature`)   (higher is better)
-    gold      mean gold reward of the same samples (the task world's, or
-              data.gold): the oracle, a diagnostic a real run does not have   (higher is better)
+    gold      mean gold reward (the task world's, or data.gold) of other samples
+              for the same prompts: the oracle, a diagnostic a real run lacks (higher is better)
 
 and saves the best candidate by `criterion` as WORKDIR/sft_select/final. Every candidate is
-sampled with the same seed (common random numbers: the candidates' differences are not sampling
-noise). Once this stage has finished in a workdir, its final parameters ARE the SFT policy every
+sampled with the same seeds (common random numbers across candidates); gold scores samples of
+another seed than rm_score's, so that the gold of the RM's choice is an unbiased estimate. Once this stage has finished in a workdir, its final parameters ARE the SFT policy every
 later stage reads (`handoff.load_sft`: PPO's start and KL reference, DPO's reference, ...).
 
 The reward model is this run's trained reward (stage rm, or fgrm) as PPO would optimise it, or
 `sft_select.rm_workdir`'s finished stage rm. The summary lists every candidate's scores, the
 step each criterion would choose (`best_by`) and the chosen one's scores; each candidate's scores
-are kept in WORKDIR/sft_select/scores.json as they are computed, so a killed stage resumes with
-the candidates it has not scored.
+are kept in WORKDIR/sft_select/scores.json as they are computed (with the fingerprint of the
+config fields they depend on), so a killed stage resumes with the candidates it has not scored.
 """
 from __future__ import annotations
 
@@ -34,12 +34,13 @@ from typing import Any, Callable
 import numpy as np
 
 from rlhf_jax import checkpoint
+from rlhf_jax import workdir as workdirs
 from rlhf_jax.errors import UserError
 from rlhf_jax.registry import Registry
 from rlhf_jax.rewards import score_in_chunks
 from rlhf_jax.stages import candidates
 from rlhf_jax.stages.gold import RM_GOLD, gold_reward, gold_stages, rm_gold
-from rlhf_jax.stages.registry import listed, register_stage
+from rlhf_jax.stages.registry import listed, register_stage, stage_reads
 from rlhf_jax.stages.reward import reward_stages, trained_reward
 from rlhf_jax.stages.sampling import sample
 from rlhf_jax.train import sft as sft_lib
@@ -64,20 +65,23 @@ def names(c) -> list[str]:
 
 class Scoring:
     """What the criteria share over one run of the stage: the held-out data, the reward models
-    (built on first use) and the current candidate's samples (drawn once for every criterion)."""
+    (built on first use) and the current candidate's samples (each draw once, for every criterion)."""
 
     def __init__(self, ctx):
         self.ctx, self.c = ctx, ctx.config.sft_select
         self.prompts = ctx.data.records("eval_prompts")[:self.c.n_prompts]
         self.seed = ctx.config.seed * 53 + 7  # one seed for every candidate
-        self._samples: tuple[int, dict] | None = None
+        self._samples: dict[tuple[int, int], dict] = {}
         self._cache: dict[str, Any] = {}
 
-    def samples(self, step: int, params) -> dict[str, np.ndarray]:
-        if self._samples is None or self._samples[0] != step:
-            self._samples = (step, sample(self.ctx, params, self.prompts, self.c.n_samples, self.c.temperature,
-                                          self.seed))
-        return self._samples[1]
+    def samples(self, step: int, params, draw: int) -> dict[str, np.ndarray]:
+        """The candidate's samples of draw `draw` (the same seed for every candidate; another
+        seed for each draw), kept while the stage scores this candidate."""
+        if (step, draw) not in self._samples:
+            self._samples = {k: v for k, v in self._samples.items() if k[0] == step}
+            self._samples[step, draw] = sample(self.ctx, params, self.prompts, self.c.n_samples, self.c.temperature,
+                                               self.seed + 1000 * draw)
+        return self._samples[step, draw]
 
     def once(self, key: str, build: Callable):
         if key not in self._cache:
@@ -112,13 +116,14 @@ def _host_reward(sc: Scoring):
 def rm_score(sc: Scoring, step: int, params) -> float:
     """Mean reward-model score of the candidate's samples."""
     fn = sc.once("rm", lambda: _host_reward(sc))
-    return float(np.mean(fn(sc.samples(step, params))))
+    return float(np.mean(fn(sc.samples(step, params, draw=0))))
 
 
 def gold(sc: Scoring, step: int, params) -> float:
-    """Mean gold reward of the candidate's samples (the same samples rm_score scores)."""
+    """Mean gold reward of the candidate's samples: other samples than rm_score's, so the gold of
+    the candidate rm_score chose is not biased up by the sampling noise rm_score chose it on."""
     reward = sc.once("gold", lambda: gold_reward(sc.ctx))
-    s = sc.samples(step, params)
+    s = sc.samples(step, params, draw=1)
     values = reward.host_scores(s["prompt"], s["prompt_mask"], s["response"], s["response_mask"])
     return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
@@ -159,6 +164,14 @@ def needs(c) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def settings_fingerprint(c) -> str:
+    """The fingerprint of every config field this stage's scores depend on (its reads, its
+    needs' reads and the run-wide fields): the scores a killed run kept are reused only under
+    the same ones."""
+    reads = {"sft_select": stage_reads("sft_select", c)}
+    return workdirs.fingerprint({k: v for k, v in workdirs.flatten(c).items() if workdirs.readers(k, reads)})
+
+
 def preflight(ctx, need) -> None:
     need(len(ctx.data.records("eval_prompts")) > 0, "heldout.n_prompts", "no held-out prompts to sample")
 
@@ -184,7 +197,9 @@ def run(ctx) -> dict[str, Any]:
     out = ctx.workdir / "sft_select"
     out.mkdir(parents=True, exist_ok=True)
     done_path = out / "scores.json"
-    done = json.loads(done_path.read_text()) if done_path.exists() else {}
+    settings = settings_fingerprint(ctx.config)
+    stored = json.loads(done_path.read_text()) if done_path.exists() else {}
+    done = stored.get("scores", {}) if stored.get("settings") == settings else {}  # scored under this config only
     sc = Scoring(ctx)
     rows = []
     for step in steps:
@@ -194,7 +209,8 @@ def run(ctx) -> dict[str, Any]:
             params = candidates.load(ctx.workdir, "sft", step, ctx.base.params)
             row.update({k: CRITERIA[k].score(sc, step, params) for k in missing})
             done[str(step)] = row
-            checkpoint.write_json_atomic(done_path, done)  # a killed stage resumes after this candidate
+            # a killed stage resumes after this candidate
+            checkpoint.write_json_atomic(done_path, {"settings": settings, "scores": done})
             print(f"[sft_select] step {step}: " + ", ".join(f"{k} {row[k]:.4f}" for k in criteria), flush=True)
         rows.append({"step": step, **{k: row[k] for k in criteria}})
     chosen = choose(rows, c.criterion)
