@@ -215,3 +215,37 @@ def test_criteria_decide_what_the_stage_needs():
     assert sel.needs(micro(**{"sft_select.report": "val_loss", "sft_select.criterion": "val_loss"})) == ("sft",)
     assert sel.needs(micro()) == ("sft", "rm")
     assert sel.needs(micro(**{"sft_select.rm_workdir": "/some/run"})) == ("sft",)
+
+
+def test_rm_of_another_workdir_scores_as_the_local_one(selected, tmp_path):
+    """sft_select.rm_workdir: the finished RM of another run, with no RM in this workdir."""
+    path, summary = selected
+    work = tmp_path / "w"
+    shutil.copytree(path, work, ignore=shutil.ignore_patterns("rm", "sft_select", "ppo"))
+    config = micro(**{**PIPELINE, "stages": "sft_select", "sft_select.rm_workdir": str(path)})
+    assert sel.needs(config) == ("sft",) and plan(config, work) == ["sft_select"]
+    got = run_stages(build_context(config, work, use_wandb=False), ["sft_select"])["sft_select"]
+    # the same RM on the same samples (re-tokenised from their text, which the task world's
+    # tokenizer round-trips): float32 scores of another batch layout
+    for mine, local in zip(got["candidates"], summary["sft_select"]["candidates"]):
+        assert mine["rm_score"] == pytest.approx(local["rm_score"], rel=1e-4, abs=1e-5)
+        assert (mine["val_loss"], mine["gold"]) == (local["val_loss"], local["gold"])
+
+
+def test_eval_and_shared_sweep_stages_follow_the_choice(tmp_path):
+    from rlhf_jax.stages import evaluation
+    from rlhf_jax.sweep.runner import share_stages
+    c = micro(**{"stages": "sft,rm,eval,sft_select", "sft.candidates": 4, "evaluate.policies": "sft=stage:sft"})
+    assert "sft_select" in evaluation.needs(c)  # stage:sft is the chosen candidate once selected
+    assert plan(c, tmp_path) == ["sft", "rm", "sft_select", "eval"]
+
+    class Run:  # the runner's Run as share_stages reads it
+        def __init__(self, seed, workdir):
+            self.seed, self.workdir = seed, workdir
+
+    source, fresh = Run(0, tmp_path / "a"), Run(0, tmp_path / "b")
+    (source.workdir / "sft" / "candidates" / "step_4").mkdir(parents=True)
+    (source.workdir / "sft" / "candidates" / "step_4" / "x").write_text("params")
+    (source.workdir / "sft" / "summary.json").write_text("{}")
+    assert share_stages(fresh, [source, fresh], ("sft",)) == ["sft"]
+    assert (fresh.workdir / "sft" / "candidates" / "step_4" / "x").read_text() == "params"
