@@ -97,7 +97,15 @@ def base() -> ml_collections.ConfigDict:
         "pack": False, "eval_every": 0, "save_every": 100,
         # gradient accumulation: each batch in grad_accum slices, one slice's activations at a
         # time, the same update as the whole batch (batch_size must be divisible by it)
-        "grad_accum": 1})
+        "grad_accum": 1,
+        "candidates": 0})  # > 0: keep the parameters at that many evenly spaced steps (stage sft_select)
+    # stage sft_select (InstructGPT's choice of the SFT checkpoint): score every candidate SFT kept by each
+    # criterion of `report` (registered: val_loss, rm_score, gold) and hand on the best by `criterion`;
+    # rm_score: the mean score of the reward model (`rm_workdir`'s finished stage rm; "" = this run's trained
+    # reward) on n_samples samples at `temperature` for each of n_prompts held-out prompts
+    c.sft_select = ml_collections.ConfigDict({"criterion": "rm_score", "report": "val_loss,rm_score",
+                                              "rm_workdir": "", "n_prompts": 256, "n_samples": 1,
+                                              "temperature": 1.0})
     c.rm = ml_collections.ConfigDict({
         "steps": 0, "epochs": 3, "batch_size": 32, **optimizer(1e-3, warmup_steps=10), **lora(), "margin": 0.0,
         "center_coef": 0.0,  # c * (r_w + r_l)^2 (N+ notes); the papers use none, the tiny world sets 0.01

@@ -1,6 +1,7 @@
 """The stages of a run, one module each, registered by name (see `registry.py`):
 
     sft   supervised fine-tuning                    rm    reward model (single, ensemble, InfoRM)
+    sft_select  the SFT candidate a criterion picks (InstructGPT: by the RM's score)
     fgrm  fine-grained category reward models       ppo   PPO (or a critic-free method) against the reward
     dpo   preference losses (DPO family, SimPO...)  bon   best-of-n curves
     rs    rejection-sampling fine-tuning            eval  evaluation suites on any checkpoints

@@ -18,6 +18,7 @@ import numpy as np
 
 from rlhf_jax.checkpoint import Checkpointer
 from rlhf_jax.data.batches import BatchIterator
+from rlhf_jax.stages import candidates
 from rlhf_jax.stages.registry import STAGES
 from rlhf_jax.train.loop import Hook, LoopResult, run_loop
 from rlhf_jax.train import lora as lora_lib
@@ -48,6 +49,10 @@ class Training:
     hooks: tuple[Hook, ...] = ()
     progress_keys: tuple[str, ...] = ("loss",)
     outputs: bool = False  # the step returns (state, metrics, outputs) for the hooks
+    # the parameters after each of these steps kept as WORKDIR/<stage>/candidates/step_N (SFT's
+    # candidates for stage sft_select); snapshot(state) -> the parameters to keep
+    snapshot_steps: tuple[int, ...] = ()
+    snapshot: Callable[[Any], Any] = lambda state: state.params
 
 
 def adapters(ctx, block, init, salt: int, extras: tuple[str, ...] = (), base=None):
@@ -97,12 +102,14 @@ def train(ctx, stage: str, t: Training, salt: int) -> LoopResult:
             print(f"[{stage}] resumed from step {start}", flush=True)
         writer = ctx.writer(stage, t.progress_keys, resume_step=start)
         stop_after = ctx.config.debug_stop_after.get(stage, 0) or None
+        keep = set(t.snapshot_steps)
+        after_step = (lambda s, n: candidates.save(ctx.workdir, stage, n, t.snapshot(s)) if n in keep else None)
         result = run_loop(stage, step_fn, state, lambda: ctx.shard(t.combine({k: next(it) for k, it in t.data.items()})),
                           total_steps=t.total_steps, start_step=start, rng=jax.random.fold_in(ctx.rng, salt),
                           checkpointer=checkpointer, save_every=ctx.config[STAGES[stage].block].save_every,
                           meta_fn=lambda: {"data": {k: it.position() for k, it in t.data.items()}}, writer=writer,
                           eval_fn=t.evaluate, eval_every=t.eval_every, stop_after=stop_after, hooks=t.hooks,
-                          last_metrics=last)
+                          last_metrics=last, after_step=after_step if keep else None)
     finally:
         if writer is not None:
             writer.close()

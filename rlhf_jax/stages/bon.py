@@ -13,7 +13,7 @@ from rlhf_jax import checkpoint
 from rlhf_jax.objectives import bon as bon_lib
 from rlhf_jax.rewards import score_in_chunks
 from rlhf_jax.stages.gold import gold_reward, gold_stages
-from rlhf_jax.stages.handoff import load_sft
+from rlhf_jax.stages.handoff import load_sft, policy_stages
 from rlhf_jax.stages.registry import register_stage
 from rlhf_jax.stages.reward import reward_stages, trained_reward
 from rlhf_jax.stages.sampling import sample
@@ -43,7 +43,7 @@ def preflight(ctx, need) -> None:
     need(len(ctx.data.records("eval_prompts")) > 0, "heldout.n_prompts", "no held-out prompts for best-of-n")
 
 
-@register_stage("bon", needs=lambda c: ("sft",) + reward_stages(c) + gold_stages(c), check=check,
+@register_stage("bon", needs=lambda c: policy_stages(c) + reward_stages(c) + gold_stages(c), check=check,
                 produces_params=False, reads=("heldout", "sampling"), preflight=preflight)
 def run(ctx) -> dict[str, Any]:
     c = ctx.config.bon

@@ -17,7 +17,7 @@ from rlhf_jax.eval.policy_eval import compare_policies, frontier_eval
 from rlhf_jax.objectives.preference import PREFERENCE_LOSSES
 from rlhf_jax.stages.base import Training, adapters, train, train_state
 from rlhf_jax.stages.gold import gold_reward, gold_stages
-from rlhf_jax.stages.handoff import load_sft
+from rlhf_jax.stages.handoff import load_sft, policy_stages
 from rlhf_jax.stages.preferences import check_preference_sizes, preference_arrays, preference_stages
 from rlhf_jax.stages.registry import register_stage
 from rlhf_jax.train import dpo as dpo_lib
@@ -50,7 +50,7 @@ def preflight(ctx, need) -> None:
     need(len(ctx.data.records("eval_prompts")) > 0, "heldout.n_prompts", "no held-out prompts to evaluate on")
 
 
-@register_stage("dpo", trains=True, needs=lambda c: ("sft",) + preference_stages(c) + gold_stages(c),
+@register_stage("dpo", trains=True, needs=lambda c: policy_stages(c) + preference_stages(c) + gold_stages(c),
                 check=check, reads=("heldout", "sampling"), data=("rm_train",), preflight=preflight)
 def run(ctx) -> dict[str, Any]:
     c = ctx.config.dpo

@@ -38,6 +38,7 @@ from rlhf_jax.models.forward import per_sequence_chunks
 from rlhf_jax.registry import Registry
 from rlhf_jax.rewards import SequenceReward
 from rlhf_jax.stages.gold import gold_reward
+from rlhf_jax.stages.handoff import policy_stages, sft_stage
 from rlhf_jax.stages.registry import STAGES, register_stage, stage_reads
 from rlhf_jax.stages.reward import reward_stages, trained_reward
 from rlhf_jax.train.ppo import sequence_kl
@@ -77,6 +78,8 @@ def needs(c) -> tuple[str, ...]:
     if c.evaluate.source:
         return ()
     stages = [w[6:] for w in parse_policies(c.evaluate.policies).values() if w.startswith("stage:")]
+    if "sft" in stages:  # stage:sft is the SFT policy: the candidate sft_select chose when it runs
+        stages += list(policy_stages(c))
     if "rm" in c.evaluate.judges.split(","):
         stages += list(reward_stages(c))
     return tuple(dict.fromkeys(stages))
@@ -88,7 +91,8 @@ def _source(ctx) -> Path:
 
 def load_policy(ctx, name: str, spec: str) -> Policy:
     if spec.startswith("stage:"):
-        params = checkpoint.load_final(_source(ctx), spec[6:], ctx.base.params)
+        stage = sft_stage(_source(ctx)) if spec[6:] == "sft" else spec[6:]  # as every stage reads the SFT policy
+        params = checkpoint.load_final(_source(ctx), stage, ctx.base.params)
         return Policy(name, Model(ctx.base.cfg, "lm", ctx.base.graphdef, params), ctx.tokenizer)
     model, tokenizer = load_pretrained(Path(spec).expanduser(), mesh=ctx.mesh)
     if tokenizer is None:

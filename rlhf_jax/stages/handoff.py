@@ -5,11 +5,27 @@ import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from rlhf_jax import checkpoint
+from rlhf_jax.stages.registry import finished, listed
+
+SELECT = "sft_select"  # the stage that chooses among SFT's candidates
+
+
+def sft_stage(workdir) -> str:
+    """The stage whose final parameters are the SFT policy: sft_select (the candidate it chose)
+    once it has finished in the workdir, else sft."""
+    return SELECT if finished(workdir, SELECT) else "sft"
 
 
 def load_sft(ctx):
-    """The SFT policy's parameters (WORKDIR/sft/final)."""
-    return checkpoint.load_final(ctx.workdir, "sft", ctx.base.params)
+    """The SFT policy's parameters: WORKDIR/sft_select/final once stage sft_select has finished
+    there, else WORKDIR/sft/final."""
+    return checkpoint.load_final(ctx.workdir, sft_stage(ctx.workdir), ctx.base.params)
+
+
+def policy_stages(c) -> tuple[str, ...]:
+    """What a stage starting from the SFT policy needs: sft, and sft_select when it is listed
+    (so that it runs first and the stage starts from the chosen candidate)."""
+    return ("sft", SELECT) if SELECT in listed(c) else ("sft",)
 
 
 def load_stacked(ctx, stage: str, member_params, k: int):

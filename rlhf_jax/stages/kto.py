@@ -22,7 +22,7 @@ from rlhf_jax.data.run_data import read_source
 from rlhf_jax.eval.policy_eval import compare_policies, frontier_eval
 from rlhf_jax.stages.base import Training, adapters, train, train_state
 from rlhf_jax.stages.gold import gold_reward, gold_stages
-from rlhf_jax.stages.handoff import load_sft
+from rlhf_jax.stages.handoff import load_sft, policy_stages
 from rlhf_jax.stages.preferences import check_preference_sizes, preference_stages, prepare_rankings
 from rlhf_jax.stages.registry import listed, register_stage
 from rlhf_jax.train import dpo as dpo_lib
@@ -49,7 +49,7 @@ def check(c, need) -> None:
 
 
 def needs(c) -> tuple[str, ...]:
-    return ("sft",) + (() if c.kto.data else preference_stages(c)) + gold_stages(c)
+    return policy_stages(c) + (() if c.kto.data else preference_stages(c)) + gold_stages(c)
 
 
 def binary_records(ctx) -> tuple[list[dict], list[dict]]:

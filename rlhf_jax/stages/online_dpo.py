@@ -17,7 +17,7 @@ from rlhf_jax.eval.policy_eval import compare_policies
 from rlhf_jax.stages.base import Training, adapters, train, train_state
 from rlhf_jax.stages.dpo import check_loss
 from rlhf_jax.stages.gold import gold_reward, gold_stages
-from rlhf_jax.stages.handoff import load_sft
+from rlhf_jax.stages.handoff import load_sft, policy_stages
 from rlhf_jax.stages.ppo import gold_hook
 from rlhf_jax.stages.registry import register_stage
 from rlhf_jax.stages.reward import reward_stages, trained_reward
@@ -53,7 +53,7 @@ def preflight(ctx, need) -> None:
 def needs(c) -> tuple[str, ...]:
     """The SFT policy (start and reference), the trained reward's stages unless the gold reward
     labels the pairs, and the gold reward's stage."""
-    return ("sft",) + (reward_stages(c) if c.online_dpo.reward == "rm" else ()) + gold_stages(c)
+    return policy_stages(c) + (reward_stages(c) if c.online_dpo.reward == "rm" else ()) + gold_stages(c)
 
 
 def annotator(ctx):

@@ -23,7 +23,7 @@ from rlhf_jax.objectives.ppo import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, POLICY_
 from rlhf_jax.sharding import batch_shards
 from rlhf_jax.stages.base import Training, adapters, train
 from rlhf_jax.stages.gold import gold_reward, gold_stages
-from rlhf_jax.stages.handoff import load_sft
+from rlhf_jax.stages.handoff import load_sft, policy_stages
 from rlhf_jax.stages.registry import register_stage
 from rlhf_jax.stages.reward import ppo_reward, reward_stages
 from rlhf_jax.stages.sampling import sample
@@ -159,7 +159,7 @@ def _heldout_nll(ctx, records: str, sft, final, nll_key: str, tax_key: str) -> d
 def needs(c) -> tuple[str, ...]:
     """The SFT policy, the reward it optimises (the trained reward's stages unless ppo.reward =
     gold) and the gold reward's stage."""
-    return ("sft",) + (reward_stages(c) if c.ppo.reward == "rm" else ()) + gold_stages(c)
+    return policy_stages(c) + (reward_stages(c) if c.ppo.reward == "rm" else ()) + gold_stages(c)
 
 
 @register_stage("ppo", trains=True, needs=needs, check=check, reads=("heldout", "sampling"), data=("prompts",),

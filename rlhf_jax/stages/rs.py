@@ -14,7 +14,7 @@ from rlhf_jax.eval.policy_eval import compare_policies
 from rlhf_jax.objectives import bon as bon_lib
 from rlhf_jax.stages.bon import score_samples
 from rlhf_jax.stages.gold import gold_reward, gold_stages
-from rlhf_jax.stages.handoff import load_sft
+from rlhf_jax.stages.handoff import load_sft, policy_stages
 from rlhf_jax.stages.registry import register_stage
 from rlhf_jax.stages.reward import reward_stages, trained_reward
 from rlhf_jax.stages.sampling import sample
@@ -29,7 +29,7 @@ def preflight(ctx, need) -> None:
          f"{c.batch_size}")
 
 
-@register_stage("rs", trains=True, needs=lambda c: ("sft",) + reward_stages(c) + gold_stages(c),
+@register_stage("rs", trains=True, needs=lambda c: policy_stages(c) + reward_stages(c) + gold_stages(c),
                 reads=("heldout", "sampling"), preflight=preflight)
 def run(ctx) -> dict[str, Any]:
     c = ctx.config.rs

@@ -1,5 +1,7 @@
 """Stage "sft": supervised fine-tuning of the base model on the demonstrations (completion-only
-loss), fully, with frozen early layers, or with LoRA adapters (the merged weights are saved)."""
+loss), fully, with frozen early layers, or with LoRA adapters (the merged weights are saved).
+With `sft.candidates` = n > 0 it also keeps the parameters at n evenly spaced steps (the last
+one the final step) under WORKDIR/sft/candidates/, which stage sft_select chooses among."""
 from __future__ import annotations
 
 import time
@@ -10,6 +12,7 @@ import jax.numpy as jnp
 
 from rlhf_jax import checkpoint
 from rlhf_jax.models import abstract_model
+from rlhf_jax.stages import candidates
 from rlhf_jax.stages.base import Training, adapters, train, train_state
 from rlhf_jax.stages.registry import register_stage
 from rlhf_jax.train import lora as lora_lib
@@ -23,6 +26,7 @@ def check(c, need) -> None:
     for block in ("sft", "rs"):  # rs fine-tunes with sft's fields (its own block)
         need(not (c[block].lora_rank and c[block].freeze_layers), f"{block}.lora_rank",
              "LoRA and freeze_layers exclude each other")
+    need(c.sft.candidates >= 0, "sft.candidates", "must be >= 0 (0 = keep none)")
 
 
 def fine_tune(ctx, stage: str, train_arrays=None, init=None) -> tuple[dict[str, Any], Any]:
@@ -45,12 +49,14 @@ def fine_tune(ctx, stage: str, train_arrays=None, init=None) -> tuple[dict[str, 
     evaluate = sft_lib.make_sft_eval(ctx.base.graphdef)
     merged = jax.jit(view)
     val_bs = min(c.batch_size, len(val["tokens"]))
+    # the candidates stage sft_select chooses among: the merged weights at evenly spaced steps
+    kept = candidates.evenly_spaced(total, c.get("candidates", 0))
     result = train(ctx, stage, Training(
         step=sft_lib.make_sft_step(graphdef, tx, sched, c.dropout > 0, lora, microbatches=c.grad_accum),
         state=train_state(params, tx),
         data={"train": it}, total_steps=total, constants=constants, progress_keys=("loss", "lr"),
         evaluate=lambda s, _: sft_lib.validation_loss(evaluate, merged(s.params), val, val_bs),
-        eval_every=c.eval_every), SALT)
+        eval_every=c.eval_every, snapshot_steps=tuple(kept), snapshot=lambda s: merged(s.params)), SALT)
     final_params = merged(result.state.params)
     trainable = (lora_lib.count(params) if mask is None else
                  int(sum(float((m * jnp.ones(x.shape)).sum()) for m, x in
@@ -58,6 +64,8 @@ def fine_tune(ctx, stage: str, train_arrays=None, init=None) -> tuple[dict[str, 
     summary = {"steps": total, "wall_seconds": time.perf_counter() - t0,
                "train_loss": result.last_metrics.get("loss"), "trainable_params": trainable,
                **sft_lib.validation_loss(evaluate, final_params, val, val_bs)}
+    if kept:
+        summary["candidate_steps"] = kept
     return summary, final_params
 
 

@@ -259,7 +259,7 @@ def share_stages(run: Run, runs: list[Run], share: tuple[str, ...]) -> list[str]
                        and (r.workdir / stage / "summary.json").exists()), None)
         if source is not None and not (run.workdir / stage).exists():
             (run.workdir / stage).mkdir(parents=True)
-            for name in ("final", "summary.json", "metrics.jsonl"):
+            for name in ("final", "summary.json", "metrics.jsonl", "candidates"):  # candidates: sft_select
                 if (source / name).is_dir():
                     shutil.copytree(source / name, run.workdir / stage / name)
                 elif (source / name).exists():

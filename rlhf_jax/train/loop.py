@@ -50,7 +50,8 @@ def run_loop(stage: str, step_fn: Callable, state: Any, next_batch: Callable[[],
              meta_fn: Callable[[], dict] = dict, save_every: int = 0, writer=NullWriter(),
              eval_fn: Callable[[Any, int], dict] | None = None, eval_every: int = 0,
              stop_after: int | None = None, hooks: tuple[Hook, ...] = (),
-             last_metrics: dict[str, float] | None = None) -> LoopResult:
+             last_metrics: dict[str, float] | None = None,
+             after_step: Callable[[Any, int], None] | None = None) -> LoopResult:
     """Run steps start_step+1 .. total_steps.
 
     `step_fn(state, batch, rng)` returns (state, metrics) or (state, metrics, outputs); the
@@ -58,6 +59,8 @@ def run_loop(stage: str, step_fn: Callable, state: Any, next_batch: Callable[[],
     the loop early after that step (with a checkpoint), as a kill would. `meta_fn()` returns
     the JSON metadata saved beside the state (e.g. the data position); the last metrics are
     saved there too, so a run resumed with no step left still reports them (`last_metrics`).
+    `after_step(state, step)` runs after every step, before that step's checkpoint (whatever it
+    writes exists for every step a resumed run starts after: SFT's candidate snapshots).
     """
     history: list[dict[str, float]] = []
     pending = None
@@ -98,6 +101,8 @@ def run_loop(stage: str, step_fn: Callable, state: Any, next_batch: Callable[[],
             evals = {f"eval/{k}": float(v) for k, v in eval_fn(state, step).items()}
             writer.write(step, evals)
             history.append({"step": step, **evals})
+        if after_step is not None:
+            after_step(state, step)
         final = step == total_steps or (stop_after is not None and step >= stop_after)
         if (save_every and step % save_every == 0) or final or signals.requested():
             last = drain(pending)
