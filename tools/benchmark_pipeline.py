@@ -222,6 +222,16 @@ def trl_side(shape: dict, steps: int) -> dict:
     return out
 
 
+def compare(o: dict, t: dict) -> dict:
+    """Our figures `o` over TRL's `t` (from `ours` and `trl_side`), and whether the targets are met."""
+    ratios = {"sft_tokens_per_s": o["sft"]["tokens_per_s"] / t["sft"]["tokens_per_s"],
+              "rm_tokens_per_s": o["rm"]["tokens_per_s"] / t["rm"]["tokens_per_s"],
+              "ppo_iteration_speedup": t["ppo"]["iteration_s"] / o["ppo"]["iteration_s"]}
+    return {"ratio_ours_over_trl": ratios,
+            "targets_met": {"sft_2x": ratios["sft_tokens_per_s"] >= 2, "rm_2x": ratios["rm_tokens_per_s"] >= 2,
+                            "ppo_3x": ratios["ppo_iteration_speedup"] >= 3}}
+
+
 def main():
     ap = parser(__doc__, out=True)
     ap.add_argument("--shapes", default="tiny,smollm2")
@@ -242,13 +252,7 @@ def main():
             except ImportError as e:
                 row["trl"] = {"error": f"TRL not importable ({e}); pip install trl==0.29.0"}
         if "sft" in row.get("trl", {}):
-            o, t = row["ours"], row["trl"]
-            ratios = {"sft_tokens_per_s": o["sft"]["tokens_per_s"] / t["sft"]["tokens_per_s"],
-                      "rm_tokens_per_s": o["rm"]["tokens_per_s"] / t["rm"]["tokens_per_s"],
-                      "ppo_iteration_speedup": t["ppo"]["iteration_s"] / o["ppo"]["iteration_s"]}
-            row["ratio_ours_over_trl"] = ratios
-            row["targets_met"] = {"sft_2x": ratios["sft_tokens_per_s"] >= 2, "rm_2x": ratios["rm_tokens_per_s"] >= 2,
-                                  "ppo_3x": ratios["ppo_iteration_speedup"] >= 3}
+            row.update(compare(row["ours"], row["trl"]))
         result["shapes"][name] = row
     report(result, args.out)
 
