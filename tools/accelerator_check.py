@@ -86,6 +86,10 @@ def sizes(smoke: bool, backend: str, args) -> dict:
     for k in ("dtype", "preset", "batch", "seq", "decode_preset", "ppo_preset", "ppo_batch"):
         if getattr(args, k, None) is not None:
             s[k] = getattr(args, k)
+    if getattr(args, "attn", None):
+        s["attn"] = tuple(int(x) for x in args.attn.split(","))
+        if len(s["attn"]) != 5 or s["attn"][2] % s["attn"][3]:
+            raise ValueError(f"--attn {args.attn!r}: want B,T,H,G,K with G dividing H")
     return s
 
 
@@ -322,6 +326,7 @@ def main(argv=None) -> int:
     ap.add_argument("--decode_preset", default=None)
     ap.add_argument("--ppo_preset", default=None)
     ap.add_argument("--ppo_batch", type=int, default=None)
+    ap.add_argument("--attn", default=None, help="attention shape B,T,H,G,K (default 8,2048,32,8,64: the 1b preset)")
     args = ap.parse_args(argv)
     names = args.sections.split(",")
     unknown = [n for n in names if n not in SECTIONS]
