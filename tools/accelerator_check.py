@@ -190,8 +190,13 @@ def attention(s: dict) -> dict:
     failures = []
     for name, attn in impls.items():
         fn = fwd_bwd(attn)
-        o, g = fn(q, k, v)
-        row = {"seconds_per_call": benchmark_model.timeit(fn, q, k, v, warmup=1, iters=5)}
+        try:
+            o, g = fn(q, k, v)
+            row = {"seconds_per_call": benchmark_model.timeit(fn, q, k, v, warmup=1, iters=5)}
+        except Exception as e:  # one implementation failing (cuDNN on an unsupported shape) keeps the others
+            out["impls"][name] = {"error": f"{type(e).__name__}: {e}"}
+            failures.append(name)
+            continue
         if name != "xla_manual":
             row["max_abs_diff_output"] = float(np.abs(f32(o) - f32(ref_out)).max())
             row["max_abs_diff_gradient"] = max(float(np.abs(f32(a) - f32(b)).max()) for a, b in zip(g, ref_grads))
@@ -202,8 +207,8 @@ def attention(s: dict) -> dict:
         out["impls"][name] = row
     if jax.default_backend() != "gpu":
         out["cudnn"] = f"skipped: cuDNN needs a GPU (backend {jax.default_backend()})"
-    if failures:
-        raise AssertionError(f"attention parity fails for {failures}: {out}")
+    if failures:  # recorded as a failed section, with every figure measured
+        out.update(status="error", error=f"attention fails (parity or error) for {failures}")
     return out
 
 

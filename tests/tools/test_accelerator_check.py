@@ -99,3 +99,17 @@ def test_a_failing_section_is_recorded_and_the_others_still_report(monkeypatch, 
 def test_unknown_section_fails_with_the_valid_ones():
     with pytest.raises(SystemExit):
         ac.main(["--smoke", "--sections", "nope"])
+
+
+def test_attention_that_disagrees_fails_the_section_and_keeps_its_figures(monkeypatch):
+    """A fused attention 10% off the manual one (an error far above bfloat16's few casts, which
+    allow about 2 eps = 1.6% of the largest value): parity False, the section an error, and its
+    figures still recorded."""
+    manual = ac.L.attention
+    monkeypatch.setattr(ac.L, "fused_attention", lambda q, k, v, mask, **kw: manual(q, k, v, mask) * 1.1)
+    s = ac.sizes(True, "cpu", object())
+    out = ac.attention(s)
+    dp = out["impls"]["dot_product"]
+    assert out["status"] == "error" and "dot_product" in out["error"]
+    assert dp["parity"] is False and dp["max_abs_diff_output"] > out["tolerance_output"]
+    assert dp["seconds_per_call"] > 0
