@@ -262,7 +262,7 @@ def trl(s: dict) -> dict:
         return {**_device(), "dtype": "float32", "status": "skipped",
                 "reason": f"trl is not importable ({e}); pip install trl==0.29.0"}
     shape = benchmark_pipeline.SHAPES["tiny" if s["preset"] == "test" else "smollm2"]
-    ours = benchmark_pipeline.ours(shape, s["trl_steps"])
+    ours = benchmark_pipeline.ours(shape, s["trl_steps"], make_mesh(devices=jax.devices()[:1]))
     with contextlib.redirect_stdout(sys.stderr):  # the trainers print their logs
         theirs = benchmark_pipeline.trl_side(shape, s["trl_steps"])
     return {**_device(), "dtype": "float32", "shape": {k: v for k, v in shape.items() if k != "model"},

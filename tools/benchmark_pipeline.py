@@ -65,7 +65,7 @@ def median_time(fn, steps: int) -> float:
     return float(np.median(times))
 
 
-def ours(shape: dict, steps: int) -> dict:
+def ours(shape: dict, steps: int, mesh=None) -> dict:
     cfg = shape["model"].replace(eos_token_id=EOS, pad_token_id=PAD)
     B, T, R = shape["batch"], shape["seq"], shape["rm_batch"]
     rng = np.random.default_rng(0)
@@ -78,7 +78,7 @@ def ours(shape: dict, steps: int) -> dict:
     tokens = ids(B, T)
     batch = {"tokens": tokens, "loss_mask": jnp.ones_like(tokens), "segment_ids": jnp.ones_like(tokens),
              "positions": jnp.broadcast_to(jnp.arange(T), (B, T))}
-    mesh = make_mesh()  # the run's default mesh: every device on the data axis
+    mesh = mesh or make_mesh()  # default: the run's mesh, every device on the data axis
 
     def time_step(step_fn, state, batch) -> float:
         """Median seconds of a train step compiled as a stage compiles it (`compile_step`: explicit

@@ -113,3 +113,17 @@ def test_attention_that_disagrees_fails_the_section_and_keeps_its_figures(monkey
     assert out["status"] == "error" and "dot_product" in out["error"]
     assert dp["parity"] is False and dp["max_abs_diff_output"] > out["tolerance_output"]
     assert dp["seconds_per_call"] > 0
+
+
+def test_trl_section_wiring_with_a_stand_in_trl(monkeypatch):
+    """Where `trl` imports, the section times our steps (on one device of the 8 here,
+    as every section) and divides by TRL's figures: TRL's side replaced by fixed numbers,
+    the ratios are ours over them."""
+    monkeypatch.setitem(sys.modules, "trl", type(sys)("trl"))
+    theirs = {"sft": {"tokens_per_s": 1.0}, "rm": {"tokens_per_s": 1.0}, "ppo": {"iteration_s": 1.0}}
+    monkeypatch.setattr(ac.benchmark_pipeline, "trl_side", lambda shape, steps: theirs)
+    out = ac.trl(ac.sizes(True, "cpu", object()))
+    ours, ratios = out["ours"], out["ratio_ours_over_trl"]
+    assert ratios["sft_tokens_per_s"] == ours["sft"]["tokens_per_s"] > 0
+    assert ratios["ppo_iteration_speedup"] == pytest.approx(1 / ours["ppo"]["iteration_s"])
+    assert set(out["targets_met"]) == {"sft_2x", "rm_2x", "ppo_3x"}
