@@ -7,6 +7,8 @@ Kinds (each a plain dict once validated):
 - "prompt":   {"prompt"} (PPO rollouts; optional "reference")
 - "text":     {"text"} (pretraining text for the PPO-ptx term)
 - "fine_grained": {"prompt", "response", "spans": [{"start", "end", "category"}], optional "pairs"}
+- "rating":   {"prompt", "response", "scores": {criterion: number in [1, 5]}}: pointwise ratings (the
+              labelling app's export; a consensus score may be a mean, so not only integers)
 - "binary":   {"prompt", "response", "label": bool}: unpaired feedback (KTO), label True = desirable;
               the label may be true/false, 1/0 or "desirable"/"undesirable" (CSV: the same as text),
               and "completion" (TRL's name) stands for "response"
@@ -228,6 +230,25 @@ def validate_preference(row: Mapping, max_chars: int | None = None) -> dict:
                                "(a ranking)", reason="missing_preference")
 
 
+RATING_SCALE = (1, 5)
+
+
+def validate_rating(row: Mapping, max_chars: int | None = None) -> dict:
+    response = _text(row, "response", max_chars=max_chars)
+    scores = row.get("scores")
+    if not isinstance(scores, Mapping) or not scores:
+        raise FieldError("scores", "expected a non-empty object {criterion: score}", reason="bad_scores")
+    lo, hi = RATING_SCALE
+    clean = {}
+    for name, value in scores.items():
+        if not isinstance(name, str) or not name.strip():
+            raise FieldError("scores", f"criterion {show(name)} is not a non-empty string", reason="bad_scores")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+            raise FieldError(f"scores.{name}", f"{show(value)} is not a number in [{lo}, {hi}]", reason="bad_scores")
+        clean[name] = value
+    return {"prompt": _prompt(row, max_chars), "response": response, "scores": clean}
+
+
 LABELS = {True: True, False: False, 1: True, 0: False, "desirable": True, "undesirable": False,
           "true": True, "false": False, "1": True, "0": False}
 
@@ -250,7 +271,7 @@ def validate_binary(row: Mapping, max_chars: int | None = None) -> dict:
 VALIDATORS: dict[str, Callable[..., dict]] = {
     "sft": validate_sft, "pair": validate_pair, "ranking": validate_ranking, "prompt": validate_prompt,
     "text": validate_text, "fine_grained": validate_fine_grained, "preference": validate_preference,
-    "binary": validate_binary,
+    "binary": validate_binary, "rating": validate_rating,
 }
 
 

@@ -21,7 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from rlhf_jax.data.records import (FieldError, ranking_pairs, validate_fine_grained, validate_pair, validate_ranking,
-                                    validate_sft)
+                                    validate_rating, validate_sft)
 from rlhf_jax.errors import UserError
 
 ITEM_KIND = {"ranking": "ranking", "pairs": "ranking", "rating": "rating", "fine_grained": "spans", "sft": "sft"}
@@ -142,8 +142,9 @@ def export(store, kind: str, rule: str | None = None, exclude_below: float | Non
                                          "rejected": first["responses"][l]})
                     records.append({**rec, "provenance": dict(prov, pair=[w, l], votes=v)})
             elif kind == "rating":
-                records.append({"prompt": first["prompt"], "response": first["responses"][0],
-                                "scores": cons[item_id]["scores"], "provenance": prov})
+                rec = validate_rating({"prompt": first["prompt"], "response": first["responses"][0],
+                                       "scores": cons[item_id]["scores"]})
+                records.append({**rec, "provenance": prov})
             else:
                 spans = majority_spans(values, len(first["responses"][0]))
                 rec = validate_fine_grained({"prompt": first["prompt"], "response": first["responses"][0],

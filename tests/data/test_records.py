@@ -1,6 +1,7 @@
 """Validation names file, line and field; the skip policy counts by reason; random junk never crashes."""
 import gzip
 import json
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -265,3 +266,17 @@ def test_preference_errors_name_the_field(tmp_path, row, field, words):
     with pytest.raises(DataError) as e:
         read_records(path, "preference")
     assert (e.value.line, e.value.field) == (2, field) and words in e.value.message
+
+
+def test_rating_rows_hold_scores_in_the_scale(tmp_path):
+    from rlhf_jax.data.records import FieldError, validate_rating
+    row = {"prompt": "p", "response": "r", "scores": {"helpfulness": 4, "honesty": 2.5}}
+    assert validate_rating(row) == row
+    for scores, field in [({}, "scores"), ({"honesty": 6}, "scores.honesty"), ({"honesty": True}, "scores.honesty"),
+                          ({"honesty": "5"}, "scores.honesty"), ({"": 3}, "scores"), ([3], "scores")]:
+        with pytest.raises(FieldError, match=rf"field '{re.escape(field)}'"):
+            validate_rating(dict(row, scores=scores))
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(row) + "\n" + json.dumps(dict(row, scores={"honesty": 0})) + "\n")
+    with pytest.raises(DataError, match=r"r\.jsonl:2: field 'scores\.honesty': 0 is not a number in \[1, 5\]"):
+        read_records(path, "rating")
