@@ -146,12 +146,7 @@ def main(argv: list[str] | None = None) -> int:
               "interval": "95% t-interval over seeds; differences paired by seed",
               "wall_seconds_this_invocation": round(time.perf_counter() - t0, 1), **report,
               "selection": collect(sweep, outcome)}
-    result["table"] = table(result)
-    T.write_json(run.json_path, result)
-    plot(result, run.png_path)
-    print(result["table"])
-    print(f"  {run.json_path}\n  {run.png_path}\n  {result['failed_runs']} failed runs")
-    return min(result["failed_runs"], 100)
+    return run.finish(result, table, plot)
 
 
 if __name__ == "__main__":

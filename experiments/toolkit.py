@@ -97,6 +97,16 @@ class Setup:
         # the command as typed (argv: the flags of a main(argv) call from Python); `name` is the script's
         self.command = shlex.join(["python", f"experiments/{name}.py", *(sys.argv[1:] if argv is None else argv)])
 
+    def finish(self, result: dict, table, plot) -> int:
+        """The common end of a figure script: the result's markdown table (`table(result)`), its JSON
+        and figure written, both paths printed; the exit code counts failed runs (at most 100)."""
+        result["table"] = table(result)
+        write_json(self.json_path, result)
+        plot(result, self.png_path)
+        print(result["table"])
+        print(f"  {self.json_path}\n  {self.png_path}\n  {result['failed_runs']} failed runs")
+        return min(result["failed_runs"], 100)
+
 
 def setup(args, name: str, figure_name: str | None = None, argv: list[str] | None = None,
           tag: str | None = None) -> Setup:

@@ -263,25 +263,29 @@ def create_app(db_url: str | Store) -> FastAPI:
         return page(request, f"task_{task['kind']}.html", status, me=me, task=view, label=shown, error=error,
                     client_id=uuid.uuid4().hex, ranks_json=json.dumps(list(range(len(view["responses"])))))
 
-    @app.get("/task/{task_id}", response_class=HTMLResponse)
-    async def task_page(task_id: int, request: Request):
+    async def my_task(request: Request, task_id: int):
+        """(me, task, None) for a signed-in annotator's own task, else (.., .., the page to answer)."""
         me = await run_in_threadpool(who, request)
         if me is None:
-            return RedirectResponse("/", status_code=303)
+            return None, None, RedirectResponse("/", status_code=303)
         task = await run_in_threadpool(store.get_task, task_id, me["id"])
         if task is None:
-            return page(request, "done.html", 404, me=me, error=f"task {task_id}: not in your queue")
+            return me, None, page(request, "done.html", 404, me=me, error=f"task {task_id}: not in your queue")
+        return me, task, None
+
+    @app.get("/task/{task_id}", response_class=HTMLResponse)
+    async def task_page(task_id: int, request: Request):
+        me, task, answer = await my_task(request, task_id)
+        if answer is not None:
+            return answer
         return await render_task(request, me, task)
 
     @app.post("/task/{task_id}")
     async def task_submit(task_id: int, request: Request):
         """The pages' form post: the same checks as the API; success goes on to the next task."""
-        me = await run_in_threadpool(who, request)
-        if me is None:
-            return RedirectResponse("/", status_code=303)
-        task = await run_in_threadpool(store.get_task, task_id, me["id"])
-        if task is None:
-            return page(request, "done.html", 404, me=me, error=f"task {task_id}: not in your queue")
+        me, task, answer = await my_task(request, task_id)
+        if answer is not None:
+            return answer
         form = await request.form()
         try:
             value = form_value(task, form)
