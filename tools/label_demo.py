@@ -70,19 +70,12 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def served(db: str, port: int):
-    import httpx
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen([sys.executable, "-m", "rlhf_jax.label", "serve", "--db", db, "--port", str(port)],
                             env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            if proc.poll() is not None:
-                raise SystemExit(f"the app exited with {proc.returncode}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.1)
+        simulate.wait_ready(url, proc)
         yield url
     finally:
         proc.terminate()

@@ -51,21 +51,6 @@ def start_server(db: str, port: int, log: Path) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, env=env)
 
 
-def wait_ready(url: str, proc: subprocess.Popen | None, timeout: float = 60.0) -> None:
-    import httpx
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode} before /healthz answered")
-        try:
-            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url}/healthz did not answer 200 within {timeout:.0f} s")
-
-
 def make_batch(store, n_annotators: int, tasks_per_annotator: int, overlap: int, seed: int) -> tuple[list, dict]:
     """Annotators load-0..N-1 (name, token) and one ranking batch of task-world items (K=4)."""
     from rlhf_jax.data import synthetic
@@ -119,7 +104,7 @@ def run(args) -> dict:
         url = f"http://127.0.0.1:{free_port()}"
         proc = start_server(db, int(url.rsplit(":", 1)[1]), Path(tmp) / "server.log")
     try:
-        wait_ready(url, proc)
+        simulate.wait_ready(url, proc)
         world = synthetic.WorldConfig(seed=args.seed, n_annotators=args.annotators)
         annotators = [simulate.Annotator(n, t, i, "bt", args.seed) for i, (n, t) in enumerate(tokens)]
         timings: list[tuple[str, float, int]] = []  # list.append is atomic under the GIL

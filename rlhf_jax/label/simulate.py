@@ -118,6 +118,23 @@ def answer(task: dict, annotator: Annotator, world: synthetic.WorldConfig, rng: 
     return {"completion": " ".join(synthetic.solve(*synthetic.parse_prompt(prompt)))}
 
 
+def wait_ready(url: str, proc=None, timeout: float = 60.0) -> None:
+    """Return once the app at `url` answers GET /healthz with 200; raise if `proc` (its server
+    process, when started here) exits first or `timeout` seconds pass."""
+    import httpx
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode} before /healthz answered")
+        try:
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url}/healthz did not answer 200 within {timeout:.0f} s")
+
+
 Recorder = Callable[[str, float, int], None]  # (endpoint, seconds, status)
 
 

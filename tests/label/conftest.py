@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from rlhf_jax.label.simulate import wait_ready
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -95,21 +97,6 @@ def db_url(request):
     return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
 
 
-def wait_healthy(url: str, proc: subprocess.Popen | None = None, timeout: float = 60.0) -> None:
-    import httpx
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url}/healthz did not answer 200 within {timeout} s")
-
-
 @contextlib.contextmanager
 def serve(db: str, port: int | None = None):
     """`python -m rlhf_jax.label serve` on a free port in a subprocess; yields (url, process)."""
@@ -120,7 +107,7 @@ def serve(db: str, port: int | None = None):
                             text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_healthy(url, proc)
+        wait_ready(url, proc)
         yield url, proc
     finally:
         if proc.poll() is None:

@@ -23,7 +23,8 @@ import httpx
 import pytest
 
 from rlhf_jax.label.store import open_store
-from tests.label.conftest import ROOT, free_port, wait_healthy
+from rlhf_jax.label.simulate import wait_ready
+from tests.label.conftest import ROOT, free_port
 
 ANNOTATORS, ITEMS, KILLS, ACKS_BETWEEN_KILLS = 4, 400, 3, 60
 
@@ -32,7 +33,7 @@ def start(db: str, port: int) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen([sys.executable, "-m", "rlhf_jax.label", "serve", "--db", db, "--port", str(port)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wait_healthy(f"http://127.0.0.1:{port}", proc)
+    wait_ready(f"http://127.0.0.1:{port}", proc)
     return proc
 
 
