@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from rlhf_jax import distributed
 from rlhf_jax.errors import CorruptFileError
 
 
@@ -73,7 +74,10 @@ def summary_path(workdir: str | Path, stage: str) -> Path:
 
 
 def write_json_atomic(path: Path, value) -> None:
-    """JSON to `path` through a temporary name and a rename: a reader sees the old file or the new one."""
+    """JSON to `path` through a temporary name and a rename: a reader sees the old file or the new one.
+    On several processes only process 0 writes (every process holds the same value)."""
+    if not distributed.primary():
+        return
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(value, indent=2))
     os.replace(tmp, path)
@@ -81,17 +85,27 @@ def write_json_atomic(path: Path, value) -> None:
 
 def save_final(workdir: str | Path, stage: str, params, summary: dict) -> None:
     """The stage's final parameters (when it has any), then its summary: the summary is written
-    last, each by a rename, so a stage is either done with both or not done."""
+    last, each by a rename, so a stage is either done with both or not done. On several
+    processes every one takes part in orbax's save; process 0 renames and writes the summary,
+    and every process returns only once both exist."""
     path = final_path(workdir, stage)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    primary = distributed.primary()
+    if primary:
+        path.parent.mkdir(parents=True, exist_ok=True)
     if params is not None:
         tmp = path.with_name("final.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        if primary:
+            shutil.rmtree(tmp, ignore_errors=True)
+        distributed.barrier(f"{stage}-final-clean")
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp, params)
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
-    write_json_atomic(summary_path(workdir, stage), summary)
+        distributed.barrier(f"{stage}-final-saved")
+        if primary:
+            shutil.rmtree(path, ignore_errors=True)
+            os.replace(tmp, path)
+    if primary:
+        write_json_atomic(summary_path(workdir, stage), summary)
+    distributed.barrier(f"{stage}-summary")
 
 
 def load_final(workdir: str | Path, stage: str, like):

@@ -14,12 +14,12 @@ from typing import Any
 
 import jax
 
-from rlhf_jax import sharding as shd
+from rlhf_jax import distributed, sharding as shd
 from rlhf_jax.data import corpora, synthetic
 from rlhf_jax.data.batches import BatchIterator
 from rlhf_jax.data.run_data import RunData, world_config
 from rlhf_jax.errors import ConfigError  # noqa: F401  (re-exported: raised by the config validation)
-from rlhf_jax.logging import Writer
+from rlhf_jax.logging import NullWriter, Writer
 from rlhf_jax.models import PRESETS, Model, init_model, load_pretrained
 
 
@@ -52,9 +52,12 @@ class RunContext:
         """A resumable iterator whose order depends on the run's seed and the stage's salt."""
         return BatchIterator(arrays, batch_size, seed=self.config.seed * 1000 + salt)
 
-    def writer(self, stage: str, keys: tuple[str, ...], resume_step: int | None = None) -> Writer:
-        """The stage's metrics writer; `resume_step` truncates its metrics.jsonl to that step."""
+    def writer(self, stage: str, keys: tuple[str, ...], resume_step: int | None = None) -> NullWriter:
+        """The stage's metrics writer; `resume_step` truncates its metrics.jsonl to that step.
+        On several processes only process 0 writes (the metrics are the same on every one)."""
         c = self.config
+        if not distributed.primary():
+            return NullWriter()
         if not self.use_wandb:
             return Writer(self.workdir / stage, stage, wandb="disabled", keys=keys, resume_step=resume_step)
         return Writer(self.workdir / stage, stage, wandb=c.log.wandb, project=c.log.project,

@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from absl import flags
@@ -27,6 +28,15 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "output directory", required=Tru
 _NO_WANDB = flags.DEFINE_bool("no_wandb", False, "disable W&B logging (JSONL and console stay on)")
 _FRESH = flags.DEFINE_bool("fresh", False, "start over: delete what an earlier run left in --workdir")
 _DEBUG = flags.DEFINE_bool("debug", False, "show tracebacks of user errors too")
+# several processes (hosts): rlhf_jax/distributed.py; SLURM and TPU VMs are detected from the environment
+_DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                                 "start jax.distributed: auto (when the flags or SLURM name several processes), "
+                                 "on (e.g. a TPU VM slice), off")
+_COORDINATOR = flags.DEFINE_string("coordinator", "", "HOST:PORT of process 0 (with --num_processes, --process_id)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "how many processes run this run")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "this process's index in [0, --num_processes)")
+_HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout", 100, "seconds after which a silent process is taken as lost "
+                                                             "and the others end")
 
 
 # a hook for other CLIs (rlhf_jax.evaluate): (config, workdir) -> the config to run
@@ -38,9 +48,18 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _end_all(error: BaseException) -> None:
+    """On several processes: show this process's traceback and end every process with its
+    message (`distributed.fail` does not return); on one, nothing (the traceback follows)."""
+    from rlhf_jax import distributed
+    if distributed.active():
+        traceback.print_exc()
+        distributed.fail(f"{type(error).__name__}: {str(error)[:2000]}", 1)
+
+
 def main(argv) -> int:
     del argv
-    from rlhf_jax import checkpoint, signals
+    from rlhf_jax import checkpoint, distributed, signals
     from rlhf_jax.errors import UserError, user_message
     from rlhf_jax.eval.report import plot_curves, write_report
     from rlhf_jax.stages import run
@@ -56,18 +75,29 @@ def main(argv) -> int:
         summary = run(config, workdir, use_wandb=not _NO_WANDB.value and config.log.wandb != "disabled",
                       fresh=_FRESH.value)
         summary_path = workdir / "summary.json"
+        if not distributed.primary():  # process 0 writes the run's files and prints its summary
+            distributed.finish()
+            return 0
         checkpoint.write_json_atomic(summary_path, summary)
         plots = plot_curves(workdir)
         report = write_report(workdir, summary, " ".join(sys.argv))
     except signals.StopRequested as e:
         where = f"checkpoint saved at step {e.step}" if e.step is not None else f"stopped during {e.stage}"
         print(f"[{e.stage}] {e.signal}: {where}; run the same command to resume", file=sys.stderr)
+        distributed.finish()
         return e.code
     except (UserError, OSError, MemoryError) as e:
         known = user_message(e, workdir)
         if known is None or _DEBUG.value:
+            _end_all(e)
             raise
-        return _fail(*known)
+        _fail(*known)
+        distributed.fail(*known)
+        return known[1]
+    except BaseException as e:  # noqa: BLE001  (a bug: on several processes all end, naming it)
+        _end_all(e)
+        raise
+    distributed.finish()
     print(json.dumps(summary, indent=2))
     print(f"\nfinished in {time.perf_counter() - t0:.0f}s")
     print(f"summary: {summary_path}\nreport:  {report}\nplots:   {', '.join(str(p) for p in plots)}")
@@ -110,6 +140,14 @@ def run() -> None:
             raise
         print(f"config error: {_flag_error(e)}", file=sys.stderr)
         sys.exit(2)
+    from rlhf_jax import distributed
+    try:
+        launch = distributed.resolve(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                     _DISTRIBUTED.value, _HEARTBEAT.value)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    distributed.initialize(launch)
     sys.exit(main(argv))
 
 

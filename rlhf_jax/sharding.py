@@ -174,6 +174,19 @@ def shard_batch(batch, mesh: Mesh, rules=DEFAULT_RULES):
     return jax.tree.map(one, batch)
 
 
+def to_host(tree):
+    """NumPy copies of a pytree of arrays. An array split over the devices of several processes
+    is gathered first, a collective: on several processes every one must call it, in the same
+    order (as every process runs the same program, it does)."""
+    def one(x):
+        if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+            from jax.experimental import multihost_utils
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(one, tree)
+
+
 def place(host_params, shardings):
     """Put host (NumPy) parameters onto their target shardings one tensor at a time."""
     if shardings is None:

@@ -32,6 +32,12 @@ def install() -> None:
 
 
 def requested() -> str | None:
+    """The signal that asks this run to stop, or None. On several processes a collective: every
+    process gets the same answer at the same point of the program (a SIGTERM that reached one
+    process stops all of them at the same step), so every process must call it."""
+    from rlhf_jax import distributed
+    if distributed.process_count() > 1 and distributed.any_true(_STATE["signal"] is not None):
+        _STATE["signal"] = _STATE["signal"] or "SIGTERM"
     return _STATE["signal"]
 
 
@@ -41,5 +47,6 @@ def reset() -> None:
 
 def check(stage: str, step: int | None = None) -> None:
     """Raise StopRequested if a signal arrived (call between batches of any long loop)."""
-    if _STATE["signal"] is not None:
-        raise StopRequested(stage, step, _STATE["signal"])
+    name = requested()
+    if name is not None:
+        raise StopRequested(stage, step, name)

@@ -147,11 +147,31 @@ def readers(field: str, stage_reads: dict[str, tuple[str, ...]], stage_ignores: 
             if any(covers(r) for r in reads + GLOBAL) and not any(covers(i) for i in ignores.get(stage, ()))}
 
 
+def check_processes(workdir: Path, count: int, in_progress: list[str], write: bool = True) -> None:
+    """Refuse to resume a stage that is mid-way on another number of processes than it started
+    on (WORKDIR/launch.json keeps the count): its checkpoints and data position were made for
+    that launch. A finished stage is never affected; `--fresh` starts over."""
+    path = workdir / "launch.json"
+    try:
+        before = json.loads(path.read_text())["processes"] if path.exists() else None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise WorkdirError(f"{path}: unreadable; delete it (the next run writes it again)") from None
+    if before is not None and before != count and in_progress:
+        raise WorkdirError(f"{workdir}: stage {', '.join(in_progress)} started on {before} process"
+                           f"{'es' if before != 1 else ''} and is not finished; relaunch it on {before} "
+                           f"(this launch has {count}), or start over with --fresh")
+    if write:
+        tmp = path.with_name("launch.json.tmp")
+        tmp.write_text(json.dumps({"processes": count}))
+        os.replace(tmp, path)
+
+
 def check_config(workdir: Path, config, stage_reads: dict[str, tuple[str, ...]], started: set[str],
-                 stage_ignores: dict[str, tuple[str, ...]] | None = None) -> list[str]:
+                 stage_ignores: dict[str, tuple[str, ...]] | None = None, write: bool = True) -> list[str]:
     """Store the config on a first run; later, refuse changes a started stage would not see.
 
     Returns the changed fields that were accepted (safe, or read only by stages not started).
+    `write` False only checks (the processes of a multi-process run other than process 0).
     """
     path = workdir / "config.json"
     flat = flatten(config)
@@ -176,6 +196,8 @@ def check_config(workdir: Path, config, stage_reads: dict[str, tuple[str, ...]],
         accepted = changed
     else:
         accepted = []
+    if not write:
+        return accepted
     tmp = path.with_name("config.json.tmp")
     tmp.write_text(json.dumps({"fingerprint": fingerprint(flat), "config": flat}, indent=1, default=str))
     os.replace(tmp, path)

@@ -18,7 +18,9 @@ import importlib
 import pkgutil
 from typing import Any
 
-from rlhf_jax import checkpoint, signals, workdir as workdirs
+import contextlib
+
+from rlhf_jax import checkpoint, distributed, signals, workdir as workdirs
 from rlhf_jax.context import build_context
 # each stage module registers itself when imported: the pipeline's in pipeline order, the order
 # summaries are listed in (the IMDb experiment's clf and prefs last), then any other module of
@@ -58,17 +60,26 @@ def preflight(ctx, order: list[str]) -> None:
 def run(config, workdir, *, use_wandb: bool = True, fresh: bool = False) -> dict[str, Any]:
     """One run on a workdir: hold its lock, check the config against the one it was started
     with, plan (a missing input fails before anything is built), build the context, check
-    every stage's data, run the stages."""
+    every stage's data, run the stages. On several processes, process 0 holds the lock and
+    writes; every process checks the same config (`rlhf_jax.distributed`)."""
     validate_config(config)
-    path = workdirs.prepare(workdir)
-    with workdirs.RunLock(path):
-        if fresh:
+    primary = distributed.primary()
+    path = workdirs.prepare(workdir) if primary else workdirs.Path(workdir)
+    distributed.barrier("workdir")
+    with workdirs.RunLock(path) if primary else contextlib.nullcontext():
+        if fresh and primary:
             workdirs.start_over(path)
+        distributed.barrier("fresh")
+        distributed.agree("the config (its fingerprint)", workdirs.fingerprint(workdirs.flatten(config)))
         order = plan(config, path)
         reads = {name: stage_reads(name, config) for name in STAGES}
         ignores = {name: STAGES[name].ignores for name in STAGES}
-        changed = workdirs.check_config(path, config, reads, {s for s in STAGES if started(path, s)}, ignores)
-        if changed:
+        in_progress = [s for s in STAGES if started(path, s) and not finished(path, s)]
+        workdirs.check_processes(path, distributed.process_count(), in_progress, write=primary)
+        changed = workdirs.check_config(path, config, reads, {s for s in STAGES if started(path, s)}, ignores,
+                                        write=primary)
+        distributed.barrier("config")
+        if changed and primary:
             print(f"[run] config fields changed since this workdir's last run (no started stage reads them): "
                   f"{', '.join(changed)}", flush=True)
         ctx = build_context(config, path, use_wandb=use_wandb)

@@ -6,7 +6,6 @@ frozen base the adapters sit on, with the adapters off (the int8 base under `dpo
 so at step 0 the policy is its reference and every implicit reward is 0."""
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -92,7 +91,7 @@ def run(ctx) -> dict[str, Any]:
         ctx.config.heldout.n_report_samples)
     summary = {"steps": total, "wall_seconds": time.perf_counter() - t0,
                "train_reward_accuracy": result.last_metrics.get("reward_accuracy"), **held_out, **evals}
-    (ctx.workdir / "dpo" / "samples.json").write_text(json.dumps(samples, indent=2))
+    checkpoint.write_json_atomic(ctx.workdir / "dpo" / "samples.json", samples)
     checkpoint.save_final(ctx.workdir, "dpo", final, summary)
     return summary
 

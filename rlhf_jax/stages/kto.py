@@ -10,7 +10,6 @@ training. The stage ends like dpo: held-out metrics, the SFT and the final polic
 held-out prompts (gold reward, KL), samples.json, the final parameters."""
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -131,6 +130,6 @@ def run(ctx) -> dict[str, Any]:
         None, None, gold_reward(ctx), "kto", ctx.config.heldout.n_report_samples)
     summary = {"steps": total, "wall_seconds": time.perf_counter() - t0, **counts,
                "train_kl": result.last_metrics.get("kl"), **held_out, **evals}
-    (ctx.workdir / "kto" / "samples.json").write_text(json.dumps(samples, indent=2))
+    checkpoint.write_json_atomic(ctx.workdir / "kto" / "samples.json", samples)
     checkpoint.save_final(ctx.workdir, "kto", final, summary)
     return summary

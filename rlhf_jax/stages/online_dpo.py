@@ -6,7 +6,6 @@ trained reward, or the gold reward itself) labels the pair, and a registered pre
 as the dpo and ppo stages do."""
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -98,6 +97,6 @@ def run(ctx) -> dict[str, Any]:
     summary = {"steps": c.iterations, "updates": c.iterations * c.epochs * c.minibatches,
                "sampled_responses": 2 * c.batch_size * c.iterations, "wall_seconds": time.perf_counter() - t0,
                **{f"{k}_final": last.get(k) for k in ("score", "reward_accuracy", "frac_tied")}, **evals}
-    (ctx.workdir / "online_dpo" / "samples.json").write_text(json.dumps(samples, indent=2))
+    checkpoint.write_json_atomic(ctx.workdir / "online_dpo" / "samples.json", samples)
     checkpoint.save_final(ctx.workdir, "online_dpo", final, summary)
     return summary

@@ -7,7 +7,6 @@ reinforce_pp or remax builds, trains and saves no value model (configs/critic_fr
 from __future__ import annotations
 
 import functools
-import json
 import time
 from typing import Any
 
@@ -20,7 +19,7 @@ from rlhf_jax.eval.policy_eval import compare_policies
 from rlhf_jax.models import abstract_model
 from rlhf_jax.models.forward import latents, per_sequence_chunks, sequence_inputs
 from rlhf_jax.objectives.ppo import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, POLICY_LOSSES
-from rlhf_jax.sharding import batch_shards
+from rlhf_jax.sharding import batch_shards, to_host
 from rlhf_jax.stages.base import Training, adapters, train
 from rlhf_jax.stages.gold import gold_reward, gold_stages
 from rlhf_jax.stages.handoff import load_sft, policy_stages
@@ -70,7 +69,7 @@ def check(c, need) -> None:
 
 
 def episodes_dict(episodes) -> dict[str, np.ndarray]:
-    e = jax.device_get(episodes)
+    e = to_host(episodes)
     return {"prompt": e.prompt_BxP, "prompt_mask": e.prompt_mask_BxP, "response": e.response_BxN,
             "response_mask": e.response_mask_BxN}
 
@@ -217,6 +216,6 @@ def run(ctx) -> dict[str, Any]:
     summary = {"steps": c.iterations, "wall_seconds": time.perf_counter() - t0,
                "score_final": result.last_metrics.get("score"),
                "kl_coef_final": result.last_metrics.get("kl_coef"), **evals}
-    (ctx.workdir / "ppo" / "samples.json").write_text(json.dumps(samples, indent=2))
+    checkpoint.write_json_atomic(ctx.workdir / "ppo" / "samples.json", samples)
     checkpoint.save_final(ctx.workdir, "ppo", final_policy, summary)
     return summary

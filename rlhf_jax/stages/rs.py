@@ -2,7 +2,6 @@
 samples under the trained reward, then judged against SFT like PPO."""
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -52,6 +51,6 @@ def run(ctx) -> dict[str, Any]:
         ctx.config.heldout.n_report_samples)
     summary = {**result, "proxy_of_kept_samples": float(proxy.max(1).mean()), "proxy_mean": float(proxy.mean()),
                **evals, "wall_seconds": time.perf_counter() - t0}
-    (ctx.workdir / "rs" / "samples.json").write_text(json.dumps(report, indent=2))
+    checkpoint.write_json_atomic(ctx.workdir / "rs" / "samples.json", report)
     checkpoint.save_final(ctx.workdir, "rs", final, summary)
     return summary

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from rlhf_jax.checkpoint import Checkpointer
-from rlhf_jax import signals
+from rlhf_jax import sharding as shd, signals
 from rlhf_jax.errors import UserError
 from rlhf_jax.logging import NullWriter
 
@@ -34,7 +34,7 @@ class LoopResult:
 
 
 def _host(metrics) -> dict[str, float]:
-    return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+    return {k: float(v) for k, v in shd.to_host(metrics).items()}
 
 
 @dataclasses.dataclass(frozen=True)
