@@ -380,7 +380,8 @@ def run_sweep(sweep: Sweep, *, jobs: int = 1, wandb: bool = True, interval: str 
             stop = _Execution(sweep, runs, records, save, jobs=jobs, wandb=wandb, lock_wait=lock_wait,
                               echo=echo, share=tuple(share)).loop()
         else:
-            handler.execute(runs, records, save)
+            handler.execute(runs, records, save, lambda run: finished(run.workdir,
+                                                                     resolve_config(sweep.config, run.overrides)))
         rows = write_outputs(sweep, runs, records, interval=interval, metrics=metrics, command=command)
         meta.update(finished=_now(), interrupted=stop)
         save()
@@ -392,7 +393,7 @@ def run_sweep(sweep: Sweep, *, jobs: int = 1, wandb: bool = True, interval: str 
 def _backend(name: str, sweep: Sweep, meta: dict, previous: dict, *, slurm_opts: list[str], wait: bool,
              wandb: bool, echo: Callable[[str], None]):
     """The backend that hands runs elsewhere (None: local). Each has prepare(runs, records), before
-    sweep.json is first written (runs still running elsewhere), and execute(runs, records, save)."""
+    sweep.json is first written (runs still running elsewhere), and execute(runs, records, save, is_finished)."""
     if name == "slurm":
         from rlhf_jax.sweep.slurm import SlurmBackend
         return SlurmBackend(sweep, meta, previous, opts=slurm_opts, wait=wait, wandb=wandb, echo=echo)

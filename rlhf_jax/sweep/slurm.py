@@ -136,10 +136,10 @@ class SlurmBackend:
                 self.echo(f"[sweep] {run.label}: its task {job_id}_{index} ended without a finished run "
                           f"(log {run.workdir / procs.LOG_NAME}); submitting it again")
 
-    def execute(self, runs: list[Run], records: dict, save: Callable[[], None]) -> None:
-        """Submit the pending runs as one array job (none: nothing to do); with `wait`, until it ends."""
-        from rlhf_jax.sweep.runner import finished
-        from rlhf_jax.sweep.spec import resolve_config
+    def execute(self, runs: list[Run], records: dict, save: Callable[[], None],
+                is_finished: Callable[[Run], bool]) -> None:
+        """Submit the pending runs as one array job (none: nothing to do); with `wait`, until it ends.
+        `is_finished(run)`: whether the run's workdir holds its finished run."""
         pending = [r for r in runs if records[r.label]["status"] == "pending"]
         queued = sum(r["status"] == "submitted" for r in records.values())
         if not pending:
@@ -167,7 +167,7 @@ class SlurmBackend:
         save()
         for i, run in enumerate(pending):  # a task that already ended (or every task, with --wait)
             rec = records[run.label]
-            if finished(run.workdir, resolve_config(self.sweep.config, run.overrides)):
+            if is_finished(run):
                 rec.update(status="ok", exit_code=0)
             elif self.wait:
                 error = procs.last_line(run.workdir / procs.LOG_NAME) or f"no run.log (see {folder}/task_{i}.out)"

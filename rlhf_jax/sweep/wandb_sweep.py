@@ -118,7 +118,8 @@ class WandbBackend:
         from rlhf_jax.sweep.spec import resolve_config
         return str(resolve_config(self.sweep.config, self.sweep.sets).log.project)
 
-    def execute(self, runs: list[Run], records: dict, save: Callable[[], None]) -> None:
+    def execute(self, runs: list[Run], records: dict, save: Callable[[], None],
+                is_finished: Callable[[Run], bool]) -> None:
         """Write OUT/wandb/sweep.yaml; create the sweep online (or reuse it); say how to start agents."""
         import yaml
         pending = [r for r in runs if records[r.label]["status"] == "pending"]
