@@ -71,11 +71,24 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _attach_opts(argv: list[str]) -> list[str]:
+    """`--slurm_opts --time=1:00:00` -> `--slurm_opts=--time=1:00:00` (argparse would take the value for a flag)."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--slurm_opts" and i + 1 < len(argv):
+            out.append(f"--slurm_opts={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse, run, print where the outputs are; returns the exit status."""
     from rlhf_jax.sweep import Sweep, SweepError, parse_grid, parse_seeds, parse_sets, run_sweep
     from rlhf_jax.sweep.slurm import parse_opts
-    args = parser().parse_args(argv)
+    args = parser().parse_args(_attach_opts(sys.argv[1:] if argv is None else list(argv)))
     try:
         sets = parse_sets(args.set)
         if args.project:

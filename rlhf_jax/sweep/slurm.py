@@ -108,7 +108,7 @@ class SlurmBackend:
     def __init__(self, sweep: Sweep, meta: dict, previous: dict, *, opts: list[str], wait: bool, wandb: bool,
                  echo: Callable[[str], None]):
         self.sweep, self.meta, self.opts, self.wait, self.wandb, self.echo = sweep, meta, opts, wait, wandb, echo
-        self.sbatch = _tool("sbatch", "it submits the array job")
+        self.sbatch = ""
         earlier = previous.get("slurm", {}).get("jobs", []) if isinstance(previous.get("slurm"), dict) else []
         meta["slurm"] = {"jobs": list(earlier)}
 
@@ -120,7 +120,8 @@ class SlurmBackend:
         return None
 
     def prepare(self, runs: list[Run], records: dict) -> None:
-        """Mark the unfinished runs whose task SLURM still lists as submitted (not resubmitted)."""
+        """Mark the unfinished runs whose task SLURM still lists as submitted (not resubmitted);
+        with runs left to submit, find sbatch (before sweep.json is written)."""
         active: dict[str, set[int]] = {}
         for run in runs:
             rec = records[run.label]
@@ -135,6 +136,8 @@ class SlurmBackend:
             else:
                 self.echo(f"[sweep] {run.label}: its task {job_id}_{index} ended without a finished run "
                           f"(log {run.workdir / procs.LOG_NAME}); submitting it again")
+        if any(records[run.label]["status"] == "pending" for run in runs):
+            self.sbatch = _tool("sbatch", "it submits the array job")
 
     def execute(self, runs: list[Run], records: dict, save: Callable[[], None],
                 is_finished: Callable[[Run], bool]) -> None:

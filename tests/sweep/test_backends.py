@@ -15,7 +15,7 @@ import yaml
 from rlhf_jax.sweep import Sweep, SweepError, procs, run_sweep
 from rlhf_jax.sweep.results import is_wall_clock
 from rlhf_jax.sweep.slurm import parse_opts
-from rlhf_jax.sweep.wandb_sweep import parse_args, run_for, sweep_config
+from rlhf_jax.sweep.wandb_sweep import offline_reason, parse_args, run_for, sweep_config
 
 ROOT = Path(__file__).resolve().parents[2]
 MICRO = "configs/instructgpt.py:micro"
@@ -200,6 +200,7 @@ def test_slurm_needs_sbatch_and_keeps_its_own_options(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch
     with pytest.raises(RuntimeError, match="`sbatch` is not on PATH"):
         run_sweep(queued_sweep(tmp_path), wandb=False, backend="slurm")
+    assert not (tmp_path / "sweep" / "sweep.json").exists()
     assert parse_opts("--partition=gpu --time=4:00:00 --gres='gpu:1'") == ["--partition=gpu", "--time=4:00:00",
                                                                            "--gres=gpu:1"]
     with pytest.raises(ValueError, match="--array is set by the sweep runner"):
@@ -262,6 +263,9 @@ def test_wandb_backend_offline_writes_the_yaml_and_the_commands(tmp_path, monkey
     assert "wandb agent ENTITY/rlhf_jax/SWEEP_ID" in said
     assert {r["status"] for r in outcome.runs} == {"pending"} and outcome.submitted == 0
     assert json.loads((sweep.out / "sweep.json").read_text())["backend"] == "wandb"
+    assert offline_reason(False, {}) == "--no_wandb"
+    assert offline_reason(True, {"WANDB_MODE": "disabled", "WANDB_API_KEY": "k"}) == "WANDB_MODE=disabled"
+    assert offline_reason(True, {"WANDB_API_KEY": "k"}) is None
 
 
 def test_the_agent_program_finds_the_run_of_a_sweep(slurm, monkeypatch, capsys):
@@ -276,3 +280,12 @@ def test_the_agent_program_finds_the_run_of_a_sweep(slurm, monkeypatch, capsys):
     assert "lr=0.003/seed_0: already finished" in capsys.readouterr().out
     assert agent.main(["--out", str(out), "--sft.lr=0.5", "--seed=0"]) == 2
     assert "sft.lr='0.5' is not one of the sweep's values ['0.003', '0.001']" in capsys.readouterr().err
+
+
+def test_cli_takes_one_sbatch_option_as_the_value_of_slurm_opts(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    import sweep as cli
+    argv = cli._attach_opts(["--config", MICRO, "--out", "o", "--backend", "slurm", "--slurm_opts", "--time=1:00:00"])
+    args = cli.parser().parse_args(argv)
+    assert (args.backend, args.slurm_opts, args.wait) == ("slurm", "--time=1:00:00", False)
+    assert cli.parser().parse_args(["--config", MICRO, "--out", "o"]).backend == "local"
