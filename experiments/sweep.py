@@ -8,9 +8,16 @@ Each grid point x seed is `python -m rlhf_jax.main` in OUT/<point>/seed_<s> (log
 Run the same command again to resume: finished runs are skipped, interrupted ones resume from
 their checkpoints. Writes OUT/sweep.json, OUT/results.jsonl, OUT/results.csv and OUT/summary.md.
 
-Exit status: 0 every run finished; 1-100 that many runs failed (100 = 100 or more); 124 the
-sweep could not start (a bad flag, the config, another runner in OUT); 130/143 stopped by
-SIGINT/SIGTERM (running runs checkpoint first; run the command again to go on).
+--backend local (default) runs them here, --jobs at a time. --backend slurm submits the pending
+runs as one SLURM array job (OUT/slurm/submit_<k>/array.sh, --slurm_opts passed to sbatch) and
+returns; --backend wandb writes a W&B grid sweep (OUT/wandb/sweep.yaml) for `wandb agent`, created
+online when W&B is reachable. Run the same command again once they have ended: it writes the
+tables from the finished runs and hands over the unfinished ones again (docs/clusters.md).
+
+Exit status: 0 every run finished (or was handed to SLURM / W&B); 1-100 that many runs failed
+(100 = 100 or more); 124 the sweep could not start (a bad flag, the config, another runner in
+OUT, sbatch missing or refusing the job); 130/143 stopped by SIGINT/SIGTERM (running runs
+checkpoint first; run the command again to go on).
 """
 from __future__ import annotations
 
@@ -55,13 +62,33 @@ def parser() -> argparse.ArgumentParser:
                                                 "refused when a --grid key is a field they read")
     p.add_argument("--lock_wait", type=float, default=300.0,
                    help="seconds to wait for a run still held by a killed runner's child (default 300)")
+    p.add_argument("--backend", default="local", choices=("local", "slurm", "wandb"),
+                   help="where the runs go: local processes (default), one SLURM array job, or W&B sweep agents")
+    p.add_argument("--slurm_opts", default="", metavar="'OPTS'",
+                   help="sbatch options for every task, e.g. '--partition=gpu --time=4:00:00 --gres=gpu:1'")
+    p.add_argument("--wait", action="store_true",
+                   help="--backend slurm: wait for the array job to end (sbatch --wait), then write the tables")
     return p
+
+
+def _attach_opts(argv: list[str]) -> list[str]:
+    """`--slurm_opts --time=1:00:00` -> `--slurm_opts=--time=1:00:00` (argparse would take the value for a flag)."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--slurm_opts" and i + 1 < len(argv):
+            out.append(f"--slurm_opts={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, run, print where the outputs are; returns the exit status."""
     from rlhf_jax.sweep import Sweep, SweepError, parse_grid, parse_seeds, parse_sets, run_sweep
-    args = parser().parse_args(argv)
+    from rlhf_jax.sweep.slurm import parse_opts
+    args = parser().parse_args(_attach_opts(sys.argv[1:] if argv is None else list(argv)))
     try:
         sets = parse_sets(args.set)
         if args.project:
@@ -72,12 +99,15 @@ def main(argv: list[str] | None = None) -> int:
         share = tuple(s.strip() for s in args.share.split(",") if s.strip())
         outcome = run_sweep(sweep, jobs=args.jobs, wandb=not args.no_wandb, interval=args.interval,
                             metrics=metrics, argv=["python", *(sys.argv if argv is None else [__file__, *argv])],
-                            share=share)
+                            share=share, backend=args.backend, slurm_opts=parse_opts(args.slurm_opts),
+                            wait=args.wait)
     except (SweepError, ValueError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return CANNOT_START
     ok = sum(r["status"] == "ok" for r in outcome.runs)
     print(f"[sweep] {ok}/{len(outcome.runs)} runs finished, {outcome.failed} failed"
+          + (f", {outcome.submitted} submitted ({args.backend}): run this command again once they have ended"
+             if outcome.submitted else "")
           + (f", stopped by {outcome.interrupted}" if outcome.interrupted else ""))
     for name in ("summary.md", "results.csv", "results.jsonl", "sweep.json"):
         print(f"  {os.path.join(args.out, name)}")

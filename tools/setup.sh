@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
+# shellcheck source=/dev/null  # the venv's activate script exists only after setup
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 # torch first, pinned: the CPU wheel (a bare `torch` would pull several GB of CUDA packages)

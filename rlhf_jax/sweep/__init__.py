@@ -7,7 +7,10 @@
 
 `spec` parses and expands the flags, `procs` starts one run as a child process, `runner`
 runs them (resuming a killed sweep) and `results` aggregates the summaries over seeds. The
-CLI is `experiments/sweep.py`.
+CLI is `experiments/sweep.py`. Past one machine, `run_sweep(..., backend="slurm")` submits the
+pending runs as one SLURM array job (`slurm`; each task is `python -m rlhf_jax.sweep.task`) and
+`backend="wandb"` writes a W&B grid sweep whose agents run `python -m rlhf_jax.sweep.agent`
+(`wandb_sweep`); docs/clusters.md.
 """
 from rlhf_jax.sweep.results import aggregate, interval, numeric_metrics, table
 from rlhf_jax.sweep.runner import SweepOutcome, finished, run_sweep

@@ -90,6 +90,25 @@ def launch(cmd: list[str], workdir: Path, env: dict[str, str], cpus: set[int] | 
                                 start_new_session=True, preexec_fn=_child_setup(cpus, os.getpid()))
 
 
+def run_attached(cmd: list[str], workdir: Path, env: dict[str, str]) -> int:
+    """Run `cmd` as `launch` does and wait for it (a SLURM task, a W&B agent's run): SIGINT and
+    SIGTERM (SLURM's time limit, scancel) are forwarded to it, so it checkpoints and stops.
+    Returns its exit code (negative: the signal that killed it)."""
+    proc = launch(cmd, workdir, env, None)
+    forward = lambda signum, frame: signal_group(proc, signum)
+    saved = {signum: signal.signal(signum, forward) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return proc.wait()
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
+def exit_status(code: int) -> int:
+    """A child's return code as a shell exit status (killed by signal N: 128 + N)."""
+    return 128 - code if code < 0 else code
+
+
 def signal_group(proc: subprocess.Popen, signum: int) -> None:
     """Send `signum` to the child's process group (its session), if it still runs."""
     try:

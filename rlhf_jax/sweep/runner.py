@@ -8,6 +8,12 @@ skipped; any other run is started again and resumes from its own checkpoints. A 
 is recorded (exit code, log, last log line) and the others go on. SIGINT/SIGTERM stop the
 launching of runs and are forwarded once to the running ones, which checkpoint and stop.
 OUT/sweep.json is rewritten whenever a run changes state.
+
+A backend decides how the pending runs are executed: `local` (the default) runs them here as
+above; `slurm` submits them as one SLURM array job (`rlhf_jax.sweep.slurm`) and `wandb` writes
+a W&B grid sweep for `wandb agent` (`rlhf_jax.sweep.wandb_sweep`). Both hand the runs over and
+return with those runs "submitted"; running the sweep again collects. Expansion, resume,
+sweep.json and the tables are the same for every backend.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from rlhf_jax.sweep import procs, results
 from rlhf_jax.sweep.spec import Run, Sweep, check, expand, points, resolve_config
 from rlhf_jax.workdir import flatten
 
+BACKENDS = ("local", "slurm", "wandb")
 IGNORED = ("log", "name")  # config fields that never change a run's numbers; may differ on resume
 POLL_SECONDS = 0.2
 
@@ -39,6 +46,7 @@ class SweepOutcome:
     rows: list[dict[str, Any]]
     failed: int
     interrupted: str | None
+    submitted: int = 0  # runs handed to SLURM or W&B that have not finished yet
 
 
 def _comparable(flat: dict[str, Any]) -> dict[str, Any]:
@@ -75,6 +83,15 @@ def _previous(out: Path) -> dict[str, dict]:
         runs = json.loads((out / "sweep.json").read_text())["runs"]
         return {f"{r['point']}/seed_{r['seed']}": r for r in runs if r.get("status") == "ok"}
     except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _previous_meta(out: Path) -> dict:
+    """An earlier sweep.json in `out` ({} if none or unreadable)."""
+    try:
+        meta = json.loads((out / "sweep.json").read_text())
+        return meta if isinstance(meta, dict) else {}
+    except (OSError, ValueError):
         return {}
 
 
@@ -294,18 +311,39 @@ def write_outputs(sweep: Sweep, runs: list[Run], records: dict, *, interval: str
     return rows
 
 
+def _check_backend(backend: str, jobs: int, share: tuple[str, ...], slurm_opts: list[str] | None,
+                   wait: bool) -> None:
+    """Flags that only one backend reads fail with the others, naming the flag."""
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend {backend!r}: choose one of {BACKENDS}")
+    if backend != "local":
+        if share:
+            raise ValueError(f"--share {','.join(share)}: only with --backend local (a shared stage is copied from "
+                             f"a sibling run that has finished it; {backend} runs start together)")
+        if jobs != 1:
+            raise ValueError(f"--jobs {jobs}: only with --backend local ({backend} decides where runs go)")
+    if slurm_opts and backend != "slurm":
+        raise ValueError("--slurm_opts: only with --backend slurm")
+    if wait and backend != "slurm":
+        raise ValueError("--wait: only with --backend slurm (local runs always finish before the tables)")
+
+
 def run_sweep(sweep: Sweep, *, jobs: int = 1, wandb: bool = True, interval: str = "t",
               metrics: list[str] | None = None, argv: list[str] | None = None, lock_wait: float = 300.0,
-              echo: Callable[[str], None] = print, share: tuple[str, ...] = ()) -> SweepOutcome:
-    """Check the flags, run the runs that are not finished (`jobs` at a time), write sweep.json,
-    results.jsonl, results.csv and summary.md under sweep.out. Raises SweepError (bad flags)
-    or RuntimeError (another runner holds the directory) before any run starts. `share`: stages
-    (e.g. sft, rm) that run once per seed and are copied to the other points of that seed,
-    when no grid key is a field they read."""
+              echo: Callable[[str], None] = print, share: tuple[str, ...] = (), backend: str = "local",
+              slurm_opts: list[str] | None = None, wait: bool = False) -> SweepOutcome:
+    """Check the flags, run the runs that are not finished (`jobs` at a time) or hand them to
+    the `backend` (slurm: one array job with `slurm_opts` passed to sbatch, `wait` for it to
+    end; wandb: a W&B grid sweep), write sweep.json, results.jsonl, results.csv and summary.md
+    under sweep.out. Raises SweepError (bad flags) or RuntimeError (another runner holds the
+    directory, sbatch missing or failing) before any run starts. `share`: stages (e.g. sft, rm)
+    that run once per seed and are copied to the other points of that seed, when no grid key
+    is a field they read."""
     if interval not in results.METHODS:
         raise ValueError(f"--interval {interval!r}: choose one of {results.METHODS}")
     if jobs < 0:
         raise ValueError(f"--jobs {jobs}: must be >= 0 (0: every run in this process)")
+    _check_backend(backend, jobs, tuple(share), slurm_opts, wait)
     check(sweep)
     check_share(sweep, tuple(share))
     if jobs == 0:
@@ -320,19 +358,46 @@ def run_sweep(sweep: Sweep, *, jobs: int = 1, wandb: bool = True, interval: str 
                 last = before.get(run.label, {})
                 records[run.label].update(status="ok", reused=True, exit_code=last.get("exit_code"),
                                           seconds=last.get("seconds"))
+                if last.get("job"):
+                    records[run.label]["job"] = last["job"]  # the SLURM task or W&B sweep that ran it
         meta = {"command": command, "cwd": os.getcwd(), "config": sweep.config, "grid": sweep.grid,
                 "sets": sweep.sets, "seeds": sweep.seeds, "vary_world_seed": sweep.vary_world_seed,
                 "name": sweep.label, "jobs": jobs, "interval": interval, "metrics": metrics,
                 "points": [{"name": p.name, "params": p.params} for p in points(sweep.grid)],
-                "started": _now(), "finished": None, "interrupted": None}
+                "backend": backend, "started": _now(), "finished": None, "interrupted": None}
+        handler = _backend(backend, sweep, meta, _previous_meta(sweep.out), slurm_opts=slurm_opts or [], wait=wait,
+                           wandb=wandb, echo=echo)
+        if handler is not None:
+            handler.prepare(runs, records)
         save = lambda: _write_json(sweep.out / "sweep.json", {**meta, "runs": list(records.values())})
         save()
         reused = sum(r["reused"] for r in records.values())
-        echo(f"[sweep] {len(runs)} runs in {sweep.out} ({reused} finished before, {len(runs) - reused} to run)")
-        stop = _Execution(sweep, runs, records, save, jobs=jobs, wandb=wandb, lock_wait=lock_wait,
-                          echo=echo, share=tuple(share)).loop()
+        queued = sum(r["status"] == "submitted" for r in records.values())
+        echo(f"[sweep] {len(runs)} runs in {sweep.out} ({reused} finished before"
+             + (f", {queued} still queued in SLURM" if queued else "") + f", {len(runs) - reused - queued} to run)")
+        stop = None
+        if handler is None:
+            stop = _Execution(sweep, runs, records, save, jobs=jobs, wandb=wandb, lock_wait=lock_wait,
+                              echo=echo, share=tuple(share)).loop()
+        else:
+            handler.execute(runs, records, save, lambda run: finished(run.workdir,
+                                                                     resolve_config(sweep.config, run.overrides)))
         rows = write_outputs(sweep, runs, records, interval=interval, metrics=metrics, command=command)
         meta.update(finished=_now(), interrupted=stop)
         save()
     failed = sum(r["status"] == "failed" for r in records.values())
-    return SweepOutcome(list(records.values()), rows, failed, stop)
+    submitted = sum(r["status"] == "submitted" for r in records.values())
+    return SweepOutcome(list(records.values()), rows, failed, stop, submitted)
+
+
+def _backend(name: str, sweep: Sweep, meta: dict, previous: dict, *, slurm_opts: list[str], wait: bool,
+             wandb: bool, echo: Callable[[str], None]):
+    """The backend that hands runs elsewhere (None: local). Each has prepare(runs, records), before
+    sweep.json is first written (runs still running elsewhere), and execute(runs, records, save, is_finished)."""
+    if name == "slurm":
+        from rlhf_jax.sweep.slurm import SlurmBackend
+        return SlurmBackend(sweep, meta, previous, opts=slurm_opts, wait=wait, wandb=wandb, echo=echo)
+    if name == "wandb":
+        from rlhf_jax.sweep.wandb_sweep import WandbBackend
+        return WandbBackend(sweep, meta, previous, wandb=wandb, echo=echo)
+    return None
