@@ -9,6 +9,10 @@ and Ctrl-C (exit 130) save a checkpoint at the next step and stop; a second Ctrl
 once. Writes WORKDIR/summary.json, WORKDIR/report.md and WORKDIR/*_curves.png, and prints
 where they are. A mistake in the config, a file or the environment ends with a short message
 and a non-zero exit (2; 3 for a NaN stop or a full disk); `--debug` shows the traceback.
+
+Several processes (hosts): the same command on each, with `--coordinator HOST:PORT
+--num_processes N --process_id I`, under SLURM (detected), or `--distributed=on` on a TPU VM
+slice; process 0 writes the workdir's files (rlhf_jax/distributed.py, docs/clusters.md).
 """
 from __future__ import annotations
 

@@ -81,7 +81,7 @@ def test_tpu_vm_script_runs_one_quoted_command_on_every_worker():
     assert argv[8:10] == ["--worker=all", "--command"] and len(argv) == 11
     remote = argv[10]
     assert remote == ("cd src/rlhf\\ jax && .venv/bin/python -m rlhf_jax.main --config configs/instructgpt.py:tiny "
-                      "--workdir /mnt/runs/v4 --config.mesh.data=4 --config.name=a\\ b")
+                      "--workdir /mnt/runs/v4 --distributed=on --config.mesh.data=4 --config.name=a\\ b")
     cd, command = remote.split(" && ")
     words = subprocess.run(["bash", "-c", 'printf "%s\\n" ' + command], capture_output=True, text=True).stdout
     assert words.splitlines()[-1] == "--config.name=a b"  # the remote shell gets the argument back whole

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One run of `python -m rlhf_jax.main` across the hosts of a Cloud TPU VM slice: the same command
-# on every worker (`gcloud compute tpus tpu-vm ssh NAME --zone Z --worker=all --command ...`). On a
-# TPU VM jax.distributed.initialize() needs no arguments (it reads the coordinator, the process
-# count and index from the TPU metadata), so the command carries none.
+# on every worker (`gcloud compute tpus tpu-vm ssh NAME --zone Z --worker=all --command ...`), with
+# --distributed=on: on a TPU VM jax.distributed.initialize() needs no arguments (it reads the
+# coordinator, the process count and index from the TPU metadata), so the command carries none.
 #
 #   tools/launch/tpu_vm.sh NAME ZONE CONFIG WORKDIR [FLAGS...]
 #
@@ -35,7 +35,7 @@ remote_dir="${RLHF_JAX_REMOTE_DIR:-rlhf_jax}"
 remote_python="${RLHF_JAX_REMOTE_PYTHON:-.venv/bin/python}"
 
 remote="cd $(printf '%q' "$remote_dir") && $(printf '%q' "$remote_python") -m rlhf_jax.main"
-remote+=" --config $(printf '%q' "$config") --workdir $(printf '%q' "$workdir")"
+remote+=" --config $(printf '%q' "$config") --workdir $(printf '%q' "$workdir") --distributed=on"
 for arg in "$@"; do
   remote+=" $(printf '%q' "$arg")"
 done
