@@ -75,12 +75,33 @@ def summary_path(workdir: str | Path, stage: str) -> Path:
 
 def write_json_atomic(path: Path, value) -> None:
     """JSON to `path` through a temporary name and a rename: a reader sees the old file or the new one.
-    On several processes only process 0 writes (every process holds the same value)."""
+    On several processes only process 0 writes (every process holds the same value), creating
+    the directory if needed."""
     if not distributed.primary():
         return
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(value, indent=2))
     os.replace(tmp, path)
+
+
+def save_params(path: Path, params) -> None:
+    """Parameters to the directory `path` through `path`.tmp and a rename (a reader sees the old
+    directory or the new one). On several processes every one takes part in orbax's save and
+    process 0 renames; every process returns once the directory is in place."""
+    primary = distributed.primary()
+    tmp = path.with_name(path.name + ".tmp")
+    if primary:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    distributed.barrier(f"{path}-clean")
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(tmp, params)
+    distributed.barrier(f"{path}-saved")
+    if primary:
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(tmp, path)
+    distributed.barrier(f"{path}-renamed")
 
 
 def save_final(workdir: str | Path, stage: str, params, summary: dict) -> None:
@@ -89,22 +110,11 @@ def save_final(workdir: str | Path, stage: str, params, summary: dict) -> None:
     processes every one takes part in orbax's save; process 0 renames and writes the summary,
     and every process returns only once both exist."""
     path = final_path(workdir, stage)
-    primary = distributed.primary()
-    if primary:
+    if distributed.primary():
         path.parent.mkdir(parents=True, exist_ok=True)
     if params is not None:
-        tmp = path.with_name("final.tmp")
-        if primary:
-            shutil.rmtree(tmp, ignore_errors=True)
-        distributed.barrier(f"{stage}-final-clean")
-        with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(tmp, params)
-        distributed.barrier(f"{stage}-final-saved")
-        if primary:
-            shutil.rmtree(path, ignore_errors=True)
-            os.replace(tmp, path)
-    if primary:
-        write_json_atomic(summary_path(workdir, stage), summary)
+        save_params(path, params)
+    write_json_atomic(summary_path(workdir, stage), summary)
     distributed.barrier(f"{stage}-summary")
 
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from rlhf_jax import distributed
+
 
 def pairwise_distances(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -116,13 +118,16 @@ class LatentTrack:
     def __init__(self, monitor: LatentMonitor, latent_fn, directory, every: int):
         self.monitor, self.latent_fn, self.every = monitor, latent_fn, every
         self.directory = directory
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.primary = distributed.primary()  # on several processes process 0 writes
+        if self.primary:
+            self.directory.mkdir(parents=True, exist_ok=True)
 
     def on_rollout(self, step: int, samples: dict) -> dict:
         if not self.every or step % self.every:
             return {}
         lat = self.latent_fn(samples)
-        np.save(self.directory / f"step_{step}.npy", lat)
+        if self.primary:
+            np.save(self.directory / f"step_{step}.npy", lat)
         return {f"latent/{k}": v for k, v in self.monitor(lat).items()}
 
     def tracked(self) -> dict[int, np.ndarray]:
@@ -136,6 +141,8 @@ class LatentTrack:
             for k, v in self.monitor(lat).items():
                 out[f"latent_{k}_{name}"] = v
         tracked = self.tracked()
+        if not self.primary:
+            return out
         np.savez(self.directory.parent / "latents.npz", reference=self.monitor.reference,
                  steps=np.array(sorted(tracked), dtype=np.int64),
                  **{f"rollout_step_{s}": v for s, v in tracked.items()}, **evaluated)

@@ -15,11 +15,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rlhf_jax import distributed
 from rlhf_jax.workdir import flatten
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """`text` to `path` through a temporary name and a rename: a reader sees the old file or the new one."""
+    """`text` to `path` through a temporary name and a rename: a reader sees the old file or the new one.
+    On several processes only process 0 writes."""
+    if not distributed.primary():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -66,7 +71,6 @@ class SuiteStore:
     def save(self, suite: str, results: dict, rows: list[dict]) -> tuple[dict, list[dict]]:
         """Write `suite`'s file; returns (results, rows) as they read back, so a fresh run and a
         resumed one hand the same values on (tuples as lists, numpy floats as floats)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
         text = json.dumps({"suite": suite, "fingerprint": self.fingerprint, "provenance": self.provenance,
                            "results": results, "rows": rows}, indent=1)
         write_text_atomic(self.path(suite), text)

@@ -35,7 +35,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from rlhf_jax import checkpoint, signals
+from rlhf_jax import checkpoint, distributed, signals
 from rlhf_jax.data import active as active_lib
 from rlhf_jax.data import synthetic
 from rlhf_jax.data.tokenize import decode, ranking_arrays
@@ -178,6 +178,8 @@ def eval_sets(ctx, sft):
 
 
 def _save_state(path: Path, state: dict) -> None:
+    if not distributed.primary():  # on several processes process 0 writes
+        return
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(state))
     os.replace(tmp, path)
@@ -194,7 +196,8 @@ def run(ctx) -> dict[str, Any]:
     c, a = ctx.config, ctx.config.active
     t0 = time.perf_counter()
     out = ctx.workdir / "active"
-    out.mkdir(parents=True, exist_ok=True)
+    if distributed.primary():
+        out.mkdir(parents=True, exist_ok=True)
     sft = load_sft(ctx)
     pool = response_sets(ctx, sft, a.pool_prompts, "active_pool", c.seed * 7919 + 2)
     pool_arrays, _ = ranking_arrays(pool, ctx.tokenizer, ctx.data.tcfg)
@@ -243,8 +246,9 @@ def run(ctx) -> dict[str, Any]:
         print(f"[active] round {r}: {row['labelled']} labelled, accuracy (gold) {row['accuracy_gold']:.3f}, "
               f"best-of-{a.bon_n} gold {row['bon_gold']:.3f}", flush=True)
         state.update(round=r, rows=rows)
-        with (out / "rounds.jsonl").open("w") as f:
-            f.writelines(json.dumps(x) + "\n" for x in rows)
+        if distributed.primary():
+            with (out / "rounds.jsonl").open("w") as f:
+                f.writelines(json.dumps(x) + "\n" for x in rows)
         _save_state(state_path, state)
     writer = ctx.writer("active", ("accuracy_gold", "bon_gold"))
     try:

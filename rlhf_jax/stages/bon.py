@@ -3,7 +3,6 @@ fine-grained; or the gold reward itself, the oracle ceiling): the unbiased estim
 gold score for every n <= N, against KL_bon = log n - (n-1)/n (Gao et al. 2022)."""
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -57,8 +56,7 @@ def run(ctx) -> dict[str, Any]:
         proxy = gold
     ns = sorted({n for n in (2 ** i for i in range(16)) if n <= c.n_samples} | {c.n_samples})
     curve = bon_lib.bon_curve(proxy, gold, ns)
-    (ctx.workdir / "bon").mkdir(parents=True, exist_ok=True)
-    (ctx.workdir / "bon" / "curve.json").write_text(json.dumps(curve, indent=2))
+    checkpoint.write_json_atomic(ctx.workdir / "bon" / "curve.json", curve)
     best = curve[-1]
     summary = {"n_samples": c.n_samples, "n_prompts": len(prompts), "kl_best_of_N": best["kl"],
                "proxy_best_of_1": curve[0]["proxy"], "proxy_best_of_N": best["proxy"],

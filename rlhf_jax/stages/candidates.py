@@ -5,13 +5,12 @@ a rename (a kill leaves the old snapshot or the new one, never half of one; a re
 rewrites the snapshots of the steps it repeats with the same parameters)."""
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
 
+from rlhf_jax import checkpoint
 from rlhf_jax.errors import UserError
 
 
@@ -33,14 +32,7 @@ def path(workdir: str | Path, stage: str, step: int) -> Path:
 
 def save(workdir: str | Path, stage: str, step: int, params) -> None:
     """The parameters after `step` as a candidate of `stage` (atomically, see the module docstring)."""
-    final = path(workdir, stage, step)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(tmp, params)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    checkpoint.save_params(path(workdir, stage, step), params)
 
 
 def load(workdir: str | Path, stage: str, step: int, like):

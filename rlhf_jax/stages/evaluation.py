@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from rlhf_jax import checkpoint, signals
+from rlhf_jax import checkpoint, distributed, signals
 from rlhf_jax import workdir as workdirs
 from rlhf_jax.data import corpora, synthetic
 from rlhf_jax.data.run_data import read_source
@@ -271,7 +271,6 @@ def run(ctx) -> dict[str, Any]:
     e = ctx.config.evaluate
     t0 = time.perf_counter()
     out = ctx.workdir / "eval"
-    out.mkdir(parents=True, exist_ok=True)
     store = SuiteStore(out, provenance(ctx))
     env, results, rows = None, {}, {}
     for suite in [s for s in e.suites.split(",") if s]:
@@ -305,7 +304,8 @@ def run(ctx) -> dict[str, Any]:
     writer = ctx.writer("eval", ())
     writer.write(0, flatten_numbers(results))
     writer.close()
-    plot_win_rates(out / "win_rates.png", results)
-    write_eval_report(out / "report.md", summary, rows)
+    if distributed.primary():
+        plot_win_rates(out / "win_rates.png", results)
+        write_eval_report(out / "report.md", summary, rows)
     checkpoint.save_final(ctx.workdir, "eval", None, summary)
     return summary

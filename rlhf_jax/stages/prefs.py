@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from rlhf_jax import checkpoint
+from rlhf_jax import checkpoint, distributed
 from rlhf_jax.data import synthetic
 from rlhf_jax.data.records import ranking_pairs
 from rlhf_jax.data.tokenize import decode
@@ -100,8 +100,10 @@ def run(ctx) -> dict[str, Any]:
     sft, gold = load_sft(ctx), gold_reward(ctx)
     out = checkpoint.final_path(ctx.workdir, "prefs")
     tmp = out.with_name("final.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    primary = distributed.primary()  # on several processes process 0 writes the rankings
+    if primary:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
     summary: dict[str, Any] = {"k": k}
     for split in SPLITS:
         prompts = ranking_prompts(ctx, split)
@@ -114,7 +116,8 @@ def run(ctx) -> dict[str, Any]:
         prompt_ids = {p["prompt"]: [int(t) for t, m in zip(s["prompt"][i * k], s["prompt_mask"][i * k]) if m]
                       for i, p in enumerate(prompts)}
         records = [{**r, "prompt_ids": prompt_ids[r["prompt"]]} for r in records]
-        _write(tmp, split, records)
+        if primary:
+            _write(tmp, split, records)
         ends = (s["response"] == ctx.tokenizer.eos_token_id) & (s["response_mask"] > 0)
         best_minus_worst = [max(r["scores"]) - min(r["scores"]) for r in records]
         summary[split] = {"prompts": len(prompts), "rankings": len(records),
@@ -124,8 +127,9 @@ def run(ctx) -> dict[str, Any]:
                           "response_tokens": float(s["response_mask"].sum(1).mean()),
                           "frac_with_eos": float(ends.any(1).mean())}
         print(f"[prefs] {split}: {summary[split]}", flush=True)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    if primary:
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
     summary["wall_seconds"] = time.perf_counter() - t0
     checkpoint.save_final(ctx.workdir, "prefs", None, summary)
     return summary
