@@ -36,8 +36,12 @@ def requested() -> str | None:
     process gets the same answer at the same point of the program (a SIGTERM that reached one
     process stops all of them at the same step), so every process must call it."""
     from rlhf_jax import distributed
-    if distributed.process_count() > 1 and distributed.any_true(_STATE["signal"] is not None):
-        _STATE["signal"] = _STATE["signal"] or "SIGTERM"
+    local = _STATE["signal"]  # read once: a signal arriving during the collective counts at the next call
+    if distributed.process_count() == 1:
+        return local
+    if not distributed.any_true(local is not None):
+        return None
+    _STATE["signal"] = local or "SIGTERM"
     return _STATE["signal"]
 
 

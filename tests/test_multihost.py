@@ -16,6 +16,7 @@ number alike.
 """
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -127,22 +128,27 @@ def test_two_processes_give_the_run_of_one(one_process, two_processes):
     assert json.loads((two / "launch.json").read_text()) == {"processes": 2}
 
 
+def wait_for(path, procs, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.is_dir():
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), finish(procs)[1]
+        time.sleep(0.05)
+
+
 KILLED, PPO = "sft,rm,ppo", ("--config.ppo.save_every=1",)  # a checkpoint after every PPO iteration
 
 
-def test_a_killed_process_ends_the_other_and_a_relaunch_resumes_both(two_processes, tmp_path):
+def test_killed_and_stopped_processes_end_together_and_a_relaunch_resumes_both(two_processes, tmp_path):
     """SIGKILL process 1 mid-PPO: process 0 ends within the heartbeat timeout (no hang); a
-    relaunch on one process is refused; a relaunch on two resumes PPO from its checkpoint and
+    relaunch on one process is refused; a relaunch on two resumes PPO, and a SIGTERM to its
+    process 1 stops both at one step with a checkpoint; the last relaunch resumes from there and
     ends with the uninterrupted run's numbers."""
     work = tmp_path / "run"
     work.mkdir()
     for stage in ("sft", "rm"):  # the finished stages of the uninterrupted run: only PPO runs here
         shutil.copytree(two_processes[0] / stage, work / stage)
     procs = launch(work, 2, *PPO, heartbeat=5, stages=KILLED)
-    deadline = time.monotonic() + 300
-    while not (work / "ppo" / "checkpoints" / "1").is_dir():
-        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), finish(procs)[1]
-        time.sleep(0.05)
+    wait_for(work / "ppo" / "checkpoints" / "1", procs)
     procs[1].send_signal(signal.SIGKILL)
     t0 = time.monotonic()
     code0 = procs[0].wait(timeout=120)
@@ -155,9 +161,19 @@ def test_a_killed_process_ends_the_other_and_a_relaunch_resumes_both(two_process
     assert codes == [2], logs[0][-2000:]
     assert "stage ppo started on 2 processes and is not finished; relaunch it on 2 (this launch has 1)" in logs[0]
 
+    # relaunched on two, then SIGTERM to process 1 alone: both stop at the same step, with its checkpoint
+    procs = launch(work, 2, *PPO, stages=KILLED)
+    wait_for(work / "ppo" / "checkpoints" / "2", procs)
+    procs[1].send_signal(signal.SIGTERM)
+    codes, logs = finish(procs)
+    assert codes == [143, 143], "\n".join(log[-3000:] for log in logs)
+    saved = [re.search(r"\[ppo\] SIGTERM: checkpoint saved at step (\d+)", log) for log in logs]
+    assert all(saved) and saved[0].group(1) == saved[1].group(1), logs
+    assert (work / "ppo" / "checkpoints" / saved[0].group(1)).is_dir()
+
     codes, logs = finish(launch(work, 2, *PPO, stages=KILLED))
     assert codes == [0, 0], "\n".join(log[-3000:] for log in logs)
-    assert "[ppo] resumed from step" in logs[0]
+    assert f"[ppo] resumed from step {saved[0].group(1)}" in logs[0]
     assert_same_run(summary_of(work), summary_of(two_processes[0]), KILLED)
     steps = [json.loads(line)["step"] for line in (work / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)), steps  # the resumed metrics hold each step once

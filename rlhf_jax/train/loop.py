@@ -104,11 +104,13 @@ def run_loop(stage: str, step_fn: Callable, state: Any, next_batch: Callable[[],
         if after_step is not None:
             after_step(state, step)
         final = step == total_steps or (stop_after is not None and step >= stop_after)
-        if (save_every and step % save_every == 0) or final or signals.requested():
+        stop = signals.requested()  # asked once per step, so the step saved is the step reported
+        if (save_every and step % save_every == 0) or final or stop:
             last = drain(pending)
             pending = None
             save(step)
-        signals.check(stage, step)
+        if stop:
+            raise signals.StopRequested(stage, step, stop)
         if stop_after is not None and step >= stop_after and step < total_steps:
             break
     if pending is not None:
