@@ -50,8 +50,9 @@ def launch(workdir, processes: int, *flags: str, heartbeat: int = 100, env_of=la
     port = _port()
     procs = []
     for i in range(processes):
-        env = dict(os.environ, JAX_PLATFORMS="cpu", **env_of(i),
-                   XLA_FLAGS=f"--xla_force_host_platform_device_count={8 // processes}")
+        xla = [f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
+        env = dict(os.environ, JAX_PLATFORMS="cpu", **env_of(i),  # this run's flags (an ISA cap) kept
+                   XLA_FLAGS=" ".join([*xla, f"--xla_force_host_platform_device_count={8 // processes}"]))
         where = ["--coordinator", f"127.0.0.1:{port}", "--num_processes", str(processes), "--process_id", str(i),
                  "--heartbeat_timeout", str(heartbeat)] if processes > 1 else []
         cmd = [sys.executable, "-m", "rlhf_jax.main", "--config", "configs/instructgpt.py:micro", "--workdir",
