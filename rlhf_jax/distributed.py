@@ -178,6 +178,10 @@ def fail(message: str, code: int, wait_s: float = 10.0) -> None:
                 client.blocking_key_value_get(f"{_FAILURE}/read/{i}", left)
             except Exception:  # noqa: BLE001  (it is gone or slow: stop waiting for it)
                 pass
+    try:  # process 0, which hosts the service, waits for this before it exits
+        client.key_value_set(f"{_FAILURE}/exiting", "1")
+    except Exception:  # noqa: BLE001
+        pass
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -211,6 +215,9 @@ def _watch() -> None:
         print(f"error: process {who} of {process_count()} failed: {message}", file=sys.stderr, flush=True)
         try:
             client.key_value_set(f"{_FAILURE}/read/{me}", "1")
+            if me == 0:  # the service lives here: its end would abort the failing process before its own exit
+                client.blocking_key_value_get(f"{_FAILURE}/exiting", 10_000)
+                time.sleep(0.5)
         except Exception:  # noqa: BLE001
             pass
         sys.stderr.flush()
