@@ -142,11 +142,6 @@ def agree(what: str, value: str, timeout_s: float = 600.0) -> None:
                         f"the same command and files")
 
 
-def all_true(flag: bool) -> bool:
-    """Whether `flag` holds on every process (a collective: every process must call it)."""
-    return not any_true(not flag)
-
-
 def any_true(flag: bool) -> bool:
     """Whether `flag` holds on some process (a collective: every process must call it)."""
     if not active():
