@@ -29,3 +29,36 @@ def report(result, out: str | Path = "", indent: int = 2, **dumps) -> str:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text + "\n", encoding="utf-8")
     return text
+
+
+def cpu_info() -> dict:
+    """This machine's CPU as a timing depends on it: the model name, the core count, and the
+    instruction sets that change what XLA and torch emit (AVX2 / AVX-512 vectors; bfloat16 and
+    AMX matrix units, which make a bfloat16 matmul several times a float32 one's speed)."""
+    import os
+    import platform
+    info = {"model": platform.processor() or platform.machine(), "cores": os.cpu_count(), "isa": []}
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return info
+    fields = dict(line.split(":", 1) for line in text.splitlines()[:40] if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    info["model"] = fields.get("model name", info["model"])
+    info["isa"] = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+                   if f in flags]
+    return info
+
+
+# TRL's trainer configs (BaseConfig since 0.2x) set bf16 = True unless fp16 is, on every device, CPU
+# included: left alone, TRL trains in bfloat16 autocast while our steps run float32
+TRL_PRECISION = {"fp32": {"bf16": False, "fp16": False}, "default": {}}
+
+
+def trl_precision(name: str) -> dict:
+    """TrainingArguments for TRL at precision `name`: "fp32" (as our float32 steps run: the
+    like-for-like comparison) or "default" (TRL's own default, bfloat16 autocast)."""
+    if name not in TRL_PRECISION:
+        raise SystemExit(f"error: unknown TRL precision {name!r}; valid: {', '.join(TRL_PRECISION)}")
+    return dict(TRL_PRECISION[name])

@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools._common import parser, report  # noqa: E402
+from tools._common import cpu_info, parser, report  # noqa: E402
 
 # model shape (our ModelConfig fields), PPO batch, prompt length, new tokens; 1 epoch x 1 minibatch
 SHAPES = {
@@ -121,7 +120,7 @@ def main(argv=None):
 
     import jax
     result = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
-              "cpu": platform.processor() or platform.machine(), "jax": jax.__version__,
+              "cpu": cpu_info(), "jax": jax.__version__,
               "shape_name": args.shape, "shape": {k: v for k, v in shape.items() if k != "model"},
               "model": {k: getattr(cfg, k) for k in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
                                                      "head_dim", "d_ff", "tie_embeddings", "dtype")},
