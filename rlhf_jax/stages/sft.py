@@ -61,9 +61,9 @@ def fine_tune(ctx, stage: str, train_arrays=None, init=None) -> tuple[dict[str, 
     trainable = (lora_lib.count(params) if mask is None else
                  int(sum(float((m * jnp.ones(x.shape)).sum()) for m, x in
                          zip(jax.tree.leaves(mask), jax.tree.leaves(params)))))
-    summary = {"steps": total, "wall_seconds": time.perf_counter() - t0,
-               "train_loss": result.last_metrics.get("loss"), "trainable_params": trainable,
-               **sft_lib.validation_loss(evaluate, final_params, val, val_bs)}
+    held_out = sft_lib.validation_loss(evaluate, final_params, val, val_bs)
+    summary = {"steps": total, "wall_seconds": time.perf_counter() - t0,  # the final validation included
+               "train_loss": result.last_metrics.get("loss"), "trainable_params": trainable, **held_out}
     if kept:
         summary["candidate_steps"] = kept
     return summary, final_params

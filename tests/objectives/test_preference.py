@@ -167,15 +167,20 @@ def test_at_the_reference_the_loss_is_log2_and_cached_equals_live(rankings):
             hist.append({k: float(v) for k, v in m.items()})
         runs[cached] = hist
     assert runs[True][0]["loss"] == pytest.approx(math.log(2), rel=1e-5)
-    assert runs[True][0]["reward_accuracy"] == 0.5  # every pair tied
     # cached against live reference log-probs: two programs for one forward pass, so the metrics
     # differ by the chain's bound at the log-probs' size. Adam may flip coordinates whose gradient
     # is within rounding of zero (+-lr each): that moves a metric by such a gradient times lr,
     # second order, left out.
     chain = tol.decoder_chain(CFG.d_model, CFG.d_ff, CFG.n_layers, CFG.head_dim, 16) + CFG.vocab_size + 16
     atol = tol.f32(chain, float(np.abs(np.asarray(batch["ref_logp"])).max()))
+    # at the reference every pair ties up to rounding: the policy's log-probs (inside the step) and
+    # the cached reference's (another program) may differ in the last bits, on some CPUs, so each
+    # margin is within beta x 2 x atol of 0 and its sign is rounding, not signal
+    assert abs(runs[True][0]["reward_margin"]) <= 0.1 * 2 * atol
     for a, b in zip(runs[True], runs[False]):
         for k in a:
+            if k == "reward_accuracy":  # a step function of margins that can sit within rounding of 0
+                continue
             assert a[k] == pytest.approx(b[k], rel=tol.f32(chain), abs=atol), k
     assert runs[True][-1]["loss"] < runs[True][0]["loss"]
 

@@ -126,4 +126,5 @@ def test_trl_section_wiring_with_a_stand_in_trl(monkeypatch):
     ours, ratios = out["ours"], out["ratio_ours_over_trl"]
     assert ratios["sft_tokens_per_s"] == ours["sft"]["tokens_per_s"] > 0
     assert ratios["ppo_iteration_speedup"] == pytest.approx(1 / ours["ppo"]["iteration_s"])
-    assert set(out["targets_met"]) == {"sft_2x", "rm_2x", "ppo_3x"}
+    assert set(out["targets_met"]) == {"sft_1x", "rm_1x", "sft_1.3x", "rm_1.3x", "ppo_3x", "sft_75pct_of_matmul_rate"}
+    assert ours["sft"]["share_of_matmul_rate"] == pytest.approx(ours["sft"]["gflop_per_s"] / ours["matmul"]["gflop_per_s"])
