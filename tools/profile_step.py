@@ -8,7 +8,8 @@ Pieces: the full SFT step; forward + backward without the optimizer; the forward
 AdamW update alone; the transformer body alone (hidden states, no LM head) forward + backward;
 the LM head + log-softmax + loss alone forward + backward; and the same SFT step with the
 layers unrolled instead of `lax.scan`ned. Matmul probes: the step's weight matmuls
-(B*T x 576 x {576, 1536}, B*T x 1536 x 576, B*T x 576 x 49152) in float32, timed alone.
+(B*T x 576 x {576, 192, 1536}, B*T x 1536 x 576, B*T x 576 x 49152) in float32, timed alone
+(`benchmark_pipeline.matmul_rate`).
 Each time is the median of `--repeats` calls after a warm-up.
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ from rlhf_jax.train.state import TrainState  # noqa: E402
 from tools._common import parser, report  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_pipeline import median_time  # noqa: E402
+from benchmark_pipeline import matmul_rate, median_time  # noqa: E402
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -51,18 +52,6 @@ def piece(name: str, fn, args, repeats: int) -> dict:
     t = median_seconds(lambda: jitted(*args), repeats)
     f = flops(jitted, *args)
     return {"piece": name, "seconds": t, "gflop": f / 1e9, "gflop_per_s": f / t / 1e9}
-
-
-def matmul_probes(M: int, repeats: int) -> list[dict]:
-    rng = np.random.default_rng(0)
-    out = []
-    for k, n in ((576, 576), (576, 1536), (1536, 576), (576, 49152)):
-        a = jnp.asarray(rng.standard_normal((M, k)), jnp.float32)
-        b = jnp.asarray(rng.standard_normal((k, n)), jnp.float32)
-        mm = jax.jit(lambda x, y: x @ y)
-        t = median_seconds(lambda: mm(a, b), repeats)
-        out.append({"shape": [M, k, n], "seconds": t, "gflop_per_s": 2 * M * k * n / t / 1e9})
-    return out
 
 
 def main():
@@ -119,7 +108,7 @@ def main():
               (unrolled.params, batch), args.repeats),
     ]
     result = {"device": jax.devices()[0].device_kind, "batch": B, "seq": T, "params": cfg.num_params(),
-              "pieces": pieces, "matmul_probes": matmul_probes(B * T, args.repeats)}
+              "pieces": pieces, "matmul_probes": matmul_rate(cfg, B * T, args.repeats)["probes"]}
     report(result, args.out, indent=1)
 
 
