@@ -51,14 +51,16 @@ def cpu_info() -> dict:
     return info
 
 
-# TRL's trainer configs (BaseConfig since 0.2x) set bf16 = True unless fp16 is, on every device, CPU
-# included: left alone, TRL trains in bfloat16 autocast while our steps run float32
-TRL_PRECISION = {"fp32": {"bf16": False, "fp16": False}, "default": {}}
+# TRL's trainer configs (BaseConfig, 0.2x) turn on two things by default, on every device, CPU
+# included: bfloat16 autocast (bf16 = not fp16) and activation checkpointing (gradient_checkpointing
+# = True, one more forward pass per step). Our steps run float32 without rematerialisation
+# (model.remat "none"), so the like-for-like comparison pins both off.
+TRL_SETTINGS = {"matched": {"bf16": False, "fp16": False, "gradient_checkpointing": False}, "default": {}}
 
 
-def trl_precision(name: str) -> dict:
-    """TrainingArguments for TRL at precision `name`: "fp32" (as our float32 steps run: the
-    like-for-like comparison) or "default" (TRL's own default, bfloat16 autocast)."""
-    if name not in TRL_PRECISION:
-        raise SystemExit(f"error: unknown TRL precision {name!r}; valid: {', '.join(TRL_PRECISION)}")
-    return dict(TRL_PRECISION[name])
+def trl_settings(name: str) -> dict:
+    """TrainingArguments for TRL: "matched" (float32, no activation checkpointing: the computation
+    our steps run) or "default" (TRL's own: bfloat16 autocast and activation checkpointing)."""
+    if name not in TRL_SETTINGS:
+        raise SystemExit(f"error: unknown TRL settings {name!r}; valid: {', '.join(TRL_SETTINGS)}")
+    return dict(TRL_SETTINGS[name])

@@ -11,9 +11,10 @@ trainer; it is not a project dependency) runs SFTTrainer, RewardTrainer and
 trl.experimental.ppo.PPOTrainer on a transformers model of the same shape with the same batch
 and sequence lengths; its step time is the median gap between `on_step_end` callbacks after
 two warm-up steps. Both sides use random weights and random token ids of exactly the stated
-lengths (no padding), float32, on the default device: TRL's configs turn on bfloat16 autocast
-on every device, CPU included, unless told not to (`--trl-precision fp32`, the default;
-`default` times TRL as it comes). Prints one JSON object (the CPU's model and instruction sets
+lengths (no padding), float32, on the default device. TRL's configs turn on bfloat16 autocast
+and activation checkpointing on every device, CPU included, unless told not to; by default
+both are off, as in our steps (`--trl-settings matched`; `default` times TRL as it comes).
+Prints one JSON object (the CPU's model and instruction sets
 included), with the ratios and whether the targets (>= 1x TRL tokens/s for SFT and RM, stretch
 1.3x; >= 3x for a PPO iteration; the SFT step's model FLOPs at >= 75% of XLA's matmul rate at the
 step's own shapes, probed in the same run) are met.
@@ -45,7 +46,7 @@ from rlhf_jax.train import sft as sft_lib  # noqa: E402
 from rlhf_jax.train.optim import make_optimizer  # noqa: E402
 from rlhf_jax.sharding import make_mesh  # noqa: E402
 from rlhf_jax.train.state import PPOState, TrainState, compile_step  # noqa: E402
-from tools._common import cpu_info, parser, report, trl_precision  # noqa: E402
+from tools._common import cpu_info, parser, report, trl_settings  # noqa: E402
 from tools.benchmark_model import flops_per_token  # noqa: E402
 
 # model shape, SFT/RM batch x seq, PPO batch, prompt length, new tokens, minibatches, epochs
@@ -69,25 +70,50 @@ def median_time(fn, steps: int) -> float:
     return float(np.median(times))
 
 
-def matmul_rate(cfg, rows: int, steps: int) -> dict:
-    """XLA's float32 matmul rate on this machine at a decoder step's own weight matmuls (`rows`
-    tokens by each weight matrix of a layer, and the LM head), weighted as one forward pass
-    uses them: FLOPs of the mix over the summed probe time. The SFT step's FLOP rate is
-    compared with it (`share_of_matmul_rate`)."""
+def matmul_mix(cfg) -> dict:
+    """{(k, n): count}: the weight matmuls of one forward pass (each layer's q, k and v, o, gate
+    and up, down; the LM head), `rows` tokens by a k x n matrix each."""
     d, q, kv, f = cfg.d_model, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.d_ff
-    mix = {(d, q): 1, (d, kv): 2, (q, d): 1, (d, f): 2, (f, d): 1}  # per layer: q, k and v, o, gate and up, down
+    mix = {(d, q): 1, (d, kv): 2, (q, d): 1, (d, f): 2, (f, d): 1}
     mix = {kn: n * cfg.n_layers for kn, n in mix.items()}
     mix[(d, cfg.vocab_size)] = 1
-    rng = np.random.default_rng(0)
-    mm = jax.jit(lambda x, y: x @ y)
+    return mix
+
+
+def probe_rate(matmul, timer, cfg, rows: int, steps: int) -> dict:
+    """`matmul(rows, k, n) -> f` (a thunk of one float32 matmul) timed by `timer(f, steps)` at
+    every shape of `matmul_mix`: FLOPs of the mix over its summed probe time."""
     probes, total_flops, total_s = [], 0.0, 0.0
-    for (k, n), count in mix.items():
-        a = jnp.asarray(rng.standard_normal((rows, k)), jnp.float32)
-        b = jnp.asarray(rng.standard_normal((k, n)), jnp.float32)
-        t = median_time(lambda: mm(a, b), steps)
+    for (k, n), count in matmul_mix(cfg).items():
+        t = timer(matmul(rows, k, n), steps)
         probes.append({"shape": [rows, k, n], "count": count, "seconds": t, "gflop_per_s": 2 * rows * k * n / t / 1e9})
         total_flops, total_s = total_flops + count * 2 * rows * k * n, total_s + count * t
     return {"gflop_per_s": total_flops / total_s / 1e9, "probes": probes}
+
+
+def matmul_rate(cfg, rows: int, steps: int) -> dict:
+    """XLA's float32 matmul rate on this machine at a decoder step's own weight matmuls, weighted
+    as one forward pass uses them (`probe_rate`). The SFT step's FLOP rate is compared with it
+    (`share_of_matmul_rate`); `trl_side` probes torch's at the same shapes."""
+    rng = np.random.default_rng(0)
+    mm = jax.jit(lambda x, y: x @ y)
+
+    def matmul(rows, k, n):
+        a = jnp.asarray(rng.standard_normal((rows, k)), jnp.float32)
+        b = jnp.asarray(rng.standard_normal((k, n)), jnp.float32)
+        return lambda: mm(a, b)
+    return probe_rate(matmul, median_time, cfg, rows, steps)
+
+
+def torch_matmul_rate(cfg, rows: int, steps: int) -> dict:
+    """torch's float32 matmul rate at `matmul_rate`'s shapes and weights (what TRL's steps run on)."""
+    import torch
+    gen = torch.Generator().manual_seed(0)
+
+    def matmul(rows, k, n):
+        a, b = torch.randn(rows, k, generator=gen), torch.randn(k, n, generator=gen)
+        return lambda: a @ b
+    return probe_rate(matmul, median_time, cfg, rows, steps)
 
 
 def ours(shape: dict, steps: int, mesh=None) -> dict:
@@ -195,7 +221,7 @@ class _Clock:
         return Clock()
 
 
-def trl_side(shape: dict, steps: int, precision: str = "fp32") -> dict:
+def trl_side(shape: dict, steps: int, settings: str = "matched") -> dict:
     import datasets
     import torch
     import transformers
@@ -218,9 +244,9 @@ def trl_side(shape: dict, steps: int, precision: str = "fp32") -> dict:
     ids = lambda *s: rng.integers(3, cfg.vocab_size, s).tolist()
     common = dict(output_dir=tempfile.mkdtemp(), report_to=[], save_strategy="no", logging_strategy="no",
                   use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, seed=0, learning_rate=1e-5,
-                  **trl_precision(precision))
+                  **trl_settings(settings))
     out = {"version": trl.__version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-           "precision": precision}
+           "settings": settings}
 
     clock = _Clock()
     data = datasets.Dataset.from_dict({"input_ids": ids(B * n, T)})
@@ -228,8 +254,12 @@ def trl_side(shape: dict, steps: int, precision: str = "fp32") -> dict:
                              args=trl.SFTConfig(per_device_train_batch_size=B, max_steps=n, max_length=T,
                                                 packing=False, **common))
     trainer.train()
-    out["sft"] = {"step_s": clock.step_s(), "tokens_per_s": B * T / clock.step_s()}
-    out["bf16"] = bool(trainer.args.bf16)  # what the trainers ran under (the same args for all three)
+    gflops = flops_per_token(cfg, T) * B * T / clock.step_s() / 1e9
+    out["matmul"] = torch_matmul_rate(cfg, B * T, steps)  # torch's limit at the shapes ours is measured at
+    out["sft"] = {"step_s": clock.step_s(), "tokens_per_s": B * T / clock.step_s(), "gflop_per_s": gflops,
+                  "share_of_matmul_rate": gflops / out["matmul"]["gflop_per_s"]}
+    # what the trainers ran under (the same args for all three)
+    out["bf16"], out["gradient_checkpointing"] = bool(trainer.args.bf16), bool(trainer.args.gradient_checkpointing)
 
     clock = _Clock()
     data = datasets.Dataset.from_dict({"chosen_ids": ids(R * n, T), "rejected_ids": ids(R * n, T)})
@@ -259,6 +289,8 @@ def compare(o: dict, t: dict) -> dict:
     ratios = {"sft_tokens_per_s": o["sft"]["tokens_per_s"] / t["sft"]["tokens_per_s"],
               "rm_tokens_per_s": o["rm"]["tokens_per_s"] / t["rm"]["tokens_per_s"],
               "ppo_iteration_speedup": t["ppo"]["iteration_s"] / o["ppo"]["iteration_s"]}
+    if "matmul" in t:  # the two libraries' matmul rates at the SFT step's shapes: the bound on the SFT ratio
+        ratios["matmul_rate_xla_over_torch"] = o["matmul"]["gflop_per_s"] / t["matmul"]["gflop_per_s"]
     return {"ratio_ours_over_trl": ratios,
             "targets_met": {"sft_1x": ratios["sft_tokens_per_s"] >= 1, "rm_1x": ratios["rm_tokens_per_s"] >= 1,
                             "sft_1.3x": ratios["sft_tokens_per_s"] >= 1.3, "rm_1.3x": ratios["rm_tokens_per_s"] >= 1.3,
@@ -271,8 +303,9 @@ def main():
     ap.add_argument("--shapes", default="tiny,smollm2")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--no-trl", action="store_true")
-    ap.add_argument("--trl-precision", default="fp32", help="fp32 (as our steps run: the default) or default "
-                    "(TRL's own: bfloat16 autocast on every device, CPU included)")
+    ap.add_argument("--trl-settings", default="matched", help="matched (float32, no activation checkpointing, as "
+                    "our steps run: the default) or default (TRL's own: bfloat16 autocast and activation "
+                    "checkpointing on every device, CPU included)")
     args = ap.parse_args()
     result = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
               "cpu": cpu_info(), "jax": jax.__version__, "shapes": {}}
@@ -284,7 +317,7 @@ def main():
         if not args.no_trl:
             try:
                 with contextlib.redirect_stdout(sys.stderr):  # the trainers print their logs
-                    row["trl"] = trl_side(shape, args.steps, args.trl_precision)
+                    row["trl"] = trl_side(shape, args.steps, args.trl_settings)
             except ImportError as e:
                 row["trl"] = {"error": f"TRL not importable ({e}); pip install trl==0.29.0"}
         if "sft" in row.get("trl", {}):

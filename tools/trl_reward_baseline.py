@@ -4,13 +4,14 @@ rule, the correlation of the score difference with the length difference).
 
     pip install trl==0.29.0      # not a project dependency
     RLHF_JAX_DATA_DIR=../shared/data python tools/trl_reward_baseline.py \
-        --config configs/instructgpt.py:smollm2_hh,cpu --out experiments/real_model/trl_rm.json
+        --config configs/instructgpt.py:smollm2_hh,cpu --out trl_rm.json
 
 The pairs are tokenised by our code (prompt + response + EOS, the prompt cut from the left as
 our truncation does), because TRL drops over-long pairs instead of truncating them; TRL
-receives the token ids. TRL runs in float32 as our stage does (`--precision fp32`, the default):
-its configs otherwise turn on bfloat16 autocast on every device, CPU included. The model is the config's checkpoint (GGUF or HF), written as an HF
-directory and loaded as AutoModelForSequenceClassification with a fresh score head.
+receives the token ids. TRL computes what our stage computes (`--trl-settings matched`, the
+default: float32, no activation checkpointing); its configs otherwise turn on bfloat16 autocast
+and activation checkpointing on every device, CPU included. The model is the config's
+checkpoint (GGUF or HF), written as an HF directory and loaded as AutoModelForSequenceClassification with a fresh score head.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from rlhf_jax.context import base_model  # noqa: E402
 from rlhf_jax.data.run_data import RunData  # noqa: E402
 from rlhf_jax.eval import stats  # noqa: E402
 from rlhf_jax.models import save_pretrained  # noqa: E402
-from tools._common import cpu_info, parser, report, trl_precision  # noqa: E402
+from tools._common import cpu_info, parser, report, trl_settings  # noqa: E402
 
 
 def load_config(spec: str):
@@ -56,10 +57,11 @@ def pairs(arrays) -> tuple[list[list[int]], list[list[int]]]:
 def main() -> None:
     p = parser(__doc__, out=True)
     p.add_argument("--config", default="configs/instructgpt.py:smollm2_hh,cpu")
-    p.add_argument("--precision", default="fp32", help="fp32 (as our rm stage runs: the default) or default "
-                   "(TRL's own, bfloat16 autocast on every device)")
+    p.add_argument("--trl-settings", default="matched", help="matched (float32, no activation checkpointing, as "
+                   "our rm stage runs: the default) or default (TRL's own: bfloat16 autocast and activation "
+                   "checkpointing on every device)")
     args = p.parse_args()
-    precision = trl_precision(args.precision)
+    settings = trl_settings(args.trl_settings)
     os.chdir(Path(__file__).resolve().parents[1])
     sys.path.insert(0, os.getcwd())
     c = load_config(args.config)
@@ -89,7 +91,7 @@ def main() -> None:
         learning_rate=r.lr, lr_scheduler_type="cosine", warmup_steps=r.warmup_steps, weight_decay=r.weight_decay,
         adam_beta1=r.b1, adam_beta2=r.b2, adam_epsilon=r.eps, max_grad_norm=r.max_grad_norm,
         max_length=c.data.max_len, dataloader_num_workers=0, center_rewards_coefficient=r.center_coef or None,
-        **precision)
+        **settings)
     train = datasets.Dataset.from_dict({"chosen_ids": train_c, "rejected_ids": train_r})
     tok.pad_token_id = pad
     t0 = time.perf_counter()
@@ -113,8 +115,8 @@ def main() -> None:
     words = lambda text: len(text.split())  # the evaluation's length: whitespace words of the response
     d_len = np.array([words(r["chosen"]) - words(r["rejected"]) for r in data.records("rm_val")], np.float64)
     result = {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__,
-              "torch_threads": torch.get_num_threads(), "cpu": cpu_info(), "precision": args.precision,
-              "bf16": bool(config.bf16), "steps": steps, "batch_size": r.batch_size, "lr": r.lr, "max_len": c.data.max_len,
+              "torch_threads": torch.get_num_threads(), "cpu": cpu_info(), "settings": args.trl_settings,
+              "bf16": bool(config.bf16), "gradient_checkpointing": bool(config.gradient_checkpointing), "steps": steps, "batch_size": r.batch_size, "lr": r.lr, "max_len": c.data.max_len,
               "train_pairs": len(train_c), "heldout_pairs": len(val_c), "train_seconds": seconds,
               "accuracy": stats.accuracy((sc > sr) + 0.5 * (sc == sr)).to_dict(),
               "shorter_wins_accuracy": stats.accuracy((d_len < 0) + 0.5 * (d_len == 0)).to_dict(),

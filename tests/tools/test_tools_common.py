@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from tools import _common
-from tools._common import cpu_info, parser, report, trl_precision
+from tools._common import cpu_info, parser, report, trl_settings
 
 
 def test_report_writes_what_it_prints(tmp_path, capsys):
@@ -58,10 +58,10 @@ def test_cpu_info_without_proc_cpuinfo_still_answers(monkeypatch):
     assert info["isa"] == [] and info["cores"] >= 1 and info["model"]
 
 
-def test_trl_precision_pins_float32_or_leaves_trl_its_default():
-    assert trl_precision("fp32") == {"bf16": False, "fp16": False}
-    assert trl_precision("default") == {}
-    trl_precision("fp32")["bf16"] = True  # a copy: the table is not changed by a caller
-    assert _common.TRL_PRECISION["fp32"]["bf16"] is False
-    with pytest.raises(SystemExit, match="unknown TRL precision 'bf32'; valid: fp32, default"):
-        trl_precision("bf32")
+def test_trl_settings_match_our_computation_or_leave_trl_its_defaults():
+    assert trl_settings("matched") == {"bf16": False, "fp16": False, "gradient_checkpointing": False}
+    assert trl_settings("default") == {}
+    trl_settings("matched")["bf16"] = True  # a copy: the table is not changed by a caller
+    assert _common.TRL_SETTINGS["matched"]["bf16"] is False
+    with pytest.raises(SystemExit, match="unknown TRL settings 'bf32'; valid: matched, default"):
+        trl_settings("bf32")
