@@ -231,3 +231,29 @@ def test_online_wandb_that_cannot_start_falls_back_to_offline(tmp_path, monkeypa
     w.close()
     assert w.run is not None and w.run.settings.mode in ("offline", "dryrun")
     assert time.perf_counter() - t0 < 90
+
+
+def test_a_checkpoint_of_replicated_arrays_is_written_whole_and_restores(tmp_path, monkeypatch):
+    """An array replicated over the 8 devices is saved by one replica as a whole shard (orbax's
+    replica-parallel split, one slice op per array and device, only from REPLICA_PARALLEL_MIN_BYTES
+    per part), and restores bit for bit with its sharding."""
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+    from orbax.checkpoint._src.serialization import replica_slices
+
+    sliced = []
+    data = replica_slices.ReplicaSlice.data
+    monkeypatch.setattr(replica_slices.ReplicaSlice, "data",
+                        lambda self: (sliced.append(self.slice_args), data(self))[1])
+    mesh = jax.make_mesh((8,), ("data",), devices=jax.devices()[:8])
+    replicated = NamedSharding(mesh, PartitionSpec())
+    state = {"w": jax.device_put(np.arange(4096, dtype=np.float32).reshape(64, 64), replicated),
+             "b": jax.device_put(np.ones(8, np.float32), replicated)}
+    ckpt = checkpoint.Checkpointer(tmp_path / "ckpt")
+    ckpt.save(1, state, {"position": 3})
+    assert sliced and all(args is None for args in sliced)  # whole shards, written once each
+    back, meta = ckpt.restore(state)
+    assert meta == {"position": 3}
+    for k in state:
+        assert back[k].sharding == replicated
+        np.testing.assert_array_equal(np.asarray(back[k]), np.asarray(state[k]))
