@@ -18,7 +18,6 @@ import warnings
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from scipy import stats as sps
 
 DEFAULT_RESAMPLES = 2000
 
@@ -79,6 +78,7 @@ def bootstrap(statistic: Callable, samples: Sequence[Sequence], *, paired: bool 
     for m in dict.fromkeys([method, "percentile"]):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            from scipy import stats as sps  # here, not at import: scipy.stats takes ~1 s to import
             ci = sps.bootstrap(tuple(samples), statistic, method=m, **kw).confidence_interval
         if np.isfinite(ci.low) and np.isfinite(ci.high):
             return Estimate(value, float(ci.low), float(ci.high), n, confidence_level, m)

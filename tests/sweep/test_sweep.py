@@ -231,7 +231,7 @@ def test_table_csv_jsonl_and_markdown(tmp_path):
 # --- end to end (micro, SFT only) -----------------------------------------------------------------
 
 ARGS = ["--config", MICRO, "--grid", "sft.lr=0.003,0.001", "--seeds", "0,1", "--set", "stages=sft",
-        "--set", "sft.epochs=8", "--no_wandb", "--metrics", "sft.val_loss,sft.train_loss"]
+        "--set", "sft.epochs=4", "--no_wandb", "--metrics", "sft.val_loss,sft.train_loss"]
 
 
 def sweep_cmd(out: Path, args=ARGS) -> list[str]:
