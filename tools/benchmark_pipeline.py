@@ -289,7 +289,7 @@ def compare(o: dict, t: dict) -> dict:
     ratios = {"sft_tokens_per_s": o["sft"]["tokens_per_s"] / t["sft"]["tokens_per_s"],
               "rm_tokens_per_s": o["rm"]["tokens_per_s"] / t["rm"]["tokens_per_s"],
               "ppo_iteration_speedup": t["ppo"]["iteration_s"] / o["ppo"]["iteration_s"]}
-    if "matmul" in t:  # the two libraries' matmul rates at the SFT step's shapes: the bound on the SFT ratio
+    if "matmul" in t:  # the two libraries' matmul rates at the SFT step's shapes, one over the other
         ratios["matmul_rate_xla_over_torch"] = o["matmul"]["gflop_per_s"] / t["matmul"]["gflop_per_s"]
     return {"ratio_ours_over_trl": ratios,
             "targets_met": {"sft_1x": ratios["sft_tokens_per_s"] >= 1, "rm_1x": ratios["rm_tokens_per_s"] >= 1,
