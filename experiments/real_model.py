@@ -299,7 +299,7 @@ def main(argv=None) -> int:
                    "the first one's RM judges every policy")
     p.add_argument("--step_seconds", type=float, default=10.0,
                    help="the assumed seconds of one RM step of 8 pairs at the cpu size, for the printed estimate "
-                        "(default 10: 9.5-11 s measured on a 2-core AVX-512 Xeon; about 23 s on a 2-core AVX2 EPYC; "
+                        "(default 10: 9.5-11 s measured on a 2-core AVX-512 Xeon; 25.2 s on a 2-core AVX2 EPYC; "
                         "docs/benchmarks.md)")
     args = p.parse_args(argv)
     run = T.setup(args, NAME, argv=argv)

@@ -26,7 +26,8 @@ from rlhf_jax.errors import CorruptFileError
 # hosts it pays for large arrays. Split only where every part is at least this large.
 REPLICA_PARALLEL_MIN_BYTES = 16 << 20
 _absl = logging.getLogger("absl")
-_level, _ = _absl.level, _absl.setLevel(logging.ERROR)  # not its warning that a handler is replaced
+_level = _absl.level
+_absl.setLevel(logging.ERROR)  # not its warning that a handler is replaced
 try:
     ocp.type_handlers.register_type_handler(
         jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_BYTES),

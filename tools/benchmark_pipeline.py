@@ -72,7 +72,7 @@ def median_time(fn, steps: int) -> float:
 
 def matmul_mix(cfg) -> dict:
     """{(k, n): count}: the weight matmuls of one forward pass (each layer's q, k and v, o, gate
-    and up, down; the LM head), `rows` tokens by a k x n matrix each."""
+    and up, down; the LM head), each the tokens times a k x n matrix."""
     d, q, kv, f = cfg.d_model, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.d_ff
     mix = {(d, q): 1, (d, kv): 2, (q, d): 1, (d, f): 2, (f, d): 1}
     mix = {kn: n * cfg.n_layers for kn, n in mix.items()}

@@ -36,11 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_pipeline import matmul_rate, median_time  # noqa: E402
 
 
-def median_seconds(fn, repeats: int) -> float:
-    """The benchmarks' timing: one warm-up call, then the median of `repeats` calls."""
-    return median_time(fn, repeats)
-
-
 def flops(jitted, *args) -> float:
     cost = jitted.lower(*args).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -49,7 +44,7 @@ def flops(jitted, *args) -> float:
 
 def piece(name: str, fn, args, repeats: int) -> dict:
     jitted = jax.jit(fn)
-    t = median_seconds(lambda: jitted(*args), repeats)
+    t = median_time(lambda: jitted(*args), repeats)  # one warm-up call, then the median
     f = flops(jitted, *args)
     return {"piece": name, "seconds": t, "gflop": f / 1e9, "gflop_per_s": f / t / 1e9}
 
