@@ -2,6 +2,7 @@
 
     python tools/benchmark_pipeline.py                     # tiny and smollm2 shapes, ours and TRL
     python tools/benchmark_pipeline.py --shapes tiny --no-trl
+    python tools/benchmark_pipeline.py --shapes smollm2_cpu   # the real-model experiment's own shapes
 
 For each shape: our jitted SFT step, RM step (K=2, i.e. pairs, the case TRL's RewardTrainer
 handles) and PPO iteration, and the PPO iteration split into its three phases (generation,
@@ -56,6 +57,10 @@ SHAPES = {
                  batch=64, seq=24, rm_batch=32, ppo_batch=64, prompt=10, new=10, minibatches=2, epochs=4),
     "smollm2": dict(model=PRESETS["135m"], batch=4, seq=128, rm_batch=4, ppo_batch=4, prompt=64, new=32,
                     minibatches=1, epochs=1),
+    # what configs/instructgpt.py:smollm2_hh,cpu runs (experiments/configs/real_model.py): pairs of 160
+    # tokens in batches of 8, PPO on 8 prompts of 112 tokens with 32 new tokens
+    "smollm2_cpu": dict(model=PRESETS["135m"], batch=8, seq=160, rm_batch=8, ppo_batch=8, prompt=112, new=32,
+                        minibatches=1, epochs=1),
 }
 EOS, PAD = 2, 0
 
@@ -307,6 +312,9 @@ def main():
                     "our steps run: the default) or default (TRL's own: bfloat16 autocast and activation "
                     "checkpointing on every device, CPU included)")
     args = ap.parse_args()
+    unknown = [n for n in args.shapes.split(",") if n not in SHAPES]
+    if unknown:
+        ap.error(f"unknown shape {', '.join(unknown)}; valid: {', '.join(SHAPES)}")
     result = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
               "cpu": cpu_info(), "jax": jax.__version__, "shapes": {}}
     for name in args.shapes.split(","):

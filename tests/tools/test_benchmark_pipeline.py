@@ -29,3 +29,20 @@ def test_xla_and_torch_probe_the_same_shapes():
     xla, torch = bp.matmul_rate(CFG, 16, 2), bp.torch_matmul_rate(CFG, 16, 2)
     assert [p["shape"] for p in xla["probes"]] == [p["shape"] for p in torch["probes"]]
     assert xla["gflop_per_s"] > 0 and torch["gflop_per_s"] > 0
+
+
+def test_the_cpu_shape_is_what_the_real_model_runs_execute():
+    from tools.trl_reward_baseline import load_config
+    c = load_config("experiments/configs/real_model.py:proxy,cpu")
+    s = bp.SHAPES["smollm2_cpu"]
+    assert (s["seq"], s["rm_batch"], s["prompt"], s["new"]) == (
+        c.data.max_len, c.rm.batch_size, c.data.max_prompt_len, c.sampling.max_new_tokens)
+    assert (s["ppo_batch"], s["minibatches"], s["epochs"]) == (c.ppo.batch_size, c.ppo.minibatches, c.ppo.epochs)
+
+
+def test_an_unknown_shape_is_refused_with_the_valid_ones(monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["benchmark_pipeline.py", "--shapes", "tiny,huge", "--no-trl"])
+    with pytest.raises(SystemExit) as e:
+        bp.main()
+    assert e.value.code == 2
+    assert "unknown shape huge; valid: tiny, smollm2, smollm2_cpu" in capsys.readouterr().err
