@@ -110,6 +110,10 @@ def base() -> ml_collections.ConfigDict:
         "steps": 0, "epochs": 3, "batch_size": 32, **optimizer(1e-3, warmup_steps=10), **lora(), "margin": 0.0,
         "center_coef": 0.0,  # c * (r_w + r_l)^2 (N+ notes); the papers use none, the tiny world sets 0.01
         "normalize": True, "save_every": 100, "grad_accum": 1,
+        # each batch's rankings packed with every prompt once, in rows of K x data.max_len: each
+        # response attends to its prompt and itself, so the scores are the padded layout's from
+        # fewer positions (tools/pair_positions.py counts them; docs/benchmarks.md times them)
+        "pack": False,
         # ensembles (Coste et al.): k members differing in seed, trained in one vmapped step; the
         # uncertainty penalty of uwo / mean_std per use: lambda and variance divisor (ddof 0: k, 1: k - 1)
         "members": 1, "aggregate": "mean",

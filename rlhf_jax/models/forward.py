@@ -36,18 +36,19 @@ def positions_from_mask(mask_BxT):
 
 
 def forward(graphdef, params, tokens_BxT, mask_BxT=None, *, positions_BxT=None, segment_ids_BxT=None,
-            dropout_rng=None, features: bool = False):
+            dropout_rng=None, features: bool = False, parent_ids_BxT=None):
     """The model's outputs on a batch (logits_BxTxV, values_BxT or hidden_BxTxD).
 
     Positions come from the mask unless given (packed rows give their own), segment ids are
-    the mask unless given (0 marks padding, which is never attended).
+    the mask unless given (0 marks padding, which is never attended); parent ids let response
+    segments share a prompt segment packed before them (`layers.attention_mask`).
     """
     if segment_ids_BxT is None:
         segment_ids_BxT = mask_BxT
     if positions_BxT is None and mask_BxT is not None:
         positions_BxT = positions_from_mask(mask_BxT)
     out, _ = apply(graphdef, params, tokens_BxT, positions_BxT=positions_BxT, segment_ids_BxT=segment_ids_BxT,
-                   dropout_rng=dropout_rng, features=features)
+                   dropout_rng=dropout_rng, features=features, parent_ids_BxT=parent_ids_BxT)
     return out
 
 

@@ -144,7 +144,8 @@ def _mlp(cfg: ModelConfig, w, h_BxTxD, rng):
 class Transformer(nnx.Module):
     """Decoder backbone plus one head ("lm", "scalar", or "none" for hidden states).
 
-    Call with tokens_BxT; positions default to 0..T-1 and segment ids to all ones.
+    Call with tokens_BxT; positions default to 0..T-1 and segment ids to all ones; parent ids
+    (optional) give each token a segment it also attends to (`layers.attention_mask`).
     Returns (outputs, cache): logits_BxTxV (float32), values_BxT (float32) or hidden_BxTxD;
     `features=True` returns the final (normed) hidden states whatever the head.
     """
@@ -162,7 +163,7 @@ class Transformer(nnx.Module):
         self.head = make_head(head, cfg, rngs=rngs)
 
     def __call__(self, tokens_BxT, positions_BxT=None, segment_ids_BxT=None, cache: KVCache | None = None,
-                 dropout_rng=None, features: bool = False):
+                 dropout_rng=None, features: bool = False, parent_ids_BxT=None):
         cfg = self.cfg
         B, T = tokens_BxT.shape
         if segment_ids_BxT is None:
@@ -178,9 +179,11 @@ class Transformer(nnx.Module):
 
         if cache is None:
             idx = jnp.arange(T, dtype=jnp.int32)
-            mask = L.attention_mask(idx, idx, segment_ids_BxT, segment_ids_BxT, cfg.sliding_window)
+            mask = L.attention_mask(idx, idx, segment_ids_BxT, segment_ids_BxT, cfg.sliding_window, parent_ids_BxT)
             start = None
         else:
+            if parent_ids_BxT is not None:
+                raise ValueError("parent_ids_BxT (shared prompt segments) is for full passes, not cached decoding")
             start = cache.index
             key_segments = jax.lax.dynamic_update_slice_in_dim(cache.segment_ids_BxS, segment_ids_BxT, start, 1)
             mask = L.attention_mask(start + jnp.arange(T, dtype=jnp.int32),

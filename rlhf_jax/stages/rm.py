@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from rlhf_jax import checkpoint
+from rlhf_jax import sharding as shd
 from rlhf_jax.models.heads import REWARD_HEADS
 from rlhf_jax.objectives.ensemble import AGGREGATORS
 from rlhf_jax.objectives.inform import KL_FORMS
@@ -47,6 +48,9 @@ def check(c, need) -> None:
         need(r.uncertainty[use].ddof in (0, 1), f"rm.uncertainty.{use}.ddof", "must be 0 (divide by k) or 1 (k - 1)")
     need(not r.znorm or r.normalize, "rm.znorm", "needs rm.normalize (the statistics come from centring)")
     need(r.members > 1 or r.aggregate == "mean", "rm.aggregate", "aggregators need rm.members > 1")
+    need(not r.pack or r.head == "scalar", "rm.pack", "packs the scalar head's rankings only (rm.head = 'scalar')")
+    need(not r.pack or r.grad_accum == 1, "rm.pack", "needs rm.grad_accum = 1 (a microbatch slice would cut the "
+         "packed rows apart from their rankings)")
 
 
 def demonstrations(ctx):
@@ -95,8 +99,10 @@ def run(ctx) -> dict[str, Any]:
     constants = None if base is None else (base, None)
     # one RM is an ensemble of one: members on axis 0 of the state and axis 1 of the batch (axis 0
     # stays the data axis), one step vmapped over them
+    combine = (rm_lib.packed_batches(train_arrays["tokens"].shape[1] * ctx.config.data.max_len,
+                                     shd.batch_shards(ctx.mesh)) if c.pack else stack_batches)
     training = Training(rm_lib.ensemble_step(single), train_state(rm_lib.stack(members), tx, members=k), data,
-                        total, constants=constants, combine=stack_batches, progress_keys=("loss", "accuracy"))
+                        total, constants=constants, combine=combine, progress_keys=("loss", "accuracy"))
     result = train(ctx, "rm", training, SALT)
     members = [full(p) for p in rm_lib.unstack(result.state.params, k)]  # full weights, as later stages read them
     val_bs = min(c.batch_size, len(val["tokens"]))

@@ -10,7 +10,8 @@ import numpy as np
 import flax.nnx as nnx
 
 from rlhf_jax.data.batches import evaluate_all
-from rlhf_jax.models.forward import latent_posterior, per_sequence_chunks, score_at_last
+from rlhf_jax.data.tokenize import pack_rankings
+from rlhf_jax.models.forward import forward, latent_posterior, per_sequence_chunks, score_at_last
 from rlhf_jax.objectives.inform import inform_loss
 from rlhf_jax.objectives.reward import bradley_terry_loss, pair_matrix
 from rlhf_jax.train.step import make_train_step
@@ -23,7 +24,12 @@ def _flat(batch):
 
 
 def score_rankings(graphdef, params, batch):
-    """scores_BxK for batch tokens/mask [B, K, T]."""
+    """scores_BxK for batch tokens/mask [B, K, T], or for rankings packed with every prompt once
+    (`packed_batches`: rows [R, L], each response's score read at its last token's slot)."""
+    if "parent_ids" in batch:
+        values_RxL = forward(graphdef, params, batch["tokens"], positions_BxT=batch["positions"],
+                             segment_ids_BxT=batch["segment_ids"], parent_ids_BxT=batch["parent_ids"])
+        return values_RxL[batch["score_row"], batch["score_col"]]
     B, K, _ = batch["tokens"].shape
     return score_at_last(graphdef, params, *_flat(batch)).reshape(B, K)
 
@@ -116,6 +122,24 @@ def stack(members: list):
 
 def unstack(stacked, k: int) -> list:
     return [jax.tree.map(lambda x: x[i], stacked) for i in range(k)]
+
+
+def packed_batches(row_len: int, multiple: int):
+    """The rm stage's `combine` with rm.pack: each member's batch of rankings [B, K, T] packed with
+    every prompt once (`tokenize.pack_rankings`), padded with empty rows to the members' largest
+    row count rounded up to `multiple` (the batch's shards), stacked on axis 1 as `stack_batches`
+    stacks. Each row count compiles once; the rows vary with the batch's lengths."""
+    row_keys = ("tokens", "positions", "segment_ids", "parent_ids")
+
+    def combine(batches: dict[str, dict]) -> dict:
+        packed = [(pack_rankings(b, row_len), b) for b in batches.values()]
+        n = -(-max(len(p["tokens"]) for p, _ in packed) // multiple) * multiple
+        members = [{**{k: np.pad(p[k], ((0, n - len(p[k])), (0, 0))) for k in row_keys},
+                    "score_row": p["score_row"], "score_col": p["score_col"], "ranks": b["ranks"], "valid": b["valid"]}
+                   for p, b in packed]
+        return {k: np.stack([m[k] for m in members], 1) for k in members[0]}
+
+    return combine
 
 
 def ensemble_step(single_step):

@@ -1,0 +1,74 @@
+"""Rankings packed with each prompt once (`tokenize.pack_rankings` + parent segments in the
+attention mask) score every response as its own padded sequence does."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlhf_jax.data.tokenize import pack_rankings
+from rlhf_jax.models import PRESETS, init_model
+from rlhf_jax.models.forward import forward
+from rlhf_jax.train.rm import score_rankings
+
+
+def rankings(prompts, responses, T):
+    """ranking_arrays' layout [N, K, T] from token lists (an empty response list: an empty slot)."""
+    N, K = len(prompts), max(map(len, responses))
+    out = {k: np.zeros((N, K, T), np.int32) for k in ("tokens", "mask", "loss_mask")}
+    out["valid"] = np.zeros((N, K), np.int32)
+    for i, (p, rs) in enumerate(zip(prompts, responses)):
+        for j, r in enumerate(rs):
+            ids = p + r
+            out["tokens"][i, j, :len(ids)], out["mask"][i, j, :len(ids)] = ids, 1
+            out["loss_mask"][i, j, len(p):len(ids)] = 1
+            out["valid"][i, j] = 1
+    return out
+
+
+RNG = np.random.default_rng(0)
+tok = lambda n: RNG.integers(3, 120, n).tolist()
+# three prompts of 2-3 responses (one slot empty), of different lengths
+ARRAYS = rankings([tok(5), tok(2), tok(7)], [[tok(3), tok(6), tok(1)], [tok(4), tok(2)], [tok(2), tok(5), tok(3)]], T=12)
+
+
+def test_the_layout_by_hand():
+    out = pack_rankings(ARRAYS, row_len=24)
+    # group sizes (the prompt once): 5+3+6+1 = 15, 2+4+2 = 8, 7+2+5+3 = 17; largest first, each into
+    # the first row with room: [17], then 15 opens row 1, where 8 fits beside it
+    assert out["tokens"].shape == (2, 24)
+    assert out["segment_ids"][0].tolist() == [1] * 7 + [2] * 2 + [3] * 5 + [4] * 3 + [0] * 7
+    assert out["segment_ids"][1].tolist() == [1] * 5 + [2] * 3 + [3] * 6 + [4] + [5] * 2 + [6] * 4 + [7] * 2 + [0]
+    assert out["parent_ids"][1, :23].tolist() == [1] * 15 + [5] * 8
+    assert out["positions"][1, :15].tolist() == list(range(5)) + [5, 6, 7] + list(range(5, 11)) + [5]
+    assert out["positions"][0, :17].tolist() == list(range(7)) + [7, 8] + list(range(7, 12)) + [7, 8, 9]
+    assert out["score_row"].tolist() == [[1, 1, 1], [1, 1, 0], [0, 0, 0]]
+    assert out["score_col"].tolist() == [[7, 13, 14], [20, 22, 0], [8, 13, 16]]
+    assert (out["tokens"][0, 7:9] == ARRAYS["tokens"][2, 0, 7:9]).all()
+
+
+@pytest.mark.parametrize("row_len", [17, 24, 64])
+def test_packed_scores_equal_the_padded_sequences(row_len):
+    cfg = PRESETS["test"].replace(vocab_size=128)
+    model = init_model(cfg, head="scalar", seed=0)
+    padded = np.asarray(score_rankings(model.graphdef, model.params, {k: jnp.asarray(v) for k, v in ARRAYS.items()}))
+    p = pack_rankings(ARRAYS, row_len)
+    values = forward(model.graphdef, model.params, jnp.asarray(p["tokens"]), positions_BxT=jnp.asarray(p["positions"]),
+                     segment_ids_BxT=jnp.asarray(p["segment_ids"]), parent_ids_BxT=jnp.asarray(p["parent_ids"]))
+    packed = np.asarray(values)[p["score_row"], p["score_col"]]
+    valid = ARRAYS["valid"] == 1
+    # the same float32 sums over the same keys, but in rows of another length: rounding only
+    np.testing.assert_allclose(packed[valid], padded[valid], rtol=1e-5, atol=1e-6)
+    # a response seeing its sibling would differ far beyond rounding
+    leak = np.asarray(forward(model.graphdef, model.params, jnp.asarray(p["tokens"]),
+                              positions_BxT=jnp.asarray(p["positions"]),
+                              segment_ids_BxT=jnp.asarray(p["parent_ids"] * (p["segment_ids"] > 0))))
+    assert np.abs(leak[p["score_row"], p["score_col"]][valid] - padded[valid]).max() > 1e-3
+
+
+def test_groups_that_cannot_share_are_refused():
+    bad = {k: v.copy() for k, v in ARRAYS.items()}
+    bad["tokens"][0, 1, 0] += 1  # response 1 of ranking 0 under another prompt
+    with pytest.raises(ValueError, match="ranking 0: responses 0 and 1 have different prompts"):
+        pack_rankings(bad, 24)
+    with pytest.raises(ValueError, match="ranking 2: 17 tokens"):
+        pack_rankings(ARRAYS, 16)
