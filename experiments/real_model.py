@@ -61,10 +61,12 @@ LAYOUT_KEYS = ("data.rm_train", "data.rm_val", "data.prompts", "data.n_rankings"
                "heldout.n_prompts")  # the fields that decide which rows each part reads
 GOLD_EVAL_SETS = {"evaluate.policies": "start=stage:sft", "evaluate.baseline": "start",
                   "evaluate.suites": "rm_pairs", "evaluate.judges": "rm"}
-# assumed costs at the cpu size for the printed estimate (override with --step_seconds): one RM / DPO
-# step of 8 pairs (16 sequences of 160 tokens, forward and backward); a forward pass costs a third of a
-# step per sequence; one decoding step of a batch costs `decode_fraction` of a training step
-COST = {"decode_fraction": 0.12, "run_overhead_s": 120.0}
+# assumed costs at the cpu size for the printed estimate (override with --step_seconds): one padded step
+# of 8 pairs (16 sequences of 160 tokens, forward and backward: a DPO step, an RM step without rm.pack);
+# a forward pass costs a third of a step per sequence; one decoding step of a batch costs
+# `decode_fraction` of a training step; an RM step with rm.pack costs `packed_rm_step` of a padded one
+# (11.6 s against 18.5 s on the proxy pairs, a 2-core EPYC: docs/benchmarks.md)
+COST = {"decode_fraction": 0.12, "run_overhead_s": 120.0, "packed_rm_step": 0.63}
 
 
 def _config_module():
@@ -97,13 +99,14 @@ def estimate(proxy_c, gold_c, seeds: int, gold_seeds: int, step_s: float) -> dic
     """Seconds per run of each sweep at an assumed training-step time (COST)."""
     fwd = step_s / 48  # one sequence's forward pass
     decode = step_s * COST["decode_fraction"]
-    steps = lambda c, n: c.rm.steps or c.rm.epochs * (n // c.rm.batch_size)
+    rm_step = lambda c: step_s * (COST["packed_rm_step"] if c.rm.pack else 1.0)
+    steps = lambda c, n: (c.rm.steps or c.rm.epochs * (n // c.rm.batch_size)) * rm_step(c)
     n_new = proxy_c.sampling.max_new_tokens
     rm_norm = proxy_c.data.n_sft * fwd  # centring on the demonstrations
     b = proxy_c.bon
     per_run = {
-        "gold": steps(gold_c, gold_c.data.n_rankings) * step_s + rm_norm + 2 * 200 * fwd,
-        "proxy": steps(proxy_c, proxy_c.data.n_rankings) * step_s + rm_norm,
+        "gold": steps(gold_c, gold_c.data.n_rankings) + rm_norm + 2 * 200 * fwd,
+        "proxy": steps(proxy_c, proxy_c.data.n_rankings) + rm_norm,
         "bon": math.ceil(b.n_prompts * b.n_samples / 64) * n_new * decode + 2 * b.n_prompts * b.n_samples * fwd,
         "ppo": proxy_c.ppo.iterations * (n_new * decode + 2 * step_s) + 4 * proxy_c.heldout.n_prompts * fwd
         + 2 * 500 * fwd,
@@ -298,9 +301,9 @@ def main(argv=None) -> int:
     p.add_argument("--gold_seeds", default=None, help="seeds of the gold RM (default: the first of --seeds); "
                    "the first one's RM judges every policy")
     p.add_argument("--step_seconds", type=float, default=10.0,
-                   help="the assumed seconds of one RM step of 8 pairs at the cpu size, for the printed estimate "
-                        "(default 10: 9.5-11 s measured on a 2-core AVX-512 Xeon; 25.2 s on a 2-core AVX2 EPYC; "
-                        "docs/benchmarks.md)")
+                   help="the assumed seconds of one padded step of 8 pairs at the cpu size (an RM step without "
+                        "rm.pack), for the printed estimate (default 10: 9.5-11 s measured on a 2-core AVX-512 Xeon; "
+                        "18.5 s on a 2-core AVX2 EPYC; docs/benchmarks.md)")
     args = p.parse_args(argv)
     run = T.setup(args, NAME, argv=argv)
     seeds = run.seeds
@@ -318,7 +321,7 @@ def main(argv=None) -> int:
     est = estimate(configs["proxy"], configs["gold"], len(seeds), len(gold_seeds), args.step_seconds)
     print(f"[{NAME}] {size}: {len(seeds)} seeds, gold seeds {gold_seeds}; rows {layout}", flush=True)
     if not args.smoke:  # the assumed rates are the cpu size's
-        print(f"[{NAME}] estimate at {args.step_seconds:g} s per RM step of 8 pairs (--step_seconds): "
+        print(f"[{NAME}] estimate at {args.step_seconds:g} s per padded step of 8 pairs (--step_seconds): "
               + ", ".join(f"{k} {v / 60:.0f} min/run" for k, v in est["per_run_s"].items())
               + f"; total {est['total_s'] / 3600:.1f} h (finished runs are reused)", flush=True)
         if max(est["per_run_s"].values()) > 3600:

@@ -12,11 +12,15 @@ EOS, cut by data.max_len / data.max_prompt_len), the mean positions per pair of:
 - `real`: the two sequences' own lengths (no padding);
 - `shared_prompt`: the prompt once plus both responses (under causal attention the prompt's
   hidden states are the same in both sequences, so a layout that packs a pair as prompt, then
-  each response attending to the prompt and itself, computes the same scores from these).
+  each response attending to the prompt and itself, computes the same scores from these);
+- `packed`: what rm.pack computes: each shuffled batch's pairs laid out that way
+  (`tokenize.pack_rankings`) in rows of 2 x data.max_len, the rows times their length over the
+  pairs (the empty ends of rows included), with the count of batches per row count.
 Each layout's share of `padded` is beside it. Prints one JSON object.
 """
 from __future__ import annotations
 
+import collections
 import os
 import sys
 from pathlib import Path
@@ -27,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rlhf_jax.context import base_model  # noqa: E402
 from rlhf_jax.data.run_data import RunData  # noqa: E402
+from rlhf_jax.data.tokenize import pack_rankings  # noqa: E402
 from tools._common import parser, report  # noqa: E402
 from tools.trl_reward_baseline import load_config  # noqa: E402
 
@@ -40,13 +45,18 @@ def positions(arrays: dict, max_len: int, batch_size: int, epochs: int, seed: in
     prompt = lengths[:, 0] - arrays["loss_mask"][:, 0].sum(-1)
     n = len(lengths) // batch_size * batch_size  # whole batches, as the rm stage draws them
     rng = np.random.default_rng(seed)
-    longest = [2 * lengths[order].reshape(-1, batch_size * 2).max(1).mean()
-               for order in (rng.permutation(len(lengths))[:n] for _ in range(epochs))]
+    orders = [rng.permutation(len(lengths))[:n] for _ in range(epochs)]
+    longest = [2 * lengths[order].reshape(-1, batch_size * 2).max(1).mean() for order in orders]
+    rows = collections.Counter(len(pack_rankings({k: arrays[k][b] for k in ("tokens", "mask", "loss_mask")},
+                                                 2 * max_len)["tokens"])
+                               for order in orders for b in order.reshape(-1, batch_size))
     out = {"padded": 2.0 * max_len, "batch_longest": float(np.mean(longest)),
-           "real": float(lengths.sum(1).mean()), "shared_prompt": float((lengths.sum(1) - prompt).mean())}
+           "real": float(lengths.sum(1).mean()), "shared_prompt": float((lengths.sum(1) - prompt).mean()),
+           "packed": sum(r * c for r, c in rows.items()) / sum(rows.values()) * 2 * max_len / batch_size}
     return {"pairs": int(len(lengths)), "batch_size": batch_size, "max_len": max_len,
             "mean_prompt": float(prompt.mean()), "mean_response": float((lengths - prompt[:, None]).mean()),
-            "positions_per_pair": out, "share_of_padded": {k: v / out["padded"] for k, v in out.items()}}
+            "positions_per_pair": out, "share_of_padded": {k: v / out["padded"] for k, v in out.items()},
+            "packed_rows_per_batch": {str(r): rows[r] for r in sorted(rows)}}
 
 
 def main() -> None:

@@ -47,6 +47,20 @@ def test_the_configs_parts_are_disjoint():
     assert module.get_config("gold,cpu").data.rm_train == "corpus:hh_rlhf[1200:1992]"
 
 
+def test_the_estimate_prices_packed_rm_steps():
+    rm = _load()
+    module = rm._config_module()
+    proxy, gold = (module.get_config(f"{role},cpu") for role in ("proxy", "gold"))
+    assert proxy.rm.pack and gold.rm.pack  # configs/instructgpt.py:smollm2_hh packs
+    packed = rm.estimate(proxy, gold, 3, 1, 10.0)["per_run_s"]
+    proxy.rm.pack = gold.rm.pack = False
+    padded = rm.estimate(proxy, gold, 3, 1, 10.0)["per_run_s"]
+    # the proxy RM's 125 steps (1,000 pairs) and the gold's 198 (two epochs of 792), each at 0.63 of a padded step
+    assert padded["proxy"] - packed["proxy"] == pytest.approx(125 * 10.0 * (1 - 0.63))
+    assert padded["gold"] - packed["gold"] == pytest.approx(198 * 10.0 * (1 - 0.63))
+    assert padded["dpo"] == packed["dpo"] and padded["ppo"] == packed["ppo"]
+
+
 def _finite(s, n):
     assert s["n"] == n, s
     assert all(s[k] is not None and math.isfinite(s[k]) for k in ("mean", "ci_low", "ci_high")), s
