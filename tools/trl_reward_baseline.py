@@ -32,6 +32,7 @@ from rlhf_jax.data.run_data import RunData  # noqa: E402
 from rlhf_jax.eval import stats  # noqa: E402
 from rlhf_jax.models import save_pretrained  # noqa: E402
 from tools._common import cpu_info, parser, report, trl_settings  # noqa: E402
+from tools.benchmark_pipeline import _Clock  # noqa: E402
 
 
 def load_config(spec: str):
@@ -60,6 +61,8 @@ def main() -> None:
     p.add_argument("--trl-settings", default="matched", help="matched (float32, no activation checkpointing, as "
                    "our rm stage runs: the default) or default (TRL's own: bfloat16 autocast and activation "
                    "checkpointing on every device)")
+    p.add_argument("--steps", type=int, default=0, help="train this many steps (a timing probe; default: the "
+                   "config's rm.steps, else rm.epochs over the training pairs)")
     args = p.parse_args()
     settings = trl_settings(args.trl_settings)
     os.chdir(Path(__file__).resolve().parents[1])
@@ -84,7 +87,7 @@ def main() -> None:
                                                                             dtype=torch.float32)
     seqcls.config.pad_token_id = pad
     r = c.rm
-    steps = r.steps or r.epochs * (len(train_c) // r.batch_size)
+    steps = args.steps or r.steps or r.epochs * (len(train_c) // r.batch_size)
     config = trl.RewardConfig(
         output_dir=tempfile.mkdtemp(), report_to=[], save_strategy="no", logging_steps=10, seed=c.seed,
         use_cpu=not torch.cuda.is_available(), per_device_train_batch_size=r.batch_size, max_steps=steps,
@@ -94,9 +97,11 @@ def main() -> None:
         **settings)
     train = datasets.Dataset.from_dict({"chosen_ids": train_c, "rejected_ids": train_r})
     tok.pad_token_id = pad
+    clock = _Clock()  # the gaps between optimizer steps (the median, after two warm-up steps)
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):
-        trl.RewardTrainer(model=seqcls, processing_class=tok, train_dataset=train, args=config).train()
+        trl.RewardTrainer(model=seqcls, processing_class=tok, train_dataset=train, args=config,
+                          callbacks=[clock]).train()
     seconds = time.perf_counter() - t0
     seqcls.eval()
 
@@ -118,6 +123,7 @@ def main() -> None:
               "torch_threads": torch.get_num_threads(), "cpu": cpu_info(), "settings": args.trl_settings,
               "bf16": bool(config.bf16), "gradient_checkpointing": bool(config.gradient_checkpointing), "steps": steps, "batch_size": r.batch_size, "lr": r.lr, "max_len": c.data.max_len,
               "train_pairs": len(train_c), "heldout_pairs": len(val_c), "train_seconds": seconds,
+              "step_seconds_median": clock.step_s(),
               "accuracy": stats.accuracy((sc > sr) + 0.5 * (sc == sr)).to_dict(),
               "shorter_wins_accuracy": stats.accuracy((d_len < 0) + 0.5 * (d_len == 0)).to_dict(),
               "score_length_correlation": float(np.corrcoef(sc - sr, d_len)[0, 1])}
