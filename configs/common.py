@@ -172,6 +172,7 @@ def base() -> ml_collections.ConfigDict:
         "loss": "dpo",
         "label_smoothing": 0.0, "logprob_reduction": "sum", "simpo_gamma": 0.5, "orpo_lambda": 0.1,
         "cache_reference": True, "save_every": 100, "grad_accum": 1,
+        "pack": False,  # each batch's rankings packed with every prompt once, as rm.pack (the same log-probs)
         "eval_every": 0})  # > 0: held-out KL to SFT and gold reward every eval_every steps (the trajectory)
 
     # online DPO (Guo et al. 2024; stage "online_dpo", after SFT): each iteration samples 2 responses to each of

@@ -25,9 +25,9 @@ from typing import Any
 
 from rlhf_jax.errors import UserError
 
-# changing these never changes a result (the mesh only places the same computation; rm.pack only
-# lays out the same rankings: the same scores from fewer positions)
-SAFE = ("stages", "name", "variant", "log", "debug_stop_after", "mesh", "rm.pack")
+# changing these never changes a result (the mesh only places the same computation; rm.pack and
+# dpo.pack only lay out the same rankings: the same scores and log-probs from fewer positions)
+SAFE = ("stages", "name", "variant", "log", "debug_stop_after", "mesh", "rm.pack", "dpo.pack")
 GLOBAL = ("seed", "model", "data")  # read by every stage
 
 

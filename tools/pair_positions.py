@@ -14,7 +14,7 @@ EOS, cut by data.max_len / data.max_prompt_len), the mean positions per pair of:
   hidden states are the same in both sequences, so a layout that packs a pair as prompt, then
   each response attending to the prompt and itself, computes the same scores from these);
 - `packed`: what rm.pack computes: each shuffled batch's pairs laid out that way
-  (`tokenize.pack_rankings`) in rows of 2 x data.max_len, the rows times their length over the
+  (`shared_prompt.pack_rankings`) in rows of 2 x data.max_len, the rows times their length over the
   pairs (the empty ends of rows included), with the count of batches per row count.
 Each layout's share of `padded` is beside it. Prints one JSON object.
 """
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rlhf_jax.context import base_model  # noqa: E402
 from rlhf_jax.data.run_data import RunData  # noqa: E402
-from rlhf_jax.data.tokenize import pack_rankings  # noqa: E402
+from rlhf_jax.data.shared_prompt import pack_rankings  # noqa: E402
 from tools._common import parser, report  # noqa: E402
 from tools.trl_reward_baseline import load_config  # noqa: E402
 

@@ -229,64 +229,6 @@ def pack(examples: Sequence[tuple[Sequence[int], Sequence[int]]], row_len: int) 
     return out
 
 
-def pack_rankings(arrays: dict[str, np.ndarray], row_len: int) -> dict[str, np.ndarray]:
-    """Rankings [N, K, T] (`ranking_arrays`) packed with each prompt once: a group is the prompt
-    (its own segment) then each response (a segment whose parent is the prompt's, positions
-    continuing the prompt's), so every response sees the prompt and itself as it would in its own
-    sequence (`layers.attention_mask`). Groups go into rows of `row_len`, largest first, each into
-    the first row with room (first-fit decreasing; the order of groups changes no score).
-
-    Returns tokens, positions, segment_ids (0 = padding), parent_ids [R, row_len], and
-    score_row / score_col [N, K]: the slot of each response's last token (0, 0 for empty slots).
-    """
-    mask, loss = arrays["mask"], arrays["loss_mask"]
-    N, K, _ = mask.shape
-    lengths = mask.sum(-1)
-    groups = []
-    for i in range(N):
-        slots = [j for j in range(K) if lengths[i, j] > 0]
-        prompt = int(lengths[i, slots[0]] - loss[i, slots[0]].sum())
-        head = arrays["tokens"][i, slots[0], :prompt]
-        for j in slots[1:]:
-            if lengths[i, j] - loss[i, j].sum() != prompt or (arrays["tokens"][i, j, :prompt] != head).any():
-                raise ValueError(f"ranking {i}: responses {slots[0]} and {j} have different prompts")
-        size = prompt + int(sum(lengths[i, j] - prompt for j in slots))
-        if size > row_len:
-            raise ValueError(f"ranking {i}: {size} tokens (the prompt once) do not fit row_len={row_len}")
-        groups.append((i, prompt, slots, size))
-    rows, used = [], []  # first fit, largest group first: the fewest rows this simple rule finds
-    for g in sorted(groups, key=lambda g: -g[3]):
-        r = next((r for r, u in enumerate(used) if u + g[3] <= row_len), len(rows))
-        if r == len(rows):
-            rows.append([])
-            used.append(0)
-        rows[r].append(g)
-        used[r] += g[3]
-    out = {k: np.zeros((len(rows), row_len), np.int32) for k in ("tokens", "positions", "segment_ids", "parent_ids")}
-    out["score_row"], out["score_col"] = np.zeros((N, K), np.int32), np.zeros((N, K), np.int32)
-    for r, row in enumerate(rows):
-        at, seg = 0, 0
-        for i, prompt, slots, _ in row:
-            seg += 1
-            parent = seg
-            spans = [(arrays["tokens"][i, slots[0], :prompt], 0, None)]
-            spans += [(arrays["tokens"][i, j, prompt:lengths[i, j]], prompt, j) for j in slots]
-            for ids, first, j in spans:
-                n = len(ids)
-                if j is not None and n == 0:
-                    raise ValueError(f"ranking {i}: response {j} is empty")
-                out["tokens"][r, at:at + n] = ids
-                out["positions"][r, at:at + n] = np.arange(first, first + n)
-                out["segment_ids"][r, at:at + n] = seg
-                out["parent_ids"][r, at:at + n] = parent
-                if j is not None:
-                    out["score_row"][i, j], out["score_col"][i, j] = r, at + n - 1
-                at += n
-                seg += 1
-            seg -= 1
-    return out
-
-
 def tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)

@@ -12,9 +12,11 @@ from typing import Any
 import jax
 
 from rlhf_jax import checkpoint
+from rlhf_jax import sharding as shd
+from rlhf_jax.data.shared_prompt import packed_batch
 from rlhf_jax.eval.policy_eval import compare_policies, frontier_eval
 from rlhf_jax.objectives.preference import PREFERENCE_LOSSES
-from rlhf_jax.stages.base import Training, adapters, train, train_state
+from rlhf_jax.stages.base import Training, adapters, merge_batches, train, train_state
 from rlhf_jax.stages.gold import gold_reward, gold_stages
 from rlhf_jax.stages.handoff import load_sft, policy_stages
 from rlhf_jax.stages.preferences import check_preference_sizes, preference_arrays, preference_stages
@@ -41,6 +43,8 @@ def check_loss(d, block: str, need) -> None:
 
 def check(c, need) -> None:
     check_loss(c.dpo, "dpo", need)
+    need(not c.dpo.pack or c.dpo.grad_accum == 1, "dpo.pack", "needs dpo.grad_accum = 1 (a microbatch slice would "
+         "cut the packed rows apart from their rankings)")
     need(c.dpo.eval_every >= 0, "dpo.eval_every", "must be >= 0 (0 = no trajectory)")
 
 
@@ -79,9 +83,13 @@ def run(ctx) -> dict[str, Any]:
     if c.eval_every:
         evaluate = frontier_eval(graphdef, ctx.data.arrays("eval_prompts"), sampling, jax.random.fold_in(ctx.rng, 98),
                                  sft, gold_reward(ctx), full)
+    # dpo.pack: each batch's rankings with every prompt once, rows of K x data.max_len
+    row_len = train_arrays["tokens"].shape[1] * ctx.config.data.max_len
+    combine = ((lambda b: packed_batch(b["train"], row_len, shd.batch_shards(ctx.mesh))) if c.pack
+               else merge_batches)
     result = train(ctx, "dpo", Training(dpo_lib.make_dpo_step(graphdef, tx, sched, c, lora),
                                         train_state(params, tx), {"train": it}, total, constants=constants,
-                                        evaluate=evaluate, eval_every=c.eval_every,
+                                        combine=combine, evaluate=evaluate, eval_every=c.eval_every,
                                         progress_keys=("loss", "reward_accuracy", "reward_margin")), SALT)
     final = full(result.state.params)
     held_out = dpo_lib.held_out_metrics(graphdef, final, val, val_bs, c)

@@ -8,12 +8,14 @@ weights passed as the step's constant; reference-free losses (SimPO, ORPO) need 
 """
 from __future__ import annotations
 
+import flax.nnx as nnx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import signals
 from rlhf_jax.data.batches import evaluate_all
-from rlhf_jax.models.forward import sequence_logprobs
+from rlhf_jax.models.forward import forward, hidden_logprobs, sequence_logprobs
 from rlhf_jax.objectives.preference import PREFERENCE_LOSSES, SequenceLogprobs, preference_loss
 from rlhf_jax.objectives.reward import pair_matrix
 from rlhf_jax.train import lora as lora_lib
@@ -22,10 +24,26 @@ from rlhf_jax.train.step import make_train_step
 
 
 def response_logprobs(graphdef, params, batch) -> SequenceLogprobs:
-    """Summed log-probs and token counts [B, K] of every response (loss_mask marks its tokens)."""
+    """Summed log-probs and token counts [B, K] of every response (loss_mask marks its tokens), or
+    of a batch packed with every prompt once (`shared_prompt.packed_batch`: each response token
+    read from the slot that predicts it, summed by its owner)."""
+    if "parent_ids" in batch:
+        return _packed_logprobs(graphdef, params, batch)
     B, K, T = batch["tokens"].shape
     flat = lambda key: batch[key].reshape(B * K, T)
     total, count = sequence_logprobs(graphdef, params, flat("tokens"), flat("mask"), flat("loss_mask"))
+    return SequenceLogprobs(total.reshape(B, K), count.reshape(B, K))
+
+
+def _packed_logprobs(graphdef, params, batch) -> SequenceLogprobs:
+    B, K = batch["ranks"].shape
+    hidden_RxLxD = forward(graphdef, params, batch["tokens"], positions_BxT=batch["positions"],
+                           segment_ids_BxT=batch["segment_ids"], parent_ids_BxT=batch["parent_ids"], features=True)
+    predicting = jnp.take_along_axis(hidden_RxLxD, batch["pred_col"][..., None], axis=1)
+    logp_RxL = hidden_logprobs(nnx.merge(graphdef, params), predicting, batch["tokens"])[0]
+    owner, counted = batch["owner"].clip(0).ravel(), (batch["owner"] >= 0).astype(jnp.float32).ravel()
+    total = jax.ops.segment_sum(logp_RxL.ravel() * counted, owner, num_segments=B * K)
+    count = jax.ops.segment_sum(counted, owner, num_segments=B * K)
     return SequenceLogprobs(total.reshape(B, K), count.reshape(B, K))
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import flax.nnx as nnx
 
 from rlhf_jax.data.batches import evaluate_all
-from rlhf_jax.data.tokenize import pack_rankings
+from rlhf_jax.data.shared_prompt import packed_batch, pad_rows
 from rlhf_jax.models.forward import forward, latent_posterior, per_sequence_chunks, score_at_last
 from rlhf_jax.objectives.inform import inform_loss
 from rlhf_jax.objectives.reward import bradley_terry_loss, pair_matrix
@@ -126,17 +126,13 @@ def unstack(stacked, k: int) -> list:
 
 def packed_batches(row_len: int, multiple: int):
     """The rm stage's `combine` with rm.pack: each member's batch of rankings [B, K, T] packed with
-    every prompt once (`tokenize.pack_rankings`), padded with empty rows to the members' largest
-    row count rounded up to `multiple` (the batch's shards), stacked on axis 1 as `stack_batches`
-    stacks. Each row count compiles once; the rows vary with the batch's lengths."""
-    row_keys = ("tokens", "positions", "segment_ids", "parent_ids")
-
+    every prompt once (`shared_prompt.packed_batch`), padded with empty rows to the members'
+    largest row count, stacked on axis 1 as `stack_batches` stacks. Each row count compiles once;
+    the rows vary with the batch's lengths."""
     def combine(batches: dict[str, dict]) -> dict:
-        packed = [(pack_rankings(b, row_len), b) for b in batches.values()]
-        n = -(-max(len(p["tokens"]) for p, _ in packed) // multiple) * multiple
-        members = [{**{k: np.pad(p[k], ((0, n - len(p[k])), (0, 0))) for k in row_keys},
-                    "score_row": p["score_row"], "score_col": p["score_col"], "ranks": b["ranks"], "valid": b["valid"]}
-                   for p, b in packed]
+        members = [packed_batch(b, row_len, multiple) for b in batches.values()]
+        n = max(len(m["tokens"]) for m in members)
+        members = [pad_rows(m, n) for m in members]
         return {k: np.stack([m[k] for m in members], 1) for k in members[0]}
 
     return combine

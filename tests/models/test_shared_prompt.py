@@ -1,13 +1,14 @@
-"""Rankings packed with each prompt once (`tokenize.pack_rankings` + parent segments in the
+"""Rankings packed with each prompt once (`shared_prompt.pack_rankings` + parent segments in the
 attention mask) score every response as its own padded sequence does."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax.data.tokenize import pack_rankings
+from rlhf_jax.data.shared_prompt import pack_rankings, packed_batch
 from rlhf_jax.models import PRESETS, init_model
 from rlhf_jax.models.forward import forward
+from rlhf_jax.train.dpo import response_logprobs
 from rlhf_jax.train.rm import score_rankings
 
 
@@ -15,7 +16,7 @@ def rankings(prompts, responses, T):
     """ranking_arrays' layout [N, K, T] from token lists (an empty response list: an empty slot)."""
     N, K = len(prompts), max(map(len, responses))
     out = {k: np.zeros((N, K, T), np.int32) for k in ("tokens", "mask", "loss_mask")}
-    out["valid"] = np.zeros((N, K), np.int32)
+    out["valid"], out["ranks"] = np.zeros((N, K), np.int32), np.tile(np.arange(K, dtype=np.int32), (N, 1))
     for i, (p, rs) in enumerate(zip(prompts, responses)):
         for j, r in enumerate(rs):
             ids = p + r
@@ -63,6 +64,21 @@ def test_packed_scores_equal_the_padded_sequences(row_len):
                               positions_BxT=jnp.asarray(p["positions"]),
                               segment_ids_BxT=jnp.asarray(p["parent_ids"] * (p["segment_ids"] > 0))))
     assert np.abs(leak[p["score_row"], p["score_col"]][valid] - padded[valid]).max() > 1e-3
+
+
+@pytest.mark.parametrize("row_len", [17, 64])
+def test_packed_logprobs_equal_the_padded_sequences(row_len):
+    # DPO's summed response log-probs: each response token read where it is predicted (a response's
+    # first token from the prompt's last slot), summed by the response it belongs to
+    model = init_model(PRESETS["test"].replace(vocab_size=128), seed=0)
+    jnp_tree = lambda d: {k: jnp.asarray(v) for k, v in d.items()}
+    padded = response_logprobs(model.graphdef, model.params, jnp_tree(ARRAYS))
+    packed = response_logprobs(model.graphdef, model.params, jnp_tree(packed_batch(ARRAYS, row_len, multiple=4)))
+    valid = ARRAYS["valid"] == 1
+    np.testing.assert_array_equal(np.asarray(packed.count_BxK)[valid], np.asarray(padded.count_BxK)[valid])
+    assert np.asarray(packed.count_BxK)[~valid].sum() == 0
+    # sums of up to 6 float32 log-probs of magnitude ~5, each from the same logits up to rounding
+    np.testing.assert_allclose(np.asarray(packed.sum_BxK)[valid], np.asarray(padded.sum_BxK)[valid], rtol=1e-5)
 
 
 def test_groups_that_cannot_share_are_refused():

@@ -1,0 +1,106 @@
+"""Rankings packed with each prompt once (`rm.pack`, `dpo.pack`).
+
+In a ranking every response follows the same prompt, and under causal attention the prompt's
+hidden states do not depend on what follows it. So a group = the prompt (its own segment), then
+each response (a segment whose parent is the prompt's, positions continuing the prompt's)
+gives every response exactly the states of its own padded sequence (`layers.attention_mask`
+lets a query see its parent segment), from the prompt's positions once instead of K times.
+
+`pack_rankings` lays out a batch; besides the rows it returns where to read each response's
+score (its last token's slot: reward models) and, for every response token, which slot
+predicts it and whose token it is (log-probs: DPO). `packed_batch` is one step's batch.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+ROW_KEYS = ("tokens", "positions", "segment_ids", "parent_ids", "pred_col", "owner")
+
+
+def _groups(arrays: dict[str, np.ndarray], row_len: int) -> list[tuple[int, int, list[int], int]]:
+    """(ranking, prompt length, filled slots, tokens with the prompt once) per ranking."""
+    mask, loss = arrays["mask"], arrays["loss_mask"]
+    lengths = mask.sum(-1)
+    out = []
+    for i in range(len(mask)):
+        slots = [j for j in range(mask.shape[1]) if lengths[i, j] > 0]
+        prompt = int(lengths[i, slots[0]] - loss[i, slots[0]].sum())
+        head = arrays["tokens"][i, slots[0], :prompt]
+        for j in slots[1:]:
+            if lengths[i, j] - loss[i, j].sum() != prompt or (arrays["tokens"][i, j, :prompt] != head).any():
+                raise ValueError(f"ranking {i}: responses {slots[0]} and {j} have different prompts")
+        if prompt == 0:
+            raise ValueError(f"ranking {i}: no prompt tokens (loss_mask marks the whole sequence)")
+        size = prompt + int(sum(lengths[i, j] - prompt for j in slots))
+        if size > row_len:
+            raise ValueError(f"ranking {i}: {size} tokens (the prompt once) do not fit row_len={row_len}")
+        out.append((i, prompt, slots, size))
+    return out
+
+
+def pack_rankings(arrays: dict[str, np.ndarray], row_len: int) -> dict[str, np.ndarray]:
+    """Rankings [N, K, T] (`tokenize.ranking_arrays`: tokens, mask, loss_mask marking each
+    response) packed with each prompt once into rows of `row_len`, largest group first, each
+    into the first row with room (first-fit decreasing; the order changes no number).
+
+    Returns [R, row_len]: tokens, positions, segment_ids (0 = padding), parent_ids; pred_col
+    (the slot whose hidden state predicts the token here: the one before, or the prompt's last
+    slot for a response's first token) and owner (i * K + j of the response this token belongs
+    to, -1 for prompts and padding); and [N, K]: score_row / score_col, the slot of each
+    response's last token (0, 0 for empty slots).
+    """
+    N, K, _ = arrays["mask"].shape
+    rows, used = [], []
+    for g in sorted(_groups(arrays, row_len), key=lambda g: -g[3]):
+        r = next((r for r, u in enumerate(used) if u + g[3] <= row_len), len(rows))
+        if r == len(rows):
+            rows.append([])
+            used.append(0)
+        rows[r].append(g)
+        used[r] += g[3]
+    out = {k: np.zeros((len(rows), row_len), np.int32) for k in ROW_KEYS}
+    out["owner"][:] = -1
+    out["score_row"], out["score_col"] = np.zeros((N, K), np.int32), np.zeros((N, K), np.int32)
+    length = arrays["mask"].sum(-1)
+    for r, row in enumerate(rows):
+        at, seg = 0, 0
+        for i, prompt, slots, _ in row:
+            seg += 1
+            parent, prompt_last = seg, at + prompt - 1
+            spans = [(arrays["tokens"][i, slots[0], :prompt], 0, None)]
+            spans += [(arrays["tokens"][i, j, prompt:length[i, j]], prompt, j) for j in slots]
+            for ids, first, j in spans:
+                n = len(ids)
+                if j is not None and n == 0:
+                    raise ValueError(f"ranking {i}: response {j} is empty")
+                cols = slice(at, at + n)
+                out["tokens"][r, cols] = ids
+                out["positions"][r, cols] = np.arange(first, first + n)
+                out["segment_ids"][r, cols] = seg
+                out["parent_ids"][r, cols] = parent
+                if j is not None:
+                    out["pred_col"][r, cols] = np.arange(at - 1, at + n - 1)
+                    out["pred_col"][r, at] = prompt_last
+                    out["owner"][r, cols] = i * K + j
+                    out["score_row"][i, j], out["score_col"][i, j] = r, at + n - 1
+                at += n
+                seg += 1
+            seg -= 1
+    return out
+
+
+def pad_rows(packed: dict, n: int) -> dict:
+    """A packed batch with empty rows appended up to `n` (padding; owner -1)."""
+    pad = lambda k, x: np.pad(x, ((0, n - len(x)), (0, 0)), constant_values=-1 if k == "owner" else 0)
+    return {k: pad(k, v) if k in ROW_KEYS else v for k, v in packed.items()}
+
+
+def packed_batch(batch: dict[str, np.ndarray], row_len: int, multiple: int = 1) -> dict:
+    """One step's batch of rankings packed (`pack_rankings`), its rows padded with empty ones to a
+    multiple of `multiple` (the batch's shards). The per-ranking arrays the losses read (ranks,
+    valid, a cached reference's ref_logp) pass through."""
+    p = pack_rankings(batch, row_len)
+    out = pad_rows({k: p[k] for k in ROW_KEYS}, -(-len(p["tokens"]) // multiple) * multiple)
+    out.update(score_row=p["score_row"], score_col=p["score_col"])
+    out.update({k: batch[k] for k in ("ranks", "valid", "ref_logp") if k in batch})
+    return out

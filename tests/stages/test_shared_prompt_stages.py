@@ -1,0 +1,70 @@
+"""rm.pack and dpo.pack: the rm and dpo stages on rankings packed with every prompt once
+(`shared_prompt.packed_batch`) take the padded layout's first step from the same parameters, and
+refuse what they cannot pack."""
+import json
+import shutil
+
+import pytest
+
+from rlhf_jax.errors import UserError
+from rlhf_jax.stages import run as run_pipeline
+from tests.micro import micro
+
+
+def _rm_log(workdir, stage="rm"):
+    return [json.loads(line) for line in open(workdir / stage / "metrics.jsonl")]
+
+
+@pytest.mark.parametrize("members", [1, 2])  # one RM, and an ensemble (each member packs its own batch)
+def test_packed_rankings_take_the_padded_first_step(tmp_path, micro_trained, members):
+    logs = {}
+    for pack in (False, True):
+        workdir = tmp_path / f"pack_{pack}"
+        shutil.copytree(micro_trained[0] / "sft", workdir / "sft")
+        run_pipeline(micro(stages="rm", **{"rm.pack": pack, "rm.steps": 3, "rm.members": members}), workdir,
+                     use_wandb=False)
+        logs[pack] = _rm_log(workdir)
+    padded, packed = logs[False][0], logs[True][0]
+    # the same parameters and rankings: float32 sums over the same keys in rows of other lengths
+    assert packed["loss"] == pytest.approx(padded["loss"], rel=1e-5)
+    assert packed["grad_norm"] == pytest.approx(padded["grad_norm"], rel=1e-5)
+    assert packed["accuracy"] == padded["accuracy"]
+    assert [r["step"] for r in logs[True] if "loss" in r] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("cache_reference", [True, False])  # the reference's log-probs cached, or live on packed rows
+def test_packed_dpo_takes_the_padded_first_step(tmp_path, micro_trained, cache_reference):
+    logs = {}
+    for pack in (False, True):
+        workdir = tmp_path / f"pack_{pack}"
+        shutil.copytree(micro_trained[0] / "sft", workdir / "sft")
+        run_pipeline(micro(stages="dpo", **{"dpo.pack": pack, "dpo.steps": 3, "dpo.cache_reference": cache_reference}),
+                     workdir, use_wandb=False)
+        logs[pack] = _rm_log(workdir, "dpo")
+    padded, packed = logs[False][0], logs[True][0]
+    # at step 1 the policy is its reference: the loss is log 2 and the implicit rewards are rounding
+    # noise (so is the reward accuracy); the gradient, beta / 2 times the log-prob gradients'
+    # difference, is not
+    assert packed["loss"] == pytest.approx(padded["loss"], rel=1e-5)
+    assert packed["grad_norm"] == pytest.approx(padded["grad_norm"], rel=1e-5)
+    assert abs(packed["reward_margin"]) < 1e-4 and abs(padded["reward_margin"]) < 1e-4
+    assert [r["step"] for r in logs[True] if "loss" in r] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("stages, overrides, words", [
+    ("sft,rm", {"rm.pack": True, "rm.head": "inform"}, "config.rm.pack: packs the scalar head's rankings only"),
+    ("sft,rm", {"rm.pack": True, "rm.grad_accum": 2}, "config.rm.pack: needs rm.grad_accum = 1"),
+    ("sft,dpo", {"dpo.pack": True, "dpo.grad_accum": 2}, "config.dpo.pack: needs dpo.grad_accum = 1"),
+])
+def test_what_cannot_be_packed_is_refused(tmp_path, stages, overrides, words):
+    with pytest.raises((UserError, SystemExit), match=words):
+        run_pipeline(micro(stages=stages, **overrides), tmp_path, use_wandb=False)
+
+
+def test_a_padded_run_resumes_packed(tmp_path, micro_trained):
+    # rm.pack changes the layout, not the numbers: a workdir accepts it on resume (workdir.SAFE)
+    shutil.copytree(micro_trained[0] / "sft", tmp_path / "sft")
+    with pytest.raises(SystemExit):
+        run_pipeline(micro(stages="rm", **{"rm.steps": 3, "debug_stop_after.rm": 2}), tmp_path, use_wandb=False)
+    run_pipeline(micro(stages="rm", **{"rm.steps": 3, "rm.pack": True}), tmp_path, use_wandb=False)
+    assert [r["step"] for r in _rm_log(tmp_path) if "loss" in r] == [1, 2, 3]
