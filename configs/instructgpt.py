@@ -65,6 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.max_len, c.data.max_prompt_len = 512, 384
         c.sft.update(epochs=1, batch_size=32, lr=1e-5, warmup_steps=20, min_lr_ratio=0.1, eps=1e-5)
         c.rm.update(epochs=1, batch_size=16, lr=9e-6, eps=1e-5, pack=True)  # HH prompts are most of a pair's tokens
+        c.dpo.pack = True
         c.sampling.max_new_tokens = 64
         c.ppo.update(iterations=100, batch_size=64, minibatches=4, epochs=1, lr=1e-6,
                      temperature=0.7, kl_coef=0.05, whiten_rewards=True, eps=1e-5)

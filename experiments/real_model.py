@@ -64,9 +64,10 @@ GOLD_EVAL_SETS = {"evaluate.policies": "start=stage:sft", "evaluate.baseline": "
 # assumed costs at the cpu size for the printed estimate (override with --step_seconds): one padded step
 # of 8 pairs (16 sequences of 160 tokens, forward and backward: a DPO step, an RM step without rm.pack);
 # a forward pass costs a third of a step per sequence; one decoding step of a batch costs
-# `decode_fraction` of a training step; an RM step with rm.pack costs `packed_rm_step` of a padded one
-# (11.6 s against 18.5 s on the proxy pairs, a 2-core EPYC: docs/benchmarks.md)
-COST = {"decode_fraction": 0.12, "run_overhead_s": 120.0, "packed_rm_step": 0.63}
+# `decode_fraction` of a training step; a step with rm.pack / dpo.pack costs `packed_rm_step` /
+# `packed_dpo_step` of a padded one (RM 11.9 s against 17.9 s, DPO 12.4 s against 23.8 s on the
+# proxy pairs, a 2-core EPYC: docs/benchmarks.md)
+COST = {"decode_fraction": 0.12, "run_overhead_s": 120.0, "packed_rm_step": 0.66, "packed_dpo_step": 0.52}
 
 
 def _config_module():
@@ -111,6 +112,7 @@ def estimate(proxy_c, gold_c, seeds: int, gold_seeds: int, step_s: float) -> dic
         "ppo": proxy_c.ppo.iterations * (n_new * decode + 2 * step_s) + 4 * proxy_c.heldout.n_prompts * fwd
         + 2 * 500 * fwd,
         "dpo": (proxy_c.dpo.steps or proxy_c.data.n_rankings // proxy_c.dpo.batch_size) * step_s
+        * (COST["packed_dpo_step"] if proxy_c.dpo.pack else 1.0)
         + 2 * proxy_c.data.n_rankings * fwd,
         "eval": 3 * (math.ceil(proxy_c.evaluate.n_prompts / 16) * n_new * decode + 4 * proxy_c.evaluate.n_prompts * fwd
                      + proxy_c.evaluate.n_truthfulqa * 8 * fwd) + 2 * 200 * fwd}

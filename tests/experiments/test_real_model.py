@@ -51,14 +51,16 @@ def test_the_estimate_prices_packed_rm_steps():
     rm = _load()
     module = rm._config_module()
     proxy, gold = (module.get_config(f"{role},cpu") for role in ("proxy", "gold"))
-    assert proxy.rm.pack and gold.rm.pack  # configs/instructgpt.py:smollm2_hh packs
+    assert proxy.rm.pack and gold.rm.pack and proxy.dpo.pack  # configs/instructgpt.py:smollm2_hh packs
     packed = rm.estimate(proxy, gold, 3, 1, 10.0)["per_run_s"]
-    proxy.rm.pack = gold.rm.pack = False
+    proxy.rm.pack = gold.rm.pack = proxy.dpo.pack = False
     padded = rm.estimate(proxy, gold, 3, 1, 10.0)["per_run_s"]
-    # the proxy RM's 125 steps (1,000 pairs) and the gold's 198 (two epochs of 792), each at 0.63 of a padded step
-    assert padded["proxy"] - packed["proxy"] == pytest.approx(125 * 10.0 * (1 - 0.63))
-    assert padded["gold"] - packed["gold"] == pytest.approx(198 * 10.0 * (1 - 0.63))
-    assert padded["dpo"] == packed["dpo"] and padded["ppo"] == packed["ppo"]
+    # the proxy RM's 125 steps (1,000 pairs) and the gold's 198 (two epochs of 792) at 0.66 of a padded
+    # step; DPO's 125 at 0.52
+    assert padded["proxy"] - packed["proxy"] == pytest.approx(125 * 10.0 * (1 - 0.66))
+    assert padded["gold"] - packed["gold"] == pytest.approx(198 * 10.0 * (1 - 0.66))
+    assert padded["dpo"] - packed["dpo"] == pytest.approx(125 * 10.0 * (1 - 0.52))
+    assert padded["ppo"] == packed["ppo"] and padded["bon"] == packed["bon"]
 
 
 def _finite(s, n):
