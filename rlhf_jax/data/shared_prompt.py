@@ -95,11 +95,13 @@ def pad_rows(packed: dict, n: int) -> dict:
     return {k: pad(k, v) if k in ROW_KEYS else v for k, v in packed.items()}
 
 
-def packed_batch(batch: dict[str, np.ndarray], row_len: int, multiple: int = 1) -> dict:
-    """One step's batch of rankings packed (`pack_rankings`), its rows padded with empty ones to a
-    multiple of `multiple` (the batch's shards). The per-ranking arrays the losses read (ranks,
-    valid, a cached reference's ref_logp) pass through."""
-    p = pack_rankings(batch, row_len)
+def packed_batch(batch: dict[str, np.ndarray], multiple: int = 1, row_len: int = 0) -> dict:
+    """One step's batch of rankings packed (`pack_rankings`) into rows of `row_len` (default K x T:
+    one ranking always fits), its rows padded with empty ones to a multiple of `multiple` (the
+    batch's shards). The per-ranking arrays the losses read (ranks, valid, a cached reference's
+    ref_logp) pass through."""
+    _, K, T = batch["tokens"].shape
+    p = pack_rankings(batch, row_len or K * T)
     out = pad_rows({k: p[k] for k in ROW_KEYS}, -(-len(p["tokens"]) // multiple) * multiple)
     out.update(score_row=p["score_row"], score_col=p["score_col"])
     out.update({k: batch[k] for k in ("ranks", "valid", "ref_logp") if k in batch})

@@ -52,6 +52,12 @@ def forward(graphdef, params, tokens_BxT, mask_BxT=None, *, positions_BxT=None, 
     return out
 
 
+def packed_forward(graphdef, params, batch, features: bool = False):
+    """`forward` on rows packed with each prompt once (`data.shared_prompt.packed_batch`)."""
+    return forward(graphdef, params, batch["tokens"], positions_BxT=batch["positions"],
+                   segment_ids_BxT=batch["segment_ids"], parent_ids_BxT=batch["parent_ids"], features=features)
+
+
 def sequence_inputs(prompt_BxP, prompt_mask_BxP, response_BxN, response_mask_BxN):
     """(tokens_BxT, mask_BxT, positions_BxT) of prompt + response, T = P + N."""
     tokens = jnp.concatenate([prompt_BxP, response_BxN], 1)

@@ -83,10 +83,8 @@ def run(ctx) -> dict[str, Any]:
     if c.eval_every:
         evaluate = frontier_eval(graphdef, ctx.data.arrays("eval_prompts"), sampling, jax.random.fold_in(ctx.rng, 98),
                                  sft, gold_reward(ctx), full)
-    # dpo.pack: each batch's rankings with every prompt once, rows of K x data.max_len
-    row_len = train_arrays["tokens"].shape[1] * ctx.config.data.max_len
-    combine = ((lambda b: packed_batch(b["train"], row_len, shd.batch_shards(ctx.mesh))) if c.pack
-               else merge_batches)
+    # dpo.pack: each batch's rankings with every prompt once
+    combine = (lambda b: packed_batch(b["train"], shd.batch_shards(ctx.mesh))) if c.pack else merge_batches
     result = train(ctx, "dpo", Training(dpo_lib.make_dpo_step(graphdef, tx, sched, c, lora),
                                         train_state(params, tx), {"train": it}, total, constants=constants,
                                         combine=combine, evaluate=evaluate, eval_every=c.eval_every,

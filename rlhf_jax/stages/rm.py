@@ -99,8 +99,7 @@ def run(ctx) -> dict[str, Any]:
     constants = None if base is None else (base, None)
     # one RM is an ensemble of one: members on axis 0 of the state and axis 1 of the batch (axis 0
     # stays the data axis), one step vmapped over them
-    combine = (rm_lib.packed_batches(train_arrays["tokens"].shape[1] * ctx.config.data.max_len,
-                                     shd.batch_shards(ctx.mesh)) if c.pack else stack_batches)
+    combine = rm_lib.packed_batches(shd.batch_shards(ctx.mesh)) if c.pack else stack_batches
     training = Training(rm_lib.ensemble_step(single), train_state(rm_lib.stack(members), tx, members=k), data,
                         total, constants=constants, combine=combine, progress_keys=("loss", "accuracy"))
     result = train(ctx, "rm", training, SALT)

@@ -15,7 +15,7 @@ import numpy as np
 
 from rlhf_jax import signals
 from rlhf_jax.data.batches import evaluate_all
-from rlhf_jax.models.forward import forward, hidden_logprobs, sequence_logprobs
+from rlhf_jax.models.forward import hidden_logprobs, packed_forward, sequence_logprobs
 from rlhf_jax.objectives.preference import PREFERENCE_LOSSES, SequenceLogprobs, preference_loss
 from rlhf_jax.objectives.reward import pair_matrix
 from rlhf_jax.train import lora as lora_lib
@@ -37,8 +37,7 @@ def response_logprobs(graphdef, params, batch) -> SequenceLogprobs:
 
 def _packed_logprobs(graphdef, params, batch) -> SequenceLogprobs:
     B, K = batch["ranks"].shape
-    hidden_RxLxD = forward(graphdef, params, batch["tokens"], positions_BxT=batch["positions"],
-                           segment_ids_BxT=batch["segment_ids"], parent_ids_BxT=batch["parent_ids"], features=True)
+    hidden_RxLxD = packed_forward(graphdef, params, batch, features=True)
     predicting = jnp.take_along_axis(hidden_RxLxD, batch["pred_col"][..., None], axis=1)
     logp_RxL = hidden_logprobs(nnx.merge(graphdef, params), predicting, batch["tokens"])[0]
     owner, counted = batch["owner"].clip(0).ravel(), (batch["owner"] >= 0).astype(jnp.float32).ravel()

@@ -11,7 +11,7 @@ import flax.nnx as nnx
 
 from rlhf_jax.data.batches import evaluate_all
 from rlhf_jax.data.shared_prompt import packed_batch, pad_rows
-from rlhf_jax.models.forward import forward, latent_posterior, per_sequence_chunks, score_at_last
+from rlhf_jax.models.forward import latent_posterior, packed_forward, per_sequence_chunks, score_at_last
 from rlhf_jax.objectives.inform import inform_loss
 from rlhf_jax.objectives.reward import bradley_terry_loss, pair_matrix
 from rlhf_jax.train.step import make_train_step
@@ -27,9 +27,7 @@ def score_rankings(graphdef, params, batch):
     """scores_BxK for batch tokens/mask [B, K, T], or for rankings packed with every prompt once
     (`packed_batches`: rows [R, L], each response's score read at its last token's slot)."""
     if "parent_ids" in batch:
-        values_RxL = forward(graphdef, params, batch["tokens"], positions_BxT=batch["positions"],
-                             segment_ids_BxT=batch["segment_ids"], parent_ids_BxT=batch["parent_ids"])
-        return values_RxL[batch["score_row"], batch["score_col"]]
+        return packed_forward(graphdef, params, batch)[batch["score_row"], batch["score_col"]]
     B, K, _ = batch["tokens"].shape
     return score_at_last(graphdef, params, *_flat(batch)).reshape(B, K)
 
@@ -124,13 +122,13 @@ def unstack(stacked, k: int) -> list:
     return [jax.tree.map(lambda x: x[i], stacked) for i in range(k)]
 
 
-def packed_batches(row_len: int, multiple: int):
+def packed_batches(multiple: int):
     """The rm stage's `combine` with rm.pack: each member's batch of rankings [B, K, T] packed with
     every prompt once (`shared_prompt.packed_batch`), padded with empty rows to the members'
     largest row count, stacked on axis 1 as `stack_batches` stacks. Each row count compiles once;
     the rows vary with the batch's lengths."""
     def combine(batches: dict[str, dict]) -> dict:
-        members = [packed_batch(b, row_len, multiple) for b in batches.values()]
+        members = [packed_batch(b, multiple) for b in batches.values()]
         n = max(len(m["tokens"]) for m in members)
         members = [pad_rows(m, n) for m in members]
         return {k: np.stack([m[k] for m in members], 1) for k in members[0]}

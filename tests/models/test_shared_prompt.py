@@ -73,7 +73,7 @@ def test_packed_logprobs_equal_the_padded_sequences(row_len):
     model = init_model(PRESETS["test"].replace(vocab_size=128), seed=0)
     jnp_tree = lambda d: {k: jnp.asarray(v) for k, v in d.items()}
     padded = response_logprobs(model.graphdef, model.params, jnp_tree(ARRAYS))
-    packed = response_logprobs(model.graphdef, model.params, jnp_tree(packed_batch(ARRAYS, row_len, multiple=4)))
+    packed = response_logprobs(model.graphdef, model.params, jnp_tree(packed_batch(ARRAYS, multiple=4, row_len=row_len)))
     valid = ARRAYS["valid"] == 1
     np.testing.assert_array_equal(np.asarray(packed.count_BxK)[valid], np.asarray(padded.count_BxK)[valid])
     assert np.asarray(packed.count_BxK)[~valid].sum() == 0
