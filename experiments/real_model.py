@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import toolkit as T  # noqa: E402  (also puts this checkout first on sys.path)
 from toolkit import REPO as ROOT  # noqa: E402
 
+from rlhf_jax import paths  # noqa: E402
 from rlhf_jax.sweep import expand  # noqa: E402
 
 NAME = "real_model"
@@ -320,6 +321,9 @@ def main(argv=None) -> int:
                 block, field = key.split(".")
                 c[block][field] = type(c[block][field])(value)
     layout = check_layout(module.layout(configs["proxy"]), module.layout(configs["gold"]))
+    if paths.data_dir() is None:  # every run reads the HH pairs, Alpaca and TruthfulQA: fail here, not per run
+        raise SystemExit(f"[{NAME}] no data directory: set RLHF_JAX_DATA_DIR to the folder of the real datasets "
+                         f"(hh_rlhf, alpaca, truthfulqa; the data README says where each comes from)")
     est = estimate(configs["proxy"], configs["gold"], len(seeds), len(gold_seeds), args.step_seconds)
     print(f"[{NAME}] {size}: {len(seeds)} seeds, gold seeds {gold_seeds}; rows {layout}", flush=True)
     if not args.smoke:  # the assumed rates are the cpu size's

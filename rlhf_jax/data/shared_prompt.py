@@ -106,3 +106,66 @@ def packed_batch(batch: dict[str, np.ndarray], multiple: int = 1, row_len: int =
     out.update(score_row=p["score_row"], score_col=p["score_col"])
     out.update({k: batch[k] for k in ("ranks", "valid", "ref_logp") if k in batch})
     return out
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _context_groups(contexts, continuations, cap: int) -> list[tuple[list[int], list[int]]]:
+    """(context, row indices) per distinct context, in first-seen order; a context whose
+    continuations do not fit `cap` tokens together is split into several groups. Empty
+    continuations are left out (their log-prob sum is 0)."""
+    by_context: dict[tuple, list[int]] = {}
+    for i, (c, x) in enumerate(zip(contexts, continuations)):
+        if len(x):
+            by_context.setdefault(tuple(c), []).append(i)
+    groups = []
+    for context, rows in by_context.items():
+        group, size = [], len(context)
+        for i in rows:
+            if group and size + len(continuations[i]) > cap:
+                groups.append((list(context), group))
+                group, size = [], len(context)
+            group.append(i)
+            size += len(continuations[i])
+        groups.append((list(context), group))
+    return groups
+
+
+def continuation_batches(contexts, continuations, rows: int, max_row: int = 1024, bucket: int = 32):
+    """Batches of `rows` packed rows scoring continuations after contexts, each distinct context
+    once (`pack_rankings`: the continuations of one context are the responses of one ranking).
+
+    Yields (batch, col_RxS, target_RxS, index_RxS): `batch` has the ROW_KEYS arrays [rows, L]
+    for `forward.packed_logprobs`; entry [r, s] is the target token read from slot col[r, s]
+    of row r, part of continuation index[r, s] (-1: padding). Groups go largest first, a batch
+    at a time, each batch's L and S rounded up to `bucket` (a handful of compiled shapes); a
+    group holds at most max(max_row, its longest row) tokens.
+    """
+    cap = max(max_row, _round_up(max(len(c) + len(x) for c, x in zip(contexts, continuations)), bucket))
+    size = lambda g: len(g[0]) + sum(len(continuations[i]) for i in g[1])
+    groups = sorted(_context_groups(contexts, continuations, cap), key=size, reverse=True)
+    for start in range(0, len(groups), rows):
+        chunk = groups[start:start + rows]
+        K = max(len(g[1]) for g in chunk)
+        T = max(len(c) + len(continuations[i]) for c, g in chunk for i in g)
+        arrays = {k: np.zeros((len(chunk), K, T), np.int32) for k in ("tokens", "mask", "loss_mask")}
+        for n, (context, members) in enumerate(chunk):
+            for k, i in enumerate(members):
+                seq = list(context) + list(continuations[i])
+                arrays["tokens"][n, k, :len(seq)] = seq
+                arrays["mask"][n, k, :len(seq)] = 1
+                arrays["loss_mask"][n, k, len(context):len(seq)] = 1
+        packed = pack_rankings(arrays, _round_up(size(chunk[0]), bucket))
+        batch = pad_rows({k: packed[k] for k in ROW_KEYS}, rows)
+        owner = batch["owner"]
+        S = _round_up(int((owner >= 0).sum(1).max()), bucket)
+        col, target, index = (np.zeros((rows, S), np.int32) for _ in range(3))
+        index[:] = -1
+        for r in range(rows):
+            slots = np.nonzero(owner[r] >= 0)[0]
+            col[r, :len(slots)] = batch["pred_col"][r, slots]
+            target[r, :len(slots)] = batch["tokens"][r, slots]
+            index[r, :len(slots)] = [chunk[o // K][1][o % K] for o in owner[r, slots]]
+        yield {k: batch[k] for k in ("tokens", "positions", "segment_ids", "parent_ids")}, col, target, index

@@ -9,7 +9,7 @@ Prompt formats (not comparable with each other; the result says which):
   "chat:<template>": the question as the user turn of a chat template (the tokenizer's own,
   "chat:tokenizer", or a named one of `data.tokenize.TEMPLATES`), the answer as the reply.
 Answers get a closing period when they lack one, as in the paper's code. All rows are scored
-in one batched, jitted pass (`scoring.score_continuations`).
+in one batched, jitted pass, each question's prompt once (`scoring.score_continuations`).
 
 AlpacaEval: win rate of a model's outputs against reference outputs under any judge
 (`judges.Judge.compare`), and the length-controlled win rate of AlpacaEval 2 (Dubois et al.
@@ -111,8 +111,7 @@ def truthfulqa_mc(model, tokenizer, items: Sequence[dict], prompt_format: str = 
      "per_item": [{"question", "mc1", "mc2", "logprobs"}]}
     """
     contexts, conts, layout = truthfulqa_rows(items, tokenizer, prompt_format, close_answers)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    logprob_R, _ = scoring.score_continuations(model, contexts, conts, batch_size=batch_size, pad_id=pad)
+    logprob_R, _ = scoring.score_continuations(model, contexts, conts, batch_size=batch_size)
     per_item = []
     for item, lay in zip(items, layout):
         lp = logprob_R[lay["rows"]]

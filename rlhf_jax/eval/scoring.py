@@ -4,14 +4,15 @@ helpers of `rlhf_jax.models.forward`, jitted, plus host-side batching).
 Jitted functions of (graphdef, params, arrays):
 
 - `sequence_logprobs`: summed log-probabilities of marked tokens of right-padded rows
-  (held-out tokens for perplexity); `span_logprobs`: the same for one contiguous span per
-  row (a continuation after its context), with the LM head run only at the span's positions.
+  (held-out tokens for perplexity); `packed_logprobs`: log-probs of chosen tokens in rows
+  packed with each context once (continuations after a shared context), the LM head run only
+  at the slots that predict them.
 - `last_logits`: next-token logits after left-padded prompts (LLM judges).
 - `pooled_features` / `token_features`: final (normed) hidden states, pooled or per token
   (MAUVE features, embedding similarity).
 
-Host wrappers (`score_continuations`, `next_token_logprobs`, `text_features`,
-`text_token_features`) take token-id lists, sort them by length and pad them into
+Host wrappers (`score_continuations`: packed, see its docstring; `next_token_logprobs`,
+`text_features`, `text_token_features`) take token-id lists, sort them by length and pad them into
 fixed-size batches (a short batch filled with copies of its first row, each batch's length
 rounded up to a multiple of `LENGTH_BUCKET`, so a handful of shapes is compiled), run the
 jitted function and return NumPy arrays in the input order.
@@ -25,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlhf_jax.data import shared_prompt
 from rlhf_jax.data.tokenize import pad_left, pad_right
 from rlhf_jax.models import forward as F
 
@@ -39,7 +41,7 @@ def sequence_logprobs(graphdef, params, tokens_BxT, mask_BxT, target_mask_BxT):
     return F.sequence_logprobs(graphdef, params, tokens_BxT, mask, target_mask_BxT * mask)
 
 
-span_logprobs = jax.jit(F.span_logprobs, static_argnames=("graphdef", "span"))
+packed_logprobs = jax.jit(F.packed_logprobs, static_argnames=("graphdef",))
 last_logits = jax.jit(F.last_logits, static_argnames=("graphdef",))
 pooled_features = jax.jit(F.pooled_features, static_argnames=("graphdef", "pool"))
 
@@ -106,25 +108,25 @@ def _check_len(seqs: Sequence[Sequence[int]], max_len: int | None, what: str) ->
 
 
 def score_continuations(model, contexts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]],
-                        batch_size: int = 16, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                        batch_size: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """(logprob_N, ntokens_N): sum of log p(continuation | context) for each pair of id lists.
 
-    Every row is context + continuation, right-padded; only the continuation's tokens are
-    scored. A context must hold at least one token (the first continuation token needs one
-    before it).
+    Rows are packed with each distinct context once (`shared_prompt.continuation_batches`:
+    TruthfulQA's answers share their question's prompt), `batch_size` packed rows a call; only
+    the continuations' tokens reach the LM head. A context must hold at least one token (the
+    first continuation token needs one before it).
     """
     if len(contexts) != len(continuations):
         raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations")
     if any(len(c) == 0 for c in contexts):
         raise ValueError("every context needs at least one token (e.g. BOS) to predict the continuation from")
-    rows = [list(c) + list(x) for c, x in zip(contexts, continuations)]
-    _check_len(rows, _max_len(model), "score_continuations")
-    starts_N = np.array([len(c) for c in contexts], np.int32)
-    counts_N = np.array([len(x) for x in continuations], np.int32)
-    span = -(-max(int(counts_N.max()), 1) // 8) * 8  # a few compiled shapes
-    fn = functools.partial(span_logprobs, model.graphdef, model.params, span=span)
-    logprob_N = _by_length(fn, rows, batch_size, pad_id, row_args=(starts_N, counts_N))
-    return logprob_N.astype(np.float64), counts_N.astype(np.int64)
+    _check_len([list(c) + list(x) for c, x in zip(contexts, continuations)], _max_len(model), "score_continuations")
+    counts_N = np.array([len(x) for x in continuations], np.int64)
+    logprob_N = np.zeros(len(contexts), np.float64)
+    for batch, col, target, index in shared_prompt.continuation_batches(contexts, continuations, batch_size):
+        logp = np.asarray(packed_logprobs(model.graphdef, model.params, batch, col, target), np.float64)
+        np.add.at(logprob_N, index[index >= 0], logp[index >= 0])
+    return logprob_N, counts_N
 
 
 def next_token_logprobs(model, prompts: Sequence[Sequence[int]], token_ids: Sequence[int],

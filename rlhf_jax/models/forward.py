@@ -5,11 +5,12 @@
 - `sequence_inputs`: prompt + response concatenated into one sequence;
 - `response_logprobs` / `response_values`: the columns that predict each response token;
 - `sequence_logprobs`: summed (or counted) log-probs of the tokens a mask marks;
-  `span_logprobs`: the same for one contiguous span per row, with the LM head run only there;
+- `packed_forward` / `packed_logprobs`: rows packed with each prompt once, the LM head run only
+  at the slots that predict the wanted tokens;
 - `last_logits`: next-token logits after left-padded prompts;
 - `hidden_logprobs`: log-probs (and entropy) of targets from final hidden states and the LM head,
   chunk by chunk when the model's `logits_chunk` > 0 (then `response_logprobs`,
-  `shifted_logprobs`, `sequence_logprobs` and `span_logprobs` never build the B x T x V logits);
+  `shifted_logprobs`, `sequence_logprobs` and `packed_logprobs` never build the B x T x V logits);
 - `score_at_last`: a scalar head read at each sequence's last real token (reward models);
 - `pooled_features`: final hidden states at the last real token or averaged over the mask;
 - `latent_posterior` / `latents`: the InfoRM head's posterior at the last real token.
@@ -117,25 +118,12 @@ def sequence_logprobs(graphdef, params, tokens_BxT, mask_BxT, loss_mask_BxT):
     return (logp * m).sum(-1), m.sum(-1)
 
 
-def span_logprobs(graphdef, params, tokens_BxT, mask_BxT, start_B, count_B, span: int):
-    """logprob_sum_B of the count_B tokens from start_B on (a continuation after its context).
-
-    The LM head runs only at the `span` (>= max count_B) positions that predict the targets:
-    B x span x V logits, not B x T x V.
-    """
-    module = nnx.merge(graphdef, params)
-    hidden_BxTxD = forward(graphdef, params, tokens_BxT, mask_BxT.astype(jnp.int32), features=True)
-    T = tokens_BxT.shape[1]
-    j_L = jnp.arange(span)
-    target_pos_BxL = jnp.clip(start_B[:, None] + j_L[None, :], 0, T - 1)
-    hidden_BxLxD = jnp.take_along_axis(hidden_BxTxD, (target_pos_BxL - 1).clip(0)[..., None], axis=1)
-    targets_BxL = jnp.take_along_axis(tokens_BxT, target_pos_BxL, axis=1)
-    if module.cfg.logits_chunk:
-        logprobs_BxL = hidden_logprobs(module, hidden_BxLxD, targets_BxL)[0]
-    else:
-        logits_BxLxV = module.head(hidden_BxLxD, module)
-        logprobs_BxL = token_logprobs(logits_BxLxV, targets_BxL)
-    return jnp.where(j_L[None, :] < count_B[:, None], logprobs_BxL, 0.0).sum(axis=1)
+def packed_logprobs(graphdef, params, batch, col_RxS, target_RxS):
+    """logp_RxS of target tokens in packed rows (`packed_forward`), each read from the slot
+    col_RxS that predicts it: the LM head runs only at those S slots per row, not at all L."""
+    hidden_RxLxD = packed_forward(graphdef, params, batch, features=True)
+    predicting = jnp.take_along_axis(hidden_RxLxD, col_RxS[..., None], axis=1)
+    return hidden_logprobs(nnx.merge(graphdef, params), predicting, target_RxS)[0]
 
 
 def model_config(graphdef, params) -> ModelConfig:

@@ -8,14 +8,13 @@ weights passed as the step's constant; reference-free losses (SimPO, ORPO) need 
 """
 from __future__ import annotations
 
-import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import signals
 from rlhf_jax.data.batches import evaluate_all
-from rlhf_jax.models.forward import hidden_logprobs, packed_forward, sequence_logprobs
+from rlhf_jax.models.forward import packed_logprobs, sequence_logprobs
 from rlhf_jax.objectives.preference import PREFERENCE_LOSSES, SequenceLogprobs, preference_loss
 from rlhf_jax.objectives.reward import pair_matrix
 from rlhf_jax.train import lora as lora_lib
@@ -37,9 +36,7 @@ def response_logprobs(graphdef, params, batch) -> SequenceLogprobs:
 
 def _packed_logprobs(graphdef, params, batch) -> SequenceLogprobs:
     B, K = batch["ranks"].shape
-    hidden_RxLxD = packed_forward(graphdef, params, batch, features=True)
-    predicting = jnp.take_along_axis(hidden_RxLxD, batch["pred_col"][..., None], axis=1)
-    logp_RxL = hidden_logprobs(nnx.merge(graphdef, params), predicting, batch["tokens"])[0]
+    logp_RxL = packed_logprobs(graphdef, params, batch, batch["pred_col"], batch["tokens"])
     owner, counted = batch["owner"].clip(0).ravel(), (batch["owner"] >= 0).astype(jnp.float32).ravel()
     total = jax.ops.segment_sum(logp_RxL.ravel() * counted, owner, num_segments=B * K)
     count = jax.ops.segment_sum(counted, owner, num_segments=B * K)

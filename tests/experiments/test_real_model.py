@@ -34,6 +34,13 @@ def test_layout_check_refuses_shared_rows():
         rm.check_layout({**proxy, "eval_prompts": [150, 214]}, {"rm_train": [1200, 1992]})
 
 
+def test_no_data_directory_stops_before_any_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("RLHF_JAX_DATA_DIR", raising=False)
+    with pytest.raises(SystemExit, match="no data directory: set RLHF_JAX_DATA_DIR"):
+        _load().main(["--smoke", "--out", str(tmp_path)])
+    assert not (tmp_path / "gold").exists()  # no sweep started
+
+
 def test_the_configs_parts_are_disjoint():
     rm = _load()
     module = rm._config_module()

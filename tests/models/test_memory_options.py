@@ -10,6 +10,7 @@ import pytest
 from configs.common import base
 from rlhf_jax import sharding as shd
 from rlhf_jax.data import synthetic
+from rlhf_jax.data.shared_prompt import continuation_batches
 from rlhf_jax.data.tokenize import TokenizeConfig, ranking_arrays, sft_arrays
 from rlhf_jax.generate import SamplingConfig, generate
 from rlhf_jax.models import PRESETS, ModelConfig, abstract_model, init_model
@@ -91,7 +92,7 @@ def _sequences(seed: int = 0, B: int = 4, P: int = 6, N: int = 5):
 
 @pytest.mark.parametrize("changes", [dict(logits_chunk=3), dict(logits_chunk=4, vocab_chunk=16, tie_embeddings=False)])
 def test_forward_helpers_chunked_equal_full(changes):
-    """response / shifted / sequence / span log-probs with logits_chunk equal the full logits'."""
+    """response / shifted / sequence / packed log-probs with logits_chunk equal the full logits'."""
     cfg = CFG.replace(tie_embeddings=changes.get("tie_embeddings", True))
     params = init_model(cfg, seed=0).params
     full, chunked = graphdef(cfg), graphdef(cfg.replace(**changes))
@@ -105,9 +106,10 @@ def test_forward_helpers_chunked_equal_full(changes):
     tokens, mask, _ = seq
     fn = jax.jit(lambda g, p: F.sequence_logprobs(g, p, tokens, mask, mask), static_argnums=0)
     close(fn(chunked, params), fn(full, params), msg="sequence_logprobs")
-    start, count = jnp.array([6, 7, 8, 9]), jnp.array([4, 3, 1, 2])
-    fn = jax.jit(lambda g, p: F.span_logprobs(g, p, tokens, mask, start, count, 4), static_argnums=0)
-    close(fn(chunked, params), fn(full, params), msg="span_logprobs")
+    batch, col, target, _ = next(continuation_batches([t[:6].tolist() for t in np.asarray(tokens)],
+                                                      [t[6:10].tolist() for t in np.asarray(tokens)], rows=4))
+    fn = jax.jit(lambda g, p: F.packed_logprobs(g, p, batch, col, target), static_argnums=0)
+    close(fn(chunked, params), fn(full, params), msg="packed_logprobs")
 
 
 def _sft_batch(n: int = 8):

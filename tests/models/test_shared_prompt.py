@@ -88,3 +88,37 @@ def test_groups_that_cannot_share_are_refused():
         pack_rankings(bad, 24)
     with pytest.raises(ValueError, match="ranking 2: 17 tokens"):
         pack_rankings(ARRAYS, 16)
+
+
+def test_continuations_are_scored_with_each_context_once():
+    # score_continuations (TruthfulQA's answers): a context shared by several continuations, one
+    # split because its continuations do not fit max_row together, unique contexts, an empty
+    # continuation; every row against the model on that sequence alone, unpadded
+    from rlhf_jax.data.shared_prompt import continuation_batches
+    from rlhf_jax.eval import scoring
+    from rlhf_jax.models.forward import sequence_logprobs
+    model = init_model(PRESETS["test"].replace(vocab_size=128), seed=0)
+    a, b, c = tok(9), tok(3), tok(20)
+    contexts = [a, b, a, c, a, b, c, c, tok(4), a]
+    continuations = [tok(4), tok(2), tok(7), tok(30), [], tok(1), tok(25), tok(12), tok(6), tok(3)]
+    got, counts = scoring.score_continuations(model, contexts, continuations, batch_size=2)
+    assert counts.tolist() == [len(x) for x in continuations]
+    for i, (ctx, cont) in enumerate(zip(contexts, continuations)):
+        seq = jnp.asarray([ctx + cont])
+        target = jnp.asarray([[0] * len(ctx) + [1] * len(cont)])
+        want = float(sequence_logprobs(model.graphdef, model.params, seq, jnp.ones_like(seq), target)[0][0])
+        # a sum of <= 30 float32 log-probs (|logp| ~ 5) computed in rows of another length: rounding
+        assert got[i] == pytest.approx(want, rel=1e-5, abs=1e-5), i
+    # the layout: context c's continuations (30 + 25 + 12 tokens after 20) do not fit max_row = 64
+    # together, so c appears twice; every continuation token is read exactly once
+    seen = np.zeros(len(contexts), int)
+    context_rows = 0
+    for batch, col, target, index in continuation_batches(contexts, continuations, rows=2, max_row=64, bucket=8):
+        assert batch["tokens"].shape[0] == 2 and col.shape == target.shape == index.shape
+        np.add.at(seen, index[index >= 0], 1)
+        context_rows += sum(row[:20].tolist() == c for row in batch["tokens"])
+        for r, s in zip(*np.nonzero(index >= 0)):  # the slot that predicts a target holds the token before it
+            i = index[r, s]
+            assert target[r, s] in continuations[i]
+    assert seen.tolist() == [len(x) for x in continuations]
+    assert context_rows == 2
