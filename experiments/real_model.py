@@ -67,8 +67,11 @@ GOLD_EVAL_SETS = {"evaluate.policies": "start=stage:sft", "evaluate.baseline": "
 # a forward pass costs a third of a step per sequence; one decoding step of a batch costs
 # `decode_fraction` of a training step; a step with rm.pack / dpo.pack costs `packed_rm_step` /
 # `packed_dpo_step` of a padded one (RM 11.9 s against 17.9 s, DPO 12.4 s against 23.8 s on the
-# proxy pairs, a 2-core EPYC: docs/benchmarks.md)
-COST = {"decode_fraction": 0.12, "run_overhead_s": 120.0, "packed_rm_step": 0.66, "packed_dpo_step": 0.52}
+# proxy pairs, a 2-core EPYC: docs/benchmarks.md); scoring best-of-n's samples and TruthfulQA's answers
+# with each prompt once costs `packed_bon_scoring` / `packed_truthfulqa` of the padded rows (19.6 s against
+# 65.2 s, 37.4 s against 110.7 s: experiments/benchmarks/*_packed_cpu.json)
+COST = {"decode_fraction": 0.12, "run_overhead_s": 120.0, "packed_rm_step": 0.66, "packed_dpo_step": 0.52,
+        "packed_bon_scoring": 0.30, "packed_truthfulqa": 0.34}
 
 
 def _config_module():
@@ -109,14 +112,15 @@ def estimate(proxy_c, gold_c, seeds: int, gold_seeds: int, step_s: float) -> dic
     per_run = {
         "gold": steps(gold_c, gold_c.data.n_rankings) + rm_norm + 2 * 200 * fwd,
         "proxy": steps(proxy_c, proxy_c.data.n_rankings) + rm_norm,
-        "bon": math.ceil(b.n_prompts * b.n_samples / 64) * n_new * decode + 2 * b.n_prompts * b.n_samples * fwd,
+        "bon": math.ceil(b.n_prompts * b.n_samples / 64) * n_new * decode
+        + 2 * b.n_prompts * b.n_samples * fwd * COST["packed_bon_scoring"],
         "ppo": proxy_c.ppo.iterations * (n_new * decode + 2 * step_s) + 4 * proxy_c.heldout.n_prompts * fwd
         + 2 * 500 * fwd,
         "dpo": (proxy_c.dpo.steps or proxy_c.data.n_rankings // proxy_c.dpo.batch_size) * step_s
         * (COST["packed_dpo_step"] if proxy_c.dpo.pack else 1.0)
         + 2 * proxy_c.data.n_rankings * fwd,
         "eval": 3 * (math.ceil(proxy_c.evaluate.n_prompts / 16) * n_new * decode + 4 * proxy_c.evaluate.n_prompts * fwd
-                     + proxy_c.evaluate.n_truthfulqa * 8 * fwd) + 2 * 200 * fwd}
+                     + proxy_c.evaluate.n_truthfulqa * 16 * fwd * COST["packed_truthfulqa"]) + 2 * 200 * fwd}
     per_run = {k: v + COST["run_overhead_s"] for k, v in per_run.items()}
     total = per_run["gold"] * gold_seeds + sum(v for k, v in per_run.items() if k != "gold") * seeds
     return {"assumed_step_seconds": step_s, **COST, "per_run_s": per_run, "total_s": total}

@@ -12,6 +12,8 @@ predicts it and whose token it is (log-probs: DPO). `packed_batch` is one step's
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 ROW_KEYS = ("tokens", "positions", "segment_ids", "parent_ids", "pred_col", "owner")
@@ -133,15 +135,26 @@ def _context_groups(contexts, continuations, cap: int) -> list[tuple[list[int], 
     return groups
 
 
+class PackedContinuations(NamedTuple):
+    """One batch of `continuation_batches`. rows: the ROW_KEYS arrays but owner and pred_col
+    ([rows, L], for `forward.packed_forward` / `packed_logprobs`); entry [r, s] of col / target /
+    index is the target token read from slot col[r, s] of row r, part of continuation
+    index[r, s] (-1: padding); last: (continuation indices, their last token's row, its slot),
+    where a reward model reads its score."""
+    rows: dict
+    col: np.ndarray
+    target: np.ndarray
+    index: np.ndarray
+    last: tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
 def continuation_batches(contexts, continuations, rows: int, max_row: int = 1024, bucket: int = 32):
     """Batches of `rows` packed rows scoring continuations after contexts, each distinct context
     once (`pack_rankings`: the continuations of one context are the responses of one ranking).
 
-    Yields (batch, col_RxS, target_RxS, index_RxS): `batch` has the ROW_KEYS arrays [rows, L]
-    for `forward.packed_logprobs`; entry [r, s] is the target token read from slot col[r, s]
-    of row r, part of continuation index[r, s] (-1: padding). Groups go largest first, a batch
-    at a time, each batch's L and S rounded up to `bucket` (a handful of compiled shapes); a
-    group holds at most max(max_row, its longest row) tokens.
+    Yields `PackedContinuations`. Groups go largest first, a batch at a time, each batch's L and
+    S rounded up to `bucket` (a handful of compiled shapes); a group holds at most
+    max(max_row, its longest row) tokens.
     """
     cap = max(max_row, _round_up(max(len(c) + len(x) for c, x in zip(contexts, continuations)), bucket))
     size = lambda g: len(g[0]) + sum(len(continuations[i]) for i in g[1])
@@ -168,4 +181,8 @@ def continuation_batches(contexts, continuations, rows: int, max_row: int = 1024
             col[r, :len(slots)] = batch["pred_col"][r, slots]
             target[r, :len(slots)] = batch["tokens"][r, slots]
             index[r, :len(slots)] = [chunk[o // K][1][o % K] for o in owner[r, slots]]
-        yield {k: batch[k] for k in ("tokens", "positions", "segment_ids", "parent_ids")}, col, target, index
+        members = [(n, k, i) for n, (_, g) in enumerate(chunk) for k, i in enumerate(g)]
+        last = tuple(np.array(a, np.int64) for a in zip(*[(i, packed["score_row"][n, k], packed["score_col"][n, k])
+                                                          for n, k, i in members]))
+        yield PackedContinuations({k: batch[k] for k in ("tokens", "positions", "segment_ids", "parent_ids")},
+                                  col, target, index, last)

@@ -123,9 +123,9 @@ def score_continuations(model, contexts: Sequence[Sequence[int]], continuations:
     _check_len([list(c) + list(x) for c, x in zip(contexts, continuations)], _max_len(model), "score_continuations")
     counts_N = np.array([len(x) for x in continuations], np.int64)
     logprob_N = np.zeros(len(contexts), np.float64)
-    for batch, col, target, index in shared_prompt.continuation_batches(contexts, continuations, batch_size):
-        logp = np.asarray(packed_logprobs(model.graphdef, model.params, batch, col, target), np.float64)
-        np.add.at(logprob_N, index[index >= 0], logp[index >= 0])
+    for p in shared_prompt.continuation_batches(contexts, continuations, batch_size):
+        logp = np.asarray(packed_logprobs(model.graphdef, model.params, p.rows, p.col, p.target), np.float64)
+        np.add.at(logprob_N, p.index[p.index >= 0], logp[p.index >= 0])
     return logprob_N, counts_N
 
 

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlhf_jax import signals
+from rlhf_jax.data.shared_prompt import continuation_batches
 from rlhf_jax.models import forward as F
 from rlhf_jax.objectives.ppo import at_last_token
 
@@ -69,6 +71,11 @@ class ModelReward(SequenceReward):
         score = F.score_at_last(self.graphdef, params, tokens_BxT, mask_BxT)
         return score if self.scale is None else score / self.scale
 
+    def packed_values(self, params, rows):
+        """values_RxL at every slot of rows packed with each prompt once (`score_by_prompt`)."""
+        values = F.packed_forward(self.graphdef, params, rows)
+        return values if self.scale is None else values / self.scale
+
 
 class EnsembleReward(SequenceReward):
     """k >= 1 reward models stacked on axis 0 of their params, scores [k, B] aggregated to [B]."""
@@ -81,6 +88,11 @@ class EnsembleReward(SequenceReward):
 
     def sequence_score(self, params, tokens_BxT, mask_BxT):
         return self.aggregate(self.member_scores(params, tokens_BxT, mask_BxT))
+
+    def packed_values(self, params, rows):
+        """The aggregate of the members' values at every slot of packed rows [R, L]."""
+        values_KxRxL = jax.vmap(F.packed_forward, in_axes=(None, 0, None))(self.graphdef, params, rows)
+        return self.aggregate(values_KxRxL.reshape(len(values_KxRxL), -1)).reshape(values_KxRxL.shape[1:])
 
 
 class GoldReward(SequenceReward):
@@ -110,9 +122,36 @@ class GoldReward(SequenceReward):
 
 
 def score_in_chunks(reward: Reward, params, tokens_NxT, mask_NxT, n_prompt: int, chunk: int = 512) -> np.ndarray:
-    """scores_N of many sequences, jitted once per chunk shape."""
+    """scores_N of many sequences (prompt in the first n_prompt columns): packed with each prompt
+    once when the reward reads a model's value at the last token (`packed_values`: best-of-n's
+    n samples of a prompt), else (or with n_prompt = 0) in padded chunks, jitted once per chunk shape."""
+    if hasattr(reward, "packed_values") and n_prompt > 0:
+        return score_by_prompt(jax.jit(reward.packed_values), params, tokens_NxT, mask_NxT, n_prompt)
     fn = jax.jit(lambda p, t, m: reward.score(p, t, m, n_prompt))
     return F.per_sequence_chunks(fn, params, tokens_NxT, mask_NxT, chunk)
 
 
-__all__ = ["EnsembleReward", "GoldReward", "ModelReward", "Reward", "SequenceReward", "place", "score_in_chunks"]
+def score_by_prompt(values_fn, params, tokens_NxT, mask_NxT, n_prompt: int, rows: int = 16,
+                    max_row: int = 512) -> np.ndarray:
+    """scores_N read at each sequence's last token from `values_fn(params, packed rows) ->
+    values_RxL`, the sequences that share a prompt packed with it once (`shared_prompt.
+    continuation_batches`, `rows` rows of at most `max_row` tokens a call). The same numbers as
+    the padded sequences' up to float rounding (tests/models/test_shared_prompt.py)."""
+    tokens_NxT, mask_NxT = np.asarray(tokens_NxT), np.asarray(mask_NxT)
+    real = lambda t, m: t[m > 0].tolist()
+    prompts = [real(t[:n_prompt], m[:n_prompt]) for t, m in zip(tokens_NxT, mask_NxT)]
+    responses = [real(t[n_prompt:], m[n_prompt:]) for t, m in zip(tokens_NxT, mask_NxT)]
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        if not p or not r:
+            raise ValueError(f"sequence {i}: an empty {'prompt' if not p else 'response'} (a score is read after "
+                             f"the prompt, at the response's last token)")
+    scores_N = np.full(len(prompts), np.nan)
+    for packed in continuation_batches(prompts, responses, rows, max_row):
+        signals.check("scoring")
+        index, row, col = packed.last
+        scores_N[index] = np.asarray(values_fn(params, packed.rows))[row, col]
+    return scores_N
+
+
+__all__ = ["EnsembleReward", "GoldReward", "ModelReward", "Reward", "SequenceReward", "place", "score_by_prompt",
+           "score_in_chunks"]

@@ -16,7 +16,7 @@ import numpy as np
 
 from rlhf_jax.data.tokenize import pad_right
 from rlhf_jax.models.forward import per_sequence_chunks, score_at_last
-from rlhf_jax.rewards import GoldReward
+from rlhf_jax.rewards import GoldReward, score_by_prompt
 
 OUTPUTS = ("prob", "logit")
 
@@ -33,6 +33,8 @@ class HeldModelReward(GoldReward):
     def host_scores(self, prompt_BxP, prompt_mask_BxP, response_BxN, response_mask_BxN) -> np.ndarray:
         tokens = np.concatenate([np.asarray(prompt_BxP), np.asarray(response_BxN)], 1)
         mask = np.concatenate([np.asarray(prompt_mask_BxP), np.asarray(response_mask_BxN)], 1).astype(np.int32)
+        if hasattr(self, "packed_values") and tokens.shape[1] > response_BxN.shape[1]:  # the samples of a prompt share it
+            return score_by_prompt(self._packed, self.params, tokens, mask, np.asarray(prompt_BxP).shape[1])
         return self._chunks(tokens, mask)
 
     def _chunks(self, tokens_NxT, mask_NxT) -> np.ndarray:

@@ -25,10 +25,15 @@ class RMGoldReward(HeldModelReward):
         self.model = EnsembleReward(graphdef, lambda s_KxB: s_KxB.mean(0))
         self.params, self.tokenizer, self.tcfg, self.chunk = params_K, tokenizer, tcfg, chunk
         self._score = jax.jit(self.sequence_score)
+        self._packed = jax.jit(self.model.packed_values)
 
     def sequence_score(self, params_K, tokens_BxT, mask_BxT):
         """scores_B of prompt + response token rows (any padding)."""
         return self.model.sequence_score(params_K, tokens_BxT, mask_BxT)
+
+    def packed_values(self, params_K, rows):
+        """The members' mean at every slot of packed rows (`host_scores` packs a prompt's samples)."""
+        return self.model.packed_values(params_K, rows)
 
     def fn(self, prompts: list, responses: list[str]) -> np.ndarray:
         """scores of (prompt, response) texts, encoded as the RM's pairs (prompt, response, EOS)."""

@@ -106,9 +106,9 @@ def test_forward_helpers_chunked_equal_full(changes):
     tokens, mask, _ = seq
     fn = jax.jit(lambda g, p: F.sequence_logprobs(g, p, tokens, mask, mask), static_argnums=0)
     close(fn(chunked, params), fn(full, params), msg="sequence_logprobs")
-    batch, col, target, _ = next(continuation_batches([t[:6].tolist() for t in np.asarray(tokens)],
-                                                      [t[6:10].tolist() for t in np.asarray(tokens)], rows=4))
-    fn = jax.jit(lambda g, p: F.packed_logprobs(g, p, batch, col, target), static_argnums=0)
+    packed = next(continuation_batches([t[:6].tolist() for t in np.asarray(tokens)],
+                                       [t[6:10].tolist() for t in np.asarray(tokens)], rows=4))
+    fn = jax.jit(lambda g, p: F.packed_logprobs(g, p, packed.rows, packed.col, packed.target), static_argnums=0)
     close(fn(chunked, params), fn(full, params), msg="packed_logprobs")
 
 

@@ -113,12 +113,17 @@ def test_continuations_are_scored_with_each_context_once():
     # together, so c appears twice; every continuation token is read exactly once
     seen = np.zeros(len(contexts), int)
     context_rows = 0
-    for batch, col, target, index in continuation_batches(contexts, continuations, rows=2, max_row=64, bucket=8):
+    for batch, col, target, index, last in continuation_batches(contexts, continuations, rows=2, max_row=64,
+                                                                bucket=8):
         assert batch["tokens"].shape[0] == 2 and col.shape == target.shape == index.shape
         np.add.at(seen, index[index >= 0], 1)
         context_rows += sum(row[:20].tolist() == c for row in batch["tokens"])
         for r, s in zip(*np.nonzero(index >= 0)):  # the slot that predicts a target holds the token before it
             i = index[r, s]
             assert target[r, s] in continuations[i]
+        for i, r, s in zip(*last):  # each continuation's last token, where a reward model reads it
+            assert batch["tokens"][r, s] == continuations[i][-1]
     assert seen.tolist() == [len(x) for x in continuations]
     assert context_rows == 2
+    assert sorted(i for p in continuation_batches(contexts, continuations, rows=2) for i in p.last[0]) == [
+        i for i, x in enumerate(continuations) if x]

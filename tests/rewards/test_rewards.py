@@ -182,3 +182,31 @@ def test_fine_grained_reward_places_each_models_segment_rewards_by_hand(mode, ho
     np.testing.assert_allclose(got, [[0.0, r(va9, 0.3), 0.0, last, 0.0]], rtol=0, atol=ATOL)
     np.testing.assert_allclose(reward.score((stack(a, b), rm if holistic else None), tokens, mask, 2),
                                [r(va9, 0.3) + last], rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_samples_of_a_prompt_are_scored_packed_as_padded(ensemble):
+    # best-of-n's samples (score_in_chunks): each prompt once, its responses after it, scores read
+    # at each response's last token. A random model (a readable one would hide a response seeing
+    # its sibling); three left-padded prompts x four right-padded responses, one of them 1 token
+    from rlhf_jax.rewards import score_in_chunks
+    rng = np.random.default_rng(0)
+    P, N = 6, 5
+    prompts = [rng.integers(3, CFG.vocab_size, n).tolist() for n in (6, 3, 4)]
+    tokens, mask = np.zeros((12, P + N), np.int32), np.zeros((12, P + N), np.int32)
+    for i in range(12):
+        p, r = prompts[i // 4], rng.integers(3, CFG.vocab_size, [1, 5, 3, 4][i % 4]).tolist()
+        tokens[i, P - len(p):P], mask[i, P - len(p):P] = p, 1
+        tokens[i, P:P + len(r)], mask[i, P:P + len(r)] = r, 1
+    models = [init_model(CFG, head="scalar", seed=s) for s in (0, 1)]
+    if ensemble:
+        reward = EnsembleReward(models[0].graphdef, lambda s: aggregate(s, "mean_std", 0.5, 1))
+        params = stack(*(m.params for m in models))
+    else:
+        reward, params = ModelReward(models[0].graphdef, 4.0), models[0].params
+    padded = np.asarray(jax.jit(lambda p, t, m: reward.score(p, t, m, P))(params, tokens, mask))
+    packed = score_in_chunks(reward, params, tokens, mask, P)
+    # the same float32 sums over the same keys in rows of another length: rounding only
+    np.testing.assert_allclose(packed, padded, rtol=1e-5, atol=1e-6)
+    assert np.ptp(padded) > 1e-2  # the scores differ: a misread slot would show
+    np.testing.assert_allclose(score_in_chunks(reward, params, tokens, mask, 0), padded, rtol=1e-5, atol=1e-6)
