@@ -14,6 +14,7 @@ import numpy as np
 
 from rlhf_jax import signals
 from rlhf_jax.data.batches import evaluate_all
+from rlhf_jax.data.shared_prompt import continuation_batches
 from rlhf_jax.models.forward import packed_logprobs, sequence_logprobs
 from rlhf_jax.objectives.preference import PREFERENCE_LOSSES, SequenceLogprobs, preference_loss
 from rlhf_jax.objectives.reward import pair_matrix
@@ -73,15 +74,21 @@ def make_dpo_step(graphdef, tx, schedule, hp, lora=None):
 
 
 def reference_logprobs(graphdef, ref_params, arrays, batch_size: int) -> np.ndarray:
-    """The reference's [N, K] summed response log-probs over a whole dataset, computed once."""
-    fn = jax.jit(lambda p, b: response_logprobs(graphdef, lora_lib.lowrank_base(p), b).sum_BxK)
-    keys = ("tokens", "mask", "loss_mask")
-    n = len(arrays["tokens"])
-    out = []
-    for i in range(0, n, batch_size):
+    """The reference's [N, K] summed response log-probs over a whole dataset, computed once, each
+    prompt once (`shared_prompt.continuation_batches`, `batch_size` packed rows a call; empty
+    slots 0)."""
+    tokens, mask, loss = (np.asarray(arrays[k]) for k in ("tokens", "mask", "loss_mask"))
+    N, K, _ = tokens.shape
+    length, response = mask.sum(-1), loss.sum(-1)
+    prompts = [tokens[i, j, :length[i, j] - response[i, j]].tolist() for i in range(N) for j in range(K)]
+    responses = [tokens[i, j, length[i, j] - response[i, j]:length[i, j]].tolist() for i in range(N) for j in range(K)]
+    fn = jax.jit(lambda p, rows, col, target: packed_logprobs(graphdef, lora_lib.lowrank_base(p), rows, col, target))
+    out = np.zeros(N * K)
+    for packed in continuation_batches(prompts, responses, batch_size):
         signals.check("reference")
-        out.append(np.asarray(fn(ref_params, {k: arrays[k][i:i + batch_size] for k in keys})))
-    return np.concatenate(out).astype(np.float32)
+        logp = np.asarray(fn(ref_params, packed.rows, packed.col, packed.target), np.float64)
+        np.add.at(out, packed.index[packed.index >= 0], logp[packed.index >= 0])
+    return out.reshape(N, K).astype(np.float32)
 
 
 def held_out_metrics(graphdef, params, arrays, batch_size: int, hp) -> dict[str, float]:
