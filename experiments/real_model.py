@@ -69,9 +69,10 @@ GOLD_EVAL_SETS = {"evaluate.policies": "start=stage:sft", "evaluate.baseline": "
 # `packed_dpo_step` of a padded one (RM 11.9 s against 17.9 s, DPO 12.4 s against 23.8 s on the
 # proxy pairs, a 2-core EPYC: docs/benchmarks.md); scoring best-of-n's samples and TruthfulQA's answers
 # with each prompt once costs `packed_bon_scoring` / `packed_truthfulqa` of the padded rows (19.6 s against
-# 65.2 s, 37.4 s against 110.7 s: experiments/benchmarks/*_packed_cpu.json)
+# 65.2 s, 37.4 s against 110.7 s: experiments/benchmarks/*_packed_cpu.json), DPO's cached reference pass
+# `packed_reference` (36.9 s against 64.7 s on 96 pairs)
 COST = {"decode_fraction": 0.12, "run_overhead_s": 120.0, "packed_rm_step": 0.66, "packed_dpo_step": 0.52,
-        "packed_bon_scoring": 0.30, "packed_truthfulqa": 0.34}
+        "packed_bon_scoring": 0.30, "packed_truthfulqa": 0.34, "packed_reference": 0.57}
 
 
 def _config_module():
@@ -118,7 +119,7 @@ def estimate(proxy_c, gold_c, seeds: int, gold_seeds: int, step_s: float) -> dic
         + 2 * 500 * fwd,
         "dpo": (proxy_c.dpo.steps or proxy_c.data.n_rankings // proxy_c.dpo.batch_size) * step_s
         * (COST["packed_dpo_step"] if proxy_c.dpo.pack else 1.0)
-        + 2 * proxy_c.data.n_rankings * fwd,
+        + 2 * proxy_c.data.n_rankings * fwd * COST["packed_reference"],
         "eval": 3 * (math.ceil(proxy_c.evaluate.n_prompts / 16) * n_new * decode + 4 * proxy_c.evaluate.n_prompts * fwd
                      + proxy_c.evaluate.n_truthfulqa * 16 * fwd * COST["packed_truthfulqa"]) + 2 * 200 * fwd}
     per_run = {k: v + COST["run_overhead_s"] for k, v in per_run.items()}
