@@ -4,7 +4,7 @@ with a scalar head: what stage bon pays per reward model (the proxy, and a gold 
     python tools/time_bon_scoring.py --prompts 4 --samples 64
 
 The config's held-out prompts (tokenised and left-padded as stage bon samples them), each with
-`--samples` responses of random tokens, lengths uniform in [8, sampling.max_new_tokens] (the
+`--samples` responses of random tokens, lengths uniform in [min(8, N), N = sampling.max_new_tokens] (the
 scores' values do not change the cost). `padded`: every prompt + response row on its own
 (`rewards.score_in_chunks` with n_prompt = 0, the path of rewards without packed values);
 `packed`: each prompt once, then its samples (`score_in_chunks` with the prompt width:
@@ -46,7 +46,7 @@ def main() -> None:
     arrays, _ = prompt_arrays(ctx.data.records("eval_prompts")[:args.prompts], tok, ctx.data.tcfg)
     rng = np.random.default_rng(0)
     n, N = args.prompts * args.samples, c.sampling.max_new_tokens
-    lengths = rng.integers(8, N + 1, n)
+    lengths = rng.integers(min(8, N), N + 1, n)
     response = rng.integers(3, tok.vocab_size, (n, N)).astype(np.int32)
     response_mask = (np.arange(N)[None] < lengths[:, None]).astype(np.int32)
     tokens = np.concatenate([np.repeat(arrays["tokens"], args.samples, 0), response], 1)
