@@ -70,9 +70,10 @@ GOLD_EVAL_SETS = {"evaluate.policies": "start=stage:sft", "evaluate.baseline": "
 # proxy pairs, a 2-core EPYC: docs/benchmarks.md); scoring best-of-n's samples and TruthfulQA's answers
 # with each prompt once costs `packed_bon_scoring` / `packed_truthfulqa` of the padded rows (19.6 s against
 # 65.2 s, 37.4 s against 110.7 s: experiments/benchmarks/*_packed_cpu.json), DPO's cached reference pass
-# `packed_reference` (36.9 s against 64.7 s on 96 pairs)
+# `packed_reference` (36.9 s against 64.7 s on 96 pairs); TRL's RewardTrainer step `trl_rm_step` (14.9 s against
+# our padded 17.9 s)
 COST = {"decode_fraction": 0.12, "run_overhead_s": 120.0, "packed_rm_step": 0.66, "packed_dpo_step": 0.52,
-        "packed_bon_scoring": 0.30, "packed_truthfulqa": 0.34, "packed_reference": 0.57}
+        "packed_bon_scoring": 0.30, "packed_truthfulqa": 0.34, "packed_reference": 0.57, "trl_rm_step": 0.83}
 
 
 def _config_module():
@@ -101,8 +102,9 @@ def check_layout(proxy: dict, gold: dict) -> dict:
     return parts
 
 
-def estimate(proxy_c, gold_c, seeds: int, gold_seeds: int, step_s: float) -> dict:
-    """Seconds per run of each sweep at an assumed training-step time (COST)."""
+def estimate(proxy_c, gold_c, seeds: int, gold_seeds: int, step_s: float, trl: bool = False) -> dict:
+    """Seconds per run of each sweep at an assumed training-step time (COST); with `trl`, TRL's
+    RewardTrainer per seed too (its padded steps and held-out pass)."""
     fwd = step_s / 48  # one sequence's forward pass
     decode = step_s * COST["decode_fraction"]
     rm_step = lambda c: step_s * (COST["packed_rm_step"] if c.rm.pack else 1.0)
@@ -122,6 +124,8 @@ def estimate(proxy_c, gold_c, seeds: int, gold_seeds: int, step_s: float) -> dic
         + 2 * proxy_c.data.n_rankings * fwd * COST["packed_reference"],
         "eval": 3 * (math.ceil(proxy_c.evaluate.n_prompts / 16) * n_new * decode + 4 * proxy_c.evaluate.n_prompts * fwd
                      + proxy_c.evaluate.n_truthfulqa * 16 * fwd * COST["packed_truthfulqa"]) + 2 * 200 * fwd}
+    if trl:
+        per_run["trl"] = proxy_c.data.n_rankings // proxy_c.rm.batch_size * step_s * COST["trl_rm_step"] + 2 * 200 * fwd
     per_run = {k: v + COST["run_overhead_s"] for k, v in per_run.items()}
     total = per_run["gold"] * gold_seeds + sum(v for k, v in per_run.items() if k != "gold") * seeds
     return {"assumed_step_seconds": step_s, **COST, "per_run_s": per_run, "total_s": total}
@@ -329,7 +333,8 @@ def main(argv=None) -> int:
     if paths.data_dir() is None:  # every run reads the HH pairs, Alpaca and TruthfulQA: fail here, not per run
         raise SystemExit(f"[{NAME}] no data directory: set RLHF_JAX_DATA_DIR to the folder of the real datasets "
                          f"(hh_rlhf, alpaca, truthfulqa; the data README says where each comes from)")
-    est = estimate(configs["proxy"], configs["gold"], len(seeds), len(gold_seeds), args.step_seconds)
+    est = estimate(configs["proxy"], configs["gold"], len(seeds), len(gold_seeds), args.step_seconds,
+                   trl=importlib.util.find_spec("trl") is not None)
     print(f"[{NAME}] {size}: {len(seeds)} seeds, gold seeds {gold_seeds}; rows {layout}", flush=True)
     if not args.smoke:  # the assumed rates are the cpu size's
         print(f"[{NAME}] estimate at {args.step_seconds:g} s per padded step of 8 pairs (--step_seconds): "

@@ -68,6 +68,11 @@ def test_the_estimate_prices_packed_rm_steps():
     assert padded["gold"] - packed["gold"] == pytest.approx(198 * 10.0 * (1 - 0.66))
     assert padded["dpo"] - packed["dpo"] == pytest.approx(125 * 10.0 * (1 - 0.52))
     assert padded["ppo"] == packed["ppo"] and padded["bon"] == packed["bon"]
+    # TRL's RewardTrainer per seed when trl is installed: its 125 padded steps at 0.83 of ours, 400 forwards
+    with_trl = rm.estimate(proxy, gold, 3, 1, 10.0, trl=True)
+    assert with_trl["per_run_s"]["trl"] == pytest.approx(125 * 10.0 * 0.83 + 400 * 10.0 / 48 + 120.0)
+    assert with_trl["total_s"] - rm.estimate(proxy, gold, 3, 1, 10.0)["total_s"] == pytest.approx(
+        3 * with_trl["per_run_s"]["trl"])
 
 
 def _finite(s, n):
