@@ -64,16 +64,17 @@ GOLD_EVAL_SETS = {"evaluate.policies": "start=stage:sft", "evaluate.baseline": "
                   "evaluate.suites": "rm_pairs", "evaluate.judges": "rm"}
 # assumed costs at the cpu size for the printed estimate (override with --step_seconds): one padded step
 # of 8 pairs (16 sequences of 160 tokens, forward and backward: a DPO step, an RM step without rm.pack);
-# a forward pass costs a third of a step per sequence; one decoding step of a batch costs
-# `decode_fraction` of a training step; a step with rm.pack / dpo.pack costs `packed_rm_step` /
+# a forward pass costs a third of a step per sequence; one decoding step of a batch of b rows costs
+# `decode_base` + b x `decode_row` of a training step (32 new tokens after the held-out prompts: 4.7 s at
+# 8 rows, 29.1 s at 64, on the EPYC whose padded step is 18.5 s: tools/time_bon.py); a step with rm.pack / dpo.pack costs `packed_rm_step` /
 # `packed_dpo_step` of a padded one (RM 11.9 s against 17.9 s, DPO 12.4 s against 23.8 s on the
 # proxy pairs, a 2-core EPYC: docs/benchmarks.md); scoring best-of-n's samples and TruthfulQA's answers
-# with each prompt once costs `packed_bon_scoring` / `packed_truthfulqa` of the padded rows (19.6 s against
-# 65.2 s, 37.4 s against 110.7 s: experiments/benchmarks/*_packed_cpu.json), DPO's cached reference pass
+# with each prompt once costs `packed_bon_scoring` / `packed_truthfulqa` of the padded rows (18.8 s against
+# 65.4 s, 37.4 s against 110.7 s: experiments/benchmarks/*_packed_cpu.json), DPO's cached reference pass
 # `packed_reference` (36.9 s against 64.7 s on 96 pairs); TRL's RewardTrainer step `trl_rm_step` (14.9 s against
 # our padded 17.9 s)
-COST = {"decode_fraction": 0.12, "run_overhead_s": 120.0, "packed_rm_step": 0.66, "packed_dpo_step": 0.52,
-        "packed_bon_scoring": 0.30, "packed_truthfulqa": 0.34, "packed_reference": 0.57, "trl_rm_step": 0.83}
+COST = {"decode_base": 0.0021, "decode_row": 0.00074, "run_overhead_s": 120.0, "packed_rm_step": 0.66, "packed_dpo_step": 0.52,
+        "packed_bon_scoring": 0.29, "packed_truthfulqa": 0.34, "packed_reference": 0.57, "trl_rm_step": 0.83}
 
 
 def _config_module():
@@ -106,7 +107,7 @@ def estimate(proxy_c, gold_c, seeds: int, gold_seeds: int, step_s: float, trl: b
     """Seconds per run of each sweep at an assumed training-step time (COST); with `trl`, TRL's
     RewardTrainer per seed too (its padded steps and held-out pass)."""
     fwd = step_s / 48  # one sequence's forward pass
-    decode = step_s * COST["decode_fraction"]
+    decode = lambda rows: step_s * (COST["decode_base"] + rows * COST["decode_row"])  # one new token of `rows`
     rm_step = lambda c: step_s * (COST["packed_rm_step"] if c.rm.pack else 1.0)
     steps = lambda c, n: (c.rm.steps or c.rm.epochs * (n // c.rm.batch_size)) * rm_step(c)
     n_new = proxy_c.sampling.max_new_tokens
@@ -115,14 +116,14 @@ def estimate(proxy_c, gold_c, seeds: int, gold_seeds: int, step_s: float, trl: b
     per_run = {
         "gold": steps(gold_c, gold_c.data.n_rankings) + rm_norm + 2 * 200 * fwd,
         "proxy": steps(proxy_c, proxy_c.data.n_rankings) + rm_norm,
-        "bon": math.ceil(b.n_prompts * b.n_samples / 64) * n_new * decode
+        "bon": math.ceil(b.n_prompts * b.n_samples / 512) * n_new * decode(min(512, b.n_prompts * b.n_samples))
         + 2 * b.n_prompts * b.n_samples * fwd * COST["packed_bon_scoring"],
-        "ppo": proxy_c.ppo.iterations * (n_new * decode + 2 * step_s) + 4 * proxy_c.heldout.n_prompts * fwd
+        "ppo": proxy_c.ppo.iterations * (n_new * decode(proxy_c.ppo.batch_size) + 2 * step_s) + 4 * proxy_c.heldout.n_prompts * fwd
         + 2 * 500 * fwd,
         "dpo": (proxy_c.dpo.steps or proxy_c.data.n_rankings // proxy_c.dpo.batch_size) * step_s
         * (COST["packed_dpo_step"] if proxy_c.dpo.pack else 1.0)
         + 2 * proxy_c.data.n_rankings * fwd * COST["packed_reference"],
-        "eval": 3 * (math.ceil(proxy_c.evaluate.n_prompts / 16) * n_new * decode + 4 * proxy_c.evaluate.n_prompts * fwd
+        "eval": 3 * (math.ceil(proxy_c.evaluate.n_prompts / 16) * n_new * decode(16) + 4 * proxy_c.evaluate.n_prompts * fwd
                      + proxy_c.evaluate.n_truthfulqa * 16 * fwd * COST["packed_truthfulqa"]) + 2 * 200 * fwd}
     if trl:
         per_run["trl"] = proxy_c.data.n_rankings // proxy_c.rm.batch_size * step_s * COST["trl_rm_step"] + 2 * 200 * fwd

@@ -1,11 +1,11 @@
-"""tools/time_truthfulqa.py and tools/time_bon_scoring.py on the real-model experiment's smoke
+"""tools/time_truthfulqa.py and tools/time_bon.py on the real-model experiment's smoke
 config (a random-init tiny decoder, the real TruthfulQA and HH rows): their JSON, the packed
 layouts' positions, and the two layouts' scores agreeing."""
 import json
 
 import pytest
 
-from tools import time_bon_scoring, time_truthfulqa
+from tools import time_bon, time_truthfulqa
 
 SMOKE = "experiments/configs/real_model.py:proxy,smoke"
 
@@ -23,14 +23,16 @@ def test_time_truthfulqa_counts_both_layouts(shared_data, monkeypatch, tmp_path)
     assert len(fmt["logprobs"]) == 3 and 0.0 <= fmt["mc2"] <= 1.0 and fmt["seconds"] > 0
 
 
-def test_time_bon_scoring_gives_the_padded_scores(shared_data, monkeypatch, tmp_path):
+def test_time_bon_gives_the_padded_scores_and_times_decoding(shared_data, monkeypatch, tmp_path):
     out = tmp_path / "bon.json"
-    monkeypatch.setattr("sys.argv", ["time_bon_scoring.py", "--config", SMOKE, "--prompts", "2", "--samples", "4",
-                                     "--out", str(out)])
-    time_bon_scoring.main()
+    monkeypatch.setattr("sys.argv", ["time_bon.py", "--config", SMOKE, "--prompts", "2", "--samples", "4",
+                                     "--decode_rows", "3", "--out", str(out)])
+    time_bon.main()
     result = json.loads(out.read_text())
     assert (result["prompts"], result["samples"]) == (2, 4)
     assert set(result["layouts"]) == {"padded", "packed"} and result["speedup"] > 0
     # the same float32 scores from rows of another length: rounding of values of size ~1
     assert result["max_abs_score_difference"] <= 1e-5 * max(1.0, result["score_spread"])
     assert result["score_spread"] > 0
+    decode = result["decode"]["3"]  # 3 rows from 2 prompts: 2 copies each, 4 rows sampled
+    assert decode["rows"] == 4 and decode["new_tokens"] == 6 and decode["seconds_per_token"] > 0
