@@ -114,6 +114,18 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def unique_rows(contexts, continuations) -> tuple[np.ndarray, np.ndarray]:
+    """(first, inverse): the first row of each distinct (context, continuation) and, per row, the
+    position of its copy in `first`. Scoring the distinct rows only gives equal rows equal numbers
+    (packed at different slots, two copies could differ by rounding and break a tie)."""
+    seen: dict[tuple, int] = {}
+    inverse = np.array([seen.setdefault((tuple(c), tuple(x)), len(seen)) for c, x in zip(contexts, continuations)],
+                       np.int64)
+    first = np.zeros(len(seen), np.int64)
+    first[inverse[::-1]] = np.arange(len(inverse))[::-1]
+    return first, inverse
+
+
 def _context_groups(contexts, continuations, cap: int) -> list[tuple[list[int], list[int]]]:
     """(context, row indices) per distinct context, in first-seen order; a context whose
     continuations do not fit `cap` tokens together is split into several groups. Empty

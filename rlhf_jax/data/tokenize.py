@@ -136,6 +136,13 @@ def encode_example(tokenizer, prompt, response: str, cfg: TokenizeConfig,
     return truncate(p, r, cfg, stats)
 
 
+def encode_split(tokenizer, prompt, response: str, cfg: TokenizeConfig) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids) of `encode_example`: the same tokens, cut where the loss mask starts."""
+    ids, loss = encode_example(tokenizer, prompt, response, cfg)
+    n = len(ids) - sum(loss)
+    return ids[:n], ids[n:]
+
+
 def truncate(prompt_ids, response_ids, cfg: TokenizeConfig, stats: TruncationStats | None = None):
     if stats is not None:
         stats.examples += 1

@@ -79,8 +79,10 @@ class FunctionJudge:
         return np.asarray(self.fn(*args), np.float64)
 
     def compare(self, prompts, responses_a, responses_b, references=None) -> np.ndarray:
-        return compare_by_scores(self.score(prompts, responses_a, references),
-                                 self.score(prompts, responses_b, references), self.temperature)
+        # one call: a scorer that packs each prompt once (the RM judges) reads both responses after it
+        n, refs = len(prompts), None if references is None else list(references) * 2
+        both = self.score(list(prompts) * 2, list(responses_a) + list(responses_b), refs)
+        return compare_by_scores(both[:n], both[n:], self.temperature)
 
 
 def combine_orders(p_a_first_N, p_a_second_N, rule: str = "agree") -> np.ndarray:

@@ -122,11 +122,13 @@ def score_continuations(model, contexts: Sequence[Sequence[int]], continuations:
         raise ValueError("every context needs at least one token (e.g. BOS) to predict the continuation from")
     _check_len([list(c) + list(x) for c, x in zip(contexts, continuations)], _max_len(model), "score_continuations")
     counts_N = np.array([len(x) for x in continuations], np.int64)
-    logprob_N = np.zeros(len(contexts), np.float64)
-    for p in shared_prompt.continuation_batches(contexts, continuations, batch_size):
+    first, inverse = shared_prompt.unique_rows(contexts, continuations)  # equal rows, equal numbers
+    logprob_U = np.zeros(len(first), np.float64)
+    for p in shared_prompt.continuation_batches([contexts[i] for i in first], [continuations[i] for i in first],
+                                                batch_size):
         logp = np.asarray(packed_logprobs(model.graphdef, model.params, p.rows, p.col, p.target), np.float64)
-        np.add.at(logprob_N, p.index[p.index >= 0], logp[p.index >= 0])
-    return logprob_N, counts_N
+        np.add.at(logprob_U, p.index[p.index >= 0], logp[p.index >= 0])
+    return logprob_U[inverse], counts_N
 
 
 def next_token_logprobs(model, prompts: Sequence[Sequence[int]], token_ids: Sequence[int],

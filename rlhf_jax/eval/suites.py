@@ -267,9 +267,11 @@ def judge_agreement(env: EvalEnv) -> tuple[dict, list[dict]]:
 @EVAL_SUITES.register("rm_pairs")
 def rm_pairs(env: EvalEnv) -> tuple[dict, list[dict]]:
     judge = env.judges["rm"]
-    prompts = [r["prompt"] for r in env.pairs]
-    chosen = np.asarray(judge.score(prompts, [r["chosen"] for r in env.pairs]), np.float64)
-    rejected = np.asarray(judge.score(prompts, [r["rejected"] for r in env.pairs]), np.float64)
+    prompts, n = [r["prompt"] for r in env.pairs], len(env.pairs)
+    # in one call: a judge that packs each prompt once scores a pair's two responses after one prompt
+    both = np.asarray(judge.score(prompts + prompts, [r["chosen"] for r in env.pairs]
+                                  + [r["rejected"] for r in env.pairs]), np.float64)
+    chosen, rejected = both[:n], both[n:]
     d_len = np.array([_length(r["chosen"]) - _length(r["rejected"]) for r in env.pairs], np.float64)
     correct = (chosen > rejected) + 0.5 * (chosen == rejected)
     shorter = (d_len < 0) + 0.5 * (d_len == 0)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import signals
-from rlhf_jax.data.shared_prompt import continuation_batches
+from rlhf_jax.data.shared_prompt import continuation_batches, unique_rows
 from rlhf_jax.models import forward as F
 from rlhf_jax.objectives.ppo import at_last_token
 
@@ -133,25 +133,37 @@ def score_in_chunks(reward: Reward, params, tokens_NxT, mask_NxT, n_prompt: int,
 
 def score_by_prompt(values_fn, params, tokens_NxT, mask_NxT, n_prompt: int, rows: int = 16,
                     max_row: int = 512) -> np.ndarray:
-    """scores_N read at each sequence's last token from `values_fn(params, packed rows) ->
-    values_RxL`, the sequences that share a prompt packed with it once (`shared_prompt.
-    continuation_batches`, `rows` rows of at most `max_row` tokens a call). The same numbers as
-    the padded sequences' up to float rounding (tests/models/test_shared_prompt.py)."""
+    """`score_split` of sequences whose prompt fills the first n_prompt columns (any padding)."""
     tokens_NxT, mask_NxT = np.asarray(tokens_NxT), np.asarray(mask_NxT)
     real = lambda t, m: t[m > 0].tolist()
-    prompts = [real(t[:n_prompt], m[:n_prompt]) for t, m in zip(tokens_NxT, mask_NxT)]
-    responses = [real(t[n_prompt:], m[n_prompt:]) for t, m in zip(tokens_NxT, mask_NxT)]
+    return score_split(values_fn, params, [real(t[:n_prompt], m[:n_prompt]) for t, m in zip(tokens_NxT, mask_NxT)],
+                       [real(t[n_prompt:], m[n_prompt:]) for t, m in zip(tokens_NxT, mask_NxT)], rows, max_row)
+
+
+def score_split(values_fn, params, prompts, responses, rows: int = 16, max_row: int = 512) -> np.ndarray:
+    """scores_N read at the last token of each prompt + response (token-id lists) from
+    `values_fn(params, packed rows) -> values_RxL`, the sequences that share a prompt packed with
+    it once (`shared_prompt.continuation_batches`, `rows` rows of at most `max_row` tokens a
+    call): the padded sequences' scores up to float rounding (tests/rewards/test_rewards.py);
+    equal sequences are scored once, so they tie. An empty response is read at its prompt's last
+    token, which moves into the continuation."""
+    contexts, continuations = [], []
     for i, (p, r) in enumerate(zip(prompts, responses)):
-        if not p or not r:
-            raise ValueError(f"sequence {i}: an empty {'prompt' if not p else 'response'} (a score is read after "
-                             f"the prompt, at the response's last token)")
-    scores_N = np.full(len(prompts), np.nan)
-    for packed in continuation_batches(prompts, responses, rows, max_row):
+        seq = list(p) + list(r)
+        if len(seq) < 2:
+            raise ValueError(f"sequence {i}: {len(seq)} token(s); a score needs a token to read and one before it")
+        cut = max(1, min(len(p), len(seq) - 1))
+        contexts.append(seq[:cut])
+        continuations.append(seq[cut:])
+    first, inverse = unique_rows(contexts, continuations)
+    scores_U = np.full(len(first), np.nan)
+    for packed in continuation_batches([contexts[i] for i in first], [continuations[i] for i in first], rows,
+                                       max_row):
         signals.check("scoring")
         index, row, col = packed.last
-        scores_N[index] = np.asarray(values_fn(params, packed.rows))[row, col]
-    return scores_N
+        scores_U[index] = np.asarray(values_fn(params, packed.rows))[row, col]
+    return scores_U[inverse]
 
 
 __all__ = ["EnsembleReward", "GoldReward", "ModelReward", "Reward", "SequenceReward", "place", "score_by_prompt",
-           "score_in_chunks"]
+           "score_in_chunks", "score_split"]

@@ -13,8 +13,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from rlhf_jax.data.tokenize import encode_example, pad_right
-from rlhf_jax.rewards import EnsembleReward
+from rlhf_jax.data.tokenize import encode_split
+from rlhf_jax.rewards import EnsembleReward, score_split
 from rlhf_jax.rewards.classifier import HeldModelReward
 
 
@@ -36,10 +36,10 @@ class RMGoldReward(HeldModelReward):
         return self.model.packed_values(params_K, rows)
 
     def fn(self, prompts: list, responses: list[str]) -> np.ndarray:
-        """scores of (prompt, response) texts, encoded as the RM's pairs (prompt, response, EOS)."""
-        ids = [encode_example(self.tokenizer, p, r, self.tcfg)[0] for p, r in zip(prompts, responses)]
-        tokens, mask = pad_right(ids, self.tokenizer.pad_token_id or 0, self.tcfg.max_len)
-        return self._chunks(tokens, mask)
+        """scores of (prompt, response) texts, encoded as the RM's pairs (prompt, response, EOS), the
+        responses to one prompt packed after it once (`score_split`)."""
+        split = [encode_split(self.tokenizer, p, r, self.tcfg) for p, r in zip(prompts, responses)]
+        return score_split(self._packed, self.params, [p for p, _ in split], [r for _, r in split])
 
 
 __all__ = ["RMGoldReward"]

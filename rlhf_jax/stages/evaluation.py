@@ -26,7 +26,7 @@ from rlhf_jax import checkpoint, distributed, signals
 from rlhf_jax import workdir as workdirs
 from rlhf_jax.data import corpora, synthetic
 from rlhf_jax.data.run_data import read_source
-from rlhf_jax.data.tokenize import decode, encode_example, pad_right, prompt_arrays
+from rlhf_jax.data.tokenize import decode, encode_split, prompt_arrays
 from rlhf_jax.eval.benchmarks import alpaca_eval_records
 from rlhf_jax.eval.eval_report import flatten_numbers, plot_win_rates, write_eval_report
 from rlhf_jax.eval.judges import FunctionJudge, LLMJudge
@@ -34,9 +34,8 @@ from rlhf_jax.eval.suite_store import SuiteStore, write_rows
 from rlhf_jax.eval.suites import EVAL_SUITES, EvalEnv, Policy, collect_self_preference
 from rlhf_jax.generate import SamplingConfig, sample_rows
 from rlhf_jax.models import Model, load_pretrained
-from rlhf_jax.models.forward import per_sequence_chunks
 from rlhf_jax.registry import Registry
-from rlhf_jax.rewards import SequenceReward
+from rlhf_jax.rewards import score_split
 from rlhf_jax.stages.gold import gold_reward
 from rlhf_jax.stages.handoff import policy_stages, sft_stage
 from rlhf_jax.stages.registry import STAGES, register_stage, stage_reads
@@ -115,18 +114,15 @@ def gold_judge(ctx, policies) -> FunctionJudge:
 def rm_judge(ctx, policies=None) -> FunctionJudge:
     """The source workdir's trained reward as a pointwise judge of (prompt, response) texts."""
     reward, params, _, _ = trained_reward(ctx, "bon")
-    if not isinstance(reward, SequenceReward):
-        raise ValueError("evaluate.judges: the rm judge needs a sequence reward (not a fine-grained one)")
-    tcfg, bs = ctx.data.tcfg, ctx.config.evaluate.batch_size
-    score = jax.jit(lambda p, t, m: reward.score(p, t, m, 0))  # compiled once per batch shape
+    if not hasattr(reward, "packed_values"):
+        raise ValueError("evaluate.judges: the rm judge needs a reward model read at the last token (not a "
+                         "fine-grained one)")
+    tcfg, packed = ctx.data.tcfg, jax.jit(reward.packed_values)
 
-    def scores(prompts, responses):
-        ids = [encode_example(ctx.tokenizer, p, r, tcfg)[0] for p, r in zip(prompts, responses)]
-        tokens, mask = pad_right(ids, ctx.tokenizer.pad_token_id or 0, tcfg.max_len)
-        rows = -(-len(ids) // bs) * bs  # whole batches: one shape
-        tokens = np.concatenate([tokens, np.zeros((rows - len(ids), tokens.shape[1]), tokens.dtype)])
-        mask = np.concatenate([mask, np.zeros((rows - len(ids), mask.shape[1]), mask.dtype)])
-        return per_sequence_chunks(score, params, tokens, mask, bs)[:len(ids)]
+    def scores(prompts, responses):  # the responses to one prompt packed after it once
+        split = [encode_split(ctx.tokenizer, p, r, tcfg) for p, r in zip(prompts, responses)]
+        return score_split(packed, params, [p for p, _ in split], [r for _, r in split],
+                           rows=ctx.config.evaluate.batch_size)
 
     return FunctionJudge(scores)
 

@@ -101,7 +101,9 @@ def test_continuations_are_scored_with_each_context_once():
     a, b, c = tok(9), tok(3), tok(20)
     contexts = [a, b, a, c, a, b, c, c, tok(4), a]
     continuations = [tok(4), tok(2), tok(7), tok(30), [], tok(1), tok(25), tok(12), tok(6), tok(3)]
+    contexts, continuations = contexts + [a], continuations + [continuations[2]]  # a repeated row
     got, counts = scoring.score_continuations(model, contexts, continuations, batch_size=2)
+    assert got[-1] == got[2]  # scored once, so equal rows give equal numbers
     assert counts.tolist() == [len(x) for x in continuations]
     for i, (ctx, cont) in enumerate(zip(contexts, continuations)):
         seq = jnp.asarray([ctx + cont])

@@ -198,6 +198,7 @@ def test_samples_of_a_prompt_are_scored_packed_as_padded(ensemble):
         p, r = prompts[i // 4], rng.integers(3, CFG.vocab_size, [1, 5, 3, 4][i % 4]).tolist()
         tokens[i, P - len(p):P], mask[i, P - len(p):P] = p, 1
         tokens[i, P:P + len(r)], mask[i, P:P + len(r)] = r, 1
+    tokens[11], mask[11] = tokens[9], mask[9]  # a repeated sample: it must tie with its copy
     models = [init_model(CFG, head="scalar", seed=s) for s in (0, 1)]
     if ensemble:
         reward = EnsembleReward(models[0].graphdef, lambda s: aggregate(s, "mean_std", 0.5, 1))
@@ -208,5 +209,6 @@ def test_samples_of_a_prompt_are_scored_packed_as_padded(ensemble):
     packed = score_in_chunks(reward, params, tokens, mask, P)
     # the same float32 sums over the same keys in rows of another length: rounding only
     np.testing.assert_allclose(packed, padded, rtol=1e-5, atol=1e-6)
+    assert packed[11] == packed[9]  # scored once: a tie stays a tie (a judge's 1/2)
     assert np.ptp(padded) > 1e-2  # the scores differ: a misread slot would show
     np.testing.assert_allclose(score_in_chunks(reward, params, tokens, mask, 0), padded, rtol=1e-5, atol=1e-6)

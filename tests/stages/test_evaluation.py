@@ -61,7 +61,8 @@ def test_the_tiny_world_suites_run_and_report(evaluated):
     report = (path / "eval" / "report.md").read_text()
     assert "### generation / win_rate_vs_sft" in report and "### generation: examples" in report
     metrics = json.loads((path / "eval" / "metrics.jsonl").read_text().splitlines()[0])
-    assert metrics["generation/win_rate_vs_sft/gold/ppo/low"] == pytest.approx(win["low"])
+    assert metrics["generation/win_rate_vs_sft/gold/ppo/low"] == pytest.approx(
+        gen["win_rate_vs_sft"]["gold"]["ppo"]["low"])
 
 
 def test_rm_pair_accuracy_and_the_length_baseline_by_hand(trained, evaluated):
