@@ -1,4 +1,5 @@
-"""Rankings packed with each prompt once (`rm.pack`, `dpo.pack`).
+"""Sequences that share a prompt packed with it once: training rankings (`rm.pack`, `dpo.pack`)
+and every forward-only pass over responses to shared prompts (scoring).
 
 In a ranking every response follows the same prompt, and under causal attention the prompt's
 hidden states do not depend on what follows it. So a group = the prompt (its own segment), then
@@ -9,6 +10,9 @@ lets a query see its parent segment), from the prompt's positions once instead o
 `pack_rankings` lays out a batch; besides the rows it returns where to read each response's
 score (its last token's slot: reward models) and, for every response token, which slot
 predicts it and whose token it is (log-probs: DPO). `packed_batch` is one step's batch.
+`continuation_batches` packs any (context, continuation) token lists the same way, a fixed
+number of rows a call (TruthfulQA's answers, best-of-n's samples, the RM judges, DPO's cached
+reference); `unique_rows` lets a caller score equal rows once.
 """
 from __future__ import annotations
 
@@ -168,6 +172,8 @@ def continuation_batches(contexts, continuations, rows: int, max_row: int = 1024
     S rounded up to `bucket` (a handful of compiled shapes); a group holds at most
     max(max_row, its longest row) tokens.
     """
+    if not len(contexts):
+        return
     cap = max(max_row, _round_up(max(len(c) + len(x) for c, x in zip(contexts, continuations)), bucket))
     size = lambda g: len(g[0]) + sum(len(continuations[i]) for i in g[1])
     groups = sorted(_context_groups(contexts, continuations, cap), key=size, reverse=True)
