@@ -61,6 +61,7 @@ class LoadReport:
     kept: int = 0
     skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     examples: dict[str, str] = dataclasses.field(default_factory=dict)
+    logged: bool = False  # its summary already went to the log (a reader's warning about skips)
 
     def skip(self, reason: str, where: str) -> None:
         self.skipped[reason] += 1

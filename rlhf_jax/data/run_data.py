@@ -63,7 +63,8 @@ def _read_whole(spec: str, kind: str, policy: str) -> list[dict]:
         records, report = corpora.READERS[name](policy=policy, **reader_arguments(query))
     else:
         records, report = read_records(Path(spec).expanduser(), kind, policy=policy)
-    print(report.summary(), flush=True)
+    if not report.logged:  # a summary with skips was logged as a warning where the rows were read
+        print(report.summary(), flush=True)
     return records
 
 

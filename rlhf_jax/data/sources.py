@@ -315,6 +315,7 @@ def validate_rows(rows, kind: str, source: str, *, policy: str = "error", field_
     report.kept = len(out)
     if report.skipped:
         log.warning(report.summary())
+        report.logged = True
     return out, report
 
 

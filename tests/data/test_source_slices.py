@@ -45,6 +45,18 @@ def test_read_source_slices(tmp_path):
             read_source(path + bad, "preference", "error")
 
 
+def test_a_load_report_reaches_the_output_once(tmp_path, capsys, caplog):
+    path = _pairs(tmp_path, 4)
+    read_source(path, "preference", "skip")
+    assert capsys.readouterr().out.count("4 of 4 rows kept") == 1 and not caplog.records  # nothing skipped: printed
+    with open(path, "a") as f:
+        f.write(json.dumps({"prompt": "p", "chosen": "", "rejected": "r"}) + "\n")
+    assert len(read_source(path, "preference", "skip")) == 4
+    # a skip is a warning in the log where the rows were read, and not printed a second time
+    assert [r.getMessage().count("4 of 5 rows kept; skipped 1") for r in caplog.records] == [1]
+    assert "rows kept" not in capsys.readouterr().out
+
+
 def test_rm_val_source_keeps_parts_disjoint(tmp_path):
     """With data.rm_val the RM trains on rm_train's first n_rankings rows and is validated on
     rm_val's; without it the first val_fraction of rm_train is held out (as before)."""
