@@ -208,7 +208,7 @@ def ppo_times(shape: dict, lm, scalar, tx, sched, ids, steps: int) -> dict:
     return {"iteration_s": t, "sequences_per_s": Bp / t, "tokens_per_s": Bp * (Pl + shape["new"]) / t, **phases}
 
 
-class _Clock:
+class StepClock:
     """A transformers callback: the gaps between optimizer steps."""
     def __new__(cls):
         from transformers import TrainerCallback
@@ -253,7 +253,7 @@ def trl_side(shape: dict, steps: int, settings: str = "matched") -> dict:
     out = {"version": trl.__version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
            "settings": settings}
 
-    clock = _Clock()
+    clock = StepClock()
     data = datasets.Dataset.from_dict({"input_ids": ids(B * n, T)})
     trainer = trl.SFTTrainer(model=lm(), processing_class=tok, train_dataset=data, callbacks=[clock],
                              args=trl.SFTConfig(per_device_train_batch_size=B, max_steps=n, max_length=T,
@@ -266,7 +266,7 @@ def trl_side(shape: dict, steps: int, settings: str = "matched") -> dict:
     # what the trainers ran under (the same args for all three)
     out["bf16"], out["gradient_checkpointing"] = bool(trainer.args.bf16), bool(trainer.args.gradient_checkpointing)
 
-    clock = _Clock()
+    clock = StepClock()
     data = datasets.Dataset.from_dict({"chosen_ids": ids(R * n, T), "rejected_ids": ids(R * n, T)})
     trainer = trl.RewardTrainer(model=seqcls(), processing_class=tok, train_dataset=data, callbacks=[clock],
                                 args=trl.RewardConfig(per_device_train_batch_size=R, max_steps=n, max_length=T,
@@ -274,7 +274,7 @@ def trl_side(shape: dict, steps: int, settings: str = "matched") -> dict:
     trainer.train()
     out["rm"] = {"step_s": clock.step_s(), "tokens_per_s": R * 2 * T / clock.step_s()}
 
-    clock = _Clock()
+    clock = StepClock()
     Bp, Pl = shape["ppo_batch"], shape["prompt"]
     data = datasets.Dataset.from_dict({"input_ids": ids(Bp * n, Pl)})
     args = PPOConfig(per_device_train_batch_size=Bp, total_episodes=Bp * n, num_mini_batches=shape["minibatches"],

@@ -32,7 +32,7 @@ from rlhf_jax.data.run_data import RunData  # noqa: E402
 from rlhf_jax.eval import stats  # noqa: E402
 from rlhf_jax.models import save_pretrained  # noqa: E402
 from tools._common import cpu_info, parser, report, trl_settings  # noqa: E402
-from tools.benchmark_pipeline import _Clock  # noqa: E402
+from tools.benchmark_pipeline import StepClock  # noqa: E402
 
 
 def load_config(spec: str):
@@ -97,7 +97,7 @@ def main() -> None:
         **settings)
     train = datasets.Dataset.from_dict({"chosen_ids": train_c, "rejected_ids": train_r})
     tok.pad_token_id = pad
-    clock = _Clock()  # the gaps between optimizer steps (the median, after two warm-up steps)
+    clock = StepClock()  # the gaps between optimizer steps (the median, after two warm-up steps)
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):
         trl.RewardTrainer(model=seqcls, processing_class=tok, train_dataset=train, args=config,
