@@ -73,21 +73,26 @@ def apply_rope(x_BxTxHxK, positions_BxT, cfg: ModelConfig):
     return out.astype(x_BxTxHxK.dtype)
 
 
-def attention_mask(q_index_T, k_index_S, q_segment_BxT, k_segment_BxS, window: int | None, q_parent_BxT=None):
+def attention_mask(q_index_T, k_index_S, q_segment_BxT, k_segment_BxS, window: int | None, q_parent_BxT=None,
+                   positions_BxT=None):
     """Causal mask that never crosses segments and never attends to padding (segment 0).
 
     Indices are slot numbers in the (cache) sequence, so left padding and packed
     segments both work: segments are contiguous, and pads carry segment id 0.
     `q_parent_BxT`: a segment each query also sees (its own id where there is none), so one
     prompt segment can be shared by several response segments packed after it: each response
-    then sees the prompt and itself, exactly as it would in a sequence of its own.
+    then sees the prompt and itself, exactly as it would in a sequence of its own. Those rows
+    give `positions_BxT` (queries and keys alike), and a sliding window then counts positions,
+    not slots: a response packed after its siblings is as far from its prompt as on its own.
     """
     causal_TxS = k_index_S[None, :] <= q_index_T[:, None]
-    if window is not None:
+    if window is not None and positions_BxT is None:
         causal_TxS &= q_index_T[:, None] - k_index_S[None, :] < window
     same_BxTxS = q_segment_BxT[:, :, None] == k_segment_BxS[:, None, :]
     if q_parent_BxT is not None:
         same_BxTxS |= q_parent_BxT[:, :, None] == k_segment_BxS[:, None, :]
+    if window is not None and positions_BxT is not None:
+        same_BxTxS &= positions_BxT[:, :, None] - positions_BxT[:, None, :] < window
     real_BxS = k_segment_BxS != 0
     return causal_TxS[None] & same_BxTxS & real_BxS[:, None, :]
 

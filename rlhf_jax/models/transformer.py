@@ -179,7 +179,8 @@ class Transformer(nnx.Module):
 
         if cache is None:
             idx = jnp.arange(T, dtype=jnp.int32)
-            mask = L.attention_mask(idx, idx, segment_ids_BxT, segment_ids_BxT, cfg.sliding_window, parent_ids_BxT)
+            mask = L.attention_mask(idx, idx, segment_ids_BxT, segment_ids_BxT, cfg.sliding_window, parent_ids_BxT,
+                                    positions_BxT if parent_ids_BxT is not None else None)
             start = None
         else:
             if parent_ids_BxT is not None:

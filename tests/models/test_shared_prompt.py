@@ -47,9 +47,10 @@ def test_the_layout_by_hand():
     assert (out["tokens"][0, 7:9] == ARRAYS["tokens"][2, 0, 7:9]).all()
 
 
-@pytest.mark.parametrize("row_len", [17, 24, 64])
-def test_packed_scores_equal_the_padded_sequences(row_len):
-    cfg = PRESETS["test"].replace(vocab_size=128)
+@pytest.mark.parametrize("row_len, window", [(17, None), (24, None), (64, None), (64, 4)])
+def test_packed_scores_equal_the_padded_sequences(row_len, window):
+    # window: a sliding window counts positions in packed rows (a response after its siblings)
+    cfg = PRESETS["test"].replace(vocab_size=128, sliding_window=window)
     model = init_model(cfg, head="scalar", seed=0)
     padded = np.asarray(score_rankings(model.graphdef, model.params, {k: jnp.asarray(v) for k, v in ARRAYS.items()}))
     p = pack_rankings(ARRAYS, row_len)
