@@ -70,11 +70,11 @@ GOLD_EVAL_SETS = {"evaluate.policies": "start=stage:sft", "evaluate.baseline": "
 # `packed_dpo_step` of a padded one (RM 11.9 s against 17.9 s, DPO 12.4 s against 23.8 s on the
 # proxy pairs, a 2-core EPYC: docs/benchmarks.md); scoring best-of-n's samples and TruthfulQA's answers
 # with each prompt once costs `packed_bon_scoring` / `packed_truthfulqa` of the padded rows (18.8 s against
-# 65.4 s, 37.4 s against 110.7 s: experiments/benchmarks/*_packed_cpu.json), DPO's cached reference pass
+# 65.4 s, 40.9 s against 110.7 s: experiments/benchmarks/*_packed_cpu.json), DPO's cached reference pass
 # `packed_reference` (36.9 s against 64.7 s on 96 pairs); TRL's RewardTrainer step `trl_rm_step` (14.9 s against
 # our padded 17.9 s)
 COST = {"decode_base": 0.0021, "decode_row": 0.00074, "run_overhead_s": 120.0, "packed_rm_step": 0.66, "packed_dpo_step": 0.52,
-        "packed_bon_scoring": 0.29, "packed_truthfulqa": 0.34, "packed_reference": 0.57, "trl_rm_step": 0.83}
+        "packed_bon_scoring": 0.29, "packed_truthfulqa": 0.37, "packed_reference": 0.57, "trl_rm_step": 0.83}
 
 
 def _config_module():

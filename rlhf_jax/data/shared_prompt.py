@@ -165,8 +165,9 @@ class PackedContinuations(NamedTuple):
 
 
 def continuation_batches(contexts, continuations, rows: int, max_row: int = 1024, bucket: int = 32):
-    """Batches of `rows` packed rows scoring continuations after contexts, each distinct context
-    once (`pack_rankings`: the continuations of one context are the responses of one ranking).
+    """Batches of up to `rows` packed rows scoring continuations after contexts, each distinct
+    context once (`pack_rankings`: the continuations of one context are the responses of one
+    ranking); a batch's rows are padded to a power of two, so a short call computes few empty rows.
 
     Yields `PackedContinuations`. Groups go largest first, a batch at a time, each batch's L and
     S rounded up to `bucket` (a handful of compiled shapes); a group holds at most
@@ -189,12 +190,14 @@ def continuation_batches(contexts, continuations, rows: int, max_row: int = 1024
                 arrays["mask"][n, k, :len(seq)] = 1
                 arrays["loss_mask"][n, k, len(context):len(seq)] = 1
         packed = pack_rankings(arrays, _round_up(size(chunk[0]), bucket))
-        batch = pad_rows({k: packed[k] for k in ROW_KEYS}, rows)
+        # the rows padded to a power of two up to `rows` (a few shapes; a short call computes no empty rows)
+        R = min(rows, 1 << (len(packed["tokens"]) - 1).bit_length())
+        batch = pad_rows({k: packed[k] for k in ROW_KEYS}, R)
         owner = batch["owner"]
         S = _round_up(int((owner >= 0).sum(1).max()), bucket)
-        col, target, index = (np.zeros((rows, S), np.int32) for _ in range(3))
+        col, target, index = (np.zeros((R, S), np.int32) for _ in range(3))
         index[:] = -1
-        for r in range(rows):
+        for r in range(R):
             slots = np.nonzero(owner[r] >= 0)[0]
             col[r, :len(slots)] = batch["pred_col"][r, slots]
             target[r, :len(slots)] = batch["tokens"][r, slots]

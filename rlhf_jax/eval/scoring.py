@@ -41,7 +41,8 @@ def sequence_logprobs(graphdef, params, tokens_BxT, mask_BxT, target_mask_BxT):
     return F.sequence_logprobs(graphdef, params, tokens_BxT, mask, target_mask_BxT * mask)
 
 
-packed_logprobs = jax.jit(F.packed_logprobs, static_argnames=("graphdef",))
+packed_logprobs = jax.jit(F.packed_logprobs, static_argnames=("graphdef", "logits_chunk"))
+LOGITS_CHUNK = 64  # score_continuations' logits: rows x 64 x V at a time (TruthfulQA's S reaches ~300)
 last_logits = jax.jit(F.last_logits, static_argnames=("graphdef",))
 pooled_features = jax.jit(F.pooled_features, static_argnames=("graphdef", "pool"))
 
@@ -126,7 +127,8 @@ def score_continuations(model, contexts: Sequence[Sequence[int]], continuations:
     logprob_U = np.zeros(len(first), np.float64)
     for p in shared_prompt.continuation_batches([contexts[i] for i in first], [continuations[i] for i in first],
                                                 batch_size):
-        logp = np.asarray(packed_logprobs(model.graphdef, model.params, p.rows, p.col, p.target), np.float64)
+        logp = np.asarray(packed_logprobs(model.graphdef, model.params, p.rows, p.col, p.target,
+                                          logits_chunk=LOGITS_CHUNK), np.float64)
         np.add.at(logprob_U, p.index[p.index >= 0], logp[p.index >= 0])
     return logprob_U[inverse], counts_N
 

@@ -118,12 +118,17 @@ def sequence_logprobs(graphdef, params, tokens_BxT, mask_BxT, loss_mask_BxT):
     return (logp * m).sum(-1), m.sum(-1)
 
 
-def packed_logprobs(graphdef, params, batch, col_RxS, target_RxS):
+def packed_logprobs(graphdef, params, batch, col_RxS, target_RxS, logits_chunk: int = 0):
     """logp_RxS of target tokens in packed rows (`packed_forward`), each read from the slot
-    col_RxS that predicts it: the LM head runs only at those S slots per row, not at all L."""
+    col_RxS that predicts it: the LM head runs only at those S slots per row, not at all L.
+    `logits_chunk` > 0 (when the model has none of its own) bounds the logits to R x chunk x V."""
+    module = nnx.merge(graphdef, params)
     hidden_RxLxD = packed_forward(graphdef, params, batch, features=True)
     predicting = jnp.take_along_axis(hidden_RxLxD, col_RxS[..., None], axis=1)
-    return hidden_logprobs(nnx.merge(graphdef, params), predicting, target_RxS)[0]
+    if logits_chunk and not module.cfg.logits_chunk:
+        unembed, spec = lm_unembedding(module)
+        return chunked_token_logprobs(predicting, unembed, target_RxS, logits_chunk, spec=spec)[0]
+    return hidden_logprobs(module, predicting, target_RxS)[0]
 
 
 def model_config(graphdef, params) -> ModelConfig:

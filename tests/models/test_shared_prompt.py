@@ -118,7 +118,7 @@ def test_continuations_are_scored_with_each_context_once():
     context_rows = 0
     for batch, col, target, index, last in continuation_batches(contexts, continuations, rows=2, max_row=64,
                                                                 bucket=8):
-        assert batch["tokens"].shape[0] == 2 and col.shape == target.shape == index.shape
+        assert batch["tokens"].shape[0] in (1, 2) and col.shape == target.shape == index.shape
         np.add.at(seen, index[index >= 0], 1)
         context_rows += sum(row[:20].tolist() == c for row in batch["tokens"])
         for r, s in zip(*np.nonzero(index >= 0)):  # the slot that predicts a target holds the token before it
