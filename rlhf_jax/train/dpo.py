@@ -82,8 +82,7 @@ def reference_logprobs(graphdef, ref_params, arrays, batch_size: int) -> np.ndar
     length, response = mask.sum(-1), loss.sum(-1)
     prompts = [tokens[i, j, :length[i, j] - response[i, j]].tolist() for i in range(N) for j in range(K)]
     responses = [tokens[i, j, length[i, j] - response[i, j]:length[i, j]].tolist() for i in range(N) for j in range(K)]
-    fn = jax.jit(lambda p, rows, col, target: packed_logprobs(graphdef, lora_lib.lowrank_base(p), rows, col, target,
-                                                              logits_chunk=64))  # rows x 64 x V logits at a time
+    fn = jax.jit(lambda p, rows, col, target: packed_logprobs(graphdef, lora_lib.lowrank_base(p), rows, col, target))
     out = np.zeros(N * K)
     for packed in continuation_batches(prompts, responses, batch_size):
         signals.check("reference")
