@@ -165,5 +165,13 @@ def score_split(values_fn, params, prompts, responses, rows: int = 16, max_row: 
     return scores_U[inverse]
 
 
+def score_texts(values_fn, params, tokenizer, tcfg, prompts, responses, rows: int = 16) -> np.ndarray:
+    """`score_split` of (prompt, response) texts encoded as an RM's pairs (prompt, response, EOS:
+    `tokenize.encode_split`): the text judges' scores (the `rm` judge, the `rm:` gold)."""
+    from rlhf_jax.data.tokenize import encode_split
+    split = [encode_split(tokenizer, p, r, tcfg) for p, r in zip(prompts, responses)]
+    return score_split(values_fn, params, [p for p, _ in split], [r for _, r in split], rows)
+
+
 __all__ = ["EnsembleReward", "GoldReward", "ModelReward", "Reward", "SequenceReward", "place", "score_by_prompt",
-           "score_in_chunks", "score_split"]
+           "score_in_chunks", "score_split", "score_texts"]

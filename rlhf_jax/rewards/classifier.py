@@ -33,8 +33,9 @@ class HeldModelReward(GoldReward):
     def host_scores(self, prompt_BxP, prompt_mask_BxP, response_BxN, response_mask_BxN) -> np.ndarray:
         tokens = np.concatenate([np.asarray(prompt_BxP), np.asarray(response_BxN)], 1)
         mask = np.concatenate([np.asarray(prompt_mask_BxP), np.asarray(response_mask_BxN)], 1).astype(np.int32)
-        if hasattr(self, "packed_values") and tokens.shape[1] > response_BxN.shape[1]:  # the samples of a prompt share it
-            return score_by_prompt(self._packed, self.params, tokens, mask, np.asarray(prompt_BxP).shape[1])
+        n_prompt = np.asarray(prompt_BxP).shape[1]
+        if hasattr(self, "packed_values") and n_prompt > 0:  # the samples of a prompt share it
+            return score_by_prompt(self._packed, self.params, tokens, mask, n_prompt)
         return self._chunks(tokens, mask)
 
     def _chunks(self, tokens_NxT, mask_NxT) -> np.ndarray:

@@ -13,8 +13,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from rlhf_jax.data.tokenize import encode_split
-from rlhf_jax.rewards import EnsembleReward, score_split
+from rlhf_jax.rewards import EnsembleReward, score_texts
 from rlhf_jax.rewards.classifier import HeldModelReward
 
 
@@ -37,9 +36,8 @@ class RMGoldReward(HeldModelReward):
 
     def fn(self, prompts: list, responses: list[str]) -> np.ndarray:
         """scores of (prompt, response) texts, encoded as the RM's pairs (prompt, response, EOS), the
-        responses to one prompt packed after it once (`score_split`)."""
-        split = [encode_split(self.tokenizer, p, r, self.tcfg) for p, r in zip(prompts, responses)]
-        return score_split(self._packed, self.params, [p for p, _ in split], [r for _, r in split])
+        responses to one prompt packed after it once (`score_texts`)."""
+        return score_texts(self._packed, self.params, self.tokenizer, self.tcfg, prompts, responses)
 
 
 __all__ = ["RMGoldReward"]

@@ -26,7 +26,7 @@ from rlhf_jax import checkpoint, distributed, signals
 from rlhf_jax import workdir as workdirs
 from rlhf_jax.data import corpora, synthetic
 from rlhf_jax.data.run_data import read_source
-from rlhf_jax.data.tokenize import decode, encode_split, prompt_arrays
+from rlhf_jax.data.tokenize import decode, prompt_arrays
 from rlhf_jax.eval.benchmarks import alpaca_eval_records
 from rlhf_jax.eval.eval_report import flatten_numbers, plot_win_rates, write_eval_report
 from rlhf_jax.eval.judges import FunctionJudge, LLMJudge
@@ -35,7 +35,7 @@ from rlhf_jax.eval.suites import EVAL_SUITES, EvalEnv, Policy, collect_self_pref
 from rlhf_jax.generate import SamplingConfig, sample_rows
 from rlhf_jax.models import Model, load_pretrained
 from rlhf_jax.registry import Registry
-from rlhf_jax.rewards import score_split
+from rlhf_jax.rewards import score_texts
 from rlhf_jax.stages.gold import gold_reward
 from rlhf_jax.stages.handoff import policy_stages, sft_stage
 from rlhf_jax.stages.registry import STAGES, register_stage, stage_reads
@@ -120,9 +120,7 @@ def rm_judge(ctx, policies=None) -> FunctionJudge:
     tcfg, packed = ctx.data.tcfg, jax.jit(reward.packed_values)
 
     def scores(prompts, responses):  # the responses to one prompt packed after it once
-        split = [encode_split(ctx.tokenizer, p, r, tcfg) for p, r in zip(prompts, responses)]
-        return score_split(packed, params, [p for p, _ in split], [r for _, r in split],
-                           rows=ctx.config.evaluate.batch_size)
+        return score_texts(packed, params, ctx.tokenizer, tcfg, prompts, responses, ctx.config.evaluate.batch_size)
 
     return FunctionJudge(scores)
 
