@@ -30,6 +30,7 @@ import pytest
 from rlhf_jax import distributed
 from rlhf_jax.stages import run as run_pipeline
 from tests import tolerance as tol
+from tests.children import child_env
 from tests.micro import CFG, micro, numbers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,9 +51,7 @@ def launch(workdir, processes: int, *flags: str, heartbeat: int = 100, env_of=la
     port = _port()
     procs = []
     for i in range(processes):
-        xla = [f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
-        env = dict(os.environ, JAX_PLATFORMS="cpu", **env_of(i),  # this run's flags (an ISA cap) kept
-                   XLA_FLAGS=" ".join([*xla, f"--xla_force_host_platform_device_count={8 // processes}"]))
+        env = child_env(8 // processes, JAX_PLATFORMS="cpu", **env_of(i))
         where = ["--coordinator", f"127.0.0.1:{port}", "--num_processes", str(processes), "--process_id", str(i),
                  "--heartbeat_timeout", str(heartbeat)] if processes > 1 else []
         cmd = [sys.executable, "-m", "rlhf_jax.main", "--config", "configs/instructgpt.py:micro", "--workdir",

@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 import kill_anywhere  # noqa: E402
 
 
+from tests.children import child_env
 from tests.micro import micro, numbers  # noqa: E402
 
 
@@ -103,7 +104,7 @@ def test_resume_with_another_batch_size_is_refused(tmp_path):
 
 def test_a_second_run_on_the_same_workdir_fails_at_once_naming_the_holder(tmp_path):
     prepare(tmp_path)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = child_env(1)
     with RunLock(tmp_path):
         t0 = time.perf_counter()
         out = subprocess.run([sys.executable, "-m", "rlhf_jax.main", "--config", "configs/instructgpt.py:micro",
@@ -167,7 +168,7 @@ def test_user_mistakes_and_resource_failures_get_a_message_and_an_exit_code(tmp_
     (["--config.sft.lr=1e30", "--config.sft.max_grad_norm=0", "--config.stages=sft"], 3, "step 3: non-finite"),
 ])
 def test_cli_errors_are_one_line_without_traceback(tmp_path, args, code, words):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = child_env(1)
     out = subprocess.run([sys.executable, "-m", "rlhf_jax.main", "--config", "configs/instructgpt.py:micro",
                           "--workdir", str(tmp_path / "w"), *args], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=300)
@@ -176,7 +177,7 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, args, code, words):
 
 
 def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = child_env(1)
     work = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "rlhf_jax.main", "--config", "configs/instructgpt.py:micro",
                              "--workdir", str(work), "--config.sft.epochs=50", "--config.sft.save_every=1000"],

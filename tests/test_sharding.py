@@ -10,6 +10,7 @@ import pytest
 
 from rlhf_jax import sharding as shd
 from rlhf_jax.models import init_model
+from tests.children import child_env
 from tests import sharding_case as case
 from tests import tolerance as tol
 
@@ -113,7 +114,7 @@ def test_two_processes_match_one(tmp_path, single, tolerances):
         port = s.getsockname()[1]
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    env = child_env(4, JAX_PLATFORMS="cpu")
     out = tmp_path / "result.npz"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     procs = [subprocess.Popen([sys.executable, str(script), f"127.0.0.1:{port}", str(i), str(out)], cwd=root,

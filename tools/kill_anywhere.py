@@ -35,11 +35,15 @@ def command(config: str, workdir: Path, extra: list[str]) -> list[str]:
 
 
 def environment() -> dict:
-    """One CPU device and a shared persistent compilation cache, so restarts compile little."""
+    """One CPU device (the caller's other XLA flags, an ISA cap, kept) and a shared persistent
+    compilation cache, so restarts compile little (the caller's cache settings win)."""
     cache = os.environ.get("RLHF_JAX_JAX_CACHE", str(Path.home() / ".cache" / "rlhf_jax" / "jax"))
-    return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
-                JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
-                WANDB_MODE="disabled")
+    xla = [f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
+    env = dict(os.environ, XLA_FLAGS=" ".join([*xla, "--xla_force_host_platform_device_count=1"]),
+               JAX_PLATFORMS="cpu", WANDB_MODE="disabled")
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
+    env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+    return env
 
 
 def run_once(cmd: list[str], timeout: float) -> tuple[int, float, str]:

@@ -6,6 +6,7 @@ import pytest
 from rlhf_jax.generate import SamplingConfig, generate, left_pad
 from rlhf_jax.models import load_pretrained
 from rlhf_jax.paths import smollm2_path
+from tests.children import child_env
 from tests import tolerance as tol
 
 pytestmark = pytest.mark.slow
@@ -86,7 +87,7 @@ def test_smollm2_hh_pipeline_runs_at_reduced_size(tmp_path, shared_data):
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ, RLHF_JAX_DATA_DIR=str(shared_data), XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = child_env(1, RLHF_JAX_DATA_DIR=str(shared_data))
     cmd = [sys.executable, "-m", "rlhf_jax.main", "--config", "configs/instructgpt.py:smollm2_hh,small",
            "--workdir", str(tmp_path), f"--config.model.path={GGUF}"]
     out = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=1200)

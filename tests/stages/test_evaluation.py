@@ -22,6 +22,7 @@ from rlhf_jax.models.forward import score_at_last
 from rlhf_jax.stages import run as run_pipeline, run_stages
 from rlhf_jax.stages.reward import trained_reward
 from rlhf_jax.stages.evaluation import labelled_pairs, parse_policies
+from tests.children import child_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -148,7 +149,7 @@ def test_the_run_report_shows_intervals_with_what_they_cover(tmp_path):
 
 def test_the_cli_evaluates_a_finished_workdir_with_its_own_config(trained, tmp_path):
     path, _ = trained
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = child_env(1)
     out = subprocess.run([sys.executable, "-m", "rlhf_jax.evaluate", "--config", "configs/eval.py:micro",
                           "--workdir", str(path), "--config.evaluate.suites=perplexity",
                           "--config.evaluate.judges="], cwd=ROOT, env=env, capture_output=True, text=True,

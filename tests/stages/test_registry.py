@@ -30,6 +30,7 @@ from rlhf_jax.train import ppo as ppo_lib
 from rlhf_jax.train import rm as rm_lib
 from rlhf_jax.train import sft as sft_lib
 from rlhf_jax.train import optim
+from tests.children import child_env
 from tests import tolerance as tol
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -57,7 +58,7 @@ def test_missing_input_fails_before_anything_is_built(tmp_path):
         plan(micro("ppo"), tmp_path)
     with pytest.raises(ValueError, match=r"stage 'grpo' is not one of \('sft', 'rm'"):
         plan(micro("sft,grpo"), tmp_path)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = child_env(1)
     out = subprocess.run([sys.executable, "-m", "rlhf_jax.main", "--config", "configs/instructgpt.py:micro",
                           "--workdir", str(tmp_path / "w"), "--config.stages=rm,ppo"], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
@@ -141,7 +142,7 @@ def test_old_config_names_fail_naming_the_new_ones(tmp_path):
     c.fg = c.fgrm
     with pytest.raises(ConfigError, match=r"config\.fg\.\w+: was renamed: use config\.fgrm\."):
         validate_config(c)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = child_env(1)
     for flag, words in (("--config.fg.lr=0.1", "config.fg.lr: was renamed: use config.fgrm.lr"),
                         ("--config.eval.n_prompts=8", "config.eval.n_prompts: was renamed: use config.heldout.n_prompts"),
                         ("--config.ppo.max_new_tokens=8",

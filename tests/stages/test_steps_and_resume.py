@@ -29,6 +29,7 @@ from rlhf_jax.train import rm as rm_lib
 from rlhf_jax.train import sft as sft_lib
 from rlhf_jax.train.optim import make_optimizer
 from rlhf_jax.train.state import PPOState, TrainState, commit, compile_step
+from tests.children import child_env
 from tests import tolerance as tol
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -260,7 +261,7 @@ def test_ppo_ptx_pipeline_logs_the_ptx_loss(tmp_path):
 
 
 def test_cli_sigterm_saves_a_checkpoint(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = child_env(1)
     work = tmp_path / "run"
     cmd = [sys.executable, "-m", "rlhf_jax.main", "--config", "configs/instructgpt.py:micro", "--workdir", str(work),
            "--config.sft.epochs=50", "--config.sft.save_every=1000"]
