@@ -21,10 +21,10 @@ import pytest  # noqa: E402
 
 _cache = os.environ.get("RLHF_JAX_JAX_CACHE", str(pathlib.Path.home() / ".cache" / "rlhf_jax" / "jax"))
 jax.config.update("jax_compilation_cache_dir", _cache)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 # the same cache for the runs tests start as child processes (sweeps, figure scripts, CLI runs)
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _cache)
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
