@@ -5,12 +5,6 @@ import pathlib
 # the caller's XLA flags (e.g. --xla_cpu_max_isa=AVX2) keep the 8 devices unless they set a count
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
-# The suite's programs are tiny, so XLA's compile time dominates it: LLVM without optimisation
-# (O0) compiles a micro pipeline run in 40 s against 62 s and runs it no slower that matters. The
-# numbers are the same function under another instruction schedule, which every tolerance already
-# allows for (tests/tolerance.py: the same budget as AVX2 against AVX-512). A caller's level wins.
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -27,6 +21,17 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _cache)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    """The default selection's programs are tiny, so XLA's compile time dominates it: there LLVM
+    runs without optimisation (O0), which compiles a micro pipeline run in 40 s against 62 s
+    (docs/tests.md). The numbers are the same function under another instruction schedule, which
+    every tolerance already allows for (tests/tolerance.py). Other selections (`-m slow`: the real
+    model, whose step O0 makes 1.5x slower) and a caller's own level keep theirs. Set here, before
+    any test initialises a JAX backend and before any child process is started."""
+    if config.getoption("markexpr") == "not slow" and "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
+        os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 
 
 def _find_data_dir() -> tuple[pathlib.Path | None, str]:
