@@ -21,12 +21,11 @@ Suites:
 """
 from configs import instructgpt
 from configs.variants import Variants
+from rlhf_jax import paths
 
 VARIANTS = Variants("configs/eval.py", {
     "tiny": "the task world's SFT and PPO policies", "micro": "tiny at test size",
     "smollm2": "SmolLM2-135M-Instruct as it ships", "small": "a CPU-sized subset of smollm2"})
-
-GGUF = "~/.cache/rlhf_jax/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def get_config(arg: str | None = None):
@@ -36,10 +35,11 @@ def get_config(arg: str | None = None):
     if "micro" in variants:
         c.evaluate.update(n_prompts=32, n_pairs=64, bootstrap=500, n_report=4)
     if "smollm2" in variants:
-        c.model.update(preset="", path=GGUF, tokenizer="")
+        gguf = paths.smollm2_spec()  # tools/fetch_smollm2.py puts it there (RLHF_JAX_SMOLLM2 moves it)
+        c.model.update(preset="", path=gguf, tokenizer="")
         c.model.overrides = {}
         c.data.update(source="files", policy="skip", max_len=512, max_prompt_len=384)
-        c.evaluate.update(suites="truthfulqa,alpaca_eval,judge_agreement", policies=f"smollm2={GGUF}",
+        c.evaluate.update(suites="truthfulqa,alpaca_eval,judge_agreement", policies=f"smollm2={gguf}",
                           baseline="smollm2", judges="llm,llm_rating", judge_model="policy:smollm2",
                           pairs="corpus:hh_rlhf", max_new_tokens=128, temperature=0.0, batch_size=16, n_pairs=500,
                           chat_prompts=True)

@@ -21,6 +21,7 @@ import ml_collections
 
 from configs.common import base
 from configs.variants import Variants
+from rlhf_jax import paths
 
 VARIANTS = Variants("configs/instructgpt.py", {
     "tiny": "the offline default on the task world",
@@ -55,7 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if "smollm2_hh" in variants:
         c.name = "smollm2_hh"
         c.model.preset = ""
-        c.model.path = "~/.cache/rlhf_jax/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+        c.model.path = paths.smollm2_spec()  # tools/fetch_smollm2.py puts it there
         c.model.overrides = ml_collections.ConfigDict()
         c.data.source = "files"
         c.data.policy = "skip"

@@ -17,6 +17,13 @@ def smollm2_path() -> Path:
     return Path(env) if env else cache_dir() / "models" / SMOLLM2_GGUF
 
 
+def smollm2_spec() -> str:
+    """smollm2_path() as a config writes it: under the home directory as `~/...`, so a config
+    reads the same on every machine unless RLHF_JAX_SMOLLM2 or RLHF_JAX_CACHE moves it."""
+    path, home = smollm2_path(), Path.home()
+    return f"~/{path.relative_to(home)}" if path.is_relative_to(home) else str(path)
+
+
 def data_dir() -> Path | None:
     """The real datasets, from RLHF_JAX_DATA_DIR; None when unset or missing."""
     env = os.environ.get("RLHF_JAX_DATA_DIR")

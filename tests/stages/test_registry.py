@@ -182,6 +182,19 @@ def test_ablation_configs_pass_the_model_and_data_variants_through():
     assert base().rm.center_coef == 0.0
 
 
+def test_the_smollm2_configs_follow_where_the_gguf_was_put(monkeypatch, tmp_path):
+    from configs import eval as eval_config
+    from configs import instructgpt
+    monkeypatch.delenv("RLHF_JAX_SMOLLM2", raising=False)
+    monkeypatch.delenv("RLHF_JAX_CACHE", raising=False)
+    assert instructgpt.get_config("smollm2_hh").model.path == "~/.cache/rlhf_jax/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+    monkeypatch.setenv("RLHF_JAX_CACHE", str(tmp_path))  # where tools/fetch_smollm2.py writes then
+    assert instructgpt.get_config("smollm2_hh").model.path == str(tmp_path / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    monkeypatch.setenv("RLHF_JAX_SMOLLM2", str(tmp_path / "m.gguf"))
+    assert instructgpt.get_config("smollm2_hh").model.path == str(tmp_path / "m.gguf")
+    assert eval_config.get_config("smollm2").model.path == str(tmp_path / "m.gguf")
+
+
 # --- the fixes -------------------------------------------------------------------------------
 
 def test_end_of_run_kl_uses_the_sampling_temperature():
