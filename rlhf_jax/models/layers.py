@@ -27,6 +27,29 @@ def norm(x_BxTxD, scale_D, bias_D, cfg: ModelConfig):
     return x.astype(x_BxTxD.dtype)
 
 
+@jax.custom_vjp
+def swiglu(gate, up):
+    """silu(gate) * up, the gated MLP's hidden layer. Its backward computes sigmoid(gate) once
+    and both cotangents from the saved pre-activations; autodiff of the same expression saves
+    more and recomputes SiLU's derivative inside the fusions that feed the weight-gradient dots
+    (docs/benchmarks.md, per operation)."""
+    return jax.nn.silu(gate) * up
+
+
+def _swiglu_fwd(gate, up):
+    return swiglu(gate, up), (gate, up)
+
+
+def _swiglu_bwd(saved, d):
+    gate, up = saved
+    s = jax.nn.sigmoid(gate)
+    # d silu(g) / dg = s + g s (1 - s) = s (1 + g (1 - s))
+    return d * up * (s * (1 + gate * (1 - s))), d * gate * s
+
+
+swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
+
+
 def activation(x, name: str):
     if name == "silu":
         return jax.nn.silu(x)

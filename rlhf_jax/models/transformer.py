@@ -134,7 +134,7 @@ def _mlp(cfg: ModelConfig, w, h_BxTxD, rng):
     up = project(h_BxTxD, w["w_up"]) + (w["b_up"] if cfg.mlp_bias else 0)
     if cfg.mlp == "swiglu":
         gate = project(h_BxTxD, w["w_gate"]) + (w["b_gate"] if cfg.mlp_bias else 0)
-        hidden = L.activation(gate, cfg.activation) * up
+        hidden = L.swiglu(gate, up) if cfg.activation == "silu" else L.activation(gate, cfg.activation) * up
     else:
         hidden = L.activation(up, cfg.activation)
     out = project(hidden, w["w_down"]) + (w["b_down"] if cfg.out_bias else 0)
