@@ -4,6 +4,7 @@ from configs.instructgpt import get_config
 from rlhf_jax.data import synthetic
 from rlhf_jax.data.tokenize import TokenizeConfig
 from rlhf_jax.models import PRESETS
+from rlhf_jax.sweep.results import is_wall_clock
 
 TOK = synthetic.tokenizer()
 WORLD = synthetic.WorldConfig(seed=0, max_items=4)
@@ -25,5 +26,5 @@ def micro(**overrides):
 
 
 def numbers(summary: dict) -> dict:
-    """A run summary's fields without its wall times (what two equal runs share)."""
-    return {stage: {k: v for k, v in vals.items() if k != "wall_seconds"} for stage, vals in summary.items()}
+    """A run summary's fields without its timings (what two equal runs share)."""
+    return {stage: {k: v for k, v in vals.items() if not is_wall_clock(k)} for stage, vals in summary.items()}

@@ -24,9 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rlhf_jax.sweep.results import is_wall_clock  # noqa: E402
 from tools._common import parser  # noqa: E402
 
-WALL = ("wall_seconds",)
 
 
 def command(config: str, workdir: Path, extra: list[str]) -> list[str]:
@@ -53,7 +53,7 @@ def run_once(cmd: list[str], timeout: float) -> tuple[int, float, str]:
 
 
 def numbers(summary: dict) -> dict:
-    return {stage: {k: v for k, v in values.items() if k not in WALL} for stage, values in summary.items()}
+    return {stage: {k: v for k, v in values.items() if not is_wall_clock(k)} for stage, values in summary.items()}
 
 
 def metrics_clean(workdir: Path) -> dict[str, bool]:

@@ -10,6 +10,7 @@ what it opened even when the stage fails.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Callable
 
 import jax
@@ -92,28 +93,33 @@ def train(ctx, stage: str, t: Training, salt: int) -> LoopResult:
     checkpointer = Checkpointer(ctx.workdir / stage / "checkpoints")
     writer = None
     try:
-        start, last = 0, {}
+        start, last, before = 0, {}, 0.0
         restored = checkpointer.restore_latest_readable(state, stage)
         if restored is not None:
             state, meta = restored
             for name, it in t.data.items():
                 it.set_position(meta["data"][name])
             start, last = int(meta["step"]), meta.get("metrics", {})
+            before = float(meta.get("train_seconds", 0.0))  # the loop's time before the resume
             print(f"[{stage}] resumed from step {start}", flush=True)
         writer = ctx.writer(stage, t.progress_keys, resume_step=start)
         stop_after = ctx.config.debug_stop_after.get(stage, 0) or None
         keep = set(t.snapshot_steps)
         after_step = (lambda s, n: candidates.save(ctx.workdir, stage, n, t.snapshot(s)) if n in keep else None)
+        t0 = time.perf_counter()
+        meta_fn = lambda: {"data": {k: it.position() for k, it in t.data.items()},
+                           "train_seconds": before + time.perf_counter() - t0}
         result = run_loop(stage, step_fn, state, lambda: ctx.shard(t.combine({k: next(it) for k, it in t.data.items()})),
                           total_steps=t.total_steps, start_step=start, rng=jax.random.fold_in(ctx.rng, salt),
                           checkpointer=checkpointer, save_every=ctx.config[STAGES[stage].block].save_every,
-                          meta_fn=lambda: {"data": {k: it.position() for k, it in t.data.items()}}, writer=writer,
+                          meta_fn=meta_fn, writer=writer,
                           eval_fn=t.evaluate, eval_every=t.eval_every, stop_after=stop_after, hooks=t.hooks,
                           last_metrics=last, after_step=after_step if keep else None)
     finally:
         if writer is not None:
             writer.close()
         checkpointer.close()
+    result = dataclasses.replace(result, seconds=before + result.seconds)  # summed over resumes
     if result.steps < t.total_steps:
         raise StoppedEarly(f"[{stage}] stopped after step {result.steps} of {t.total_steps} (debug_stop_after)")
     return result

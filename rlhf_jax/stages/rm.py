@@ -105,17 +105,22 @@ def run(ctx) -> dict[str, Any]:
     result = train(ctx, "rm", training, SALT)
     members = [full(p) for p in rm_lib.unstack(result.state.params, k)]  # full weights, as later stages read them
     val_bs = min(c.batch_size, len(val["tokens"]))
-    summary = {"steps": total, "members": k, "train_accuracy": result.last_metrics.get("accuracy")}
+    summary = {"steps": total, "members": k, "train_accuracy": result.last_metrics.get("accuracy"),
+               "train_seconds": result.seconds}  # the training loop alone (what TRL's trainer.train() times)
     # each member's and the members' mean's (how they are aggregated is the using stage's choice)
     reward = EnsembleReward(graphdef, lambda s: s.mean(0))
+    t1 = time.perf_counter()
     summary.update(rm_lib.ensemble_held_out(graphdef, rm_lib.stack(members), val, val_bs, reward.aggregate,
                                             reward.member_scores, c.margin))
+    summary["held_out_seconds"] = time.perf_counter() - t1
     if c.normalize:  # each member's bias shifted so the SFT demonstrations score 0 on average
+        t1 = time.perf_counter()
         tokens, mask = demonstrations(ctx)
         centred = [rm_lib.center_on_demonstrations(graphdef, p, tokens, mask) for p in members]
         members = [p for p, _, _ in centred]
         summary["demonstration_mean_before_centering"] = [mean for _, mean, _ in centred]
         summary["demonstration_std"] = [std for _, _, std in centred]
+        summary["centering_seconds"] = time.perf_counter() - t1
     params = rm_lib.stack(members)  # saved with the member axis for every k
     summary["wall_seconds"] = time.perf_counter() - t0
     checkpoint.save_final(ctx.workdir, "rm", params, summary)

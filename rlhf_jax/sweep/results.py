@@ -30,7 +30,7 @@ from rlhf_jax.eval.stats import mean as bootstrap_mean
 
 CONFIDENCE = 0.95
 METHODS = ("t", "bootstrap")
-WALL_CLOCK = ("wall_seconds",)  # metric names that measure time, not results
+WALL_CLOCK = "_seconds"  # metric names ending so measure time, not results (wall_seconds, train_seconds, ...)
 DEFAULT_METRICS = ("ppo.gold_reward_final", "ppo.kl_final")
 STAT_FIELDS = ("n", "mean", "std", "ci_low", "ci_high", "half_width", "ci_method")
 
@@ -49,7 +49,7 @@ def numeric_metrics(summary: dict[str, Any], prefix: str = "") -> dict[str, floa
 
 def is_wall_clock(metric: str) -> bool:
     """True for timing metrics (they differ between identical runs)."""
-    return metric.rsplit(".", 1)[-1] in WALL_CLOCK
+    return metric.rsplit(".", 1)[-1].endswith(WALL_CLOCK)
 
 
 def interval(values: list[float], method: str = "t", confidence: float = CONFIDENCE) -> Estimate | None:

@@ -28,7 +28,7 @@ class NonFiniteError(UserError, FloatingPointError):
 class LoopResult:
     state: Any
     steps: int
-    seconds: float
+    seconds: float  # the loop's time, compiles before it not included (stages.base.train: summed over resumes)
     last_metrics: dict[str, float]
     history: list[dict[str, float]]
 

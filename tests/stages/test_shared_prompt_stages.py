@@ -66,5 +66,13 @@ def test_a_padded_run_resumes_packed(tmp_path, micro_trained):
     shutil.copytree(micro_trained[0] / "sft", tmp_path / "sft")
     with pytest.raises(SystemExit):
         run_pipeline(micro(stages="rm", **{"rm.steps": 3, "debug_stop_after.rm": 2}), tmp_path, use_wandb=False)
-    run_pipeline(micro(stages="rm", **{"rm.steps": 3, "rm.pack": True}), tmp_path, use_wandb=False)
+    # the checkpoint records the training loop's time so far; the resumed stage adds its own to it
+    meta = next((tmp_path / "rm" / "checkpoints" / "2" / "meta").glob("*"))
+    record = json.loads(meta.read_text())
+    assert record["train_seconds"] > 0
+    meta.write_text(json.dumps({**record, "train_seconds": 1000.0}))  # as if the first process had run long
+    summary = run_pipeline(micro(stages="rm", **{"rm.steps": 3, "rm.pack": True}), tmp_path, use_wandb=False)
     assert [r["step"] for r in _rm_log(tmp_path) if "loss" in r] == [1, 2, 3]
+    rm = summary["rm"]
+    assert 1000.0 < rm["train_seconds"] < 1000.0 + rm["wall_seconds"]
+    assert rm["held_out_seconds"] > 0 and rm["centering_seconds"] > 0
