@@ -30,30 +30,8 @@ def pytest_configure(config):
     every tolerance already allows for (tests/tolerance.py). Other selections (`-m slow`: the real
     model, whose step O0 makes 1.5x slower) and a caller's own level keep theirs. Set here, before
     any test initialises a JAX backend and before any child process is started."""
-    config.option.loadscopereorder = False  # xdist's scheduler keeps SLOW_FILES' order (below)
     if config.getoption("markexpr") == "not slow" and "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
         os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
-
-
-# Seconds each of the slowest files took in a cold run of the default selection (-n 2, 2-core
-# EPYC, 2026-12-05; the file's tests summed). `--dist loadfile` hands files out in order, so these
-# go first, longest first: a long file handed out last keeps the other worker idle at the end.
-# xdist's own reordering (most tests first) put the three longest among the last 25 of 84 files.
-SLOW_FILES = {
-    "tests/experiments/test_real_model.py": 177, "tests/experiments/test_figures_reward_design.py": 157,
-    "tests/test_multihost.py": 142, "tests/stages/test_steps_and_resume.py": 120, "tests/sweep/test_sweep.py": 112,
-    "tests/test_reliability.py": 111, "tests/experiments/test_figures_overoptimization.py": 97,
-    "tests/models/test_gguf_export.py": 89, "tests/tools/test_accelerator_check.py": 74,
-    "tests/data/test_imdb.py": 68, "tests/stages/test_sft_select.py": 63,
-    "tests/stages/test_shared_prompt_stages.py": 61, "tests/experiments/test_active_learning_smoke.py": 57,
-    "tests/train/test_lora.py": 51, "tests/sweep/test_backends.py": 46,
-    "tests/experiments/test_critic_free_smoke.py": 39,
-}
-
-
-def pytest_collection_modifyitems(config, items):
-    """The slowest files first (SLOW_FILES), the rest in collection order (a stable sort)."""
-    items.sort(key=lambda item: -SLOW_FILES.get(item.nodeid.split("::")[0], 0))
 
 
 def _find_data_dir() -> tuple[pathlib.Path | None, str]:
