@@ -9,6 +9,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+# the CLI re-executes itself with glibc's malloc asking for huge pages (rlhf_jax/hostenv.py), saying so on
+# stderr: a gain for real runs, none for the compile-bound runs tests start, whose output tests read;
+# tests/test_hostenv.py turns it on
+os.environ.setdefault("RLHF_JAX_HUGEPAGES", "0")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

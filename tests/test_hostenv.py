@@ -1,0 +1,94 @@
+"""rlhf_jax/hostenv.py: when the CLI re-executes itself with glibc's malloc asking for huge pages,
+that the re-executed process has the tunable, and that glibc then backs a large allocation with
+huge pages (the mechanism the speed-up rests on)."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from rlhf_jax import hostenv
+from tests.conftest import ROOT
+
+MADVISE = hostenv.glibc_version() is not None and hostenv.glibc_version() >= (2, 35) \
+    and hostenv.thp_mode() == "madvise"
+needs_madvise = pytest.mark.skipif(
+    not MADVISE, reason=f"needs glibc >= 2.35 (here {hostenv.glibc_version()}) and transparent huge pages in madvise "
+                        f"mode (here {hostenv.thp_mode()})")
+
+
+@pytest.mark.parametrize("environ, glibc, thp, expected", [
+    ({}, (2, 36), "madvise", True),
+    ({"RLHF_JAX_HUGEPAGES": "1"}, (2, 35), "madvise", True),
+    ({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, (2, 36), "madvise", True),
+    ({"RLHF_JAX_HUGEPAGES": "0"}, (2, 36), "madvise", False),
+    ({"RLHF_JAX_HUGEPAGES": "off"}, (2, 36), "madvise", False),
+    ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, (2, 36), "madvise", False),  # the caller's own choice
+    ({}, (2, 34), "madvise", False),  # no such tunable before 2.35
+    ({}, None, "madvise", False),  # not glibc
+    ({}, (2, 36), "always", False),  # huge pages without asking
+    ({}, (2, 36), "never", False),
+    ({}, (2, 36), None, False),
+])
+def test_when_huge_pages_are_wanted(environ, glibc, thp, expected):
+    assert hostenv.wants_huge_pages(environ, glibc, thp) is expected
+
+
+def test_thp_mode_reads_the_bracketed_word(tmp_path):
+    f = tmp_path / "enabled"
+    f.write_text("always [madvise] never\n")
+    assert hostenv.thp_mode(f) == "madvise"
+    f.write_text("[always] madvise never\n")
+    assert hostenv.thp_mode(f) == "always"
+    assert hostenv.thp_mode(tmp_path / "missing") is None
+
+
+# a child that re-executes itself, then reports its tunables and how many KiB of anonymous huge
+# pages a 64 MiB malloc, written through, added to the process
+CHILD = textwrap.dedent("""
+    import ctypes, os, sys
+    from rlhf_jax.hostenv import reexec_with_huge_pages
+    reexec_with_huge_pages()
+    def huge_kib():
+        for line in open("/proc/self/smaps_rollup"):
+            if line.startswith("AnonHugePages:"):
+                return int(line.split()[1])
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    before = huge_kib()
+    size = 64 << 20
+    p = libc.malloc(ctypes.c_size_t(size))
+    ctypes.memset(p, 1, size)
+    print(os.environ.get("GLIBC_TUNABLES", ""), huge_kib() - before)
+""")
+
+
+def _child(**env):
+    environ = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "RLHF_JAX_HUGEPAGES")}
+    return subprocess.run([sys.executable, "-c", CHILD], cwd=ROOT, env={**environ, **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+@needs_madvise
+def test_the_reexecuted_process_gets_huge_pages_from_malloc():
+    on = _child(GLIBC_TUNABLES="glibc.malloc.arena_max=4")
+    assert on.returncode == 0, on.stderr
+    tunables, kib = on.stdout.split()
+    assert tunables == "glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1"  # the caller's tunables kept
+    assert "[host] restarting with GLIBC_TUNABLES=" in on.stderr
+    assert int(kib) >= 32 << 10, f"64 MiB malloc'd and written, {kib} KiB of it in huge pages"
+    off = _child(RLHF_JAX_HUGEPAGES="0")
+    assert off.returncode == 0, off.stderr
+    assert off.stderr == "" and off.stdout.split() == ["0"], (off.stdout, off.stderr)  # no tunable, no huge page
+
+
+@needs_madvise
+def test_the_cli_restarts_once_before_reading_its_config():
+    out = subprocess.run([sys.executable, "-m", "rlhf_jax.main", "--config", "configs/instructgpt.py:no_such_variant",
+                          "--workdir", "unused"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**{k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"},
+                              "RLHF_JAX_HUGEPAGES": "1"})
+    assert out.returncode == 2
+    assert out.stderr.count("[host] restarting with GLIBC_TUNABLES=glibc.malloc.hugetlb=1") == 1, out.stderr
+    assert "config error" in out.stderr and "no_such_variant" in out.stderr, out.stderr

@@ -1,0 +1,139 @@
+"""A/B of glibc's malloc with and without transparent huge pages (rlhf_jax/hostenv.py): the
+SmolLM2-shape SFT and RM steps (fp32, random tokens, tools/benchmark_pipeline.py's `smollm2`
+shape), a torch training step of the same shape, and optionally a compile-bound CLI run, each in
+fresh processes, the two settings alternating; prints JSON.
+
+    python tools/ab_hugepages.py [--processes 2] [--steps 8] [--cases sft,rm,torch,micro] [--out FILE]
+
+Each process compiles its step, runs `--steps`, and reports the median of all but the first;
+`micro` is `python -m rlhf_jax.main --config configs/instructgpt.py:micro
+--config.stages=sft,rm,ppo,dpo` from an empty compile cache, timed whole.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SETTINGS = {"default": {"RLHF_JAX_HUGEPAGES": "0", "GLIBC_TUNABLES": ""},
+            "huge_pages": {"RLHF_JAX_HUGEPAGES": "0", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}}
+
+
+def child(case: str, steps: int) -> None:
+    """One process's step times: prints {"median_s", "all"}."""
+    import numpy as np
+
+    from tools import benchmark_pipeline as bp
+    shape = bp.SHAPES["smollm2"]
+    cfg = shape["model"].replace(eos_token_id=bp.EOS, pad_token_id=bp.PAD)
+    B, T = shape["batch"], shape["seq"]
+    rng = np.random.default_rng(0)
+    if case == "torch":
+        import torch
+        import transformers
+
+        from rlhf_jax.models.config import to_hf_config
+        torch.set_num_threads(os.cpu_count())
+        torch.manual_seed(0)
+        hf = to_hf_config(cfg.replace(bos_token_id=1))
+        model = transformers.AutoModelForCausalLM.from_config(
+            transformers.AutoConfig.for_model(**{k: v for k, v in hf.items() if k != "model_type"},
+                                              model_type=hf["model_type"]), dtype=torch.float32)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        x = torch.from_numpy(rng.integers(3, cfg.vocab_size, (B, T)))
+
+        def step():
+            model(input_ids=x, labels=x).loss.backward()
+            opt.step()
+            opt.zero_grad()
+    else:
+        import jax
+        import jax.numpy as jnp
+
+        from rlhf_jax.models import init_model
+        from rlhf_jax.sharding import make_mesh
+        from rlhf_jax.train import rm as rm_lib
+        from rlhf_jax.train import sft as sft_lib
+        from rlhf_jax.train.optim import make_optimizer
+        from rlhf_jax.train.state import TrainState, compile_step
+        tx, sched = make_optimizer(1e-5, 1000)
+        if case == "rm":
+            t = jnp.asarray(rng.integers(3, cfg.vocab_size, (shape["rm_batch"], 1, 2, T)), jnp.int32)
+            batch = {"tokens": t, "mask": jnp.ones_like(t), "ranks": jnp.tile(jnp.arange(2), (shape["rm_batch"], 1, 1)),
+                     "valid": jnp.ones((shape["rm_batch"], 1, 2), bool)}
+            lm = init_model(cfg, head="scalar", seed=1)
+            members = rm_lib.stack([lm.params])
+            state = TrainState(members, jax.vmap(tx.init)(members), jnp.zeros((1,), jnp.int32))
+            fn = rm_lib.ensemble_step(rm_lib.make_rm_step(lm.graphdef, tx, sched))
+        else:
+            t = jnp.asarray(rng.integers(3, cfg.vocab_size, (B, T)), jnp.int32)
+            batch = {"tokens": t, "loss_mask": jnp.ones_like(t), "segment_ids": jnp.ones_like(t),
+                     "positions": jnp.broadcast_to(jnp.arange(T), (B, T))}
+            lm = init_model(cfg, seed=0)
+            state = TrainState(lm.params, tx.init(lm.params), jnp.zeros((), jnp.int32))
+            fn = sft_lib.make_sft_step(lm.graphdef, tx, sched)
+        compiled, state = compile_step(fn, state, batch, make_mesh())
+        box = [state]
+
+        def step():
+            box[0], m = compiled(box[0], batch, jax.random.key(0))
+            jax.block_until_ready(m["loss"])
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    print(json.dumps({"median_s": float(np.median(times[1:])), "all": [round(t, 3) for t in times]}))
+
+
+def run(case: str, setting: str, steps: int) -> dict:
+    env = {**os.environ, **SETTINGS[setting]}
+    if not env["GLIBC_TUNABLES"]:
+        del env["GLIBC_TUNABLES"]
+    if case == "micro":
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "rlhf_jax.main", "--config", "configs/instructgpt.py:micro",
+                            "--config.stages=sft,rm,ppo,dpo", "--workdir", f"{tmp}/run", "--no_wandb"], cwd=ROOT,
+                           env={**env, "RLHF_JAX_JAX_CACHE": f"{tmp}/cache", "JAX_COMPILATION_CACHE_DIR": f"{tmp}/cache"},
+                           check=True, capture_output=True)
+            return {"median_s": time.perf_counter() - t0}
+    out = subprocess.run([sys.executable, __file__, "--child", case, str(steps)], cwd=ROOT, env=env, check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    from tools._common import cpu_info, parser, report
+    ap = parser(__doc__, out=True)
+    ap.add_argument("--processes", type=int, default=2, help="processes per case and setting")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--cases", default="sft,rm,torch,micro")
+    args = ap.parse_args()
+    from rlhf_jax import hostenv
+    result = {"cpu": cpu_info(), "glibc": hostenv.glibc_version(), "thp": hostenv.thp_mode(),
+              "steps": args.steps, "processes": args.processes, "cases": {}}
+    for case in args.cases.split(","):
+        rows = {s: [] for s in SETTINGS}
+        for _ in range(args.processes):
+            for s in SETTINGS:
+                rows[s].append(run(case, s, args.steps))
+                print(f"[ab_hugepages] {case} {s}: {rows[s][-1]['median_s']:.3f} s", file=sys.stderr, flush=True)
+        med = {s: sorted(r["median_s"] for r in v) for s, v in rows.items()}
+        result["cases"][case] = {"seconds": med, "runs": rows,
+                                 "change": sum(med["huge_pages"]) / sum(med["default"]) - 1.0}
+    report(result, args.out)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        child(sys.argv[2], int(sys.argv[3]))
+    else:
+        main()
