@@ -171,10 +171,13 @@ class Recorder:
                              "run_seconds": round(sum(r["seconds"] or 0.0 for r in outcome.runs), 1)}
         self.records[key] = [{k: r.get(k) for k in ("point", "seed", "status", "reused", "seconds")}
                              for r in outcome.runs]
-        bad = [r for r in outcome.runs if r["status"] != "ok"]
+        bad = [r for r in outcome.runs if r["status"] not in ("ok", "pending")]
         self.failed += len(bad)
         for r in bad:
             print(f"[{key}] FAILED {r['point']}/seed_{r['seed']}: {r['error']}", flush=True)
+        pending = [f"{r['point']}/seed_{r['seed']}" for r in outcome.runs if r["status"] == "pending"]
+        if pending:  # a stopped sweep leaves these; otherwise the runner starts every run
+            print(f"[{key}] not started: {', '.join(pending)}", flush=True)
         if outcome.interrupted:  # the exit status experiments/sweep.py gives a stopped sweep
             print(f"sweep {key} stopped by {outcome.interrupted}; run the same command again to go on",
                   file=sys.stderr, flush=True)
