@@ -3,8 +3,8 @@
 On a CPU, XLA allocates a step's large buffers (activations, gradients, the layer scan's
 stacked residuals and their zero-filled accumulators) afresh at every execution. glibc serves
 allocations above its mmap threshold with new mappings, so each step pays one page fault, and
-the kernel's zeroing, per 4 KiB page it touches: the per-operation profile of the SmolLM2-shape
-SFT step shows zero-fills of 100 MB gradient buffers running at 1.6 GB/s. With the tunable
+the kernel's zeroing, per 4 KiB page it touches: in the per-operation profile of the
+SmolLM2-shape SFT step, zero-fills of 106 MB gradient buffers ran at 1.6 GB/s. With the tunable
 `glibc.malloc.hugetlb=1` (glibc >= 2.35) malloc marks its memory MADV_HUGEPAGE, and where the
 kernel's transparent huge pages are in `madvise` mode it then maps 2 MiB at a fault.
 

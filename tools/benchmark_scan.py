@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 
 from rlhf_jax.models import PRESETS  # noqa: E402
 from tools._common import parser, report  # noqa: E402
-from tools.profile_ops import build_step  # noqa: E402
+from tools.profile_ops import advance, build_step  # noqa: E402
 
 
 # smollm2: SmolLM2-135M's width; llama6m: a 6M-parameter Llama (vocab 8192, d_model 256, 4 heads / 2 KV
@@ -38,14 +38,15 @@ def paired(cfg, batch: int, seq: int, repeats: int) -> dict:
     steps = {"scan": build_step("sft", cfg, batch, seq), "unrolled": build_step("sft", cfg.replace(
         scan_unroll=cfg.n_layers), batch, seq)}
     out, times = {}, {name: [] for name in steps}
-    for name, (jitted, args) in steps.items():
+    args = {name: a for name, (_, a) in steps.items()}
+    for name, (jitted, _) in steps.items():
         t = time.perf_counter()
-        jax.block_until_ready(jitted(*args))
+        args[name] = advance(jitted, args[name])
         out[name] = {"compile_and_first_s": time.perf_counter() - t}
     for _ in range(repeats):
-        for name, (jitted, args) in steps.items():
+        for name, (jitted, _) in steps.items():
             t = time.perf_counter()
-            jax.block_until_ready(jitted(*args))
+            args[name] = advance(jitted, args[name])
             times[name].append(time.perf_counter() - t)
     for name in steps:
         out[name].update(step_s=float(np.median(times[name])), tokens_per_s=batch * seq / float(np.median(times[name])))

@@ -35,7 +35,8 @@ from rlhf_jax.models import PRESETS, init_model  # noqa: E402
 from rlhf_jax.train import rm as rm_lib  # noqa: E402
 from rlhf_jax.train import sft as sft_lib  # noqa: E402
 from rlhf_jax.train.optim import make_optimizer  # noqa: E402
-from rlhf_jax.train.state import TrainState  # noqa: E402
+from rlhf_jax.sharding import make_mesh  # noqa: E402
+from rlhf_jax.train.state import TrainState, compile_step  # noqa: E402
 from tools._common import parser, report  # noqa: E402
 
 CONTAINERS = {"while", "conditional", "call"}  # their events contain their bodies' events
@@ -115,20 +116,28 @@ def trace_events(logdir: str) -> list[dict]:
     return [e for e in (data["traceEvents"] if isinstance(data, dict) else data) if e.get("ph") == "X"]
 
 
-def profile(jitted, args, repeats: int, top: int = 25) -> dict:
-    """Run `jitted(*args)` `repeats` times under the profiler; per-operation times per call."""
+def advance(jitted, args: tuple, state: bool = True) -> tuple:
+    """Call `jitted(*args)` and wait; with `state` (a step from `build_step`, whose state argument
+    is donated) the next call's arguments carry the new state, else the same arguments."""
+    out = jax.block_until_ready(jitted(*args))
+    return (out[0], *args[1:]) if state else args
+
+
+def profile(jitted, args, repeats: int, top: int = 25, state: bool = False) -> dict:
+    """Run `jitted(*args)` `repeats` times under the profiler; per-operation times per call. With
+    `state`, `jitted` is a step from `build_step` (state donated, the new one passed on)."""
     compiled = jitted.lower(*args).compile()
     instructions = parse_module(compiled.as_text())
     for name, ins in instructions.items():
         ins["name"] = name
-    jax.block_until_ready(jitted(*args))  # warm
+    args = advance(jitted, args, state)  # warm
     import time
     with tempfile.TemporaryDirectory() as logdir:
         walls = []
         with jax.profiler.trace(logdir, create_perfetto_trace=True):
             for _ in range(repeats):
                 t = time.perf_counter()
-                jax.block_until_ready(jitted(*args))
+                args = advance(jitted, args, state)
                 walls.append(time.perf_counter() - t)
         events = trace_events(logdir)
     per_op = collections.Counter()
@@ -164,8 +173,11 @@ def _flops(compiled) -> float:
     return float((cost or {}).get("flops", 0.0))
 
 
-def build_step(step: str, cfg, B: int, T: int):
-    """(jitted step returning the new state, its arguments) as a run executes it."""
+def build_step(step: str, cfg, B: int, T: int, devices=None):
+    """(step, its arguments (state, batch, rng)) as a run executes it: compiled by `compile_step`
+    on a mesh over `devices` (default all; explicit shardings, the state donated and the new one
+    returned, so XLA keeps the backward pass and the update and reuses the state's buffers).
+    Call it through `advance`."""
     rng = np.random.default_rng(0)
     tx, sched = make_optimizer(1e-5, 1000)
     if step == "sft":
@@ -174,21 +186,21 @@ def build_step(step: str, cfg, B: int, T: int):
         batch = {"tokens": tokens, "loss_mask": jnp.ones_like(tokens), "segment_ids": jnp.ones_like(tokens),
                  "positions": jnp.broadcast_to(jnp.arange(T), (B, T))}
         fn = sft_lib.make_sft_step(model.graphdef, tx, sched)
+        state = TrainState(model.params, tx.init(model.params), jnp.zeros((), jnp.int32))
     else:
         model = init_model(cfg, head="scalar", seed=1)
         tokens = jnp.asarray(rng.integers(3, cfg.vocab_size, (B, 2, T)), jnp.int32)
         batch = {"tokens": tokens, "mask": jnp.ones_like(tokens), "ranks": jnp.tile(jnp.arange(2), (B, 1)),
                  "valid": jnp.ones((B, 2), bool)}
         fn = rm_lib.make_rm_step(model.graphdef, tx, sched)
+        state = TrainState(model.params, tx.init(model.params), jnp.zeros((), jnp.int32))
         if step == "rm":  # as the stage runs it: an ensemble of one, members on axis 0 / batch axis 1
             fn = rm_lib.ensemble_step(fn)
             params = rm_lib.stack([model.params])
             batch = jax.tree.map(lambda x: x[:, None], batch)
             state = TrainState(params, jax.vmap(tx.init)(params), jnp.zeros((1,), jnp.int32))
-            return jax.jit(lambda s, b: fn(s, b, jax.random.key(0))), (state, batch)
-    state = TrainState(model.params, tx.init(model.params), jnp.zeros((), jnp.int32))
-    # the new state is returned, so XLA keeps the backward pass and the update
-    return jax.jit(lambda s, b: fn(s, b, jax.random.key(0))), (state, batch)
+    jitted, state = compile_step(fn, state, batch, make_mesh(devices=devices))
+    return jitted, (state, batch, jax.random.key(0))
 
 
 def main():
@@ -210,7 +222,7 @@ def main():
     tokens = args.batch * args.seq * (1 if args.step == "sft" else 2)
     out = {"step": args.step, "batch": args.batch, "seq": args.seq, "tokens": tokens, "model": args.model,
            "set": args.set, "device": jax.devices()[0].device_kind, "jax": jax.__version__,
-           **profile(jitted, fargs, args.repeats, args.top)}
+           **profile(jitted, fargs, args.repeats, args.top, state=True)}
     out["tokens_per_s"] = tokens / out["wall_s"]
     report(out, args.out, indent=1)
 

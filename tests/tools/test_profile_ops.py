@@ -30,8 +30,8 @@ def test_profile_of_a_scanned_step_counts_every_layer(tool):
     """The SFT step of a 3-layer model: the layers' matmuls run once per layer (scan), both phases
     appear, and the shares of the grouped tables add up to the summed operation time."""
     cfg = PRESETS["test"].replace(n_layers=3)
-    jitted, args = tool.build_step("sft", cfg, 2, 16)
-    out = tool.profile(jitted, args, repeats=2, top=200)
+    jitted, args = tool.build_step("sft", cfg, 2, 16, devices=jax.devices()[:1])  # events of one device
+    out = tool.profile(jitted, args, repeats=2, top=200, state=True)
     assert out["ops_s"] > 0 and out["wall_s"] > 0
     for table in ("by_phase", "by_kind", "by_phase_kind"):
         assert sum(r["share"] for r in out[table]) == pytest.approx(1.0, abs=1e-9)
