@@ -54,37 +54,13 @@ def child(case: str, steps: int) -> None:
             opt.step()
             opt.zero_grad()
     else:
-        import jax
-        import jax.numpy as jnp
-
-        from rlhf_jax.models import init_model
-        from rlhf_jax.sharding import make_mesh
-        from rlhf_jax.train import rm as rm_lib
-        from rlhf_jax.train import sft as sft_lib
-        from rlhf_jax.train.optim import make_optimizer
-        from rlhf_jax.train.state import TrainState, compile_step
-        tx, sched = make_optimizer(1e-5, 1000)
-        if case == "rm":
-            t = jnp.asarray(rng.integers(3, cfg.vocab_size, (shape["rm_batch"], 1, 2, T)), jnp.int32)
-            batch = {"tokens": t, "mask": jnp.ones_like(t), "ranks": jnp.tile(jnp.arange(2), (shape["rm_batch"], 1, 1)),
-                     "valid": jnp.ones((shape["rm_batch"], 1, 2), bool)}
-            lm = init_model(cfg, head="scalar", seed=1)
-            members = rm_lib.stack([lm.params])
-            state = TrainState(members, jax.vmap(tx.init)(members), jnp.zeros((1,), jnp.int32))
-            fn = rm_lib.ensemble_step(rm_lib.make_rm_step(lm.graphdef, tx, sched))
-        else:
-            t = jnp.asarray(rng.integers(3, cfg.vocab_size, (B, T)), jnp.int32)
-            batch = {"tokens": t, "loss_mask": jnp.ones_like(t), "segment_ids": jnp.ones_like(t),
-                     "positions": jnp.broadcast_to(jnp.arange(T), (B, T))}
-            lm = init_model(cfg, seed=0)
-            state = TrainState(lm.params, tx.init(lm.params), jnp.zeros((), jnp.int32))
-            fn = sft_lib.make_sft_step(lm.graphdef, tx, sched)
-        compiled, state = compile_step(fn, state, batch, make_mesh())
-        box = [state]
+        from rlhf_jax.models import PRESETS
+        from tools.profile_ops import advance, build_step
+        jitted, box = build_step(case, PRESETS["135m"], B, T)  # the step as a run compiles it
+        box = [box]
 
         def step():
-            box[0], m = compiled(box[0], batch, jax.random.key(0))
-            jax.block_until_ready(m["loss"])
+            box[0] = advance(jitted, box[0])
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
