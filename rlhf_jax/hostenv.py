@@ -10,8 +10,9 @@ kernel's transparent huge pages are in `madvise` mode it then maps 2 MiB at a fa
 
 Measured on a 2-core AMD EPYC (AVX-512), fp32, SmolLM2-135M shape, two fresh processes each way
 (`python tools/ab_hugepages.py`, docs/benchmarks.md "Huge pages"): the SFT step 9% faster, the RM
-step 12%; a torch step of the same shape and a compile-bound CLI run did not change. So the CLI
-and the timing tools turn it on; the test suite keeps glibc's default (tests/conftest.py).
+step 12%; a torch step of the same shape and a compile-bound CLI run did not change. So the CLIs
+that train and generate (`rlhf_jax.main`, `.evaluate`, `.generate_data`) and the timing tools
+turn it on; the test suite keeps glibc's default (tests/conftest.py).
 
 glibc reads its tunables once, at start, so `reexec_with_huge_pages` re-executes the process
 with the tunable added to GLIBC_TUNABLES, before anything large is allocated.
