@@ -176,7 +176,8 @@ def trl_baseline(run, seeds: list[int], size: str) -> dict:
             "accuracy": over_seeds(per_seed, "accuracy"),
             "shorter_wins_accuracy": over_seeds(per_seed, "shorter_wins_accuracy"),
             "score_length_correlation": over_seeds(per_seed, "score_length_correlation"),
-            "train_seconds": over_seeds(per_seed, "train_seconds")}
+            "train_seconds": over_seeds(per_seed, "train_seconds"),
+            "median_step_seconds": over_seeds(per_seed, "step_seconds_median")}
 
 
 def _train_s(rm_summary: dict) -> float:
@@ -199,13 +200,17 @@ def analyse(dirs: dict[str, dict[int, Path]], seeds: list[int], gold_dirs: dict[
                     "shorter_wins_accuracy": over_seeds(gold_pairs, "shorter_wins_accuracy"),
                     "score_length_correlation": over_seeds(gold_pairs, "score_length_correlation"),
                     "train_seconds": T.stat([_train_s(r) for r in gold_rm]),
-                    "stage_seconds": T.stat([r["wall_seconds"] for r in gold_rm]), "steps": gold_rm[0]["steps"]},
+                    "stage_seconds": T.stat([r["wall_seconds"] for r in gold_rm]),
+                    "median_step_seconds": T.stat([r.get("median_step_seconds") for r in gold_rm]),
+                    "steps": gold_rm[0]["steps"]},
         "proxy_rm": {"val_accuracy": T.stat([r["val_accuracy"] for r in proxy_rm]),
                      "rm_pairs_accuracy": over_seeds([e["rm_pairs"] for e in ev], "accuracy"),
                      "shorter_wins_accuracy": over_seeds([e["rm_pairs"] for e in ev], "shorter_wins_accuracy"),
                      "score_length_correlation": over_seeds([e["rm_pairs"] for e in ev], "score_length_correlation"),
                      "train_seconds": T.stat([_train_s(r) for r in proxy_rm]),
-                     "stage_seconds": T.stat([r["wall_seconds"] for r in proxy_rm]), "steps": proxy_rm[0]["steps"]},
+                     "stage_seconds": T.stat([r["wall_seconds"] for r in proxy_rm]),
+                     "median_step_seconds": T.stat([r.get("median_step_seconds") for r in proxy_rm]),
+                     "steps": proxy_rm[0]["steps"]},
         "policies": {}}
     for p in POLICIES:
         row = {k: over_seeds(gen, p, k) for k in ("score_gold", "score_rm", "response_length", "eos_rate")}
@@ -291,16 +296,18 @@ def table(res: dict, trl: dict) -> str:
     """One markdown table of the headline numbers (mean ± 95% t half-width over seeds; with one
     seed, its interval over pairs or prompts in brackets)."""
     f, pol = fmt, res["policies"]
-    lines = ["| | held-out pair acc. | shorter-wins | margin-length corr. | training s (the loop) | "
-             "stage s (ours: with the held-out pass and centring) |", "|---|---|---|---|---|---|"]
+    lines = ["| | held-out pair acc. | shorter-wins | margin-length corr. | s / step (median) | training s (the loop) | "
+             "stage s (ours: with the held-out pass and centring) |", "|---|---|---|---|---|---|---|"]
     for name, r in (("proxy RM (ours)", res["proxy_rm"]), ("gold RM (ours)", res["gold_rm"])):
         lines.append(f"| {name} | {f(r['rm_pairs_accuracy'])} | {f(r['shorter_wins_accuracy'])} | "
-                     f"{f(r['score_length_correlation'])} | {f(r['train_seconds'], 0)} | {f(r['stage_seconds'], 0)} |")
+                     f"{f(r['score_length_correlation'])} | {f(r['median_step_seconds'], 2)} | "
+                     f"{f(r['train_seconds'], 0)} | {f(r['stage_seconds'], 0)} |")
     if trl.get("status") == "ran":
         lines.append(f"| proxy RM (TRL RewardTrainer) | {f(trl['accuracy'])} | {f(trl['shorter_wins_accuracy'])} | "
-                     f"{f(trl['score_length_correlation'])} | {f(trl['train_seconds'], 0)} | |")
+                     f"{f(trl['score_length_correlation'])} | {f(trl['median_step_seconds'], 2)} | "
+                     f"{f(trl['train_seconds'], 0)} | |")
     else:
-        lines.append(f"| proxy RM (TRL RewardTrainer) | {trl.get('status')} | | | | |")
+        lines.append(f"| proxy RM (TRL RewardTrainer) | {trl.get('status')} | | | | | |")
     lines += ["", "| policy | gold win rate vs start | proxy win rate | gold | proxy | KL to start | length (tokens) | "
               "TruthfulQA MC1 / MC2 (qa_primer) |", "|---|---|---|---|---|---|---|---|"]
     for p in POLICIES:

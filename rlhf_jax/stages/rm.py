@@ -106,7 +106,8 @@ def run(ctx) -> dict[str, Any]:
     members = [full(p) for p in rm_lib.unstack(result.state.params, k)]  # full weights, as later stages read them
     val_bs = min(c.batch_size, len(val["tokens"]))
     summary = {"steps": total, "members": k, "train_accuracy": result.last_metrics.get("accuracy"),
-               "train_seconds": result.seconds}  # the training loop alone (what TRL's trainer.train() times)
+               "train_seconds": result.seconds,  # the training loop alone (what TRL's trainer.train() times)
+               "median_step_seconds": result.median_step_seconds}  # this run's (since its last resume)
     # each member's and the members' mean's (how they are aggregated is the using stage's choice)
     reward = EnsembleReward(graphdef, lambda s: s.mean(0))
     t1 = time.perf_counter()

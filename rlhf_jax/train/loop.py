@@ -31,6 +31,9 @@ class LoopResult:
     seconds: float  # the loop's time, compiles before it not included (stages.base.train: summed over resumes)
     last_metrics: dict[str, float]
     history: list[dict[str, float]]
+    # the median time between steps' metrics reaching the host, the first two steps (compiles) left
+    # out: what one step costs, unmoved by a checkpoint save or the process being stopped a while
+    median_step_seconds: float | None = None
 
 
 def _host(metrics) -> dict[str, float]:
@@ -66,10 +69,12 @@ def run_loop(stage: str, step_fn: Callable, state: Any, next_batch: Callable[[],
     pending = None
     t0 = time.perf_counter()
     last: dict[str, float] = dict(last_metrics or {})
+    done_at: list[float] = []  # when each step's metrics reached the host
 
     def drain(item):
         step, metrics, outputs = item
         host = _host(metrics)
+        done_at.append(time.perf_counter())
         for hook in hooks:
             if hook.every and step % hook.every == 0:
                 host.update(hook.fn(step, host, outputs))
@@ -116,4 +121,6 @@ def run_loop(stage: str, step_fn: Callable, state: Any, next_batch: Callable[[],
     if pending is not None:
         last = drain(pending)
     jax.block_until_ready(state)
-    return LoopResult(state, step, time.perf_counter() - t0, last, history)
+    gaps = np.diff(done_at)[1:]  # from the third step on: the first two include compiles
+    return LoopResult(state, step, time.perf_counter() - t0, last, history,
+                      float(np.median(gaps)) if len(gaps) else None)
