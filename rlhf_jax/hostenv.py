@@ -27,6 +27,7 @@ from pathlib import Path
 TUNABLE = "glibc.malloc.hugetlb"
 OFF = ("0", "off", "false", "no")
 THP_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+MARK = "RLHF_JAX_HUGEPAGES_REEXECUTED"  # set for the re-executed process: never a second restart
 
 
 def thp_mode(path: Path = THP_ENABLED) -> str | None:
@@ -65,10 +66,13 @@ def wants_huge_pages(environ, glibc: tuple[int, ...] | None, thp: str | None) ->
 def reexec_with_huge_pages() -> None:
     """Re-execute this process (same interpreter, same arguments) with `glibc.malloc.hugetlb=1`
     added to GLIBC_TUNABLES, when `wants_huge_pages`; returns otherwise. Says so on stderr."""
-    if sys.platform != "linux" or not wants_huge_pages(os.environ, glibc_version(), thp_mode()):
+    if sys.platform != "linux" or not sys.executable or os.environ.get(MARK):
+        return  # MARK: this process is the re-executed one, whatever glibc left of the variable
+    if not wants_huge_pages(os.environ, glibc_version(), thp_mode()):
         return
     tunables = os.environ.get("GLIBC_TUNABLES", "")
     os.environ["GLIBC_TUNABLES"] = f"{tunables}:{TUNABLE}=1" if tunables else f"{TUNABLE}=1"
+    os.environ[MARK] = "1"
     print(f"[host] restarting with GLIBC_TUNABLES={os.environ['GLIBC_TUNABLES']}: transparent huge pages "
           f"for XLA's buffers (rlhf_jax/hostenv.py; RLHF_JAX_HUGEPAGES=0 keeps glibc's default)",
           file=sys.stderr, flush=True)

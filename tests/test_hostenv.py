@@ -65,7 +65,8 @@ CHILD = textwrap.dedent("""
 
 
 def _child(**env):
-    environ = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "RLHF_JAX_HUGEPAGES")}
+    environ = {k: v for k, v in os.environ.items()
+               if k not in ("GLIBC_TUNABLES", "RLHF_JAX_HUGEPAGES", hostenv.MARK)}
     return subprocess.run([sys.executable, "-c", CHILD], cwd=ROOT, env={**environ, **env},
                           capture_output=True, text=True, timeout=60)
 
@@ -87,8 +88,16 @@ def test_the_reexecuted_process_gets_huge_pages_from_malloc():
 def test_the_cli_restarts_once_before_reading_its_config():
     out = subprocess.run([sys.executable, "-m", "rlhf_jax.main", "--config", "configs/instructgpt.py:no_such_variant",
                           "--workdir", "unused"], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                         env={**{k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"},
+                         env={**{k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", hostenv.MARK)},
                               "RLHF_JAX_HUGEPAGES": "1"})
     assert out.returncode == 2
     assert out.stderr.count("[host] restarting with GLIBC_TUNABLES=glibc.malloc.hugetlb=1") == 1, out.stderr
     assert "config error" in out.stderr and "no_such_variant" in out.stderr, out.stderr
+
+
+@needs_madvise
+def test_a_reexecuted_process_never_restarts_again():
+    """Were glibc to drop the tunable from the environment, the marker still stops a second restart."""
+    out = _child(**{hostenv.MARK: "1"})
+    assert out.returncode == 0 and out.stderr == "", out.stderr
+    assert out.stdout.split() == ["0"]  # no tunable set, no restart, no huge page
