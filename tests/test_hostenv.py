@@ -78,7 +78,8 @@ def test_the_reexecuted_process_gets_huge_pages_from_malloc():
     tunables, kib = on.stdout.split()
     assert tunables == "glibc.malloc.arena_max=4:glibc.malloc.hugetlb=1"  # the caller's tunables kept
     assert "[host] restarting with GLIBC_TUNABLES=" in on.stderr
-    assert int(kib) >= 32 << 10, f"64 MiB malloc'd and written, {kib} KiB of it in huge pages"
+    # at least one 2 MiB page (how many the kernel finds depends on its free memory's fragmentation)
+    assert int(kib) >= 2048, f"64 MiB malloc'd and written, {kib} KiB of it in huge pages"
     off = _child(RLHF_JAX_HUGEPAGES="0")
     assert off.returncode == 0, off.stderr
     assert off.stderr == "" and off.stdout.split() == ["0"], (off.stdout, off.stderr)  # no tunable, no huge page
