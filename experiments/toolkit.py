@@ -37,11 +37,11 @@ if "jax" not in sys.modules:
     _xla = [f for f in os.environ.get("XLA_FLAGS", "").split()
             if not f.startswith("--xla_force_host_platform_device_count")]
     os.environ["XLA_FLAGS"] = " ".join([*_xla, "--xla_force_host_platform_device_count=1"])
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ.get(
-    "RLHF_JAX_JAX_CACHE", str(Path.home() / ".cache" / "rlhf_jax" / "jax")))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # rlhf_jax and configs from this checkout
+from rlhf_jax import hostenv  # noqa: E402
+
+hostenv.compile_cache_defaults(os.environ)
 
 from rlhf_jax.sweep import Sweep, expand, parse_seeds, parse_sets, run_sweep  # noqa: E402
 from rlhf_jax.sweep.results import aggregate  # noqa: E402

@@ -1,4 +1,5 @@
-"""The host process's memory: glibc's malloc asked for transparent huge pages.
+"""The host process's memory (glibc's malloc asked for transparent huge pages) and the
+persistent compilation cache every process of a run, a sweep or the suite shares.
 
 On a CPU, XLA allocates a step's large buffers (activations, gradients, the layer scan's
 stacked residuals and their zero-filled accumulators) afresh at every execution. glibc serves
@@ -17,6 +18,14 @@ turn it on; the test suite keeps glibc's default (tests/conftest.py).
 glibc reads its tunables once, at start, so `reexec_with_huge_pages` re-executes the process
 with the tunable added to GLIBC_TUNABLES, before anything large is allocated.
 RLHF_JAX_HUGEPAGES=0 keeps glibc's default.
+
+`compile_cache_defaults` gives a process JAX's persistent compilation cache in one shared
+directory (RLHF_JAX_JAX_CACHE, default ~/.cache/rlhf_jax/jax), keeping every program however
+quickly it compiled (JAX's own default keeps those of 1 s or more). Runs of a sweep differ in
+seeds and settings, not in most of their programs: a second micro pipeline run (seed 1 after
+seed 0, `--config.stages=sft,rm,ppo,dpo`, one device, at O0) took 14.5 s against the first's
+26.1 s with every program kept, 108 programs and 2.2 MB on disk; with only those of 0.5 s or
+more kept, a run recompiles about 100 of its 110 programs (measured on the 2-core EPYC).
 """
 from __future__ import annotations
 
@@ -77,3 +86,11 @@ def reexec_with_huge_pages() -> None:
           f"for XLA's buffers (rlhf_jax/hostenv.py; RLHF_JAX_HUGEPAGES=0 keeps glibc's default)",
           file=sys.stderr, flush=True)
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
+def compile_cache_defaults(environ) -> None:
+    """Set JAX's persistent-cache variables in `environ` (os.environ, or a child's environment)
+    where the caller has not: the shared directory and no minimum compile time."""
+    environ.setdefault("JAX_COMPILATION_CACHE_DIR", environ.get(
+        "RLHF_JAX_JAX_CACHE", str(Path.home() / ".cache" / "rlhf_jax" / "jax")))
+    environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")

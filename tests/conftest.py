@@ -17,12 +17,15 @@ os.environ.setdefault("RLHF_JAX_HUGEPAGES", "0")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-_cache = os.environ.get("RLHF_JAX_JAX_CACHE", str(pathlib.Path.home() / ".cache" / "rlhf_jax" / "jax"))
-jax.config.update("jax_compilation_cache_dir", _cache)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-# the same cache for the runs tests start as child processes (sweeps, figure scripts, CLI runs)
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _cache)
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+from rlhf_jax import hostenv  # noqa: E402
+
+# one persistent compile cache for this process and the runs tests start as child processes
+# (sweeps, figure scripts, CLI runs), keeping every program: the suite runs the same micro
+# pipeline's programs many times over (rlhf_jax/hostenv.py, docs/tests.md)
+hostenv.compile_cache_defaults(os.environ)
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

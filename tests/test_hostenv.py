@@ -102,3 +102,18 @@ def test_a_reexecuted_process_never_restarts_again():
     out = _child(**{hostenv.MARK: "1"})
     assert out.returncode == 0 and out.stderr == "", out.stderr
     assert out.stdout.split() == ["0"]  # no tunable set, no restart, no huge page
+
+
+def test_compile_cache_defaults_keep_every_program_and_the_callers_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    env = {}
+    hostenv.compile_cache_defaults(env)
+    assert env == {"JAX_COMPILATION_CACHE_DIR": str(tmp_path / ".cache" / "rlhf_jax" / "jax"),
+                   "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    env = {"RLHF_JAX_JAX_CACHE": "/c"}
+    hostenv.compile_cache_defaults(env)
+    assert env["JAX_COMPILATION_CACHE_DIR"] == "/c"
+    env = {"RLHF_JAX_JAX_CACHE": "/c", "JAX_COMPILATION_CACHE_DIR": "/mine",
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "2"}
+    hostenv.compile_cache_defaults(env)
+    assert env["JAX_COMPILATION_CACHE_DIR"] == "/mine" and env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "2"

@@ -39,13 +39,10 @@ def child(case: str, steps: int) -> None:
         import torch
         import transformers
 
-        from rlhf_jax.models.config import to_hf_config
         torch.set_num_threads(os.cpu_count())
         torch.manual_seed(0)
-        hf = to_hf_config(cfg.replace(bos_token_id=1))
-        model = transformers.AutoModelForCausalLM.from_config(
-            transformers.AutoConfig.for_model(**{k: v for k, v in hf.items() if k != "model_type"},
-                                              model_type=hf["model_type"]), dtype=torch.float32)
+        model = transformers.AutoModelForCausalLM.from_config(bp.hf_config(cfg.replace(bos_token_id=1)),
+                                                              dtype=torch.float32)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
         x = torch.from_numpy(rng.integers(3, cfg.vocab_size, (B, T)))
 

@@ -226,6 +226,14 @@ class StepClock:
         return Clock()
 
 
+def hf_config(cfg):
+    """The transformers config of our model config (the same architecture, for the torch side)."""
+    import transformers
+    hf = to_hf_config(cfg)
+    return transformers.AutoConfig.for_model(**{k: v for k, v in hf.items() if k != "model_type"},
+                                             model_type=hf["model_type"])
+
+
 def trl_side(shape: dict, steps: int, settings: str = "matched") -> dict:
     import datasets
     import torch
@@ -236,9 +244,7 @@ def trl_side(shape: dict, steps: int, settings: str = "matched") -> dict:
 
     torch.manual_seed(0)
     cfg = shape["model"].replace(eos_token_id=EOS, pad_token_id=PAD, bos_token_id=1)
-    hf = to_hf_config(cfg)
-    hf_cfg = transformers.AutoConfig.for_model(**{k: v for k, v in hf.items() if k != "model_type"},
-                                               model_type=hf["model_type"])
+    hf_cfg = hf_config(cfg)
     hf_cfg.num_labels = 1
     lm = lambda: transformers.AutoModelForCausalLM.from_config(hf_cfg, dtype=torch.float32)
     seqcls = lambda: transformers.AutoModelForSequenceClassification.from_config(hf_cfg, dtype=torch.float32)

@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rlhf_jax import hostenv  # noqa: E402
 from rlhf_jax.sweep.results import is_wall_clock  # noqa: E402
 from tools._common import parser  # noqa: E402
 
@@ -37,12 +38,10 @@ def command(config: str, workdir: Path, extra: list[str]) -> list[str]:
 def environment() -> dict:
     """One CPU device (the caller's other XLA flags, an ISA cap, kept) and a shared persistent
     compilation cache, so restarts compile little (the caller's cache settings win)."""
-    cache = os.environ.get("RLHF_JAX_JAX_CACHE", str(Path.home() / ".cache" / "rlhf_jax" / "jax"))
     xla = [f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
     env = dict(os.environ, XLA_FLAGS=" ".join([*xla, "--xla_force_host_platform_device_count=1"]),
                JAX_PLATFORMS="cpu", WANDB_MODE="disabled")
-    env.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
-    env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+    hostenv.compile_cache_defaults(env)
     return env
 
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import rlhf_jax
+from rlhf_jax import hostenv
 from rlhf_jax.workdir import HolderLock
 
 PACKAGE_ROOT = Path(rlhf_jax.__file__).resolve().parents[1]
@@ -55,9 +56,7 @@ def environment(cpus: set[int] | None = None, tags: str = "", base: dict | None 
     env = dict(os.environ if base is None else base)
     xla = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
     env["XLA_FLAGS"] = " ".join([*xla, "--xla_force_host_platform_device_count=1"])
-    cache = env.get("RLHF_JAX_JAX_CACHE", str(Path.home() / ".cache" / "rlhf_jax" / "jax"))
-    env.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
-    env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+    hostenv.compile_cache_defaults(env)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p)
     if cpus:
         for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):

@@ -115,6 +115,7 @@ def test_child_command_environment_and_cpu_shares(tmp_path):
     env = procs.environment({0}, "sweep:kl", base={"XLA_FLAGS": "--xla_force_host_platform_device_count=8 --x=1"})
     assert env["XLA_FLAGS"] == "--x=1 --xla_force_host_platform_device_count=1"
     assert env["WANDB_TAGS"] == "sweep:kl" and env["OMP_NUM_THREADS"] == "1"
+    assert env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0"  # a sweep's runs share their programs
     assert env["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT)
     assert procs.cpu_slots(1) is None
     slots = procs.cpu_slots(2)
