@@ -3,6 +3,7 @@ HH-RLHF harmless-base pairs, every policy judged by a gold RM trained on pairs n
 
     python experiments/real_model.py            # the full experiment (3 seeds; prints its time estimate first)
     python experiments/real_model.py --smoke    # a random-init tiny decoder on the same HH rows, 2 seeds (CI)
+    python experiments/real_model.py --so_far   # starts nothing: what the finished stages show so far
 
 The runs' config is experiments/configs/real_model.py (variant `cpu`: configs/instructgpt.py:
 smollm2_hh,cpu sizes; `smoke`: a 2-layer random-init decoder with the GPT-2 tokenizer). It cuts
@@ -249,6 +250,77 @@ def analyse(dirs: dict[str, dict[int, Path]], seeds: list[int], gold_dirs: dict[
     return out
 
 
+def so_far(runs: Path, seeds: list[int], gold_seeds: list[int]) -> dict:
+    """What the finished stages show while the experiment is not complete (`--so_far`; nothing is
+    started): the gold RM, each seed's proxy RM beside TRL's RewardTrainer on the same pairs, and
+    best-of-n's curve over the seeds whose bon stage finished. A stage counts once its
+    summary.json is written (the stage's last act)."""
+    def read(*parts):
+        path = runs.joinpath(*parts)
+        return T.read_json(path) if path.exists() else None
+    stage = lambda sweep, s, name: read(sweep, "base", f"seed_{s}", name, "summary.json")
+    value = lambda x: x["value"] if isinstance(x, dict) else x
+    gold = [(stage("gold", s, "rm"), stage("gold", s, "eval")) for s in gold_seeds]
+    ours = {s: stage("proxy", s, "rm") for s in seeds}
+    trl = {s: read("trl", f"seed_{s}.json") for s in seeds}
+    both = [s for s in seeds if ours[s] and trl[s]]
+    out = {"seeds": seeds, "gold_seeds": gold_seeds,
+           "gold_rm": [{"seed": s, "val_accuracy": rm["val_accuracy"], "train_seconds": _train_s(rm),
+                        **({"rm_pairs": ev["rm_pairs"]} if ev else {})} for s, (rm, ev) in zip(gold_seeds, gold) if rm],
+           "proxy_rm": {"finished_seeds": [s for s in seeds if ours[s]],
+                        "val_accuracy": T.stat([ours[s]["val_accuracy"] if ours[s] else None for s in seeds]),
+                        "train_seconds": T.stat([_train_s(ours[s]) if ours[s] else None for s in seeds]),
+                        "median_step_seconds": T.stat([(ours[s] or {}).get("median_step_seconds") for s in seeds])},
+           "trl_reward_trainer": {"finished_seeds": [s for s in seeds if trl[s]],
+                                  "per_seed": [trl[s] for s in seeds],
+                                  "accuracy": T.stat([value(trl[s]["accuracy"]) if trl[s] else None for s in seeds]),
+                                  "shorter_wins_accuracy": T.stat(
+                                      [value(trl[s]["shorter_wins_accuracy"]) if trl[s] else None for s in seeds]),
+                                  "score_length_correlation": T.stat(
+                                      [trl[s]["score_length_correlation"] if trl[s] else None for s in seeds]),
+                                  "train_seconds": T.stat([trl[s]["train_seconds"] if trl[s] else None for s in seeds]),
+                                  "median_step_seconds": T.stat(
+                                      [(trl[s] or {}).get("step_seconds_median") for s in seeds])},
+           # paired by seed: the same pairs, order and initial head seed on both sides
+           "paired": {"seeds": both,
+                      "accuracy_ours_minus_trl": T.stat(
+                          [ours[s]["val_accuracy"] - value(trl[s]["accuracy"]) for s in both]),
+                      "train_seconds_trl_over_ours": T.stat(
+                          [trl[s]["train_seconds"] / _train_s(ours[s]) for s in both])}}
+    curves = {s: read("bon", "base", f"seed_{s}", "bon", "curve.json") for s in seeds}
+    done = [s for s in seeds if curves[s]]
+    if done:
+        first = curves[done[0]]
+        out["bon"] = {"seeds": done, "n": [r["n"] for r in first], "kl": [r["kl"] for r in first],
+                      **{k: [T.stat([curves[s][j][k] for s in done]) for j in range(len(first))]
+                         for k in ("gold", "proxy")}}
+    return out
+
+
+def so_far_table(res: dict) -> str:
+    """The `--so_far` report as markdown: the RMs, then best-of-n's curve."""
+    f, trl, ours, pr = fmt, res["trl_reward_trainer"], res["proxy_rm"], res["paired"]
+    lines = ["| proxy RM | held-out pair acc. | s / step (median) | training s (the loop) | seeds |", "|---|---|---|---|---|",
+             f"| ours | {f(ours['val_accuracy'])} | {f(ours['median_step_seconds'], 2)} | "
+             f"{f(ours['train_seconds'], 0)} | {ours['finished_seeds']} |",
+             f"| TRL RewardTrainer | {f(trl['accuracy'])} | {f(trl['median_step_seconds'], 2)} | "
+             f"{f(trl['train_seconds'], 0)} | {trl['finished_seeds']} |",
+             f"| paired (ours − TRL; TRL's time / ours) | {f(pr['accuracy_ours_minus_trl'])} | | "
+             f"{f(pr['train_seconds_trl_over_ours'], 2)} | {pr['seeds']} |"]
+    for g in res["gold_rm"]:
+        acc = g.get("rm_pairs", {}).get("accuracy", {})
+        lines.append(f"| gold RM, seed {g['seed']} | {g['val_accuracy']:.3f}"
+                     + (f" [{acc['low']:.3f}, {acc['high']:.3f}] (n={acc['n']} pairs)" if acc else "") + " | | | |")
+    if "bon" in res:
+        bon = res["bon"]
+        lines += ["", f"| best-of-n (seeds {bon['seeds']}) | " + " | ".join(str(n) for n in bon["n"]) + " |",
+                  "|---|" + "---|" * len(bon["n"]),
+                  "| KL_bon (nats) | " + " | ".join(f"{k:.2f}" for k in bon["kl"]) + " |",
+                  "| proxy | " + " | ".join(f(s, 2) for s in bon["proxy"]) + " |",
+                  "| gold | " + " | ".join(f(s, 2) for s in bon["gold"]) + " |"]
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- figure and table
 def figure(res: dict, path: Path, title: str) -> None:
     import matplotlib
@@ -332,10 +404,20 @@ def main(argv=None) -> int:
                    help="the assumed seconds of one padded step of 8 pairs at the cpu size (an RM step without "
                         "rm.pack), for the printed estimate (default 10: 9.5-11 s measured on a 2-core AVX-512 Xeon; "
                         "18.5 s on a 2-core AVX2 EPYC; docs/benchmarks.md)")
+    p.add_argument("--so_far", action="store_true",
+                   help="start nothing: report what the finished stages show (the RMs beside TRL's, best-of-n by "
+                        "seed) in <results>/real_model_so_far.json")
     args = p.parse_args(argv)
     run = T.setup(args, NAME, argv=argv)
     seeds = run.seeds
     gold_seeds = T.parse_seeds(args.gold_seeds) if args.gold_seeds else seeds[:1]
+    if args.so_far:
+        res = {"experiment": NAME, "command": run.command, **so_far(run.runs, seeds, gold_seeds)}
+        res["table_md"] = so_far_table(res)
+        path = run.json_path.with_name(run.json_path.stem + "_so_far.json")
+        T.write_json(path, res)
+        print(f"{res['table_md']}\n  {path}", flush=True)
+        return 0
     size = "smoke" if args.smoke else "cpu"
     cfg = {role: f"{CONFIG}:{role},{size}" for role in ("proxy", "gold")}
     module = _config_module()

@@ -123,3 +123,38 @@ def test_real_model_smoke(tmp_path, shared_data):
     assert out["policies"]["start"]["truthfulqa_qa_primer_mc2"]["n"] == 2
     assert len(out["ppo_curve"]["iteration"]) == 4 and out["ppo_curve"]["kl"][0]["n"] == 2
     assert "| proxy RM (ours) |" in out["table_md"]
+
+
+def test_so_far_reports_the_finished_stages_and_starts_nothing(tmp_path):
+    rm = _load()
+    runs, out = tmp_path / "runs", tmp_path / "out"
+
+    def put(rel, data):
+        path = runs / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data))
+    put("gold/base/seed_0/rm/summary.json", {"val_accuracy": 0.59, "train_seconds": 900.0, "wall_seconds": 990.0})
+    # seeds 0 and 1 finished on both sides, seed 2 only on ours; TRL's accuracy as its tool writes it
+    for s, (acc, trl_acc, ours_s, trl_s) in enumerate([(0.6, 0.55, 100.0, 200.0), (0.5, 0.6, 150.0, 300.0)]):
+        put(f"proxy/base/seed_{s}/rm/summary.json",
+            {"val_accuracy": acc, "train_seconds": ours_s, "median_step_seconds": 8.0, "wall_seconds": ours_s + 50})
+        put(f"trl/seed_{s}.json", {"accuracy": {"value": trl_acc, "low": 0.4, "high": 0.7, "n": 200},
+                                   "shorter_wins_accuracy": {"value": 0.53}, "score_length_correlation": -0.4,
+                                   "train_seconds": trl_s, "step_seconds_median": 10.0})
+    put("proxy/base/seed_2/rm/summary.json", {"val_accuracy": 0.7, "train_seconds": 120.0, "wall_seconds": 170.0})
+    put("proxy/base/seed_3/rm/.keep", {})  # a seed whose rm stage has not finished
+    put("bon/base/seed_1/bon/curve.json", [{"n": 1, "kl": 0.0, "proxy": -1.0, "gold": -0.5},
+                                           {"n": 2, "kl": 0.193, "proxy": 0.0, "gold": 0.5}])
+    assert rm.main(["--so_far", "--seeds", "0-3", "--out", str(runs), "--artifacts", str(out)]) == 0
+    res = json.loads((out / "real_model_so_far.json").read_text())
+    assert res["proxy_rm"]["finished_seeds"] == [0, 1, 2] and res["trl_reward_trainer"]["finished_seeds"] == [0, 1]
+    assert res["proxy_rm"]["val_accuracy"]["values"] == [0.6, 0.5, 0.7, None]
+    assert res["proxy_rm"]["val_accuracy"]["mean"] == pytest.approx(0.6)
+    paired = res["paired"]
+    assert paired["seeds"] == [0, 1]
+    assert paired["accuracy_ours_minus_trl"]["values"] == pytest.approx([0.05, -0.1])
+    assert paired["train_seconds_trl_over_ours"]["values"] == [2.0, 2.0]
+    assert res["gold_rm"] == [{"seed": 0, "val_accuracy": 0.59, "train_seconds": 900.0}]
+    assert res["bon"]["seeds"] == [1] and res["bon"]["n"] == [1, 2] and res["bon"]["gold"][1]["mean"] == 0.5
+    assert "| TRL RewardTrainer | 0.575 ± " in res["table_md"]
+    assert sorted(p.name for p in runs.iterdir()) == ["bon", "gold", "proxy", "trl"]  # no sweep started
