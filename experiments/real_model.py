@@ -18,15 +18,15 @@ Sweeps, in order (each through the sweep runner: resume by running the same comm
           length difference). The first gold seed's RM is every policy run's gold reward
           (`data.gold = rm:WORKDIR`): a proxy for human judgement, not human judgement.
 2. proxy  (--seeds): stages sft (the start) and rm (the proxy RM on the proxy part, one epoch).
-3. bon    best-of-n under the proxy RM on the held-out prompts, n = 1, 2, 4, ..., 64, with the
-          unbiased estimator, proxy and gold score against KL_bon = log n - (n-1)/n (stage bon).
-4. ppo    PPO with LoRA against the proxy RM (rollouts at temperature 1; per-iteration KL to the
+3. ppo    PPO with LoRA against the proxy RM (rollouts at temperature 1; per-iteration KL to the
           start, proxy score and gold reward in ppo/metrics.jsonl).
-5. dpo    DPO with LoRA from the start on the proxy part.
-6. eval   stage eval of start, ppo and dpo on the held-out prompts at temperature 1: win rate
+4. dpo    DPO with LoRA from the start on the proxy part.
+5. eval   stage eval of start, ppo and dpo on the held-out prompts at temperature 1: win rate
           against the start under the gold and the proxy RM, their mean scores, KL to the start,
           response length (each with a bootstrap interval over prompts), TruthfulQA MC1/MC2 per
           policy (the alignment tax), and the proxy RM's rm_pairs on the held-out pairs.
+6. bon    best-of-n under the proxy RM on the held-out prompts, n = 1, 2, 4, ..., 64, with the
+          unbiased estimator, proxy and gold score against KL_bon = log n - (n-1)/n (stage bon).
 Stages are copied, not rerun, from earlier sweeps of the same seed (sft, rm from proxy; ppo, dpo
 into eval). With `trl` importable, tools/trl_reward_baseline.py trains TRL's RewardTrainer on
 the same proxy pairs, truncation and budget per seed (else the JSON says it was skipped).
@@ -187,6 +187,23 @@ def _train_s(rm_summary: dict) -> float:
     return rm_summary.get("train_seconds", rm_summary["wall_seconds"])
 
 
+def policy_rows(ev: list[dict]) -> dict:
+    """Per policy, over the seeds' eval summaries `ev`: gold and proxy scores, length, EOS rate,
+    KL to the start, win rates against the start under each judge, TruthfulQA MC1/MC2."""
+    gen, rows = [e["generation"] for e in ev], {}
+    for p in POLICIES:
+        row = {k: over_seeds(gen, p, k) for k in ("score_gold", "score_rm", "response_length", "eos_rate")}
+        if p != "start":
+            row["kl_to_start"] = over_seeds(gen, p, "kl_to_baseline")
+            for judge in ("gold", "rm"):
+                row[f"win_rate_vs_start_{judge}"] = over_seeds(gen, "win_rate_vs_start", judge, p)
+        for fmt in ev[0].get("truthfulqa", {}):
+            for k in ("mc1", "mc2"):
+                row[f"truthfulqa_{fmt}_{k}"] = over_seeds([e["truthfulqa"] for e in ev], fmt, p, k)
+        rows[p] = row
+    return rows
+
+
 def analyse(dirs: dict[str, dict[int, Path]], seeds: list[int], gold_dirs: dict[int, Path]) -> dict:
     """The results JSON's numbers from the finished workdirs."""
     summ = lambda d, stage: T.read_json(d / stage / "summary.json")
@@ -194,7 +211,6 @@ def analyse(dirs: dict[str, dict[int, Path]], seeds: list[int], gold_dirs: dict[
     gold_pairs = [summ(gold_dirs[s], "eval")["rm_pairs"] for s in sorted(gold_dirs)]
     proxy_rm = [summ(dirs["proxy"][s], "rm") for s in seeds]
     ev = [summ(dirs["eval"][s], "eval") for s in seeds]
-    gen = [e["generation"] for e in ev]
     out = {
         "gold_rm": {"val_accuracy": T.stat([r["val_accuracy"] for r in gold_rm]),
                     "rm_pairs_accuracy": over_seeds(gold_pairs, "accuracy"),
@@ -211,18 +227,8 @@ def analyse(dirs: dict[str, dict[int, Path]], seeds: list[int], gold_dirs: dict[
                      "train_seconds": T.stat([_train_s(r) for r in proxy_rm]),
                      "stage_seconds": T.stat([r["wall_seconds"] for r in proxy_rm]),
                      "median_step_seconds": T.stat([r.get("median_step_seconds") for r in proxy_rm]),
-                     "steps": proxy_rm[0]["steps"]},
-        "policies": {}}
-    for p in POLICIES:
-        row = {k: over_seeds(gen, p, k) for k in ("score_gold", "score_rm", "response_length", "eos_rate")}
-        if p != "start":
-            row["kl_to_start"] = over_seeds(gen, p, "kl_to_baseline")
-            for judge in ("gold", "rm"):
-                row[f"win_rate_vs_start_{judge}"] = over_seeds(gen, "win_rate_vs_start", judge, p)
-        for fmt in ev[0].get("truthfulqa", {}):
-            for k in ("mc1", "mc2"):
-                row[f"truthfulqa_{fmt}_{k}"] = over_seeds([e["truthfulqa"] for e in ev], fmt, p, k)
-        out["policies"][p] = row
+                     "steps": proxy_rm[0]["steps"]}}
+    out["policies"] = policy_rows(ev)
     for p in ("ppo", "dpo"):
         out["policies"][p]["train_seconds"] = T.stat([summ(dirs[p][s], p)["wall_seconds"] for s in seeds])
     out["policies"]["dpo"]["implicit_reward_accuracy_heldout"] = T.stat(
@@ -252,9 +258,9 @@ def analyse(dirs: dict[str, dict[int, Path]], seeds: list[int], gold_dirs: dict[
 
 def so_far(runs: Path, seeds: list[int], gold_seeds: list[int]) -> dict:
     """What the finished stages show while the experiment is not complete (`--so_far`; nothing is
-    started): the gold RM, each seed's proxy RM beside TRL's RewardTrainer on the same pairs, and
-    best-of-n's curve over the seeds whose bon stage finished. A stage counts once its
-    summary.json is written (the stage's last act)."""
+    started): the gold RM, each seed's proxy RM beside TRL's RewardTrainer on the same pairs, the
+    policies over the seeds whose eval stage finished, and best-of-n's curve over the seeds whose
+    bon stage finished. A stage counts once its summary.json is written (the stage's last act)."""
     def read(*parts):
         path = runs.joinpath(*parts)
         return T.read_json(path) if path.exists() else None
@@ -287,6 +293,13 @@ def so_far(runs: Path, seeds: list[int], gold_seeds: list[int]) -> dict:
                           [ours[s]["val_accuracy"] - value(trl[s]["accuracy"]) for s in both]),
                       "train_seconds_trl_over_ours": T.stat(
                           [trl[s]["train_seconds"] / _train_s(ours[s]) for s in both])}}
+    evals = {s: stage("eval", s, "eval") for s in seeds}
+    done = [s for s in seeds if evals[s]]
+    if done:  # the policies, over the seeds whose eval stage finished
+        out["policies"] = {"seeds": done, **policy_rows([evals[s] for s in done])}
+        for p in ("ppo", "dpo"):
+            out["policies"][p]["train_seconds"] = T.stat(
+                [(stage(p, s, p) or {}).get("wall_seconds") for s in done])
     curves = {s: read("bon", "base", f"seed_{s}", "bon", "curve.json") for s in seeds}
     done = [s for s in seeds if curves[s]]
     if done:
@@ -298,7 +311,7 @@ def so_far(runs: Path, seeds: list[int], gold_seeds: list[int]) -> dict:
 
 
 def so_far_table(res: dict) -> str:
-    """The `--so_far` report as markdown: the RMs, then best-of-n's curve."""
+    """The `--so_far` report as markdown: the RMs, the policies, then best-of-n's curve."""
     f, trl, ours, pr = fmt, res["trl_reward_trainer"], res["proxy_rm"], res["paired"]
     lines = ["| proxy RM | held-out pair acc. | s / step (median) | training s (the loop) | seeds |", "|---|---|---|---|---|",
              f"| ours | {f(ours['val_accuracy'])} | {f(ours['median_step_seconds'], 2)} | "
@@ -311,6 +324,9 @@ def so_far_table(res: dict) -> str:
         acc = g.get("rm_pairs", {}).get("accuracy", {})
         lines.append(f"| gold RM, seed {g['seed']} | {g['val_accuracy']:.3f}"
                      + (f" [{acc['low']:.3f}, {acc['high']:.3f}] (n={acc['n']} pairs)" if acc else "") + " | | | |")
+    if "policies" in res:
+        lines += ["", f"Policies (eval finished for seeds {res['policies']['seeds']}):", "",
+                  *policy_table(res["policies"])]
     if "bon" in res:
         bon = res["bon"]
         lines += ["", f"| best-of-n (seeds {bon['seeds']}) | " + " | ".join(str(n) for n in bon["n"]) + " |",
@@ -364,6 +380,20 @@ def fmt(s: dict | None, digits: int = 3) -> str:
     return T.fmt(s, digits)
 
 
+def policy_table(pol: dict) -> list[str]:
+    """The policies' rows (policy_rows) as markdown lines."""
+    f = fmt
+    lines = ["| policy | gold win rate vs start | proxy win rate | gold | proxy | KL to start | length (tokens) | "
+             "TruthfulQA MC1 / MC2 (qa_primer) |", "|---|---|---|---|---|---|---|---|"]
+    for p in POLICIES:
+        r = pol[p]
+        lines.append(f"| {p} | {f(r.get('win_rate_vs_start_gold'))} | {f(r.get('win_rate_vs_start_rm'))} | "
+                     f"{f(r['score_gold'])} | {f(r['score_rm'])} | {f(r.get('kl_to_start'))} | "
+                     f"{f(r['response_length'], 1)} | {f(r.get('truthfulqa_qa_primer_mc1'))} / "
+                     f"{f(r.get('truthfulqa_qa_primer_mc2'))} |")
+    return lines
+
+
 def table(res: dict, trl: dict) -> str:
     """One markdown table of the headline numbers (mean ± 95% t half-width over seeds; with one
     seed, its interval over pairs or prompts in brackets)."""
@@ -380,14 +410,7 @@ def table(res: dict, trl: dict) -> str:
                      f"{f(trl['train_seconds'], 0)} | |")
     else:
         lines.append(f"| proxy RM (TRL RewardTrainer) | {trl.get('status')} | | | | | |")
-    lines += ["", "| policy | gold win rate vs start | proxy win rate | gold | proxy | KL to start | length (tokens) | "
-              "TruthfulQA MC1 / MC2 (qa_primer) |", "|---|---|---|---|---|---|---|---|"]
-    for p in POLICIES:
-        r = pol[p]
-        lines.append(f"| {p} | {f(r.get('win_rate_vs_start_gold'))} | {f(r.get('win_rate_vs_start_rm'))} | "
-                     f"{f(r['score_gold'])} | {f(r['score_rm'])} | {f(r.get('kl_to_start'))} | "
-                     f"{f(r['response_length'], 1)} | {f(r.get('truthfulqa_qa_primer_mc1'))} / "
-                     f"{f(r.get('truthfulqa_qa_primer_mc2'))} |")
+    lines += ["", *policy_table(pol)]
     bon = res["bon"]
     lines.append(f"| best-of-{bon['n'][-1]} | | | {f(bon['gold'][-1])} | {f(bon['proxy'][-1])} | "
                  f"{bon['kl'][-1]:.3f} (analytic) | | |")
@@ -453,9 +476,9 @@ def main(argv=None) -> int:
     sweeps = {}
     sweeps["proxy"], _ = rec.sweep("proxy", cfg["proxy"], seeds, sets={**common, "stages": "sft,rm"}, strict=True,
                                    metrics=["rm.val_accuracy"])
-    for name, stages, shared, metrics in (("bon", "sft,rm,bon", ("sft", "rm"), ["bon.gold_peak"]),
-                                          ("ppo", "sft,rm,ppo", ("sft", "rm"), ["ppo.gold_reward_final"]),
-                                          ("dpo", "sft,dpo", ("sft",), ["dpo.gold_reward_final"])):
+    policy_sweeps = (("ppo", "sft,rm,ppo", ("sft", "rm"), ["ppo.gold_reward_final"]),
+                     ("dpo", "sft,dpo", ("sft",), ["dpo.gold_reward_final"]))
+    for name, stages, shared, metrics in policy_sweeps:
         sweeps[name], _ = rec.run(rec.build(name, cfg["proxy"], seeds, sets={**common, "stages": stages}),
                                   share_from=(sweeps["proxy"], shared), strict=True, metrics=metrics)
     ev = rec.build("eval", cfg["proxy"], seeds, sets={**common, "stages": "sft,rm,ppo,dpo,eval", **EVAL_SETS})
@@ -465,6 +488,9 @@ def main(argv=None) -> int:
     rec.reused["eval"] = copied
     sweeps["eval"], _ = rec.run(ev, strict=True)
     rec.commands[-1] += "  # first: stages sft,rm,ppo of ppo/<point>/seed_N and dpo of dpo/<point>/seed_N copied in"
+    # best-of-n last: it needs only the proxy RM, and the policies' evaluation is what a partial run most lacks
+    sweeps["bon"], _ = rec.run(rec.build("bon", cfg["proxy"], seeds, sets={**common, "stages": "sft,rm,bon"}),
+                               share_from=(sweeps["proxy"], ("sft", "rm")), strict=True, metrics=["bon.gold_peak"])
     trl = trl_baseline(run, seeds, size)
     dirs = {name: next(iter(T.workdirs(s).values())) for name, s in sweeps.items()}
     res = analyse(dirs, seeds, gold_dirs)

@@ -145,6 +145,16 @@ def test_so_far_reports_the_finished_stages_and_starts_nothing(tmp_path):
     put("proxy/base/seed_3/rm/.keep", {})  # a seed whose rm stage has not finished
     put("bon/base/seed_1/bon/curve.json", [{"n": 1, "kl": 0.0, "proxy": -1.0, "gold": -0.5},
                                            {"n": 2, "kl": 0.193, "proxy": 0.0, "gold": 0.5}])
+    # seed 0's policies evaluated: every number the eval stage writes, as an interval where it writes one
+    iv = lambda v: {"value": v, "low": v - 0.1, "high": v + 0.1, "n": 100}
+    gen = {p: {"score_gold": iv(g), "score_rm": iv(g + 1), "response_length": iv(30.0), "eos_rate": iv(0.5),
+               **({"kl_to_baseline": iv(k)} if p != "start" else {})}
+           for p, g, k in (("start", 0.0, 0.0), ("ppo", 0.5, 2.0), ("dpo", 0.25, 1.0))}
+    gen["win_rate_vs_start"] = {j: {"ppo": iv(0.6), "dpo": iv(0.55)} for j in ("gold", "rm")}
+    put("eval/base/seed_0/eval/summary.json",
+        {"generation": gen, "truthfulqa": {"qa_primer": {p: {"mc1": 0.25, "mc2": 0.4} for p in ("start", "ppo", "dpo")}}})
+    put("ppo/base/seed_0/ppo/summary.json", {"wall_seconds": 1100.0})
+    put("dpo/base/seed_0/dpo/summary.json", {"wall_seconds": 1200.0})
     assert rm.main(["--so_far", "--seeds", "0-3", "--out", str(runs), "--artifacts", str(out)]) == 0
     res = json.loads((out / "real_model_so_far.json").read_text())
     assert res["proxy_rm"]["finished_seeds"] == [0, 1, 2] and res["trl_reward_trainer"]["finished_seeds"] == [0, 1]
@@ -157,4 +167,11 @@ def test_so_far_reports_the_finished_stages_and_starts_nothing(tmp_path):
     assert res["gold_rm"] == [{"seed": 0, "val_accuracy": 0.59, "train_seconds": 900.0}]
     assert res["bon"]["seeds"] == [1] and res["bon"]["n"] == [1, 2] and res["bon"]["gold"][1]["mean"] == 0.5
     assert "| TRL RewardTrainer | 0.575 ± " in res["table_md"]
-    assert sorted(p.name for p in runs.iterdir()) == ["bon", "gold", "proxy", "trl"]  # no sweep started
+    pol = res["policies"]
+    assert pol["seeds"] == [0]
+    assert pol["ppo"]["win_rate_vs_start_gold"]["values"] == [0.6]
+    assert pol["ppo"]["win_rate_vs_start_gold"]["per_seed_interval"][0]["low"] == pytest.approx(0.5)
+    assert pol["dpo"]["kl_to_start"]["mean"] == 1.0 and "kl_to_start" not in pol["start"]
+    assert pol["ppo"]["train_seconds"]["values"] == [1100.0] and pol["dpo"]["truthfulqa_qa_primer_mc2"]["mean"] == 0.4
+    assert "| ppo | 0.600 [0.500, 0.700] (1 seed, n=100) |" in res["table_md"]
+    assert sorted(p.name for p in runs.iterdir()) == ["bon", "dpo", "eval", "gold", "ppo", "proxy", "trl"]  # none new
