@@ -175,3 +175,43 @@ def test_so_far_reports_the_finished_stages_and_starts_nothing(tmp_path):
     assert pol["ppo"]["train_seconds"]["values"] == [1100.0] and pol["dpo"]["truthfulqa_qa_primer_mc2"]["mean"] == 0.4
     assert "| ppo | 0.600 [0.500, 0.700] (1 seed, n=100) |" in res["table_md"]
     assert sorted(p.name for p in runs.iterdir()) == ["bon", "dpo", "eval", "gold", "ppo", "proxy", "trl"]  # none new
+
+
+# ---------------------------------------------------------------- the real model (pytest -m slow)
+def _cli(config: str, workdir, *sets: str, timeout: int = 3600) -> dict:
+    """One run of the CLI at the real model's cpu size with counts cut to a few steps; its summary."""
+    cmd = [sys.executable, "-m", "rlhf_jax.main", "--config", config, "--workdir", str(workdir), "--no_wandb",
+           *(f"--config.{s}" for s in sets)]
+    done = subprocess.run(cmd, cwd=ROOT, env=child_env(1), capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads((workdir / "summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_the_cpu_size_runs_every_stage_on_the_real_model(tmp_path, shared_data):
+    """Every stage of experiments/configs/real_model.py at the cpu size (SmolLM2-135M-Instruct, LoRA
+    PPO and DPO, packed RM and DPO steps, the gold RM as judge, TruthfulQA, best-of-n), each cut to a
+    step or two and a few rows: what the hours-long sweeps run, in one process a stage each, so a
+    crash shows in minutes and not after the RMs have trained."""
+    from rlhf_jax.paths import smollm2_path
+    if not smollm2_path().exists():
+        pytest.skip(f"{smollm2_path()} absent: run tools/fetch_smollm2.py first")
+    config = ROOT / "experiments" / "configs" / "real_model.py"
+    few = ("data.n_sft=16", "data.n_rankings=16", "data.rm_val=corpus:hh_rlhf[0:8]", "data.val_fraction=0.004",
+           "rm.steps=2")
+    gold = _cli(f"{config}:gold,cpu", tmp_path / "gold", "stages=sft,rm", *few)
+    assert gold["rm"]["steps"] == 2 and 0.0 <= gold["rm"]["val_accuracy"] <= 1.0
+    s = _cli(f"{config}:proxy,cpu", tmp_path / "proxy", "stages=sft,rm,ppo,dpo,eval,bon",
+             f"data.gold=rm:{tmp_path / 'gold'}", *few, "data.n_prompts=8", "heldout.n_prompts=8",
+             "ppo.iterations=2", "dpo.steps=2", "bon.n_samples=4", "bon.n_prompts=4", "evaluate.n_prompts=8",
+             "evaluate.n_pairs=8", "evaluate.n_truthfulqa=4", "evaluate.bootstrap=200",
+             "evaluate.policies=start=stage:sft,ppo=stage:ppo,dpo=stage:dpo", "evaluate.baseline=start",
+             "evaluate.suites=rm_pairs,generation,truthfulqa", "evaluate.judges=gold,rm")
+    assert s["ppo"]["steps"] == 2 and s["dpo"]["steps"] == 2  # two, as the first is at warmup's learning rate 0
+    gen = s["eval"]["generation"]
+    for p in ("ppo", "dpo"):  # LoRA adapters that moved (the start's own weights give a KL of exactly 0)
+        assert gen[p]["kl_to_baseline"]["value"] != 0.0 and math.isfinite(gen[p]["score_gold"]["value"]), p
+        assert 0.0 <= gen["win_rate_vs_start"]["gold"][p]["value"] <= 1.0
+    assert s["eval"]["truthfulqa"]["qa_primer"]["start"]["n"] == 4
+    curve = json.loads((tmp_path / "proxy" / "bon" / "curve.json").read_text())
+    assert [r["n"] for r in curve] == [1, 2, 4] and all(math.isfinite(r["gold"]) for r in curve)
