@@ -265,41 +265,34 @@ def so_far(runs: Path, seeds: list[int], gold_seeds: list[int]) -> dict:
         path = runs.joinpath(*parts)
         return T.read_json(path) if path.exists() else None
     stage = lambda sweep, s, name: read(sweep, "base", f"seed_{s}", name, "summary.json")
-    value = lambda x: x["value"] if isinstance(x, dict) else x
     gold = [(stage("gold", s, "rm"), stage("gold", s, "eval")) for s in gold_seeds]
     ours = {s: stage("proxy", s, "rm") for s in seeds}
     trl = {s: read("trl", f"seed_{s}.json") for s in seeds}
+    over = lambda by_seed, key: T.stat([_value((by_seed[s] or {}).get(key)) for s in seeds])  # None: not finished
     both = [s for s in seeds if ours[s] and trl[s]]
     out = {"seeds": seeds, "gold_seeds": gold_seeds,
            "gold_rm": [{"seed": s, "val_accuracy": rm["val_accuracy"], "train_seconds": _train_s(rm),
                         **({"rm_pairs": ev["rm_pairs"]} if ev else {})} for s, (rm, ev) in zip(gold_seeds, gold) if rm],
-           "proxy_rm": {"finished_seeds": [s for s in seeds if ours[s]],
-                        "val_accuracy": T.stat([ours[s]["val_accuracy"] if ours[s] else None for s in seeds]),
+           "proxy_rm": {"finished_seeds": [s for s in seeds if ours[s]], "val_accuracy": over(ours, "val_accuracy"),
                         "train_seconds": T.stat([_train_s(ours[s]) if ours[s] else None for s in seeds]),
-                        "median_step_seconds": T.stat([(ours[s] or {}).get("median_step_seconds") for s in seeds])},
-           "trl_reward_trainer": {"finished_seeds": [s for s in seeds if trl[s]],
-                                  "per_seed": [trl[s] for s in seeds],
-                                  "accuracy": T.stat([value(trl[s]["accuracy"]) if trl[s] else None for s in seeds]),
-                                  "shorter_wins_accuracy": T.stat(
-                                      [value(trl[s]["shorter_wins_accuracy"]) if trl[s] else None for s in seeds]),
-                                  "score_length_correlation": T.stat(
-                                      [trl[s]["score_length_correlation"] if trl[s] else None for s in seeds]),
-                                  "train_seconds": T.stat([trl[s]["train_seconds"] if trl[s] else None for s in seeds]),
-                                  "median_step_seconds": T.stat(
-                                      [(trl[s] or {}).get("step_seconds_median") for s in seeds])},
+                        "median_step_seconds": over(ours, "median_step_seconds")},
+           "trl_reward_trainer": {"finished_seeds": [s for s in seeds if trl[s]], "per_seed": [trl[s] for s in seeds],
+                                  **{k: over(trl, k) for k in ("accuracy", "shorter_wins_accuracy",
+                                                               "score_length_correlation", "train_seconds")},
+                                  "median_step_seconds": over(trl, "step_seconds_median")},
            # paired by seed: the same pairs, order and initial head seed on both sides
            "paired": {"seeds": both,
                       "accuracy_ours_minus_trl": T.stat(
-                          [ours[s]["val_accuracy"] - value(trl[s]["accuracy"]) for s in both]),
+                          [ours[s]["val_accuracy"] - _value(trl[s]["accuracy"]) for s in both]),
                       "train_seconds_trl_over_ours": T.stat(
                           [trl[s]["train_seconds"] / _train_s(ours[s]) for s in both])}}
     evals = {s: stage("eval", s, "eval") for s in seeds}
-    done = [s for s in seeds if evals[s]]
-    if done:  # the policies, over the seeds whose eval stage finished
-        out["policies"] = {"seeds": done, **policy_rows([evals[s] for s in done])}
+    evaluated = [s for s in seeds if evals[s]]
+    if evaluated:  # the policies, over the seeds whose eval stage finished
+        out["policies"] = {"seeds": evaluated, **policy_rows([evals[s] for s in evaluated])}
         for p in ("ppo", "dpo"):
             out["policies"][p]["train_seconds"] = T.stat(
-                [(stage(p, s, p) or {}).get("wall_seconds") for s in done])
+                [(stage(p, s, p) or {}).get("wall_seconds") for s in evaluated])
     curves = {s: read("bon", "base", f"seed_{s}", "bon", "curve.json") for s in seeds}
     done = [s for s in seeds if curves[s]]
     if done:

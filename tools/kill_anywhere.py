@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rlhf_jax import hostenv  # noqa: E402
+from rlhf_jax.sweep import procs  # noqa: E402
 from rlhf_jax.sweep.results import is_wall_clock  # noqa: E402
 from tools._common import parser  # noqa: E402
 
@@ -38,11 +38,7 @@ def command(config: str, workdir: Path, extra: list[str]) -> list[str]:
 def environment() -> dict:
     """One CPU device (the caller's other XLA flags, an ISA cap, kept) and a shared persistent
     compilation cache, so restarts compile little (the caller's cache settings win)."""
-    xla = [f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
-    env = dict(os.environ, XLA_FLAGS=" ".join([*xla, "--xla_force_host_platform_device_count=1"]),
-               JAX_PLATFORMS="cpu", WANDB_MODE="disabled")
-    hostenv.compile_cache_defaults(env)
-    return env
+    return dict(procs.environment(), JAX_PLATFORMS="cpu", WANDB_MODE="disabled")  # a sweep run's, on the CPU
 
 
 def run_once(cmd: list[str], timeout: float) -> tuple[int, float, str]:
