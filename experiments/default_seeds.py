@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # rlhf_jax from this checkout
 
+from rlhf_jax import hostenv  # noqa: E402
 from rlhf_jax.sweep import Sweep, aggregate, expand, numeric_metrics, parse_seeds, run_sweep  # noqa: E402
 
 CONFIG = "configs/instructgpt.py"
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     per_seed = {s: _metrics(out / "default_isa" / point / f"seed_{s}") for s in seeds}
     result = {
         "command": " ".join(["python experiments/default_seeds.py", *(argv if argv is not None else sys.argv[1:])]),
-        "config": CONFIG, "metrics": METRICS, "cpu": _cpu(), "jaxlib": _jaxlib(),
+        "config": CONFIG, "metrics": METRICS, "cpu": hostenv.label(hostenv.cpu_info()), "jaxlib": _jaxlib(),
         "interval": "95% t-interval of the mean over seeds (scipy t quantile, n-1 degrees of freedom)",
         "per_seed": {str(s): v for s, v in per_seed.items()},
         "over_seeds": {m: aggregate([per_seed[s][m] for s in seeds], "t") for m in METRICS},
@@ -106,18 +107,6 @@ def main(argv: list[str] | None = None) -> int:
 def _jaxlib() -> str:
     import jaxlib
     return jaxlib.__version__
-
-
-def _cpu() -> str:
-    """The CPU model and its widest vector extension, from /proc/cpuinfo (Linux)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    widest = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "SSE"
-    return f"{model} ({widest})"
 
 
 if __name__ == "__main__":

@@ -51,8 +51,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import toolkit as T  # noqa: E402  (also puts this checkout first on sys.path)
 from toolkit import REPO as ROOT  # noqa: E402
 
-from rlhf_jax import paths  # noqa: E402
+from rlhf_jax import hostenv, paths  # noqa: E402
 from rlhf_jax.sweep import expand  # noqa: E402
+from rlhf_jax.workdir import launches  # noqa: E402
 
 NAME = "real_model"
 CONFIG = "experiments/configs/real_model.py"
@@ -265,6 +266,9 @@ def so_far(runs: Path, seeds: list[int], gold_seeds: list[int]) -> dict:
         path = runs.joinpath(*parts)
         return T.read_json(path) if path.exists() else None
     stage = lambda sweep, s, name: read(sweep, "base", f"seed_{s}", name, "summary.json")
+    # the launches during which a run's stage may have run (WORKDIR/hosts.jsonl): those before the first
+    # that found it finished; [] for a run made before launches were recorded
+    ran = lambda sweep, s, name: [r for r in launches(runs / sweep / "base" / f"seed_{s}") if name not in r["finished"]]
     gold = [(stage("gold", s, "rm"), stage("gold", s, "eval")) for s in gold_seeds]
     ours = {s: stage("proxy", s, "rm") for s in seeds}
     trl = {s: read("trl", f"seed_{s}.json") for s in seeds}
@@ -272,10 +276,12 @@ def so_far(runs: Path, seeds: list[int], gold_seeds: list[int]) -> dict:
     both = [s for s in seeds if ours[s] and trl[s]]
     out = {"seeds": seeds, "gold_seeds": gold_seeds,
            "gold_rm": [{"seed": s, "val_accuracy": rm["val_accuracy"], "train_seconds": _train_s(rm),
+                        "median_step_seconds": rm.get("median_step_seconds"), "hosts": hosts(ran("gold", s, "rm")),
                         **({"rm_pairs": ev["rm_pairs"]} if ev else {})} for s, (rm, ev) in zip(gold_seeds, gold) if rm],
            "proxy_rm": {"finished_seeds": [s for s in seeds if ours[s]], "val_accuracy": over(ours, "val_accuracy"),
                         "train_seconds": T.stat([_train_s(ours[s]) if ours[s] else None for s in seeds]),
-                        "median_step_seconds": over(ours, "median_step_seconds")},
+                        "median_step_seconds": over(ours, "median_step_seconds"),
+                        "hosts": {s: hosts(ran("proxy", s, "rm")) for s in seeds if ours[s]}},
            "trl_reward_trainer": {"finished_seeds": [s for s in seeds if trl[s]], "per_seed": [trl[s] for s in seeds],
                                   **{k: over(trl, k) for k in ("accuracy", "shorter_wins_accuracy",
                                                                "score_length_correlation", "train_seconds")},
@@ -285,7 +291,10 @@ def so_far(runs: Path, seeds: list[int], gold_seeds: list[int]) -> dict:
                       "accuracy_ours_minus_trl": T.stat(
                           [ours[s]["val_accuracy"] - _value(trl[s]["accuracy"]) for s in both]),
                       "train_seconds_trl_over_ours": T.stat(
-                          [trl[s]["train_seconds"] / _train_s(ours[s]) for s in both])}}
+                          [trl[s]["train_seconds"] / _train_s(ours[s]) for s in both]),
+                      # True: one boot of one machine ran both sides (and nothing else moved the time between
+                      # hosts); False: the times are of different machines; None: a side has no host record
+                      "same_host": [hostenv.same_host([*ran("proxy", s, "rm"), trl[s].get("host")]) for s in both]}}
     evals = {s: stage("eval", s, "eval") for s in seeds}
     evaluated = [s for s in seeds if evals[s]]
     if evaluated:  # the policies, over the seeds whose eval stage finished
@@ -303,6 +312,11 @@ def so_far(runs: Path, seeds: list[int], gold_seeds: list[int]) -> dict:
     return out
 
 
+def hosts(records: list[dict]) -> list[str]:
+    """The machines of a stage's launches, one line each, in first-seen order."""
+    return list(dict.fromkeys(hostenv.label(r) for r in records))
+
+
 def so_far_table(res: dict) -> str:
     """The `--so_far` report as markdown: the RMs, the policies, then best-of-n's curve."""
     f, trl, ours, pr = fmt, res["trl_reward_trainer"], res["proxy_rm"], res["paired"]
@@ -312,11 +326,17 @@ def so_far_table(res: dict) -> str:
              f"| TRL RewardTrainer | {f(trl['accuracy'])} | {f(trl['median_step_seconds'], 2)} | "
              f"{f(trl['train_seconds'], 0)} | {trl['finished_seeds']} |",
              f"| paired (ours − TRL; TRL's time / ours) | {f(pr['accuracy_ours_minus_trl'])} | | "
-             f"{f(pr['train_seconds_trl_over_ours'], 2)} | {pr['seeds']} |"]
+             f"{f(pr['train_seconds_trl_over_ours'], 2)}{_host_note(pr['same_host'])} | {pr['seeds']} |"]
     for g in res["gold_rm"]:
         acc = g.get("rm_pairs", {}).get("accuracy", {})
+        step = "" if g.get("median_step_seconds") is None else f"{g['median_step_seconds']:.2f}"
         lines.append(f"| gold RM, seed {g['seed']} | {g['val_accuracy']:.3f}"
-                     + (f" [{acc['low']:.3f}, {acc['high']:.3f}] (n={acc['n']} pairs)" if acc else "") + " | | | |")
+                     + (f" [{acc['low']:.3f}, {acc['high']:.3f}] (n={acc['n']} pairs)" if acc else "")
+                     + f" | {step} | {g['train_seconds']:.0f} | {g['seed']} |")
+    machines = list(dict.fromkeys([*(h for g in res["gold_rm"] for h in g["hosts"]),
+                                   *(h for hs in res["proxy_rm"]["hosts"].values() for h in hs)]))
+    if machines:
+        lines += ["", "Hosts of the RM stages (WORKDIR/hosts.jsonl): " + "; ".join(machines) + "."]
     if "policies" in res:
         lines += ["", f"Policies (eval finished for seeds {res['policies']['seeds']}):", "",
                   *policy_table(res["policies"])]
@@ -328,6 +348,13 @@ def so_far_table(res: dict) -> str:
                   "| proxy | " + " | ".join(f(s, 2) for s in bon["proxy"]) + " |",
                   "| gold | " + " | ".join(f(s, 2) for s in bon["gold"]) + " |"]
     return "\n".join(lines)
+
+
+def _host_note(same: list[bool | None]) -> str:
+    """What the paired time ratio's hosts allow: nothing to say when one machine ran each pair."""
+    if not same or all(x is True for x in same):
+        return ""
+    return " (different hosts)" if any(x is False for x in same) else " (hosts not recorded)"
 
 
 # ---------------------------------------------------------------- figure and table

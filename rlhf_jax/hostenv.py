@@ -19,6 +19,12 @@ glibc reads its tunables once, at start, so `reexec_with_huge_pages` re-executes
 with the tunable added to GLIBC_TUNABLES, before anything large is allocated.
 RLHF_JAX_HUGEPAGES=0 keeps glibc's default.
 
+`cpu_info` and `host` say which machine a timing came from. Hosts of one name differ: two 2-core
+"AMD EPYC" VMs, both AVX2-only, took 11.9 s and 26-39 s for a packed RM step of 8 HH pairs of 160
+tokens on SmolLM2-135M (and XLA's float32 matmul ran at 52 GFLOP/s on the second). So every
+launch of a run appends `host()` to WORKDIR/hosts.jsonl (`rlhf_jax.workdir.record_launch`), and a
+report that puts two runs' times side by side can check that one boot of one machine made both.
+
 `compile_cache_defaults` gives a process JAX's persistent compilation cache in one shared
 directory (RLHF_JAX_JAX_CACHE, default ~/.cache/rlhf_jax/jax), keeping every program however
 quickly it compiled (JAX's own default keeps those of 1 s or more). Runs of a sweep differ in
@@ -86,6 +92,81 @@ def reexec_with_huge_pages() -> None:
           f"for XLA's buffers (rlhf_jax/hostenv.py; RLHF_JAX_HUGEPAGES=0 keeps glibc's default)",
           file=sys.stderr, flush=True)
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_info() -> dict:
+    """This machine's CPU as a timing depends on it: the model name and clock, the cores this
+    process may run on (its affinity) and the machine's count, the instruction sets that change
+    what XLA and torch emit (AVX2 / AVX-512 vectors; bfloat16 and AMX matrix units, which make a
+    bfloat16 matmul several times a float32 one's speed), and a cap XLA_FLAGS puts on XLA's."""
+    import platform
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    info = {"model": platform.processor() or platform.machine(), "cores": cores,
+            "machine_cores": os.cpu_count(), "mhz": None, "isa": [], "xla_max_isa": None}
+    for flag in os.environ.get("XLA_FLAGS", "").split():
+        if flag.startswith("--xla_cpu_max_isa="):
+            info["xla_max_isa"] = flag.split("=", 1)[1]
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return info
+    fields = dict(line.split(":", 1) for line in text.splitlines()[:40] if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    info["model"] = fields.get("model name", info["model"])
+    try:
+        info["mhz"] = round(float(fields["cpu MHz"]))
+    except (KeyError, ValueError):
+        pass
+    info["isa"] = [f for f in ISA_FLAGS if f in flags]
+    return info
+
+
+def boot_id() -> str | None:
+    """The kernel's id of this boot (Linux): two records with the same one came from one machine
+    between two restarts; a VM moved to other hardware boots again."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def host() -> dict:
+    """`cpu_info` plus what else decides a timing: the boot, the host name, glibc's huge pages
+    (asked for or not, the kernel's mode) and, when jax is already imported, its version, backend
+    and devices (the record never imports jax itself)."""
+    import datetime
+    import platform
+    out = {"time": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+           "hostname": platform.node(), "boot_id": boot_id(), **cpu_info(),
+           "huge_pages": TUNABLE in os.environ.get("GLIBC_TUNABLES", ""), "thp": thp_mode()}
+    jax = sys.modules.get("jax")
+    if jax is not None:
+        devices = jax.devices()
+        out.update(jax=jax.__version__, backend=jax.default_backend(), devices=len(devices),
+                   device_kind=devices[0].device_kind if devices else None)
+    return out
+
+
+def label(record: dict) -> str:
+    """One line for a `host()` record: model, cores, instruction sets, XLA's cap and the boot."""
+    isa = "+".join(record.get("isa") or []) or "isa unknown"
+    cap = f", XLA capped at {record['xla_max_isa']}" if record.get("xla_max_isa") else ""
+    boot = f", boot {record['boot_id'][:8]}" if record.get("boot_id") else ""
+    return f"{record.get('model')}, {record.get('cores')} cores, {isa}{cap}{boot}"
+
+
+def same_host(records: list[dict | None]) -> bool | None:
+    """True when every record (`host()`, or a tool's JSON `host`) names one boot of one machine,
+    False when two differ, None when one is missing or names no boot (a run made before hosts
+    were recorded, or a platform without boot ids)."""
+    if not records or any(not r or not r.get("boot_id") for r in records):
+        return None
+    keys = ("boot_id", "hostname", "model", "cores")
+    return all(tuple(r.get(k) for k in keys) == tuple(records[0].get(k) for k in keys) for r in records)
 
 
 def compile_cache_defaults(environ) -> None:

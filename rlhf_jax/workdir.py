@@ -167,6 +167,39 @@ def check_processes(workdir: Path, count: int, in_progress: list[str], write: bo
         os.replace(tmp, path)
 
 
+def record_launch(workdir: Path, processes: int, finished: list[str], in_progress: list[str]) -> dict:
+    """Append this launch to WORKDIR/hosts.jsonl: the machine (`hostenv.host`; on several processes,
+    process 0's), the process count, and the stages already finished and mid-way (to be resumed).
+    A stage's times came from the launches between the one it started in and the first that lists
+    it finished: when those name more than one boot of one machine (`hostenv.same_host`), its
+    times mix hosts."""
+    from rlhf_jax import hostenv
+    record = {**hostenv.host(), "processes": processes, "finished": finished, "in_progress": in_progress}
+    line = (json.dumps(record) + "\n").encode("utf-8")
+    fd = os.open(workdir / "hosts.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:  # one write() of the whole line: a kill lands before it or after it, not inside
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+    return record
+
+
+def launches(workdir: Path) -> list[dict]:
+    """The records `record_launch` appended, oldest first ([] for a workdir from before them). A
+    last line cut short (the machine lost power, or the disk filled, mid-write) is left out; any
+    other unreadable line is an error naming it."""
+    path = Path(workdir) / "hosts.jsonl"
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines() if path.exists() else []
+    out = []
+    for i, line in enumerate(lines, 1):
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i < len(lines):
+                raise WorkdirError(f"{path}:{i}: not a JSON record ({e.msg}); delete the line") from None
+    return out
+
+
 def check_config(workdir: Path, config, stage_reads: dict[str, tuple[str, ...]], started: set[str],
                  stage_ignores: dict[str, tuple[str, ...]] | None = None, write: bool = True) -> list[str]:
     """Store the config on a first run; later, refuse changes a started stage would not see.

@@ -1,14 +1,17 @@
 """rlhf_jax/hostenv.py: when the CLI re-executes itself with glibc's malloc asking for huge pages,
 that the re-executed process has the tunable, and that glibc then backs a large allocation with
-huge pages (the mechanism the speed-up rests on)."""
+huge pages (the mechanism the speed-up rests on); the description of the machine each launch of a
+run records (WORKDIR/hosts.jsonl) and the check that two timings came from one machine."""
+import json
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
-from rlhf_jax import hostenv
+from rlhf_jax import hostenv, workdir
 from tests.conftest import ROOT
 
 MADVISE = hostenv.glibc_version() is not None and hostenv.glibc_version() >= (2, 35) \
@@ -117,3 +120,73 @@ def test_compile_cache_defaults_keep_every_program_and_the_callers_settings(tmp_
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "2"}
     hostenv.compile_cache_defaults(env)
     assert env["JAX_COMPILATION_CACHE_DIR"] == "/mine" and env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "2"
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+cpu MHz\t\t: 2000.123
+flags\t\t: fpu sse2 avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile avx512_vnni
+processor\t: 1
+"""
+
+
+def test_cpu_info_reads_the_model_clock_and_the_instruction_sets_that_change_timings(monkeypatch):
+    real_read = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: CPUINFO if str(self) == "/proc/cpuinfo"
+                        else real_read(self, *a, **k))
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_cpu_max_isa=AVX2")
+    info = hostenv.cpu_info()
+    assert info["model"] == "Intel(R) Xeon(R) Platinum 8480+" and info["mhz"] == 2000
+    assert info["isa"] == ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"]
+    assert info["xla_max_isa"] == "AVX2"
+    assert info["cores"] == len(os.sched_getaffinity(0)) and info["machine_cores"] == os.cpu_count()
+    assert hostenv.label(info) == ("Intel(R) Xeon(R) Platinum 8480+, %d cores, avx2+fma+avx512f+avx512_vnni+avx512_bf16"
+                                   "+amx_bf16+amx_tile, XLA capped at AVX2" % info["cores"])
+
+
+def test_cpu_info_without_proc_cpuinfo_still_answers(monkeypatch):
+    def unreadable(self, *a, **k):
+        raise OSError("no such file")
+    monkeypatch.setattr(Path, "read_text", unreadable)
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    info = hostenv.cpu_info()
+    assert info["isa"] == [] and info["cores"] >= 1 and info["model"] and info["mhz"] is None
+    assert info["xla_max_isa"] is None and hostenv.boot_id() is None
+
+
+def test_host_names_the_boot_and_jax_only_once_imported(monkeypatch):
+    monkeypatch.delitem(sys.modules, "jax", raising=False)
+    bare = hostenv.host()
+    assert "jax" not in bare and "jax" not in sys.modules  # the record never imports jax itself
+    if Path("/proc/sys/kernel/random/boot_id").exists():
+        assert bare["boot_id"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    monkeypatch.undo()
+    import jax
+    full = hostenv.host()
+    assert full["jax"] == jax.__version__ and full["devices"] == jax.device_count() and full["backend"] == "cpu"
+
+
+def test_same_host_needs_one_boot_of_one_machine_and_says_when_it_cannot_tell():
+    a = {"boot_id": "b1", "hostname": "h", "model": "AMD EPYC", "cores": 2, "time": "t1"}
+    assert hostenv.same_host([a, dict(a, time="t2", mhz=1996)]) is True  # the time of a launch is not the host
+    assert hostenv.same_host([a, dict(a, boot_id="b2")]) is False  # the same name after a reboot: maybe other hardware
+    assert hostenv.same_host([a, dict(a, cores=1)]) is False
+    assert hostenv.same_host([a, None]) is None and hostenv.same_host([a, {"model": "AMD EPYC"}]) is None
+    assert hostenv.same_host([]) is None
+
+
+def test_each_launch_appends_its_host_and_a_torn_last_line_is_left_out(tmp_path):
+    first = workdir.record_launch(tmp_path, 1, [], [])
+    workdir.record_launch(tmp_path, 2, ["sft"], ["rm"])
+    records = workdir.launches(tmp_path)
+    assert [r["processes"] for r in records] == [1, 2] and records[0]["boot_id"] == first["boot_id"]
+    assert records[1]["finished"] == ["sft"] and records[1]["in_progress"] == ["rm"]
+    with open(tmp_path / "hosts.jsonl", "a") as f:
+        f.write('{"time": "2026-')  # a write cut short (a full disk, a lost machine)
+    assert len(workdir.launches(tmp_path)) == 2
+    with open(tmp_path / "hosts.jsonl", "a") as f:
+        f.write("\n" + json.dumps(first) + "\n")
+    with pytest.raises(workdir.WorkdirError, match=r"hosts.jsonl:3: not a JSON record"):
+        workdir.launches(tmp_path)
+    assert workdir.launches(tmp_path / "none") == []

@@ -10,6 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
+from rlhf_jax.hostenv import cpu_info, host  # noqa: F401  (the tools' JSON names the machine)
+
 
 def parser(doc: str | None, out: bool = False) -> argparse.ArgumentParser:
     """An ArgumentParser whose --help shows `doc` (the tool's module docstring) as written; with
@@ -29,26 +31,6 @@ def report(result, out: str | Path = "", indent: int = 2, **dumps) -> str:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text + "\n", encoding="utf-8")
     return text
-
-
-def cpu_info() -> dict:
-    """This machine's CPU as a timing depends on it: the model name, the core count, and the
-    instruction sets that change what XLA and torch emit (AVX2 / AVX-512 vectors; bfloat16 and
-    AMX matrix units, which make a bfloat16 matmul several times a float32 one's speed)."""
-    import os
-    import platform
-    info = {"model": platform.processor() or platform.machine(), "cores": os.cpu_count(), "isa": []}
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return info
-    fields = dict(line.split(":", 1) for line in text.splitlines()[:40] if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    flags = set(fields.get("flags", "").split())
-    info["model"] = fields.get("model name", info["model"])
-    info["isa"] = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
-                   if f in flags]
-    return info
 
 
 # TRL's trainer configs (BaseConfig, 0.2x) turn on two things by default, on every device, CPU

@@ -31,7 +31,7 @@ from rlhf_jax.context import base_model  # noqa: E402
 from rlhf_jax.data.run_data import RunData  # noqa: E402
 from rlhf_jax.eval import stats  # noqa: E402
 from rlhf_jax.models import save_pretrained  # noqa: E402
-from tools._common import cpu_info, parser, report, trl_settings  # noqa: E402
+from tools._common import host, parser, report, trl_settings  # noqa: E402
 from tools.benchmark_pipeline import StepClock  # noqa: E402
 
 
@@ -120,7 +120,7 @@ def main() -> None:
     words = lambda text: len(text.split())  # the evaluation's length: whitespace words of the response
     d_len = np.array([words(r["chosen"]) - words(r["rejected"]) for r in data.records("rm_val")], np.float64)
     result = {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__,
-              "torch_threads": torch.get_num_threads(), "cpu": cpu_info(), "settings": args.trl_settings,
+              "torch_threads": torch.get_num_threads(), "host": host(), "settings": args.trl_settings,
               "bf16": bool(config.bf16), "gradient_checkpointing": bool(config.gradient_checkpointing), "steps": steps, "batch_size": r.batch_size, "lr": r.lr, "max_len": c.data.max_len,
               "train_pairs": len(train_c), "heldout_pairs": len(val_c), "train_seconds": seconds,
               "step_seconds_median": clock.step_s(),

@@ -28,10 +28,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from rlhf_jax import hostenv
 from rlhf_jax.sweep import procs, results
 from rlhf_jax.sweep.share import check_share, share_stages
 from rlhf_jax.sweep.spec import Run, Sweep, check, expand, points, resolve_config
-from rlhf_jax.workdir import flatten
+from rlhf_jax.workdir import WorkdirError, flatten, launches
 
 BACKENDS = ("local", "slurm", "wandb")
 IGNORED = ("log", "name")  # config fields that never change a run's numbers; may differ on resume
@@ -94,6 +95,15 @@ def _previous_meta(out: Path) -> dict:
         return meta if isinstance(meta, dict) else {}
     except (OSError, ValueError):
         return {}
+
+
+def hosts_of(workdir: Path) -> list[str]:
+    """The machines a run's launches ran on (WORKDIR/hosts.jsonl), one line each, in first-seen order."""
+    try:
+        records = launches(workdir)
+    except WorkdirError as e:
+        return [f"unreadable: {e}"]
+    return list(dict.fromkeys(hostenv.label(r) for r in records))
 
 
 def _now() -> str:
@@ -200,7 +210,8 @@ class _Execution:
         error = "" if status == "ok" else procs.last_line(run.workdir / procs.LOG_NAME)
         if code == 0 and not has_summary:
             error = "exit 0 but no summary.json"
-        rec.update(status=status, exit_code=code, seconds=round(time.monotonic() - t0, 1), error=error)
+        rec.update(status=status, exit_code=code, seconds=round(time.monotonic() - t0, 1), error=error,
+                   hosts=hosts_of(run.workdir))
         self.save()
         detail = f"{rec['seconds']:.0f}s" if status == "ok" else f"{procs.describe_exit(code)}: {error}"
         self.echo(f"[{self.done}/{self.total}] {label}: {status} ({detail})")
@@ -224,7 +235,7 @@ class _Execution:
                 status, error = "failed", f"{type(e).__name__}: {str(e)[:300]}"
             self.done += 1
             self.records[run.label].update(status=status, exit_code=0 if status == "ok" else 1, error=error,
-                                           seconds=round(time.monotonic() - t0, 1))
+                                           seconds=round(time.monotonic() - t0, 1), hosts=hosts_of(run.workdir))
             self.save()
             self.echo(f"[{self.done}/{self.total}] {run.label}: {status} {error}".rstrip())
 

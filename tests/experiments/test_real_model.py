@@ -142,6 +142,16 @@ def test_so_far_reports_the_finished_stages_and_starts_nothing(tmp_path):
                                    "shorter_wins_accuracy": {"value": 0.53}, "score_length_correlation": -0.4,
                                    "train_seconds": trl_s, "step_seconds_median": 10.0})
     put("proxy/base/seed_2/rm/summary.json", {"val_accuracy": 0.7, "train_seconds": 120.0, "wall_seconds": 170.0})
+    # the machines: seed 0's RM ran (and resumed) on the machine TRL's seed 0 ran on; seed 1's TRL run
+    # came from another boot; the launch that found seed 0's rm finished is not one of its hosts
+    here = {"boot_id": "b1", "hostname": "vm", "model": "AMD EPYC", "cores": 2, "isa": ["avx2", "fma"]}
+    there = dict(here, boot_id="b2", isa=["avx2", "fma", "avx512f"])
+    (runs / "proxy/base/seed_0/hosts.jsonl").write_text("".join(
+        json.dumps(dict(h, finished=f)) + "\n" for h, f in ((here, []), (here, ["sft"]), (there, ["sft", "rm"]))))
+    (runs / "proxy/base/seed_1/hosts.jsonl").write_text(json.dumps(dict(here, finished=[])) + "\n")
+    for s, h in ((0, here), (1, there)):
+        trl = json.loads((runs / f"trl/seed_{s}.json").read_text())
+        put(f"trl/seed_{s}.json", dict(trl, host=h))
     put("proxy/base/seed_3/rm/.keep", {})  # a seed whose rm stage has not finished
     put("bon/base/seed_1/bon/curve.json", [{"n": 1, "kl": 0.0, "proxy": -1.0, "gold": -0.5},
                                            {"n": 2, "kl": 0.193, "proxy": 0.0, "gold": 0.5}])
@@ -164,7 +174,14 @@ def test_so_far_reports_the_finished_stages_and_starts_nothing(tmp_path):
     assert paired["seeds"] == [0, 1]
     assert paired["accuracy_ours_minus_trl"]["values"] == pytest.approx([0.05, -0.1])
     assert paired["train_seconds_trl_over_ours"]["values"] == [2.0, 2.0]
-    assert res["gold_rm"] == [{"seed": 0, "val_accuracy": 0.59, "train_seconds": 900.0}]
+    assert paired["same_host"] == [True, False]
+    assert res["proxy_rm"]["hosts"] == {"0": ["AMD EPYC, 2 cores, avx2+fma, boot b1"],
+                                        "1": ["AMD EPYC, 2 cores, avx2+fma, boot b1"], "2": []}
+    assert "| 2.00 ± 0.00 (n=2) (different hosts) | [0, 1] |" in res["table_md"]
+    assert "Hosts of the RM stages (WORKDIR/hosts.jsonl): AMD EPYC, 2 cores, avx2+fma, boot b1." in res["table_md"]
+    assert res["gold_rm"] == [{"seed": 0, "val_accuracy": 0.59, "train_seconds": 900.0, "median_step_seconds": None,
+                               "hosts": []}]
+    assert "| gold RM, seed 0 | 0.590 |  | 900 | 0 |" in res["table_md"]
     assert res["bon"]["seeds"] == [1] and res["bon"]["n"] == [1, 2] and res["bon"]["gold"][1]["mean"] == 0.5
     assert "| TRL RewardTrainer | 0.575 ± " in res["table_md"]
     pol = res["policies"]

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from configs.common import base
-from rlhf_jax import checkpoint
+from rlhf_jax import checkpoint, hostenv
+from rlhf_jax import workdir as workdirs
 from rlhf_jax import sharding as shd
 from rlhf_jax.context import ConfigError, build_context
 from rlhf_jax.data import synthetic
@@ -156,6 +157,10 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, micro_trained):
     assert _numbers(resumed) == _numbers(straight)
     log = [json.loads(l) for l in open(tmp_path / "resumed" / "ppo" / "metrics.jsonl")]
     assert [r["step"] for r in log if "score" in r] == [1, 2, 3, 4]
+    # each launch recorded its machine and where it found the run: what a stage's times came from
+    launches = workdirs.launches(tmp_path / "resumed")
+    assert [(r["finished"], r["in_progress"]) for r in launches] == [([], []), ([], ["sft"]), (["sft", "rm"], ["ppo"])]
+    assert all(r["boot_id"] == hostenv.boot_id() and r["processes"] == 1 for r in launches)
 
 
 @pytest.mark.parametrize("field, value, words", [

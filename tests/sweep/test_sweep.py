@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from rlhf_jax import hostenv
 from rlhf_jax.sweep import (Point, Sweep, SweepError, aggregate, check, expand, interval, numeric_metrics,
                             parse_grid, parse_seeds, parse_sets, points, resolve_config, table)
 from rlhf_jax.sweep import procs, results
@@ -264,6 +265,11 @@ def test_uninterrupted_sweep_writes_every_output(straight):
     assert [(r["workdir"], r["status"], r["exit_code"]) for r in state["runs"]] == [
         ("lr=0.003/seed_0", "ok", 0), ("lr=0.003/seed_1", "ok", 0), ("lr=0.001/seed_0", "ok", 0),
         ("lr=0.001/seed_1", "ok", 0)]
+    # each run names the machine its launch ran on (from its WORKDIR/hosts.jsonl): this one, this boot
+    boot, model = hostenv.boot_id(), hostenv.cpu_info()["model"]
+    for r in state["runs"]:
+        assert len(r["hosts"]) == 1 and r["hosts"][0].startswith(f"{model}, "), r["hosts"]
+        assert boot is None or r["hosts"][0].endswith(f", boot {boot[:8]}"), r["hosts"]
     rows = numbers(straight)
     val = next(r for r in rows if r["point"] == "lr=0.001" and r["metric"] == "sft.val_loss")
     per_seed = [json.loads((straight / "lr=0.001" / f"seed_{s}" / "summary.json").read_text())["sft"]["val_loss"]

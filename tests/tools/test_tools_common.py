@@ -1,12 +1,11 @@
-"""tools/_common.py: the flag parser and the JSON report every tool shares, the CPU description
-and TRL's precision arguments the benchmarks record."""
+"""tools/_common.py: the flag parser and the JSON report every tool shares, and TRL's precision
+arguments the benchmarks record (the CPU description is rlhf_jax.hostenv's: tests/test_hostenv.py)."""
 import json
-from pathlib import Path
 
 import pytest
 
 from tools import _common
-from tools._common import cpu_info, parser, report, trl_settings
+from tools._common import parser, report, trl_settings
 
 
 def test_report_writes_what_it_prints(tmp_path, capsys):
@@ -31,31 +30,6 @@ def test_parser_shows_the_docstring_and_adds_out_on_request():
     assert ap.parse_args([]).out == "" and ap.parse_args(["--out", "r.json", "--n", "2"]).out == "r.json"
     assert "    python tools/x.py --n 2" in ap.format_help()  # the docstring's layout is kept
     assert not hasattr(parser(doc).parse_args([]), "out")
-
-
-CPUINFO = """processor\t: 0
-vendor_id\t: GenuineIntel
-model name\t: Intel(R) Xeon(R) Platinum 8480+
-flags\t\t: fpu sse2 avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile avx512_vnni
-processor\t: 1
-"""
-
-
-def test_cpu_info_reads_the_model_and_the_instruction_sets_that_change_timings(monkeypatch):
-    real_read = Path.read_text
-    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: CPUINFO if str(self) == "/proc/cpuinfo"
-                        else real_read(self, *a, **k))
-    info = cpu_info()
-    assert info["model"] == "Intel(R) Xeon(R) Platinum 8480+"
-    assert info["isa"] == ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"]
-
-
-def test_cpu_info_without_proc_cpuinfo_still_answers(monkeypatch):
-    def unreadable(self, *a, **k):
-        raise OSError("no such file")
-    monkeypatch.setattr(Path, "read_text", unreadable)
-    info = cpu_info()
-    assert info["isa"] == [] and info["cores"] >= 1 and info["model"]
 
 
 def test_trl_settings_match_our_computation_or_leave_trl_its_defaults():
