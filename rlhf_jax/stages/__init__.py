@@ -76,9 +76,6 @@ def run(config, workdir, *, use_wandb: bool = True, fresh: bool = False) -> dict
         ignores = {name: STAGES[name].ignores for name in STAGES}
         in_progress = [s for s in STAGES if started(path, s) and not finished(path, s)]
         workdirs.check_processes(path, distributed.process_count(), in_progress, write=primary)
-        if primary:
-            workdirs.record_launch(path, distributed.process_count(), [s for s in STAGES if finished(path, s)],
-                                   in_progress)
         changed = workdirs.check_config(path, config, reads, {s for s in STAGES if started(path, s)}, ignores,
                                         write=primary)
         distributed.barrier("config")
@@ -87,4 +84,7 @@ def run(config, workdir, *, use_wandb: bool = True, fresh: bool = False) -> dict
                   f"{', '.join(changed)}", flush=True)
         ctx = build_context(config, path, use_wandb=use_wandb)
         preflight(ctx, order)
+        if primary:  # a launch that gets this far runs stages: where (WORKDIR/hosts.jsonl)
+            workdirs.record_launch(path, distributed.process_count(), [s for s in STAGES if finished(path, s)],
+                                   in_progress)
         return run_stages(ctx, order)
