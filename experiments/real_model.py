@@ -276,12 +276,12 @@ def so_far(runs: Path, seeds: list[int], gold_seeds: list[int]) -> dict:
     both = [s for s in seeds if ours[s] and trl[s]]
     out = {"seeds": seeds, "gold_seeds": gold_seeds,
            "gold_rm": [{"seed": s, "val_accuracy": rm["val_accuracy"], "train_seconds": _train_s(rm),
-                        "median_step_seconds": rm.get("median_step_seconds"), "hosts": hosts(ran("gold", s, "rm")),
+                        "median_step_seconds": rm.get("median_step_seconds"), "hosts": hostenv.labels(ran("gold", s, "rm")),
                         **({"rm_pairs": ev["rm_pairs"]} if ev else {})} for s, (rm, ev) in zip(gold_seeds, gold) if rm],
            "proxy_rm": {"finished_seeds": [s for s in seeds if ours[s]], "val_accuracy": over(ours, "val_accuracy"),
                         "train_seconds": T.stat([_train_s(ours[s]) if ours[s] else None for s in seeds]),
                         "median_step_seconds": over(ours, "median_step_seconds"),
-                        "hosts": {s: hosts(ran("proxy", s, "rm")) for s in seeds if ours[s]}},
+                        "hosts": {s: hostenv.labels(ran("proxy", s, "rm")) for s in seeds if ours[s]}},
            "trl_reward_trainer": {"finished_seeds": [s for s in seeds if trl[s]], "per_seed": [trl[s] for s in seeds],
                                   **{k: over(trl, k) for k in ("accuracy", "shorter_wins_accuracy",
                                                                "score_length_correlation", "train_seconds")},
@@ -310,11 +310,6 @@ def so_far(runs: Path, seeds: list[int], gold_seeds: list[int]) -> dict:
                       **{k: [T.stat([curves[s][j][k] for s in done]) for j in range(len(first))]
                          for k in ("gold", "proxy")}}
     return out
-
-
-def hosts(records: list[dict]) -> list[str]:
-    """The machines of a stage's launches, one line each, in first-seen order."""
-    return list(dict.fromkeys(hostenv.label(r) for r in records))
 
 
 def so_far_table(res: dict) -> str:

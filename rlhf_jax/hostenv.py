@@ -159,6 +159,11 @@ def label(record: dict) -> str:
     return f"{record.get('model')}, {record.get('cores')} cores, {isa}{cap}{boot}"
 
 
+def labels(records: list[dict]) -> list[str]:
+    """The distinct machines of some records, one `label` each, in first-seen order."""
+    return list(dict.fromkeys(label(r) for r in records))
+
+
 def same_host(records: list[dict | None]) -> bool | None:
     """True when every record (`host()`, or a tool's JSON `host`) names one boot of one machine,
     False when two differ, None when one is missing or names no boot (a run made before hosts

@@ -103,7 +103,7 @@ def hosts_of(workdir: Path) -> list[str]:
         records = launches(workdir)
     except WorkdirError as e:
         return [f"unreadable: {e}"]
-    return list(dict.fromkeys(hostenv.label(r) for r in records))
+    return hostenv.labels(records)
 
 
 def _now() -> str:
