@@ -271,6 +271,7 @@ def so_far(runs: Path, seeds: list[int], gold_seeds: list[int]) -> dict:
     ran = lambda sweep, s, name: [r for r in launches(runs / sweep / "base" / f"seed_{s}") if name not in r["finished"]]
     gold = [(stage("gold", s, "rm"), stage("gold", s, "eval")) for s in gold_seeds]
     ours = {s: stage("proxy", s, "rm") for s in seeds}
+    ours_ran = {s: ran("proxy", s, "rm") for s in seeds if ours[s]}
     trl = {s: read("trl", f"seed_{s}.json") for s in seeds}
     over = lambda by_seed, key: T.stat([_value((by_seed[s] or {}).get(key)) for s in seeds])  # None: not finished
     both = [s for s in seeds if ours[s] and trl[s]]
@@ -281,7 +282,7 @@ def so_far(runs: Path, seeds: list[int], gold_seeds: list[int]) -> dict:
            "proxy_rm": {"finished_seeds": [s for s in seeds if ours[s]], "val_accuracy": over(ours, "val_accuracy"),
                         "train_seconds": T.stat([_train_s(ours[s]) if ours[s] else None for s in seeds]),
                         "median_step_seconds": over(ours, "median_step_seconds"),
-                        "hosts": {s: hostenv.labels(ran("proxy", s, "rm")) for s in seeds if ours[s]}},
+                        "hosts": {s: hostenv.labels(r) for s, r in ours_ran.items()}},
            "trl_reward_trainer": {"finished_seeds": [s for s in seeds if trl[s]], "per_seed": [trl[s] for s in seeds],
                                   **{k: over(trl, k) for k in ("accuracy", "shorter_wins_accuracy",
                                                                "score_length_correlation", "train_seconds")},
@@ -294,7 +295,7 @@ def so_far(runs: Path, seeds: list[int], gold_seeds: list[int]) -> dict:
                           [trl[s]["train_seconds"] / _train_s(ours[s]) for s in both]),
                       # True: one boot of one machine ran both sides (and nothing else moved the time between
                       # hosts); False: the times are of different machines; None: a side has no host record
-                      "same_host": [hostenv.same_host([*ran("proxy", s, "rm"), trl[s].get("host")]) for s in both]}}
+                      "same_host": [hostenv.same_host([*ours_ran[s], trl[s].get("host")]) for s in both]}}
     evals = {s: stage("eval", s, "eval") for s in seeds}
     evaluated = [s for s in seeds if evals[s]]
     if evaluated:  # the policies, over the seeds whose eval stage finished

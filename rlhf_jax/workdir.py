@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from rlhf_jax import hostenv
 from rlhf_jax.errors import UserError
 
 # changing these never changes a result (the mesh only places the same computation; rm.pack and
@@ -173,7 +174,6 @@ def record_launch(workdir: Path, processes: int, finished: list[str], in_progres
     A stage's times came from the launches between the one it started in and the first that lists
     it finished: when those name more than one boot of one machine (`hostenv.same_host`), its
     times mix hosts."""
-    from rlhf_jax import hostenv
     record = {**hostenv.host(), "processes": processes, "finished": finished, "in_progress": in_progress}
     line = (json.dumps(record) + "\n").encode("utf-8")
     fd = os.open(workdir / "hosts.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
