@@ -20,8 +20,8 @@ with the tunable added to GLIBC_TUNABLES, before anything large is allocated.
 RLHF_JAX_HUGEPAGES=0 keeps glibc's default.
 
 `cpu_info` and `host` say which machine a timing came from. Hosts of one name differ: two 2-core
-"AMD EPYC" VMs, both AVX2-only, took 11.9 s and 26-39 s for a packed RM step of 8 HH pairs of 160
-tokens on SmolLM2-135M (and XLA's float32 matmul ran at 52 GFLOP/s on the second). So every
+"AMD EPYC" VMs, both AVX2-only, each running nothing else, took 11.9 s and 22.5 s for a packed RM
+step of 8 of the proxy's HH pairs (160 tokens, SmolLM2-135M, experiments/README.md). So every
 launch of a run appends `host()` to WORKDIR/hosts.jsonl (`rlhf_jax.workdir.record_launch`), and a
 report that puts two runs' times side by side can check that one boot of one machine made both.
 
