@@ -246,22 +246,44 @@ def analyse(dirs: dict[str, dict[int, Path]], seeds: list[int], gold_dirs: dict[
                   "proxy": [T.stat(proxy[:, j]) for j in range(len(ns))],
                   "gold_gain": [T.stat(gold[:, j] - gold[:, 0]) for j in range(len(ns))],
                   "train_seconds": T.stat([summ(dirs["bon"][s], "bon")["wall_seconds"] for s in seeds])}
-    # PPO: each iteration's rollouts (temperature 1): KL to the start, proxy score, gold reward
-    logs = [T.read_jsonl(dirs["ppo"][s] / "ppo" / "metrics.jsonl") for s in seeds]
+    out["ppo_curve"] = ppo_curve([T.read_jsonl(dirs["ppo"][s] / "ppo" / "metrics.jsonl") for s in seeds])
+    return out
+
+
+def ppo_curve(logs: list[list[dict]]) -> dict:
+    """PPO's rollouts by iteration over the seeds' ppo/metrics.jsonl (temperature 1): KL to the
+    start, proxy score, gold reward; `d` is the square root of the mean KL (the figure's x)."""
     n_it = min(len(x) for x in logs)
     series = {k: np.array([[row.get(k, np.nan) for row in x[:n_it]] for x in logs], float)
               for k in ("kl", "score", "gold_reward")}
-    out["ppo_curve"] = {"iteration": list(range(1, n_it + 1)),
-                        **{k: [T.stat(series[k][:, t]) for t in range(n_it)] for k in series},
-                        "d": [float(np.sqrt(max(np.nanmean(series["kl"][:, t]), 0.0))) for t in range(n_it)]}
-    return out
+    return {"iteration": list(range(1, n_it + 1)),
+            **{k: [T.stat(series[k][:, t]) for t in range(n_it)] for k in series},
+            "d": [float(np.sqrt(max(np.nanmean(series["kl"][:, t]), 0.0))) for t in range(n_it)]}
+
+
+# the policy stages' own evaluation (stage ppo / dpo, on the held-out prompts, the start sampled beside the
+# trained policy at temperature 1): what a seed shows before its eval stage has run (`--so_far`)
+STAGE_KEYS = {"ppo": ("win_rate_vs_sft", "gold_reward_sft", "gold_reward_final", "rm_score_sft", "rm_score_final",
+                      "kl_final", "response_length_sft", "response_length_final", "alignment_tax", "wall_seconds"),
+              "dpo": ("win_rate_vs_sft", "gold_reward_sft", "gold_reward_final", "kl_final", "response_length_sft",
+                      "response_length_final", "val_reward_accuracy", "val_reward_margin", "wall_seconds")}
+
+
+def stage_rows(summaries: list[dict], keys) -> dict:
+    """Over the seeds' stage summaries, each key; where the stage wrote an interval over prompts
+    (its `intervals`, or the number itself as one), each seed's interval beside (`over_seeds`)."""
+    def number(s, k):
+        v, own = s.get(k), (s.get("intervals") or {}).get(k)
+        return {**own, "value": v} if own is not None and not isinstance(v, dict) else v
+    return {k: over_seeds([{k: number(s, k)} for s in summaries], k) for k in keys}
 
 
 def so_far(runs: Path, seeds: list[int], gold_seeds: list[int]) -> dict:
     """What the finished stages show while the experiment is not complete (`--so_far`; nothing is
     started): the gold RM, each seed's proxy RM beside TRL's RewardTrainer on the same pairs, the
-    policies over the seeds whose eval stage finished, and best-of-n's curve over the seeds whose
-    bon stage finished. A stage counts once its summary.json is written (the stage's last act)."""
+    policies over the seeds whose eval stage finished, the ppo and dpo stages' own evaluation and
+    PPO's rollouts by iteration over the seeds whose stage finished, and best-of-n's curve over the
+    seeds whose bon stage finished. A stage counts once its summary.json is written (the stage's last act)."""
     def read(*parts):
         path = runs.joinpath(*parts)
         return T.read_json(path) if path.exists() else None
@@ -303,6 +325,14 @@ def so_far(runs: Path, seeds: list[int], gold_seeds: list[int]) -> dict:
         for p in ("ppo", "dpo"):
             out["policies"][p]["train_seconds"] = T.stat(
                 [(stage(p, s, p) or {}).get("wall_seconds") for s in evaluated])
+    for p, keys in STAGE_KEYS.items():  # the policy stages that finished, evaluated or not
+        summaries = {s: stage(p, s, p) for s in seeds}
+        finished = [s for s in seeds if summaries[s]]
+        if finished:
+            out[f"{p}_stage"] = {"seeds": finished, **stage_rows([summaries[s] for s in finished], keys)}
+    if "ppo_stage" in out:  # the finished PPO seeds' rollouts by iteration
+        out["ppo_curve"] = {"seeds": out["ppo_stage"]["seeds"], **ppo_curve(
+            [T.read_jsonl(runs / "ppo" / "base" / f"seed_{s}" / "ppo" / "metrics.jsonl") for s in out["ppo_stage"]["seeds"]])}
     curves = {s: read("bon", "base", f"seed_{s}", "bon", "curve.json") for s in seeds}
     done = [s for s in seeds if curves[s]]
     if done:
@@ -336,6 +366,25 @@ def so_far_table(res: dict) -> str:
     if "policies" in res:
         lines += ["", f"Policies (eval finished for seeds {res['policies']['seeds']}):", "",
                   *policy_table(res["policies"])]
+    stages = [(p, res[f"{p}_stage"]) for p in STAGE_KEYS if f"{p}_stage" in res]
+    if stages:
+        lines += ["", "The policy stages' own evaluation (the held-out prompts; the start sampled beside at temperature 1):",
+                  "", "| stage (seeds) | gold win rate vs start | gold: start → final | proxy: start → final | "
+                  "KL to start | length: start → final | held-out | stage s |", "|---|---|---|---|---|---|---|---|"]
+        for p, r in stages:
+            proxy = (f"{f(r['rm_score_sft'], 2)} → {f(r['rm_score_final'], 2)}" if "rm_score_sft" in r else "")
+            held = (f"Alpaca NLL, final − start: {f(r['alignment_tax'])}" if p == "ppo" else
+                    f"implicit-reward acc. {f(r['val_reward_accuracy'])}")
+            lines.append(f"| {p} ({r['seeds']}) | {f(r['win_rate_vs_sft'])} | {f(r['gold_reward_sft'], 2)} → "
+                         f"{f(r['gold_reward_final'], 2)} | {proxy} | {f(r['kl_final'])} | "
+                         f"{f(r['response_length_sft'], 1)} → {f(r['response_length_final'], 1)} | {held} | "
+                         f"{f(r['wall_seconds'], 0)} |")
+    if "ppo_curve" in res:
+        c = res["ppo_curve"]
+        last = len(c["iteration"]) - 1
+        lines += ["", f"PPO's rollouts at iteration 1 and {c['iteration'][last]} (seeds {c['seeds']}): "
+                  f"KL {f(c['kl'][0])} → {f(c['kl'][last])}, proxy {f(c['score'][0], 2)} → {f(c['score'][last], 2)}, "
+                  f"gold {f(c['gold_reward'][0], 2)} → {f(c['gold_reward'][last], 2)}."]
     if "bon" in res:
         bon = res["bon"]
         lines += ["", f"| best-of-n (seeds {bon['seeds']}) | " + " | ".join(str(n) for n in bon["n"]) + " |",
@@ -389,8 +438,8 @@ def figure(res: dict, path: Path, title: str) -> None:
 
 def fmt(s: dict | None, digits: int = 3) -> str:
     """toolkit.fmt over seeds; with one seed, its own interval over prompts / pairs instead."""
-    own = (s or {}).get("per_seed_interval") or [None]
-    if s and s.get("n") == 1 and own[0] and own[0].get("low") is not None:
+    own = [o for o, v in zip((s or {}).get("per_seed_interval") or [], (s or {}).get("values") or []) if v is not None]
+    if s and s.get("n") == 1 and own and own[0] and own[0].get("low") is not None:  # the one seed with a number
         lo, hi = own[0]["low"], own[0]["high"]
         return f"{s['mean']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}] (1 seed, n={own[0]['n']})"
     return T.fmt(s, digits)

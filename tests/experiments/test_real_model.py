@@ -165,6 +165,17 @@ def test_so_far_reports_the_finished_stages_and_starts_nothing(tmp_path):
         {"generation": gen, "truthfulqa": {"qa_primer": {p: {"mc1": 0.25, "mc2": 0.4} for p in ("start", "ppo", "dpo")}}})
     put("ppo/base/seed_0/ppo/summary.json", {"wall_seconds": 1100.0})
     put("dpo/base/seed_0/dpo/summary.json", {"wall_seconds": 1200.0})
+    # stage ppo finished for seeds 0 and 1, dpo for seed 1: their own evaluation as the stages write it
+    # (numbers, with intervals over prompts under `intervals`; the alignment tax an interval itself)
+    own = lambda win, gold, kl: {"win_rate_vs_sft": win, "judge": "gold", "gold_reward_sft": -0.2, "gold_reward_final": gold,
+                                 "kl_final": kl, "response_length_sft": 30.0, "response_length_final": 28.0,
+                                 "intervals": {"win_rate_vs_sft": iv(win), "gold_reward_final": iv(gold), "kl_final": iv(kl)}}
+    for s, win in ((0, 0.6), (1, 0.7)):
+        put(f"ppo/base/seed_{s}/ppo/summary.json", {**own(win, 0.3, 1.5), "wall_seconds": 1100.0, "rm_score_sft": -1.0,
+                                                   "rm_score_final": 0.5, "alignment_tax": iv(0.02)})
+        (runs / f"ppo/base/seed_{s}/ppo/metrics.jsonl").write_text("".join(
+            json.dumps({"step": t, "kl": 0.5 * t + s, "score": t - 1.0, "gold_reward": 0.1 * t}) + "\n" for t in (1, 2, 3)))
+    put("dpo/base/seed_1/dpo/summary.json", {**own(0.55, 0.1, 0.8), "wall_seconds": 1200.0, "val_reward_accuracy": 0.6})
     assert rm.main(["--so_far", "--seeds", "0-3", "--out", str(runs), "--artifacts", str(out)]) == 0
     res = json.loads((out / "real_model_so_far.json").read_text())
     assert res["proxy_rm"]["finished_seeds"] == [0, 1, 2] and res["trl_reward_trainer"]["finished_seeds"] == [0, 1]
@@ -190,6 +201,22 @@ def test_so_far_reports_the_finished_stages_and_starts_nothing(tmp_path):
     assert pol["ppo"]["win_rate_vs_start_gold"]["per_seed_interval"][0]["low"] == pytest.approx(0.5)
     assert pol["dpo"]["kl_to_start"]["mean"] == 1.0 and "kl_to_start" not in pol["start"]
     assert pol["ppo"]["train_seconds"]["values"] == [1100.0] and pol["dpo"]["truthfulqa_qa_primer_mc2"]["mean"] == 0.4
+    # the policy stages' own evaluation, over the seeds whose stage finished (seed 0's dpo summary above holds
+    # only its time: the dpo row's numbers are seed 1's, with seed 1's interval)
+    ppo, dpo = res["ppo_stage"], res["dpo_stage"]
+    assert ppo["seeds"] == [0, 1] and ppo["win_rate_vs_sft"]["values"] == [0.6, 0.7]
+    assert ppo["win_rate_vs_sft"]["mean"] == pytest.approx(0.65)
+    assert ppo["win_rate_vs_sft"]["per_seed_interval"][1] == {"low": pytest.approx(0.6), "high": pytest.approx(0.8),
+                                                              "n": 100, "method": None}
+    assert ppo["alignment_tax"]["values"] == [0.02, 0.02] and ppo["rm_score_final"]["mean"] == 0.5
+    assert dpo["seeds"] == [0, 1] and dpo["win_rate_vs_sft"]["values"] == [None, 0.55]
+    assert dpo["val_reward_accuracy"]["values"] == [None, 0.6]
+    curve = res["ppo_curve"]
+    assert curve["seeds"] == [0, 1] and curve["iteration"] == [1, 2, 3]
+    assert curve["kl"][2]["values"] == [1.5, 2.5] and curve["d"][0] == pytest.approx(np.sqrt(1.0))
+    assert "| ppo ([0, 1]) | 0.650 ± " in res["table_md"]
+    assert "| dpo ([0, 1]) | 0.550 [0.450, 0.650] (1 seed, n=100) |" in res["table_md"]  # seed 1's own interval
+    assert "PPO's rollouts at iteration 1 and 3 (seeds [0, 1]): KL 1.000 ± " in res["table_md"]
     assert "| ppo | 0.600 [0.500, 0.700] (1 seed, n=100) |" in res["table_md"]
     assert sorted(p.name for p in runs.iterdir()) == ["bon", "dpo", "eval", "gold", "ppo", "proxy", "trl"]  # none new
 
