@@ -261,6 +261,7 @@ def ppo_curve(logs: list[list[dict]]) -> dict:
             "d": [float(np.sqrt(max(np.nanmean(series["kl"][:, t]), 0.0))) for t in range(n_it)]}
 
 
+PPO_WINDOW = 5  # iterations averaged at each end of PPO's rollouts in the --so_far report
 # the policy stages' own evaluation (stage ppo / dpo, on the held-out prompts, the start sampled beside the
 # trained policy at temperature 1): what a seed shows before its eval stage has run (`--so_far`)
 STAGE_KEYS = {"ppo": ("win_rate_vs_sft", "gold_reward_sft", "gold_reward_final", "rm_score_sft", "rm_score_final",
@@ -330,9 +331,14 @@ def so_far(runs: Path, seeds: list[int], gold_seeds: list[int]) -> dict:
         finished = [s for s in seeds if summaries[s]]
         if finished:
             out[f"{p}_stage"] = {"seeds": finished, **stage_rows([summaries[s] for s in finished], keys)}
-    if "ppo_stage" in out:  # the finished PPO seeds' rollouts by iteration
-        out["ppo_curve"] = {"seeds": out["ppo_stage"]["seeds"], **ppo_curve(
-            [T.read_jsonl(runs / "ppo" / "base" / f"seed_{s}" / "ppo" / "metrics.jsonl") for s in out["ppo_stage"]["seeds"]])}
+    if "ppo_stage" in out:  # the finished PPO seeds' rollouts by iteration, and each seed's mean over the first
+        # and the last `PPO_WINDOW` iterations (one iteration's 8 rollouts are too few to read alone)
+        logs = [T.read_jsonl(runs / "ppo" / "base" / f"seed_{s}" / "ppo" / "metrics.jsonl") for s in out["ppo_stage"]["seeds"]]
+        window = lambda rows, k: float(np.mean([r[k] for r in rows]))
+        out["ppo_curve"] = {"seeds": out["ppo_stage"]["seeds"], **ppo_curve(logs), "window": PPO_WINDOW,
+                            **{f"{k}_{end}": T.stat([window(x[:PPO_WINDOW] if end == "first" else x[-PPO_WINDOW:], k)
+                                                     for x in logs])
+                               for k in ("kl", "score", "gold_reward") for end in ("first", "last")}}
     curves = {s: read("bon", "base", f"seed_{s}", "bon", "curve.json") for s in seeds}
     done = [s for s in seeds if curves[s]]
     if done:
@@ -380,11 +386,10 @@ def so_far_table(res: dict) -> str:
                          f"{f(r['response_length_sft'], 1)} → {f(r['response_length_final'], 1)} | {held} | "
                          f"{f(r['wall_seconds'], 0)} |")
     if "ppo_curve" in res:
-        c = res["ppo_curve"]
-        last = len(c["iteration"]) - 1
-        lines += ["", f"PPO's rollouts at iteration 1 and {c['iteration'][last]} (seeds {c['seeds']}): "
-                  f"KL {f(c['kl'][0])} → {f(c['kl'][last])}, proxy {f(c['score'][0], 2)} → {f(c['score'][last], 2)}, "
-                  f"gold {f(c['gold_reward'][0], 2)} → {f(c['gold_reward'][last], 2)}."]
+        c, w = res["ppo_curve"], res["ppo_curve"]["window"]
+        lines += ["", f"PPO's training rollouts (seeds {c['seeds']}), the mean over the first {w} iterations → over the "
+                  f"last {w}: KL {f(c['kl_first'])} → {f(c['kl_last'])}, proxy {f(c['score_first'], 2)} → "
+                  f"{f(c['score_last'], 2)}, gold {f(c['gold_reward_first'], 2)} → {f(c['gold_reward_last'], 2)}."]
     if "bon" in res:
         bon = res["bon"]
         lines += ["", f"| best-of-n (seeds {bon['seeds']}) | " + " | ".join(str(n) for n in bon["n"]) + " |",

@@ -216,7 +216,9 @@ def test_so_far_reports_the_finished_stages_and_starts_nothing(tmp_path):
     assert curve["kl"][2]["values"] == [1.5, 2.5] and curve["d"][0] == pytest.approx(np.sqrt(1.0))
     assert "| ppo ([0, 1]) | 0.650 ± " in res["table_md"]
     assert "| dpo ([0, 1]) | 0.550 [0.450, 0.650] (1 seed, n=100) |" in res["table_md"]  # seed 1's own interval
-    assert "PPO's rollouts at iteration 1 and 3 (seeds [0, 1]): KL 1.000 ± " in res["table_md"]
+    assert curve["window"] == 5 and curve["kl_last"]["values"] == [1.0, 2.0]  # each seed's 3 iterations, averaged
+    assert "PPO's training rollouts (seeds [0, 1]), the mean over the first 5 iterations → over the last 5: " \
+           "KL 1.500 ± " in res["table_md"]
     assert "| ppo | 0.600 [0.500, 0.700] (1 seed, n=100) |" in res["table_md"]
     assert sorted(p.name for p in runs.iterdir()) == ["bon", "dpo", "eval", "gold", "ppo", "proxy", "trl"]  # none new
 
