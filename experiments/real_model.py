@@ -334,11 +334,10 @@ def so_far(runs: Path, seeds: list[int], gold_seeds: list[int]) -> dict:
     if "ppo_stage" in out:  # the finished PPO seeds' rollouts by iteration, and each seed's mean over the first
         # and the last `PPO_WINDOW` iterations (one iteration's 8 rollouts are too few to read alone)
         logs = [T.read_jsonl(runs / "ppo" / "base" / f"seed_{s}" / "ppo" / "metrics.jsonl") for s in out["ppo_stage"]["seeds"]]
-        window = lambda rows, k: float(np.mean([r[k] for r in rows]))
+        ends = {"first": slice(None, PPO_WINDOW), "last": slice(-PPO_WINDOW, None)}
         out["ppo_curve"] = {"seeds": out["ppo_stage"]["seeds"], **ppo_curve(logs), "window": PPO_WINDOW,
-                            **{f"{k}_{end}": T.stat([window(x[:PPO_WINDOW] if end == "first" else x[-PPO_WINDOW:], k)
-                                                     for x in logs])
-                               for k in ("kl", "score", "gold_reward") for end in ("first", "last")}}
+                            **{f"{k}_{end}": T.stat([np.mean([r[k] for r in x[cut]]) for x in logs])
+                               for k in ("kl", "score", "gold_reward") for end, cut in ends.items()}}
     curves = {s: read("bon", "base", f"seed_{s}", "bon", "curve.json") for s in seeds}
     done = [s for s in seeds if curves[s]]
     if done:
