@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from rlhf_jax import distributed
@@ -98,6 +99,17 @@ def write_json_atomic(path: Path, value) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(value, indent=2))
+    os.replace(tmp, path)
+
+
+def save_arrays_atomic(path: Path, **arrays) -> None:
+    """numpy arrays to the .npz `path` through a temporary name and a rename (a reader sees the
+    old file or the new one); on several processes only process 0 writes, as write_json_atomic."""
+    if not distributed.primary():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **arrays)
     os.replace(tmp, path)
 
 

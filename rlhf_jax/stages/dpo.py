@@ -1,15 +1,20 @@
 """Stage "dpo": a preference loss (`dpo.loss`: the DPO family, SimPO, ORPO) from the SFT policy on
 the rankings the RM would see (all C(K, 2) pairs). A loss that needs a reference reads the
-frozen SFT policy's log-probs, cached in one pass before training (`dpo.cache_reference`) or
-computed live; reference-free losses build no reference at all. With LoRA the reference is the
-frozen base the adapters sit on, with the adapters off (the int8 base under `dpo.lora_int8`),
-so at step 0 the policy is its reference and every implicit reward is 0."""
+frozen SFT policy's log-probs, cached in one pass before training (`dpo.cache_reference`; the
+pass is kept in WORKDIR/dpo/reference_logp.npz, so a resumed run reads it back:
+`reference_pass`) or computed live; reference-free losses build no reference at all. With LoRA
+the reference is the frozen base the adapters sit on, with the adapters off (the int8 base
+under `dpo.lora_int8`), so at step 0 the policy is its reference and every implicit reward is 0."""
 from __future__ import annotations
 
+import hashlib
+import json
 import time
+import zipfile
 from typing import Any
 
 import jax
+import numpy as np
 
 from rlhf_jax import checkpoint
 from rlhf_jax import sharding as shd
@@ -18,7 +23,7 @@ from rlhf_jax.eval.policy_eval import compare_policies, frontier_eval
 from rlhf_jax.objectives.preference import PREFERENCE_LOSSES
 from rlhf_jax.stages.base import Training, adapters, merge_batches, train, train_state
 from rlhf_jax.stages.gold import gold_reward, gold_stages
-from rlhf_jax.stages.handoff import load_sft, policy_stages
+from rlhf_jax.stages.handoff import load_sft, policy_stages, sft_stage
 from rlhf_jax.stages.preferences import check_preference_sizes, preference_arrays, preference_stages
 from rlhf_jax.stages.registry import register_stage
 from rlhf_jax.train import dpo as dpo_lib
@@ -26,8 +31,49 @@ from rlhf_jax.train import lora as lora_lib
 from rlhf_jax.train import optim
 from rlhf_jax.train.ppo import sampling_config
 from rlhf_jax.train.state import commit
+from rlhf_jax.workdir import flatten
 
 SALT = 5
+
+
+REFERENCE_FILE = "reference_logp.npz"
+
+
+def reference_pass(ctx, graphdef, ref, parts: dict[str, tuple[dict, int]]) -> dict[str, np.ndarray]:
+    """{part: the reference's [N, K] log-probs} over each part ({part: (arrays, batch_size)}).
+
+    The pass is kept in WORKDIR/dpo/reference_logp.npz under a key of everything it read (the SFT
+    stage's summary, the model and dpo blocks, each part's rows and batch size), so a run resumed
+    from a checkpoint reads it back instead of passing over the data again; a file with another
+    key, or one that cannot be read, is computed again and replaced, with a line saying so."""
+    path = ctx.workdir / "dpo" / REFERENCE_FILE
+    key = _reference_key(ctx, parts)
+    if path.exists():
+        try:
+            with np.load(path) as f:
+                stored = {name: f[name] for name in f.files}
+        except (OSError, ValueError, zipfile.BadZipFile) as e:
+            stored = {"key": np.asarray(f"unreadable: {e}")}
+        if str(stored.get("key")) == key and all(name in stored for name in parts):
+            print(f"[dpo] the reference's log-probs read back from {path}", flush=True)
+            return {name: stored[name] for name in parts}
+        print(f"[dpo] {path} was made from other inputs ({str(stored.get('key'))[:60]}): computing it again",
+              flush=True)
+    out = {name: dpo_lib.reference_logprobs(graphdef, ref, arrays, batch_size)
+           for name, (arrays, batch_size) in parts.items()}
+    checkpoint.save_arrays_atomic(path, key=np.asarray(key), **out)
+    return out
+
+
+def _reference_key(ctx, parts) -> str:
+    h = hashlib.sha256()
+    h.update(checkpoint.summary_path(ctx.workdir, sft_stage(ctx.workdir)).read_bytes())
+    h.update(json.dumps([flatten(ctx.config.model), flatten(ctx.config.dpo)], sort_keys=True, default=str).encode())
+    for name, (arrays, batch_size) in sorted(parts.items()):
+        h.update(f"{name}/{batch_size}".encode())
+        for field in ("tokens", "mask", "loss_mask"):
+            h.update(np.ascontiguousarray(arrays[field]).tobytes())
+    return h.hexdigest()
 
 
 def check_loss(d, block: str, need) -> None:
@@ -69,10 +115,13 @@ def run(ctx) -> dict[str, Any]:
     ref = None
     if dpo_lib.needs_reference(c):
         ref = commit(sft, ctx.mesh) if base is None else base  # frozen: the trained copy is a separate tree
-        val = {**val, "ref_logp": dpo_lib.reference_logprobs(graphdef, ref, val, val_bs)}
+        parts = {"val": (val, val_bs)}
         if c.cache_reference:  # one pass of the reference over the data, before training
-            train_arrays = {**train_arrays, "ref_logp": dpo_lib.reference_logprobs(graphdef, ref, train_arrays,
-                                                                                   c.batch_size)}
+            parts["train"] = (train_arrays, c.batch_size)
+        ref_logp = reference_pass(ctx, graphdef, ref, parts)
+        val = {**val, "ref_logp": ref_logp["val"]}
+        if c.cache_reference:
+            train_arrays = {**train_arrays, "ref_logp": ref_logp["train"]}
     it = ctx.iterator(train_arrays, c.batch_size, SALT)
     total = c.steps or c.epochs * it.steps_per_epoch
     tx, sched = optim.from_config(c, total)

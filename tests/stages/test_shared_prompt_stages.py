@@ -1,9 +1,10 @@
 """rm.pack and dpo.pack: the rm and dpo stages on rankings packed with every prompt once
 (`shared_prompt.packed_batch`) take the padded layout's first step from the same parameters, and
-refuse what they cannot pack."""
+refuse what they cannot pack; DPO's cached reference pass is read back on resume."""
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from rlhf_jax.errors import UserError
@@ -76,3 +77,43 @@ def test_a_padded_run_resumes_packed(tmp_path, micro_trained):
     rm = summary["rm"]
     assert 1000.0 < rm["train_seconds"] < 1000.0 + rm["wall_seconds"]
     assert rm["held_out_seconds"] > 0 and rm["centering_seconds"] > 0
+
+
+def test_a_resumed_dpo_reads_its_reference_pass_back(tmp_path, micro_trained, monkeypatch):
+    """The cached reference pass is kept beside the checkpoints: a DPO stopped mid-way and run
+    again reads it back (the pass never runs) and ends with the uninterrupted run's numbers; a
+    file made from other inputs is computed again."""
+    from tests.micro import numbers
+    from rlhf_jax.stages import dpo as dpo_stage
+    overrides = {"dpo.steps": 4, "dpo.save_every": 2}
+    dirs = {}
+    for name in ("straight", "resumed", "stale"):
+        dirs[name] = tmp_path / name
+        shutil.copytree(micro_trained[0] / "sft", dirs[name] / "sft")
+    straight = run_pipeline(micro(stages="dpo", **overrides), dirs["straight"], use_wandb=False)
+    for name in ("resumed", "stale"):
+        with pytest.raises(SystemExit):
+            run_pipeline(micro(stages="dpo", **overrides, **{"debug_stop_after.dpo": 2}), dirs[name], use_wandb=False)
+    path = dirs["stale"] / "dpo" / dpo_stage.REFERENCE_FILE
+    with np.load(path) as f:
+        kept = {k: f[k] for k in f.files}
+    assert set(kept) == {"key", "val", "train"}
+    d = micro().data  # one row of k responses per ranking
+    assert kept["train"].shape == (d.n_rankings, d.k) and kept["val"].shape == (d.n_rankings_val, d.k)
+    # summed log-probs of real tokens (a ranking's empty slots are 0)
+    assert np.all(kept["train"][:, 0] < 0) and np.all(kept["train"] <= 0) and np.all(kept["val"] <= 0)
+    # another key: the file was made from other inputs, so it is ignored and replaced
+    np.savez(path, **{**kept, "key": np.asarray("another key"), "train": kept["train"] + 1.0})
+
+    calls = []
+    real = dpo_stage.dpo_lib.reference_logprobs
+    monkeypatch.setattr(dpo_stage.dpo_lib, "reference_logprobs", lambda *a: calls.append(1) or real(*a))
+    resumed = run_pipeline(micro(stages="dpo", **overrides), dirs["resumed"], use_wandb=False)
+    assert calls == []  # read back, not passed over again
+    assert numbers(resumed) == numbers(straight)
+    stale = run_pipeline(micro(stages="dpo", **overrides), dirs["stale"], use_wandb=False)
+    assert len(calls) == 2  # the val and train parts, computed again
+    assert numbers(stale) == numbers(straight)
+    with np.load(path) as f:
+        np.testing.assert_array_equal(f["train"], kept["train"])
+        assert str(f["key"]) == str(kept["key"])
