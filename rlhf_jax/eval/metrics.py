@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax.eval import scoring
+from rlhf_jax.models import forward as F
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
@@ -54,9 +55,9 @@ def heldout_nll(model, tokens_NxT, loss_mask_NxT, mask_NxT=None, batch_size: int
         mask_NxT = (np.arange(tokens.shape[1])[None] <= last[:, None]).astype(np.int32)
     mask = np.asarray(mask_NxT, np.int32)
     fn = functools.partial(scoring.sequence_logprobs, model.graphdef, model.params)
-    outs = scoring._run_batches(fn, len(tokens), batch_size, lambda i: (tokens[i], mask[i], loss_mask[i]))
-    logprob = np.concatenate([o[0] for o in outs]).astype(np.float64)
-    return -logprob, np.concatenate([o[1] for o in outs]).astype(np.int64)
+    # rows of similar length together, each batch cut after its longest row
+    logprob, count = F.rows_by_length(fn, (tokens, mask, loss_mask), F.row_ends(mask, loss_mask), batch_size)
+    return -logprob.astype(np.float64), count.astype(np.int64)
 
 
 # --- overlap with references ----------------------------------------------------------------

@@ -30,7 +30,7 @@ from rlhf_jax.data import shared_prompt
 from rlhf_jax.data.tokenize import pad_left, pad_right
 from rlhf_jax.models import forward as F
 
-LENGTH_BUCKET = 32
+LENGTH_BUCKET = F.LENGTH_BUCKET
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))

@@ -20,6 +20,7 @@ Logits, log-probabilities and scores are float32 whatever the compute dtype.
 from __future__ import annotations
 
 import flax.nnx as nnx
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -199,10 +200,44 @@ def latents(graphdef, params, tokens_BxT, mask_BxT):
     return latent_posterior(graphdef, params, tokens_BxT, mask_BxT)[0]
 
 
-def per_sequence_chunks(fn, params, tokens_NxT, mask_NxT, chunk: int = 512) -> np.ndarray:
-    """fn(params, tokens, mask) over rows in chunks of `chunk` (a jitted fn compiles at most twice)."""
-    out = []
-    for i in range(0, len(tokens_NxT), chunk):
+LENGTH_BUCKET = 32  # a batch cut to its own length is rounded up to this many columns (one compile per width)
+
+
+def row_ends(*masks_NxT) -> np.ndarray:
+    """end_N: one past each row's last nonzero column in any of the masks (0 for an empty row)."""
+    any_NxT = np.logical_or.reduce([np.asarray(m) != 0 for m in masks_NxT])
+    T = any_NxT.shape[1]
+    return np.where(any_NxT.any(1), T - np.argmax(any_NxT[:, ::-1], 1), 0)
+
+
+def rows_by_length(fn, arrays_NxT, end_N, batch_size: int, bucket: int = LENGTH_BUCKET):
+    """fn(*batch) over batches of `batch_size` rows of arrays_NxT, the rows taken in order of
+    end_N (where each row's real tokens end) and each batch cut after its longest row, rounded
+    up to `bucket` columns (at most T): short rows do not pay for the longest row's padding.
+
+    For fns that read only a row's columns before its end (causal models with right padding: cut
+    columns are padding no real token attends to). A short last batch is filled with copies of
+    its first row, so a jitted fn compiles once per width. fn's outputs (a pytree with the batch
+    as leading axis) come back in input order.
+    """
+    N, T = np.shape(arrays_NxT[0])[:2]
+    batch_size = max(1, min(batch_size, N))
+    order = np.argsort(end_N, kind="stable")
+    outs = []
+    for start in range(0, N, batch_size):
         signals.check("scoring")
-        out.append(np.asarray(fn(params, tokens_NxT[i:i + chunk], mask_NxT[i:i + chunk])))
-    return np.concatenate(out)
+        rows = order[start:start + batch_size]
+        n = len(rows)
+        rows = np.concatenate([rows, np.full(batch_size - n, rows[0])])
+        width = min(T, -(-max(int(np.max(end_N[rows])), 1) // bucket) * bucket)
+        out = fn(*(np.asarray(a)[rows, :width] for a in arrays_NxT))
+        outs.append(jax.tree.map(lambda x: np.asarray(x)[:n], out))
+    inverse = np.argsort(order, kind="stable")
+    return jax.tree.map(lambda *parts: np.concatenate(parts)[inverse], *outs)
+
+
+def per_sequence_chunks(fn, params, tokens_NxT, mask_NxT, chunk: int = 512) -> np.ndarray:
+    """fn(params, tokens, mask) over rows `chunk` at a time, each batch of rows of similar length
+    cut after its longest row (`rows_by_length`: fn reads only real tokens, as the model's
+    scores and latents do)."""
+    return rows_by_length(lambda t, m: fn(params, t, m), (tokens_NxT, mask_NxT), row_ends(mask_NxT), chunk)

@@ -18,13 +18,13 @@ def test_perplexity_from_summed_nll_and_counts():
         metrics.perplexity([0.0], [0])
 
 
-def test_heldout_nll_matches_an_unbatched_computation():
+@pytest.mark.parametrize("lengths, T", [([7, 4, 9], 10),
+                                        ([7, 4, 9, 40, 66, 33], 70)])  # batches cut to 32 / 64 / 70 columns
+def test_heldout_nll_matches_an_unbatched_computation(lengths, T):
     model = tiny_model()
     rng = np.random.default_rng(0)
-    lengths = [7, 4, 9]
-    T = 10
-    tokens = np.zeros((3, T), np.int32)
-    loss_mask = np.zeros((3, T), np.int32)
+    tokens = np.zeros((len(lengths), T), np.int32)
+    loss_mask = np.zeros((len(lengths), T), np.int32)
     for i, n in enumerate(lengths):
         tokens[i, :n] = rng.integers(3, 128, n)
         loss_mask[i, 2:n] = 1  # the first two tokens are "prompt"
@@ -37,6 +37,46 @@ def test_heldout_nll_matches_an_unbatched_computation():
     np.testing.assert_allclose(nll, expected, rtol=1e-5)
     np.testing.assert_array_equal(count, [n - 2 for n in lengths])
     assert metrics.perplexity(nll, count) == pytest.approx(np.exp(sum(expected) / sum(count)), rel=1e-5)
+
+
+def test_rows_by_length_cuts_each_batch_after_its_longest_row_and_keeps_the_order():
+    from rlhf_jax.models import forward as F
+    ends = np.array([3, 70, 10, 40, 0])
+    tokens = np.arange(5)[:, None] * 1000 + np.arange(80)[None]  # row i, column t: 1000 i + t
+    mask = (np.arange(80)[None] < ends[:, None]).astype(np.int32)
+    np.testing.assert_array_equal(F.row_ends(mask), ends)
+    scored = np.zeros_like(mask)
+    scored[1, 75] = 1  # either mask ends a row
+    np.testing.assert_array_equal(F.row_ends(mask, scored), [3, 76, 10, 40, 0])
+    calls = []
+
+    def fn(t, m):
+        calls.append(t.shape)
+        return {"first": t[:, 0], "width": np.full(len(t), t.shape[1])}
+
+    out = F.rows_by_length(fn, (tokens, mask), ends, batch_size=2)
+    # sorted ends 0, 3 | 10, 40 | 70 (+ a copy of itself): widths rounded up to 32, at most T = 80
+    assert calls == [(2, 32), (2, 64), (2, 80)]
+    np.testing.assert_array_equal(out["first"], [0, 1000, 2000, 3000, 4000])
+    np.testing.assert_array_equal(out["width"], [32, 80, 64, 64, 32])
+
+
+def test_demonstration_scores_in_cut_batches_equal_one_unpadded_row_at_a_time():
+    from rlhf_jax.models import PRESETS, init_model
+    from rlhf_jax.models.forward import score_at_last
+    from rlhf_jax.train import rm as rm_lib
+    model = init_model(PRESETS["test"], head="scalar", seed=1)
+    lengths = [5, 70, 12, 40, 33, 64, 9]
+    rng = np.random.default_rng(0)
+    tokens = np.zeros((len(lengths), 80), np.int32)
+    for i, n in enumerate(lengths):
+        tokens[i, :n] = rng.integers(3, 128, n)
+    mask = (tokens != 0).astype(np.int32)
+    scores = rm_lib.demonstration_scores(model.graphdef, model.params, tokens, mask, batch_size=3)
+    one = [float(score_at_last(model.graphdef, model.params, tokens[i:i + 1, :n], mask[i:i + 1, :n])[0])
+           for i, n in enumerate(lengths)]
+    # the same float32 forward pass on other widths (32, 64, 80 columns against n): rounding only
+    np.testing.assert_allclose(scores, one, rtol=1e-5, atol=1e-6)
 
 
 def test_rouge_identical_is_one_and_a_hand_computed_pair():
