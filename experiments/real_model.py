@@ -375,7 +375,7 @@ def so_far_table(res: dict) -> str:
     if stages:
         lines += ["", "The policy stages' own evaluation (the held-out prompts; the start sampled beside at temperature 1):",
                   "", "| stage (seeds) | gold win rate vs start | gold: start → final | proxy: start → final | "
-                  "KL to start | length: start → final | held-out | stage s |", "|---|---|---|---|---|---|---|---|"]
+                  "KL to start | length: start → final | held-out | stage s (last launch) |", "|---|---|---|---|---|---|---|---|"]
         for p, r in stages:
             proxy = (f"{f(r['rm_score_sft'], 2)} → {f(r['rm_score_final'], 2)}" if "rm_score_sft" in r else "")
             held = (f"Alpaca NLL, final − start: {f(r['alignment_tax'])}" if p == "ppo" else

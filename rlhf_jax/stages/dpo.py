@@ -144,7 +144,7 @@ def run(ctx) -> dict[str, Any]:
         graphdef, ctx.tokenizer, ctx.data.arrays("eval_prompts"), sampling,
         jax.random.fold_in(ctx.rng, 99), sft, final, None, None, gold_reward(ctx), "dpo",
         ctx.config.heldout.n_report_samples)
-    summary = {"steps": total, "wall_seconds": time.perf_counter() - t0,
+    summary = {"steps": total, "wall_seconds": time.perf_counter() - t0, "train_seconds": result.seconds,
                "train_reward_accuracy": result.last_metrics.get("reward_accuracy"), **held_out, **evals}
     checkpoint.write_json_atomic(ctx.workdir / "dpo" / "samples.json", samples)
     checkpoint.save_final(ctx.workdir, "dpo", final, summary)

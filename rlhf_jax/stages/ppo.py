@@ -213,7 +213,7 @@ def run(ctx) -> dict[str, Any]:
              for name, params in (("sft", sft), ("final", final_policy))},
             ctx.workdir / "ppo" / "latents.png", f"InfoRM latents: {ctx.config.name} {ctx.config.get('variant', '')}"))
     evals.update(alignment_tax(ctx, sft, final_policy))
-    summary = {"steps": c.iterations, "wall_seconds": time.perf_counter() - t0,
+    summary = {"steps": c.iterations, "wall_seconds": time.perf_counter() - t0, "train_seconds": result.seconds,
                "score_final": result.last_metrics.get("score"),
                "kl_coef_final": result.last_metrics.get("kl_coef"), **evals}
     checkpoint.write_json_atomic(ctx.workdir / "ppo" / "samples.json", samples)
