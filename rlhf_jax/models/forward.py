@@ -220,7 +220,8 @@ def rows_by_length(fn, arrays_NxT, end_N, batch_size: int, bucket: int = LENGTH_
     its first row, so a jitted fn compiles once per width. fn's outputs (a pytree with the batch
     as leading axis) come back in input order.
     """
-    N, T = np.shape(arrays_NxT[0])[:2]
+    arrays_NxT = [np.asarray(a) for a in arrays_NxT]  # on the host once (device arrays copied once, not per batch)
+    N, T = arrays_NxT[0].shape[:2]
     batch_size = max(1, min(batch_size, N))
     order = np.argsort(end_N, kind="stable")
     outs = []
@@ -230,7 +231,7 @@ def rows_by_length(fn, arrays_NxT, end_N, batch_size: int, bucket: int = LENGTH_
         n = len(rows)
         rows = np.concatenate([rows, np.full(batch_size - n, rows[0])])
         width = min(T, -(-max(int(np.max(end_N[rows])), 1) // bucket) * bucket)
-        out = fn(*(np.asarray(a)[rows, :width] for a in arrays_NxT))
+        out = fn(*(a[rows, :width] for a in arrays_NxT))
         outs.append(jax.tree.map(lambda x: np.asarray(x)[:n], out))
     inverse = np.argsort(order, kind="stable")
     return jax.tree.map(lambda *parts: np.concatenate(parts)[inverse], *outs)
