@@ -70,17 +70,6 @@ def _max_len(model) -> int | None:
     return model.cfg.max_seq_len if model.cfg.position == "learned" else None
 
 
-def _run_batches(fn: Callable, rows: int, batch_size: int, make_batch: Callable) -> list:
-    """Call fn on batches of exactly batch_size rows (short batches filled with row 0's copies)."""
-    outs = []
-    for start in range(0, rows, batch_size):
-        idx = np.arange(start, min(start + batch_size, rows))
-        fill = np.concatenate([idx, np.full(batch_size - len(idx), idx[0])])
-        out = fn(*make_batch(fill))
-        outs.append(jax.tree.map(lambda x: np.asarray(x)[:len(idx)], out))
-    return outs
-
-
 def _by_length(fn: Callable, seqs: Sequence[Sequence[int]], batch_size: int, pad_id: int, left: bool = False,
                row_args: Sequence[np.ndarray] = ()):
     """fn(tokens_BxT, mask_BxT, *row_args_B) over length-sorted batches, results in input order.
@@ -97,7 +86,7 @@ def _by_length(fn: Callable, seqs: Sequence[Sequence[int]], batch_size: int, pad
         tokens, mask = pad([seqs[i] for i in rows], pad_id, _bucket(max(len(seqs[i]) for i in rows)))
         return (tokens, mask, *(np.asarray(a)[rows] for a in row_args))
 
-    outs = _run_batches(fn, len(seqs), batch_size, make_batch)
+    outs = F.fixed_batches(fn, len(seqs), batch_size, make_batch)
     inverse = np.argsort(order, kind="stable")
     return jax.tree.map(lambda *parts: np.concatenate(parts)[inverse], *outs)
 
@@ -166,5 +155,5 @@ def text_token_features(model, tokenizer, texts: Sequence[str], batch_size: int 
     ids = _encode_texts(tokenizer, texts, min(max_len, _max_len(model) or max_len))
     tokens_NxT, mask_NxT = pad_right(ids, tokenizer.pad_token_id or 0, _bucket(max(map(len, ids))))
     fn = functools.partial(token_features, model.graphdef, model.params)
-    hidden = np.concatenate(_run_batches(fn, len(ids), batch_size, lambda i: (tokens_NxT[i], mask_NxT[i])))
+    hidden = np.concatenate(F.fixed_batches(fn, len(ids), batch_size, lambda i: (tokens_NxT[i], mask_NxT[i])))
     return hidden, mask_NxT

@@ -19,6 +19,8 @@ Logits, log-probabilities and scores are float32 whatever the compute dtype.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
@@ -210,6 +212,19 @@ def row_ends(*masks_NxT) -> np.ndarray:
     return np.where(any_NxT.any(1), T - np.argmax(any_NxT[:, ::-1], 1), 0)
 
 
+def fixed_batches(fn: Callable, rows: int, batch_size: int, make_batch: Callable) -> list:
+    """fn(*make_batch(idx)) on batches of exactly batch_size row indices (a short last batch
+    filled with copies of its first row, so a jitted fn keeps one shape); outputs cut back to the
+    batch's real rows."""
+    outs = []
+    for start in range(0, rows, batch_size):
+        idx = np.arange(start, min(start + batch_size, rows))
+        fill = np.concatenate([idx, np.full(batch_size - len(idx), idx[0])])
+        out = fn(*make_batch(fill))
+        outs.append(jax.tree.map(lambda x: np.asarray(x)[:len(idx)], out))
+    return outs
+
+
 def rows_by_length(fn, arrays_NxT, end_N, batch_size: int, bucket: int = LENGTH_BUCKET):
     """fn(*batch) over batches of `batch_size` rows of arrays_NxT, the rows taken in order of
     end_N (where each row's real tokens end) and each batch cut after its longest row, rounded
@@ -224,15 +239,14 @@ def rows_by_length(fn, arrays_NxT, end_N, batch_size: int, bucket: int = LENGTH_
     N, T = arrays_NxT[0].shape[:2]
     batch_size = max(1, min(batch_size, N))
     order = np.argsort(end_N, kind="stable")
-    outs = []
-    for start in range(0, N, batch_size):
+
+    def make_batch(fill):
         signals.check("scoring")
-        rows = order[start:start + batch_size]
-        n = len(rows)
-        rows = np.concatenate([rows, np.full(batch_size - n, rows[0])])
+        rows = order[fill]
         width = min(T, -(-max(int(np.max(end_N[rows])), 1) // bucket) * bucket)
-        out = fn(*(a[rows, :width] for a in arrays_NxT))
-        outs.append(jax.tree.map(lambda x: np.asarray(x)[:n], out))
+        return tuple(a[rows, :width] for a in arrays_NxT)
+
+    outs = fixed_batches(fn, N, batch_size, make_batch)
     inverse = np.argsort(order, kind="stable")
     return jax.tree.map(lambda *parts: np.concatenate(parts)[inverse], *outs)
 
