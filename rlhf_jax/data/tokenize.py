@@ -52,6 +52,16 @@ class TokenizeConfig:
     add_eos: bool = True
 
 
+class Unfinished(str):
+    """The text of a sampled response that stopped at the length limit, before any EOS.
+
+    Encoded without the EOS that `encode_example` appends to a finished response, so a reward
+    model reads it at its last sampled token: the text judges then score what PPO's rewards and
+    best-of-n score on the sampled tokens, not an EOS the policy never produced. It is a `str`
+    everywhere else (an LLM judge, ROUGE, a JSON file see plain text)."""
+    __slots__ = ()
+
+
 @dataclasses.dataclass
 class TruncationStats:
     examples: int = 0
@@ -130,9 +140,11 @@ def encode_chat(tokenizer, messages, cfg: TokenizeConfig) -> tuple[list[int], li
 
 def encode_example(tokenizer, prompt, response: str, cfg: TokenizeConfig,
                    stats: TruncationStats | None = None) -> tuple[list[int], list[int]]:
-    """(ids, loss_mask) of prompt + response (+ EOS), truncated by the policy above."""
+    """(ids, loss_mask) of prompt + response (+ EOS, unless the response is `Unfinished`),
+    truncated by the policy above."""
     p = encode_prompt(tokenizer, prompt, cfg)
-    r = _encode(tokenizer, response) + (_eos(tokenizer) if cfg.add_eos else [])
+    r = _encode(tokenizer, response) + (_eos(tokenizer) if cfg.add_eos and not isinstance(response, Unfinished)
+                                        else [])
     return truncate(p, r, cfg, stats)
 
 
@@ -196,6 +208,15 @@ def decode(tokenizer, tokens_BxT, mask_BxT) -> list[str]:
     """The text of each row's real tokens (mask > 0), special tokens dropped."""
     return [tokenizer.decode([int(t) for t, m in zip(row, mrow) if m], skip_special_tokens=True)
             for row, mrow in zip(np.asarray(tokens_BxT), np.asarray(mask_BxT))]
+
+
+def decode_sampled(tokenizer, response_BxN, mask_BxN) -> tuple[list[str], np.ndarray]:
+    """(texts, ended_B) of sampled responses: `decode`'s texts, those with no EOS among their real
+    tokens marked `Unfinished` (a reward model reads them at their last token, as on the tokens)."""
+    response, mask = np.asarray(response_BxN), np.asarray(mask_BxN)
+    ended = ((response == tokenizer.eos_token_id) & (mask > 0)).any(1)
+    texts = decode(tokenizer, response, mask)
+    return [t if e else Unfinished(t) for t, e in zip(texts, ended)], ended
 
 
 def pad_values(seqs: Sequence[Sequence[int]], length: int, fill: int = 0) -> np.ndarray:

@@ -106,9 +106,9 @@ class GoldReward(SequenceReward):
         self.fn, self.tokenizer = fn, tokenizer
 
     def host_scores(self, prompt_BxP, prompt_mask_BxP, response_BxN, response_mask_BxN) -> np.ndarray:
-        from rlhf_jax.data.tokenize import decode
+        from rlhf_jax.data.tokenize import decode, decode_sampled
         prompts = decode(self.tokenizer, prompt_BxP, prompt_mask_BxP)
-        responses = decode(self.tokenizer, response_BxN, response_mask_BxN)
+        responses, _ = decode_sampled(self.tokenizer, response_BxN, response_mask_BxN)
         return np.asarray(self.fn(prompts, responses), np.float64)
 
     def rewards(self, params, tokens_BxT, mask_BxT, n_prompt: int):
@@ -167,7 +167,8 @@ def score_split(values_fn, params, prompts, responses, rows: int = 16, max_row: 
 
 def score_texts(values_fn, params, tokenizer, tcfg, prompts, responses, rows: int = 16) -> np.ndarray:
     """`score_split` of (prompt, response) texts encoded as an RM's pairs (prompt, response, EOS:
-    `tokenize.encode_split`): the text judges' scores (the `rm` judge, the `rm:` gold)."""
+    `tokenize.encode_split`; no EOS after an `Unfinished` response, which is read at its last
+    token): the text judges' scores (the `rm` judge, the `rm:` gold)."""
     from rlhf_jax.data.tokenize import encode_split
     split = [encode_split(tokenizer, p, r, tcfg) for p, r in zip(prompts, responses)]
     return score_split(values_fn, params, [p for p, _ in split], [r for _, r in split], rows)

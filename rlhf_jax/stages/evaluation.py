@@ -26,7 +26,7 @@ from rlhf_jax import checkpoint, distributed, signals
 from rlhf_jax import workdir as workdirs
 from rlhf_jax.data import corpora, synthetic
 from rlhf_jax.data.run_data import read_source
-from rlhf_jax.data.tokenize import decode, prompt_arrays
+from rlhf_jax.data.tokenize import decode_sampled, prompt_arrays
 from rlhf_jax.eval.benchmarks import alpaca_eval_records
 from rlhf_jax.eval.eval_report import flatten_numbers, plot_win_rates, write_eval_report
 from rlhf_jax.eval.judges import FunctionJudge, LLMJudge
@@ -160,8 +160,8 @@ def generator(ctx, baseline: Policy):
         s = sample_rows(policy.model.graphdef, policy.model.params, arrays["tokens"], arrays["mask"], 1, cfg,
                         seed=ctx.config.seed * 53 + 11, chunk=e.batch_size)
         mask = s["response_mask"]
-        out = {"texts": decode(tok, s["response"], mask), "lengths": mask.sum(1).astype(float),
-               "eos": ((s["response"] == tok.eos_token_id) & (mask > 0)).any(1)}
+        texts, ended = decode_sampled(tok, s["response"], mask)  # the text judges read a cut one at its last token
+        out = {"texts": texts, "lengths": mask.sum(1).astype(float), "eos": ended}
         if e.temperature > 0 and policy is not baseline and policy.model.graphdef == baseline.model.graphdef:
             kl = jax.jit(lambda p, q, *a: sequence_kl(policy.model.graphdef, p, q, *a, e.temperature))
             out["kl_to_baseline"] = np.concatenate([

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rlhf_jax.context import build_context
-from rlhf_jax.data.tokenize import encode_example, pad_right
+from rlhf_jax.data.tokenize import Unfinished, decode_sampled, encode_example, pad_right
 from rlhf_jax.errors import UserError
 from rlhf_jax.rewards import score_in_chunks
 from rlhf_jax.rewards.rm_gold import RMGoldReward
@@ -42,6 +42,35 @@ def test_rm_gold_scores_as_the_source_run_scores(gold_workdir, tmp_path):
     np.testing.assert_allclose(gold.host_scores(tokens[:, :n_prompt], mask[:, :n_prompt], tokens[:, n_prompt:],
                                                 mask[:, n_prompt:]), want, rtol=1e-5, atol=1e-6)
     assert np.ptp(want) > 0  # not a constant: the comparison could fail
+
+
+def test_a_cut_response_is_read_at_its_last_token_by_text_and_by_tokens(gold_workdir, tmp_path):
+    """One readout rule: a sampled response with no EOS is scored at its last sampled token, whether
+    the judge gets its tokens (PPO's rewards, best-of-n, host_scores) or its decoded text (the
+    evaluation's text judges); a finished one, at its EOS, both ways."""
+    ctx = build_context(micro(**{"data.gold": f"rm:{gold_workdir}"}), tmp_path / "other", use_wandb=False)
+    gold, tok, tcfg = gold_reward(ctx), ctx.tokenizer, ctx.data.tcfg
+    prompts = [r["prompt"] for r in ctx.data.records("eval_prompts")[:4]]
+    bodies = ["1 2 3", "3 2 1", "9 9", "2"]
+    pad = tok.pad_token_id or 0
+    prompt_ids = [encode_example(tok, p, "", tcfg)[0][:-1] for p in prompts]  # the prompt alone (no EOS)
+    # rows 0 and 2 ended (EOS sampled), rows 1 and 3 cut at the limit
+    response_ids = [tok.encode(b, add_special_tokens=False) + ([tok.eos_token_id] if i % 2 == 0 else [])
+                    for i, b in enumerate(bodies)]
+    n = max(map(len, response_ids))
+    p_tok, p_mask = pad_right(prompt_ids, pad)
+    r_tok, r_mask = pad_right(response_ids, pad, n)
+    texts, ended = decode_sampled(tok, r_tok, r_mask)
+    assert ended.tolist() == [True, False, True, False]
+    assert [isinstance(t, Unfinished) for t in texts] == [False, True, False, True] and texts == bodies
+    by_text = gold.fn(prompts, texts)
+    # the token path: each row's real tokens, read at the last one
+    want = score_in_chunks(gold.model, gold.params, *pad_right([p + r for p, r in zip(prompt_ids, response_ids)], pad), 0)
+    np.testing.assert_allclose(by_text, want, rtol=1e-5, atol=1e-6)
+    # read with an appended EOS instead, the cut rows score otherwise (the comparison above could fail)
+    with_eos = gold.fn(prompts, [str(t) for t in texts])
+    np.testing.assert_allclose(with_eos[[0, 2]], want[[0, 2]], rtol=1e-5, atol=1e-6)
+    assert np.abs(with_eos[[1, 3]] - want[[1, 3]]).min() > 1e-3
 
 
 def test_rm_gold_needs_a_finished_rm(tmp_path):
