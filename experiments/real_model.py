@@ -58,6 +58,7 @@ from rlhf_jax.workdir import launches  # noqa: E402
 NAME = "real_model"
 CONFIG = "experiments/configs/real_model.py"
 POLICIES = ("start", "ppo", "dpo")
+FORMS = {"chat": "real_model_chat", "transcript": NAME}  # --form: the runs' and results' name
 EVAL_SETS = {"evaluate.policies": "start=stage:sft,ppo=stage:ppo,dpo=stage:dpo", "evaluate.baseline": "start",
              "evaluate.suites": "rm_pairs,generation,truthfulqa", "evaluate.judges": "gold,rm"}
 LAYOUT_KEYS = ("data.rm_train", "data.rm_val", "data.prompts", "data.n_rankings", "data.n_prompts",
@@ -496,11 +497,15 @@ def main(argv=None) -> int:
                    help="the assumed seconds of one padded step of 8 pairs at the cpu size (an RM step without "
                         "rm.pack), for the printed estimate (default 10: 9.5-11 s measured on a 2-core AVX-512 Xeon; "
                         "18.5 s on a 2-core AVX2 EPYC; docs/benchmarks.md)")
+    p.add_argument("--form", choices=FORMS, default="chat",
+                   help="chat (default): the HH conversations in the model's chat template, 64 new tokens, runs and "
+                        "results named real_model_chat; transcript: the raw 'Human: ... Assistant:' text, 32 new "
+                        "tokens (the first seed-0 runs), named real_model")
     p.add_argument("--so_far", action="store_true",
                    help="start nothing: report what the finished stages show (the RMs beside TRL's, best-of-n by "
                         "seed) in <results>/real_model_so_far.json")
     args = p.parse_args(argv)
-    run = T.setup(args, NAME, argv=argv)
+    run = T.setup(args, NAME, argv=argv, tag=FORMS[args.form])
     seeds = run.seeds
     gold_seeds = T.parse_seeds(args.gold_seeds) if args.gold_seeds else seeds[:1]
     if args.so_far:
@@ -510,7 +515,7 @@ def main(argv=None) -> int:
         T.write_json(path, res)
         print(f"{res['table_md']}\n  {path}", flush=True)
         return 0
-    size = "smoke" if args.smoke else "cpu"
+    size = ("smoke" if args.smoke else "cpu") + (",chat" if args.form == "chat" else "")
     cfg = {role: f"{CONFIG}:{role},{size}" for role in ("proxy", "gold")}
     module = _config_module()
     configs = {role: module.get_config(f"{role},{size}") for role in cfg}
@@ -576,9 +581,9 @@ def main(argv=None) -> int:
                         "a proxy for human judgement, not human judgement",
            "intervals": "over seeds: mean, std, n, 95% t-interval; per_seed_interval: each seed's bootstrap "
                         "interval over held-out prompts (generation, TruthfulQA) or pairs (rm_pairs)",
-           "scoring_note": "bon and the PPO curve score the sampled tokens (a response cut at max_new_tokens has no "
-                           "EOS); the eval stage's judges score the decoded text re-tokenised with an EOS, as the RMs "
-                           "were trained: the figure's diamonds and curves can differ by that",
+           "scoring_note": "every reward model reads a response at its last token: its EOS when it ended, its last "
+                           "sampled token when it was cut at max_new_tokens (the text judges of the eval stage too: "
+                           "tokenize.Unfinished)",
            "trl_reward_trainer": trl, **res, "table_md": md,
            "figure": str(run.png_path.relative_to(ROOT)) if run.png_path.is_relative_to(ROOT) else str(run.png_path),
            "runs": {k: rec.records[k] for k in ("gold", *sweeps)}}

@@ -19,6 +19,9 @@ Variants (comma-separated):
   cpu     (default) configs/instructgpt.py:smollm2_hh,cpu: 160-token pairs, batch 8, LoRA rank 8
   smoke   a random-init Llama-shaped decoder (2 layers, d_model 32, GPT-2 tokenizer) on the same
           HH rows at a few steps: the whole chain in CI, where the GGUF is absent
+  chat    the HH conversations as chat messages (corpus:hh_rlhf?form=chat) in the model's own template,
+          and 64 new tokens: a chat model then answers and stops (without it, the prompts are the raw
+          "Human: ... Assistant:" transcripts and 32 new tokens, the setting of the first seed-0 runs)
   seed<N> config.seed = N (for tools that take a config and no overrides: tools/trl_reward_baseline.py)
 
 Every run starts from the base model: stage sft is one LoRA step at learning rate 0 (the first
@@ -35,6 +38,7 @@ VARIANTS = Variants("experiments/configs/real_model.py", {
     "gold": "the gold RM on its own pairs",
     "cpu": "SmolLM2-135M-Instruct at the 2-core CPU size (default)",
     "smoke": "a random-init tiny decoder with the GPT-2 tokenizer, a few steps",
+    "chat": "the HH conversations in the model's chat template, 64 new tokens",
 }, numeric={"seed": "config.seed"})
 
 SOURCE = "corpus:hh_rlhf"
@@ -44,13 +48,13 @@ LAYOUT = {"heldout": (0, 200), "proxy": (200, 1200), "gold": (1200, 1992)}
 SMOKE_PAIRS = {"heldout": 16, "proxy": 32, "gold": 48}  # rows of each part at the smoke size (see `part`)
 
 
-def part(name: str, n: int | None = None) -> str:
+def part(name: str, n: int | None = None, source: str = SOURCE) -> str:
     """The source spec of a part, or of n of its rows: the first n, the last n of the held-out
     part (its prompts end where PPO's begin: data.prompts is one contiguous slice)."""
     start, stop = LAYOUT[name]
     if n is not None:
         start, stop = (max(start, stop - n), stop) if name == "heldout" else (start, min(stop, start + n))
-    return f"{SOURCE}[{start}:{stop}]"
+    return f"{source}[{start}:{stop}]"
 
 
 def layout(c) -> dict:
@@ -89,13 +93,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.sampling.max_new_tokens = 6
         c.log.wandb = "disabled"
     n_eval = 8 if smoke else 64
+    chat = "chat" in variants
+    # the same rows in either form (corpora.hh_rlhf): the layout holds for both
+    source = SOURCE + "?form=chat" if chat else SOURCE
+    if chat and not smoke:
+        # a chat model's answers: in 16 held-out conversations in SmolLM2's template, 7 ended within 64 sampled
+        # tokens at temperature 1 (raw transcripts: 1 within 32); longer answers cost decoding time in every stage
+        c.sampling.max_new_tokens = 64
+    if chat and smoke:  # the GPT-2 tokenizer has no chat template of its own
+        c.data.template = "chatml"
     c.sampling.sampler = "inverse_cdf"  # the same distribution; a Gumbel draw over ~50k tokens is most of a CPU step
     # the parts (module docstring): held-out pairs and prompts, the proxy's or the gold's training pairs
-    c.data.rm_val = part("heldout", n["heldout"])
-    c.data.rm_train = part(role, n[role])
+    c.data.rm_val = part("heldout", n["heldout"], source)
+    c.data.rm_train = part(role, n[role], source)
     c.data.n_rankings = (n[role] or LAYOUT[role][1] - LAYOUT[role][0])
     held, proxy = LAYOUT["heldout"][1], LAYOUT["proxy"]  # held-out prompts end where the proxy rows begin
-    c.data.prompts = f"{SOURCE}[{held - n_eval}:{proxy[0] + (n['proxy'] or proxy[1] - proxy[0])}]"
+    c.data.prompts = f"{source}[{held - n_eval}:{proxy[0] + (n['proxy'] or proxy[1] - proxy[0])}]"
     c.heldout.update(n_prompts=n_eval, temperature=1.0, n_report_samples=4)
     # the start: stage sft leaves the base model as it is (one LoRA step at the warmup's learning rate 0)
     batch = 8  # also a multiple of the 8 fake devices the tests run under

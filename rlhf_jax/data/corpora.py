@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,24 @@ def split_hh(dialogue: str) -> tuple[str, str]:
     return dialogue[:cut], dialogue[cut:].strip()
 
 
-def _hh_row(row) -> dict:
+HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+HH_FORMS = ("transcript", "chat")
+
+
+def hh_messages(prompt: str) -> list[dict]:
+    """The turns of an HH prompt ("\n\nHuman: ... \n\nAssistant:") as chat messages (Human ->
+    user, Assistant -> assistant), the final empty Assistant turn left for the generation prompt."""
+    parts = HH_TURN.split(prompt)
+    if parts[0].strip():
+        raise FieldError("chosen", "has text before its first '\\n\\nHuman:' turn", reason="text_before_first_turn")
+    turns = [{"role": "user" if who == "Human" else "assistant", "content": text.strip()}
+             for who, text in zip(parts[1::2], parts[2::2])]
+    if turns[-1] != {"role": "assistant", "content": ""}:  # split_hh cut the prompt after its last "Assistant:"
+        raise FieldError("chosen", "its prompt does not end in an empty Assistant turn", reason="no_assistant_turn")
+    return turns[:-1]
+
+
+def _hh_row(row, form: str = "transcript") -> dict:
     for field in ("chosen", "rejected"):
         if not isinstance(row.get(field), str):
             raise FieldError(field, "missing or not a string", reason="missing_" + field)
@@ -57,12 +75,18 @@ def _hh_row(row) -> dict:
     if prompt != prompt_r:
         raise FieldError("rejected", "its dialogue differs from chosen before the final reply",
                          reason="prompt_mismatch")
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    return {"prompt": hh_messages(prompt) if form == "chat" else prompt, "chosen": chosen, "rejected": rejected}
 
 
-def hh_rlhf(data_dir=None, *, policy: str = "error", name: str = "hh_rlhf_harmless_base_test.jsonl.gz"):
+def hh_rlhf(data_dir=None, *, policy: str = "error", name: str = "hh_rlhf_harmless_base_test.jsonl.gz",
+            form: str = "transcript"):
+    """HH-RLHF pairs. form="transcript": the prompt is the dialogue text up to its last
+    "Assistant:" (as the dataset stores it); form="chat": the same turns as chat messages, which a
+    chat model reads in its own template ("corpus:hh_rlhf?form=chat"). Both keep the same rows."""
+    if form not in HH_FORMS:
+        raise ValueError(f"hh_rlhf: form={form!r} is not one of {list(HH_FORMS)}")
     path = data_file(name, data_dir)
-    return validate_rows(iter_rows(path), "pair", str(path), policy=policy, transform=_hh_row)
+    return validate_rows(iter_rows(path), "pair", str(path), policy=policy, transform=lambda r: _hh_row(r, form))
 
 
 def _oasst_walk(node: dict, history: list[dict], out_rank: list, out_sft: list, on_top_path: bool) -> None:

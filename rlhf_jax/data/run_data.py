@@ -60,7 +60,14 @@ def read_source(spec: str, kind: str, policy: str) -> list[dict]:
 def _read_whole(spec: str, kind: str, policy: str) -> list[dict]:
     if spec.startswith("corpus:"):
         name, _, query = spec[7:].partition("?")
-        records, report = corpora.READERS[name](policy=policy, **reader_arguments(query))
+        if name not in corpora.READERS:
+            raise UserError(f"data source {spec!r}: no corpus reader {name!r}; the readers: {sorted(corpora.READERS)}")
+        try:
+            records, report = corpora.READERS[name](policy=policy, **reader_arguments(query))
+        except UserError:
+            raise
+        except (TypeError, ValueError) as err:  # an argument the reader does not take, or a value it refuses
+            raise UserError(f"data source {spec!r}: {err}") from err
     else:
         records, report = read_records(Path(spec).expanduser(), kind, policy=policy)
     if not report.logged:  # a summary with skips was logged as a warning where the rows were read

@@ -25,6 +25,26 @@ def test_hh_rlhf_splits_dialogues_and_reports_bad_rows():
         C.hh_rlhf()
 
 
+def test_hh_rlhf_as_chat_messages_keeps_every_row_and_turn():
+    """form=chat: the same rows and replies, the prompt's turns as user / assistant messages that the
+    `hh` template renders back to the transcript (up to whitespace around a turn's text)."""
+    text, _ = C.hh_rlhf(policy="skip")
+    chat, report = C.hh_rlhf(policy="skip", form="chat")
+    assert report.kept == 1992 and [(r["chosen"], r["rejected"]) for r in chat] == \
+        [(r["chosen"], r["rejected"]) for r in text]
+    first = chat[0]["prompt"]
+    assert first[0] == {"role": "user", "content": "what are some pranks with a pen i can do?"}
+    assert first[-1] == {"role": "user", "content": "okay some of these do not have anything to do with pens"}
+    assert [m["role"] for m in first] == ["user", "assistant"] * (len(first) // 2) + ["user"]
+    from rlhf_jax.data.tokenize import _render_named
+    back = ["".join(t for t, _ in _render_named(r["prompt"], "hh", True)) for r in chat]
+    same = [b == t["prompt"] + " " for b, t in zip(back, text)]
+    assert sum(same) == 1988  # the other 4 carry spaces or newlines at the edge of a turn's text
+    assert all(b.split() == (t["prompt"]).split() for b, t in zip(back, text))
+    with pytest.raises(ValueError, match=r"form='html' is not one of \['transcript', 'chat'\]"):
+        C.hh_rlhf(form="html")
+
+
 def test_oasst_rankings_and_top_paths():
     rankings, report = C.oasst_rankings()
     assert len(rankings) == 212 and report.skipped == {}

@@ -45,6 +45,16 @@ def test_read_source_slices(tmp_path):
             read_source(path + bad, "preference", "error")
 
 
+@pytest.mark.parametrize("spec, words", [
+    ("corpus:nope", r"no corpus reader 'nope'; the readers: \[.*'hh_rlhf'"),
+    ("corpus:hh_rlhf?form=html", r"'corpus:hh_rlhf\?form=html': hh_rlhf: form='html' is not one of"),
+    ("corpus:hh_rlhf?colour=1[0:4]", r"'corpus:hh_rlhf\?colour=1': .*unexpected keyword argument 'colour'"),
+])
+def test_a_bad_corpus_spec_is_refused_naming_it(spec, words):
+    with pytest.raises(UserError, match=words):  # before any file is read: no data directory needed
+        read_source(spec, "pair", "error")
+
+
 def test_a_load_report_reaches_the_output_once(tmp_path, capsys, caplog):
     path = _pairs(tmp_path, 4)
     read_source(path, "preference", "skip")

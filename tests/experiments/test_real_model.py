@@ -45,7 +45,7 @@ def test_no_data_directory_stops_before_any_run(tmp_path, monkeypatch):
 def test_the_configs_parts_are_disjoint():
     rm = _load()
     module = rm._config_module()
-    for size in ("cpu", "smoke"):
+    for size in ("cpu", "smoke", "cpu,chat", "smoke,chat"):
         proxy, gold = (module.layout(module.get_config(f"{role},{size}")) for role in ("proxy", "gold"))
         parts = rm.check_layout(proxy, gold)
         assert parts["heldout_pairs"][1] <= parts["proxy_pairs"][0]
@@ -53,6 +53,9 @@ def test_the_configs_parts_are_disjoint():
     full = module.get_config("proxy,cpu")
     assert full.data.n_rankings == 1000 and full.data.rm_train == "corpus:hh_rlhf[200:1200]"
     assert module.get_config("gold,cpu").data.rm_train == "corpus:hh_rlhf[1200:1992]"
+    chat = module.get_config("proxy,cpu,chat")  # the same rows, as chat messages, and longer answers
+    assert chat.data.rm_train == "corpus:hh_rlhf?form=chat[200:1200]" and chat.sampling.max_new_tokens == 64
+    assert module.layout(chat) == module.layout(full) and chat.evaluate.max_new_tokens == 64
 
 
 def test_the_estimate_prices_packed_rm_steps():
@@ -89,8 +92,8 @@ def test_real_model_smoke(tmp_path, shared_data):
     done = subprocess.run([sys.executable, str(ROOT / "experiments" / "real_model.py"), "--smoke", "--out",
                            str(tmp_path / "runs")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    out = json.loads((tmp_path / "runs" / "real_model_smoke.json").read_text())
-    assert (tmp_path / "runs" / "real_model_smoke.png").stat().st_size > 10_000
+    out = json.loads((tmp_path / "runs" / "real_model_chat_smoke.json").read_text())
+    assert (tmp_path / "runs" / "real_model_chat_smoke.png").stat().st_size > 10_000
     assert out["mode"] == "smoke" and out["seeds"] == [0, 1] and out["gold_seeds"] == [0]
     assert out["trl_reward_trainer"]["status"] in ("ran", "skipped: trl not installed")
     trl_ran = out["trl_reward_trainer"]["status"] == "ran"  # where trl imports: one more command per seed
@@ -101,7 +104,9 @@ def test_real_model_smoke(tmp_path, shared_data):
     gold_dir = runs / "gold" / "base" / "seed_0"
     cfg = json.loads((runs / "eval" / "base" / "seed_1" / "config.json").read_text())["config"]
     assert cfg["data.gold"] == f"rm:{gold_dir}"
-    assert json.loads((gold_dir / "config.json").read_text())["config"]["data.rm_train"] == "corpus:hh_rlhf[1200:1248]"
+    # the default form: the conversations as chat messages, in a chat template
+    run_cfg = json.loads((gold_dir / "config.json").read_text())["config"]
+    assert run_cfg["data.rm_train"] == "corpus:hh_rlhf?form=chat[1200:1248]" and run_cfg["data.template"] == "chatml"
     # numbers over seeds are the runs' own: the proxy RM's accuracy and best-of-n's curves
     accs = [json.loads((runs / "proxy" / "base" / f"seed_{s}" / "rm" / "summary.json").read_text())["val_accuracy"]
             for s in (0, 1)]
@@ -176,8 +181,8 @@ def test_so_far_reports_the_finished_stages_and_starts_nothing(tmp_path):
         (runs / f"ppo/base/seed_{s}/ppo/metrics.jsonl").write_text("".join(
             json.dumps({"step": t, "kl": 0.5 * t + s, "score": t - 1.0, "gold_reward": 0.1 * t}) + "\n" for t in (1, 2, 3)))
     put("dpo/base/seed_1/dpo/summary.json", {**own(0.55, 0.1, 0.8), "wall_seconds": 1200.0, "val_reward_accuracy": 0.6})
-    assert rm.main(["--so_far", "--seeds", "0-3", "--out", str(runs), "--artifacts", str(out)]) == 0
-    res = json.loads((out / "real_model_so_far.json").read_text())
+    assert rm.main(["--so_far", "--seeds", "0-3", "--out", str(runs), "--artifacts", str(out)]) == 0  # the default form: chat
+    res = json.loads((out / "real_model_chat_so_far.json").read_text())
     assert res["proxy_rm"]["finished_seeds"] == [0, 1, 2] and res["trl_reward_trainer"]["finished_seeds"] == [0, 1]
     assert res["proxy_rm"]["val_accuracy"]["values"] == [0.6, 0.5, 0.7, None]
     assert res["proxy_rm"]["val_accuracy"]["mean"] == pytest.approx(0.6)
