@@ -248,11 +248,11 @@ def test_the_cpu_size_runs_every_stage_on_the_real_model(tmp_path, shared_data):
     if not smollm2_path().exists():
         pytest.skip(f"{smollm2_path()} absent: run tools/fetch_smollm2.py first")
     config = ROOT / "experiments" / "configs" / "real_model.py"
-    few = ("data.n_sft=16", "data.n_rankings=16", "data.rm_val=corpus:hh_rlhf[0:8]", "data.val_fraction=0.004",
-           "rm.steps=2")
-    gold = _cli(f"{config}:gold,cpu", tmp_path / "gold", "stages=sft,rm", *few)
+    few = ("data.n_sft=16", "data.n_rankings=16", "data.rm_val=corpus:hh_rlhf?form=chat[0:8]",
+           "data.val_fraction=0.004", "rm.steps=2")
+    gold = _cli(f"{config}:gold,cpu,chat", tmp_path / "gold", "stages=sft,rm", *few)  # the default form
     assert gold["rm"]["steps"] == 2 and 0.0 <= gold["rm"]["val_accuracy"] <= 1.0
-    s = _cli(f"{config}:proxy,cpu", tmp_path / "proxy", "stages=sft,rm,ppo,dpo,eval,bon",
+    s = _cli(f"{config}:proxy,cpu,chat", tmp_path / "proxy", "stages=sft,rm,ppo,dpo,eval,bon",
              f"data.gold=rm:{tmp_path / 'gold'}", *few, "data.n_prompts=8", "heldout.n_prompts=8",
              "ppo.iterations=2", "dpo.steps=2", "bon.n_samples=4", "bon.n_prompts=4", "evaluate.n_prompts=8",
              "evaluate.n_pairs=8", "evaluate.n_truthfulqa=4", "evaluate.bootstrap=200",
