@@ -58,24 +58,39 @@ class BatchIterator:
         return {k: v[rows] for k, v in self.arrays.items()}
 
 
-def eval_batches(arrays: dict[str, np.ndarray], batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """Every row in order, in batches of exactly `batch_size` (so one compilation serves all):
-    the last batch is filled with all-zero rows, which carry no weight in any held-out metric
-    (zero masks, no valid responses, no segment ends)."""
+def eval_batches(arrays: dict[str, np.ndarray], batch_size: int, ends: np.ndarray | None = None,
+                 bucket: int = 32) -> Iterator[dict[str, np.ndarray]]:
+    """Every row, in batches of exactly `batch_size` (so one compilation serves all): the last
+    batch is filled with all-zero rows, which carry no weight in any held-out metric (zero masks,
+    no valid responses, no segment ends).
+
+    With `ends` (one past each row's last real column; arrays [N, T], right-padded), the rows are
+    taken in order of length and each batch is cut after its longest row, rounded up to `bucket`
+    columns: short rows do not pay for the longest row's padding (one compilation per width). Only
+    for sums over rows of an evaluation that reads a row's columns before its end (causal models).
+    """
     n = len(next(iter(arrays.values())))
+    order = np.arange(n) if ends is None else np.argsort(np.asarray(ends), kind="stable")
     for i in range(0, n, batch_size):
-        batch = {k: v[i:i + batch_size] for k, v in arrays.items()}
-        short = batch_size - min(batch_size, n - i)
+        rows = order[i:i + batch_size]
+        batch = {k: v[rows] for k, v in arrays.items()}
+        if ends is not None:
+            T = next(iter(arrays.values())).shape[1]
+            width = min(T, -(-max(int(np.max(ends[rows])), 1) // bucket) * bucket)
+            batch = {k: v[:, :width] for k, v in batch.items()}
+        short = batch_size - len(rows)
         if short:
             batch = {k: np.concatenate([v, np.zeros((short, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
         yield batch
 
 
-def evaluate_all(evaluate, params, arrays: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
-    """`evaluate(params, batch) -> dict of numbers` over every held-out row (`eval_batches`);
-    returns each quantity stacked over batches (axis 0), for the caller to weigh and reduce."""
+def evaluate_all(evaluate, params, arrays: dict[str, np.ndarray], batch_size: int,
+                 ends: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """`evaluate(params, batch) -> dict of numbers` over every held-out row (`eval_batches`, cut
+    to each batch's length with `ends`); returns each quantity stacked over batches (axis 0), for
+    the caller to weigh and reduce."""
     out: dict[str, list] = {}
-    for batch in eval_batches(arrays, batch_size):
+    for batch in eval_batches(arrays, batch_size, ends):
         signals.check("evaluation")
         for k, v in evaluate(params, batch).items():
             out.setdefault(k, []).append(np.asarray(v, np.float64))

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 
 from rlhf_jax.data.batches import evaluate_all
-from rlhf_jax.models.forward import forward, model_config, shifted_logprobs
+from rlhf_jax.models.forward import forward, model_config, row_ends, shifted_logprobs
 from rlhf_jax.objectives.lm import masked_nll, next_token_loss, token_logprobs
 from rlhf_jax.train.lora import LoRAConfig
 from rlhf_jax.train.step import make_train_step
@@ -69,7 +69,9 @@ def make_sft_eval(graphdef):
 
 
 def validation_loss(evaluate, params, arrays, batch_size: int) -> dict[str, float]:
-    """Token-weighted NLL and perplexity over every held-out row."""
-    out = evaluate_all(evaluate, params, arrays, batch_size)
+    """Token-weighted NLL and perplexity over every held-out row (rows of similar length batched
+    together, each batch cut after its longest row: the same sums from fewer padded columns)."""
+    ends = row_ends(*(arrays[k] for k in ("segment_ids", "loss_mask") if k in arrays))
+    out = evaluate_all(evaluate, params, arrays, batch_size, ends)  # cut in LENGTH_BUCKET columns
     loss = float(np.sum(out["nll"])) / max(float(np.sum(out["tokens"])), 1.0)
     return {"val_loss": loss, "val_perplexity": float(jnp.exp(loss))}

@@ -260,6 +260,31 @@ def test_adamw_b2_and_eps_come_from_the_config_block():
     assert abs(default[1]) > 10 * abs(ours[1])
 
 
+def test_held_out_sft_loss_in_batches_cut_to_their_length():
+    """validation_loss takes rows in order of length and cuts each batch after its longest row
+    (32-column steps): the same token NLL as one uncut batch of every row, from narrower batches."""
+    import dataclasses
+    tcfg = dataclasses.replace(TCFG, max_len=100)  # rows of 10-16 tokens padded to 100 ...
+    records = synthetic.sft_records(WORLD, 21)
+    records[3] = {**records[3], "completion": " ".join([records[3]["completion"]] * 12)}  # ... and one of 42
+    model = init_model(CFG.replace(max_seq_len=128), seed=0)
+    arrays, _ = sft_arrays(records, TOK, tcfg)
+    ends = arrays["segment_ids"].astype(bool).sum(1)
+    assert ends.max() == 42 and np.sort(ends)[-2] <= 32  # one long row: the other batches can be cut
+    evaluate, widths = sft_lib.make_sft_eval(model.graphdef), []
+
+    def spy(params, batch):
+        widths.append(batch["tokens"].shape[1])
+        return evaluate(params, batch)
+
+    batched = sft_lib.validation_loss(spy, model.params, arrays, 8)
+    assert widths == [32, 32, 64]  # 21 rows in batches of 8: the longest in the last, cut at 64 of 100 columns
+    whole = evaluate(model.params, arrays)
+    chain = tol.decoder_chain(CFG.d_model, CFG.d_ff, CFG.n_layers, CFG.head_dim, tcfg.max_len)
+    rel = tol.f32(chain + CFG.vocab_size + int(whole["tokens"]))
+    assert batched["val_loss"] == pytest.approx(float(whole["nll"] / whole["tokens"]), rel=rel)
+
+
 def test_held_out_evaluation_covers_every_row():
     model = init_model(CFG, seed=0)
     arrays, _ = sft_arrays(synthetic.sft_records(WORLD, 37), TOK, TCFG)  # 37 = 2 x 16 + 5
