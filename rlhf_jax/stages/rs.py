@@ -8,7 +8,7 @@ from typing import Any
 import jax
 
 from rlhf_jax import checkpoint
-from rlhf_jax.data.tokenize import decode, sft_arrays
+from rlhf_jax.data.tokenize import decode_sampled, sft_arrays
 from rlhf_jax.eval.policy_eval import compare_policies
 from rlhf_jax.objectives import bon as bon_lib
 from rlhf_jax.stages.bon import score_samples
@@ -39,7 +39,8 @@ def run(ctx) -> dict[str, Any]:
     samples = sample(ctx, sft, prompts, c.n_samples, c.temperature, seed=ctx.config.seed * 37 + 6)
     proxy, _ = score_samples(ctx, samples, reward, rm, len(prompts))
     best = bon_lib.best_index(proxy)
-    texts = decode(ctx.tokenizer, samples["response"], samples["response_mask"])
+    # a kept sample cut at the length limit is trained without an EOS it never produced (tokenize.Unfinished)
+    texts, _ = decode_sampled(ctx.tokenizer, samples["response"], samples["response_mask"])
     records = [{"prompt": r["prompt"], "completion": texts[j * c.n_samples + int(best[j])]}
                for j, r in enumerate(prompts)]
     train_arrays, _ = sft_arrays(records, ctx.tokenizer, ctx.data.tcfg)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from rlhf_jax.data import synthetic
-from rlhf_jax.data.tokenize import (TokenizeConfig, TruncationStats, cached, encode_chat, encode_example,
-                                    encode_sft, pack, pad_left, pad_right)
+from rlhf_jax.data.tokenize import (TokenizeConfig, TruncationStats, Unfinished, cached, decode_sampled, encode_chat,
+                                    encode_example, encode_sft, pack, pad_left, pad_right, sft_arrays)
 from rlhf_jax.models import PRESETS, init_model
 from rlhf_jax.objectives.lm import token_logprobs
 from tests import tolerance as tol
@@ -24,6 +24,20 @@ def test_prompt_is_masked_and_eos_is_learned(world_tok):
     ids, mask = encode_example(world_tok, "sort 3 1 2 =>", "1 2 3", TokenizeConfig())
     assert world_tok.convert_ids_to_tokens(ids) == ["sort", "3", "1", "2", "=>", "1", "2", "3", "<eos>"]
     assert mask == [0, 0, 0, 0, 0, 1, 1, 1, 1]
+
+
+def test_an_unfinished_response_is_encoded_without_the_eos(world_tok):
+    """A sampled response cut at the length limit (`Unfinished`, from `decode_sampled`) keeps no EOS
+    in training rows or judged rows: the EOS is learned and read only where the policy produced it."""
+    tok = world_tok
+    ids = [tok.convert_tokens_to_ids(t) for t in ["1", "2", "3", "<eos>"]]
+    response = np.array([ids, ids[:3] + [0]])  # row 0 ended, row 1 cut after 3 tokens (then padding)
+    texts, ended = decode_sampled(tok, response, np.array([[1, 1, 1, 1], [1, 1, 1, 0]]))
+    assert ended.tolist() == [True, False] and texts == ["1 2 3", "1 2 3"]
+    assert not isinstance(texts[0], Unfinished) and isinstance(texts[1], Unfinished)
+    rows, _ = sft_arrays([{"prompt": "sort 3 1 2 =>", "completion": t} for t in texts], tok, TokenizeConfig(max_len=12))
+    eos = tok.convert_tokens_to_ids("<eos>")
+    assert [int((r == eos).sum()) for r in rows["tokens"]] == [1, 0] and rows["loss_mask"].sum(1).tolist() == [4, 3]
 
 
 def test_truncation_keeps_prompt_end_and_cuts_response(world_tok):
