@@ -58,8 +58,17 @@ class BatchIterator:
         return {k: v[rows] for k, v in self.arrays.items()}
 
 
+LENGTH_BUCKET = 32  # a batch cut to its own length is rounded up to this many columns (one compile per width)
+
+
+def cut_width(ends_of_rows, T: int, bucket: int = LENGTH_BUCKET) -> int:
+    """The columns a batch of rows ending at `ends_of_rows` needs: its longest row, rounded up to
+    `bucket`, at most T (at least one bucket, so an empty batch keeps a shape)."""
+    return min(T, -(-max(int(np.max(ends_of_rows)), 1) // bucket) * bucket)
+
+
 def eval_batches(arrays: dict[str, np.ndarray], batch_size: int, ends: np.ndarray | None = None,
-                 bucket: int = 32) -> Iterator[dict[str, np.ndarray]]:
+                 bucket: int = LENGTH_BUCKET) -> Iterator[dict[str, np.ndarray]]:
     """Every row, in batches of exactly `batch_size` (so one compilation serves all): the last
     batch is filled with all-zero rows, which carry no weight in any held-out metric (zero masks,
     no valid responses, no segment ends).
@@ -75,8 +84,7 @@ def eval_batches(arrays: dict[str, np.ndarray], batch_size: int, ends: np.ndarra
         rows = order[i:i + batch_size]
         batch = {k: v[rows] for k, v in arrays.items()}
         if ends is not None:
-            T = next(iter(arrays.values())).shape[1]
-            width = min(T, -(-max(int(np.max(ends[rows])), 1) // bucket) * bucket)
+            width = cut_width(ends[rows], next(iter(arrays.values())).shape[1], bucket)
             batch = {k: v[:, :width] for k, v in batch.items()}
         short = batch_size - len(rows)
         if short:

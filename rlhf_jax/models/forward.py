@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import signals
+from rlhf_jax.data.batches import LENGTH_BUCKET, cut_width
 from rlhf_jax.models.heads import last_token_index, last_token_values
 from rlhf_jax.models.model import apply
 from rlhf_jax.models.config import ModelConfig
@@ -202,7 +203,6 @@ def latents(graphdef, params, tokens_BxT, mask_BxT):
     return latent_posterior(graphdef, params, tokens_BxT, mask_BxT)[0]
 
 
-LENGTH_BUCKET = 32  # a batch cut to its own length is rounded up to this many columns (one compile per width)
 
 
 def row_ends(*masks_NxT) -> np.ndarray:
@@ -243,8 +243,7 @@ def rows_by_length(fn, arrays_NxT, end_N, batch_size: int, bucket: int = LENGTH_
     def make_batch(fill):
         signals.check("scoring")
         rows = order[fill]
-        width = min(T, -(-max(int(np.max(end_N[rows])), 1) // bucket) * bucket)
-        return tuple(a[rows, :width] for a in arrays_NxT)
+        return tuple(a[rows, :cut_width(end_N[rows], T, bucket)] for a in arrays_NxT)
 
     outs = fixed_batches(fn, N, batch_size, make_batch)
     inverse = np.argsort(order, kind="stable")

@@ -72,6 +72,6 @@ def validation_loss(evaluate, params, arrays, batch_size: int) -> dict[str, floa
     """Token-weighted NLL and perplexity over every held-out row (rows of similar length batched
     together, each batch cut after its longest row: the same sums from fewer padded columns)."""
     ends = row_ends(*(arrays[k] for k in ("segment_ids", "loss_mask") if k in arrays))
-    out = evaluate_all(evaluate, params, arrays, batch_size, ends)  # cut in LENGTH_BUCKET columns
+    out = evaluate_all(evaluate, params, arrays, batch_size, ends)
     loss = float(np.sum(out["nll"])) / max(float(np.sum(out["tokens"])), 1.0)
     return {"val_loss": loss, "val_perplexity": float(jnp.exp(loss))}
