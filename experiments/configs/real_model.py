@@ -97,8 +97,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # the same rows in either form (corpora.hh_rlhf): the layout holds for both
     source = SOURCE + "?form=chat" if chat else SOURCE
     if chat and not smoke:
-        # a chat model's answers: in 16 held-out conversations in SmolLM2's template, 7 ended within 64 sampled
-        # tokens at temperature 1 (raw transcripts: 1 within 32); longer answers cost decoding time in every stage
+        # room for a chat model to answer and stop (as a raw transcript no start response ended within 32 tokens:
+        # experiments/README.md); longer answers cost decoding time in every stage
         c.sampling.max_new_tokens = 64
     if chat and smoke:  # the GPT-2 tokenizer has no chat template of its own
         c.data.template = "chatml"
