@@ -34,7 +34,8 @@ the same proxy pairs, truncation and budget per seed (else the JSON says it was 
 Numbers over seeds are mean, std, n and the 95% t-interval (toolkit.stat); each seed's interval
 over prompts is kept beside them. Figure: gold and proxy reward against sqrt(KL) for best-of-n
 and PPO's iterations, with the eval stage's PPO and DPO points. Writes experiments/results/
-real_model.json and experiments/figures/real_model.png (with --smoke: into --out).
+NAME.json and experiments/figures/NAME.png, NAME real_model_chat (--form chat, the default) or
+real_model (--form transcript); with --smoke, into --out.
 """
 from __future__ import annotations
 
@@ -503,7 +504,7 @@ def main(argv=None) -> int:
                         "tokens (the first seed-0 runs), named real_model")
     p.add_argument("--so_far", action="store_true",
                    help="start nothing: report what the finished stages show (the RMs beside TRL's, best-of-n by "
-                        "seed) in <results>/real_model_so_far.json")
+                        "seed) in <results>/<name>_so_far.json (the --form's name)")
     args = p.parse_args(argv)
     run = T.setup(args, NAME, argv=argv, tag=FORMS[args.form])
     seeds = run.seeds

@@ -20,7 +20,7 @@ Variants (comma-separated):
   smoke   a random-init Llama-shaped decoder (2 layers, d_model 32, GPT-2 tokenizer) on the same
           HH rows at a few steps: the whole chain in CI, where the GGUF is absent
   chat    the HH conversations as chat messages (corpus:hh_rlhf?form=chat) in the model's own template,
-          and 64 new tokens: a chat model then answers and stops (without it, the prompts are the raw
+          and 64 new tokens, room for a chat model to answer and stop (without it, the prompts are the raw
           "Human: ... Assistant:" transcripts and 32 new tokens, the setting of the first seed-0 runs)
   seed<N> config.seed = N (for tools that take a config and no overrides: tools/trl_reward_baseline.py)
 
