@@ -6,6 +6,7 @@ where an uninterrupted one would have it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -88,6 +89,13 @@ def final_path(workdir: str | Path, stage: str) -> Path:
 
 def summary_path(workdir: str | Path, stage: str) -> Path:
     return Path(workdir) / stage / "summary.json"
+
+
+def summary_identity(workdir: str | Path, stage: str) -> str | None:
+    """A hash of the stage's summary.json, which every run of the stage writes anew (wall times
+    included): another run of it since gives another value. None when it has not finished."""
+    path = summary_path(workdir, stage)
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.exists() else None
 
 
 def write_json_atomic(path: Path, value) -> None:

@@ -187,15 +187,25 @@ def graphdef_cfg(graphdef, params):
 
 
 def sample_rows(graphdef, params, prompt_NxP, prompt_mask_NxP, copies: int, cfg: SamplingConfig, seed: int,
-                chunk: int = 512) -> dict[str, np.ndarray]:
+                chunk: int = 512, store=None) -> dict[str, np.ndarray]:
     """`copies` samples of each left-padded prompt (rows prompt-major), generated in chunks of
-    `chunk` rows: host arrays prompt, prompt_mask [N * copies, P], response, response_mask [N * copies, M]."""
+    `chunk` rows: host arrays prompt, prompt_mask [N * copies, P], response, response_mask [N * copies, M].
+
+    `store` (optional) keeps finished chunks: `store.load(first_row)` gives a chunk's (response,
+    response_mask) or None, `store.save(first_row, response, response_mask)` keeps one. A call
+    stopped by a signal between chunks and made again samples only the chunks not kept; a chunk's
+    random key depends on its first row only, so the rows equal an uninterrupted call's."""
     tokens, mask = np.repeat(prompt_NxP, copies, 0), np.repeat(prompt_mask_NxP, copies, 0)
     response, response_mask = [], []
     for i in range(0, len(tokens), chunk):
-        signals.check("sampling")
-        gen = generate(graphdef, params, tokens[i:i + chunk], mask[i:i + chunk], jax.random.key(seed + i), cfg)
-        response.append(np.asarray(gen.tokens_BxN))
-        response_mask.append(np.asarray(gen.mask_BxN))
+        kept = store.load(i) if store is not None else None
+        if kept is None:
+            signals.check("sampling")
+            gen = generate(graphdef, params, tokens[i:i + chunk], mask[i:i + chunk], jax.random.key(seed + i), cfg)
+            kept = np.asarray(gen.tokens_BxN), np.asarray(gen.mask_BxN)
+            if store is not None:
+                store.save(i, *kept)
+        response.append(kept[0])
+        response_mask.append(kept[1])
     return {"prompt": tokens, "prompt_mask": mask, "response": np.concatenate(response),
             "response_mask": np.concatenate(response_mask)}

@@ -143,3 +143,49 @@ def test_inverse_cdf_sampler_with_top_k_one_is_greedy():
     logits = jnp.asarray(np.random.default_rng(1).normal(size=(8, 300)).astype(np.float32))
     token, _ = sample_token(logits, jax.random.key(0), SamplingConfig(top_k=1, sampler="inverse_cdf"))
     np.testing.assert_array_equal(np.asarray(token), np.asarray(jnp.argmax(logits, -1)))
+
+
+class _Kept:
+    """A ChunkStore in memory: what sample_rows keeps and reads back."""
+
+    def __init__(self):
+        self.chunks, self.saved, self.loaded = {}, [], []
+
+    def load(self, start):
+        if start in self.chunks:
+            self.loaded.append(start)
+            return self.chunks[start]
+        return None
+
+    def save(self, start, response, mask):
+        self.saved.append(start)
+        self.chunks[start] = (response, mask)
+
+
+def test_sample_rows_stopped_between_chunks_resumes_to_the_uninterrupted_rows(model, monkeypatch):
+    from rlhf_jax import generate as gen_mod, signals
+    from rlhf_jax.generate import sample_rows
+    tokens, mask = left_pad([[3, 4, 5], [7, 8], [9]])
+    cfg = SamplingConfig(max_new_tokens=6, temperature=1.0)
+    whole = sample_rows(model.graphdef, model.params, tokens, mask, 4, cfg, seed=3, chunk=5)  # 12 rows: chunks 0, 5, 10
+    kept, calls = _Kept(), []
+    real = gen_mod.generate
+    monkeypatch.setattr(gen_mod, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    signals.reset()
+    save = kept.save
+
+    def stop_after_first(start, *arrays):  # a SIGTERM arrives while the first chunk is sampled
+        save(start, *arrays)
+        signals._STATE["signal"] = "SIGTERM"
+    kept.save = stop_after_first
+    try:
+        with pytest.raises(signals.StopRequested):
+            sample_rows(model.graphdef, model.params, tokens, mask, 4, cfg, seed=3, chunk=5, store=kept)
+    finally:
+        signals.reset()
+    assert kept.saved == [0] and len(calls) == 1
+    kept.save = save
+    again = sample_rows(model.graphdef, model.params, tokens, mask, 4, cfg, seed=3, chunk=5, store=kept)
+    assert kept.loaded == [0] and kept.saved == [0, 5, 10] and len(calls) == 3  # only chunks 5 and 10 sampled
+    for key in whole:
+        np.testing.assert_array_equal(again[key], whole[key])

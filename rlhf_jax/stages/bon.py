@@ -15,7 +15,7 @@ from rlhf_jax.stages.gold import gold_reward, gold_stages
 from rlhf_jax.stages.handoff import load_sft, policy_stages
 from rlhf_jax.stages.registry import register_stage
 from rlhf_jax.stages.reward import reward_stages, trained_reward
-from rlhf_jax.stages.sampling import sample
+from rlhf_jax.stages.sampling import drop_kept_samples, kept_samples, sample
 
 
 def check(c, need) -> None:
@@ -49,8 +49,8 @@ def run(ctx) -> dict[str, Any]:
     t0 = time.perf_counter()
     reward, rm, _, _ = trained_reward(ctx, "bon")
     prompts = ctx.data.records("eval_prompts")[:c.n_prompts]
-    samples = sample(ctx, load_sft(ctx), prompts, c.n_samples, c.temperature,
-                            seed=ctx.config.seed * 31 + 5)
+    samples = sample(ctx, load_sft(ctx), prompts, c.n_samples, c.temperature, seed=ctx.config.seed * 31 + 5,
+                     **kept_samples(ctx, "bon"))
     proxy, gold = score_samples(ctx, samples, reward, rm, len(prompts))
     if c.rank_by == "gold":  # the oracle ranker: the ceiling any proxy could reach
         proxy = gold
@@ -66,4 +66,5 @@ def run(ctx) -> dict[str, Any]:
         summary.update(gold_best_of_1=curve[0]["gold"], gold_best_of_N=best["gold"], gold_peak=peak["gold"],
                        gold_peak_n=peak["n"], gold_prompts=best["gold_prompts"])
     checkpoint.save_final(ctx.workdir, "bon", None, summary)
+    drop_kept_samples(ctx, "bon")
     return summary

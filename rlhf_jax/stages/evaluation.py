@@ -14,7 +14,6 @@ loads). It changes no training stage.
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -220,13 +219,6 @@ def self_preference(results: dict, e) -> dict:
     return collect_self_preference(results) if e.judge_model.startswith("policy:") else {}
 
 
-def _stage_identity(workdir: Path, stage: str) -> str | None:
-    """A hash of the stage's summary.json, which every run of the stage writes anew (wall times
-    included): another run of it since gives another value. None when it has not finished."""
-    path = checkpoint.summary_path(workdir, stage)
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.exists() else None
-
-
 def _file_identity(path: Path) -> str | None:
     """Size and modification time of a checkpoint file, or of each file of a checkpoint directory."""
     if not path.exists():
@@ -245,11 +237,11 @@ def provenance(ctx) -> dict[str, Any]:
     fields = {k: v for k, v in workdirs.flatten(c).items() if "eval" in workdirs.readers(k, reads, ignores)}
     judges, specs = e.judges.split(","), list(parse_policies(e.policies).values())
     stages = [w[6:] for w in specs if w.startswith("stage:")] + (list(reward_stages(c)) if "rm" in judges else [])
-    inputs = {f"stage:{s}": _stage_identity(_source(ctx), s) for s in stages}
+    inputs = {f"stage:{s}": checkpoint.summary_identity(_source(ctx), s) for s in stages}
     if "gold" in judges and c.data.gold == "clf":
-        inputs["stage:clf"] = _stage_identity(ctx.workdir, "clf")
+        inputs["stage:clf"] = checkpoint.summary_identity(ctx.workdir, "clf")
     if "gold" in judges and c.data.gold.startswith("rm:"):
-        inputs[c.data.gold] = _stage_identity(Path(c.data.gold[3:]).expanduser(), "rm")
+        inputs[c.data.gold] = checkpoint.summary_identity(Path(c.data.gold[3:]).expanduser(), "rm")
     paths = [w for w in specs if not w.startswith("stage:")]
     paths += [e.judge_model] if e.judge_model and not e.judge_model.startswith("policy:") else []
     inputs.update({w: _file_identity(Path(w).expanduser()) for w in paths})

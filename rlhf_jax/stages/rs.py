@@ -16,7 +16,7 @@ from rlhf_jax.stages.gold import gold_reward, gold_stages
 from rlhf_jax.stages.handoff import load_sft, policy_stages
 from rlhf_jax.stages.registry import register_stage
 from rlhf_jax.stages.reward import reward_stages, trained_reward
-from rlhf_jax.stages.sampling import sample
+from rlhf_jax.stages.sampling import drop_kept_samples, kept_samples, sample
 from rlhf_jax.stages.sft import fine_tune
 from rlhf_jax.train.ppo import sampling_config
 
@@ -36,7 +36,8 @@ def run(ctx) -> dict[str, Any]:
     reward, rm, _, _ = trained_reward(ctx, "bon")
     sft = load_sft(ctx)
     prompts = ctx.data.records("prompts")[:c.n_prompts]
-    samples = sample(ctx, sft, prompts, c.n_samples, c.temperature, seed=ctx.config.seed * 37 + 6)
+    samples = sample(ctx, sft, prompts, c.n_samples, c.temperature, seed=ctx.config.seed * 37 + 6,
+                     **kept_samples(ctx, "rs"))
     proxy, _ = score_samples(ctx, samples, reward, rm, len(prompts))
     best = bon_lib.best_index(proxy)
     # a kept sample cut at the length limit is trained without an EOS it never produced (tokenize.Unfinished)
@@ -54,4 +55,5 @@ def run(ctx) -> dict[str, Any]:
                **evals, "wall_seconds": time.perf_counter() - t0}
     checkpoint.write_json_atomic(ctx.workdir / "rs" / "samples.json", report)
     checkpoint.save_final(ctx.workdir, "rs", final, summary)
+    drop_kept_samples(ctx, "rs")
     return summary

@@ -1,6 +1,8 @@
 """Best-of-n: the unbiased estimator against brute force, KL_bon by hand, the bon and rs stages."""
 import itertools
+import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -30,7 +32,7 @@ def test_weights_and_kl_by_hand():
         bon_weights(4, 5)
 
 
-def test_bon_and_rejection_sampling_stages(tmp_path):
+def test_bon_and_rejection_sampling_stages(tmp_path, monkeypatch):
     c = get_config("micro")
     summary = run_pipeline(c, tmp_path, use_wandb=False)
     bon, rs = summary["bon"], summary["rs"]
@@ -43,8 +45,8 @@ def test_bon_and_rejection_sampling_stages(tmp_path):
     for key in ("gold_reward_sft", "gold_reward_final", "kl_final", "win_rate_vs_sft", "val_loss"):
         assert np.isfinite(rs[key]), key
     assert (tmp_path / "rs" / "final").exists()
+    assert not (tmp_path / "bon" / "samples").exists() and not (tmp_path / "rs" / "samples").exists()
     # the oracle ranker (gold itself): its best-of-n gold rises with n and bounds the RM's
-    import shutil
     shutil.rmtree(tmp_path / "bon")
     oracle = get_config("micro,oracle")
     oracle.stages = "bon"
@@ -53,3 +55,38 @@ def test_bon_and_rejection_sampling_stages(tmp_path):
     assert all(r["proxy"] == pytest.approx(r["gold"]) for r in curve)
     assert all(b["gold"] >= a["gold"] - 1e-9 for a, b in zip(curve, curve[1:]))
     assert ob["gold_best_of_N"] >= bon["gold_best_of_N"] - 1e-9
+    _stopped_between_sampling_chunks_resumes_to_the_same_curve(oracle, tmp_path, monkeypatch)
+
+
+def _stopped_between_sampling_chunks_resumes_to_the_same_curve(c, workdir, monkeypatch):
+    """The stage keeps each finished chunk (WORKDIR/bon/samples): a SIGTERM while the second chunk
+    is sampled stops the run, and the next samples only the chunks not kept."""
+    from rlhf_jax import signals
+    from rlhf_jax.stages import sampling
+    monkeypatch.setattr(sampling, "CHUNK", 64)  # the micro config's 16 prompts x 16 samples: 4 chunks
+    shutil.rmtree(workdir / "bon")
+    run_pipeline(c, workdir, use_wandb=False)
+    whole = json.loads((workdir / "bon" / "curve.json").read_text())
+    shutil.rmtree(workdir / "bon")
+    saved, save, stop_at = [], sampling.ChunkStore.save, [2]
+
+    def save_then_stop(self, start, *arrays):
+        save(self, start, *arrays)
+        saved.append(start)
+        if len(saved) in stop_at:
+            signals._STATE["signal"] = "SIGTERM"
+    monkeypatch.setattr(sampling.ChunkStore, "save", save_then_stop)
+    signals.reset()
+    try:
+        with pytest.raises(signals.StopRequested):
+            run_pipeline(c, workdir, use_wandb=False)
+    finally:
+        signals.reset()
+    assert saved == [0, 64] and len(list((workdir / "bon" / "samples").glob("*.npz"))) == 2
+    saved.clear()
+    stop_at.clear()
+    run_pipeline(c, workdir, use_wandb=False)
+    assert saved == [128, 192]  # chunks 0 and 64 read back
+    assert json.loads((workdir / "bon" / "curve.json").read_text()) == whole
+    assert not (workdir / "bon" / "samples").exists()
+
