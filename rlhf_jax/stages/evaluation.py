@@ -14,6 +14,8 @@ loads). It changes no training stage.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ from rlhf_jax.stages.gold import gold_reward
 from rlhf_jax.stages.handoff import policy_stages, sft_stage
 from rlhf_jax.stages.registry import STAGES, register_stage, stage_reads
 from rlhf_jax.stages.reward import reward_stages, trained_reward
+from rlhf_jax.stages.sampling import ChunkStore, chunk_key, drop_kept_samples
 from rlhf_jax.train.ppo import sequence_kl
 
 # the judges `evaluate.judges` names: fn(ctx, policies) -> a judge (rlhf_jax.eval.judges)
@@ -144,8 +147,12 @@ def build_judges(ctx, policies: dict[str, Policy]) -> dict[str, Any]:
 
 
 def generator(ctx, baseline: Policy):
-    """policy, prompt records -> texts, lengths (tokens), EOS flags, KL to the baseline policy."""
+    """policy, prompt records -> texts, lengths (tokens), EOS flags, KL to the baseline policy.
+    Each finished chunk of samples is kept in WORKDIR/eval/chunks (stages/sampling.ChunkStore,
+    keyed by the policy's name and the stage's provenance too): a stopped evaluation samples only
+    what it had not finished."""
     e = ctx.config.evaluate
+    inputs = json.dumps(provenance(ctx), sort_keys=True, default=str)
 
     def run(policy: Policy, records: list[dict]) -> dict:
         tok = policy.tokenizer
@@ -156,8 +163,11 @@ def generator(ctx, baseline: Policy):
         cfg = SamplingConfig(max_new_tokens=e.max_new_tokens or ctx.config.sampling.max_new_tokens,
                              temperature=e.temperature, eos_token_ids=(tok.eos_token_id,),
                              pad_token_id=tok.pad_token_id or 0)
+        seed = ctx.config.seed * 53 + 11
+        store = ChunkStore(ctx.workdir / "eval" / "chunks", chunk_key(
+            arrays["tokens"], arrays["mask"], dataclasses.astuple(cfg), seed, e.batch_size, policy.name, inputs))
         s = sample_rows(policy.model.graphdef, policy.model.params, arrays["tokens"], arrays["mask"], 1, cfg,
-                        seed=ctx.config.seed * 53 + 11, chunk=e.batch_size)
+                        seed=seed, chunk=e.batch_size, store=store)
         mask = s["response_mask"]
         texts, ended = decode_sampled(tok, s["response"], mask)  # the text judges read a cut one at its last token
         out = {"texts": texts, "lengths": mask.sum(1).astype(float), "eos": ended}
@@ -294,4 +304,5 @@ def run(ctx) -> dict[str, Any]:
         plot_win_rates(out / "win_rates.png", results)
         write_eval_report(out / "report.md", summary, rows)
     checkpoint.save_final(ctx.workdir, "eval", None, summary)
+    drop_kept_samples(ctx, "eval", "chunks")
     return summary

@@ -84,10 +84,10 @@ def kept_samples(ctx, stage: str) -> dict:
             "weights": checkpoint.summary_identity(ctx.workdir, sft_stage(ctx.workdir))}
 
 
-def drop_kept_samples(ctx, stage: str) -> None:
+def drop_kept_samples(ctx, stage: str, name: str = "samples") -> None:
     """Remove a finished stage's kept chunks (its summary holds what it made of them)."""
     if distributed.primary():
-        shutil.rmtree(ctx.workdir / stage / "samples", ignore_errors=True)
+        shutil.rmtree(ctx.workdir / stage / name, ignore_errors=True)
 
 
 def sample_texts(ctx, params, prompt_records: list[dict], copies: int, temperature: float, seed: int

@@ -59,6 +59,7 @@ def test_the_tiny_world_suites_run_and_report(evaluated):
     assert ev["perplexity"]["sft"]["perplexity"] > 1 and ev["rm_pairs"]["n"] == 64
     for name in ("summary.json", "report.md", "samples.jsonl", "metrics.jsonl", "win_rates.png"):
         assert (path / "eval" / name).exists(), name
+    assert not (path / "eval" / "chunks").exists()  # the sampler's kept chunks, removed when the stage finished
     report = (path / "eval" / "report.md").read_text()
     assert "### generation / win_rate_vs_sft" in report and "### generation: examples" in report
     metrics = json.loads((path / "eval" / "metrics.jsonl").read_text().splitlines()[0])
@@ -125,6 +126,45 @@ def test_suite_numbers_recomputed_from_the_samples(evaluated):
     correct = np.where(la == lb, 0.5, (la > lb) == human_a)
     assert ev["judge_agreement"]["baselines"]["longer_wins"]["accuracy"]["value"] == pytest.approx(correct.mean())
     assert ev["judge_agreement"]["n"] == len(a) == 64
+
+
+def test_a_stopped_generation_resumes_at_its_chunk_to_the_same_samples(evaluated, monkeypatch):
+    """The evaluation's sampler keeps each finished chunk (WORKDIR/eval/chunks): a SIGTERM while the first of 4 chunks is sampled stops it, and sampling again
+    draws only the other 3, giving the uninterrupted samples and KL."""
+    from rlhf_jax import signals
+    from rlhf_jax.stages import sampling
+    from rlhf_jax.stages.evaluation import environment
+    path, _ = evaluated
+    chunks = path / "eval" / "chunks"
+    shutil.rmtree(chunks, ignore_errors=True)  # other tests sample in this workdir too
+    c = get_config("micro")
+    c.stages, c.evaluate = "eval", eval_config("micro").evaluate
+    c.evaluate.batch_size = 8  # 32 prompts: 4 chunks
+    env = environment(build_context(c, path, use_wandb=False))
+    whole = env.generate(env.policies["ppo"], env.prompts)
+    shutil.rmtree(chunks)
+    saved, save, stop = [], sampling.ChunkStore.save, [True]
+
+    def save_then_stop(self, start, *arrays):
+        save(self, start, *arrays)
+        saved.append(start)
+        if stop:
+            signals._STATE["signal"] = "SIGTERM"
+    monkeypatch.setattr(sampling.ChunkStore, "save", save_then_stop)
+    signals.reset()
+    try:
+        with pytest.raises(signals.StopRequested):
+            env.generate(env.policies["ppo"], env.prompts)
+    finally:
+        signals.reset()
+    assert saved == [0]
+    stop.clear()
+    again = env.generate(env.policies["ppo"], env.prompts)
+    assert saved == [0, 8, 16, 24]
+    assert again["texts"] == whole["texts"] and [type(t) for t in again["texts"]] == [type(t) for t in whole["texts"]]
+    for key in ("lengths", "eos", "kl_to_baseline"):
+        np.testing.assert_array_equal(again[key], whole[key])
+    shutil.rmtree(chunks)
 
 
 def test_the_end_of_ppo_evaluation_carries_intervals(trained):
