@@ -30,6 +30,7 @@ from rlhf_jax.data import imdb
 from rlhf_jax.data.records import FieldError, LoadReport
 from rlhf_jax.data.sources import iter_rows, validate_rows
 from rlhf_jax.data.tokenize import gpt2_tokenizer
+from rlhf_jax.errors import UserError
 from rlhf_jax.paths import data_file
 
 ALPACA_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "
@@ -50,6 +51,10 @@ def split_hh(dialogue: str) -> tuple[str, str]:
 
 
 HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+class ReaderArgumentError(UserError):
+    """A reader refuses the value of one of its arguments (the caller names the spec)."""
+
+
 HH_FORMS = ("transcript", "chat")
 
 
@@ -84,7 +89,7 @@ def hh_rlhf(data_dir=None, *, policy: str = "error", name: str = "hh_rlhf_harmle
     "Assistant:" (as the dataset stores it); form="chat": the same turns as chat messages, which a
     chat model reads in its own template ("corpus:hh_rlhf?form=chat"). Both keep the same rows."""
     if form not in HH_FORMS:
-        raise ValueError(f"hh_rlhf: form={form!r} is not one of {list(HH_FORMS)}")
+        raise ReaderArgumentError(f"hh_rlhf: form={form!r} is not one of {list(HH_FORMS)}")
     path = data_file(name, data_dir)
     return validate_rows(iter_rows(path), "pair", str(path), policy=policy, transform=lambda r: _hh_row(r, form))
 

@@ -6,6 +6,7 @@ config names but no listed stage reads is never loaded.
 """
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 
@@ -62,17 +63,31 @@ def _read_whole(spec: str, kind: str, policy: str) -> list[dict]:
         name, _, query = spec[7:].partition("?")
         if name not in corpora.READERS:
             raise UserError(f"data source {spec!r}: no corpus reader {name!r}; the readers: {sorted(corpora.READERS)}")
+        reader = corpora.READERS[name]
         try:
-            records, report = corpora.READERS[name](policy=policy, **reader_arguments(query))
-        except UserError:
-            raise
-        except (TypeError, ValueError) as err:  # an argument the reader does not take, or a value it refuses
+            records, report = reader(**reader_call(spec, reader, reader_arguments(query), policy))
+        except corpora.ReaderArgumentError as err:
             raise UserError(f"data source {spec!r}: {err}") from err
     else:
         records, report = read_records(Path(spec).expanduser(), kind, policy=policy)
     if not report.logged:  # a summary with skips was logged as a warning where the rows were read
         print(report.summary(), flush=True)
     return records
+
+
+def reader_call(spec: str, reader, arguments: dict, policy: str) -> dict:
+    """A corpus reader's keyword arguments: the spec's, and the run's bad-row policy where the
+    reader takes one. An argument the reader does not take is refused naming the spec and listing
+    those it takes (a value it refuses, the reader refuses itself)."""
+    params = inspect.signature(reader).parameters
+    takes = [k for k, p in params.items() if p.kind is p.KEYWORD_ONLY and k not in ("policy", "tokenizer")]
+    if "policy" in arguments:
+        raise UserError(f"data source {spec!r}: the bad-row policy is the run's (config.data.policy), not the spec's")
+    unknown = [k for k in arguments if k not in takes]
+    if unknown:
+        raise UserError(f"data source {spec!r}: reader {reader.__name__!r} takes no argument {unknown[0]!r}; "
+                        f"it takes {takes}")
+    return {**arguments, **({"policy": policy} if "policy" in params else {})}
 
 
 def reader_arguments(query: str) -> dict:

@@ -41,7 +41,7 @@ def test_hh_rlhf_as_chat_messages_keeps_every_row_and_turn():
     same = [b == t["prompt"] + " " for b, t in zip(back, text)]
     assert sum(same) == 1988  # the other 4 carry spaces or newlines at the edge of a turn's text
     assert all(b.split() == (t["prompt"]).split() for b, t in zip(back, text))
-    with pytest.raises(ValueError, match=r"form='html' is not one of \['transcript', 'chat'\]"):
+    with pytest.raises(C.ReaderArgumentError, match=r"form='html' is not one of \['transcript', 'chat'\]"):
         C.hh_rlhf(form="html")
 
 

@@ -48,7 +48,9 @@ def test_read_source_slices(tmp_path):
 @pytest.mark.parametrize("spec, words", [
     ("corpus:nope", r"no corpus reader 'nope'; the readers: \[.*'hh_rlhf'"),
     ("corpus:hh_rlhf?form=html", r"'corpus:hh_rlhf\?form=html': hh_rlhf: form='html' is not one of"),
-    ("corpus:hh_rlhf?colour=1[0:4]", r"'corpus:hh_rlhf\?colour=1': .*unexpected keyword argument 'colour'"),
+    ("corpus:hh_rlhf?colour=1[0:4]", r"'corpus:hh_rlhf\?colour=1': reader 'hh_rlhf' takes no argument 'colour'; "
+                                     r"it takes \['name', 'form'\]"),
+    ("corpus:alpaca?policy=skip", r"the bad-row policy is the run's \(config.data.policy\)"),
 ])
 def test_a_bad_corpus_spec_is_refused_naming_it(spec, words):
     with pytest.raises(UserError, match=words):  # before any file is read: no data directory needed
@@ -90,3 +92,12 @@ def test_rm_val_needs_files():
     c.data.rm_val = "corpus:hh_rlhf[0:200]"
     with pytest.raises(ConfigError, match="data.rm_val"):
         validate_config(c)
+
+
+def test_a_corpus_reader_without_a_bad_row_policy_reads_from_a_spec(shared_data):
+    """Readers that take no `policy` (tiny_shakespeare, imdb_prompts) are called without one: a
+    spec naming them used to fail on the argument."""
+    records = read_source("corpus:tiny_shakespeare?chunk_chars=4000[0:3]", "text", "error")
+    assert len(records) == 3 and all(len(r["text"]) >= 4000 for r in records)
+    prompts = read_source("corpus:imdb_prompts?limit=5", "prompt", "error")
+    assert len(prompts) == 5 and all(r["prompt"].strip() for r in prompts)
