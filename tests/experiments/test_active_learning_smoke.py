@@ -3,20 +3,15 @@ through the sweep runner from its seed's shared SFT policy, the JSON holds a lea
 strategy with n = seeds at every budget, the strategies share the first (random) round so their
 paired differences there are exactly 0, random's difference with itself is 0 everywhere, and the
 figure is written."""
-import importlib.util
 import json
 import math
-import pathlib
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from tests.children import run_script
 
 
 def test_active_learning_smoke(tmp_path):
-    spec = importlib.util.spec_from_file_location("active_learning", ROOT / "experiments" / "active_learning.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     out = tmp_path / "runs"
-    assert module.main(["--smoke", "--out", str(out)]) == 0
+    run_script("active_learning.py", "--smoke", "--out", str(out))
     result = json.loads((out / "active_learning_smoke.json").read_text())
     assert (out / "active_learning_smoke.png").stat().st_size > 10_000
     assert result["seeds"] == [0, 1] and result["failed_runs"] == 0

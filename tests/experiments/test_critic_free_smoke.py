@@ -2,22 +2,15 @@
 run goes through the sweep runner from the same shared SFT and RM, the JSON holds finite
 statistics with n = seeds, PPO's paired difference with itself is exactly 0, and the
 critic-free arm's training curve and the figure are written."""
-import importlib.util
 import json
 import math
-import pathlib
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from tests.children import run_script
 
 
 def test_critic_free_smoke(tmp_path):
-    spec = importlib.util.spec_from_file_location("critic_free", ROOT / "experiments" / "critic_free.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     out = tmp_path / "runs"
-    # in-process runs see the suite's 8 fake devices: 32 responses = 8 prompts x G = 4, one per batch shard
-    assert module.main(["--smoke", "--methods", "ppo,grpo,online_dpo", "--set", "ppo.batch_size=32",
-                        "--out", str(out)]) == 0
+    run_script("critic_free.py", "--smoke", "--methods", "ppo,grpo,online_dpo", "--out", str(out))
     result = json.loads((out / "critic_free_smoke.json").read_text())
     assert (out / "critic_free_smoke.png").stat().st_size > 10_000
     assert result["seeds"] == [0, 1] and result["failed_runs"] == 0

@@ -11,6 +11,8 @@ import pathlib
 import numpy as np
 import pytest
 
+from tests.children import run_script
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -29,8 +31,7 @@ def _finite_stats(stats: dict, seeds: int) -> None:
 
 
 def _run(name: str, tmp_path: pathlib.Path) -> dict:
-    module = _load(name)
-    assert module.main(["--smoke", "--out", str(tmp_path / "runs")]) == 0
+    run_script(f"{name}.py", "--smoke", "--out", str(tmp_path / "runs"))
     out = json.loads((tmp_path / "runs" / f"{name}_smoke.json").read_text())
     assert (tmp_path / "runs" / f"{name}_smoke.png").stat().st_size > 10_000
     assert out["mode"] == "smoke" and out["seeds"] == [0, 1]

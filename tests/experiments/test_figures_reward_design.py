@@ -3,8 +3,6 @@ experiments/instructgpt.py (K-wise RM, PPO-ptx), experiments/coste_ensembles.py 
 experiments/finegrained_wu.py (fine-grained rewards). Each runs its sweeps through the runner and
 writes a results JSON and a PNG whose numbers are finite with n = the number of seeds; the
 fine-grained arm really reuses the holistic arm's SFT and RM. Also the shared toolkit's statistics."""
-import collections
-import dataclasses
 import importlib.util
 import json
 import math
@@ -17,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests import tolerance as tol
+from tests.children import run_script
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SEEDS = 2
@@ -134,28 +133,23 @@ def test_coste_ensembles_smoke(tmp_path):
         methods["min"]["summary"]["ppo.gold_reward_sft"]["values"]
 
 
-def test_finegrained_wu_smoke_reuses_the_holistic_sft_and_rm(tmp_path, monkeypatch):
+def test_finegrained_wu_smoke_reuses_the_holistic_sft_and_rm(tmp_path):
     """The fine-grained arm's SFT and RM are the holistic arm's of the same seed, copied through
     the runner's share_stages: the sft and rm stages run once per seed (in the holistic sweep),
     never in the fine-grained one, whose stage summaries are the holistic run's, byte for byte."""
-    from rlhf_jax.stages import STAGES
-    calls = collections.Counter()
-    for name in ("sft", "rm"):
-        stage = STAGES[name]
-
-        def counted(ctx, _run=stage.run, _name=name):
-            calls[_name, ctx.workdir.parent.parent.name] += 1  # <sweep>/base/seed_N
-            return _run(ctx)
-        monkeypatch.setitem(STAGES._entries, name, dataclasses.replace(stage, run=counted))
-    module = _load("finegrained_wu")
-    parts = "holistic,fine_grained"  # the QA-Feedback part: the slow test below
+    from rlhf_jax.workdir import launches
     out = tmp_path / "runs"
-    assert module.main(["--smoke", "--out", str(out), "--parts", parts]) == 0
-    assert dict(calls) == {("sft", "holistic"): SEEDS, ("rm", "holistic"): SEEDS}
+    run_script("finegrained_wu.py", "--smoke", "--out", str(out), "--parts", "holistic,fine_grained")  # QA-Feedback: -m slow
     for seed in range(SEEDS):
+        run = lambda arm: out / arm / "base" / f"seed_{seed}"  # noqa: E731
+        # every launch records the stages it found finished (WORKDIR/hosts.jsonl): the holistic run
+        # found none and ran sft and rm; every launch of the fine-grained run found both finished
+        assert launches(run("holistic"))[0]["finished"] == []
+        assert all({"sft", "rm"} <= set(launch["finished"]) for launch in launches(run("fine_grained")))
+        assert launches(run("fine_grained"))
         for stage in ("sft", "rm"):
-            mine = out / "fine_grained" / "base" / f"seed_{seed}" / stage / "summary.json"
-            assert mine.read_bytes() == (out / "holistic" / "base" / f"seed_{seed}" / stage / "summary.json").read_bytes()
+            mine = run("fine_grained") / stage / "summary.json"
+            assert mine.read_bytes() == (run("holistic") / stage / "summary.json").read_bytes()
     r = json.loads((out / "finegrained_wu_smoke.json").read_text())
     assert (out / "finegrained_wu_smoke.png").stat().st_size > 10_000
     assert r["smoke"] and r["seeds"] == list(range(SEEDS)) and r["failed_runs"] == 0

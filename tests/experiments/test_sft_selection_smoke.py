@@ -1,22 +1,17 @@
 """experiments/sft_selection.py --smoke (micro config, 2 seeds): every run goes through the sweep
 runner, each seed's candidates carry all three scores, each pick is its criterion's argmin /
 argmax, the paired differences have n = 2, and the figure is written."""
-import importlib.util
 import json
 import math
-import pathlib
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from tests.children import run_script
 
 
 def test_sft_selection_smoke(tmp_path):
-    spec = importlib.util.spec_from_file_location("sft_selection", ROOT / "experiments" / "sft_selection.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     out = tmp_path / "runs"
-    assert module.main(["--smoke", "--out", str(out)]) == 0
+    run_script("sft_selection.py", "--smoke", "--out", str(out))
     result = json.loads((out / "sft_selection_smoke.json").read_text())
     assert (out / "sft_selection_smoke.png").stat().st_size > 10_000
     assert result["seeds"] == [0, 1] and result["failed_runs"] == 0
