@@ -65,7 +65,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 def train_rm(tmp_path: Path, name: str, rankings: Path, heldout: Path, demos: Path, steps: int, lr: float) -> dict:
     """Stage rm alone on a rankings file, from the finished SFT stage of tmp_path/world."""
-    c = micro(**{"rm.steps": steps, "rm.lr": lr})
+    c = micro(**{"rm.steps": steps, "rm.lr": lr, "rm.save_every": 0})  # no test here reads a checkpoint
     c.stages = "rm"
     c.data.update(source="files", rm_train=str(rankings), rm_val=str(heldout), sft_train=str(demos))
     work = tmp_path / name
@@ -80,7 +80,7 @@ def train_rm(tmp_path: Path, name: str, rankings: Path, heldout: Path, demos: Pa
 def test_sample_label_export_train(tmp_path, capsys, size):
     N_LABEL, N_HELDOUT, RM_STEPS, RM_LR = size
     # 1. the tiny SFT policy (300 steps: enough to answer in the task's format, not always right)
-    c = micro(**{"sft.steps": 300, "sft.lr": 3e-3})
+    c = micro(**{"sft.steps": 300, "sft.lr": 3e-3, "sft.save_every": 0})  # only its final parameters are read
     c.stages = "sft"
     run_pipeline(c, tmp_path / "world", use_wandb=False)
     world = world_config(c)
