@@ -120,7 +120,8 @@ def micro_run(tmp_path_factory, shared_data):
     workdir = tmp_path_factory.mktemp("imdb_micro")
     summary = run_main("configs/imdb.py:dpo,micro", workdir, shared_data, "stages=clf,sft,prefs",
                        "clf.train=corpus:imdb_reviews?limit=4096", "clf.test=corpus:imdb_reviews?split=test&limit=1000",
-                       "clf.steps=0", "clf.epochs=1", "clf.lr=0.003", "clf.max_len=32")
+                       "clf.steps=0", "clf.epochs=1", "clf.lr=0.003", "clf.max_len=32",
+                       "clf.save_every=0", "sft.save_every=0")  # the tests read final parameters only
     return imdb_config.get_config("dpo,micro"), workdir, summary
 
 
