@@ -51,6 +51,8 @@ def split_hh(dialogue: str) -> tuple[str, str]:
 
 
 HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+
+
 class ReaderArgumentError(UserError):
     """A reader refuses the value of one of its arguments (the caller names the spec)."""
 
