@@ -16,15 +16,25 @@ def _rm_log(workdir, stage="rm"):
     return [json.loads(line) for line in open(workdir / stage / "metrics.jsonl")]
 
 
+def _three_steps(sft, workdir, stage: str, finish: bool, **overrides) -> None:
+    """Steps 1-3 of a stage from the session's micro SFT policy; with `finish` the stage's end too
+    (held-out metrics, the final parameters), else it stops after step 3 of 4 (debug_stop_after),
+    which the first-step comparisons do not need."""
+    shutil.copytree(sft, workdir / "sft")
+    if finish:
+        run_pipeline(micro(stages=stage, **{f"{stage}.steps": 3}, **overrides), workdir, use_wandb=False)
+        return
+    with pytest.raises(SystemExit, match="stopped after step 3 of 4"):
+        run_pipeline(micro(stages=stage, **{f"{stage}.steps": 4, f"debug_stop_after.{stage}": 3}, **overrides),
+                     workdir, use_wandb=False)
+
+
 @pytest.mark.parametrize("members", [1, 2])  # one RM, and an ensemble (each member packs its own batch)
 def test_packed_rankings_take_the_padded_first_step(tmp_path, micro_trained, members):
     logs = {}
-    for pack in (False, True):
-        workdir = tmp_path / f"pack_{pack}"
-        shutil.copytree(micro_trained[0] / "sft", workdir / "sft")
-        run_pipeline(micro(stages="rm", **{"rm.pack": pack, "rm.steps": 3, "rm.members": members}), workdir,
-                     use_wandb=False)
-        logs[pack] = _rm_log(workdir)
+    for pack in (False, True):  # a packed RM runs to its end in test_a_padded_run_resumes_packed
+        _three_steps(micro_trained[0] / "sft", tmp_path / f"pack_{pack}", "rm", False, **{"rm.pack": pack, "rm.members": members})
+        logs[pack] = _rm_log(tmp_path / f"pack_{pack}")
     padded, packed = logs[False][0], logs[True][0]
     # the same parameters and rankings: float32 sums over the same keys in rows of other lengths
     assert packed["loss"] == pytest.approx(padded["loss"], rel=1e-5)
@@ -36,12 +46,10 @@ def test_packed_rankings_take_the_padded_first_step(tmp_path, micro_trained, mem
 @pytest.mark.parametrize("cache_reference", [True, False])  # the reference's log-probs cached, or live on packed rows
 def test_packed_dpo_takes_the_padded_first_step(tmp_path, micro_trained, cache_reference):
     logs = {}
-    for pack in (False, True):
-        workdir = tmp_path / f"pack_{pack}"
-        shutil.copytree(micro_trained[0] / "sft", workdir / "sft")
-        run_pipeline(micro(stages="dpo", **{"dpo.pack": pack, "dpo.steps": 3, "dpo.cache_reference": cache_reference}),
-                     workdir, use_wandb=False)
-        logs[pack] = _rm_log(workdir, "dpo")
+    for pack in (False, True):  # one packed DPO runs to its end (a padded one does in other tests)
+        _three_steps(micro_trained[0] / "sft", tmp_path / f"pack_{pack}", "dpo", pack and cache_reference,
+                     **{"dpo.pack": pack, "dpo.cache_reference": cache_reference})
+        logs[pack] = _rm_log(tmp_path / f"pack_{pack}", "dpo")
     padded, packed = logs[False][0], logs[True][0]
     # at step 1 the policy is its reference: the loss is log 2 and the implicit rewards are rounding
     # noise (so is the reward accuracy); the gradient, beta / 2 times the log-prob gradients'
