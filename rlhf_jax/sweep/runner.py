@@ -218,7 +218,8 @@ class _Execution:
 
     def loop_in_process(self) -> None:
         """`jobs=0`: every pending run in this process, one after another (small sweeps, tests:
-        no process start-up, and the compiled steps are reused across runs of one shape)."""
+        no process start-up; each run traces its steps again, and XLA's compiled programs of one
+        shape come from the persistent compile cache, as in a child run)."""
         from rlhf_jax.stages import run as run_stages
         for run in list(self.pending):
             copied = share_stages(run, self.runs, self.share)
