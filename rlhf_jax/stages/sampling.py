@@ -30,7 +30,6 @@ class ChunkStore:
     def __init__(self, directory: Path, key: str):
         self.directory, self.key = Path(directory), key
         self.enabled = distributed.process_count() == 1
-        self.loaded = 0
 
     def _path(self, start: int) -> Path:
         return self.directory / f"{self.key}_{start:08d}.npz"
@@ -40,7 +39,6 @@ class ChunkStore:
         if not (self.enabled and path.exists()):
             return None
         with np.load(path) as f:
-            self.loaded += 1
             return f["response"], f["response_mask"]
 
     def save(self, start: int, response, response_mask) -> None:
