@@ -16,10 +16,10 @@ def child_env(devices: int, **extra: str) -> dict[str, str]:
 
 def run_script(script: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     """experiments/<script> with `args` in a child process with one host device, from the
-    repository root; a non-zero exit fails the test with the end of its output. In the test's own
-    process the script's runs (`--smoke` runs them in-process) would see the suite's 8 fake devices
-    and shard every tiny run over them: the active-learning smoke took 152 s that way against 111 s
-    in a child (2-core EPYC, both beside the same background job)."""
+    repository root, as a shell runs it; a non-zero exit fails the test with the end of its output.
+    A caller's fake-device count does not reach it: with 8 the script's runs (`--smoke` runs them
+    in-process) shard every tiny run 8 ways, and the active-learning smoke took 152 s that way
+    against 111 s on one device (2-core EPYC, both beside the same background job)."""
     done = subprocess.run([sys.executable, str(ROOT / "experiments" / script), *args], cwd=ROOT, env=child_env(1),
                           capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"{script} {' '.join(args)}: exit {done.returncode}\n" + \

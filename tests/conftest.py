@@ -1,10 +1,12 @@
-"""Test setup: 8 fake CPU devices for the sharding tests, a persistent compile cache, data paths."""
+"""Test setup: one fake CPU device (tests marked `devices(n)` run in a child with n: tests/devices.py),
+a persistent compile cache, data paths."""
 import os
 import pathlib
 
-# the caller's XLA flags (e.g. --xla_cpu_max_isa=AVX2) keep the 8 devices unless they set a count
+# one device unless the caller's XLA flags (which keep e.g. --xla_cpu_max_isa=AVX2) set a count: the
+# in-process runs compile and run unsharded, and a test that needs a mesh says so (tests/devices.py)
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=1").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -18,6 +20,7 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 from rlhf_jax import hostenv  # noqa: E402
+from tests import devices  # noqa: E402
 
 # one persistent compile cache for this process and the runs tests start as child processes
 # (sweeps, figure scripts, CLI runs), keeping every program: the suite runs the same micro
@@ -39,6 +42,16 @@ def pytest_configure(config):
     any test initialises a JAX backend and before any child process is started."""
     if config.getoption("markexpr") == "not slow" and "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
         os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    """A test marked `devices(n)` runs in a child pytest with n devices when this process has fewer."""
+    return True if devices.run_in_child(item) else None
+
+
+def pytest_runtest_logreport(report):
+    devices.record(report)  # only in such a child
 
 
 def _find_data_dir() -> tuple[pathlib.Path | None, str]:

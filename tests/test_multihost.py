@@ -28,10 +28,9 @@ import numpy as np
 import pytest
 
 from rlhf_jax import distributed
-from rlhf_jax.stages import run as run_pipeline
 from tests import tolerance as tol
 from tests.children import child_env
-from tests.micro import CFG, micro, numbers
+from tests.micro import CFG, numbers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = "sft,rm,ppo,dpo"
@@ -94,12 +93,13 @@ def assert_same_run(got: dict, want: dict, stages: str = STAGES) -> None:
 
 
 @pytest.fixture(scope="module")
-def one_process(micro_trained, tmp_path_factory):
-    """1 process x 8 devices: the session's micro run (SFT, RM, PPO) with DPO added on a copy."""
-    path, _ = micro_trained
+def one_process(tmp_path_factory):
+    """1 process x 8 devices, launched as the two processes are (the suite's own processes have one
+    device: tests/devices.py)."""
     work = tmp_path_factory.mktemp("one_process") / "run"
-    shutil.copytree(path, work)
-    return work, run_pipeline(micro(stages=STAGES), work, use_wandb=False)
+    codes, logs = finish(launch(work, 1))
+    assert codes == [0], logs[0][-3000:]
+    return work, summary_of(work)
 
 
 @pytest.fixture(scope="module")

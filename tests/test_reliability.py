@@ -234,6 +234,7 @@ def test_online_wandb_that_cannot_start_falls_back_to_offline(tmp_path, monkeypa
     assert time.perf_counter() - t0 < 90
 
 
+@pytest.mark.devices(8)
 def test_a_checkpoint_of_replicated_arrays_is_written_whole_and_restores(tmp_path, monkeypatch):
     """An array replicated over the 8 devices is saved by one replica as a whole shard (orbax's
     replica-parallel split, one slice op per array and device, only from REPLICA_PARALLEL_MIN_BYTES

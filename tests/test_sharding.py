@@ -44,10 +44,9 @@ def tolerances(single):
             tol.f32(forward, float(np.abs(logits).max())), grad_err)
 
 
+@pytest.mark.devices(8)
 @pytest.mark.parametrize("mesh_shape", MESHES)
 def test_sharded_step_matches_single_device(mesh_shape, single, tolerances):
-    if jax.device_count() < 8:
-        pytest.skip("needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)")
     loss, logits, params = case.run(mesh_shape)
     t_loss, t_logits, t_params = tolerances
     np.testing.assert_allclose(float(loss), single[0], atol=t_loss, rtol=0)
@@ -55,6 +54,7 @@ def test_sharded_step_matches_single_device(mesh_shape, single, tolerances):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=t_params, rtol=0), _host(params), single[2])
 
 
+@pytest.mark.devices(8)
 def test_parameters_are_split():
     mesh = shd.make_mesh((2, 2, 2))
     model = init_model(case.CFG, mesh=mesh)
@@ -70,6 +70,7 @@ def test_parameters_are_split():
     assert len({s.device for s in model.params["blocks"]["wq"].addressable_shards}) == 8
 
 
+@pytest.mark.devices(8)
 def test_non_dividing_axis_is_replicated_and_reported():
     mesh = shd.make_mesh((1, 1, 8))
     notes = []

@@ -51,7 +51,7 @@ def test_toolkit_write_json_nulls_non_finite(tmp_path):
 def _run(script: str, tmp_path: pathlib.Path) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    # the scripts force one host device themselves; drop the suite's fake-device count anyway
+    # the scripts force one host device themselves; drop a caller's fake-device count anyway
     env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
                                 if not f.startswith("--xla_force_host_platform_device_count"))
     proc = subprocess.run([sys.executable, str(ROOT / "experiments" / script), "--smoke", "--out",

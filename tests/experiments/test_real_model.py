@@ -85,9 +85,8 @@ def _finite(s, n):
 
 
 def test_real_model_smoke(tmp_path, shared_data):
-    # a child process with one host device, as the script runs from a shell (in this process the
-    # runs would see the 8 fake devices of the sharding tests: four times slower on 2 cores); the
-    # caller's other XLA flags kept (the suite's O0: 82 s against 98 s alone; an ISA cap)
+    # a child process with one host device, as the script runs from a shell (with a caller's 8 fake
+    # devices the runs were four times slower on 2 cores); the caller's other XLA flags kept (the suite's O0: 82 s against 98 s alone; an ISA cap)
     env = child_env(1)
     done = subprocess.run([sys.executable, str(ROOT / "experiments" / "real_model.py"), "--smoke", "--out",
                            str(tmp_path / "runs")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

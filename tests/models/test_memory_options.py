@@ -246,6 +246,7 @@ def _one_step(make_step, params, batch, mesh=None):
     return step(state, shd.shard_batch(batch, mesh), jax.random.key(0))
 
 
+@pytest.mark.devices(8)
 def test_sft_microbatches_equal_the_whole_batch():
     """grad_accum 2 and 4 (slices with different token counts), and 2 on an 8-device mesh: the
     same parameters after one step as the whole batch, the same loss and token count."""
@@ -259,12 +260,11 @@ def test_sft_microbatches_equal_the_whole_batch():
         close(state.params, whole.params, atol=step_tol(whole.params, lm.params), rtol=0, msg=f"microbatches={m}")
         keys = ("loss", "tokens", "grad_norm")
         close({k: metrics[k] for k in keys}, {k: wm[k] for k in keys})
-    if jax.device_count() >= 8:
-        mesh = shd.make_mesh((8, 1, 1))
-        state, _ = _one_step(lambda tx, s: sft_lib.make_sft_step(lm.graphdef, tx, s, microbatches=2),
-                             init_model(CFG, seed=0, mesh=mesh).params, batch, mesh)
-        close(jax.device_get(state.params), whole.params, atol=step_tol(whole.params, lm.params), rtol=0,
-              msg="sharded")
+    mesh = shd.make_mesh((8, 1, 1))
+    state, _ = _one_step(lambda tx, s: sft_lib.make_sft_step(lm.graphdef, tx, s, microbatches=2),
+                         init_model(CFG, seed=0, mesh=mesh).params, batch, mesh)
+    close(jax.device_get(state.params), whole.params, atol=step_tol(whole.params, lm.params), rtol=0,
+          msg="sharded")
     with pytest.raises(ValueError, match="divisible"):
         _one_step(lambda tx, s: sft_lib.make_sft_step(lm.graphdef, tx, s, microbatches=3), lm.params, batch)
 

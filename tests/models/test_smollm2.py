@@ -79,8 +79,8 @@ def test_greedy_32_tokens_equal_transformers(both):
 def test_smollm2_hh_pipeline_runs_at_reduced_size(tmp_path, shared_data):
     """SFT on Alpaca, RM on HH-RLHF, PPO on HH prompts with the real model, shrunk for a CPU.
 
-    Runs the CLI on one CPU device: the test session's 8 fake devices would each hold a copy
-    of the four 135M models and their optimizer state.
+    Runs the CLI on one CPU device whatever the caller's fake-device count: 8 fake devices would
+    each hold a copy of the four 135M models and their optimizer state.
     """
     import json
     import os

@@ -129,12 +129,11 @@ def _run(kind, mesh_shape):
     return step, jax.tree.map(np.asarray, jax.device_get(state)), history
 
 
+@pytest.mark.devices(8)
 @pytest.mark.parametrize("kind", ["sft", "rm", "ppo", "grpo"])
 def test_step_compiles_once_and_sharded_equals_single_device(kind):
     step, state1, hist1 = _run(kind, None)
     assert step._cache_size() == 1  # three steps, one compilation
-    if jax.device_count() < 8:
-        pytest.skip("needs 8 devices")
     _, state8, hist8 = _run(kind, (2, 2, 2) if kind != "ppo" else (8, 1, 1))  # grpo: 4 prompts on 4 batch shards
     atol, rtol = _tolerance(kind, state1.params)
     for a, b in zip(hist1, hist8):
@@ -174,7 +173,8 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, micro_trained):
     ("ppo.group_size", 3, "config.ppo.group_size: must be >= 1 and divide ppo.batch_size=16"),
     ("ppo.dynamic_sampling", 2, "config.ppo.dynamic_sampling: needs groups"),
     ("ppo.advantage_estimator", "grpo", "config.ppo.group_size: must be >= 2"),
-    ("sft.batch_size", 30, "config.sft.batch_size: 30 must be a positive multiple of the 8"),
+    pytest.param("sft.batch_size", 30, "config.sft.batch_size: 30 must be a positive multiple of the 8",
+                 marks=pytest.mark.devices(8)),
     ("ppo.ptx_coef", 1.0, "config.ppo.ptx_batch_size: must be > 0"),
     ("data.max_prompt_len", 40, "config.data.max_prompt_len: must be below data.max_len"),
     ("sft.lora_targets", "wq,embed", "config.sft.lora_targets: ['embed'] are not among"),
@@ -184,8 +184,6 @@ def test_killed_and_resumed_run_matches_uninterrupted(tmp_path, micro_trained):
     ("data.rm_train", "labels.jsonl", "config.data.rm_train: = 'labels.jsonl' is read only with data.source = 'files'"),
 ])
 def test_invalid_configs_name_the_field(field, value, words):
-    if "multiple of the 8" in words and jax.device_count() != 8:
-        pytest.skip("message depends on the device count")
     with pytest.raises(ConfigError, match=re.escape(words)):
         validate_config(micro(**{field: value}))
 
@@ -260,9 +258,11 @@ def test_ppo_ptx_pipeline_logs_the_ptx_loss(tmp_path):
     assert 2 * n_ptx < float(out["tokens"]) < 500
     assert ptx[0] == pytest.approx(float(out["nll"] / out["tokens"]), rel=3e-5)
     # the second iteration's policy has left the SFT one unless the first update's learning rate
-    # was 0 (a warm-up that starts at 0): then its ptx term repeats the first, to the bit
+    # was 0 (a warm-up that starts at 0): then its ptx term repeats the first up to the order of
+    # the sum (its batch is the same 16 rows in the next epoch's permutation: the bound above;
+    # 1.6e-7 relative measured on one device, equal to the bit on 8)
     lr = [r["lr"] for r in log if "ptx_loss" in r]
-    assert (ptx[1] == ptx[0]) == (lr[0] == 0.0)
+    assert (ptx[1] == pytest.approx(ptx[0], rel=3e-5)) == (lr[0] == 0.0)
 
 
 def test_cli_sigterm_saves_a_checkpoint(tmp_path):

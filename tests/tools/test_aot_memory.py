@@ -11,6 +11,8 @@ import pytest
 from rlhf_jax import sharding as shd
 from rlhf_jax.models import ModelConfig
 
+pytestmark = pytest.mark.devices(8)  # meshes (1, 4, 2)
+
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ModelConfig(vocab_size=2048, d_model=256, n_layers=2, n_heads=8, n_kv_heads=4, head_dim=32, d_ff=1024,
                     max_seq_len=256, tie_embeddings=False, remat="full", logits_chunk=32)
