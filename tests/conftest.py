@@ -44,10 +44,10 @@ def pytest_configure(config):
         os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_protocol(item, nextitem):
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected
+def pytest_collection_modifyitems(config, items):
     """A test marked `devices(n)` runs in a child pytest with n devices when this process has fewer."""
-    return True if devices.run_in_child(item) else None
+    devices.in_children(items)
 
 
 def pytest_runtest_logreport(report):
