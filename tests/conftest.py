@@ -50,8 +50,12 @@ def pytest_collection_modifyitems(config, items):
     devices.in_children(items)
 
 
+def pytest_runtest_logstart(nodeid, location):
+    devices.started(nodeid)  # recorded only in such a child
+
+
 def pytest_runtest_logreport(report):
-    devices.record(report)  # only in such a child
+    devices.record(report)  # recorded only in such a child
 
 
 def _find_data_dir() -> tuple[pathlib.Path | None, str]:

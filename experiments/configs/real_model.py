@@ -111,7 +111,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.prompts = f"{source}[{held - n_eval}:{proxy[0] + (n['proxy'] or proxy[1] - proxy[0])}]"
     c.heldout.update(n_prompts=n_eval, temperature=1.0, n_report_samples=4)
     # the start: stage sft leaves the base model as it is (one LoRA step at the warmup's learning rate 0)
-    batch = 8  # also a multiple of the 8 fake devices the tests run under
+    batch = 8  # pairs (or prompts) per step
     c.sft.update(steps=1, warmup_steps=1, batch_size=batch, lora_rank=8, save_every=0)
     c.rm.update(init="base", epochs=2 if role == "gold" else 1, batch_size=batch, save_every=0 if smoke else 25)
     if smoke:

@@ -262,7 +262,10 @@ def test_ppo_ptx_pipeline_logs_the_ptx_loss(tmp_path):
     # the sum (its batch is the same 16 rows in the next epoch's permutation: the bound above;
     # 1.6e-7 relative measured on one device, equal to the bit on 8)
     lr = [r["lr"] for r in log if "ptx_loss" in r]
-    assert (ptx[1] == pytest.approx(ptx[0], rel=3e-5)) == (lr[0] == 0.0)
+    if lr[0] == 0.0:
+        assert ptx[1] == pytest.approx(ptx[0], rel=3e-5)
+    else:
+        assert ptx[1] != ptx[0]
 
 
 def test_cli_sigterm_saves_a_checkpoint(tmp_path):

@@ -116,8 +116,8 @@ def test_attention_that_disagrees_fails_the_section_and_keeps_its_figures(monkey
 
 
 def test_trl_section_wiring_with_a_stand_in_trl(monkeypatch):
-    """Where `trl` imports, the section times our steps (on one device of the 8 here,
-    as every section) and divides by TRL's figures: TRL's side replaced by fixed numbers,
+    """Where `trl` imports, the section times our steps (on one device, as every
+    section) and divides by TRL's figures: TRL's side replaced by fixed numbers,
     the ratios are ours over them."""
     monkeypatch.setitem(sys.modules, "trl", type(sys)("trl"))
     theirs = {"sft": {"tokens_per_s": 1.0}, "rm": {"tokens_per_s": 1.0}, "ppo": {"iteration_s": 1.0}}
