@@ -17,7 +17,7 @@ def test_critic_free_ppo_builds_no_value_model(micro_trained, tmp_path, monkeypa
     for stage in ("sft", "rm"):  # the same SFT and RM as the GAE run of the fixture
         shutil.copytree(source / stage, tmp_path / stage)
     c = get_config(f"micro,{method}")
-    c.ppo.update(iterations=2, save_every=1, batch_size=32)  # 8 prompts x G = 4
+    c.ppo.update(iterations=2, save_every=1)  # micro's batch: 16 rollouts, 4 prompts x G = 4
     seen = {}
     real_train, real_adapters = ppo_stage.train, ppo_stage.adapters
 
