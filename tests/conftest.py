@@ -46,7 +46,7 @@ def pytest_configure(config):
 
 @pytest.hookimpl(trylast=True)  # after -m and -k have deselected
 def pytest_collection_modifyitems(config, items):
-    """A test marked `devices(n)` runs in a child pytest with n devices when this process has fewer."""
+    """A test marked `devices(n)` runs in a child pytest with n devices when this process has another count."""
     devices.in_children(items)
 
 
