@@ -11,7 +11,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def child_env(devices: int, **extra: str) -> dict[str, str]:
     xla = [f for f in os.environ.get("XLA_FLAGS", "").split() if "host_platform_device_count" not in f]
-    return dict(os.environ, XLA_FLAGS=" ".join([*xla, f"--xla_force_host_platform_device_count={devices}"]), **extra)
+    env = {k: v for k, v in os.environ.items() if k != "JAX_NUM_CPU_DEVICES"}  # it would override the flag
+    return dict(env, XLA_FLAGS=" ".join([*xla, f"--xla_force_host_platform_device_count={devices}"]), **extra)
 
 
 def run_script(script: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:

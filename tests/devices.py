@@ -138,8 +138,7 @@ def _child_environment(devices: int, out: Path) -> dict[str, str]:
     """The caller's environment with `devices` fake CPU devices and none of pytest's or xdist's
     per-run variables (PYTEST_ADDOPTS could hand the child options of plugins it does not load)."""
     env = child_env(devices, JAX_PLATFORMS="cpu", **{OUTCOMES: str(out)})
-    for key in ("PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID",
-                "JAX_NUM_CPU_DEVICES"):
+    for key in ("PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
         env.pop(key, None)
     return env
 
@@ -158,7 +157,8 @@ def _run_group(item: InChild) -> None:
                                   text=True, errors="replace", timeout=TIMEOUT)
             code, tail = done.returncode, done.stdout[-4000:] + done.stderr[-4000:]
         except subprocess.TimeoutExpired as e:
-            code, tail = f"killed after {TIMEOUT} s", str(e.stdout or "")[-4000:] + str(e.stderr or "")[-4000:]
+            text = lambda b: b.decode(errors="replace") if isinstance(b, bytes) else (b or "")  # bytes, whatever `text`
+            code, tail = f"killed after {TIMEOUT} s", text(e.stdout)[-4000:] + text(e.stderr)[-4000:]
         if out.exists():
             for line in out.read_text(errors="replace").splitlines():
                 try:

@@ -86,7 +86,8 @@ def _finite(s, n):
 
 def test_real_model_smoke(tmp_path, shared_data):
     # a child process with one host device, as the script runs from a shell (with a caller's 8 fake
-    # devices the runs were four times slower on 2 cores); the caller's other XLA flags kept (the suite's O0: 82 s against 98 s alone; an ISA cap)
+    # devices the runs were four times slower on 2 cores); the caller's other XLA flags kept (the
+    # suite's O0: 82 s against 98 s alone; an ISA cap)
     env = child_env(1)
     done = subprocess.run([sys.executable, str(ROOT / "experiments" / "real_model.py"), "--smoke", "--out",
                            str(tmp_path / "runs")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
