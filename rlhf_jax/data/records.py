@@ -3,7 +3,9 @@
 Kinds (each a plain dict once validated):
 - "sft":      {"prompt", "completion"} or {"messages": [{"role", "content"}, ...]}
 - "pair":     {"prompt", "chosen", "rejected"}
-- "ranking":  {"prompt", "responses": [K strings], "ranks": [K ints]}; 0 is best, equal ranks are ties
+- "ranking":  {"prompt", "responses": [K strings], "ranks": [K ints]}; 0 is best, equal ranks are ties;
+              optional "ended": [K bools], False for a sampled response cut at the length limit
+              before any EOS (it comes back as `tokenize.Unfinished`, encoded without an EOS)
 - "prompt":   {"prompt"} (PPO rollouts; optional "reference")
 - "text":     {"text"} (pretraining text for the PPO-ptx term)
 - "fine_grained": {"prompt", "response", "spans": [{"start", "end", "category"}], optional "pairs"}
@@ -28,6 +30,7 @@ import random
 import reprlib
 from typing import Any, Callable, Mapping
 
+from rlhf_jax.data.tokenize import Unfinished
 from rlhf_jax.errors import UserError
 
 ROLES = ("system", "user", "assistant")
@@ -185,7 +188,18 @@ def validate_ranking(row: Mapping, max_chars: int | None = None) -> dict:
         raise FieldError("ranks", "all responses are tied: no preference to learn", reason="all_tied")
     if len(set(responses)) < len(responses):
         raise FieldError("responses", "contains the same response twice", reason="duplicate_response")
+    ended = row.get("ended")
+    if ended is not None:
+        if not isinstance(ended, list) or len(ended) != len(responses) or not all(isinstance(e, bool) for e in ended):
+            raise FieldError("ended", f"{show(ended)} is not a list of {len(responses)} booleans", reason="bad_ended")
+        responses = [r if e else Unfinished(r) for r, e in zip(responses, ended)]
     return {"prompt": prompt, "responses": responses, "ranks": list(ranks)}
+
+
+def ended_flags(responses: list[str]) -> list[bool]:
+    """A ranking's "ended" field: False for each `Unfinished` response (what a writer stores so
+    that `validate_ranking` gives the mark back)."""
+    return [not isinstance(r, Unfinished) for r in responses]
 
 
 def validate_prompt(row: Mapping, max_chars: int | None = None) -> dict:

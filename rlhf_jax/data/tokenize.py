@@ -138,14 +138,17 @@ def encode_chat(tokenizer, messages, cfg: TokenizeConfig) -> tuple[list[int], li
     return ids, mask
 
 
+def response_ids(tokenizer, response: str, cfg: TokenizeConfig) -> list[int]:
+    """A response's ids as the SFT loss and a reward model read them: its text, then EOS (unless
+    the response is `Unfinished` or `cfg.add_eos` is off). Every encoder of responses uses this."""
+    return _encode(tokenizer, response) + (_eos(tokenizer) if cfg.add_eos and not isinstance(response, Unfinished)
+                                           else [])
+
+
 def encode_example(tokenizer, prompt, response: str, cfg: TokenizeConfig,
                    stats: TruncationStats | None = None) -> tuple[list[int], list[int]]:
-    """(ids, loss_mask) of prompt + response (+ EOS, unless the response is `Unfinished`),
-    truncated by the policy above."""
-    p = encode_prompt(tokenizer, prompt, cfg)
-    r = _encode(tokenizer, response) + (_eos(tokenizer) if cfg.add_eos and not isinstance(response, Unfinished)
-                                        else [])
-    return truncate(p, r, cfg, stats)
+    """(ids, loss_mask) of prompt + `response_ids`, truncated by the policy above."""
+    return truncate(encode_prompt(tokenizer, prompt, cfg), response_ids(tokenizer, response, cfg), cfg, stats)
 
 
 def encode_split(tokenizer, prompt, response: str, cfg: TokenizeConfig) -> tuple[list[int], list[int]]:
@@ -320,7 +323,7 @@ def ranking_arrays(records: Sequence[dict], tokenizer, cfg: TokenizeConfig, k_ma
                    ) -> tuple[dict[str, np.ndarray], dict]:
     """Pairs or K-wise rankings -> one batch element per prompt, every response one sequence.
 
-    tokens/mask/loss_mask [N, K, T] (prompt + response + EOS, right-padded; loss_mask marks the
+    tokens/mask/loss_mask [N, K, T] (prompt + `response_ids`, right-padded; loss_mask marks the
     response), ranks [N, K] (0 best; -1 for empty slots), valid [N, K]. Pairs are K = 2 with
     ranks [0, 1]. The reward model scores each sequence once and forms all C(K, 2) pairs.
     """
@@ -337,7 +340,7 @@ def ranking_arrays(records: Sequence[dict], tokenizer, cfg: TokenizeConfig, k_ma
             raise ValueError(f"record {i} has {len(r['responses'])} responses, more than k_max={k_max}")
         prompt_ids = encode_prompt(tokenizer, r["prompt"], cfg)
         for j, (resp, rank) in enumerate(zip(r["responses"], r["ranks"])):
-            ids, mask = truncate(prompt_ids, _encode(tokenizer, resp) + _eos(tokenizer), cfg, stats)
+            ids, mask = truncate(prompt_ids, response_ids(tokenizer, resp, cfg), cfg, stats)
             out["tokens"][i, j, :len(ids)] = ids
             out["mask"][i, j, :len(ids)] = 1
             out["loss_mask"][i, j, :len(ids)] = mask

@@ -2,8 +2,9 @@
 K = data.k samples of the SFT policy per prompt, ranked by the gold reward (the gold
 classifier of stage clf, or the task world's gold), so each prompt gives up to C(K, 2) pairs.
 The reward model and DPO both read these rankings (`data.rm_train = "stage:prefs"`), from
-WORKDIR/prefs/final/{train,val}.jsonl.gz: ranking records (prompt, responses, ranks), with the
-gold scores and the sampled token ids (prompt_ids, response_ids) beside them for inspection.
+WORKDIR/prefs/final/{train,val}.jsonl.gz: ranking records (prompt, responses, ranks, and
+"ended": False for a response cut at the length limit before any EOS, which the reward model then
+reads at its last sampled token, as PPO's rewards do), with the gold scores and the sampled token ids (prompt_ids, response_ids) beside them for inspection.
 
 Prompts: the task world's RM prompts, or, from files, the first data.n_rankings of the
 training prompts and the last data.n_rankings_val of them (held-out rankings). A prompt's
@@ -23,8 +24,8 @@ import numpy as np
 
 from rlhf_jax import checkpoint, distributed
 from rlhf_jax.data import synthetic
-from rlhf_jax.data.records import ranking_pairs
-from rlhf_jax.data.tokenize import decode
+from rlhf_jax.data.records import ended_flags, ranking_pairs
+from rlhf_jax.data.tokenize import decode_sampled
 from rlhf_jax.stages.gold import gold_reward, gold_stages
 from rlhf_jax.stages.handoff import load_sft
 from rlhf_jax.stages.preferences import PREFS
@@ -82,7 +83,7 @@ def rank(prompts: list[str], responses: list[list[str]], scores: np.ndarray,
             continue
         ranks = np.unique(-values, return_inverse=True)[1]  # dense: 0 best, ties share a rank
         records.append({"prompt": prompt, "responses": list(keep), "ranks": [int(r) for r in ranks],
-                        "scores": list(keep.values()), **({"response_ids": kept_ids} if kept_ids[0] else {})})
+                        "ended": ended_flags(list(keep)), "scores": list(keep.values()), **({"response_ids": kept_ids} if kept_ids[0] else {})})
     return records, dropped
 
 
@@ -109,7 +110,7 @@ def run(ctx) -> dict[str, Any]:
         prompts = ranking_prompts(ctx, split)
         s = sample(ctx, sft, prompts, k, 1.0, seed=c.seed * 7907 + 13 + (split == "val"))
         scores = gold.host_scores(s["prompt"], s["prompt_mask"], s["response"], s["response_mask"])
-        texts = decode(ctx.tokenizer, s["response"], s["response_mask"])
+        texts, _ = decode_sampled(ctx.tokenizer, s["response"], s["response_mask"])
         ids = [[int(t) for t, m in zip(row, mask) if m] for row, mask in zip(s["response"], s["response_mask"])]
         records, dropped = rank([p["prompt"] for p in prompts], [texts[i * k:(i + 1) * k] for i in range(len(prompts))],
                                 scores.reshape(len(prompts), k), [ids[i * k:(i + 1) * k] for i in range(len(prompts))])

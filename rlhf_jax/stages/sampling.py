@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from rlhf_jax import checkpoint, distributed
-from rlhf_jax.data.tokenize import decode, prompt_arrays
+from rlhf_jax.data.tokenize import decode_sampled, prompt_arrays
 from rlhf_jax.generate import sample_rows
 from rlhf_jax.stages.handoff import sft_stage
 from rlhf_jax.train.ppo import sampling_config
@@ -90,7 +90,8 @@ def drop_kept_samples(ctx, stage: str, name: str = "samples") -> None:
 
 def sample_texts(ctx, params, prompt_records: list[dict], copies: int, temperature: float, seed: int
                  ) -> list[list[str]]:
-    """`copies` decoded responses per prompt."""
+    """`copies` decoded responses per prompt; one cut at the length limit before any EOS is
+    `tokenize.Unfinished`, so a reward model trained on it reads it at its last sampled token."""
     s = sample(ctx, params, prompt_records, copies, temperature, seed)
-    texts = decode(ctx.tokenizer, s["response"], s["response_mask"])
+    texts, _ = decode_sampled(ctx.tokenizer, s["response"], s["response_mask"])
     return [texts[j * copies:(j + 1) * copies] for j in range(len(prompt_records))]

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from rlhf_jax.data.batches import evaluate_all
-from rlhf_jax.data.tokenize import TokenizeConfig, TruncationStats, _encode, _eos, encode_prompt, truncate
+from rlhf_jax.data.tokenize import TokenizeConfig, TruncationStats, encode_prompt, response_ids, truncate
 from rlhf_jax.models.forward import forward
 from rlhf_jax.objectives import finegrained as F
 from rlhf_jax.train.step import make_train_step
@@ -29,7 +29,7 @@ def segment_arrays(records, tokenizer, cfg: TokenizeConfig, components, classes,
     responses = []
     for i, r in enumerate(records):
         ids, m = truncate(encode_prompt(tokenizer, r["prompt"], cfg),
-                          _encode(tokenizer, r["response"]) + _eos(tokenizer), cfg, stats)
+                          response_ids(tokenizer, r["response"], cfg), cfg, stats)
         tokens[i, :len(ids)], mask[i, :len(ids)], resp_mask[i, :len(ids)] = ids, 1, m
         responses.append((len(ids) - sum(m), ids[len(ids) - sum(m):]))
     ends = np.stack([np.asarray(F.segment_ends(tokens, resp_mask, classes, c.unit, min_words))

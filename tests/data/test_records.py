@@ -43,7 +43,9 @@ def test_ranking_errors():
              ({"responses": ["a"], "ranks": [0]}, "responses", "K must be 2..9"),
              ({"responses": ["a", ""], "ranks": [0, 1]}, "responses[1]", "is empty"),
              ({"responses": ["a", "b"], "ranks": [0, 0]}, "ranks", "all responses are tied"),
-             ({"responses": ["a", "b"], "ranks": [0, 1.0]}, "ranks", "not all integers")]
+             ({"responses": ["a", "b"], "ranks": [0, 1.0]}, "ranks", "not all integers"),
+             ({"responses": ["a", "b"], "ranks": [0, 1], "ended": [True]}, "ended", "not a list of 2 booleans"),
+             ({"responses": ["a", "b"], "ranks": [0, 1], "ended": [1, 0]}, "ended", "not a list of 2 booleans")]
     for row, field, words in cases:
         from rlhf_jax.data.records import FieldError, validate_ranking
         with pytest.raises(FieldError) as e:

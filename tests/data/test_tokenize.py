@@ -40,6 +40,30 @@ def test_an_unfinished_response_is_encoded_without_the_eos(world_tok):
     assert [int((r == eos).sum()) for r in rows["tokens"]] == [1, 0] and rows["loss_mask"].sum(1).tolist() == [4, 3]
 
 
+def test_a_ranking_keeps_the_unfinished_mark_through_its_file(world_tok, tmp_path):
+    """Stage prefs ranks decoded samples and writes them as JSONL text: its "ended" field gives the
+    reader back `Unfinished`, and the reward model's rows (`ranking_arrays`) have no EOS after it."""
+    import json
+
+    from rlhf_jax.data.sources import read_records
+    from rlhf_jax.data.tokenize import ranking_arrays
+    from rlhf_jax.stages import prefs
+    tok = world_tok
+    records, _ = prefs.rank(["sort 3 1 2 =>"], [["1 2 3", Unfinished("1 2")]], np.array([[0.9, 0.1]]))
+    assert records[0]["ended"] == [True, False]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    back, _ = read_records(path, "ranking")
+    assert [isinstance(r, Unfinished) for r in back[0]["responses"]] == [False, True]
+    rows, _ = ranking_arrays(back, tok, TokenizeConfig(max_len=12))
+    eos = tok.convert_tokens_to_ids("<eos>")
+    assert (rows["tokens"][0] == eos).sum(1).tolist() == [1, 0]
+    assert rows["mask"][0].sum(1).tolist() == [5 + 3 + 1, 5 + 2]  # prompt 5, response, EOS only after the ended one
+    plain, _ = ranking_arrays([{**back[0], "responses": [str(r) for r in back[0]["responses"]]}], tok,
+                              TokenizeConfig(max_len=12))
+    assert (plain["tokens"][0] == eos).sum(1).tolist() == [1, 1]  # without the mark both would end in EOS
+
+
 def test_truncation_keeps_prompt_end_and_cuts_response(world_tok):
     stats = TruncationStats()
     cfg = TokenizeConfig(max_len=6, max_prompt_len=3)
