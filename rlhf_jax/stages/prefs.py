@@ -4,7 +4,8 @@ classifier of stage clf, or the task world's gold), so each prompt gives up to C
 The reward model and DPO both read these rankings (`data.rm_train = "stage:prefs"`), from
 WORKDIR/prefs/final/{train,val}.jsonl.gz: ranking records (prompt, responses, ranks, and
 "ended": False for a response cut at the length limit before any EOS, which the reward model then
-reads at its last sampled token, as PPO's rewards do), with the gold scores and the sampled token ids (prompt_ids, response_ids) beside them for inspection.
+reads at its last sampled token, as PPO's rewards do), with the gold scores and the sampled token
+ids (prompt_ids, response_ids) beside them for inspection.
 
 Prompts: the task world's RM prompts, or, from files, the first data.n_rankings of the
 training prompts and the last data.n_rankings_val of them (held-out rankings). A prompt's
@@ -83,7 +84,8 @@ def rank(prompts: list[str], responses: list[list[str]], scores: np.ndarray,
             continue
         ranks = np.unique(-values, return_inverse=True)[1]  # dense: 0 best, ties share a rank
         records.append({"prompt": prompt, "responses": list(keep), "ranks": [int(r) for r in ranks],
-                        "ended": ended_flags(list(keep)), "scores": list(keep.values()), **({"response_ids": kept_ids} if kept_ids[0] else {})})
+                        "ended": ended_flags(list(keep)), "scores": list(keep.values()),
+                        **({"response_ids": kept_ids} if kept_ids[0] else {})})
     return records, dropped
 
 
