@@ -2,7 +2,7 @@
 
 Kinds (each a plain dict once validated):
 - "sft":      {"prompt", "completion"} or {"messages": [{"role", "content"}, ...]}
-- "pair":     {"prompt", "chosen", "rejected"}
+- "pair":     {"prompt", "chosen", "rejected"}; optional "ended": [2 bools] for (chosen, rejected), as below
 - "ranking":  {"prompt", "responses": [K strings], "ranks": [K ints]}; 0 is best, equal ranks are ties;
               optional "ended": [K bools], False for a sampled response cut at the length limit
               before any EOS (it comes back as `tokenize.Unfinished`, encoded without an EOS)
@@ -154,11 +154,22 @@ def validate_sft(row: Mapping, max_chars: int | None = None) -> dict:
     return {"prompt": _prompt(row, max_chars), "completion": _text(row, "completion", max_chars=max_chars)}
 
 
+def _mark_unfinished(row: Mapping, responses: list[str]) -> list[str]:
+    """`responses` with each one the row's optional "ended" list marks false made `Unfinished`."""
+    ended = row.get("ended")
+    if ended is None:
+        return responses
+    if not isinstance(ended, list) or len(ended) != len(responses) or not all(isinstance(e, bool) for e in ended):
+        raise FieldError("ended", f"{show(ended)} is not a list of {len(responses)} booleans", reason="bad_ended")
+    return [r if e else Unfinished(r) for r, e in zip(responses, ended)]
+
+
 def validate_pair(row: Mapping, max_chars: int | None = None) -> dict:
     out = {"prompt": _prompt(row, max_chars), "chosen": _text(row, "chosen", max_chars=max_chars),
            "rejected": _text(row, "rejected", max_chars=max_chars)}
     if out["chosen"] == out["rejected"]:
         raise FieldError("rejected", "is identical to chosen", reason="chosen_equals_rejected")
+    out["chosen"], out["rejected"] = _mark_unfinished(row, [out["chosen"], out["rejected"]])
     return out
 
 
@@ -188,12 +199,7 @@ def validate_ranking(row: Mapping, max_chars: int | None = None) -> dict:
         raise FieldError("ranks", "all responses are tied: no preference to learn", reason="all_tied")
     if len(set(responses)) < len(responses):
         raise FieldError("responses", "contains the same response twice", reason="duplicate_response")
-    ended = row.get("ended")
-    if ended is not None:
-        if not isinstance(ended, list) or len(ended) != len(responses) or not all(isinstance(e, bool) for e in ended):
-            raise FieldError("ended", f"{show(ended)} is not a list of {len(responses)} booleans", reason="bad_ended")
-        responses = [r if e else Unfinished(r) for r, e in zip(responses, ended)]
-    return {"prompt": prompt, "responses": responses, "ranks": list(ranks)}
+    return {"prompt": prompt, "responses": _mark_unfinished(row, responses), "ranks": list(ranks)}
 
 
 def ended_flags(responses: list[str]) -> list[bool]:

@@ -6,7 +6,9 @@ Item rows (one JSON object per line):
     ranking:  {"prompt", "responses": [K strings]}         K = 2..9, all different
     rating:   {"prompt", "response"} (or "responses": [one])
     spans:    {"prompt", "response"} (or "responses": [one])
-Any other keys of a row are kept in the item's meta (with "source": "FILE:LINE") as provenance.
+Any other keys of a row are kept in the item's meta (with "source": "FILE:LINE") as provenance. An
+optional "ended": [one boolean per response] (false: cut at the length limit before any EOS; what
+`--model` records for its samples) is checked here and carried by the ranking and pairs exports.
 Gold (screening) files hold the same rows plus "gold": the known answer, a label value in the row's
 order (ranking {"ranks"}, rating {"scores"}, spans {"spans"}).
 """
@@ -18,7 +20,8 @@ import types
 from pathlib import Path
 from typing import Callable, Sequence
 
-from rlhf_jax.data.records import MAX_K, DataError
+from rlhf_jax.data.records import MAX_K, DataError, ended_flags
+from rlhf_jax.data.tokenize import Unfinished
 from rlhf_jax.errors import UserError
 from rlhf_jax.label import values as V
 from rlhf_jax.label.store import ITEM_KINDS
@@ -80,6 +83,11 @@ def item_from_row(path, n: int, row: dict, kind: str, meta: dict | None = None) 
             if not isinstance(rs, list) or len(rs) != 1:
                 raise DataError(str(path), n, "response", f"missing: a {kind} row holds one response")
             responses = [_string(path, n, {"response": rs[0]}, "response")]
+    ended = row.get("ended")
+    if ended is not None and (not isinstance(ended, list) or len(ended) != len(responses)
+                              or not all(isinstance(e, bool) for e in ended)):
+        raise DataError(str(path), n, "ended", f"expected a list of {len(responses)} booleans (false: the "
+                                               "response was cut at the length limit before any EOS)")
     extra = {k: v for k, v in row.items() if k not in ("prompt", "responses", "response", "gold")}
     return {"prompt": prompt, "responses": responses, "meta": {**extra, **(meta or {}), "source": f"{path}:{n}"}}
 
@@ -124,7 +132,9 @@ def sample_responses(complete: Callable[[list], list[str]], prompts: Sequence[st
                      tries: int = RESAMPLE_TRIES, as_input: Callable = as_chat) -> tuple[list[list[str]], dict]:
     """K distinct non-empty responses per prompt from `complete([(messages, prefix), ...])`: duplicates
     (after stripping) and empty ones are resampled up to `tries` times; prompts that still lack K
-    distinct responses are dropped and counted. Returns (responses per kept prompt or [] if dropped, stats)."""
+    distinct responses are dropped and counted. A completion cut at the length limit (`.cut`, from
+    `synth.generator`) comes back `tokenize.Unfinished`. Returns (responses per kept prompt or [] if
+    dropped, stats)."""
     out: list[list[str]] = [[] for _ in prompts]
     need = list(range(len(prompts)))
     stats = {"sampled": 0, "resampled": 0, "dropped": 0}
@@ -137,7 +147,9 @@ def sample_responses(complete: Callable[[list], list[str]], prompts: Sequence[st
         stats["sampled" if attempt == 0 else "resampled"] += len(batch)
         for i, m in asks:
             for _ in range(m):
-                t = str(next(texts)).strip()
+                c = next(texts)
+                t = str(c).strip()
+                t = Unfinished(t) if getattr(c, "cut", False) else t
                 if t and t not in out[i]:
                     out[i].append(t)
         need = [i for i in need if len(out[i]) < k]
@@ -174,10 +186,11 @@ def items_from_model(model: str, prompts_path, kind: str, k: int, seed: int = 0,
         if not responses:
             continue
         src = {**prov, "source": f"{prompts_path}:{n}"}
-        if kind == "ranking":
-            out.append({"prompt": prompt, "responses": responses, "meta": src})
+        if kind == "ranking":  # "ended": which responses the export marks Unfinished (records.validate_ranking)
+            out.append({"prompt": prompt, "responses": responses, "meta": dict(src, ended=ended_flags(responses))})
         else:
-            out += [{"prompt": prompt, "responses": [r], "meta": dict(src, sample=j)} for j, r in enumerate(responses)]
+            out += [{"prompt": prompt, "responses": [r], "meta": dict(src, sample=j, ended=ended_flags([r]))}
+                    for j, r in enumerate(responses)]
     stats.update(gen.stats.as_dict())
     return out, stats
 

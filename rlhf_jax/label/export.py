@@ -9,6 +9,9 @@ record per item, each with "provenance": {"item_id", "annotators", "agreement", 
                         error span of a category when more than half the annotators marked it so
     --kind sft          --consensus all       {"prompt", "completion"}: every demonstration
 
+A ranking or pair record also holds "ended" (one boolean per response) when its item recorded
+which responses were cut at the length limit (`batch --model` does; a file row may).
+
 Gold (screening) items are not exported; with --exclude-below T annotators whose gold accuracy on
 the kind is below T are left out of the consensus (and named in the summary). The consensus rules
 and gold accuracy are `rlhf_jax.label.quality`'s.
@@ -20,8 +23,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from rlhf_jax.data.records import (FieldError, ranking_pairs, validate_fine_grained, validate_pair, validate_ranking,
-                                    validate_rating, validate_sft)
+from rlhf_jax.data.records import (FieldError, ended_flags, ranking_pairs, validate_fine_grained, validate_pair,
+                                    validate_ranking, validate_rating, validate_sft)
 from rlhf_jax.errors import UserError
 
 ITEM_KIND = {"ranking": "ranking", "pairs": "ranking", "rating": "rating", "fine_grained": "spans", "sft": "sft"}
@@ -129,18 +132,21 @@ def export(store, kind: str, rule: str | None = None, exclude_below: float | Non
                     rec = validate_sft({"prompt": r["prompt"], "completion": r["value"]["completion"]})
                     records.append({**rec, "provenance": dict(prov, annotators=[r["annotator"]], agreement=None)})
                 continue
+            ended = first["meta"].get("ended")  # which responses were cut at the length limit, when known
             if kind == "ranking":
                 rec = validate_ranking({"prompt": first["prompt"], "responses": first["responses"],
-                                        "ranks": cons[item_id]["ranks"]})
-                records.append({**rec, "provenance": prov})
+                                        "ranks": cons[item_id]["ranks"], "ended": ended})
+                records.append({**rec, **_ended(rec["responses"], ended), "provenance": prov})
             elif kind == "pairs":
                 c = cons[item_id]
                 won = c["pairs"] if rule == "majority" else [list(p) for p in ranking_pairs(c["ranks"])]
                 votes = c.get("votes") or [None] * len(won)
                 for (w, l), v in zip(won, votes):
                     rec = validate_pair({"prompt": first["prompt"], "chosen": first["responses"][w],
-                                         "rejected": first["responses"][l]})
-                    records.append({**rec, "provenance": dict(prov, pair=[w, l], votes=v)})
+                                         "rejected": first["responses"][l],
+                                         "ended": None if ended is None else [ended[w], ended[l]]})
+                    records.append({**rec, **_ended([rec["chosen"], rec["rejected"]], ended),
+                                    "provenance": dict(prov, pair=[w, l], votes=v)})
             elif kind == "rating":
                 rec = validate_rating({"prompt": first["prompt"], "response": first["responses"][0],
                                        "scores": cons[item_id]["scores"]})
@@ -154,6 +160,11 @@ def export(store, kind: str, rule: str | None = None, exclude_below: float | Non
             summary["skipped"][e.reason] = summary["skipped"].get(e.reason, 0) + 1
     summary["records"] = len(records)
     return records, summary
+
+
+def _ended(responses: list[str], known) -> dict:
+    """The exported record's "ended" field, when the item recorded which responses were cut."""
+    return {} if known is None else {"ended": ended_flags(responses)}
 
 
 def write_jsonl(path, records: list[dict]) -> None:

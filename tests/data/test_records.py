@@ -51,6 +51,10 @@ def test_ranking_errors():
         with pytest.raises(FieldError) as e:
             validate_ranking({"prompt": "p", **row})
         assert e.value.field == field and words in e.value.message, row
+    from rlhf_jax.data.records import validate_pair
+    with pytest.raises(FieldError) as e:
+        validate_pair({"prompt": "p", "chosen": "a", "rejected": "b", "ended": [True, "no"]})
+    assert e.value.field == "ended" and "not a list of 2 booleans" in e.value.message
 
 
 def test_ties_are_dropped_from_pairs():

@@ -38,6 +38,8 @@ def test_items_from_file_keep_extra_keys_as_provenance(tmp_path):
     ({"prompt": "p", "responses": ["a", "a"]}, "ranking", "r.jsonl:2: field 'responses': contains the same"),
     ({"prompt": "p", "responses": ["a", 3]}, "ranking", "r.jsonl:2: field 'r': expected a string, got int"),
     ({"prompt": "p"}, "rating", "r.jsonl:2: field 'response': missing"),
+    ({"prompt": "p", "responses": ["a", "b"], "ended": [True]}, "ranking",
+     "r.jsonl:2: field 'ended': expected a list of 2 booleans"),
     ({"prompt": "  "}, "sft", "r.jsonl:2: field 'prompt': is empty"),
     ([1], "sft", "r.jsonl:2: field '(line)': expected a JSON object"),
 ])
@@ -75,6 +77,40 @@ def test_duplicate_samples_are_resampled_and_hopeless_prompts_dropped():
     # p0: x, "x " (a duplicate once stripped), y -> resample 1: z
     assert out == [["x", "y", "z"], []]
     assert calls == [6, 3, 2] and stats == {"sampled": 6, "resampled": 5, "dropped": 1}
+
+
+def test_a_sample_cut_at_the_limit_comes_back_unfinished():
+    """`synth.generator` marks a completion that hit max_new_tokens before an EOS (`.cut`); the
+    batch keeps the mark, so the export can say which responses a reward model reads without an EOS."""
+    from rlhf_jax.data.tokenize import Unfinished
+    from rlhf_jax.synth.generator import Completion
+
+    def completion(text, cut):
+        c = Completion(text)
+        c.cut = cut
+        return c
+    answers = iter([completion("done ", False), completion("cut off ", True)])
+    out, _ = B.sample_responses(lambda batch: [next(answers) for _ in batch], ["p"], k=2)
+    assert out == [["done", "cut off"]] and [isinstance(t, Unfinished) for t in out[0]] == [False, True]
+
+
+def test_export_carries_which_responses_were_cut(tmp_path):
+    """An item whose meta says which responses ended (what `batch --model` records, or a file row's
+    "ended") exports rankings and pairs with the same "ended" field, read back as `Unfinished`."""
+    pytest.importorskip("rlhf_jax.label.quality")
+    from rlhf_jax.data.tokenize import Unfinished
+    item = [{**ITEM[0], "meta": {"model": "m", "ended": [True, False, True]}}]
+    store = labelled_store(tmp_path, "ranking", item, RANKS)
+    records, _ = export(store, "ranking", "borda")
+    assert records[0]["ended"] == [True, False, True]
+    back = validate_ranking(records[0])
+    assert [isinstance(r, Unfinished) for r in back["responses"]] == [False, True, False]
+    pairs, _ = export(store, "pairs", "borda")
+    assert {(r["chosen"], r["rejected"]): r["ended"] for r in pairs} == {
+        ("r0", "r1"): [True, False], ("r0", "r2"): [True, True], ("r1", "r2"): [False, True]}
+    assert isinstance(validate_pair(pairs[0])["rejected"], Unfinished)
+    plain, _ = export(labelled_store(tmp_path / "plain", "ranking", ITEM, RANKS), "ranking", "borda")
+    assert "ended" not in plain[0]  # not known: no field, every response read as ended
 
 
 def labelled_store(tmp_path, kind, rows, values, gold=None, gold_values=None):
