@@ -6,6 +6,8 @@ Kinds (each a plain dict once validated):
 - "ranking":  {"prompt", "responses": [K strings], "ranks": [K ints]}; 0 is best, equal ranks are ties;
               optional "ended": [K bools], False for a sampled response cut at the length limit
               before any EOS (it comes back as `tokenize.Unfinished`, encoded without an EOS)
+  Every kind with responses ("pair", "ranking", "fine_grained", "rating", "binary") takes that
+  optional "ended" list, one boolean per response in the record's order.
 - "prompt":   {"prompt"} (PPO rollouts; optional "reference")
 - "text":     {"text"} (pretraining text for the PPO-ptx term)
 - "fine_grained": {"prompt", "response", "spans": [{"start", "end", "category"}], optional "pairs"}
@@ -203,8 +205,8 @@ def validate_ranking(row: Mapping, max_chars: int | None = None) -> dict:
 
 
 def ended_flags(responses: list[str]) -> list[bool]:
-    """A ranking's "ended" field: False for each `Unfinished` response (what a writer stores so
-    that `validate_ranking` gives the mark back)."""
+    """A record's "ended" field: False for each `Unfinished` response (what a writer stores so
+    that the validators give the mark back)."""
     return [not isinstance(r, Unfinished) for r in responses]
 
 
@@ -238,7 +240,7 @@ def validate_fine_grained(row: Mapping, max_chars: int | None = None) -> dict:
         except FieldError as e:
             raise FieldError(f"{where}.category", e.message, reason="bad_span") from None
         clean.append({"start": start, "end": end, "category": category})
-    return {"prompt": _prompt(row, max_chars), "response": response, "spans": clean}
+    return {"prompt": _prompt(row, max_chars), "response": _mark_unfinished(row, [response])[0], "spans": clean}
 
 
 def validate_preference(row: Mapping, max_chars: int | None = None) -> dict:
@@ -267,7 +269,7 @@ def validate_rating(row: Mapping, max_chars: int | None = None) -> dict:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
             raise FieldError(f"scores.{name}", f"{show(value)} is not a number in [{lo}, {hi}]", reason="bad_scores")
         clean[name] = value
-    return {"prompt": _prompt(row, max_chars), "response": response, "scores": clean}
+    return {"prompt": _prompt(row, max_chars), "response": _mark_unfinished(row, [response])[0], "scores": clean}
 
 
 LABELS = {True: True, False: False, 1: True, 0: False, "desirable": True, "undesirable": False,
@@ -286,7 +288,7 @@ def validate_binary(row: Mapping, max_chars: int | None = None) -> dict:
     if isinstance(key, float) or not isinstance(key, (str, int)) or key not in LABELS:
         raise FieldError("label", f"{show(label)} is not true/false, 1/0 or 'desirable'/'undesirable'",
                          reason="bad_label")
-    return {"prompt": prompt, "response": response, "label": LABELS[key]}
+    return {"prompt": prompt, "response": _mark_unfinished(row, [response])[0], "label": LABELS[key]}
 
 
 VALIDATORS: dict[str, Callable[..., dict]] = {

@@ -9,8 +9,8 @@ record per item, each with "provenance": {"item_id", "annotators", "agreement", 
                         error span of a category when more than half the annotators marked it so
     --kind sft          --consensus all       {"prompt", "completion"}: every demonstration
 
-A ranking or pair record also holds "ended" (one boolean per response) when its item recorded
-which responses were cut at the length limit (`batch --model` does; a file row may).
+A record also holds "ended" (one boolean per response) when its item recorded which responses
+were cut at the length limit (`batch --model` does; a file row may).
 
 Gold (screening) items are not exported; with --exclude-below T annotators whose gold accuracy on
 the kind is below T are left out of the consensus (and named in the summary). The consensus rules
@@ -149,13 +149,13 @@ def export(store, kind: str, rule: str | None = None, exclude_below: float | Non
                                     "provenance": dict(prov, pair=[w, l], votes=v)})
             elif kind == "rating":
                 rec = validate_rating({"prompt": first["prompt"], "response": first["responses"][0],
-                                       "scores": cons[item_id]["scores"]})
-                records.append({**rec, "provenance": prov})
+                                       "scores": cons[item_id]["scores"], "ended": ended})
+                records.append({**rec, **_ended([rec["response"]], ended), "provenance": prov})
             else:
                 spans = majority_spans(values, len(first["responses"][0]))
                 rec = validate_fine_grained({"prompt": first["prompt"], "response": first["responses"][0],
-                                             "spans": spans})
-                records.append({**rec, "provenance": prov})
+                                             "spans": spans, "ended": ended})
+                records.append({**rec, **_ended([rec["response"]], ended), "provenance": prov})
         except FieldError as e:  # e.g. a consensus that ties every response: nothing to learn
             summary["skipped"][e.reason] = summary["skipped"].get(e.reason, 0) + 1
     summary["records"] = len(records)

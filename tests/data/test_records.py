@@ -57,6 +57,25 @@ def test_ranking_errors():
     assert e.value.field == "ended" and "not a list of 2 booleans" in e.value.message
 
 
+def test_every_kind_with_responses_reads_the_ended_field():
+    """"ended" (one boolean per response, in the record's order) gives back `Unfinished` for the
+    responses cut at the length limit, in every kind a reward model, DPO or KTO trains on."""
+    from rlhf_jax.data.records import (FieldError, validate_binary, validate_fine_grained, validate_pair,
+                                       validate_rating)
+    from rlhf_jax.data.tokenize import Unfinished
+    cut = lambda x: isinstance(x, Unfinished)
+    pair = validate_pair({"prompt": "p", "chosen": "a", "rejected": "b", "ended": [True, False]})
+    assert (cut(pair["chosen"]), cut(pair["rejected"])) == (False, True)
+    single = {"prompt": "p", "response": "r", "ended": [False]}
+    assert cut(validate_rating({**single, "scores": {"helpful": 3}})["response"])
+    assert cut(validate_fine_grained({**single, "spans": []})["response"])
+    assert cut(validate_binary({**single, "label": True})["response"])
+    assert not cut(validate_binary({**single, "label": True, "ended": [True]})["response"])
+    assert not cut(validate_binary({"prompt": "p", "response": "r", "label": True})["response"])
+    with pytest.raises(FieldError, match="not a list of 1 booleans"):
+        validate_rating({**single, "scores": {"helpful": 3}, "ended": False})
+
+
 def test_ties_are_dropped_from_pairs():
     assert ranking_pairs([0, 1, 2]) == [(0, 1), (0, 2), (1, 2)]
     assert ranking_pairs([1, 0, 1]) == [(1, 0), (1, 2)]  # the tie between 0 and 2 is dropped

@@ -195,12 +195,18 @@ def test_export_rating_spans_and_sft(tmp_path):
     records, _ = export(labelled_store(tmp_path / "t", "rating", rows, scores), "rating", "mean")
     assert records[0]["scores"] == {"h": pytest.approx(7 / 3), "t": 5.0} and records[0]["response"] == "resp"
 
-    rows = [{"prompt": "p", "responses": ["0123456789"], "meta": {"categories": ["f", "s"]}}]
+    assert "ended" not in records[0]
+    rows[0]["meta"]["ended"] = [False]  # a sample cut at the length limit (batch --model records it)
+    records, _ = export(labelled_store(tmp_path / "t_cut", "rating", rows, scores), "rating", "mean")
+    assert records[0]["ended"] == [False]
+
+    rows = [{"prompt": "p", "responses": ["0123456789"], "meta": {"categories": ["f", "s"], "ended": [False]}}]
     spans = {"a": [{"spans": [{"start": 0, "end": 4, "category": "f"}]}],
              "b": [{"spans": [{"start": 2, "end": 6, "category": "f"}]}], "c": [{"spans": []}]}
     records, _ = export(labelled_store(tmp_path / "s", "spans", rows, spans), "fine_grained")
-    assert records[0]["spans"] == [{"start": 2, "end": 4, "category": "f"}]
-    validate_fine_grained(records[0])
+    assert records[0]["spans"] == [{"start": 2, "end": 4, "category": "f"}] and records[0]["ended"] == [False]
+    from rlhf_jax.data.tokenize import Unfinished
+    assert isinstance(validate_fine_grained(records[0])["response"], Unfinished)
 
     demos = {n: [{"completion": f"demo by {n}"}] for n in "abc"}
     records, _ = export(labelled_store(tmp_path / "f", "sft", [{"prompt": "p", "responses": []}], demos), "sft")
