@@ -6,8 +6,10 @@ Kinds (each a plain dict once validated):
 - "ranking":  {"prompt", "responses": [K strings], "ranks": [K ints]}; 0 is best, equal ranks are ties;
               optional "ended": [K bools], False for a sampled response cut at the length limit
               before any EOS (it comes back as `tokenize.Unfinished`, encoded without an EOS)
-  Every kind with responses ("pair", "ranking", "fine_grained", "rating", "binary") takes that
-  optional "ended" list, one boolean per response in the record's order.
+  Every kind with responses ("sft" as prompt/completion, "pair", "ranking", "fine_grained",
+  "rating", "binary") takes that optional "ended" list, one boolean per response in the record's
+  order (an SFT completion cut at the limit is learned without an EOS: the model is not taught to
+  stop there).
 - "prompt":   {"prompt"} (PPO rollouts; optional "reference")
 - "text":     {"text"} (pretraining text for the PPO-ptx term)
 - "fine_grained": {"prompt", "response", "spans": [{"start", "end", "category"}], optional "pairs"}
@@ -152,8 +154,11 @@ def _prompt(row: Mapping, max_chars: int | None) -> str | list[dict]:
 
 def validate_sft(row: Mapping, max_chars: int | None = None) -> dict:
     if "messages" in row:
+        if row.get("ended") is not None:
+            raise FieldError("ended", "applies to prompt/completion rows, not to messages", reason="bad_ended")
         return {"messages": _messages(row["messages"], "messages", max_chars, need_assistant=True)}
-    return {"prompt": _prompt(row, max_chars), "completion": _text(row, "completion", max_chars=max_chars)}
+    completion = _text(row, "completion", max_chars=max_chars)
+    return {"prompt": _prompt(row, max_chars), "completion": _mark_unfinished(row, [completion])[0]}
 
 
 def _mark_unfinished(row: Mapping, responses: list[str]) -> list[str]:

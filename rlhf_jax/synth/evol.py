@@ -20,7 +20,7 @@ import logging
 import random
 from typing import Callable
 
-from rlhf_jax.data.records import FieldError, validate_sft
+from rlhf_jax.data.records import FieldError, ended_flags, validate_sft
 from rlhf_jax.synth import templates
 from rlhf_jax.synth.filters import copies_template, evol_rule, no_new_information, rewrite_is_reply
 from rlhf_jax.synth.parse import parse_rewrite
@@ -68,8 +68,9 @@ def run_evol_instruct(complete: Callable, instructions: list[dict], rounds: int,
         for (i, x, evolved, prov), response in zip(answer, responses):
             reason = evol_rule(x["prompt"], evolved, response.strip(), e)
             if reason is None:
-                try:
-                    record = validate_sft({"prompt": evolved, "completion": response.strip()})
+                try:  # a response cut at response_tokens is kept, marked: SFT learns it without an EOS
+                    record = validate_sft({"prompt": evolved, "completion": response.strip(),
+                                           "ended": [not getattr(response, "cut", False)]})
                 except FieldError as err:
                     reason, prov = "invalid_record", {**prov, "detail": str(err)}
             if reason:
@@ -77,8 +78,8 @@ def run_evol_instruct(complete: Callable, instructions: list[dict], rounds: int,
                 nxt.append(x)
                 continue
             rid = f"evol_r{rnd}_{i}"
-            result.records.append({**record, "id": rid, "cut_at_token_limit": bool(getattr(response, "cut", False)),
-                                   "provenance": prov})
+            result.records.append({**record, "ended": ended_flags([record["completion"]]), "id": rid,
+                                   "cut_at_token_limit": bool(getattr(response, "cut", False)), "provenance": prov})
             nxt.append({"id": rid, "prompt": evolved, "root": x["root"], "depth": x["depth"] + 1})
         current = nxt
         after = result.counts()

@@ -26,7 +26,7 @@ import logging
 import random
 from typing import Any, Callable
 
-from rlhf_jax.data.records import FieldError, validate_sft
+from rlhf_jax.data.records import FieldError, ended_flags, validate_sft
 from rlhf_jax.synth import templates
 from rlhf_jax.synth.filters import DedupIndex, RougePool, instruction_filter, words
 from rlhf_jax.synth.parse import parse_instance, parse_tasks, parse_yes_no, prompt_of
@@ -137,9 +137,10 @@ def _instances(complete, pending, seeds, cls_shots, s, f, rng, result, dedup, po
         elif len(words(inst["output"])) > f.max_output_words:
             reason = "output_too_long"
         else:
-            try:
+            try:  # a generation cut at instance_tokens cuts the output only when the output comes last
+                output_cut = getattr(out, "cut", False) and not p["is_classification"]  # classification: output first
                 record = validate_sft({"prompt": prompt_of(p["instruction"], inst["input"]),
-                                       "completion": inst["output"]})
+                                       "completion": inst["output"], "ended": [not output_cut]})
             except FieldError as e:
                 reason, detail = "invalid_record", str(e)
         if reason:
@@ -150,8 +151,8 @@ def _instances(complete, pending, seeds, cls_shots, s, f, rng, result, dedup, po
             pool.remove(p["instruction"])
             continue
         rid = f"si_r{rnd}_{i}"
-        row = {**record, "id": rid, "instruction": p["instruction"], "input": inst["input"],
-               "output": inst["output"], "is_classification": p["is_classification"],
+        row = {**record, "ended": ended_flags([record["completion"]]), "id": rid, "instruction": p["instruction"],
+               "input": inst["input"], "output": inst["output"], "is_classification": p["is_classification"],
                "rouge_l_to_pool": p["rouge_l"], "cut_at_token_limit": bool(getattr(out, "cut", False)),
                "provenance": p["provenance"]}
         result.records.append(row)

@@ -74,6 +74,11 @@ def test_every_kind_with_responses_reads_the_ended_field():
     assert not cut(validate_binary({"prompt": "p", "response": "r", "label": True})["response"])
     with pytest.raises(FieldError, match="not a list of 1 booleans"):
         validate_rating({**single, "scores": {"helpful": 3}, "ended": False})
+    from rlhf_jax.data.records import validate_sft
+    assert cut(validate_sft({"prompt": "p", "completion": "c", "ended": [False]})["completion"])
+    with pytest.raises(FieldError, match="not to messages"):
+        validate_sft({"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}],
+                      "ended": [False]})
 
 
 def test_ties_are_dropped_from_pairs():

@@ -175,6 +175,7 @@ def test_evol_rounds_rules_and_provenance():
     assert second["provenance"]["parent"] == first["id"] and second["provenance"]["depth"] == 2
     assert second["provenance"]["root"] == "f"
     assert first["completion"].startswith("It is a juicy fruit") and first["cut_at_token_limit"] is False
+    assert first["ended"] == [True]
     assert result.rounds == [{"round": 0, "candidates": 5, "kept": 1}, {"round": 1, "candidates": 5, "kept": 1}]
 
 
@@ -217,3 +218,49 @@ def test_a_generation_cut_at_the_token_limit_loses_its_last_task(cut):
         assert c == {"candidates": 2, "kept": 1, "rejected": {"cut_at_token_limit": 1}}
     else:  # ended at EOS: the short last task is whole
         assert c == {"candidates": 2, "kept": 2, "rejected": {}}
+
+
+def test_evol_a_response_cut_at_the_token_limit_is_kept_marked():
+    """A response that hit response_tokens is kept with "ended": [false], so SFT on the records learns
+    its text without an EOS (validate_sft gives it back `Unfinished`)."""
+    from rlhf_jax.data.records import validate_sft
+    from rlhf_jax.data.tokenize import Unfinished
+    from rlhf_jax.synth.generator import Completion
+
+    def complete(prompts, max_new_tokens):
+        if "#The Given Prompt#" in prompts[0][0][-1]["content"]:
+            return [" Name three rivers in Peru and the ocean each one flows into."] * len(prompts)
+        answer = Completion("The Amazon flows into the Atlantic Ocean, the Ucayali joins the Amazon, and the")
+        answer.cut = True
+        return [answer] * len(prompts)
+    cfg = get_config()
+    cfg.evol_instruct.operations = ("deepening",)
+    (record,) = run_evol_instruct(complete, [{"id": "a", "prompt": "Name a river."}], rounds=1, cfg=cfg).records
+    assert record["cut_at_token_limit"] is True and record["ended"] == [False]
+    assert isinstance(validate_sft(record)["completion"], Unfinished)
+
+
+@pytest.mark.parametrize("classification", [False, True])
+def test_self_instruct_marks_an_output_the_token_limit_cut(classification):
+    """An instance generation cut at instance_tokens cuts its output when the output comes last
+    (input first); a classification instance puts its label first, so its output is whole."""
+    from rlhf_jax.synth.generator import Completion
+
+    def complete(prompts, max_new_tokens):
+        out = []
+        for _, prefix in prompts:
+            if prefix.startswith("Task"):
+                out.append(" Write a limerick about a cat.")
+            elif prefix.startswith("Is"):
+                out.append(" Yes" if classification else " No")
+            else:
+                text = Completion(" Positive\nInput: I loved every minute of this" if classification
+                                  else " <noinput>\nOutput: There once was a cat who sat on a")
+                text.cut = True
+                out.append(text)
+        return out
+    cfg = small_config()
+    cfg.self_instruct.update(prompts_per_round=1, max_rounds=1)
+    result = run_self_instruct(complete, SEEDS, n=10, cfg=cfg)
+    assert result.records and all(r["cut_at_token_limit"] for r in result.records)
+    assert {tuple(r["ended"]) for r in result.records} == {(classification,)}
