@@ -192,7 +192,8 @@ def _train_s(rm_summary: dict) -> float:
 
 def policy_rows(ev: list[dict]) -> dict:
     """Per policy, over the seeds' eval summaries `ev`: gold and proxy scores, length, EOS rate,
-    KL to the start, win rates against the start under each judge, TruthfulQA MC1/MC2."""
+    KL to the start, win rates against the start under each judge (and length-controlled: the
+    judge's length preference regressed out, `judge_bias`), TruthfulQA MC1/MC2."""
     gen, rows = [e["generation"] for e in ev], {}
     for p in POLICIES:
         row = {k: over_seeds(gen, p, k) for k in ("score_gold", "score_rm", "response_length", "eos_rate")}
@@ -200,6 +201,7 @@ def policy_rows(ev: list[dict]) -> dict:
             row["kl_to_start"] = over_seeds(gen, p, "kl_to_baseline")
             for judge in ("gold", "rm"):
                 row[f"win_rate_vs_start_{judge}"] = over_seeds(gen, "win_rate_vs_start", judge, p)
+                row[f"lc_win_rate_vs_start_{judge}"] = over_seeds(gen, "judge_bias", judge, p, "lc_win_rate")
         for fmt in ev[0].get("truthfulqa", {}):
             for k in ("mc1", "mc2"):
                 row[f"truthfulqa_{fmt}_{k}"] = over_seeds([e["truthfulqa"] for e in ev], fmt, p, k)
@@ -454,14 +456,16 @@ def fmt(s: dict | None, digits: int = 3) -> str:
 def policy_table(pol: dict) -> list[str]:
     """The policies' rows (policy_rows) as markdown lines."""
     f = fmt
-    lines = ["| policy | gold win rate vs start | proxy win rate | gold | proxy | KL to start | length (tokens) | "
-             "TruthfulQA MC1 / MC2 (qa_primer) |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| policy | gold win rate vs start | length-controlled | proxy win rate | length-controlled | gold | "
+             "proxy | KL to start | length (tokens) | EOS rate | TruthfulQA MC1 / MC2 (qa_primer) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in POLICIES:
         r = pol[p]
-        lines.append(f"| {p} | {f(r.get('win_rate_vs_start_gold'))} | {f(r.get('win_rate_vs_start_rm'))} | "
+        lines.append(f"| {p} | {f(r.get('win_rate_vs_start_gold'))} | {f(r.get('lc_win_rate_vs_start_gold'))} | "
+                     f"{f(r.get('win_rate_vs_start_rm'))} | {f(r.get('lc_win_rate_vs_start_rm'))} | "
                      f"{f(r['score_gold'])} | {f(r['score_rm'])} | {f(r.get('kl_to_start'))} | "
-                     f"{f(r['response_length'], 1)} | {f(r.get('truthfulqa_qa_primer_mc1'))} / "
-                     f"{f(r.get('truthfulqa_qa_primer_mc2'))} |")
+                     f"{f(r['response_length'], 1)} | {f(r.get('eos_rate'), 2)} | "
+                     f"{f(r.get('truthfulqa_qa_primer_mc1'))} / {f(r.get('truthfulqa_qa_primer_mc2'))} |")
     return lines
 
 
@@ -483,8 +487,8 @@ def table(res: dict, trl: dict) -> str:
         lines.append(f"| proxy RM (TRL RewardTrainer) | {trl.get('status')} | | | | | |")
     lines += ["", *policy_table(pol)]
     bon = res["bon"]
-    lines.append(f"| best-of-{bon['n'][-1]} | | | {f(bon['gold'][-1])} | {f(bon['proxy'][-1])} | "
-                 f"{bon['kl'][-1]:.3f} (analytic) | | |")
+    lines.append(f"| best-of-{bon['n'][-1]} | | | | | {f(bon['gold'][-1])} | {f(bon['proxy'][-1])} | "
+                 f"{bon['kl'][-1]:.3f} (analytic) | | | |")
     return "\n".join(lines)
 
 

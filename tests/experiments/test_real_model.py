@@ -166,6 +166,8 @@ def test_so_far_reports_the_finished_stages_and_starts_nothing(tmp_path):
                **({"kl_to_baseline": iv(k)} if p != "start" else {})}
            for p, g, k in (("start", 0.0, 0.0), ("ppo", 0.5, 2.0), ("dpo", 0.25, 1.0))}
     gen["win_rate_vs_start"] = {j: {"ppo": iv(0.6), "dpo": iv(0.55)} for j in ("gold", "rm")}
+    gen["judge_bias"] = {j: {p: {"lc_win_rate": iv(w), "win_rate": iv(0.6)} for p, w in (("ppo", 0.52), ("dpo", 0.5))}
+                         for j in ("gold", "rm")}
     put("eval/base/seed_0/eval/summary.json",
         {"generation": gen, "truthfulqa": {"qa_primer": {p: {"mc1": 0.25, "mc2": 0.4} for p in ("start", "ppo", "dpo")}}})
     put("ppo/base/seed_0/ppo/summary.json", {"wall_seconds": 1100.0})
@@ -204,6 +206,8 @@ def test_so_far_reports_the_finished_stages_and_starts_nothing(tmp_path):
     assert pol["seeds"] == [0]
     assert pol["ppo"]["win_rate_vs_start_gold"]["values"] == [0.6]
     assert pol["ppo"]["win_rate_vs_start_gold"]["per_seed_interval"][0]["low"] == pytest.approx(0.5)
+    assert pol["ppo"]["lc_win_rate_vs_start_gold"]["values"] == [0.52] and pol["start"]["eos_rate"]["values"] == [0.5]
+    assert "| ppo | 0.600 [0.500, 0.700] (1 seed, n=100) | 0.520 [0.420, 0.620] (1 seed, n=100) |" in res["table_md"]
     assert pol["dpo"]["kl_to_start"]["mean"] == 1.0 and "kl_to_start" not in pol["start"]
     assert pol["ppo"]["train_seconds"]["values"] == [1100.0] and pol["dpo"]["truthfulqa_qa_primer_mc2"]["mean"] == 0.4
     # the policy stages' own evaluation, over the seeds whose stage finished (seed 0's dpo summary above holds
