@@ -8,7 +8,7 @@ Item rows (one JSON object per line):
     spans:    {"prompt", "response"} (or "responses": [one])
 Any other keys of a row are kept in the item's meta (with "source": "FILE:LINE") as provenance. An
 optional "ended": [one boolean per response] (false: cut at the length limit before any EOS; what
-`--model` records for its samples) is checked here and carried by the ranking and pairs exports.
+`--model` records for its samples) is checked here and carried by every export but sft.
 Gold (screening) files hold the same rows plus "gold": the known answer, a label value in the row's
 order (ranking {"ranks"}, rating {"scores"}, spans {"spans"}).
 """
