@@ -158,10 +158,10 @@ def validate_sft(row: Mapping, max_chars: int | None = None) -> dict:
             raise FieldError("ended", "applies to prompt/completion rows, not to messages", reason="bad_ended")
         return {"messages": _messages(row["messages"], "messages", max_chars, need_assistant=True)}
     completion = _text(row, "completion", max_chars=max_chars)
-    return {"prompt": _prompt(row, max_chars), "completion": _mark_unfinished(row, [completion])[0]}
+    return {"prompt": _prompt(row, max_chars), "completion": mark_unfinished(row, [completion])[0]}
 
 
-def _mark_unfinished(row: Mapping, responses: list[str]) -> list[str]:
+def mark_unfinished(row: Mapping, responses: list[str]) -> list[str]:
     """`responses` with each one the row's optional "ended" list marks false made `Unfinished`."""
     ended = row.get("ended")
     if ended is None:
@@ -176,7 +176,7 @@ def validate_pair(row: Mapping, max_chars: int | None = None) -> dict:
            "rejected": _text(row, "rejected", max_chars=max_chars)}
     if out["chosen"] == out["rejected"]:
         raise FieldError("rejected", "is identical to chosen", reason="chosen_equals_rejected")
-    out["chosen"], out["rejected"] = _mark_unfinished(row, [out["chosen"], out["rejected"]])
+    out["chosen"], out["rejected"] = mark_unfinished(row, [out["chosen"], out["rejected"]])
     return out
 
 
@@ -206,7 +206,7 @@ def validate_ranking(row: Mapping, max_chars: int | None = None) -> dict:
         raise FieldError("ranks", "all responses are tied: no preference to learn", reason="all_tied")
     if len(set(responses)) < len(responses):
         raise FieldError("responses", "contains the same response twice", reason="duplicate_response")
-    return {"prompt": prompt, "responses": _mark_unfinished(row, responses), "ranks": list(ranks)}
+    return {"prompt": prompt, "responses": mark_unfinished(row, responses), "ranks": list(ranks)}
 
 
 def ended_flags(responses: list[str]) -> list[bool]:
@@ -245,7 +245,7 @@ def validate_fine_grained(row: Mapping, max_chars: int | None = None) -> dict:
         except FieldError as e:
             raise FieldError(f"{where}.category", e.message, reason="bad_span") from None
         clean.append({"start": start, "end": end, "category": category})
-    return {"prompt": _prompt(row, max_chars), "response": _mark_unfinished(row, [response])[0], "spans": clean}
+    return {"prompt": _prompt(row, max_chars), "response": mark_unfinished(row, [response])[0], "spans": clean}
 
 
 def validate_preference(row: Mapping, max_chars: int | None = None) -> dict:
@@ -274,7 +274,7 @@ def validate_rating(row: Mapping, max_chars: int | None = None) -> dict:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
             raise FieldError(f"scores.{name}", f"{show(value)} is not a number in [{lo}, {hi}]", reason="bad_scores")
         clean[name] = value
-    return {"prompt": _prompt(row, max_chars), "response": _mark_unfinished(row, [response])[0], "scores": clean}
+    return {"prompt": _prompt(row, max_chars), "response": mark_unfinished(row, [response])[0], "scores": clean}
 
 
 LABELS = {True: True, False: False, 1: True, 0: False, "desirable": True, "undesirable": False,
@@ -293,7 +293,7 @@ def validate_binary(row: Mapping, max_chars: int | None = None) -> dict:
     if isinstance(key, float) or not isinstance(key, (str, int)) or key not in LABELS:
         raise FieldError("label", f"{show(label)} is not true/false, 1/0 or 'desirable'/'undesirable'",
                          reason="bad_label")
-    return {"prompt": prompt, "response": _mark_unfinished(row, [response])[0], "label": LABELS[key]}
+    return {"prompt": prompt, "response": mark_unfinished(row, [response])[0], "label": LABELS[key]}
 
 
 VALIDATORS: dict[str, Callable[..., dict]] = {

@@ -20,7 +20,7 @@ import types
 from pathlib import Path
 from typing import Callable, Sequence
 
-from rlhf_jax.data.records import MAX_K, DataError, ended_flags
+from rlhf_jax.data.records import MAX_K, DataError, FieldError, ended_flags, mark_unfinished
 from rlhf_jax.data.tokenize import Unfinished
 from rlhf_jax.errors import UserError
 from rlhf_jax.label import values as V
@@ -83,11 +83,11 @@ def item_from_row(path, n: int, row: dict, kind: str, meta: dict | None = None) 
             if not isinstance(rs, list) or len(rs) != 1:
                 raise DataError(str(path), n, "response", f"missing: a {kind} row holds one response")
             responses = [_string(path, n, {"response": rs[0]}, "response")]
-    ended = row.get("ended")
-    if ended is not None and (not isinstance(ended, list) or len(ended) != len(responses)
-                              or not all(isinstance(e, bool) for e in ended)):
+    try:  # the records' own check of "ended" (kept in meta; the exports apply it)
+        mark_unfinished(row, responses)
+    except FieldError:
         raise DataError(str(path), n, "ended", f"expected a list of {len(responses)} booleans (false: the "
-                                               "response was cut at the length limit before any EOS)")
+                                               "response was cut at the length limit before any EOS)") from None
     extra = {k: v for k, v in row.items() if k not in ("prompt", "responses", "response", "gold")}
     return {"prompt": prompt, "responses": responses, "meta": {**extra, **(meta or {}), "source": f"{path}:{n}"}}
 
