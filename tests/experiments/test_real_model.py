@@ -77,6 +77,11 @@ def test_the_estimate_prices_packed_rm_steps():
     assert with_trl["per_run_s"]["trl"] == pytest.approx(125 * 10.0 * 0.83 + 400 * 10.0 / 48 + 120.0)
     assert with_trl["total_s"] - rm.estimate(proxy, gold, 3, 1, 10.0)["total_s"] == pytest.approx(
         3 * with_trl["per_run_s"]["trl"])
+    # --rm_only: the gold RM once, the proxy and TRL's per seed, nothing else
+    rm_only = rm.estimate(proxy, gold, 3, 1, 10.0, trl=True, rm_only=True)
+    assert set(rm_only["per_run_s"]) == {"gold", "proxy", "trl"}
+    assert rm_only["total_s"] == pytest.approx(sum(with_trl["per_run_s"][k] * n
+                                                   for k, n in (("gold", 1), ("proxy", 3), ("trl", 3))))
 
 
 def _finite(s, n):
@@ -89,9 +94,17 @@ def test_real_model_smoke(tmp_path, shared_data):
     # devices the runs were four times slower on 2 cores); the caller's other XLA flags kept (the
     # suite's O0: 82 s against 98 s alone; an ISA cap)
     env = child_env(1)
-    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "real_model.py"), "--smoke", "--out",
-                           str(tmp_path / "runs")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    script = [sys.executable, str(ROOT / "experiments" / "real_model.py"), "--smoke", "--out", str(tmp_path / "runs")]
+    # --rm_only first: the RM sweeps alone and the so-far report; the full command then reuses them
+    done = subprocess.run([*script, "--rm_only"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    early = json.loads((tmp_path / "runs" / "real_model_chat_smoke_so_far.json").read_text())
+    assert early["proxy_rm"]["finished_seeds"] == [0, 1] and "policies" not in early and "bon" not in early
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir() if p.is_dir()) == \
+        sorted(["gold", "proxy", *(["trl"] if importlib.util.find_spec("trl") else [])])
+    done = subprocess.run(script, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "[proxy] [sweep] 2 runs" in done.stdout and "(2 finished before, 0 to run)" in done.stdout
     out = json.loads((tmp_path / "runs" / "real_model_chat_smoke.json").read_text())
     assert (tmp_path / "runs" / "real_model_chat_smoke.png").stat().st_size > 10_000
     assert out["mode"] == "smoke" and out["seeds"] == [0, 1] and out["gold_seeds"] == [0]
