@@ -7,11 +7,13 @@
 - Training batches are right-padded; generation batches left-padded.
 - `pack` puts several SFT examples in one row with segment ids and positions restarting at 0,
   so attention never crosses examples.
-- `cached` stores tokenised arrays under a key of (source fingerprint, tokenizer, settings).
+- `cached` stores tokenised arrays under a key of (source fingerprint, tokenizer, settings, the
+  data layer's code).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -275,10 +277,22 @@ def file_fingerprint(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+@functools.cache
+def code_fingerprint() -> str:
+    """The data layer's source (every module of rlhf_jax/data): arrays cached by one version of
+    the code that reads and encodes records are not read back by another."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def cached(key: dict[str, Any], build: Callable[[], dict[str, np.ndarray]],
            directory: str | Path | None = None) -> tuple[dict[str, np.ndarray], bool]:
-    """(arrays, hit): load arrays stored under `key`, or build and store them."""
+    """(arrays, hit): load arrays stored under `key` and this version of the data layer's code
+    (`code_fingerprint`), or build and store them."""
     directory = Path(directory) if directory is not None else cache_dir() / "tokenized"
+    key = {**key, "data_code": code_fingerprint()}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
     path = directory / f"{digest}.npz"
     if path.exists():

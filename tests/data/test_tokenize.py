@@ -129,7 +129,7 @@ def test_packed_loss_equals_unpacked(world_tok):
     assert abs(crossed[0] - unpacked[0]) > 1e-3
 
 
-def test_cache_skips_the_second_build(tmp_path):
+def test_cache_skips_the_second_build(tmp_path, monkeypatch):
     calls = []
 
     def build():
@@ -143,6 +143,11 @@ def test_cache_skips_the_second_build(tmp_path):
     np.testing.assert_array_equal(first["tokens"], second["tokens"])
     _, hit3 = cached({**key, "max_len": 4}, build, tmp_path)
     assert not hit3 and len(calls) == 2
+    # another version of the data layer's code does not read what this one stored
+    import rlhf_jax.data.tokenize as tokenize_module
+    monkeypatch.setattr(tokenize_module, "code_fingerprint", lambda: "another-version")
+    _, hit4 = cached(key, build, tmp_path)
+    assert not hit4 and len(calls) == 3
     assert jax  # jax imported for the model above
 
 
