@@ -132,8 +132,8 @@ def sample_responses(complete: Callable[[list], list[str]], prompts: Sequence[st
                      tries: int = RESAMPLE_TRIES, as_input: Callable = as_chat) -> tuple[list[list[str]], dict]:
     """K distinct non-empty responses per prompt from `complete([(messages, prefix), ...])`: duplicates
     (after stripping) and empty ones are resampled up to `tries` times; prompts that still lack K
-    distinct responses are dropped and counted. A completion cut at the length limit (`.cut`, from
-    `synth.generator`) comes back `tokenize.Unfinished`. Returns (responses per kept prompt or [] if
+    distinct responses are dropped and counted. A completion cut at the length limit (`tokenize.Unfinished`,
+    from `synth.generator`) keeps that mark. Returns (responses per kept prompt or [] if
     dropped, stats)."""
     out: list[list[str]] = [[] for _ in prompts]
     need = list(range(len(prompts)))
@@ -148,8 +148,8 @@ def sample_responses(complete: Callable[[list], list[str]], prompts: Sequence[st
         for i, m in asks:
             for _ in range(m):
                 c = next(texts)
-                t = str(c).strip()
-                t = Unfinished(t) if getattr(c, "cut", False) else t
+                t = str(c).strip()  # str.strip drops the mark: put it back
+                t = Unfinished(t) if isinstance(c, Unfinished) else t
                 if t and t not in out[i]:
                     out[i].append(t)
         need = [i for i in need if len(out[i]) < k]

@@ -21,6 +21,7 @@ import random
 from typing import Callable
 
 from rlhf_jax.data.records import FieldError, ended_flags, validate_sft
+from rlhf_jax.data.tokenize import Unfinished
 from rlhf_jax.synth import templates
 from rlhf_jax.synth.filters import copies_template, evol_rule, no_new_information, rewrite_is_reply
 from rlhf_jax.synth.parse import parse_rewrite
@@ -50,7 +51,7 @@ def run_evol_instruct(complete: Callable, instructions: list[dict], rounds: int,
             reason = None
             if evolved is None:
                 reason = "malformed"
-            elif getattr(out, "cut", False) and " ".join(out.split()).endswith(evolved):
+            elif isinstance(out, Unfinished) and " ".join(out.split()).endswith(evolved):
                 reason = "cut_at_token_limit"  # the rewrite runs into the token limit: it may stop mid-sentence
             elif copies_template(evolved, e.template_words):
                 reason = "copies_template"
@@ -70,7 +71,7 @@ def run_evol_instruct(complete: Callable, instructions: list[dict], rounds: int,
             if reason is None:
                 try:  # a response cut at response_tokens is kept, marked: SFT learns it without an EOS
                     record = validate_sft({"prompt": evolved, "completion": response.strip(),
-                                           "ended": [not getattr(response, "cut", False)]})
+                                           "ended": [not isinstance(response, Unfinished)]})
                 except FieldError as err:
                     reason, prov = "invalid_record", {**prov, "detail": str(err)}
             if reason:
@@ -79,7 +80,7 @@ def run_evol_instruct(complete: Callable, instructions: list[dict], rounds: int,
                 continue
             rid = f"evol_r{rnd}_{i}"
             result.records.append({**record, "ended": ended_flags([record["completion"]]), "id": rid,
-                                   "cut_at_token_limit": bool(getattr(response, "cut", False)), "provenance": prov})
+                                   "cut_at_token_limit": isinstance(response, Unfinished), "provenance": prov})
             nxt.append({"id": rid, "prompt": evolved, "root": x["root"], "depth": x["depth"] + 1})
         current = nxt
         after = result.counts()

@@ -23,16 +23,10 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from rlhf_jax.data.tokenize import TokenizeConfig, encode_prompt, pad_left
+from rlhf_jax.data.tokenize import TokenizeConfig, Unfinished, encode_prompt, pad_left
 from rlhf_jax.errors import UserError
 from rlhf_jax.generate import SamplingConfig, generate
 from rlhf_jax.paths import smollm2_path
-
-
-class Completion(str):
-    """A generated text that knows whether it was cut at max_new_tokens (no EOS): `.cut`."""
-
-    cut: bool = False
 
 
 class ModelNotFound(UserError):
@@ -117,9 +111,10 @@ class Generator:
             ids = ids[-self.s.max_prompt_len:]
         return ids
 
-    def complete(self, prompts: Sequence[tuple[list[dict], str]], max_new_tokens: int) -> list[Completion]:
-        """The model's continuation of each (messages, prefix), special tokens dropped, with `.cut` set
-        when it hit max_new_tokens; batches of `batch_size`, seeded by (seed, call number, batch number)."""
+    def complete(self, prompts: Sequence[tuple[list[dict], str]], max_new_tokens: int) -> list[str]:
+        """The model's continuation of each (messages, prefix), special tokens dropped; one that hit
+        max_new_tokens before an EOS comes back `tokenize.Unfinished` (the mark every encoder and
+        record reads); batches of `batch_size`, seeded by (seed, call number, batch number)."""
         if not prompts:
             return []
         t0 = time.perf_counter()
@@ -145,10 +140,10 @@ class Generator:
             for r in range(real):
                 ids = [int(t) for t, m in zip(toks[r], kept[r]) if m]
                 self.stats.new_tokens += len(ids)
-                text = Completion(self.tokenizer.decode(ids, skip_special_tokens=True))
-                text.cut = len(ids) == max_new_tokens and not (self.eos and ids[-1] in self.eos)
-                self.stats.cut_at_limit += text.cut
-                out.append(text)
+                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                cut = len(ids) == max_new_tokens and not (self.eos and ids[-1] in self.eos)
+                self.stats.cut_at_limit += cut
+                out.append(Unfinished(text) if cut else text)
             self.stats.rows += real
             self.stats.padded_rows += B - real
         self.stats.seconds += time.perf_counter() - t0

@@ -27,6 +27,7 @@ import random
 from typing import Any, Callable
 
 from rlhf_jax.data.records import FieldError, ended_flags, validate_sft
+from rlhf_jax.data.tokenize import Unfinished
 from rlhf_jax.synth import templates
 from rlhf_jax.synth.filters import DedupIndex, RougePool, instruction_filter, words
 from rlhf_jax.synth.parse import parse_instance, parse_tasks, parse_yes_no, prompt_of
@@ -98,7 +99,7 @@ def run_self_instruct(complete: Callable, seeds: list[dict], n: int, cfg,
                 continue
             # a generation cut at the token limit ends in a task cut mid-sentence (Self-Instruct drops it)
             runs_to_end = " ".join((prefix + out).split()).endswith(tasks[-1])
-            cut = len(tasks) if getattr(out, "cut", False) and runs_to_end else None
+            cut = len(tasks) if isinstance(out, Unfinished) and runs_to_end else None
             for i, t in enumerate(tasks[:s.new_per_prompt], 1):
                 if i == cut:
                     result.reject("cut_at_token_limit", stage="instruction", instruction=t, provenance=prov)
@@ -138,7 +139,7 @@ def _instances(complete, pending, seeds, cls_shots, s, f, rng, result, dedup, po
             reason = "output_too_long"
         else:
             try:  # a generation cut at instance_tokens cuts the output only when the output comes last
-                output_cut = getattr(out, "cut", False) and not p["is_classification"]  # classification: output first
+                output_cut = isinstance(out, Unfinished) and not p["is_classification"]  # classification: output first
                 record = validate_sft({"prompt": prompt_of(p["instruction"], inst["input"]),
                                        "completion": inst["output"], "ended": [not output_cut]})
             except FieldError as e:
@@ -153,7 +154,7 @@ def _instances(complete, pending, seeds, cls_shots, s, f, rng, result, dedup, po
         rid = f"si_r{rnd}_{i}"
         row = {**record, "ended": ended_flags([record["completion"]]), "id": rid, "instruction": p["instruction"],
                "input": inst["input"], "output": inst["output"], "is_classification": p["is_classification"],
-               "rouge_l_to_pool": p["rouge_l"], "cut_at_token_limit": bool(getattr(out, "cut", False)),
+               "rouge_l_to_pool": p["rouge_l"], "cut_at_token_limit": isinstance(out, Unfinished),
                "provenance": p["provenance"]}
         result.records.append(row)
         machine.append({"id": rid, "instruction": p["instruction"]})

@@ -80,16 +80,12 @@ def test_duplicate_samples_are_resampled_and_hopeless_prompts_dropped():
 
 
 def test_a_sample_cut_at_the_limit_comes_back_unfinished():
-    """`synth.generator` marks a completion that hit max_new_tokens before an EOS (`.cut`); the
-    batch keeps the mark, so the export can say which responses a reward model reads without an EOS."""
+    """`synth.generator` gives a completion that hit max_new_tokens before an EOS as `Unfinished`;
+    the batch keeps the mark through its stripping, so the export can say which responses a reward
+    model reads without an EOS."""
     from rlhf_jax.data.tokenize import Unfinished
-    from rlhf_jax.synth.generator import Completion
 
-    def completion(text, cut):
-        c = Completion(text)
-        c.cut = cut
-        return c
-    answers = iter([completion("done ", False), completion("cut off ", True)])
+    answers = iter(["done ", Unfinished("cut off ")])
     out, _ = B.sample_responses(lambda batch: [next(answers) for _ in batch], ["p"], k=2)
     assert out == [["done", "cut off"]] and [isinstance(t, Unfinished) for t in out[0]] == [False, True]
 

@@ -120,3 +120,26 @@ def test_workdir_stage_loads_the_stage_parameters(tmp_path):
     assert tok.eos_token_id is not None
     with pytest.raises(FileNotFoundError, match="stage 'rm' has not finished"):
         load_model(f"{tmp_path}:rm")
+
+
+def test_a_completion_that_hit_the_limit_before_an_eos_comes_back_unfinished(tiny_dir, monkeypatch):
+    """The mark every encoder and record reads (`tokenize.Unfinished`): set when a row used all
+    max_new_tokens and its last kept token is not the EOS; an answer that ended (early, or with the
+    EOS as its last allowed token) comes back a plain str. The sampler is replaced by fixed rows."""
+    import types
+
+    from rlhf_jax.data.tokenize import Unfinished
+    from rlhf_jax.synth import generator as G
+    gen = G.Generator.load(tiny_dir, types.SimpleNamespace(batch_size=4, temperature=1.0, top_p=1.0, top_k=0,
+                                                            sampler="gumbel", max_prompt_len=16, prompt_bucket=16))
+    eos, a, b = gen.tokenizer.eos_token_id, *gen.tokenizer.convert_tokens_to_ids(["sea", "poem"])
+    rows = [([a, eos, 0], [1, 1, 0]),   # ended early: the sampler keeps its EOS and masks what follows
+            ([a, b, a], [1, 1, 1]),     # used all 3 tokens, no EOS: cut
+            ([a, b, eos], [1, 1, 1]),   # its EOS was the last allowed token: ended
+            ([b, b, b], [1, 1, 1])]     # cut
+    fake = types.SimpleNamespace(tokens_BxN=np.array([r[0] for r in rows]), mask_BxN=np.array([r[1] for r in rows]))
+    monkeypatch.setattr(G, "generate", lambda *args, **kw: fake)
+    out = gen.complete([([{"role": "user", "content": "Name"}], "")] * 4, max_new_tokens=3)
+    assert [isinstance(t, Unfinished) for t in out] == [False, True, False, True]
+    assert out[0] == gen.tokenizer.decode([a], skip_special_tokens=True) and out[1] == gen.tokenizer.decode([a, b, a])
+    assert gen.stats.cut_at_limit == 2 and gen.stats.new_tokens == 11

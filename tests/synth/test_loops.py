@@ -180,15 +180,13 @@ def test_evol_rounds_rules_and_provenance():
 
 
 def test_evol_a_rewrite_cut_at_the_token_limit_is_rejected():
-    from rlhf_jax.synth.generator import Completion
+    from rlhf_jax.data.tokenize import Unfinished
 
     def complete(prompts, max_new_tokens):
         if "#The Given Prompt#" not in prompts[0][0][-1]["content"]:
             return ["A long and careful answer about rivers in South America."] * len(prompts)
-        cut = Completion(" Name three rivers in Peru and, for each, the ocean it flows into and")
-        cut.cut = True
-        whole = Completion(" Name three rivers in Peru.\n\nThe Amazon, the")  # cut later, after the rewrite
-        whole.cut = True
+        cut = Unfinished(" Name three rivers in Peru and, for each, the ocean it flows into and")
+        whole = Unfinished(" Name three rivers in Peru.\n\nThe Amazon, the")  # cut later, after the rewrite
         return [cut, whole]
     cfg = get_config()
     cfg.evol_instruct.operations = ("deepening",)
@@ -199,15 +197,14 @@ def test_evol_a_rewrite_cut_at_the_token_limit_is_rejected():
 
 @pytest.mark.parametrize("cut", [True, False])
 def test_a_generation_cut_at_the_token_limit_loses_its_last_task(cut):
-    from rlhf_jax.synth.generator import Completion
+    from rlhf_jax.data.tokenize import Unfinished
 
     def complete(prompts, max_new_tokens):
         out = []
         for _, prefix in prompts:
             if prefix.startswith("Task"):
-                text = Completion(" Write a limerick about a cat.\nTask 5: Describe the water cycle in three")
-                text.cut = cut
-                out.append(text)
+                text = " Write a limerick about a cat.\nTask 5: Describe the water cycle in three"
+                out.append(Unfinished(text) if cut else text)
             else:
                 out.append(" No" if prefix.startswith("Is") else " <noinput>\nOutput: An answer.")
         return out
@@ -225,13 +222,11 @@ def test_evol_a_response_cut_at_the_token_limit_is_kept_marked():
     its text without an EOS (validate_sft gives it back `Unfinished`)."""
     from rlhf_jax.data.records import validate_sft
     from rlhf_jax.data.tokenize import Unfinished
-    from rlhf_jax.synth.generator import Completion
 
     def complete(prompts, max_new_tokens):
         if "#The Given Prompt#" in prompts[0][0][-1]["content"]:
             return [" Name three rivers in Peru and the ocean each one flows into."] * len(prompts)
-        answer = Completion("The Amazon flows into the Atlantic Ocean, the Ucayali joins the Amazon, and the")
-        answer.cut = True
+        answer = Unfinished("The Amazon flows into the Atlantic Ocean, the Ucayali joins the Amazon, and the")
         return [answer] * len(prompts)
     cfg = get_config()
     cfg.evol_instruct.operations = ("deepening",)
@@ -244,7 +239,7 @@ def test_evol_a_response_cut_at_the_token_limit_is_kept_marked():
 def test_self_instruct_marks_an_output_the_token_limit_cut(classification):
     """An instance generation cut at instance_tokens cuts its output when the output comes last
     (input first); a classification instance puts its label first, so its output is whole."""
-    from rlhf_jax.synth.generator import Completion
+    from rlhf_jax.data.tokenize import Unfinished
 
     def complete(prompts, max_new_tokens):
         out = []
@@ -254,10 +249,8 @@ def test_self_instruct_marks_an_output_the_token_limit_cut(classification):
             elif prefix.startswith("Is"):
                 out.append(" Yes" if classification else " No")
             else:
-                text = Completion(" Positive\nInput: I loved every minute of this" if classification
-                                  else " <noinput>\nOutput: There once was a cat who sat on a")
-                text.cut = True
-                out.append(text)
+                out.append(Unfinished(" Positive\nInput: I loved every minute of this" if classification
+                                      else " <noinput>\nOutput: There once was a cat who sat on a"))
         return out
     cfg = small_config()
     cfg.self_instruct.update(prompts_per_round=1, max_rounds=1)
