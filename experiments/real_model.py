@@ -36,7 +36,8 @@ seed and the policies can follow later with the same command.
 
 Numbers over seeds are mean, std, n and the 95% t-interval (toolkit.stat); each seed's interval
 over prompts is kept beside them. Figure: gold and proxy reward against sqrt(KL) for best-of-n
-and PPO's iterations, with the eval stage's PPO and DPO points. Writes experiments/results/
+and PPO's iterations (each a faint point, their moving mean over 5 iterations a line), with the
+eval stage's PPO and DPO points. Writes experiments/results/
 NAME.json and experiments/figures/NAME.png, NAME real_model_chat (--form chat, the default) or
 real_model (--form transcript); with --smoke, into --out.
 """
@@ -432,8 +433,15 @@ def figure(res: dict, path: Path, title: str) -> None:
         hi = np.array([np.nan if s["ci_high"] is None else s["ci_high"] for s in bon[key]], float)
         ax.plot(bon["d"], m, "-o", ms=3, color="C0", label="best-of-n (n = 1..%d)" % bon["n"][-1])
         ax.fill_between(bon["d"], lo, hi, color="C0", alpha=0.15, lw=0)
+        # one iteration's 8 rollouts are noisy: each iteration a faint point, and the moving mean over
+        # PPO_WINDOW iterations (of the KL and the reward alike) as the line
         pm = np.array([s["mean"] for s in ppo[ppo_key]], float)
-        ax.plot(ppo["d"], pm, "-s", ms=3, color="C1", label="PPO rollouts by iteration")
+        kl = np.array([d * d for d in ppo["d"]], float)
+        ax.plot(ppo["d"], pm, "s", ms=3, color="C1", alpha=0.3, label="PPO rollouts, one iteration")
+        w = min(PPO_WINDOW, len(pm))
+        run = lambda x: np.convolve(x, np.ones(w) / w, mode="valid")
+        ax.plot(np.sqrt(np.maximum(run(kl), 0.0)), run(pm), "-", lw=2, color="C1",
+                label=f"PPO rollouts, mean of {w} iterations")
         for p, c in (("ppo", "C1"), ("dpo", "C2")):
             row = res["policies"][p]
             x, y = row["kl_to_start"]["mean"], row[judge]["mean"]
@@ -596,7 +604,8 @@ def main(argv=None) -> int:
     res = analyse(dirs, seeds, gold_dirs)
     wall = time.perf_counter() - t0
     title = (f"SmolLM2-135M-Instruct on HH-RLHF harmless-base ({size}): gold RM on {layout['gold_pairs']} rows, "
-             f"proxy on {layout['proxy_pairs']}; mean over {len(seeds)} seeds, best-of-n band: 95% t-interval"
+             f"proxy on {layout['proxy_pairs']}; mean over {len(seeds)} seed{'s' * (len(seeds) != 1)}"
+             + (", best-of-n band: 95% t-interval" if len(seeds) > 1 else "")
              if not args.smoke else f"smoke: random-init tiny decoder on HH rows; {len(seeds)} seeds")
     figure(res, run.png_path, title)
     md = table(res, trl)
