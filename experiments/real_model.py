@@ -323,7 +323,9 @@ def so_far(runs: Path, seeds: list[int], gold_seeds: list[int]) -> dict:
                                   **{k: over(trl, k) for k in ("accuracy", "shorter_wins_accuracy",
                                                                "score_length_correlation", "train_seconds")},
                                   "median_step_seconds": over(trl, "step_seconds_median")},
-           # paired by seed: the same pairs, order and initial head seed on both sides
+           # by seed: the same pairs and budget on both sides, but each side shuffles them and draws its score
+           # head from its own generator, so the two runs of a seed are independent draws (the t-interval of
+           # the differences is still valid, only no tighter than unpaired)
            "paired": {"seeds": both,
                       "accuracy_ours_minus_trl": T.stat(
                           [ours[s]["val_accuracy"] - _value(trl[s]["accuracy"]) for s in both]),

@@ -44,6 +44,19 @@ def load_config(spec: str):
     return module.get_config(variant or None)
 
 
+def schedule_args(r) -> dict:
+    """TrainingArguments giving HF's scheduler the learning rates our `rm` block's schedule gives
+    (rlhf_jax.train.optim.schedule: linear warm-up from 0, then cosine decay to lr * min_lr_ratio, or
+    constant): HF's plain "cosine" decays to 0, so a min_lr_ratio above 0 needs "cosine_with_min_lr"."""
+    if r.schedule == "constant":
+        return {"lr_scheduler_type": "constant_with_warmup"}
+    if r.schedule != "cosine":
+        raise SystemExit(f"error: rm.schedule {r.schedule!r} has no HF counterpart here; valid: cosine, constant")
+    if r.min_lr_ratio > 0:
+        return {"lr_scheduler_type": "cosine_with_min_lr", "lr_scheduler_kwargs": {"min_lr_rate": float(r.min_lr_ratio)}}
+    return {"lr_scheduler_type": "cosine"}
+
+
 def pairs(arrays) -> tuple[list[list[int]], list[list[int]]]:
     """(chosen ids, rejected ids) from ranking arrays of pairs (rank 0 is chosen)."""
     chosen, rejected = [], []
@@ -91,7 +104,7 @@ def main() -> None:
     config = trl.RewardConfig(
         output_dir=tempfile.mkdtemp(), report_to=[], save_strategy="no", logging_steps=10, seed=c.seed,
         use_cpu=not torch.cuda.is_available(), per_device_train_batch_size=r.batch_size, max_steps=steps,
-        learning_rate=r.lr, lr_scheduler_type="cosine", warmup_steps=r.warmup_steps, weight_decay=r.weight_decay,
+        learning_rate=r.lr, **schedule_args(r), warmup_steps=r.warmup_steps, weight_decay=r.weight_decay,
         adam_beta1=r.b1, adam_beta2=r.b2, adam_epsilon=r.eps, max_grad_norm=r.max_grad_norm,
         max_length=c.data.max_len, dataloader_num_workers=0, center_rewards_coefficient=r.center_coef or None,
         **settings)
@@ -119,7 +132,8 @@ def main() -> None:
     sc, sr = score(val_c), score(val_r)
     words = lambda text: len(text.split())  # the evaluation's length: whitespace words of the response
     d_len = np.array([words(r["chosen"]) - words(r["rejected"]) for r in data.records("rm_val")], np.float64)
-    result = {"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__,
+    result = {"trl": trl.__version__, "lr_scheduler": {"type": str(config.lr_scheduler_type.value),
+                                                        **(config.lr_scheduler_kwargs or {})}, "transformers": transformers.__version__, "torch": torch.__version__,
               "torch_threads": torch.get_num_threads(), "host": host(), "settings": args.trl_settings,
               "bf16": bool(config.bf16), "gradient_checkpointing": bool(config.gradient_checkpointing), "steps": steps, "batch_size": r.batch_size, "lr": r.lr, "max_len": c.data.max_len,
               "train_pairs": len(train_c), "heldout_pairs": len(val_c), "train_seconds": seconds,
