@@ -132,8 +132,9 @@ def main() -> None:
     sc, sr = score(val_c), score(val_r)
     words = lambda text: len(text.split())  # the evaluation's length: whitespace words of the response
     d_len = np.array([words(r["chosen"]) - words(r["rejected"]) for r in data.records("rm_val")], np.float64)
-    result = {"trl": trl.__version__, "lr_scheduler": {"type": str(config.lr_scheduler_type.value),
-                                                        **(config.lr_scheduler_kwargs or {})}, "transformers": transformers.__version__, "torch": torch.__version__,
+    scheduler = {"type": str(config.lr_scheduler_type.value), **(config.lr_scheduler_kwargs or {})}
+    result = {"trl": trl.__version__, "lr_scheduler": scheduler, "transformers": transformers.__version__,
+              "torch": torch.__version__,
               "torch_threads": torch.get_num_threads(), "host": host(), "settings": args.trl_settings,
               "bf16": bool(config.bf16), "gradient_checkpointing": bool(config.gradient_checkpointing), "steps": steps, "batch_size": r.batch_size, "lr": r.lr, "max_len": c.data.max_len,
               "train_pairs": len(train_c), "heldout_pairs": len(val_c), "train_seconds": seconds,

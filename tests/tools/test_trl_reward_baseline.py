@@ -42,9 +42,10 @@ def test_hf_gets_our_schedule(kind, min_ratio):
 def test_the_real_model_rm_and_plain_cosine_differ():
     """The proxy RM decays to a tenth of its rate; HF's plain "cosine" (what the tool passed before)
     decays to 0, about 0.1 * lr lower at the end and 0.05 * lr on average."""
-    r = load_config("experiments/configs/real_model.py:proxy,cpu,chat").rm
+    c = load_config("experiments/configs/real_model.py:proxy,cpu,chat")
+    r = c.rm
     assert (r.schedule, r.min_lr_ratio) == ("cosine", 0.1)
-    total = r.epochs * 1000 // r.batch_size
+    total = r.epochs * (c.data.n_rankings // r.batch_size)  # as the tool counts its steps
     ours = np.array([float(schedule(r.lr, total, r.warmup_steps, r.schedule, r.min_lr_ratio)(i)) for i in range(total)])
     plain = np.array(hf_rates({"lr_scheduler_type": "cosine"}, r.lr, r.warmup_steps, total))
     np.testing.assert_allclose(ours, hf_rates(schedule_args(r), r.lr, r.warmup_steps, total), rtol=RTOL,
