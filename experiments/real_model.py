@@ -371,7 +371,7 @@ def so_far_table(res: dict) -> str:
              f"{f(ours['train_seconds'], 0)} | {ours['finished_seeds']} |",
              f"| TRL RewardTrainer | {f(trl['accuracy'])} | {f(trl['median_step_seconds'], 2)} | "
              f"{f(trl['train_seconds'], 0)} | {trl['finished_seeds']} |",
-             f"| paired (ours − TRL; TRL's time / ours) | {f(pr['accuracy_ours_minus_trl'])} | | "
+             f"| by seed (ours − TRL; TRL's time / ours) | {f(pr['accuracy_ours_minus_trl'])} | | "
              f"{f(pr['train_seconds_trl_over_ours'], 2)}{_host_note(pr['same_host'])} | {pr['seeds']} |"]
     for g in res["gold_rm"]:
         acc = g.get("rm_pairs", {}).get("accuracy", {})
