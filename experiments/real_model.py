@@ -145,6 +145,14 @@ def estimate(proxy_c, gold_c, seeds: int, gold_seeds: int, step_s: float, trl: b
     return {"assumed_step_seconds": step_s, **COST, "per_run_s": per_run, "total_s": total}
 
 
+def left_s(per_run: dict, runs: Path, seeds: list[int], gold_seeds: list[int]) -> float:
+    """The estimate's seconds for the runs not finished yet: a sweep's run counts as finished once
+    its summary.json exists (the runner also checks its config), TRL's once its seed_<s>.json does."""
+    done = lambda k, s: (runs / "trl" / f"seed_{s}.json" if k == "trl"
+                         else runs / k / "base" / f"seed_{s}" / "summary.json").exists()
+    return sum(v for k, v in per_run.items() for s in (gold_seeds if k == "gold" else seeds) if not done(k, s))
+
+
 # ---------------------------------------------------------------- reading the runs
 def _value(x):
     return None if x is None else x.get("value") if isinstance(x, dict) else x
@@ -570,7 +578,9 @@ def main(argv=None) -> int:
     if not args.smoke:  # the assumed rates are the cpu size's
         print(f"[{NAME}] estimate at {args.step_seconds:g} s per padded step of 8 pairs (--step_seconds): "
               + ", ".join(f"{k} {v / 60:.0f} min/run" for k, v in est["per_run_s"].items())
-              + f"; total {est['total_s'] / 3600:.1f} h (finished runs are reused)", flush=True)
+              + f"; total {est['total_s'] / 3600:.1f} h, of which "
+              f"{left_s(est['per_run_s'], run.runs, seeds, gold_seeds) / 3600:.1f} h not run yet "
+              f"(finished runs are reused)", flush=True)
         if max(est["per_run_s"].values()) > 3600:
             print(f"[{NAME}] warning: a run is estimated above an hour", flush=True)
     t0 = time.perf_counter()

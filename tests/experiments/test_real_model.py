@@ -84,6 +84,19 @@ def test_the_estimate_prices_packed_rm_steps():
                                                    for k, n in (("gold", 1), ("proxy", 3), ("trl", 3))))
 
 
+def test_the_time_left_counts_only_unfinished_runs(tmp_path):
+    rm = _load()
+    per_run = {"gold": 100.0, "proxy": 10.0, "trl": 7.0, "ppo": 1.0}
+    assert rm.left_s(per_run, tmp_path, [0, 1, 2], [0]) == 100 + 3 * (10 + 7 + 1)
+    for k, s in (("gold", 0), ("proxy", 0), ("proxy", 2), ("ppo", 1)):
+        (tmp_path / k / "base" / f"seed_{s}").mkdir(parents=True)
+        (tmp_path / k / "base" / f"seed_{s}" / "summary.json").write_text("{}")
+    (tmp_path / "trl").mkdir()
+    (tmp_path / "trl" / "seed_1.json").write_text("{}")
+    (tmp_path / "ppo" / "base" / "seed_2").mkdir()  # started, no summary: not finished
+    assert rm.left_s(per_run, tmp_path, [0, 1, 2], [0]) == 10 + 2 * 7 + 2 * 1
+
+
 def _finite(s, n):
     assert s["n"] == n, s
     assert all(s[k] is not None and math.isfinite(s[k]) for k in ("mean", "ci_low", "ci_high")), s
