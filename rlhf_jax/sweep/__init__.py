@@ -13,10 +13,10 @@ pending runs as one SLURM array job (`slurm`; each task is `python -m rlhf_jax.s
 (`wandb_sweep`); docs/clusters.md.
 """
 from rlhf_jax.sweep.results import aggregate, interval, numeric_metrics, table
-from rlhf_jax.sweep.runner import SweepOutcome, finished, run_sweep
+from rlhf_jax.sweep.runner import SweepOutcome, finished, run_finished, run_sweep
 from rlhf_jax.sweep.spec import (Point, Run, Sweep, SweepError, check, expand, parse_grid, parse_seeds, parse_sets,
                                  points, resolve_config)
 
 __all__ = ["Point", "Run", "Sweep", "SweepError", "SweepOutcome", "aggregate", "check", "expand", "finished",
            "interval", "numeric_metrics", "parse_grid", "parse_seeds", "parse_sets", "points", "resolve_config",
-           "run_sweep", "table"]
+           "run_finished", "run_sweep", "table"]

@@ -40,8 +40,9 @@ def plan(out: Path, args: list[str]):
 def main(argv: list[str] | None = None) -> int:
     """Run the run W&B asked for; returns its exit status."""
     from rlhf_jax.sweep import procs
-    from rlhf_jax.sweep.runner import finished
-    from rlhf_jax.sweep.spec import SweepError, resolve_config
+    from rlhf_jax.sweep.runner import run_finished
+    from rlhf_jax.sweep.spec import SweepError
+
     parser = argparse.ArgumentParser(prog="python -m rlhf_jax.sweep.agent", usage=USAGE, allow_abbrev=False)
     parser.add_argument("--out", required=True)
     parsed, rest = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.path.isdir(cwd):
         os.chdir(cwd)  # the config path is relative to where the sweep started
     try:
-        done = finished(run.workdir, resolve_config(sweep.config, run.overrides))
+        done = run_finished(sweep, run)
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -72,6 +72,12 @@ def finished(workdir: Path, config) -> bool:
             and _comparable(stored) == _comparable(flatten(config)))
 
 
+def run_finished(sweep: Sweep, run: Run) -> bool:
+    """`finished` for one run of `sweep`, on the config its overrides resolve to (config paths
+    relative to the working directory, as the sweep's commands run)."""
+    return finished(run.workdir, resolve_config(sweep.config, run.overrides))
+
+
 def _record(sweep: Sweep, run: Run) -> dict[str, Any]:
     rel = lambda p: str(p.relative_to(sweep.out))
     return {"point": run.point.name, "params": dict(run.point.params), "seed": run.seed,
@@ -331,7 +337,7 @@ def run_sweep(sweep: Sweep, *, jobs: int = 1, wandb: bool = True, interval: str 
         records = {run.label: _record(sweep, run) for run in runs}
         before = _previous(sweep.out)
         for run in runs:
-            if finished(run.workdir, resolve_config(sweep.config, run.overrides)):
+            if run_finished(sweep, run):
                 last = before.get(run.label, {})
                 records[run.label].update(status="ok", reused=True, exit_code=last.get("exit_code"),
                                           seconds=last.get("seconds"))
@@ -357,8 +363,7 @@ def run_sweep(sweep: Sweep, *, jobs: int = 1, wandb: bool = True, interval: str 
             stop = _Execution(sweep, runs, records, save, jobs=jobs, wandb=wandb, lock_wait=lock_wait,
                               echo=echo, share=tuple(share)).loop()
         else:
-            handler.execute(runs, records, save, lambda run: finished(run.workdir,
-                                                                     resolve_config(sweep.config, run.overrides)))
+            handler.execute(runs, records, save, lambda run: run_finished(sweep, run))
         rows = write_outputs(sweep, runs, records, interval=interval, metrics=metrics, command=command)
         meta.update(finished=_now(), interrupted=stop)
         save()

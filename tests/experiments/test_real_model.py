@@ -84,17 +84,38 @@ def test_the_estimate_prices_packed_rm_steps():
                                                    for k, n in (("gold", 1), ("proxy", 3), ("trl", 3))))
 
 
-def test_the_time_left_counts_only_unfinished_runs(tmp_path):
+def test_the_time_left_counts_only_the_runs_a_start_would_run(tmp_path):
+    # a run counts as finished as the runner counts it: its summary after its config, the same
+    # config, a summary for every listed stage; TRL's seed once its seed_<s>.json exists
     rm = _load()
+    Recorder, at_repo = rm.T.Recorder, rm.T.at_repo
+    from rlhf_jax.sweep import expand, resolve_config
+    from rlhf_jax.workdir import flatten
+    seeds, gold_seeds = [0, 1, 2], [0]
+    cfg = {role: f"{rm.CONFIG}:{role},smoke,chat" for role in ("proxy", "gold")}
+    sweeps = rm.build_sweeps(Recorder(tmp_path), cfg, seeds, gold_seeds)
+    assert sorted(sweeps) == ["bon", "dpo", "eval", "gold", "ppo", "proxy"]
     per_run = {"gold": 100.0, "proxy": 10.0, "trl": 7.0, "ppo": 1.0}
-    assert rm.left_s(per_run, tmp_path, [0, 1, 2], [0]) == 100 + 3 * (10 + 7 + 1)
-    for k, s in (("gold", 0), ("proxy", 0), ("proxy", 2), ("ppo", 1)):
-        (tmp_path / k / "base" / f"seed_{s}").mkdir(parents=True)
-        (tmp_path / k / "base" / f"seed_{s}" / "summary.json").write_text("{}")
+    assert rm.left_s(per_run, sweeps, tmp_path / "trl", seeds) == 100 + 3 * (10 + 7 + 1)
+
+    def finish(name, seed, config=None, stages=None):
+        sweep = sweeps[name]
+        run = next(r for r in expand(sweep) if r.seed == seed)
+        with at_repo():
+            flat = flatten(resolve_config(sweep.config, run.overrides))
+        run.workdir.mkdir(parents=True, exist_ok=True)
+        (run.workdir / "config.json").write_text(json.dumps({"config": {**flat, **(config or {})}}, default=str))
+        listed = stages or flat["stages"].split(",")
+        (run.workdir / "summary.json").write_text(json.dumps({s: {} for s in listed}))
+
+    for name, seed in (("gold", 0), ("proxy", 0), ("proxy", 2), ("ppo", 1)):
+        finish(name, seed)
     (tmp_path / "trl").mkdir()
     (tmp_path / "trl" / "seed_1.json").write_text("{}")
-    (tmp_path / "ppo" / "base" / "seed_2").mkdir()  # started, no summary: not finished
-    assert rm.left_s(per_run, tmp_path, [0, 1, 2], [0]) == 10 + 2 * 7 + 2 * 1
+    assert rm.left_s(per_run, sweeps, tmp_path / "trl", seeds) == 10 + 2 * 7 + 2 * 1
+    finish("ppo", 2, stages=["sft", "rm"])  # PPO's stage not summarised: not finished
+    finish("proxy", 1, config={"rm.lr": 1.0})  # run with another learning rate: the runner reruns it
+    assert rm.left_s(per_run, sweeps, tmp_path / "trl", seeds) == 10 + 2 * 7 + 2 * 1
 
 
 def _finite(s, n):
