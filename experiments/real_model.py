@@ -76,13 +76,16 @@ GOLD_EVAL_SETS = {"evaluate.policies": "start=stage:sft", "evaluate.baseline": "
 # `decode_base` + b x `decode_row` of a training step (32 new tokens after the held-out prompts: 4.7 s at
 # 8 rows, 29.1 s at 64, on the EPYC whose padded step is 18.5 s: tools/time_bon.py); a step with rm.pack / dpo.pack costs `packed_rm_step` /
 # `packed_dpo_step` of a padded one (RM 11.9 s against 17.9 s, DPO 12.4 s against 23.8 s on the
-# proxy pairs, a 2-core EPYC: docs/benchmarks.md); scoring best-of-n's samples and TruthfulQA's answers
-# with each prompt once costs `packed_bon_scoring` / `packed_truthfulqa` of the padded rows (18.8 s against
-# 65.4 s, 40.9 s against 110.7 s: experiments/benchmarks/*_packed_cpu.json), DPO's cached reference pass
-# `packed_reference` (36.9 s against 64.7 s on 96 pairs); TRL's RewardTrainer step `trl_rm_step` (14.9 s against
-# our padded 17.9 s)
-COST = {"decode_base": 0.0021, "decode_row": 0.00074, "run_overhead_s": 120.0, "packed_rm_step": 0.66, "packed_dpo_step": 0.52,
-        "packed_bon_scoring": 0.29, "packed_truthfulqa": 0.37, "packed_reference": 0.57, "trl_rm_step": 0.83}
+# proxy pairs, a 2-core EPYC: docs/benchmarks.md), and a padded DPO step costs `dpo_step` padded RM steps
+# (23.8 s against 17.9 s there); scoring best-of-n's samples with each prompt once costs
+# `packed_bon_scoring` of the padded rows (18.8 s against 65.4 s: experiments/benchmarks/bon_packed_cpu.json);
+# one TruthfulQA question, both formats, one policy, `truthfulqa_question` of a step (stage eval of the chat
+# form: 548 s and 595 s for 200 questions x 3 policies at an 18 s step, seeds 0 and 1); DPO's cached reference
+# pass `packed_reference` (36.9 s against 64.7 s on 96 pairs); TRL's RewardTrainer step `trl_rm_step` (14.9 s
+# against our padded 17.9 s)
+COST = {"decode_base": 0.0021, "decode_row": 0.00074, "run_overhead_s": 120.0, "packed_rm_step": 0.66,
+        "dpo_step": 1.33, "packed_dpo_step": 0.52, "packed_bon_scoring": 0.29, "truthfulqa_question": 0.053,
+        "packed_reference": 0.57, "trl_rm_step": 0.83}
 
 
 def _config_module():
@@ -133,11 +136,11 @@ def estimate(proxy_c, gold_c, seeds: int, gold_seeds: int, step_s: float, trl: b
         + 2 * b.n_prompts * b.n_samples * fwd * COST["packed_bon_scoring"],
         "ppo": proxy_c.ppo.iterations * (n_new * decode(proxy_c.ppo.batch_size) + 2 * step_s) + 4 * proxy_c.heldout.n_prompts * fwd
         + 2 * 500 * fwd,
-        "dpo": (proxy_c.dpo.steps or proxy_c.data.n_rankings // proxy_c.dpo.batch_size) * step_s
+        "dpo": (proxy_c.dpo.steps or proxy_c.data.n_rankings // proxy_c.dpo.batch_size) * step_s * COST["dpo_step"]
         * (COST["packed_dpo_step"] if proxy_c.dpo.pack else 1.0)
         + 2 * proxy_c.data.n_rankings * fwd * COST["packed_reference"],
         "eval": 3 * (math.ceil(proxy_c.evaluate.n_prompts / 16) * n_new * decode(16) + 4 * proxy_c.evaluate.n_prompts * fwd
-                     + proxy_c.evaluate.n_truthfulqa * 16 * fwd * COST["packed_truthfulqa"]) + 2 * 200 * fwd}
+                     + proxy_c.evaluate.n_truthfulqa * step_s * COST["truthfulqa_question"]) + 2 * 200 * fwd}
     if trl:
         per_run["trl"] = proxy_c.data.n_rankings // proxy_c.rm.batch_size * step_s * COST["trl_rm_step"] + 2 * 200 * fwd
     per_run = {k: v + COST["run_overhead_s"] for k, v in per_run.items() if not rm_only or k in RM_SWEEPS}

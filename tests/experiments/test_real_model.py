@@ -67,10 +67,10 @@ def test_the_estimate_prices_packed_rm_steps():
     proxy.rm.pack = gold.rm.pack = proxy.dpo.pack = False
     padded = rm.estimate(proxy, gold, 3, 1, 10.0)["per_run_s"]
     # the proxy RM's 125 steps (1,000 pairs) and the gold's 198 (two epochs of 792) at 0.66 of a padded
-    # step; DPO's 125 at 0.52
+    # step; DPO's 125, each 1.33 padded RM steps, at 0.52
     assert padded["proxy"] - packed["proxy"] == pytest.approx(125 * 10.0 * (1 - 0.66))
     assert padded["gold"] - packed["gold"] == pytest.approx(198 * 10.0 * (1 - 0.66))
-    assert padded["dpo"] - packed["dpo"] == pytest.approx(125 * 10.0 * (1 - 0.52))
+    assert padded["dpo"] - packed["dpo"] == pytest.approx(125 * 10.0 * 1.33 * (1 - 0.52))
     assert padded["ppo"] == packed["ppo"] and padded["bon"] == packed["bon"]
     # TRL's RewardTrainer per seed when trl is installed: its 125 padded steps at 0.83 of ours, 400 forwards
     with_trl = rm.estimate(proxy, gold, 3, 1, 10.0, trl=True)
