@@ -235,7 +235,9 @@ def policy_rows(ev: list[dict]) -> dict:
             for judge in ("gold", "rm"):
                 row[f"win_rate_vs_start_{judge}"] = over_seeds(gen, "win_rate_vs_start", judge, p)
                 row[f"lc_win_rate_vs_start_{judge}"] = over_seeds(gen, "judge_bias", judge, p, "lc_win_rate")
-        for fmt in ev[0].get("truthfulqa", {}):
+        for fmt, by_policy in ev[0].get("truthfulqa", {}).items():
+            if not isinstance(by_policy, dict):  # the suite's `seconds`, not a format
+                continue
             for k in ("mc1", "mc2"):
                 row[f"truthfulqa_{fmt}_{k}"] = over_seeds([e["truthfulqa"] for e in ev], fmt, p, k)
         rows[p] = row

@@ -216,7 +216,8 @@ def test_so_far_reports_the_finished_stages_and_starts_nothing(tmp_path):
     gen["judge_bias"] = {j: {p: {"lc_win_rate": iv(w), "win_rate": iv(0.6)} for p, w in (("ppo", 0.52), ("dpo", 0.5))}
                          for j in ("gold", "rm")}
     put("eval/base/seed_0/eval/summary.json",
-        {"generation": gen, "truthfulqa": {"qa_primer": {p: {"mc1": 0.25, "mc2": 0.4} for p in ("start", "ppo", "dpo")}}})
+        {"generation": gen, "truthfulqa": {"qa_primer": {p: {"mc1": 0.25, "mc2": 0.4} for p in ("start", "ppo", "dpo")},
+                                           "seconds": 548.0}})  # the suite's time beside its formats
     put("ppo/base/seed_0/ppo/summary.json", {"wall_seconds": 1100.0})
     put("dpo/base/seed_0/dpo/summary.json", {"wall_seconds": 1200.0})
     # stage ppo finished for seeds 0 and 1, dpo for seed 1: their own evaluation as the stages write it
@@ -257,6 +258,8 @@ def test_so_far_reports_the_finished_stages_and_starts_nothing(tmp_path):
     assert "| ppo | 0.600 [0.500, 0.700] (1 seed, n=100) | 0.520 [0.420, 0.620] (1 seed, n=100) |" in res["table_md"]
     assert pol["dpo"]["kl_to_start"]["mean"] == 1.0 and "kl_to_start" not in pol["start"]
     assert pol["ppo"]["train_seconds"]["values"] == [1100.0] and pol["dpo"]["truthfulqa_qa_primer_mc2"]["mean"] == 0.4
+    assert sorted(k for k in pol["dpo"] if k.startswith("truthfulqa_")) == ["truthfulqa_qa_primer_mc1",
+                                                                         "truthfulqa_qa_primer_mc2"]
     # the policy stages' own evaluation, over the seeds whose stage finished (seed 0's dpo summary above holds
     # only its time: the dpo row's numbers are seed 1's, with seed 1's interval)
     ppo, dpo = res["ppo_stage"], res["dpo_stage"]
