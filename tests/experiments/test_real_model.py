@@ -173,6 +173,13 @@ def test_real_model_smoke(tmp_path, shared_data):
         # the trained policy, not the start: the same weights would give a KL of exactly 0
         assert all(v != 0.0 for v in row["kl_to_start"]["values"]), p
     assert out["policies"]["start"]["truthfulqa_qa_primer_mc2"]["n"] == 2
+    # the policy stages' own evaluation, a second draw: per seed the mean of the two gold win rates
+    for p in ("ppo", "dpo"):
+        own = [json.loads((runs / p / "base" / f"seed_{s}" / p / "summary.json").read_text()) for s in (0, 1)]
+        assert out[f"{p}_stage"]["win_rate_vs_sft"]["values"] == pytest.approx([o["win_rate_vs_sft"] for o in own])
+        two = [(a + o["win_rate_vs_sft"]) / 2 for a, o in zip(out["policies"][p]["win_rate_vs_start_gold"]["values"], own)]
+        assert out["policies"][p]["win_rate_vs_start_gold_two_draws"]["values"] == pytest.approx(two)
+        assert f"| {p}, two draws (with its stage's own evaluation) | " in out["table_md"]
     assert len(out["ppo_curve"]["iteration"]) == 4 and out["ppo_curve"]["kl"][0]["n"] == 2
     assert "| proxy RM (ours) |" in out["table_md"]
 
