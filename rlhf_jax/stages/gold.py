@@ -16,6 +16,8 @@ from rlhf_jax.rewards import GoldReward
 from rlhf_jax.rewards.classifier import ClassifierReward
 from rlhf_jax.rewards.rm_gold import RMGoldReward
 from rlhf_jax.stages.handoff import load_members
+from rlhf_jax.stages.registry import listed
+from rlhf_jax.train.rm import head_seeds
 
 RM_GOLD = "rm:"  # data.gold = "rm:WORKDIR": the finished stage rm of that workdir
 
@@ -62,6 +64,21 @@ def rm_gold_workdir(spec: str) -> Path:
     return Path(spec[len(RM_GOLD):]).expanduser()
 
 
+def check_independent(config, gold_fields: dict, spec: str) -> None:
+    """Refuse a gold RM whose score heads were drawn from a seed this run's own reward model
+    (stage rm listed) draws from: both would start from the same head (`head_seeds`)."""
+    if "rm" not in listed(config) or "seed" not in gold_fields:
+        return
+    gold = head_seeds(int(gold_fields["seed"]), int(gold_fields.get("rm.members", 1)))
+    shared = sorted(set(gold) & set(head_seeds(config.seed, config.rm.members)))
+    if shared:
+        raise UserError(f"data.gold = {spec!r}: the gold RM (seed {gold_fields['seed']}) drew its score head from "
+                        f"seed {shared[0]}, as this run's reward model does (seed {config.seed}, rm.members "
+                        f"{config.rm.members}; member i's head: seed + 1 + i): both would start from one head, "
+                        f"and the gold would not judge this run's RM independently. Train the gold RM with a seed "
+                        f"no judged run uses (e.g. --config.seed=100 in its workdir)")
+
+
 def rm_gold(ctx, spec: str) -> RMGoldReward:
     """The finished stage rm of another workdir as the gold reward: its k members on the base
     model's architecture with a scalar head (rm.init sft or base there), averaged."""
@@ -78,6 +95,7 @@ def rm_gold(ctx, spec: str) -> RMGoldReward:
         if odd:
             raise UserError(f"data.gold = {spec!r}: the gold RM must be a scalar-head RM on the base model's "
                             f"architecture; {stored} has {odd}")
+        check_independent(ctx.config, fields, spec)
     scalar = init_model(ctx.model_cfg(), head="scalar", seed=0, mesh=ctx.mesh)
     params = load_members(workdir, "rm", scalar.params, int(summary.get("members", 1)))
     return RMGoldReward(scalar.graphdef, params, ctx.tokenizer, ctx.data.tcfg)

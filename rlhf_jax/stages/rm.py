@@ -79,7 +79,7 @@ def run(ctx) -> dict[str, Any]:
     names = [f"train_{i}" for i in range(k)]
     data = {name: ctx.iterator(train_arrays, c.batch_size, SALT + 1000 * i) for i, name in enumerate(names)}
     total = c.steps or c.epochs * data[names[0]].steps_per_epoch
-    heads = [reward_model(ctx, seed=ctx.config.seed + 1 + i) for i in range(k)]
+    heads = [reward_model(ctx, seed=s) for s in rm_lib.head_seeds(ctx.config.seed, k)]
     graphdef = heads[0].graphdef
     if c.init == "random":  # a fresh model of its own size (rm.overrides), backbone included
         members = [h.params for h in heads]

@@ -42,6 +42,13 @@ def test_no_data_directory_stops_before_any_run(tmp_path, monkeypatch):
     assert not (tmp_path / "gold").exists()  # no sweep started
 
 
+def test_a_gold_seed_among_the_proxies_is_refused_before_any_run(tmp_path):
+    rm = _load()
+    with pytest.raises(SystemExit, match=r"--gold_seeds 1 shares seed\(s\) \[1\] with --seeds"):
+        rm.main(["--seeds", "0-2", "--gold_seeds", "1", "--out", str(tmp_path)])
+    assert not any(tmp_path.iterdir())  # no sweep started
+
+
 def test_the_configs_parts_are_disjoint():
     rm = _load()
     module = rm._config_module()
@@ -141,14 +148,16 @@ def test_real_model_smoke(tmp_path, shared_data):
     assert "[proxy] [sweep] 2 runs" in done.stdout and "(2 finished before, 0 to run)" in done.stdout
     out = json.loads((tmp_path / "runs" / "real_model_chat_smoke.json").read_text())
     assert (tmp_path / "runs" / "real_model_chat_smoke.png").stat().st_size > 10_000
-    assert out["mode"] == "smoke" and out["seeds"] == [0, 1] and out["gold_seeds"] == [0]
+    # the gold RM at a seed no proxy uses (the default 100): no proxy starts from its score head
+    assert out["mode"] == "smoke" and out["seeds"] == [0, 1] and out["gold_seeds"] == [100]
+    assert out["gold_head_shared_with_seeds"] == []
     assert out["trl_reward_trainer"]["status"] in ("ran", "skipped: trl not installed")
     trl_ran = out["trl_reward_trainer"]["status"] == "ran"  # where trl imports: one more command per seed
     assert out["failed_runs"] == 0 and len(out["commands"]) == 6 + 2 * trl_ran
     assert all(r["status"] == "ok" for records in out["runs"].values() for r in records)
     runs = tmp_path / "runs"
     # every policy run is judged by the gold sweep's first seed, which trained on the gold rows only
-    gold_dir = runs / "gold" / "base" / "seed_0"
+    gold_dir = runs / "gold" / "base" / "seed_100"
     cfg = json.loads((runs / "eval" / "base" / "seed_1" / "config.json").read_text())["config"]
     assert cfg["data.gold"] == f"rm:{gold_dir}"
     # the default form: the conversations as chat messages, in a chat template
@@ -238,9 +247,17 @@ def test_so_far_reports_the_finished_stages_and_starts_nothing(tmp_path):
         (runs / f"ppo/base/seed_{s}/ppo/metrics.jsonl").write_text("".join(
             json.dumps({"step": t, "kl": 0.5 * t + s, "score": t - 1.0, "gold_reward": 0.1 * t}) + "\n" for t in (1, 2, 3)))
     put("dpo/base/seed_1/dpo/summary.json", {**own(0.55, 0.1, 0.8), "wall_seconds": 1200.0, "val_reward_accuracy": 0.6})
-    assert rm.main(["--so_far", "--seeds", "0-3", "--out", str(runs), "--artifacts", str(out)]) == 0  # the default form: chat
+    # runs made with the gold at seed 0, as the chat form's first were: --so_far reads them and names the
+    # seed whose proxy drew its head from the gold's seed
+    for s in range(3):
+        put(f"proxy/base/seed_{s}/config.json", {"config": {"seed": s, "rm.members": 1}})
+    put("gold/base/seed_0/config.json", {"config": {"seed": 0, "rm.members": 1}})
+    assert rm.main(["--so_far", "--seeds", "0-3", "--gold_seeds", "0", "--out", str(runs), "--artifacts", str(out)]) == 0
+    # (the default form: chat)
     res = json.loads((out / "real_model_chat_so_far.json").read_text())
     assert res["proxy_rm"]["finished_seeds"] == [0, 1, 2] and res["trl_reward_trainer"]["finished_seeds"] == [0, 1]
+    assert res["gold_head_shared_with_seeds"] == [0]
+    assert "Not judged independently: the proxy RM of seed(s) [0] drew its score head" in res["table_md"]
     assert res["proxy_rm"]["val_accuracy"]["values"] == [0.6, 0.5, 0.7, None]
     assert res["proxy_rm"]["val_accuracy"]["mean"] == pytest.approx(0.6)
     paired = res["paired"]
@@ -311,7 +328,8 @@ def test_the_cpu_size_runs_every_stage_on_the_real_model(tmp_path, shared_data):
     config = ROOT / "experiments" / "configs" / "real_model.py"
     few = ("data.n_sft=16", "data.n_rankings=16", "data.rm_val=corpus:hh_rlhf?form=chat[0:8]",
            "data.val_fraction=0.004", "rm.steps=2")
-    gold = _cli(f"{config}:gold,cpu,chat", tmp_path / "gold", "stages=sft,rm", *few)  # the default form
+    # the default form; the gold at a seed of its own (a shared one is refused: its head would be the proxy's)
+    gold = _cli(f"{config}:gold,cpu,chat", tmp_path / "gold", "stages=sft,rm", "seed=100", *few)
     assert gold["rm"]["steps"] == 2 and 0.0 <= gold["rm"]["val_accuracy"] <= 1.0
     s = _cli(f"{config}:proxy,cpu,chat", tmp_path / "proxy", "stages=sft,rm,ppo,dpo,eval,bon",
              f"data.gold=rm:{tmp_path / 'gold'}", *few, "data.n_prompts=8", "heldout.n_prompts=8",

@@ -17,15 +17,20 @@ from rlhf_jax.stages.reward import trained_reward
 from tests.micro import micro
 
 
+GOLD_SEED = 100
+
+
 @pytest.fixture(scope="module")
 def gold_workdir(tmp_path_factory):
     path = tmp_path_factory.mktemp("gold")
-    run_pipeline(micro(stages="sft,rm", **{"rm.steps": 3}), path, use_wandb=False)
+    # a seed no judged run below uses: a gold RM drawing its score head from the judged run's head
+    # seed is refused (test_a_gold_rm_with_the_runs_head_seed_is_refused)
+    run_pipeline(micro(stages="sft,rm", **{"rm.steps": 3, "seed": GOLD_SEED}), path, use_wandb=False)
     return path
 
 
 def test_rm_gold_scores_as_the_source_run_scores(gold_workdir, tmp_path):
-    source = build_context(micro(), gold_workdir, use_wandb=False)
+    source = build_context(micro(seed=GOLD_SEED), gold_workdir, use_wandb=False)
     reward, params, _, _ = trained_reward(source, "bon")
     ctx = build_context(micro(**{"data.gold": f"rm:{gold_workdir}"}), tmp_path / "other", use_wandb=False)
     gold = gold_reward(ctx)
@@ -86,3 +91,20 @@ def test_rm_gold_judges_best_of_n_in_another_workdir(gold_workdir, tmp_path):
     curve = json.loads((tmp_path / "run" / "bon" / "curve.json").read_text())
     assert np.isfinite(summary["bon"]["gold_best_of_N"]) and len(curve) == 3
     assert curve[0]["gold"] != curve[0]["proxy"]  # judged by the other run's RM, not this run's proxy
+
+
+def test_a_gold_rm_with_the_runs_head_seed_is_refused(gold_workdir, tmp_path):
+    # a run with its own reward model (stage rm listed) whose head seeds share one with the gold's:
+    # seed 100 draws head 101, and so does member 1 of a 2-member ensemble at seed 99
+    for sets in ({"seed": GOLD_SEED}, {"seed": GOLD_SEED - 1, "rm.members": 2}):
+        ctx = build_context(micro(stages="sft,rm,bon", **{"data.gold": f"rm:{gold_workdir}", **sets}),
+                            tmp_path / f"w{sets['seed']}", use_wandb=False)
+        with pytest.raises(UserError, match=r"drew its score head from seed 101, as this run's reward model does"):
+            gold_reward(ctx)
+    # without a reward model of its own (DPO judged by the gold) the seed may be the gold's; a 1-member
+    # run at seed 99 draws head 100, not the gold's 101
+    for stages, seed in (("sft,dpo", GOLD_SEED), ("sft,rm,bon", GOLD_SEED - 1)):
+        ctx = build_context(micro(stages=stages, **{"data.gold": f"rm:{gold_workdir}", "seed": seed}),
+                            tmp_path / f"ok_{seed}_{stages}", use_wandb=False)
+        assert isinstance(gold_reward(ctx), RMGoldReward)
+
