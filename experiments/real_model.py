@@ -479,7 +479,10 @@ def _host_note(same: list[bool | None]) -> str:
 
 
 # ---------------------------------------------------------------- figure and table
-def figure(res: dict, path: Path, title: str) -> None:
+def figure(res: dict, path: Path, title: str, seeds: list[int], shared: list[int]) -> None:
+    """Gold and proxy reward against sqrt(KL to the start): best-of-n's mean over seeds with its band
+    and each seed's curve (dashed where the seed's proxy shares the gold RM's score head), PPO's
+    rollouts by iteration, stage eval's PPO and DPO points."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -492,6 +495,12 @@ def figure(res: dict, path: Path, title: str) -> None:
         hi = np.array([np.nan if s["ci_high"] is None else s["ci_high"] for s in bon[key]], float)
         ax.plot(bon["d"], m, "-o", ms=3, color="C0", label="best-of-n (n = 1..%d)" % bon["n"][-1])
         ax.fill_between(bon["d"], lo, hi, color="C0", alpha=0.15, lw=0)
+        if len(seeds) > 1:
+            for i, s in enumerate(seeds):
+                ys = [st["values"][i] for st in bon[key]]
+                ax.plot(bon["d"], ys, "--" if s in shared else ":", lw=1, color="C0", alpha=0.6)
+                ax.annotate(f"seed {s}" + (" (gold's head)" if s in shared else ""), (bon["d"][-1], ys[-1]),
+                            fontsize=7, color="C0", xytext=(3, 0), textcoords="offset points", va="center")
         # one iteration's 8 rollouts are noisy: each iteration a faint point, and the moving mean over
         # PPO_WINDOW iterations (of the KL and the reward alike) as the line
         pm = np.array([s["mean"] for s in ppo[ppo_key]], float)
@@ -668,15 +677,18 @@ def main(argv=None) -> int:
                                metrics=["bon.gold_peak"])
     dirs = {name: next(iter(T.workdirs(s).values())) for name, s in sweeps.items()}
     res = analyse(dirs, seeds, gold_dirs)
+    shared = shared_heads(run.runs, seeds, gold_seeds[0])
     wall = time.perf_counter() - t0
     title = (f"SmolLM2-135M-Instruct on HH-RLHF harmless-base ({size}): gold RM on {layout['gold_pairs']} rows, "
              f"proxy on {layout['proxy_pairs']}; mean over {len(seeds)} seed{'s' * (len(seeds) != 1)}"
-             + (", best-of-n band: 95% t-interval" if len(seeds) > 1 else "")
+             + (", best-of-n band: 95% t-interval, each seed's curve dotted" if len(seeds) > 1 else "")
+             + (f"; gold RM seed {gold_seeds[0]}: seed(s) {shared} share its score head (dashed)" if shared else "")
              if not args.smoke else f"smoke: random-init tiny decoder on HH rows; {len(seeds)} seeds")
-    figure(res, run.png_path, title)
-    md = table(res, trl)
+    figure(res, run.png_path, title, seeds, shared)
+    md = table(res, trl) + (f"\n\nNot judged independently: the proxy RM of seed(s) {shared} drew its score head "
+                            f"from the seed the gold RM (seed {gold_seeds[0]}) drew from." if shared else "")
     out = {"experiment": NAME, "mode": "smoke" if args.smoke else "full", "seeds": seeds, "gold_seeds": gold_seeds,
-           "gold_head_shared_with_seeds": shared_heads(run.runs, seeds, gold_seeds[0]),
+           "gold_head_shared_with_seeds": shared,
            "configs": cfg, "layout": layout, "estimate": est, "command": run.command, **rec.report(),
            "wall_seconds": round(wall, 1),
            "gold_note": "the gold reward is an RM trained on HH pairs disjoint from every policy's and the proxy's: "
