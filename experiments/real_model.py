@@ -59,7 +59,6 @@ from toolkit import REPO as ROOT  # noqa: E402
 
 from rlhf_jax import hostenv, paths  # noqa: E402
 from rlhf_jax.sweep import expand  # noqa: E402
-from rlhf_jax.train.rm import head_seeds  # noqa: E402
 from rlhf_jax.workdir import launches  # noqa: E402
 
 NAME = "real_model"
@@ -334,13 +333,11 @@ GOLD_SEED = 100  # the gold RM's default seed: outside every --seeds a proxy is 
 
 def shared_heads(runs: Path, seeds: list[int], gold_seed: int) -> list[int]:
     """The seeds whose proxy RM drew a score head from a seed the judging gold RM drew from (read
-    from the runs' config.json; `rlhf_jax.train.rm.head_seeds`): their gold judgements are not
-    independent of their proxy (the two heads stay together: experiments/README.md)."""
-    def heads(path):
-        if not path.exists():
-            return set()
-        c = T.read_json(path)["config"]
-        return set(head_seeds(int(c["seed"]), int(c.get("rm.members", 1))))
+    from the runs' config.json, as rlhf_jax.stages.gold.check_independent reads them before refusing
+    such a run): their gold judgements are not independent of their proxy (the two heads stay
+    together: experiments/README.md)."""
+    from rlhf_jax.stages.gold import stored_head_seeds  # the stages package imports jax: only when reporting
+    heads = lambda path: stored_head_seeds(T.read_json(path)["config"]) if path.exists() else set()
     gold = heads(runs / "gold" / "base" / f"seed_{gold_seed}" / "config.json")
     return [s for s in seeds if gold & heads(runs / "proxy" / "base" / f"seed_{s}" / "config.json")]
 

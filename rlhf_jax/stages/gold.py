@@ -64,13 +64,17 @@ def rm_gold_workdir(spec: str) -> Path:
     return Path(spec[len(RM_GOLD):]).expanduser()
 
 
+def stored_head_seeds(fields: dict) -> set[int]:
+    """The score-head seeds (`head_seeds`) of a run from its stored, flattened config (WORKDIR/config.json)."""
+    return set(head_seeds(int(fields["seed"]), int(fields.get("rm.members", 1))))
+
+
 def check_independent(config, gold_fields: dict, spec: str) -> None:
     """Refuse a gold RM whose score heads were drawn from a seed this run's own reward model
     (stage rm listed) draws from: both would start from the same head (`head_seeds`)."""
     if "rm" not in listed(config) or "seed" not in gold_fields:
         return
-    gold = head_seeds(int(gold_fields["seed"]), int(gold_fields.get("rm.members", 1)))
-    shared = sorted(set(gold) & set(head_seeds(config.seed, config.rm.members)))
+    shared = sorted(stored_head_seeds(gold_fields) & set(head_seeds(config.seed, config.rm.members)))
     if shared:
         raise UserError(f"data.gold = {spec!r}: the gold RM (seed {gold_fields['seed']}) drew its score head from "
                         f"seed {shared[0]}, as this run's reward model does (seed {config.seed}, rm.members "
