@@ -95,6 +95,23 @@ def test_a_changed_config_is_refused_naming_the_fields(tmp_path, straight):
     assert set(again) == {"sft"} and not (work / "rm").exists()
 
 
+def test_another_gold_judge_is_taken_by_a_workdir_whose_rm_has_run_but_not_by_a_judging_stage(tmp_path):
+    """data.gold is what the judging stages (ppo's and dpo's gold rows, bon, eval) read; sft and rm never
+    do, so a finished RM is reused under another judge, and a started PPO refuses it."""
+    from rlhf_jax import workdir as workdirs
+    from rlhf_jax.stages import STAGES, stage_reads
+    c = micro(stages="sft,rm,ppo,dpo,bon", **{"data.gold": "rm:/judges/a"})
+    reads = {name: stage_reads(name, c) for name in STAGES}
+    ignores = {name: STAGES[name].ignores for name in STAGES}
+    assert {"ppo", "dpo", "bon", "eval"} <= workdirs.readers("data.gold", reads, ignores)
+    assert not {"sft", "rm"} & workdirs.readers("data.gold", reads, ignores)
+    workdirs.check_config(tmp_path, c, reads, set(), ignores)
+    other = micro(stages="sft,rm,ppo,dpo,bon", **{"data.gold": "rm:/judges/b"})
+    assert workdirs.check_config(tmp_path, other, reads, {"sft", "rm"}, ignores, write=False) == ["data.gold"]
+    with pytest.raises(WorkdirError, match=r"data\.gold: 'rm:/judges/a' -> 'rm:/judges/b' \(read by stage ppo\)"):
+        workdirs.check_config(tmp_path, other, reads, {"sft", "rm", "ppo"}, ignores, write=False)
+
+
 def test_resume_with_another_batch_size_is_refused(tmp_path):
     with pytest.raises(SystemExit):
         run_pipeline(micro(**{"debug_stop_after.ppo": 2}), tmp_path, use_wandb=False)

@@ -69,8 +69,10 @@ def needs(c) -> tuple[str, ...]:
     return (("sft",) if c.rm.init == "sft" or ranks_sft_samples else ()) + preference_stages(c)
 
 
+# data.gold: the RM never judges with the gold reward, so a workdir whose RM has run takes another judge
+# without retraining it (a stage that made its rankings with the gold, prefs, still refuses the change)
 @register_stage("rm", trains=True, needs=needs, check=check, reads=("inform", "sampling"), data=("rm_train",),
-                ignores=("rm.aggregate", "rm.uncertainty", "rm.znorm"),
+                ignores=("rm.aggregate", "rm.uncertainty", "rm.znorm", "data.gold"),
                 preflight=preflight)
 def run(ctx) -> dict[str, Any]:
     c, k = ctx.config.rm, ctx.config.rm.members
