@@ -59,6 +59,7 @@ from toolkit import REPO as ROOT  # noqa: E402
 
 from rlhf_jax import hostenv, paths  # noqa: E402
 from rlhf_jax.sweep import expand  # noqa: E402
+from rlhf_jax.train.heads import head_seeds, stored_head_seeds  # noqa: E402  (no JAX: checked before any run)
 from rlhf_jax.workdir import launches  # noqa: E402
 
 NAME = "real_model"
@@ -331,12 +332,18 @@ def stage_rows(summaries: list[dict], keys) -> dict:
 GOLD_SEED = 100  # the gold RM's default seed: outside every --seeds a proxy is likely to run
 
 
+def overlapping_heads(proxy_c, gold_c, seeds: list[int], gold_seed: int) -> list[int]:
+    """The seeds whose proxy RM would draw a score head from a seed the judging gold RM draws from
+    (`head_seeds`, rm.members heads a run), from the configs, before anything runs."""
+    gold = set(head_seeds(gold_seed, gold_c.rm.members))
+    return [s for s in seeds if gold & set(head_seeds(s, proxy_c.rm.members))]
+
+
 def shared_heads(runs: Path, seeds: list[int], gold_seed: int) -> list[int]:
     """The seeds whose proxy RM drew a score head from a seed the judging gold RM drew from (read
     from the runs' config.json, as rlhf_jax.stages.gold.check_independent reads them before refusing
     such a run): their gold judgements are not independent of their proxy (the two heads stay
     together: experiments/README.md)."""
-    from rlhf_jax.stages.gold import stored_head_seeds  # the stages package imports jax: only when reporting
     heads = lambda path: stored_head_seeds(T.read_json(path)["config"]) if path.exists() else set()
     gold = heads(runs / "gold" / "base" / f"seed_{gold_seed}" / "config.json")
     return [s for s in seeds if gold & heads(runs / "proxy" / "base" / f"seed_{s}" / "config.json")]
@@ -617,19 +624,20 @@ def main(argv=None) -> int:
     cfg = {role: f"{CONFIG}:{role},{size}" for role in ("proxy", "gold")}
     rec = run.recorder
     built = build_sweeps(rec, cfg, seeds, gold_seeds)
-    shared = sorted(set(gold_seeds) & set(seeds))  # one RM head per run (rm.members 1): a shared seed, a shared head
-    if shared and any(T.unfinished(s) for s in built.values()):
-        raise SystemExit(f"[{NAME}] --gold_seeds {args.gold_seeds} shares seed(s) {shared} with --seeds: that seed's "
-                         f"proxy RM would draw its score head from the gold RM's seed, and the gold would not judge "
-                         f"it independently; choose gold seeds outside --seeds (default {GOLD_SEED}). Runs already "
-                         f"finished so are only reported (gold_head_shared_with_seeds), never started")
     module = _config_module()
     configs = {role: module.get_config(f"{role},{size}") for role in cfg}
-    for key, value in run.recorder.sets.items():  # a --set that moves a part is checked as the runs see it
-        if key in LAYOUT_KEYS:
+    for key, value in run.recorder.sets.items():  # a --set that moves a part or adds heads is checked as the runs see it
+        if key in LAYOUT_KEYS + ("rm.members",):
             for c in configs.values():
                 block, field = key.split(".")
                 c[block][field] = type(c[block][field])(value)
+    shared = overlapping_heads(configs["proxy"], configs["gold"], seeds, gold_seeds[0])
+    if shared and any(T.unfinished(s) for s in built.values()):
+        raise SystemExit(f"[{NAME}] --gold_seeds {args.gold_seeds}: the gold RM (seed {gold_seeds[0]}) draws a score "
+                         f"head from a seed the proxy RM of seed(s) {shared} draws from (member i of seed s: s + 1 + i), "
+                         f"and would not judge them independently; choose gold seeds further from --seeds (default "
+                         f"{GOLD_SEED}). Runs already finished so are only reported (gold_head_shared_with_seeds), "
+                         f"never started")
     layout = check_layout(module.layout(configs["proxy"]), module.layout(configs["gold"]))
     if paths.data_dir() is None:  # every run reads the HH pairs, Alpaca and TruthfulQA: fail here, not per run
         raise SystemExit(f"[{NAME}] no data directory: set RLHF_JAX_DATA_DIR to the folder of the real datasets "

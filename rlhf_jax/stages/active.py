@@ -48,6 +48,7 @@ from rlhf_jax.stages.reward import reward_model
 from rlhf_jax.stages.sampling import sample, sample_texts
 from rlhf_jax.train import optim
 from rlhf_jax.train import rm as rm_lib
+from rlhf_jax.train.heads import head_seeds
 from rlhf_jax.train.loop import run_loop
 from rlhf_jax.train.state import commit, compile_step
 
@@ -123,7 +124,7 @@ def train_members(ctx, pool, labels: list[list[int]], round_: int, compiled: dic
     names = [f"train_{m}" for m in range(a.members)]
     data = {name: ctx.iterator(arrays, a.batch_size, SALT + 1000 * m + 17 * round_) for m, name in enumerate(names)}
     total = a.steps or max(a.min_steps, a.epochs * data[names[0]].steps_per_epoch)
-    heads = [reward_model(ctx, seed=s) for s in rm_lib.head_seeds(c.seed, a.members)]
+    heads = [reward_model(ctx, seed=s) for s in head_seeds(c.seed, a.members)]
     sft = load_sft(ctx)
     members = rm_lib.stack([rm_lib.init_from_sft(sft, h.params) for h in heads])
     tx, sched = optim.from_config(a, total)

@@ -17,7 +17,7 @@ from rlhf_jax.rewards.classifier import ClassifierReward
 from rlhf_jax.rewards.rm_gold import RMGoldReward
 from rlhf_jax.stages.handoff import load_members
 from rlhf_jax.stages.registry import listed
-from rlhf_jax.train.rm import head_seeds
+from rlhf_jax.train.heads import head_seeds, stored_head_seeds
 
 RM_GOLD = "rm:"  # data.gold = "rm:WORKDIR": the finished stage rm of that workdir
 
@@ -62,11 +62,6 @@ def gold_reward(ctx) -> GoldReward | None:
 def rm_gold_workdir(spec: str) -> Path:
     """WORKDIR of data.gold = "rm:WORKDIR"."""
     return Path(spec[len(RM_GOLD):]).expanduser()
-
-
-def stored_head_seeds(fields: dict) -> set[int]:
-    """The score-head seeds (`head_seeds`) of a run from its stored, flattened config (WORKDIR/config.json)."""
-    return set(head_seeds(int(fields["seed"]), int(fields.get("rm.members", 1))))
 
 
 def check_independent(config, gold_fields: dict, spec: str) -> None:

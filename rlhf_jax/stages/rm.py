@@ -23,6 +23,7 @@ from rlhf_jax.stages.reward import reward_model
 from rlhf_jax.train import lora as lora_lib
 from rlhf_jax.train import optim
 from rlhf_jax.train import rm as rm_lib
+from rlhf_jax.train.heads import head_seeds
 
 SALT = 2
 
@@ -81,7 +82,7 @@ def run(ctx) -> dict[str, Any]:
     names = [f"train_{i}" for i in range(k)]
     data = {name: ctx.iterator(train_arrays, c.batch_size, SALT + 1000 * i) for i, name in enumerate(names)}
     total = c.steps or c.epochs * data[names[0]].steps_per_epoch
-    heads = [reward_model(ctx, seed=s) for s in rm_lib.head_seeds(ctx.config.seed, k)]
+    heads = [reward_model(ctx, seed=s) for s in head_seeds(ctx.config.seed, k)]
     graphdef = heads[0].graphdef
     if c.init == "random":  # a fresh model of its own size (rm.overrides), backbone included
         members = [h.params for h in heads]

@@ -180,12 +180,3 @@ def ensemble_held_out(graphdef, stacked, arrays, batch_size: int, aggregate, sco
     return {"val_loss": float(np.sum(out["loss"] * out["prompts"]) / max(float(np.sum(out["prompts"])), 1.0)),
             "val_accuracy": float(np.sum(out["aggregate"])) / pairs,
             "val_accuracy_members": [float(a) for a in member], "val_accuracy_member_mean": float(np.mean(member))}
-
-
-def head_seeds(seed: int, members: int) -> list[int]:
-    """The seeds a run of `seed` draws its reward models' score heads from, one per member. Two
-    runs whose lists share a seed start a reward model from the same head, and with `rm.init`
-    base or sft from the same backbone too: after training on disjoint pairs the chat form's gold
-    RM and seed 0's proxy kept heads at cosine 1.000 (experiments/README.md), so one cannot judge
-    the other independently (rlhf_jax.stages.gold refuses it)."""
-    return [seed + 1 + i for i in range(members)]

@@ -44,9 +44,16 @@ def test_no_data_directory_stops_before_any_run(tmp_path, monkeypatch):
 
 def test_a_gold_seed_among_the_proxies_is_refused_before_any_run(tmp_path):
     rm = _load()
-    with pytest.raises(SystemExit, match=r"--gold_seeds 1 shares seed\(s\) \[1\] with --seeds"):
+    with pytest.raises(SystemExit, match=r"gold RM \(seed 1\) draws a score head from a seed the proxy RM of "
+                                         r"seed\(s\) \[1\] draws from"):
         rm.main(["--seeds", "0-2", "--gold_seeds", "1", "--out", str(tmp_path)])
     assert not any(tmp_path.iterdir())  # no sweep started
+    # two heads a run (seed s draws s + 1 and s + 2): gold seed 3 (heads 4, 5) meets seed 2's (3, 4), not 0's or 1's
+    with pytest.raises(SystemExit, match=r"proxy RM of seed\(s\) \[2\] draws from"):
+        rm.main(["--seeds", "0-2", "--gold_seeds", "3", "--set", "rm.members=2", "--out", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
+    assert rm.overlapping_heads(*(rm._config_module().get_config(f"{r},smoke") for r in ("proxy", "gold")),
+                                [0, 1, 2], 3) == []  # one head a run: gold seed 3 meets none of 0-2
 
 
 def test_the_configs_parts_are_disjoint():
