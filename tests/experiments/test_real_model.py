@@ -147,7 +147,7 @@ def test_real_model_smoke(tmp_path, shared_data):
     done = subprocess.run([*script, "--rm_only"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     early = json.loads((tmp_path / "runs" / "real_model_chat_smoke_so_far.json").read_text())
-    assert early["proxy_rm"]["finished_seeds"] == [0, 1] and "policies" not in early and "bon" not in early
+    assert early["proxy_rm"]["finished_seeds"] == [1, 2] and "policies" not in early and "bon" not in early
     assert sorted(p.name for p in (tmp_path / "runs").iterdir() if p.is_dir()) == \
         sorted(["gold", "proxy", *(["trl"] if importlib.util.find_spec("trl") else [])])
     done = subprocess.run(script, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -155,8 +155,8 @@ def test_real_model_smoke(tmp_path, shared_data):
     assert "[proxy] [sweep] 2 runs" in done.stdout and "(2 finished before, 0 to run)" in done.stdout
     out = json.loads((tmp_path / "runs" / "real_model_chat_smoke.json").read_text())
     assert (tmp_path / "runs" / "real_model_chat_smoke.png").stat().st_size > 10_000
-    # the gold RM at a seed no proxy uses (the default 100): no proxy starts from its score head
-    assert out["mode"] == "smoke" and out["seeds"] == [0, 1] and out["gold_seeds"] == [100]
+    # the defaults: proxies at seeds 1-2 (heads from seeds 2, 3), the gold RM at seed 0 (head from seed 1)
+    assert out["mode"] == "smoke" and out["seeds"] == [1, 2] and out["gold_seeds"] == [0]
     assert out["gold_head_shared_with_seeds"] == []
     assert out["trl_reward_trainer"]["status"] in ("ran", "skipped: trl not installed")
     trl_ran = out["trl_reward_trainer"]["status"] == "ran"  # where trl imports: one more command per seed
@@ -164,7 +164,7 @@ def test_real_model_smoke(tmp_path, shared_data):
     assert all(r["status"] == "ok" for records in out["runs"].values() for r in records)
     runs = tmp_path / "runs"
     # every policy run is judged by the gold sweep's first seed, which trained on the gold rows only
-    gold_dir = runs / "gold" / "base" / "seed_100"
+    gold_dir = runs / "gold" / "base" / "seed_0"
     cfg = json.loads((runs / "eval" / "base" / "seed_1" / "config.json").read_text())["config"]
     assert cfg["data.gold"] == f"rm:{gold_dir}"
     # the default form: the conversations as chat messages, in a chat template
@@ -172,10 +172,10 @@ def test_real_model_smoke(tmp_path, shared_data):
     assert run_cfg["data.rm_train"] == "corpus:hh_rlhf?form=chat[1200:1248]" and run_cfg["data.template"] == "chatml"
     # numbers over seeds are the runs' own: the proxy RM's accuracy and best-of-n's curves
     accs = [json.loads((runs / "proxy" / "base" / f"seed_{s}" / "rm" / "summary.json").read_text())["val_accuracy"]
-            for s in (0, 1)]
+            for s in (1, 2)]
     assert out["proxy_rm"]["val_accuracy"]["values"] == pytest.approx(accs, rel=1e-6)
     _finite(out["proxy_rm"]["val_accuracy"], 2)
-    curves = [json.loads((runs / "bon" / "base" / f"seed_{s}" / "bon" / "curve.json").read_text()) for s in (0, 1)]
+    curves = [json.loads((runs / "bon" / "base" / f"seed_{s}" / "bon" / "curve.json").read_text()) for s in (1, 2)]
     assert out["bon"]["n"] == [1, 2, 4, 8]
     for j in range(4):
         want = np.mean([c[j]["gold"] for c in curves])
@@ -191,7 +191,7 @@ def test_real_model_smoke(tmp_path, shared_data):
     assert out["policies"]["start"]["truthfulqa_qa_primer_mc2"]["n"] == 2
     # the policy stages' own evaluation, a second draw: per seed the mean of the two gold win rates
     for p in ("ppo", "dpo"):
-        own = [json.loads((runs / p / "base" / f"seed_{s}" / p / "summary.json").read_text()) for s in (0, 1)]
+        own = [json.loads((runs / p / "base" / f"seed_{s}" / p / "summary.json").read_text()) for s in (1, 2)]
         assert out[f"{p}_stage"]["win_rate_vs_sft"]["values"] == pytest.approx([o["win_rate_vs_sft"] for o in own])
         two = [(a + o["win_rate_vs_sft"]) / 2 for a, o in zip(out["policies"][p]["win_rate_vs_start_gold"]["values"], own)]
         assert out["policies"][p]["win_rate_vs_start_gold_two_draws"]["values"] == pytest.approx(two)
