@@ -198,14 +198,25 @@ def ppo_times(shape: dict, lm, scalar, tx, sched, ids, steps: int) -> dict:
                                  steps),
         "update_s": median_time(lambda: upd(state, data, jax.random.key(2))[:2], steps),
     }
-    full = jax.jit(ppo_lib.make_ppo_step(pcfg, sampling, models, tx, sched), donate_argnums=0)
-    box = [state]
+    def iteration(reuse_forward):
+        """(median seconds, XLA's temporary bytes) of the iteration program."""
+        full = jax.jit(ppo_lib.make_ppo_step(pcfg, sampling, models, tx, sched, reuse_forward=reuse_forward),
+                       donate_argnums=0)
+        box = [jax.tree.map(jnp.copy, state)]
+        full = full.lower(box[0], prompts, jax.random.key(3), constants).compile()
+        temp = getattr(full.memory_analysis(), "temp_size_in_bytes", None)
 
-    def ppo():
-        box[0], m, _ = full(box[0], prompts, jax.random.key(3), constants)
-        return m["loss"]
-    t = median_time(ppo, steps)
-    return {"iteration_s": t, "sequences_per_s": Bp / t, "tokens_per_s": Bp * (Pl + shape["new"]) / t, **phases}
+        def ppo():
+            box[0], m, _ = full(box[0], prompts, jax.random.key(3), constants)
+            return m["loss"]
+        return median_time(ppo, steps), temp
+    # the iteration as a run takes it (at 1 epoch x 1 minibatch the update's gradient goes through
+    # the scoring's forward pass, train.ppo.one_pass), and with a second forward pass in the update
+    t, temp = iteration(None)
+    out = {"iteration_s": t, "one_pass": ppo_lib.one_pass(pcfg), "temp_bytes": temp}
+    if ppo_lib.one_pass(pcfg):
+        out["iteration_two_pass_s"], out["temp_bytes_two_pass"] = iteration(False)
+    return {**out, "sequences_per_s": Bp / t, "tokens_per_s": Bp * (Pl + shape["new"]) / t, **phases}
 
 
 class StepClock:
@@ -300,6 +311,8 @@ def compare(o: dict, t: dict) -> dict:
     ratios = {"sft_tokens_per_s": o["sft"]["tokens_per_s"] / t["sft"]["tokens_per_s"],
               "rm_tokens_per_s": o["rm"]["tokens_per_s"] / t["rm"]["tokens_per_s"],
               "ppo_iteration_speedup": t["ppo"]["iteration_s"] / o["ppo"]["iteration_s"]}
+    if "iteration_two_pass_s" in o["ppo"]:  # ours with the update's own forward pass, as before one_pass
+        ratios["ppo_iteration_speedup_two_pass"] = t["ppo"]["iteration_s"] / o["ppo"]["iteration_two_pass_s"]
     if "matmul" in t:  # the two libraries' matmul rates at the SFT step's shapes, one over the other
         ratios["matmul_rate_xla_over_torch"] = o["matmul"]["gflop_per_s"] / t["matmul"]["gflop_per_s"]
     return {"ratio_ours_over_trl": ratios,

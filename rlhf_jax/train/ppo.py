@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from rlhf_jax.generate import SamplingConfig, ends_with_eos, generate
 from rlhf_jax.models import forward as F
 from rlhf_jax.objectives import ppo as P
-from rlhf_jax.objectives.lm import masked_nll, next_token_loss, token_logprobs
+from rlhf_jax.objectives.lm import masked_nll, next_token_loss, token_entropy, token_logprobs
 from rlhf_jax.rewards import Reward
 from rlhf_jax.train.state import PPOState
 from rlhf_jax.train.step import apply_gradients, combine_metrics, minibatch_order, split_microbatches
@@ -95,10 +95,10 @@ def estimator(hp) -> P.Estimator:
     return P.ADVANTAGE_ESTIMATORS[hp.advantage_estimator]
 
 
-def rollout(hp, sampling: SamplingConfig, models: PPOModels, state: PPOState, constants, batch, rng):
+def rollout(hp, sampling: SamplingConfig, models: PPOModels, state: PPOState, constants, batch, rng, trained=None):
     """Sample G = ppo.group_size responses to each prompt of the batch (adjacent rows), score them
     and compute advantages: (Rollout, metrics). ReMax also decodes each prompt greedily once and
-    scores that response as its baseline."""
+    scores that response as its baseline. `trained`: as in `score_rollout`."""
     G = hp.group_size
     repeat = (lambda x: jnp.repeat(x, G, axis=0)) if G > 1 else (lambda x: x)
     policy = models.full(state.params, constants)["policy"]
@@ -112,7 +112,7 @@ def rollout(hp, sampling: SamplingConfig, models: PPOModels, state: PPOState, co
                                    greedy.tokens_BxN, greedy.mask_BxN)
         baseline = repeat(P.per_sequence(score))
     return score_rollout(hp, sampling, models, state, constants, prompt, prompt_mask, gen.tokens_BxN, gen.mask_BxN,
-                         baseline)
+                         baseline, trained)
 
 
 def sequence_scores(hp, sampling: SamplingConfig, models: PPOModels, constants, prompt, prompt_mask, resp, resp_mask):
@@ -151,9 +151,11 @@ def keep_groups(hp, score, arrays: dict):
 
 
 def score_rollout(hp, sampling: SamplingConfig, models: PPOModels, state: PPOState, constants, prompt, prompt_mask,
-                  resp, resp_mask, baseline=None):
+                  resp, resp_mask, baseline=None, trained=None):
     """The scoring phase: the reward, then policy, reference (and value) forward passes, the KL,
-    and the registered advantage estimator."""
+    and the registered advantage estimator. `trained` (optional): seq, P_len, N -> the trained
+    models' `Outputs` on the batch, used for the policy's log-probs and the values instead of
+    forward passes of their own (the one-pass update's forward, `make_ppo_step`)."""
     est = estimator(hp)
     score, has_eos = sequence_scores(hp, sampling, models, constants, prompt, prompt_mask, resp, resp_mask)
     extra = {}
@@ -165,11 +167,15 @@ def score_rollout(hp, sampling: SamplingConfig, models: PPOModels, state: PPOSta
     P_len, N = prompt.shape[1], resp.shape[1]
     seq = F.sequence_inputs(prompt, prompt_mask, resp, resp_mask)
     # log-probs at the sampling temperature, for the policy and the reference alike
-    full = models.full(state.params, constants)
-    logp = F.response_logprobs(models.policy, full["policy"], seq, P_len, N, hp.temperature)
-    ref_logp = F.response_logprobs(models.policy, models.reference(constants), seq, P_len, N, hp.temperature)
     maskf = resp_mask.astype(jnp.float32)
-    values = F.response_values(models.value, full["value"], seq, P_len, N) * maskf if est.critic else None
+    if trained is None:
+        full = models.full(state.params, constants)
+        logp = F.response_logprobs(models.policy, full["policy"], seq, P_len, N, hp.temperature)
+        values = F.response_values(models.value, full["value"], seq, P_len, N) * maskf if est.critic else None
+    else:
+        out = trained(seq, P_len, N)
+        logp, values = out.logp_BxN, out.values_BxN * maskf if est.critic else None
+    ref_logp = F.response_logprobs(models.policy, models.reference(constants), seq, P_len, N, hp.temperature)
     logp, ref_logp = logp * maskf, ref_logp * maskf
     kl = P.kl_estimate(logp, ref_logp, hp.kl_estimator) * maskf
     inputs = P.AdvantageInputs(P.place(score, maskf), kl, maskf, values, baseline, hp.group_size)
@@ -192,6 +198,65 @@ def score_rollout(hp, sampling: SamplingConfig, models: PPOModels, state: PPOSta
     return data, metrics
 
 
+class Outputs(NamedTuple):
+    """What the PPO loss reads from the trained models on a batch: the policy's log-probs of the
+    response tokens at the sampling temperature, their entropies, the value model's values (None
+    without a critic)."""
+    logp_BxN: jax.Array
+    entropy_BxN: jax.Array
+    values_BxN: jax.Array | None
+
+
+def trained_outputs(hp, models: PPOModels, params, seq, P_len: int, N: int, constants=None) -> Outputs:
+    """`Outputs` of the trained params (LoRA: over their frozen bases in `constants`) on sequences
+    `seq` = (tokens, mask, positions) whose responses are the N columns after P_len; chunked (no
+    B x T x V logits) when the policy's `logits_chunk` > 0."""
+    full = models.full(params, constants)
+    chunked = F.model_config(models.policy, full["policy"]).logits_chunk > 0
+    if chunked:
+        logp, entropy_BxN = F.response_logprobs(models.policy, full["policy"], seq, P_len, N, hp.temperature,
+                                                with_entropy=True)
+    else:
+        logits = F.response_logits(models.policy, full["policy"], seq, P_len, N) / hp.temperature
+        logp, entropy_BxN = token_logprobs(logits, seq[0][:, P_len:P_len + N]), token_entropy(logits)
+    values = F.response_values(models.value, full["value"], seq, P_len, N) if "value" in full else None
+    return Outputs(logp, entropy_BxN, values)
+
+
+def ppo_terms(hp, out: Outputs, mb: Rollout):
+    """(loss, metrics) of the PPO terms on the trained models' outputs `out` for the rollout rows
+    `mb`: the registered policy loss + vf_coef * clipped value loss (with a critic) + kl_coef * KL
+    to the reference (estimators that put the KL in the loss, GRPO) - ent_coef * entropy."""
+    mask = mb.response_mask_BxN
+    pg, pg_m = P.policy_loss(out.logp_BxN, mb.logp_BxN, mb.advantages_BxN, mask, hp.clip_eps, hp.clip_eps_high,
+                             hp.policy_loss)
+    ent = P.masked_entropy(out.entropy_BxN, mask)
+    loss = pg - hp.ent_coef * ent
+    metrics = {"policy_loss": pg, "entropy": ent, **pg_m}
+    if out.values_BxN is not None:
+        vf, vf_m = P.value_loss(out.values_BxN, mb.values_BxN, mb.returns_BxN, mask, hp.vf_clip)
+        loss = loss + hp.vf_coef * vf
+        metrics.update(value_loss=vf, **vf_m)
+    if mb.ref_logp_BxN is not None:  # the KL as a loss term, normalised as the policy loss is
+        kl_loss = P.aggregate(P.kl_estimate(out.logp_BxN, mb.ref_logp_BxN, hp.kl_estimator), mask,
+                              P.POLICY_LOSSES[hp.policy_loss].aggregate)
+        loss = loss + hp.kl_coef * kl_loss
+        metrics["kl_loss"] = kl_loss
+    return loss, metrics
+
+
+def ptx_loss(models: PPOModels, policy_params, ptx):
+    """InstructGPT's pretraining-mix term: the policy's token NLL on the ptx batch (policy_params:
+    the weights the policy runs with)."""
+    if F.model_config(models.policy, policy_params).logits_chunk > 0:
+        logp = F.shifted_logprobs(models.policy, policy_params, ptx["tokens"], None,
+                                  positions_BxT=ptx["positions"], segment_ids_BxT=ptx["segment_ids"])
+        return masked_nll(logp, ptx["loss_mask"])[0]
+    logits = F.forward(models.policy, policy_params, ptx["tokens"], positions_BxT=ptx["positions"],
+                       segment_ids_BxT=ptx["segment_ids"])
+    return next_token_loss(logits, ptx["tokens"], ptx["loss_mask"])[0]
+
+
 def ppo_loss(hp, models: PPOModels, params, mb: Rollout, ptx, scales=None, constants=None):
     """The registered policy loss (clipped surrogate) + vf_coef * clipped value loss (with a
     critic) + kl_coef * KL to the reference (estimators that put the KL in the loss, GRPO) -
@@ -201,46 +266,16 @@ def ppo_loss(hp, models: PPOModels, params, mb: Rollout, ptx, scales=None, const
     final hidden states (`forward.response_logprobs`), never from B x T x V logits. `scales` =
     (PPO terms' weight, ptx term's weight) multiplies the two parts (gradient accumulation).
     """
-    params = models.full(params, constants)  # LoRA: the trainable parts over their frozen bases
     N = mb.response_BxN.shape[1]
     P_len = mb.tokens_BxT.shape[1] - N
     seq = (mb.tokens_BxT, mb.mask_BxT, mb.positions_BxT)
-    chunked = F.model_config(models.policy, params["policy"]).logits_chunk > 0
-    if chunked:
-        logp, entropy_BxN = F.response_logprobs(models.policy, params["policy"], seq, P_len, N, hp.temperature,
-                                                with_entropy=True)
-    else:
-        logits = F.response_logits(models.policy, params["policy"], seq, P_len, N) / hp.temperature
-        logp = token_logprobs(logits, mb.response_BxN)
-    mask = mb.response_mask_BxN
-    pg, pg_m = P.policy_loss(logp, mb.logp_BxN, mb.advantages_BxN, mask, hp.clip_eps, hp.clip_eps_high,
-                             hp.policy_loss)
-    ent = P.masked_entropy(entropy_BxN, mask) if chunked else P.entropy(logits, mask)
-    loss = pg - hp.ent_coef * ent
-    metrics = {"policy_loss": pg, "entropy": ent, **pg_m}
-    if "value" in params:
-        values = F.response_values(models.value, params["value"], seq, P_len, N)
-        vf, vf_m = P.value_loss(values, mb.values_BxN, mb.returns_BxN, mask, hp.vf_clip)
-        loss = loss + hp.vf_coef * vf
-        metrics.update(value_loss=vf, **vf_m)
-    if mb.ref_logp_BxN is not None:  # the KL as a loss term, normalised as the policy loss is
-        kl_loss = P.aggregate(P.kl_estimate(logp, mb.ref_logp_BxN, hp.kl_estimator), mask,
-                              P.POLICY_LOSSES[hp.policy_loss].aggregate)
-        loss = loss + hp.kl_coef * kl_loss
-        metrics["kl_loss"] = kl_loss
+    loss, metrics = ppo_terms(hp, trained_outputs(hp, models, params, seq, P_len, N, constants), mb)
     if scales is not None:
         loss = loss * scales[0]
     if hp.ptx_coef and ptx is not None:
-        if chunked:
-            ptx_logp = F.shifted_logprobs(models.policy, params["policy"], ptx["tokens"], None,
-                                          positions_BxT=ptx["positions"], segment_ids_BxT=ptx["segment_ids"])
-            ptx_loss, _ = masked_nll(ptx_logp, ptx["loss_mask"])
-        else:
-            ptx_logits = F.forward(models.policy, params["policy"], ptx["tokens"], positions_BxT=ptx["positions"],
-                                   segment_ids_BxT=ptx["segment_ids"])
-            ptx_loss, _ = next_token_loss(ptx_logits, ptx["tokens"], ptx["loss_mask"])
-        loss = loss + (hp.ptx_coef * ptx_loss if scales is None else hp.ptx_coef * ptx_loss * scales[1])
-        metrics["ptx_loss"] = ptx_loss
+        ptx_l = ptx_loss(models, models.full(params, constants)["policy"], ptx)
+        loss = loss + (hp.ptx_coef * ptx_l if scales is None else hp.ptx_coef * ptx_l * scales[1])
+        metrics["ptx_loss"] = ptx_l
     return loss, metrics
 
 
@@ -305,18 +340,62 @@ def update(hp, models: PPOModels, tx, params, opt_state, data: Rollout, batch, r
     return params, opt_state, upd
 
 
-def make_ppo_step(hp, sampling: SamplingConfig, models: PPOModels, tx, schedule):
+def one_pass(hp) -> bool:
+    """Whether the update is one gradient step on the whole batch (1 epoch of 1 minibatch, no
+    accumulation), taken at the parameters that sampled it: then its forward pass is the scoring's."""
+    return hp.epochs == 1 and hp.minibatches == 1 and hp.grad_accum == 1
+
+
+def one_pass_update(hp, models: PPOModels, tx, params, opt_state, data: Rollout, outputs: Outputs, vjp_fn, batch,
+                    constants=None):
+    """`update` for `one_pass` settings, from the scoring's forward pass: `outputs` = the trained
+    models' `Outputs` on the rollout at `params`, `vjp_fn` its pullback (`jax.vjp`). The gradient
+    of the PPO terms is the pullback of their gradient in the outputs, which is the gradient of
+    `ppo_loss` on the same rows (the chain rule; the rows' order is the only difference, and a
+    mean does not depend on it): one forward pass of the policy and the value model an iteration
+    instead of two. The ptx term, on other rows, is differentiated on its own and added."""
+    (loss, metrics), g_out = jax.value_and_grad(lambda o: ppo_terms(hp, o, data), has_aux=True)(outputs)
+    (grads,) = vjp_fn(g_out)
+    ptx = {k: batch[k] for k in PTX_KEYS if k in batch} or None
+    if hp.ptx_coef and ptx is not None:
+        ptx_l, ptx_g = jax.value_and_grad(lambda p: ptx_loss(models, models.full(p, constants)["policy"], ptx))(params)
+        grads = jax.tree.map(lambda a, b: a + hp.ptx_coef * b, grads, ptx_g)
+        loss, metrics = loss + hp.ptx_coef * ptx_l, {**metrics, "ptx_loss": ptx_l}
+    params, opt_state, grad_norm = apply_gradients(tx, params, opt_state, grads)
+    return params, opt_state, {**metrics, "loss": loss, "grad_norm": grad_norm}
+
+
+def make_ppo_step(hp, sampling: SamplingConfig, models: PPOModels, tx, schedule, reuse_forward: bool | None = None):
     """(state, batch, rng, constants) -> (state, metrics, episodes): one PPO iteration on device.
 
     batch: prompt, prompt_mask [B, P] (+ ptx tokens/loss_mask/segment_ids/positions [Bp, T]).
     constants: {"reference": params, "reward": params (+ "value_base" with LoRA)}, frozen.
+    `reuse_forward` (default: `one_pass(hp)`, the only settings it may be on): the update takes its
+    gradient through the scoring's forward pass (`one_pass_update`) instead of a second one.
     """
+    reuse = one_pass(hp) if reuse_forward is None else reuse_forward
+    if reuse and not one_pass(hp):
+        raise ValueError("reuse_forward needs ppo.epochs = ppo.minibatches = ppo.grad_accum = 1: later minibatches "
+                         "and epochs run at updated parameters")
+
     def step(state: PPOState, batch, rng, constants):
         rng_gen, rng_perm = jax.random.split(rng)
-        data, metrics = rollout(hp, sampling, models, state, constants, batch, rng_gen)
+        if reuse:
+            pulled = {}
+
+            def trained(seq, P_len, N):  # the scoring's forward pass, kept with its pullback for the update
+                out, pulled["vjp"] = jax.vjp(lambda p: trained_outputs(hp, models, p, seq, P_len, N, constants),
+                                             state.params)
+                pulled["out"] = out
+                return out
+            data, metrics = rollout(hp, sampling, models, state, constants, batch, rng_gen, trained)
+            params, opt_state, upd = one_pass_update(hp, models, tx, state.params, state.opt_state, data,
+                                                     pulled["out"], pulled["vjp"], batch, constants)
+        else:
+            data, metrics = rollout(hp, sampling, models, state, constants, batch, rng_gen)
+            params, opt_state, upd = update(hp, models, tx, state.params, state.opt_state, data, batch, rng_perm,
+                                            constants)
         B = data.tokens_BxT.shape[0]
-        params, opt_state, upd = update(hp, models, tx, state.params, state.opt_state, data, batch, rng_perm,
-                                        constants)
         kl_coef = state.kl_coef
         if hp.adaptive_kl:
             kl_coef = P.adaptive_kl_update(kl_coef, metrics["kl"], hp.kl_target, hp.kl_horizon, B)
