@@ -59,7 +59,7 @@ def _mesh(shape):
 # and single-device runs' last-bit gradient differences stay small (at eps 1e-8 a coordinate with a
 # near-zero gradient moves by +-lr either way: tests/tolerance.py)
 B1, B2, EPS_ADAM = 0.9, 0.95, 1.0
-UPDATES = {"sft": 3, "rm": 3, "ppo": 3 * 2 * 2, "grpo": 3 * 2 * 2}  # optimizer updates in `_run`'s three steps
+UPDATES = {"sft": 3, "rm": 3, "ppo": 3 * 2 * 2, "grpo": 3 * 2 * 2, "ppo1": 3}  # optimizer updates in `_run`'s three steps
 
 
 def _optimizer():
@@ -73,7 +73,8 @@ def _tolerance(kind, params) -> tuple[float, float]:
     Adam's moments differ by at most 2 x the gradient's error. Growth through later gradients
     (lr x Hessian per update) is neglected."""
     seq, positions = {"sft": (16, 8 * 16), "rm": (16, 8 * 3 * 16), "ppo": (13, 4 * 13 + 2 * 8 * 13),
-                      "grpo": (13, 4 * 13 + 2 * 8 * 13)}[kind]  # GRPO: 8 episodes, group sums instead of GAE
+                      "grpo": (13, 4 * 13 + 2 * 8 * 13),  # GRPO: 8 episodes, group sums instead of GAE
+                      "ppo1": (13, 8 * 13 + 2 * 8 * 13)}[kind]  # one minibatch of 8: the one-pass update
     chain = tol.gradient_chain(CFG, seq, positions)
     grad_err = tol.f32(chain) + tol.f32(sum(x.size for x in jax.tree.leaves(params)))
     _, sched = _optimizer()
@@ -103,6 +104,9 @@ def _build(kind, mesh):
     grpo = kind == "grpo"
     hp = ppo_hp(minibatches=2, epochs=2, ema_decay=0.9, **(dict(
         advantage_estimator="grpo", group_size=2, policy_loss="grpo", kl_estimator="k3") if grpo else {}))
+    if kind == "ppo1":  # one epoch of one minibatch: the update through the scoring's forward pass
+        hp.update(minibatches=1, epochs=1)
+        assert ppo_lib.one_pass(hp)
     models = ppo_lib.PPOModels(lm.graphdef, None if grpo else scalar.graphdef, ModelReward(scalar.graphdef))
     params = {"policy": lm.params} if grpo else {"policy": lm.params, "value": scalar.params}
     copy = lambda t: jax.tree.map(jnp.copy, t)
@@ -130,7 +134,7 @@ def _run(kind, mesh_shape):
 
 
 @pytest.mark.devices(8)
-@pytest.mark.parametrize("kind", ["sft", "rm", "ppo", "grpo"])
+@pytest.mark.parametrize("kind", ["sft", "rm", "ppo", "grpo", "ppo1"])
 def test_step_compiles_once_and_sharded_equals_single_device(kind):
     step, state1, hist1 = _run(kind, None)
     assert step._cache_size() == 1  # three steps, one compilation
