@@ -5,6 +5,10 @@ and prompts, float32, every response full length; both programs compiled first (
 bytes recorded), then timed interleaved, each fed its own new state; prints JSON.
 
     python tools/ab_one_pass.py --shape smollm2 --repeats 8 --out experiments/benchmarks/ppo_one_pass_cpu.json
+    python tools/ab_one_pass.py --shape smollm2_cpu --lora_rank 8 --repeats 6   # as the real-model PPO runs
+
+With --lora_rank R the policy and value model train rank-R adapters (alpha 2R, every block matrix)
+over frozen float32 bases, the value model's head in full, as stage ppo builds them.
 """
 import sys
 import time
@@ -23,6 +27,7 @@ from configs.common import base  # noqa: E402
 from rlhf_jax.generate import SamplingConfig  # noqa: E402
 from rlhf_jax.models import init_model  # noqa: E402
 from rlhf_jax.rewards import ModelReward  # noqa: E402
+from rlhf_jax.train import lora as lora_lib  # noqa: E402
 from rlhf_jax.train import ppo as ppo_lib  # noqa: E402
 from rlhf_jax.train.optim import make_optimizer  # noqa: E402
 from rlhf_jax.train.state import PPOState  # noqa: E402
@@ -34,6 +39,7 @@ def main(argv=None):
     ap = parser(__doc__, out=True)
     ap.add_argument("--shape", default="smollm2", choices=sorted(SHAPES))
     ap.add_argument("--repeats", type=int, default=8)
+    ap.add_argument("--lora_rank", type=int, default=0, help="0: full fine-tuning (default)")
     args = ap.parse_args(argv)
     shape = SHAPES[args.shape]
     cfg = shape["model"].replace(eos_token_id=EOS, pad_token_id=PAD)
@@ -43,14 +49,19 @@ def main(argv=None):
     hp = base().ppo
     hp.update(minibatches=1, epochs=1)
     sampling = SamplingConfig(max_new_tokens=shape["new"], eos_token_ids=(-1,), pad_token_id=PAD)
-    models = ppo_lib.PPOModels(lm.graphdef, scalar.graphdef, ModelReward(scalar.graphdef))
-    constants = {"reference": lm.params, "reward": scalar.params}
+    lora = lora_lib.LoRAConfig(args.lora_rank, 2.0 * args.lora_rank) if args.lora_rank else None
+    models = ppo_lib.PPOModels(lm.graphdef, scalar.graphdef, ModelReward(scalar.graphdef), lora)
+    constants = {"reference": lm.params, "reward": scalar.params, **({"value_base": scalar.params} if lora else {})}
     Bp, Pl = shape["ppo_batch"], shape["prompt"]
     prompts = {"prompt": jnp.asarray(rng.integers(3, cfg.vocab_size, (Bp, Pl)), jnp.int32),
                "prompt_mask": jnp.ones((Bp, Pl), jnp.int32)}
 
     def fresh():
-        params = jax.tree.map(jnp.copy, {"policy": lm.params, "value": scalar.params})
+        if lora:  # as stage ppo builds them: fresh adapters (B = 0) over the frozen bases, the value head in full
+            params = {"policy": lora_lib.split(lm.params, lora, jax.random.key(0)),
+                      "value": lora_lib.split(scalar.params, lora, jax.random.key(1), extras=("head",))}
+        else:
+            params = jax.tree.map(jnp.copy, {"policy": lm.params, "value": scalar.params})
         return PPOState(params, tx.init(params), jnp.zeros((), jnp.int32), jnp.float32(0.05), None)
 
     arms, first = {}, {}
@@ -70,6 +81,7 @@ def main(argv=None):
             arm["times"].append(time.perf_counter() - t0)
     a, b = (np.asarray(arms[n]["times"]) for n in ("one_pass", "two_pass"))
     report({"shape": {k: v for k, v in shape.items() if k != "model"}, "params": cfg.num_params(),
+            "lora_rank": args.lora_rank,
             "cpu": cpu_info(), "jax": jax.__version__, "repeats": args.repeats,
             "first_iteration_metrics": first,
             **{n: {"median_s": float(np.median(arm["times"])), "all_s": [round(x, 3) for x in arm["times"]],
