@@ -189,6 +189,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from rlhf_jax.hostenv import reexec_with_huge_pages
-    reexec_with_huge_pages()  # as rlhf_jax.main: glibc's malloc with huge pages for XLA's buffers
+    from rlhf_jax.hostenv import prepare_process
+    prepare_process()  # as rlhf_jax.main: XLA's flags, glibc's malloc with huge pages for XLA's buffers
     raise SystemExit(main())

@@ -19,6 +19,18 @@ glibc reads its tunables once, at start, so `reexec_with_huge_pages` re-executes
 with the tunable added to GLIBC_TUNABLES, before anything large is allocated.
 RLHF_JAX_HUGEPAGES=0 keeps glibc's default.
 
+`xla_cpu_defaults` hands XLA:CPU's matrix products, with the element-wise work around them, to
+its YNNPACK library fusions (`--xla_cpu_experimental_ynn_fusion_type=dot`; jaxlib 0.10's default
+hands it only the bare products). The backward pass's weight gradients contract over the token
+axis, and by default XLA writes one operand of each transposed inside the element-wise fusion that
+produces it, a fifth of the SmolLM2-shape SFT step; fused into YNNPACK's product that pass goes.
+Measured on a 2-core Xeon (AVX-512, AMX), fp32, SmolLM2-135M shape, a fresh process each way
+(docs/benchmarks.md, "XLA:CPU's library fusions"): the SFT step 3.22 -> 2.65 s, the RM step
+5.39 -> 4.19 s, the same loss. Every process of a run (the CLIs, the timing tools, the suite)
+sets it the same way; a flag of the caller's own in XLA_FLAGS wins, RLHF_JAX_YNN_FUSION=0 keeps
+XLA's default, and a jaxlib other than 0.10, which the suite has not checked it with, is left
+alone.
+
 `cpu_info` and `host` say which machine a timing came from. Hosts of one name differ: two 2-core
 "AMD EPYC" VMs, both AVX2-only, each running nothing else, took 11.9 s and 22.5 s for a packed RM
 step of 8 of the proxy's HH pairs (160 tokens, SmolLM2-135M, experiments/README.md). So every
@@ -94,6 +106,42 @@ def reexec_with_huge_pages() -> None:
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
+YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+YNN_FUSION = "dot"  # products with the element-wise producers and consumers XLA fuses into them
+YNN_JAXLIB = ((0, 10), (0, 11))  # the jaxlib releases (from, before) the suite runs it with
+
+
+def jaxlib_version() -> tuple[int, ...] | None:
+    """(major, minor) of the installed jaxlib, read without importing it, or None."""
+    from importlib import metadata
+    try:
+        return tuple(int(x) for x in metadata.version("jaxlib").split(".")[:2])
+    except (metadata.PackageNotFoundError, ValueError):
+        return None
+
+
+def xla_cpu_defaults(environ, jaxlib: tuple[int, ...] | None = None) -> bool:
+    """Add `YNN_FLAG=YNN_FUSION` to environ's XLA_FLAGS, unless the caller set that flag,
+    RLHF_JAX_YNN_FUSION is off, or the jaxlib (default: the installed one) is outside
+    YNN_JAXLIB. Call it before the process (or a child given `environ`) starts XLA. Returns
+    whether it added the flag."""
+    flags = environ.get("XLA_FLAGS", "")
+    if str(environ.get("RLHF_JAX_YNN_FUSION", "1")).lower() in OFF or YNN_FLAG in flags:
+        return False
+    jaxlib = jaxlib_version() if jaxlib is None else jaxlib
+    if jaxlib is None or not YNN_JAXLIB[0] <= jaxlib < YNN_JAXLIB[1]:
+        return False
+    environ["XLA_FLAGS"] = f"{flags} {YNN_FLAG}={YNN_FUSION}".strip()
+    return True
+
+
+def prepare_process() -> None:
+    """What each CLI and timing tool does first, before jax starts: XLA:CPU's defaults
+    (`xla_cpu_defaults`), then glibc's huge pages (`reexec_with_huge_pages`, which keeps them)."""
+    xla_cpu_defaults(os.environ)
+    reexec_with_huge_pages()
+
+
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
@@ -101,14 +149,18 @@ def cpu_info() -> dict:
     """This machine's CPU as a timing depends on it: the model name and clock, the cores this
     process may run on (its affinity) and the machine's count, the instruction sets that change
     what XLA and torch emit (AVX2 / AVX-512 vectors; bfloat16 and AMX matrix units, which make a
-    bfloat16 matmul several times a float32 one's speed), and a cap XLA_FLAGS puts on XLA's."""
+    bfloat16 matmul several times a float32 one's speed), and what XLA_FLAGS sets of XLA's code: a cap on
+    its instruction sets, its library fusions (`xla_cpu_defaults`)."""
     import platform
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     info = {"model": platform.processor() or platform.machine(), "cores": cores,
-            "machine_cores": os.cpu_count(), "mhz": None, "isa": [], "xla_max_isa": None}
+            "machine_cores": os.cpu_count(), "mhz": None, "isa": [], "xla_max_isa": None,
+            "xla_ynn_fusion": None}
     for flag in os.environ.get("XLA_FLAGS", "").split():
         if flag.startswith("--xla_cpu_max_isa="):
             info["xla_max_isa"] = flag.split("=", 1)[1]
+        if flag.startswith(YNN_FLAG + "="):
+            info["xla_ynn_fusion"] = flag.split("=", 1)[1]
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
@@ -155,6 +207,7 @@ def label(record: dict) -> str:
     """One line for a `host()` record: model, cores, instruction sets, XLA's cap and the boot."""
     isa = "+".join(record.get("isa") or []) or "isa unknown"
     cap = f", XLA capped at {record['xla_max_isa']}" if record.get("xla_max_isa") else ""
+    cap += f", YNN fusion {record['xla_ynn_fusion'] or 'off'}" if record.get("xla_ynn_fusion") is not None else ""
     boot = f", boot {record['boot_id'][:8]}" if record.get("boot_id") else ""
     return f"{record.get('model')}, {record.get('cores')} cores, {isa}{cap}{boot}"
 

@@ -133,8 +133,8 @@ def _flag_error(error: Exception) -> str:
 
 
 def run() -> None:
-    from rlhf_jax.hostenv import reexec_with_huge_pages
-    reexec_with_huge_pages()  # glibc reads its tunables at start: before XLA allocates anything
+    from rlhf_jax.hostenv import prepare_process
+    prepare_process()  # XLA's flags and glibc's tunables, before XLA starts
     sys.path.insert(0, os.getcwd())  # configs/ importable from the repository root
     try:
         from rlhf_jax.stages.validate import check_renamed  # an old field name fails naming the new one

@@ -16,10 +16,14 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 # tests/test_hostenv.py turns it on
 os.environ.setdefault("RLHF_JAX_HUGEPAGES", "0")
 
+from rlhf_jax import hostenv  # noqa: E402  (imports no jax)
+
+# XLA's flags as every CLI run sets them (YNNPACK's fused products: rlhf_jax/hostenv.py), so the suite
+# checks the numbers the runs compute; the in-process tests and the runs they start share them
+hostenv.xla_cpu_defaults(os.environ)
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
-
-from rlhf_jax import hostenv  # noqa: E402
 from tests import devices  # noqa: E402
 
 # one persistent compile cache for this process and the runs tests start as child processes

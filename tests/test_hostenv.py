@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rlhf_jax import hostenv, workdir
@@ -190,3 +191,88 @@ def test_each_launch_appends_its_host_and_a_torn_last_line_is_left_out(tmp_path)
     with pytest.raises(workdir.WorkdirError, match=r"hosts.jsonl:3: not a JSON record"):
         workdir.launches(tmp_path)
     assert workdir.launches(tmp_path / "none") == []
+
+
+def test_xla_cpu_defaults_add_ynn_fusion_once_and_leave_the_callers_choice(monkeypatch):
+    on = (0, 10)
+    env = {"XLA_FLAGS": "--xla_cpu_max_isa=AVX2"}
+    assert hostenv.xla_cpu_defaults(env, jaxlib=on) is True
+    assert env["XLA_FLAGS"] == "--xla_cpu_max_isa=AVX2 --xla_cpu_experimental_ynn_fusion_type=dot"
+    assert hostenv.xla_cpu_defaults(env, jaxlib=on) is False  # a second call (a child of a run) adds nothing
+    assert env["XLA_FLAGS"].count("ynn_fusion_type") == 1
+    env = {}
+    assert hostenv.xla_cpu_defaults(env, jaxlib=on) and env["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
+    mine = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=individual_dot"}
+    assert hostenv.xla_cpu_defaults(mine, jaxlib=on) is False
+    assert mine["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=individual_dot"  # the caller's own wins
+    off = {"RLHF_JAX_YNN_FUSION": "0"}
+    assert hostenv.xla_cpu_defaults(off, jaxlib=on) is False and "XLA_FLAGS" not in off
+    for other in ((0, 9), (0, 11), (1, 0)):  # a jaxlib the suite has not checked it with
+        env = {}
+        assert hostenv.xla_cpu_defaults(env, jaxlib=other) is False and env == {}
+    monkeypatch.setattr(hostenv, "jaxlib_version", lambda: None)  # none installed
+    env = {}
+    assert hostenv.xla_cpu_defaults(env) is False and env == {}
+
+
+def test_cpu_info_and_label_record_the_library_fusion_setting(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=dot")
+    info = hostenv.cpu_info()
+    assert info["xla_ynn_fusion"] == "dot"
+    assert ", YNN fusion dot, boot abcdef12" in hostenv.label({**info, "boot_id": "abcdef123"})
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
+    assert ", YNN fusion off" in hostenv.label(hostenv.cpu_info())
+    monkeypatch.setenv("XLA_FLAGS", "")
+    assert hostenv.cpu_info()["xla_ynn_fusion"] is None and "YNN" not in hostenv.label(hostenv.cpu_info())
+
+
+YNN_ON = "--xla_cpu_experimental_ynn_fusion_type=dot" in os.environ.get("XLA_FLAGS", "")
+
+# a child's (or this process's) SFT gradient of the test decoder, with the library fusions XLA compiled
+GRAD = textwrap.dedent("""
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    from rlhf_jax.models import PRESETS, init_model
+    from rlhf_jax.train import sft as sft_lib
+    from tools.profile_ops import parse_module
+    cfg = PRESETS["test"]
+    model = init_model(cfg, seed=0)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(3, cfg.vocab_size, (4, 32)), jnp.int32)
+    batch = {"tokens": tokens, "loss_mask": jnp.ones_like(tokens), "segment_ids": jnp.ones_like(tokens),
+             "positions": jnp.broadcast_to(jnp.arange(32), (4, 32))}
+    grad = jax.jit(jax.grad(lambda p: sft_lib.sft_loss(model.graphdef)(p, batch, None, None)[0]))
+    fused = [i.get("fused") or [] for n, i in parse_module(grad.lower(model.params).compile().as_text()).items()
+             if n.startswith("ynn_fusion")]
+    leaves = [np.asarray(x).ravel().tolist() for x in jax.tree.leaves(grad(model.params))]
+    print(json.dumps({"fused": fused, "grads": leaves}))
+""")
+
+
+@pytest.mark.skipif(not YNN_ON, reason="the suite runs without YNNPACK's fused products (RLHF_JAX_YNN_FUSION=0, a "
+                                       "flag of the caller's, or a jaxlib outside hostenv.YNN_JAXLIB)")
+def test_ynn_product_fusions_reach_xla_and_keep_the_gradient_to_rounding():
+    """The suite's processes compile with the flag (conftest sets it before jax starts), and it
+    changes the program: products fused with the work around them (reshapes, adds, scaling) in
+    YNNPACK fusions, where XLA's default fuses bare products only. The gradient of the same loss,
+    compiled both ways, agrees to the rounding of two orderings of a float32 gradient."""
+    from rlhf_jax.models import PRESETS
+    from tests import tolerance as tol
+
+    def run(env):
+        out = subprocess.run([sys.executable, "-c", GRAD], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                             env=env)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    on = run(dict(os.environ))
+    flags = " ".join(f for f in os.environ["XLA_FLAGS"].split() if not f.startswith(hostenv.YNN_FLAG))
+    off = run({**os.environ, "XLA_FLAGS": flags, "RLHF_JAX_YNN_FUSION": "0"})
+    with_dot = lambda fused: [f for f in fused if "dot" in f]
+    assert with_dot(off["fused"]) and all(f == ["dot"] for f in with_dot(off["fused"])), off["fused"]
+    assert any(len(f) > 1 for f in with_dot(on["fused"])), on["fused"]
+    cfg = PRESETS["test"]
+    n = tol.gradient_chain(cfg, 32, 4 * 32)
+    scale = max(abs(x) for leaf in off["grads"] for x in leaf)
+    assert scale > 0 and len(on["grads"]) == len(off["grads"])
+    for a, b in zip(on["grads"], off["grads"]):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=tol.f32(n, scale))

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from rlhf_jax.hostenv import reexec_with_huge_pages  # noqa: E402
+from rlhf_jax.hostenv import prepare_process  # noqa: E402
 
-reexec_with_huge_pages()  # as a CLI run: glibc's malloc with huge pages
+prepare_process()  # as a CLI run: its XLA flags, glibc's malloc with huge pages
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

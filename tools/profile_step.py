@@ -108,6 +108,6 @@ def main():
 
 
 if __name__ == "__main__":
-    from rlhf_jax.hostenv import reexec_with_huge_pages
-    reexec_with_huge_pages()  # time what a CLI run executes: glibc's malloc with huge pages
+    from rlhf_jax.hostenv import prepare_process
+    prepare_process()  # time what a CLI run executes: its XLA flags, glibc's malloc with huge pages
     main()
