@@ -20,8 +20,8 @@ with the tunable added to GLIBC_TUNABLES, before anything large is allocated.
 RLHF_JAX_HUGEPAGES=0 keeps glibc's default.
 
 `xla_cpu_defaults` hands XLA:CPU's matrix products, with the element-wise work around them, to
-its YNNPACK library fusions (`--xla_cpu_experimental_ynn_fusion_type=dot`; jaxlib 0.10's default
-hands it only the bare products). The backward pass's weight gradients contract over the token
+its YNNPACK library fusions (`--xla_cpu_experimental_ynn_fusion_type=dot,reduce`; jaxlib 0.10's
+default, `individual_dot,reduce`, hands it only the bare products). The backward pass's weight gradients contract over the token
 axis, and by default XLA writes one operand of each transposed inside the element-wise fusion that
 produces it, a fifth of the SmolLM2-shape SFT step; fused into YNNPACK's product that pass goes.
 Measured on a 2-core Xeon (AVX-512, AMX), fp32, SmolLM2-135M shape, a fresh process each way
@@ -107,7 +107,8 @@ def reexec_with_huge_pages() -> None:
 
 
 YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
-YNN_FUSION = "dot"  # products with the element-wise producers and consumers XLA fuses into them
+# products with the element-wise work XLA fuses around them, and (as XLA's default) reductions
+YNN_FUSION = "dot,reduce"
 YNN_JAXLIB = ((0, 10), (0, 11))  # the jaxlib releases (from, before) the suite runs it with
 
 

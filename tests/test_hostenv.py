@@ -197,11 +197,12 @@ def test_xla_cpu_defaults_add_ynn_fusion_once_and_leave_the_callers_choice(monke
     on = (0, 10)
     env = {"XLA_FLAGS": "--xla_cpu_max_isa=AVX2"}
     assert hostenv.xla_cpu_defaults(env, jaxlib=on) is True
-    assert env["XLA_FLAGS"] == "--xla_cpu_max_isa=AVX2 --xla_cpu_experimental_ynn_fusion_type=dot"
+    assert env["XLA_FLAGS"] == "--xla_cpu_max_isa=AVX2 --xla_cpu_experimental_ynn_fusion_type=dot,reduce"
     assert hostenv.xla_cpu_defaults(env, jaxlib=on) is False  # a second call (a child of a run) adds nothing
     assert env["XLA_FLAGS"].count("ynn_fusion_type") == 1
     env = {}
-    assert hostenv.xla_cpu_defaults(env, jaxlib=on) and env["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot"
+    assert hostenv.xla_cpu_defaults(env, jaxlib=on)
+    assert env["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=dot,reduce"
     mine = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=individual_dot"}
     assert hostenv.xla_cpu_defaults(mine, jaxlib=on) is False
     assert mine["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=individual_dot"  # the caller's own wins
@@ -226,7 +227,7 @@ def test_cpu_info_and_label_record_the_library_fusion_setting(monkeypatch):
     assert hostenv.cpu_info()["xla_ynn_fusion"] is None and "YNN" not in hostenv.label(hostenv.cpu_info())
 
 
-YNN_ON = "--xla_cpu_experimental_ynn_fusion_type=dot" in os.environ.get("XLA_FLAGS", "")
+YNN_ON = f"{hostenv.YNN_FLAG}={hostenv.YNN_FUSION}" in os.environ.get("XLA_FLAGS", "")
 
 # a child's (or this process's) SFT gradient of the test decoder, with the library fusions XLA compiled
 GRAD = textwrap.dedent("""

@@ -1,8 +1,8 @@
 """A/B of XLA:CPU's YNNPACK product fusions (rlhf_jax/hostenv.py, `xla_cpu_defaults`): the
 SmolLM2-shape train step as a run compiles it (tools/profile_ops.build_step), timed in fresh
 processes, alternately with XLA's default (`RLHF_JAX_YNN_FUSION=0`) and with
-`--xla_cpu_experimental_ynn_fusion_type=dot`, so each pair of processes starts from the same state
-of the machine. XLA reads its flags once per process, hence one process per measurement. Prints
+`--xla_cpu_experimental_ynn_fusion_type=dot,reduce` (hostenv.YNN_FUSION), so each pair of
+processes starts from the same state of the machine. XLA reads its flags once per process, hence one process per measurement. Prints
 one JSON object: per step kind and setting, each process's median step time and its loss.
 
     python tools/ab_ynn.py --pairs 3 --steps sft,rm --repeats 4
@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SETTINGS = {"xla_default": {"RLHF_JAX_YNN_FUSION": "0"}, "ynn_dot": {"RLHF_JAX_YNN_FUSION": "1"}}
+SETTINGS = {"xla_default": {"RLHF_JAX_YNN_FUSION": "0"}, "products_fused": {"RLHF_JAX_YNN_FUSION": "1"}}
 
 
 def child(step: str, repeats: int, batch: int, seq: int) -> None:

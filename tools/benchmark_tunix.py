@@ -19,7 +19,9 @@ reference, `PPOLearner.train` with the "vanilla" rollout engine, 1 PPO epoch, 1 
 phases are the wall times of the methods the learner calls (rollout generation; generation +
 log-probs + values + rewards + GAE; actor update; critic update). Both sides: random weights,
 random prompts of exactly `prompt` tokens, `new` tokens sampled at temperature 1 with no EOS stop
-(every response full length), fp32, on the default device. Iteration seconds are medians over
+(every response full length), fp32, on the default device. The Tunix process inherits this one's
+environment, so both sides compile with the same XLA flags (YNNPACK's fused products,
+rlhf_jax/hostenv.py) and run with the same huge pages; the JSON's `cpu` records them. Iteration seconds are medians over
 `--steps` iterations after warm-up; Tunix's iteration is the wall time of one global step of its
 training loop, host work included (tokenizing the prompts, padding, metrics), as a Tunix run pays
 it. The sides run one after the other, not interleaved: the JSON records the load average around

@@ -87,7 +87,11 @@ def test_one_pass_gradient_equals_the_two_pass_step(case):
     for k in ("loss", "policy_loss", "entropy", "kl", "score", "advantage_mean", "grad_norm", "ptx_loss",
               "value_loss", "kl_loss"):
         if k in m2:
-            np.testing.assert_allclose(m1[k], m2[k], rtol=tol.f32(chain), atol=tol.f32(chain, 1e-3), err_msg=k)
+            # the policy loss and the advantages' mean are means of whitened (or group-normalised)
+            # advantages times ratios of 1: terms of mean magnitude <= 1 that cancel to about 0, so
+            # their rounding is relative to 1, not to the result
+            scale = 1.0 if k in ("policy_loss", "advantage_mean") else 1e-3
+            np.testing.assert_allclose(m1[k], m2[k], rtol=tol.f32(chain), atol=tol.f32(chain, scale), err_msg=k)
     assert m1["ratio_max"] == 1.0  # the old log-probs are the new: exactly on policy
     assert ("value_loss" in m1) == (case != "grpo") and ("ptx_loss" in m1) == (case == "gae_chunked_ptx")
     # one forward pass of the trained models fewer: fewer matmuls in the compiled program
