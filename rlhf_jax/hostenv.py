@@ -21,15 +21,16 @@ RLHF_JAX_HUGEPAGES=0 keeps glibc's default.
 
 `xla_cpu_defaults` hands XLA:CPU's matrix products, with the element-wise work around them, to
 its YNNPACK library fusions (`--xla_cpu_experimental_ynn_fusion_type=dot,reduce`; jaxlib 0.10's
-default, `individual_dot,reduce`, hands it only the bare products). The backward pass's weight gradients contract over the token
-axis, and by default XLA writes one operand of each transposed inside the element-wise fusion that
-produces it, a fifth of the SmolLM2-shape SFT step; fused into YNNPACK's product that pass goes.
-Measured on a 2-core Xeon (AVX-512, AMX), fp32, SmolLM2-135M shape, a fresh process each way
-(docs/benchmarks.md, "XLA:CPU's library fusions"): the SFT step 3.22 -> 2.65 s, the RM step
-5.39 -> 4.19 s, the same loss. Every process of a run (the CLIs, the timing tools, the suite)
-sets it the same way; a flag of the caller's own in XLA_FLAGS wins, RLHF_JAX_YNN_FUSION=0 keeps
-XLA's default, and a jaxlib other than 0.10, which the suite has not checked it with, is left
-alone.
+default, `individual_dot,reduce`, hands it only the bare products). The backward pass's weight
+gradients contract over the token axis, and by default XLA writes one operand of each transposed
+inside the element-wise fusion that produces it, a fifth of the SmolLM2-shape SFT step; fused
+into YNNPACK's product that pass goes. Measured on a 2-core Xeon (AVX-512, AMX), fp32,
+SmolLM2-135M shape, fresh processes alternating (`python tools/ab_ynn.py`, docs/benchmarks.md
+"XLA:CPU's library fusions"): the SFT step 3.27 -> 2.55 s, the RM step 5.42 -> 4.14 s (medians of
+3 processes each way), the same loss. Every process of a run (the CLIs, the timing tools, the
+suite) sets it the same way; a flag of the caller's own in XLA_FLAGS wins, RLHF_JAX_YNN_FUSION=0
+keeps XLA's default, and a jaxlib other than 0.10, which the suite has not checked it with, is
+left alone.
 
 `cpu_info` and `host` say which machine a timing came from. Hosts of one name differ: two 2-core
 "AMD EPYC" VMs, both AVX2-only, each running nothing else, took 11.9 s and 22.5 s for a packed RM
