@@ -215,4 +215,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    import os
+
+    from rlhf_jax.hostenv import xla_cpu_defaults
+    xla_cpu_defaults(os.environ)  # XLA's flags as the other CLIs set them; read when jax first compiles
     raise SystemExit(main())

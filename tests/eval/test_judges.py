@@ -53,9 +53,10 @@ def test_expected_rating_matches_one_prompt_at_a_time(judge):
         probs = _softmax(_last_logits(judge, RATING.format(prompt=p, response=r))[ids])
         assert got[i] == pytest.approx(float(probs @ np.arange(1, 6)), abs=_atol(judge, 5))
     assert np.all((got > 1) & (got < 5))
-    # without a pairwise template the judge compares by its expected ratings
+    # without a pairwise template the judge compares by its expected ratings (batched as `judge`:
+    # a row's rating moves in its last bits with the rows padded beside it, and index 1 is a tie)
     pointwise = judges.LLMJudge(judge.model, judge.tokenizer, rating_template=RATING, pairwise_template=None,
-                                chat=None)
+                                chat=None, batch_size=judge.batch_size)
     np.testing.assert_array_equal(pointwise.compare(prompts, responses, responses[::-1]),
                                   judges.compare_by_scores(got, pointwise.score(prompts, responses[::-1])))
     # ...and has no position bias to measure (the suites ask `pairwise` before measuring one)
