@@ -3,6 +3,7 @@
     python tools/profile_ops.py --step sft --batch 4 --seq 128 --out experiments/benchmarks/ops_sft.json
     python tools/profile_ops.py --step rm --batch 2 --seq 128      # pairs: 2 x 2 x 128 tokens, as the stage runs
     python tools/profile_ops.py --step sft --set scan_unroll=30    # a model field changed
+    python tools/profile_ops.py --step generate --batch 4 --seq 64 --new 32   # sampling, as a PPO rollout
 
 The step (the one a run executes, new state returned) is compiled once and run under the JAX
 profiler; the trace's events are the XLA runtime's executed operations (one per fusion, dot,
@@ -37,7 +38,7 @@ from rlhf_jax.train import sft as sft_lib  # noqa: E402
 from rlhf_jax.train.optim import make_optimizer  # noqa: E402
 from rlhf_jax.sharding import make_mesh  # noqa: E402
 from rlhf_jax.train.state import TrainState, compile_step  # noqa: E402
-from tools._common import parser, report  # noqa: E402
+from tools._common import cpu_info, parser, report  # noqa: E402
 
 CONTAINERS = {"while", "conditional", "call"}  # their events contain their bodies' events
 INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\S+?\[[^\]]*\](?:\{[^}]*\})?|\([^)]*\)|\S+) (\S+?)\(")
@@ -203,10 +204,23 @@ def build_step(step: str, cfg, B: int, T: int, devices=None):
     return jitted, (state, batch, jax.random.key(0))
 
 
+def build_generate(cfg, B: int, prompt: int, new: int):
+    """(jitted sampling, its arguments): `new` tokens at temperature 1 after B random prompts of
+    `prompt` tokens, no EOS stop (every response full length), as a PPO rollout samples."""
+    from rlhf_jax.generate import SamplingConfig, generate
+    model = init_model(cfg, seed=0)
+    prompts = jnp.asarray(np.random.default_rng(0).integers(3, cfg.vocab_size, (B, prompt)), jnp.int32)
+    sampling = SamplingConfig(max_new_tokens=new, temperature=1.0, eos_token_ids=(), pad_token_id=0)
+    fn = jax.jit(lambda params, p, mask, key: generate(model.graphdef, params, p, mask, key, sampling))
+    return fn, (model.params, prompts, jnp.ones_like(prompts), jax.random.key(0))
+
+
 def main():
     ap = parser(__doc__, out=True)
-    ap.add_argument("--step", choices=("sft", "rm", "rm_plain"), default="sft",
-                    help="rm: the step as the rm stage runs it (an ensemble of one); rm_plain: without the member axis")
+    ap.add_argument("--step", choices=("sft", "rm", "rm_plain", "generate"), default="sft",
+                    help="rm: the step as the rm stage runs it (an ensemble of one); rm_plain: without the member "
+                         "axis; generate: sampling --new tokens after prompts of --seq tokens")
+    ap.add_argument("--new", type=int, default=32, help="with --step generate: tokens sampled per prompt")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--model", default="135m", help=f"a preset: {', '.join(PRESETS)}")
@@ -218,11 +232,16 @@ def main():
     for item in args.set:
         key, _, value = item.partition("=")
         cfg = cfg.replace(**{key: type(getattr(cfg, key))(value)})
-    jitted, fargs = build_step(args.step, cfg, args.batch, args.seq)
-    tokens = args.batch * args.seq * (1 if args.step == "sft" else 2)
+    generating = args.step == "generate"
+    if generating:
+        jitted, fargs = build_generate(cfg, args.batch, args.seq, args.new)
+        tokens = args.batch * args.new
+    else:
+        jitted, fargs = build_step(args.step, cfg, args.batch, args.seq)
+        tokens = args.batch * args.seq * (1 if args.step == "sft" else 2)
     out = {"step": args.step, "batch": args.batch, "seq": args.seq, "tokens": tokens, "model": args.model,
-           "set": args.set, "device": jax.devices()[0].device_kind, "jax": jax.__version__,
-           **profile(jitted, fargs, args.repeats, args.top, state=True)}
+           "set": args.set, "device": jax.devices()[0].device_kind, "jax": jax.__version__, "cpu": cpu_info(),
+           **profile(jitted, fargs, args.repeats, args.top, state=not generating)}
     out["tokens_per_s"] = tokens / out["wall_s"]
     report(out, args.out, indent=1)
 

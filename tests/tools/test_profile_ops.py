@@ -39,3 +39,18 @@ def test_profile_of_a_scanned_step_counts_every_layer(tool):
     assert {"forward", "backward"} <= phases
     layer_matmuls = [r for r in out["top"] if r["kind"] == "matmul" and "while/body" in r["op_name"]]
     assert layer_matmuls and all(r["calls"] == 3 for r in layer_matmuls)
+
+
+def test_profile_of_sampling_counts_each_layer_of_each_new_token(tool):
+    """Sampling 4 tokens after 8-token prompts with a 3-layer model: the prefill's layer matmuls
+    run once per layer, the decode's once per layer and new token (a while loop over tokens
+    around the layer scan) and its LM head once per token, and each token's layer reads its weights out of the stacked
+    parameters (the dynamic slices docs/benchmarks.md counts)."""
+    cfg = PRESETS["test"].replace(n_layers=3)
+    jitted, args = tool.build_generate(cfg, 2, 8, 4)
+    out = tool.profile(jitted, args, repeats=2, top=200, state=False)
+    layer_matmuls = [r for r in out["top"] if r["kind"] == "matmul" and "while/body" in r["op_name"]]
+    # the prefill's layers (3), the decode's LM head once per token (4), its layers (3 x 4)
+    assert {r["calls"] for r in layer_matmuls} == {3, 4, 3 * 4}, layer_matmuls
+    weight_slices = [r for r in out["top"] if r["fused"] == ["dynamic-slice"] and r["calls"] == 3 * 4]
+    assert weight_slices, [(r["op"], r["fused"], r["calls"]) for r in out["top"]]
