@@ -5,7 +5,8 @@ fresh processes, the two settings alternating; prints JSON.
 
     python tools/ab_hugepages.py [--processes 2] [--steps 8] [--cases sft,rm,torch,micro] [--out FILE]
 
-Each process compiles its step, runs `--steps`, and reports the median of all but the first;
+Each process compiles its step (with XLA's flags as a CLI run sets them: rlhf_jax/hostenv.py),
+runs `--steps`, and reports the median of all but the first;
 `micro` is `python -m rlhf_jax.main --config configs/instructgpt.py:micro
 --config.stages=sft,rm,ppo,dpo` from an empty compile cache, timed whole.
 """
@@ -67,7 +68,9 @@ def child(case: str, steps: int) -> None:
 
 
 def run(case: str, setting: str, steps: int) -> dict:
+    from rlhf_jax.hostenv import xla_cpu_defaults
     env = {**os.environ, **SETTINGS[setting]}
+    xla_cpu_defaults(env)  # XLA's flags as a CLI run sets them, in both settings
     if not env["GLIBC_TUNABLES"]:
         del env["GLIBC_TUNABLES"]
     if case == "micro":
