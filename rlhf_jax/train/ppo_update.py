@@ -142,10 +142,15 @@ def minibatch_grads(hp, models: PPOModels, params, mb: Rollout, ptx, constants=N
 PTX_KEYS = ("tokens", "loss_mask", "segment_ids", "positions")
 
 
+def ptx_batch(batch) -> dict | None:
+    """The pretraining-mix rows a PPO batch carries (`PTX_KEYS`), or None without them."""
+    return {k: batch[k] for k in PTX_KEYS if k in batch} or None
+
+
 def update(hp, models: PPOModels, tx, params, opt_state, data: Rollout, batch, rng, constants=None):
     """The update phase: `epochs` x `minibatches` clipped-PPO (+ ptx) steps as one scan."""
     B = data.tokens_BxT.shape[0]
-    ptx = {k: batch[k] for k in PTX_KEYS if k in batch} or None
+    ptx = ptx_batch(batch)
     if ptx is not None:
         ptx = jax.tree.map(lambda x: x.reshape(hp.minibatches, -1, *x.shape[1:]), ptx)
     order = minibatch_order(rng, B, hp.epochs, hp.minibatches)
@@ -180,7 +185,7 @@ def one_pass_update(hp, models: PPOModels, tx, params, opt_state, data: Rollout,
     instead of two. The ptx term, on other rows, is differentiated on its own and added."""
     (loss, metrics), g_out = jax.value_and_grad(lambda o: ppo_terms(hp, o, data), has_aux=True)(outputs)
     (grads,) = vjp_fn(g_out)
-    ptx = {k: batch[k] for k in PTX_KEYS if k in batch} or None
+    ptx = ptx_batch(batch)
     if hp.ptx_coef and ptx is not None:
         ptx_l, ptx_g = jax.value_and_grad(lambda p: ptx_loss(models, models.full(p, constants)["policy"], ptx))(params)
         grads = jax.tree.map(lambda a, b: a + hp.ptx_coef * b, grads, ptx_g)
