@@ -31,7 +31,7 @@ from rlhf_jax.data.batches import LENGTH_BUCKET, cut_width
 from rlhf_jax.models.heads import last_token_index, last_token_values
 from rlhf_jax.models.model import apply
 from rlhf_jax.models.config import ModelConfig
-from rlhf_jax.objectives.lm import chunked_token_logprobs, token_entropy, token_logprobs
+from rlhf_jax.objectives.lm import chunked_token_logprobs, shifted_token_logprobs, token_entropy, token_logprobs
 
 
 def positions_from_mask(mask_BxT):
@@ -112,7 +112,7 @@ def shifted_logprobs(graphdef, params, tokens_BxT, mask_BxT, **kwargs):
         hidden_BxTxD = forward(graphdef, params, tokens_BxT, mask_BxT, features=True, **kwargs)
         return hidden_logprobs(module, hidden_BxTxD[:, :-1], tokens_BxT[:, 1:])[0]
     logits = forward(graphdef, params, tokens_BxT, mask_BxT, **kwargs)
-    return token_logprobs(logits[:, :-1], tokens_BxT[:, 1:])
+    return shifted_token_logprobs(logits, tokens_BxT)
 
 
 def sequence_logprobs(graphdef, params, tokens_BxT, mask_BxT, loss_mask_BxT):

@@ -8,7 +8,7 @@ import optax
 
 from rlhf_jax.data.batches import evaluate_all
 from rlhf_jax.models.forward import forward, model_config, row_ends, shifted_logprobs
-from rlhf_jax.objectives.lm import masked_nll, next_token_loss, token_logprobs
+from rlhf_jax.objectives.lm import masked_nll, next_token_loss, shifted_token_logprobs
 from rlhf_jax.train.lora import LoRAConfig
 from rlhf_jax.train.step import make_train_step
 
@@ -61,7 +61,7 @@ def make_sft_eval(graphdef):
             mask = batch["loss_mask"][:, 1:].astype(jnp.float32)
             return {"nll": -(lm_logprobs(graphdef, params, batch) * mask).sum(), "tokens": mask.sum()}
         logits = lm_forward(graphdef, params, batch)
-        logp = token_logprobs(logits[:, :-1], batch["tokens"][:, 1:])
+        logp = shifted_token_logprobs(logits, batch["tokens"])
         mask = batch["loss_mask"][:, 1:].astype(jnp.float32)
         return {"nll": -(logp * mask).sum(), "tokens": mask.sum()}
 

@@ -5,7 +5,7 @@ import numpy as np
 
 from rlhf_jax.models import PRESETS, init_model
 from rlhf_jax.models.hf import from_host_params
-from rlhf_jax.objectives.lm import next_token_loss, token_logprobs
+from rlhf_jax.objectives.lm import next_token_loss, shifted_token_logprobs, token_logprobs
 
 
 def test_bfloat16_params_and_compute():
@@ -46,3 +46,18 @@ def test_token_logprobs_hand_computed():
     loss, n = next_token_loss(logits, jnp.array([[0, 2]]), jnp.array([[0, 1]]))
     np.testing.assert_allclose(float(loss), -np.log(0.25), rtol=1e-6)
     assert int(n) == 1
+
+
+def test_shifted_token_logprobs_hand_computed_and_equal_to_sliced_logits():
+    # column t is log p(tokens[t + 1]) under logits[t]; the last column's logits predict nothing
+    logits = jnp.log(jnp.array([[[0.5, 0.25, 0.25], [0.1, 0.1, 0.8], [0.2, 0.3, 0.5]]]))
+    tokens = jnp.array([[0, 2, 1]])
+    got = shifted_token_logprobs(logits, tokens)
+    assert got.shape == (1, 2)
+    np.testing.assert_allclose(np.asarray(got), np.log([[0.25, 0.1]]), rtol=1e-6)
+    # the same numbers as slicing the logits first, at a model's shape: each column's log-sum-exp
+    # is a reduction over its own V logits, so the two differ by at most a few float32 ulps
+    big = jax.random.normal(jax.random.key(0), (3, 17, 1000)) * 4
+    toks = jax.random.randint(jax.random.key(1), (3, 17), 0, 1000)
+    want = token_logprobs(big[:, :-1], toks[:, 1:])
+    np.testing.assert_allclose(np.asarray(shifted_token_logprobs(big, toks)), np.asarray(want), rtol=0, atol=1e-5)
