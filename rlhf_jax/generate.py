@@ -34,7 +34,7 @@ from rlhf_jax import signals
 from rlhf_jax.data.tokenize import pad_left as left_pad  # noqa: F401  (re-exported)
 from rlhf_jax.models.forward import positions_from_mask
 from rlhf_jax.models.model import apply
-from rlhf_jax.models.transformer import KVCache
+from rlhf_jax.models.transformer import KVCache, per_layer_cache
 from rlhf_jax.registry import Registry
 
 # how a token is drawn from the processed distribution: fn(rng, processed logits_BxV, their log_softmax) -> token_B
@@ -153,6 +153,10 @@ def generate(graphdef, params, prompt_BxP, prompt_mask_BxP, rng, cfg: SamplingCo
     logits = model.head(hidden_BxPxD[:, -1:], model)
     next_pos_B = mask.sum(axis=1)
     eos = jnp.asarray(cfg.eos_token_ids or (-1,), jnp.int32)
+    layers = None
+    if decode_per_layer(model_cfg):  # the weights sliced per layer once, not at every token
+        layers = model.blocks.per_layer()
+        cache = per_layer_cache(cache)
 
     def cond(carry):
         i, _, _, _, done, _, _, _ = carry
@@ -171,13 +175,21 @@ def generate(graphdef, params, prompt_BxP, prompt_mask_BxP, rng, cfg: SamplingCo
         if on_step is not None:
             jax.debug.callback(on_step, i, token, live)
         step_logits, cache = apply(graphdef, params, token[:, None], positions_BxT=(next_pos_B + i)[:, None],
-                                   segment_ids_BxT=jnp.ones((B, 1), jnp.int32), cache=cache)
+                                   segment_ids_BxT=jnp.ones((B, 1), jnp.int32), cache=cache,
+                                   layers=layers)
         return i + 1, tokens, logprobs, out_mask, done, cache, step_logits[:, -1], rng
 
     init = (jnp.int32(0), jnp.full((B, N), cfg.pad_token_id, jnp.int32), jnp.zeros((B, N), jnp.float32),
             jnp.zeros((B, N), jnp.int32), jnp.zeros((B,), bool), cache, logits[:, -1], rng)
     _, tokens, logprobs, out_mask, _, _, _, _ = jax.lax.while_loop(cond, body, init)
     return Generation(tokens, logprobs, out_mask)
+
+
+def decode_per_layer(model_cfg) -> bool:
+    """Whether sampling runs per-layer decoding (`ModelConfig.decode_layers`)."""
+    if model_cfg.decode_layers == "auto":
+        return jax.default_backend() == "cpu"
+    return model_cfg.decode_layers == "per_layer"
 
 
 def graphdef_cfg(graphdef, params):

@@ -189,3 +189,40 @@ def test_sample_rows_stopped_between_chunks_resumes_to_the_uninterrupted_rows(mo
     assert kept.loaded == [0] and kept.saved == [0, 5, 10] and len(calls) == 3  # only chunks 5 and 10 sampled
     for key in whole:
         np.testing.assert_array_equal(again[key], whole[key])
+
+
+@pytest.mark.parametrize("weights", ["plain", "lora_int8"])
+def test_per_layer_decoding_samples_what_the_scan_samples(model, weights):
+    """`decode_layers="per_layer"` (the weights sliced per layer once, layers unrolled on per-layer
+    caches) against "scan", on plain weights and on LoRA adapters over an int8 base (`LowRank`
+    leaves): the same greedy tokens, and log-probs at temperature 1 within the bound of two
+    programs' forward passes (the same operations; XLA may fuse them differently)."""
+    from rlhf_jax.train import lora as lora_lib
+    params = model.params
+    if weights == "lora_int8":
+        cfg_lora = lora_lib.LoRAConfig(rank=4, alpha=8.0)
+        trainable = lora_lib.split(params, cfg_lora, jax.random.key(5))
+        trainable["adapters"] = jax.tree.map(lambda a: a + 0.05, trainable["adapters"])  # B != 0
+        params = lora_lib.view(lora_lib.quantize(params), trainable, cfg_lora)
+    tokens, mask = left_pad([[3, 4, 5, 9, 11], [6, 7], [8, 2, 40]])
+    out = {}
+    for mode in ("scan", "per_layer"):
+        graphdef = init_model(model.cfg.replace(decode_layers=mode), seed=1).graphdef
+        for temperature in (0.0, 1.0):
+            cfg = SamplingConfig(max_new_tokens=6, temperature=temperature)
+            out[mode, temperature] = generate(graphdef, params, tokens, mask, jax.random.key(2), cfg)
+    np.testing.assert_array_equal(np.asarray(out["scan", 0.0].tokens_BxN), np.asarray(out["per_layer", 0.0].tokens_BxN))
+    a, b = out["scan", 1.0], out["per_layer", 1.0]
+    np.testing.assert_array_equal(np.asarray(a.tokens_BxN), np.asarray(b.tokens_BxN))
+    expected = np.asarray(a.logprobs_BxN)
+    atol = tol.forward(model.cfg, tokens.shape[1] + 6, expected, extra=model.cfg.vocab_size)
+    np.testing.assert_allclose(np.asarray(b.logprobs_BxN), expected, rtol=0, atol=atol)
+
+
+def test_decode_layers_auto_is_per_layer_on_cpu_only(model):
+    from rlhf_jax.generate import decode_per_layer
+    assert decode_per_layer(model.cfg) == (jax.default_backend() == "cpu")
+    assert decode_per_layer(model.cfg.replace(decode_layers="scan")) is False
+    assert decode_per_layer(model.cfg.replace(decode_layers="per_layer")) is True
+    with pytest.raises(ValueError, match="decode_layers='unrolled' is not one of"):
+        model.cfg.replace(decode_layers="unrolled")

@@ -19,6 +19,7 @@ REMAT_POLICIES = ("none", "full", "save_matmuls", "save_dots")
 # jax.nn.dot_product_attention with JAX's choice of kernel (XLA); cudnn: the same with cuDNN's
 # fused kernel (GPU, float16 / bfloat16 only)
 ATTENTION_IMPLS = ("xla_manual", "dot_product", "cudnn")
+DECODE_LAYERS = ("auto", "scan", "per_layer")
 
 
 class UnsupportedModelError(UserError, ValueError):
@@ -66,6 +67,13 @@ class ModelConfig:
     # blocks per iteration of the `lax.scan` over layers: 1 (one compiled block, the fastest
     # compile) up to n_layers (fully unrolled: slower to compile, XLA sees every layer at once)
     scan_unroll: int = 1
+    # how sampling's decode steps run the layers: "scan" reads each layer's slice of the stacked
+    # weights (and KV cache) inside the token loop; "per_layer" slices the weights into one array
+    # per layer once, before the loop (a transient copy of the block weights), and runs the layers
+    # unrolled on per-layer caches. XLA:CPU copies a layer's slice out of the stack at every token,
+    # which "per_layer" avoids (docs/benchmarks.md, "The PPO iteration against Google Tunix");
+    # "auto" is "per_layer" on the CPU backend and "scan" elsewhere
+    decode_layers: str = "auto"
     # log-probs, entropy and the LM loss from the final hidden states in chunks of `logits_chunk`
     # sequence positions (the LM head recomputed per chunk in the backward pass), so the
     # B x T x V logits never exist; 0 = the full logits. `vocab_chunk` > 0 also splits the
@@ -83,6 +91,8 @@ class ModelConfig:
         problems = []
         if not 1 <= self.scan_unroll <= max(self.n_layers, 1):
             problems.append(f"scan_unroll={self.scan_unroll} must be between 1 and n_layers={self.n_layers}")
+        if self.decode_layers not in DECODE_LAYERS:
+            problems.append(f"decode_layers={self.decode_layers!r} is not one of {DECODE_LAYERS}")
         if self.remat not in REMAT_POLICIES:
             problems.append(f"remat={self.remat!r} is not one of {REMAT_POLICIES}")
         if self.attention_impl not in ATTENTION_IMPLS:

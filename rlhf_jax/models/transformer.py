@@ -28,7 +28,8 @@ REMAT_POLICIES = {
 }
 
 class KVCache(NamedTuple):
-    """Decoding cache. S is the cache length (prompt + new tokens)."""
+    """Decoding cache. S is the cache length (prompt + new tokens). Under per-layer decoding
+    (`Transformer.__call__`'s `layers`) k and v are tuples of L arrays [B, S, G, K] instead."""
 
     k_LxBxSxGxK: jax.Array
     v_LxBxSxGxK: jax.Array
@@ -89,6 +90,11 @@ class Blocks(nnx.Module):
     def weights(self) -> dict[str, jax.Array]:
         return {name: v[...] for name, v in vars(self).items() if isinstance(v, nnx.Param)}
 
+    def per_layer(self) -> list[dict[str, jax.Array]]:
+        """One weight dict per layer (slices of the stacked weights: a copy of them)."""
+        stacked = self.weights()
+        return [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(len(self.attn_norm_scale[...]))]
+
 
 def _block(cfg: ModelConfig, w, x_BxTxD, positions_BxT, mask_BxTxS, cache_kv, cache_index, rng):
     """One pre-norm block. `cache_kv` is this layer's (k, v) cache or None."""
@@ -148,6 +154,9 @@ class Transformer(nnx.Module):
     (optional) give each token a segment it also attends to (`layers.attention_mask`).
     Returns (outputs, cache): logits_BxTxV (float32), values_BxT (float32) or hidden_BxTxD;
     `features=True` returns the final (normed) hidden states whatever the head.
+    `layers` (`Blocks.per_layer()`, made once outside a decode loop) runs the layers unrolled on
+    those per-layer weights instead of scanning the stacked ones; the cache's k and v are then
+    tuples of per-layer arrays (`per_layer_cache`).
     """
 
     def __init__(self, cfg: ModelConfig, *, head: str = "lm", rngs: nnx.Rngs):
@@ -163,7 +172,7 @@ class Transformer(nnx.Module):
         self.head = make_head(head, cfg, rngs=rngs)
 
     def __call__(self, tokens_BxT, positions_BxT=None, segment_ids_BxT=None, cache: KVCache | None = None,
-                 dropout_rng=None, features: bool = False, parent_ids_BxT=None):
+                 dropout_rng=None, features: bool = False, parent_ids_BxT=None, layers=None):
         cfg = self.cfg
         B, T = tokens_BxT.shape
         if segment_ids_BxT is None:
@@ -200,10 +209,23 @@ class Transformer(nnx.Module):
             body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat])
         layer_rngs = jax.random.split(rng_layers, cfg.n_layers) if rng_layers is not None else None
         kv = (cache.k_LxBxSxGxK, cache.v_LxBxSxGxK) if cache is not None else None
-        x, new_kv = jax.lax.scan(body, x, (self.blocks.weights(), kv, layer_rngs), unroll=cfg.scan_unroll)
+        if layers is None:
+            x, new_kv = jax.lax.scan(body, x, (self.blocks.weights(), kv, layer_rngs), unroll=cfg.scan_unroll)
+        else:
+            outs = []
+            for i, w in enumerate(layers):
+                x, layer_kv = body(x, (w, None if kv is None else (kv[0][i], kv[1][i]),
+                                       None if layer_rngs is None else layer_rngs[i]))
+                outs.append(layer_kv)
+            new_kv = None if kv is None else tuple(tuple(o[j] for o in outs) for j in (0, 1))
         x = L.norm(x, self.final_norm_scale[...],
                    self.final_norm_bias[...] if cfg.norm == "layernorm" else None, cfg)
         new_cache = None
         if cache is not None:
             new_cache = KVCache(new_kv[0], new_kv[1], key_segments, cache.index + T)
         return (x if features else self.head(x, self)), new_cache
+
+
+def per_layer_cache(cache: KVCache) -> KVCache:
+    """`cache` with k and v as tuples of per-layer arrays, as per-layer decoding reads them."""
+    return cache._replace(k_LxBxSxGxK=tuple(cache.k_LxBxSxGxK), v_LxBxSxGxK=tuple(cache.v_LxBxSxGxK))
