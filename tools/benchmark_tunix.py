@@ -3,6 +3,7 @@
     python tools/benchmark_tunix.py                              # the 6M-parameter Llama shape
     python tools/benchmark_tunix.py --shape smollm2 --steps 3
     python tools/benchmark_tunix.py --scan-unroll 4              # our layers unrolled (4 = n_layers)
+    python tools/benchmark_tunix.py --no-tunix --decode-layers scan   # our side alone, one setting
 
 Tunix is not a project dependency. Install it in a venv of its own, with this project's jax and
 flax versions (its mesh is built here with `AxisType.Auto`, which jax 0.10 needs):
@@ -53,12 +54,12 @@ INSTALL = ("python3 -m venv /tmp/tunix-venv && /tmp/tunix-venv/bin/pip install g
            "jax==<this venv's jax> flax==<this venv's flax>")
 
 
-def model_config(shape: dict, scan_unroll: int = 1):
+def model_config(shape: dict, scan_unroll: int = 1, decode_layers: str = "auto"):
     """Our ModelConfig for a SHAPES entry (a preset name or ModelConfig fields), fp32."""
     from rlhf_jax.models import PRESETS, ModelConfig
     m = shape["model"]
     cfg = PRESETS[m] if isinstance(m, str) else ModelConfig(**m)
-    return cfg.replace(param_dtype="float32", dtype="float32", scan_unroll=scan_unroll)
+    return cfg.replace(param_dtype="float32", dtype="float32", scan_unroll=scan_unroll, decode_layers=decode_layers)
 
 
 def tunix_spec(shape: dict, warmup: int, steps: int) -> dict:
@@ -69,7 +70,7 @@ def tunix_spec(shape: dict, warmup: int, steps: int) -> dict:
                 batch=shape["ppo_batch"], prompt=shape["prompt"], new=shape["new"], warmup=warmup, steps=steps)
 
 
-def ours(shape: dict, steps: int, scan_unroll: int = 1) -> dict:
+def ours(shape: dict, steps: int, scan_unroll: int = 1, decode_layers: str = "auto") -> dict:
     """Our PPO iteration and its three phases, timed by tools/benchmark_pipeline.py's `ppo_times`
     (1 epoch x 1 minibatch)."""
     import jax.numpy as jnp
@@ -79,13 +80,13 @@ def ours(shape: dict, steps: int, scan_unroll: int = 1) -> dict:
     from rlhf_jax.train.optim import make_optimizer
     from tools.benchmark_pipeline import EOS, PAD, ppo_times
 
-    cfg = model_config(shape, scan_unroll).replace(eos_token_id=EOS, pad_token_id=PAD)
+    cfg = model_config(shape, scan_unroll, decode_layers).replace(eos_token_id=EOS, pad_token_id=PAD)
     rng = np.random.default_rng(0)
     ids = lambda *s: jnp.asarray(rng.integers(3, cfg.vocab_size, s), jnp.int32)
     lm, scalar = init_model(cfg, seed=0), init_model(cfg, head="scalar", seed=1)
     tx, sched = make_optimizer(1e-5, 1000)
     out = ppo_times({**shape, "minibatches": 1, "epochs": 1}, lm, scalar, tx, sched, ids, steps)
-    return {**out, "scan_unroll": scan_unroll}
+    return {**out, "scan_unroll": scan_unroll, "decode_layers": decode_layers}
 
 
 def tunix_side(shape: dict, warmup: int, steps: int, python: str, timeout: float) -> dict:
@@ -115,10 +116,14 @@ def main(argv=None):
     ap.add_argument("--scan-unroll", type=int, default=1, help="our model.scan_unroll (n_layers: fully unrolled)")
     ap.add_argument("--tunix-python", default=DEFAULT_TUNIX_PYTHON, help="Python of a venv with google-tunix")
     ap.add_argument("--tunix-timeout", type=float, default=1800.0, help="seconds before the Tunix side is abandoned")
+    ap.add_argument("--decode-layers", default="auto", choices=("auto", "scan", "per_layer"),
+                    help="our model.decode_layers")
     ap.add_argument("--no-ours", action="store_true", help="run the Tunix side only")
+    ap.add_argument("--no-tunix", action="store_true", help="run our side only (an A/B of our settings)")
     args = ap.parse_args(argv)
     shape = SHAPES[args.shape]
-    cfg = model_config(shape, args.scan_unroll)  # checks the shape (and scan_unroll) before anything runs
+    # checks the shape, scan_unroll and decode_layers before anything runs
+    cfg = model_config(shape, args.scan_unroll, args.decode_layers)
 
     import jax
     result = {"device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
@@ -132,12 +137,13 @@ def main(argv=None):
     # change in other processes' load between them moves the ratio
     load = result["load_average_1m"] = {"start": os.getloadavg()[0]}
     if not args.no_ours:
-        result["ours"] = ours(shape, args.steps, args.scan_unroll)
+        result["ours"] = ours(shape, args.steps, args.scan_unroll, args.decode_layers)
         load["after_ours"] = os.getloadavg()[0]
         print(f"[bench] ours: {json.dumps(result['ours'])}", file=sys.stderr, flush=True)
-    result["tunix"] = tunix_side(shape, args.warmup, args.steps, args.tunix_python, args.tunix_timeout)
+    if not args.no_tunix:
+        result["tunix"] = tunix_side(shape, args.warmup, args.steps, args.tunix_python, args.tunix_timeout)
     load["after_tunix"] = os.getloadavg()[0]
-    if "iteration_s" in result["tunix"] and "ours" in result:
+    if "iteration_s" in result.get("tunix", {}) and "ours" in result:
         result["tunix_over_ours"] = result["tunix"]["iteration_s"] / result["ours"]["iteration_s"]
         result["target_1p5x_met"] = result["tunix_over_ours"] >= 1.5
     report(result, args.out)

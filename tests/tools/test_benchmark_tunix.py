@@ -53,3 +53,13 @@ def test_an_unknown_shape_fails_listing_the_valid_ones(capsys):
     with pytest.raises(SystemExit):
         bt.main(["--shape", "huge"])
     assert "llama6m" in capsys.readouterr().err
+
+
+def test_decode_layers_reaches_our_model_and_a_bad_value_fails_before_anything_runs(capsys):
+    assert bt.model_config(bt.SHAPES["llama6m"], decode_layers="scan").decode_layers == "scan"
+    assert bt.model_config(bt.SHAPES["llama6m"]).decode_layers == "auto"
+    with pytest.raises(SystemExit):
+        bt.main(["--no-ours", "--no-tunix", "--decode-layers", "unrolled"])
+    assert "per_layer" in capsys.readouterr().err
+    result = bt.main(["--no-ours", "--no-tunix", "--decode-layers", "per_layer"])
+    assert "tunix" not in result and "ours" not in result and "tunix_over_ours" not in result
