@@ -41,16 +41,27 @@ def test_profile_of_a_scanned_step_counts_every_layer(tool):
     assert layer_matmuls and all(r["calls"] == 3 for r in layer_matmuls)
 
 
-def test_profile_of_sampling_counts_each_layer_of_each_new_token(tool):
+@pytest.mark.parametrize("decode_layers", ["scan", "per_layer"])
+def test_profile_of_sampling_counts_each_layer_of_each_new_token(tool, decode_layers):
     """Sampling 4 tokens after 8-token prompts with a 3-layer model: the prefill's layer matmuls
-    run once per layer, the decode's once per layer and new token (a while loop over tokens
-    around the layer scan) and its LM head once per token, and each token's layer reads its weights out of the stacked
-    parameters (the dynamic slices docs/benchmarks.md counts)."""
-    cfg = PRESETS["test"].replace(n_layers=3)
+    run once per layer (scanned), the decode's LM head once per token, and the decode's layers
+    once per layer and token. Scanned, that is one operation called 3 x 4 times, and each token's
+    layer reads its weights out of the stacked parameters (the dynamic slices docs/benchmarks.md
+    counts); per layer, one operation per layer called once per token, and the weights are
+    sliced once, before the token loop."""
+    cfg = PRESETS["test"].replace(n_layers=3, decode_layers=decode_layers)
     jitted, args = tool.build_generate(cfg, 2, 8, 4)
-    out = tool.profile(jitted, args, repeats=2, top=200, state=False)
+    out = tool.profile(jitted, args, repeats=2, top=400, state=False)
     layer_matmuls = [r for r in out["top"] if r["kind"] == "matmul" and "while/body" in r["op_name"]]
-    # the prefill's layers (3), the decode's LM head once per token (4), its layers (3 x 4)
-    assert {r["calls"] for r in layer_matmuls} == {3, 4, 3 * 4}, layer_matmuls
     weight_slices = [r for r in out["top"] if r["fused"] == ["dynamic-slice"] and r["calls"] == 3 * 4]
-    assert weight_slices, [(r["op"], r["fused"], r["calls"]) for r in out["top"]]
+    if decode_layers == "scan":
+        # the prefill's layers (3), the decode's LM head once per token (4), its layers (3 x 4)
+        assert {r["calls"] for r in layer_matmuls} == {3, 4, 3 * 4}, layer_matmuls
+        assert weight_slices, [(r["op"], r["fused"], r["calls"]) for r in out["top"]]
+    else:
+        assert {r["calls"] for r in layer_matmuls} == {3, 4}, layer_matmuls
+        per_token = [r for r in layer_matmuls if r["calls"] == 4 and "project" in r["source"]]
+        assert len(per_token) >= 3 * 4, [(r["op"], r["source"]) for r in per_token]  # q, k, v, o... per layer
+        assert not weight_slices
+        once = [r for r in out["top"] if "per_layer" in r["source"] and r["calls"] == 1]
+        assert once, [(r["op"], r["source"], r["calls"]) for r in out["top"]]
