@@ -93,7 +93,8 @@ class Blocks(nnx.Module):
     def per_layer(self) -> list[dict[str, jax.Array]]:
         """One weight dict per layer (slices of the stacked weights: a copy of them)."""
         stacked = self.weights()
-        return [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(len(self.attn_norm_scale[...]))]
+        n_layers = jax.tree.leaves(stacked)[0].shape[0]
+        return [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(n_layers)]
 
 
 def _block(cfg: ModelConfig, w, x_BxTxD, positions_BxT, mask_BxTxS, cache_kv, cache_index, rng):
