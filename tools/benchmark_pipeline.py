@@ -168,21 +168,32 @@ def ours(shape: dict, steps: int, mesh=None) -> dict:
     return out
 
 
-def ppo_times(shape: dict, lm, scalar, tx, sched, ids, steps: int) -> dict:
-    """Our PPO iteration (one donated program) and its three phases each jitted alone, at `shape`
-    (ppo_batch, prompt, new, minibatches, epochs): policy and reference from `lm`, value and
-    reward from `scalar`; `ids(*shape)` draws random prompt tokens. Also used by benchmark_tunix."""
+def ppo_program(shape: dict, lm, scalar, tx, ids) -> dict:
+    """What our PPO iteration runs on at `shape` (ppo_batch, prompt, new, minibatches, epochs):
+    the config's PPO settings, sampling (every response full length), the models, the state
+    (policy and reference from `lm`, value and reward from `scalar`), the frozen constants and
+    random prompts drawn by `ids(*shape)`. Used by `ppo_times` and tools/profile_ops.py."""
     copy = lambda tree: jax.tree.map(jnp.copy, tree)  # the full step donates its state
     pcfg = base().ppo  # the config's PPO settings, at the benchmark's shape
     pcfg.update(minibatches=shape["minibatches"], epochs=shape["epochs"])
     # eos -1: every response has full length
     sampling = SamplingConfig(max_new_tokens=shape["new"], eos_token_ids=(-1,), pad_token_id=PAD)
-    models = ppo_lib.PPOModels(lm.graphdef, scalar.graphdef, ModelReward(scalar.graphdef))
     params = {"policy": copy(lm.params), "value": copy(scalar.params)}
-    state = PPOState(params, tx.init(params), jnp.zeros((), jnp.int32), jnp.float32(0.05), None)
-    constants = {"reference": lm.params, "reward": scalar.params}
     Bp, Pl = shape["ppo_batch"], shape["prompt"]
-    prompts = {"prompt": ids(Bp, Pl), "prompt_mask": jnp.ones((Bp, Pl), jnp.int32)}
+    return dict(pcfg=pcfg, sampling=sampling,
+                models=ppo_lib.PPOModels(lm.graphdef, scalar.graphdef, ModelReward(scalar.graphdef)),
+                state=PPOState(params, tx.init(params), jnp.zeros((), jnp.int32), jnp.float32(0.05), None),
+                constants={"reference": lm.params, "reward": scalar.params},
+                prompts={"prompt": ids(Bp, Pl), "prompt_mask": jnp.ones((Bp, Pl), jnp.int32)})
+
+
+def ppo_times(shape: dict, lm, scalar, tx, sched, ids, steps: int) -> dict:
+    """Our PPO iteration (one donated program) and its three phases each jitted alone, at `shape`
+    (`ppo_program`). Also used by benchmark_tunix."""
+    prog = ppo_program(shape, lm, scalar, tx, ids)
+    pcfg, sampling, models, state, constants, prompts = (prog[k] for k in (
+        "pcfg", "sampling", "models", "state", "constants", "prompts"))
+    Bp, Pl = shape["ppo_batch"], shape["prompt"]
     gen = jax.jit(lambda st, b, r: generate(lm.graphdef, st.params["policy"], b["prompt"], b["prompt_mask"], r,
                                             sampling))
     g = gen(state, prompts, jax.random.key(0))

@@ -4,6 +4,7 @@
     python tools/profile_ops.py --step rm --batch 2 --seq 128      # pairs: 2 x 2 x 128 tokens, as the stage runs
     python tools/profile_ops.py --step sft --set scan_unroll=30    # a model field changed
     python tools/profile_ops.py --step generate --batch 4 --seq 64 --new 32   # sampling, as a PPO rollout
+    python tools/profile_ops.py --step ppo --batch 4 --seq 64 --new 32        # a PPO iteration, as benchmarked
 
 The step (the one a run executes, new state returned) is compiled once and run under the JAX
 profiler; the trace's events are the XLA runtime's executed operations (one per fusion, dot,
@@ -215,12 +216,29 @@ def build_generate(cfg, B: int, prompt: int, new: int):
     return fn, (model.params, prompts, jnp.ones_like(prompts), jax.random.key(0))
 
 
+def build_ppo(cfg, B: int, prompt: int, new: int):
+    """(one PPO iteration, its arguments (state, prompts, rng, constants)) as
+    tools/benchmark_pipeline.py times it: the state donated, 1 epoch x 1 minibatch (so the update's
+    gradient goes through the scoring's forward pass), B prompts of `prompt` tokens, `new` sampled."""
+    from rlhf_jax.train import ppo as ppo_lib
+    from tools.benchmark_pipeline import EOS, PAD, ppo_program
+    cfg = cfg.replace(eos_token_id=EOS, pad_token_id=PAD)
+    rng = np.random.default_rng(0)
+    ids = lambda *s: jnp.asarray(rng.integers(3, cfg.vocab_size, s), jnp.int32)
+    tx, sched = make_optimizer(1e-5, 1000)
+    prog = ppo_program(dict(ppo_batch=B, prompt=prompt, new=new, minibatches=1, epochs=1),
+                       init_model(cfg, seed=0), init_model(cfg, head="scalar", seed=1), tx, ids)
+    step = ppo_lib.make_ppo_step(prog["pcfg"], prog["sampling"], prog["models"], tx, sched)
+    return jax.jit(step, donate_argnums=0), (prog["state"], prog["prompts"], jax.random.key(3), prog["constants"])
+
+
 def main():
     ap = parser(__doc__, out=True)
-    ap.add_argument("--step", choices=("sft", "rm", "rm_plain", "generate"), default="sft",
+    ap.add_argument("--step", choices=("sft", "rm", "rm_plain", "generate", "ppo"), default="sft",
                     help="rm: the step as the rm stage runs it (an ensemble of one); rm_plain: without the member "
-                         "axis; generate: sampling --new tokens after prompts of --seq tokens")
-    ap.add_argument("--new", type=int, default=32, help="with --step generate: tokens sampled per prompt")
+                         "axis; generate: sampling --new tokens after prompts of --seq tokens; ppo: one PPO "
+                         "iteration on --batch prompts of --seq tokens, --new sampled")
+    ap.add_argument("--new", type=int, default=32, help="with --step generate or ppo: tokens sampled per prompt")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--model", default="135m", help=f"a preset: {', '.join(PRESETS)}")
@@ -229,13 +247,15 @@ def main():
     ap.add_argument("--top", type=int, default=25)
     args = ap.parse_args()
     cfg = PRESETS[args.model]
-    for item in args.set:
-        key, _, value = item.partition("=")
-        cfg = cfg.replace(**{key: type(getattr(cfg, key))(value)})
+    fields = dict(item.partition("=")[::2] for item in args.set)  # applied together: a shape is checked whole
+    cfg = cfg.replace(**{key: type(getattr(cfg, key))(value) for key, value in fields.items()})
     generating = args.step == "generate"
     if generating:
         jitted, fargs = build_generate(cfg, args.batch, args.seq, args.new)
         tokens = args.batch * args.new
+    elif args.step == "ppo":
+        jitted, fargs = build_ppo(cfg, args.batch, args.seq, args.new)
+        tokens = args.batch * (args.seq + args.new)
     else:
         jitted, fargs = build_step(args.step, cfg, args.batch, args.seq)
         tokens = args.batch * args.seq * (1 if args.step == "sft" else 2)

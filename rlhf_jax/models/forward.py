@@ -75,26 +75,16 @@ def response_columns(outputs_BxTx, n_prompt: int, n_resp: int):
     return outputs_BxTx[:, n_prompt - 1:n_prompt + n_resp - 1]
 
 
-def response_logits(graphdef, params, seq, n_prompt: int, n_resp: int):
-    """logits_BxNxV predicting each of the N response tokens of `sequence_inputs` output."""
-    tokens, mask, positions = seq
-    return response_columns(forward(graphdef, params, tokens, mask, positions_BxT=positions), n_prompt, n_resp)
-
-
 def response_logprobs(graphdef, params, seq, n_prompt: int, n_resp: int, temperature: float = 1.0,
                       with_entropy: bool = False):
     """logp_BxN of the response tokens under softmax(logits / temperature); with `with_entropy`,
-    (logp_BxN, entropy_BxN). Chunked (no B x T x V logits) when the model's logits_chunk > 0."""
-    response = seq[0][:, n_prompt:n_prompt + n_resp]
-    module = nnx.merge(graphdef, params)
-    if not module.cfg.logits_chunk:
-        logits = response_logits(graphdef, params, seq, n_prompt, n_resp)
-        logp = token_logprobs(logits, response, temperature)
-        return (logp, token_entropy(logits / temperature)) if with_entropy else logp
+    (logp_BxN, entropy_BxN). The LM head runs only at the N columns that predict the response
+    (`response_columns` of the final hidden states), not at the prompt's, and chunked (no
+    B x N x V logits) when the model's logits_chunk > 0 (`hidden_logprobs`)."""
     tokens, mask, positions = seq
     hidden_BxTxD = forward(graphdef, params, tokens, mask, positions_BxT=positions, features=True)
-    logp, entropy = hidden_logprobs(module, response_columns(hidden_BxTxD, n_prompt, n_resp), response,
-                                    temperature, with_entropy)
+    logp, entropy = hidden_logprobs(nnx.merge(graphdef, params), response_columns(hidden_BxTxD, n_prompt, n_resp),
+                                    tokens[:, n_prompt:n_prompt + n_resp], temperature, with_entropy)
     return (logp, entropy) if with_entropy else logp
 
 

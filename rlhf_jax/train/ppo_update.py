@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from rlhf_jax.models import forward as F
 from rlhf_jax.objectives import ppo as P
-from rlhf_jax.objectives.lm import masked_nll, next_token_loss, token_entropy, token_logprobs
+from rlhf_jax.objectives.lm import masked_nll, next_token_loss
 from rlhf_jax.train.step import apply_gradients, combine_metrics, minibatch_order, split_microbatches
 
 if TYPE_CHECKING:  # annotations only: train.ppo imports this module
@@ -33,16 +33,11 @@ class Outputs(NamedTuple):
 
 def trained_outputs(hp, models: PPOModels, params, seq, P_len: int, N: int, constants=None) -> Outputs:
     """`Outputs` of the trained params (LoRA: over their frozen bases in `constants`) on sequences
-    `seq` = (tokens, mask, positions) whose responses are the N columns after P_len; chunked (no
-    B x T x V logits) when the policy's `logits_chunk` > 0."""
+    `seq` = (tokens, mask, positions) whose responses are the N columns after P_len; the LM head
+    at the response's columns only (`forward.response_logprobs`)."""
     full = models.full(params, constants)
-    chunked = F.model_config(models.policy, full["policy"]).logits_chunk > 0
-    if chunked:
-        logp, entropy_BxN = F.response_logprobs(models.policy, full["policy"], seq, P_len, N, hp.temperature,
-                                                with_entropy=True)
-    else:
-        logits = F.response_logits(models.policy, full["policy"], seq, P_len, N) / hp.temperature
-        logp, entropy_BxN = token_logprobs(logits, seq[0][:, P_len:P_len + N]), token_entropy(logits)
+    logp, entropy_BxN = F.response_logprobs(models.policy, full["policy"], seq, P_len, N, hp.temperature,
+                                            with_entropy=True)
     values = F.response_values(models.value, full["value"], seq, P_len, N) if "value" in full else None
     return Outputs(logp, entropy_BxN, values)
 

@@ -112,6 +112,32 @@ def test_forward_helpers_chunked_equal_full(changes):
     close(fn(chunked, params), fn(full, params), msg="packed_logprobs")
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_response_logprobs_run_the_lm_head_at_the_response_columns_only(tied):
+    """`response_logprobs` (PPO's scoring and update) equal the log-probs and entropy read from the
+    full B x T x V logits at the N columns that predict the response, values and gradients; the
+    compiled program has logits of B x N x V only, none of B x T x V."""
+    cfg = CFG.replace(tie_embeddings=tied)
+    model = init_model(cfg, seed=0)
+    prompt, pmask, resp, rmask = _sequences()
+    seq = F.sequence_inputs(prompt, pmask, resp, rmask)
+    P, N = prompt.shape[1], resp.shape[1]
+    B, T, V = prompt.shape[0], P + N, cfg.vocab_size
+
+    def by_columns(params, temperature):
+        logits = F.forward(model.graphdef, params, seq[0], seq[1], positions_BxT=seq[2])[:, P - 1:P + N - 1]
+        return token_logprobs(logits, resp, temperature), token_entropy(logits / temperature)
+
+    new = lambda p, t: F.response_logprobs(model.graphdef, p, seq, P, N, t, with_entropy=True)
+    for temperature in (1.0, 0.7):
+        close(jax.jit(new, static_argnums=1)(model.params, temperature),
+              jax.jit(by_columns, static_argnums=1)(model.params, temperature), msg="values")
+        grad = lambda f: jax.jit(jax.grad(lambda p: sum(x.sum() for x in f(p, temperature))))(model.params)
+        close(grad(new), grad(by_columns), msg="gradients")
+    text = jax.jit(new, static_argnums=1).lower(model.params, 1.0).compile().as_text()
+    assert f"f32[{B},{N},{V}]" in text and f"f32[{B},{T},{V}]" not in text
+
+
 def _sft_batch(n: int = 8):
     arrays, _ = sft_arrays(synthetic.sft_records(WORLD, n), TOK, TCFG)
     return {k: jnp.asarray(v) for k, v in arrays.items()}

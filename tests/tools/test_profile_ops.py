@@ -65,3 +65,22 @@ def test_profile_of_sampling_counts_each_layer_of_each_new_token(tool, decode_la
         assert not weight_slices
         once = [r for r in out["top"] if "per_layer" in r["source"] and r["calls"] == 1]
         assert once, [(r["op"], r["source"], r["calls"]) for r in out["top"]]
+
+
+def test_profile_of_a_ppo_iteration_passes_the_state_on(tool):
+    """One PPO iteration of a 2-layer model (2 prompts of 4 tokens, 3 sampled): the donated state
+    is passed from call to call (its step counter advances), and the profile holds the rollout's
+    sampling, the trained models' forward and backward passes, and the policy's LM head at the 3
+    response columns only (`forward.response_logprobs`), never at all 7."""
+    cfg = PRESETS["test"].replace(n_layers=2)
+    jitted, args = tool.build_ppo(cfg, 2, 4, 3)
+    once = tool.advance(jitted, args)
+    assert int(once[0].step) == 1
+    twice = tool.advance(jitted, once)  # `once`'s state is donated here
+    assert int(twice[0].step) == 2
+    out = tool.profile(jitted, twice, repeats=1, top=400, state=True)
+    assert {"forward", "backward"} <= {r["group"] for r in out["by_phase"]}
+    assert any("generate" in r["op_name"] for r in out["top"])
+    head = {r["shape"] for r in out["top"] if r["kind"] == "matmul" and "LMHead" in r["source"]
+            and r["phase"] == "forward"}
+    assert head == {f"f32[2,3,{cfg.vocab_size}]"}, head
