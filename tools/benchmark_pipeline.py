@@ -86,7 +86,7 @@ def matmul_mix(cfg) -> dict:
 
 
 def probe_rate(matmul, timer, cfg, rows: int, steps: int) -> dict:
-    """`matmul(rows, k, n) -> f` (a thunk of one float32 matmul) timed by `timer(f, steps)` at
+    """`matmul(rows, k, n) -> f` (a thunk of one matmul) timed by `timer(f, steps)` at
     every shape of `matmul_mix`: FLOPs of the mix over its summed probe time."""
     probes, total_flops, total_s = [], 0.0, 0.0
     for (k, n), count in matmul_mix(cfg).items():
@@ -96,27 +96,28 @@ def probe_rate(matmul, timer, cfg, rows: int, steps: int) -> dict:
     return {"gflop_per_s": total_flops / total_s / 1e9, "probes": probes}
 
 
-def matmul_rate(cfg, rows: int, steps: int) -> dict:
-    """XLA's float32 matmul rate on this machine at a decoder step's own weight matmuls, weighted
-    as one forward pass uses them (`probe_rate`). The SFT step's FLOP rate is compared with it
-    (`share_of_matmul_rate`); `trl_side` probes torch's at the same shapes."""
+def matmul_rate(cfg, rows: int, steps: int, dtype: str = "float32") -> dict:
+    """XLA's matmul rate on this machine at a decoder step's own weight matmuls, weighted as one
+    forward pass uses them (`probe_rate`), operands and result in `dtype`. The SFT step's FLOP rate
+    is compared with the float32 one (`share_of_matmul_rate`); `trl_side` probes torch's at the
+    same shapes."""
     rng = np.random.default_rng(0)
     mm = jax.jit(lambda x, y: x @ y)
 
     def matmul(rows, k, n):
-        a = jnp.asarray(rng.standard_normal((rows, k)), jnp.float32)
-        b = jnp.asarray(rng.standard_normal((k, n)), jnp.float32)
+        a = jnp.asarray(rng.standard_normal((rows, k)), dtype)
+        b = jnp.asarray(rng.standard_normal((k, n)), dtype)
         return lambda: mm(a, b)
     return probe_rate(matmul, median_time, cfg, rows, steps)
 
 
-def torch_matmul_rate(cfg, rows: int, steps: int) -> dict:
-    """torch's float32 matmul rate at `matmul_rate`'s shapes and weights (what TRL's steps run on)."""
+def torch_matmul_rate(cfg, rows: int, steps: int, dtype: str = "float32") -> dict:
+    """torch's matmul rate at `matmul_rate`'s shapes and weights (what TRL's steps run on)."""
     import torch
     gen = torch.Generator().manual_seed(0)
 
     def matmul(rows, k, n):
-        a, b = torch.randn(rows, k, generator=gen), torch.randn(k, n, generator=gen)
+        a, b = (torch.randn(*s, generator=gen).to(getattr(torch, dtype)) for s in ((rows, k), (k, n)))
         return lambda: a @ b
     return probe_rate(matmul, median_time, cfg, rows, steps)
 
