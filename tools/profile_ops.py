@@ -248,6 +248,9 @@ def main():
     args = ap.parse_args()
     cfg = PRESETS[args.model]
     fields = dict(item.partition("=")[::2] for item in args.set)  # applied together: a shape is checked whole
+    unknown = sorted(set(fields) - set(vars(cfg)))
+    if unknown:
+        raise SystemExit(f"error: --set {', '.join(unknown)}: not a model field; valid: {', '.join(sorted(vars(cfg)))}")
     cfg = cfg.replace(**{key: type(getattr(cfg, key))(value) for key, value in fields.items()})
     generating = args.step == "generate"
     if generating:

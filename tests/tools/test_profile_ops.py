@@ -84,3 +84,9 @@ def test_profile_of_a_ppo_iteration_passes_the_state_on(tool):
     head = {r["shape"] for r in out["top"] if r["kind"] == "matmul" and "LMHead" in r["source"]
             and r["phase"] == "forward"}
     assert head == {f"f32[2,3,{cfg.vocab_size}]"}, head
+
+
+def test_an_unknown_model_field_exits_with_the_valid_ones(tool, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["profile_ops.py", "--step", "ppo", "--set", "d_model=64", "--set", "widht=3"])
+    with pytest.raises(SystemExit, match="--set widht: not a model field; valid: activation, "):
+        tool.main()
