@@ -42,13 +42,18 @@ def main(argv=None) -> dict:
     import torch
 
     from tools.benchmark_pipeline import matmul_rate, torch_matmul_rate
+    threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)
     cfg = PRESETS[args.model]
     out = {"cpu": cpu_info(), "jax": jax.__version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
            "model": args.model, "rows": args.rows, "steps": args.steps, "rates": {}}
-    for dtype in dtypes:
-        xla, pt = matmul_rate(cfg, args.rows, args.steps, dtype), torch_matmul_rate(cfg, args.rows, args.steps, dtype)
-        out["rates"][dtype] = {"xla": xla, "torch": pt, "torch_over_xla": pt["gflop_per_s"] / xla["gflop_per_s"]}
+    try:
+        for dtype in dtypes:
+            xla = matmul_rate(cfg, args.rows, args.steps, dtype)
+            pt = torch_matmul_rate(cfg, args.rows, args.steps, dtype)
+            out["rates"][dtype] = {"xla": xla, "torch": pt, "torch_over_xla": pt["gflop_per_s"] / xla["gflop_per_s"]}
+    finally:
+        torch.set_num_threads(threads)  # as it was (a test calls main in its own process)
     report(out, args.out)
     return out
 

@@ -232,6 +232,26 @@ def build_ppo(cfg, B: int, prompt: int, new: int):
     return jax.jit(step, donate_argnums=0), (prog["state"], prog["prompts"], jax.random.key(3), prog["constants"])
 
 
+def field_value(current, key: str, text: str):
+    """`--set key=text` as the type of the field's current value: true/false for a flag, a number
+    for a number, and for a field that is None (e.g. sliding_window) a number if it reads as one."""
+    if isinstance(current, bool):
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise SystemExit(f"error: --set {key}={text}: {key} is true or false")
+        return text.lower() in ("true", "1")
+    if current is None:
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return None if text.lower() == "none" else text
+    try:
+        return type(current)(text)
+    except ValueError:
+        raise SystemExit(f"error: --set {key}={text}: {key} must be {type(current).__name__}") from None
+
+
 def main():
     ap = parser(__doc__, out=True)
     ap.add_argument("--step", choices=("sft", "rm", "rm_plain", "generate", "ppo"), default="sft",
@@ -251,7 +271,7 @@ def main():
     unknown = sorted(set(fields) - set(vars(cfg)))
     if unknown:
         raise SystemExit(f"error: --set {', '.join(unknown)}: not a model field; valid: {', '.join(sorted(vars(cfg)))}")
-    cfg = cfg.replace(**{key: type(getattr(cfg, key))(value) for key, value in fields.items()})
+    cfg = cfg.replace(**{key: field_value(getattr(cfg, key), key, value) for key, value in fields.items()})
     generating = args.step == "generate"
     if generating:
         jitted, fargs = build_generate(cfg, args.batch, args.seq, args.new)

@@ -3,7 +3,8 @@
 - `positions_from_mask`: positions count real tokens only (left or right padding alike);
 - `forward`: the model on a padded batch (positions from the mask, padding never attended);
 - `sequence_inputs`: prompt + response concatenated into one sequence;
-- `response_logprobs` / `response_values`: the columns that predict each response token;
+- `response_logprobs` / `response_values`: the columns that predict each response token (the LM
+  head runs at those N columns only);
 - `sequence_logprobs`: summed (or counted) log-probs of the tokens a mask marks;
 - `packed_forward` / `packed_logprobs`: rows packed with each prompt once, the LM head run only
   at the slots that predict the wanted tokens;

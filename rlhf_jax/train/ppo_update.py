@@ -81,8 +81,9 @@ def ppo_loss(hp, models: PPOModels, params, mb: Rollout, ptx, scales=None, const
     critic) + kl_coef * KL to the reference (estimators that put the KL in the loss, GRPO) -
     ent_coef * entropy (+ ptx_coef * LM loss).
 
-    With the policy's `logits_chunk` > 0 the log-probs and entropy come chunk by chunk from the
-    final hidden states (`forward.response_logprobs`), never from B x T x V logits. `scales` =
+    The log-probs and entropy come from the final hidden states at the response's columns
+    (`forward.response_logprobs`: B x N x V logits, chunk by chunk with the policy's
+    `logits_chunk` > 0), never from B x T x V logits. `scales` =
     (PPO terms' weight, ptx term's weight) multiplies the two parts (gradient accumulation).
     """
     N = mb.response_BxN.shape[1]

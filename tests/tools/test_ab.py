@@ -25,17 +25,17 @@ def checkout(path, side: str, speed: float):
     return path
 
 
-def test_checkouts_alternate_a_then_b_and_medians_and_pairs_are_read(tmp_path, monkeypatch, capsys):
+def test_checkouts_alternate_in_abba_order_and_medians_and_pairs_are_read(tmp_path, monkeypatch, capsys):
     log = tmp_path / "order.log"
     monkeypatch.setenv("AB_LOG", str(log))
     a, b = checkout(tmp_path / "a", "a", 10.0), checkout(tmp_path / "b", "b", 1.0)
     out = ab.main(["--pairs", "3", "--a-root", str(a), "--b-root", str(b), "--pick", "ours.iteration_s",
                    "--out", str(tmp_path / "ab.json"), "--", "tools/bench.py", "--steps", "3"])
-    assert log.read_text().split() == ["a", "b"] * 3
-    # run k (1-based) takes speed + k: A runs 1, 3, 5; B runs 2, 4, 6
-    assert out["runs"] == {"a": [{"ours.iteration_s": 11.0}, {"ours.iteration_s": 13.0}, {"ours.iteration_s": 15.0}],
-                           "b": [{"ours.iteration_s": 3.0}, {"ours.iteration_s": 5.0}, {"ours.iteration_s": 7.0}]}
-    assert out["medians"] == {"a": {"ours.iteration_s": 13.0}, "b": {"ours.iteration_s": 5.0}}
+    assert log.read_text().split() == ["a", "b", "b", "a", "a", "b"]
+    # run k (1-based) takes speed + k: A runs 1, 4, 5; B runs 2, 3, 6
+    assert out["runs"] == {"a": [{"ours.iteration_s": 11.0}, {"ours.iteration_s": 14.0}, {"ours.iteration_s": 15.0}],
+                           "b": [{"ours.iteration_s": 3.0}, {"ours.iteration_s": 4.0}, {"ours.iteration_s": 7.0}]}
+    assert out["medians"] == {"a": {"ours.iteration_s": 14.0}, "b": {"ours.iteration_s": 4.0}}
     assert out["pairs_b_less"] == {"ours.iteration_s": 3}
     assert json.loads((tmp_path / "ab.json").read_text()) == out
 
@@ -46,9 +46,9 @@ def test_environment_sides_on_one_checkout(tmp_path, monkeypatch):
     root = checkout(tmp_path / "c", "?", 0.0)
     out = ab.main(["--pairs", "2", "--a-root", str(root), "--b-root", str(root), "--a-env", "SIDE=a",
                    "--b-env", "SIDE=b", "--b-env", "SPEED=100", "--pick", "ours.iteration_s", "tools/bench.py"])
-    assert (tmp_path / "order.log").read_text().split() == ["a", "b", "a", "b"]
+    assert (tmp_path / "order.log").read_text().split() == ["a", "b", "b", "a"]
     assert out["sides"]["b"]["env"] == {"SIDE": "b", "SPEED": "100"}
-    assert out["medians"]["b"]["ours.iteration_s"] == 103.0 and out["pairs_b_less"]["ours.iteration_s"] == 0
+    assert out["medians"]["b"]["ours.iteration_s"] == 102.5 and out["pairs_b_less"]["ours.iteration_s"] == 0
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -56,6 +56,7 @@ def test_environment_sides_on_one_checkout(tmp_path, monkeypatch):
     (["--pick", "x", "--b-env", "NOEQUALS"], "must be KEY=VALUE: NOEQUALS"),
     (["--pick", "x", "--a-root", "/no/such/dir"], "no such checkout: /no/such/dir"),
     (["--pick", "x", "--pairs", "0"], "--pairs must be at least 1"),
+    (["--pick", "ours"], "--pick ours: tools/bench.py's JSON has dict there, not a number"),
 ])
 def test_user_mistakes_exit_with_a_message(tmp_path, monkeypatch, argv, message):
     monkeypatch.setenv("AB_LOG", str(tmp_path / "order.log"))
@@ -70,3 +71,14 @@ def test_user_mistakes_exit_with_a_message(tmp_path, monkeypatch, argv, message)
 def test_the_same_side_twice_is_refused(tmp_path):
     with pytest.raises(SystemExit, match="the same checkout with the same environment"):
         ab.main(["--a-root", str(tmp_path), "--b-root", str(tmp_path), "--pick", "x", "tools/bench.py"])
+
+
+def test_a_tool_outside_the_checkouts_or_without_out_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("AB_LOG", str(tmp_path / "order.log"))
+    root = checkout(tmp_path / "c", "?", 0.0)
+    sides = ["--a-root", str(root), "--b-root", str(root), "--b-env", "SIDE=b", "--pick", "x"]
+    with pytest.raises(SystemExit, match="must be a path inside the checkouts"):
+        ab.main([*sides, str(root / "tools" / "bench.py")])
+    (root / "tools" / "quiet.py").write_text("print('no file')\n")
+    with pytest.raises(SystemExit, match="exited 0 but wrote no --out file"):
+        ab.main([*sides, "tools/quiet.py"])

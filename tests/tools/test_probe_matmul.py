@@ -1,9 +1,11 @@
 """tools/probe_matmul.py: both libraries' matmul rates per dtype at a model's weight products."""
 import pytest
 
-from rlhf_jax.models import PRESETS
-from tools import probe_matmul
-from tools.benchmark_pipeline import matmul_mix
+pytest.importorskip("torch")  # torch is a test and tool dependency, not the library's
+
+from rlhf_jax.models import PRESETS  # noqa: E402
+from tools import probe_matmul  # noqa: E402
+from tools.benchmark_pipeline import matmul_mix  # noqa: E402
 
 
 def test_rates_per_dtype_and_library_at_the_forward_pass_shapes(capsys):

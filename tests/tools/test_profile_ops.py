@@ -90,3 +90,15 @@ def test_an_unknown_model_field_exits_with_the_valid_ones(tool, monkeypatch):
     monkeypatch.setattr("sys.argv", ["profile_ops.py", "--step", "ppo", "--set", "d_model=64", "--set", "widht=3"])
     with pytest.raises(SystemExit, match="--set widht: not a model field; valid: activation, "):
         tool.main()
+
+
+def test_set_values_take_the_fields_types(tool):
+    cfg = PRESETS["test"]
+    assert tool.field_value(cfg.tie_embeddings, "tie_embeddings", "False") is False
+    assert tool.field_value(False, "remat_flag", "true") is True
+    assert tool.field_value(cfg.d_model, "d_model", "64") == 64
+    assert tool.field_value(None, "sliding_window", "32") == 32
+    with pytest.raises(SystemExit, match="--set tie_embeddings=maybe: tie_embeddings is true or false"):
+        tool.field_value(True, "tie_embeddings", "maybe")
+    with pytest.raises(SystemExit, match="--set d_model=wide: d_model must be int"):
+        tool.field_value(64, "d_model", "wide")
