@@ -25,14 +25,12 @@ import numpy as np  # noqa: E402
 
 from configs.common import base  # noqa: E402
 from rlhf_jax.generate import SamplingConfig  # noqa: E402
-from rlhf_jax.models import init_model  # noqa: E402
 from rlhf_jax.rewards import ModelReward  # noqa: E402
 from rlhf_jax.train import lora as lora_lib  # noqa: E402
 from rlhf_jax.train import ppo as ppo_lib  # noqa: E402
-from rlhf_jax.train.optim import make_optimizer  # noqa: E402
 from rlhf_jax.train.state import PPOState  # noqa: E402
 from tools._common import cpu_info, parser, report  # noqa: E402
-from tools.benchmark_pipeline import EOS, PAD, SHAPES  # noqa: E402
+from tools.benchmark_pipeline import PAD, SHAPES, random_setup  # noqa: E402
 
 
 def main(argv=None):
@@ -42,10 +40,7 @@ def main(argv=None):
     ap.add_argument("--lora_rank", type=int, default=0, help="0: full fine-tuning (default)")
     args = ap.parse_args(argv)
     shape = SHAPES[args.shape]
-    cfg = shape["model"].replace(eos_token_id=EOS, pad_token_id=PAD)
-    rng = np.random.default_rng(0)
-    lm, scalar = init_model(cfg, seed=0), init_model(cfg, head="scalar", seed=1)
-    tx, sched = make_optimizer(1e-5, 1000)
+    cfg, lm, scalar, tx, sched, ids = random_setup(shape["model"])
     hp = base().ppo
     hp.update(minibatches=1, epochs=1)
     sampling = SamplingConfig(max_new_tokens=shape["new"], eos_token_ids=(-1,), pad_token_id=PAD)
@@ -53,8 +48,7 @@ def main(argv=None):
     models = ppo_lib.PPOModels(lm.graphdef, scalar.graphdef, ModelReward(scalar.graphdef), lora)
     constants = {"reference": lm.params, "reward": scalar.params, **({"value_base": scalar.params} if lora else {})}
     Bp, Pl = shape["ppo_batch"], shape["prompt"]
-    prompts = {"prompt": jnp.asarray(rng.integers(3, cfg.vocab_size, (Bp, Pl)), jnp.int32),
-               "prompt_mask": jnp.ones((Bp, Pl), jnp.int32)}
+    prompts = {"prompt": ids(Bp, Pl), "prompt_mask": jnp.ones((Bp, Pl), jnp.int32)}
 
     def fresh():
         if lora:  # as stage ppo builds them: fresh adapters (B = 0) over the frozen bases, the value head in full

@@ -122,13 +122,21 @@ def torch_matmul_rate(cfg, rows: int, steps: int, dtype: str = "float32") -> dic
     return probe_rate(matmul, median_time, cfg, rows, steps)
 
 
-def ours(shape: dict, steps: int, mesh=None) -> dict:
-    cfg = shape["model"].replace(eos_token_id=EOS, pad_token_id=PAD)
-    B, T, R = shape["batch"], shape["seq"], shape["rm_batch"]
+def random_setup(cfg):
+    """What our timed programs start from, at model shape `cfg`: (cfg with the benchmark's EOS and
+    PAD ids, an LM-head model (seed 0), a scalar-head model (seed 1), AdamW and its schedule,
+    `ids(*shape)` drawing random token ids from a generator of its own). Also used by
+    tools/benchmark_tunix.py and tools/profile_ops.py."""
+    cfg = cfg.replace(eos_token_id=EOS, pad_token_id=PAD)
     rng = np.random.default_rng(0)
     ids = lambda *s: jnp.asarray(rng.integers(3, cfg.vocab_size, s), jnp.int32)
-    lm, scalar = init_model(cfg, seed=0), init_model(cfg, head="scalar", seed=1)
     tx, sched = make_optimizer(1e-5, 1000)
+    return cfg, init_model(cfg, seed=0), init_model(cfg, head="scalar", seed=1), tx, sched, ids
+
+
+def ours(shape: dict, steps: int, mesh=None) -> dict:
+    cfg, lm, scalar, tx, sched, ids = random_setup(shape["model"])
+    B, T, R = shape["batch"], shape["seq"], shape["rm_batch"]
     copy = lambda tree: jax.tree.map(jnp.copy, tree)  # the steps donate their state
     out = {}
 

@@ -73,18 +73,9 @@ def tunix_spec(shape: dict, warmup: int, steps: int) -> dict:
 def ours(shape: dict, steps: int, scan_unroll: int = 1, decode_layers: str = "auto") -> dict:
     """Our PPO iteration and its three phases, timed by tools/benchmark_pipeline.py's `ppo_times`
     (1 epoch x 1 minibatch)."""
-    import jax.numpy as jnp
-    import numpy as np
+    from tools.benchmark_pipeline import ppo_times, random_setup
 
-    from rlhf_jax.models import init_model
-    from rlhf_jax.train.optim import make_optimizer
-    from tools.benchmark_pipeline import EOS, PAD, ppo_times
-
-    cfg = model_config(shape, scan_unroll, decode_layers).replace(eos_token_id=EOS, pad_token_id=PAD)
-    rng = np.random.default_rng(0)
-    ids = lambda *s: jnp.asarray(rng.integers(3, cfg.vocab_size, s), jnp.int32)
-    lm, scalar = init_model(cfg, seed=0), init_model(cfg, head="scalar", seed=1)
-    tx, sched = make_optimizer(1e-5, 1000)
+    _, lm, scalar, tx, sched, ids = random_setup(model_config(shape, scan_unroll, decode_layers))
     out = ppo_times({**shape, "minibatches": 1, "epochs": 1}, lm, scalar, tx, sched, ids, steps)
     return {**out, "scan_unroll": scan_unroll, "decode_layers": decode_layers}
 

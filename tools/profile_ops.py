@@ -221,13 +221,9 @@ def build_ppo(cfg, B: int, prompt: int, new: int):
     tools/benchmark_pipeline.py times it: the state donated, 1 epoch x 1 minibatch (so the update's
     gradient goes through the scoring's forward pass), B prompts of `prompt` tokens, `new` sampled."""
     from rlhf_jax.train import ppo as ppo_lib
-    from tools.benchmark_pipeline import EOS, PAD, ppo_program
-    cfg = cfg.replace(eos_token_id=EOS, pad_token_id=PAD)
-    rng = np.random.default_rng(0)
-    ids = lambda *s: jnp.asarray(rng.integers(3, cfg.vocab_size, s), jnp.int32)
-    tx, sched = make_optimizer(1e-5, 1000)
-    prog = ppo_program(dict(ppo_batch=B, prompt=prompt, new=new, minibatches=1, epochs=1),
-                       init_model(cfg, seed=0), init_model(cfg, head="scalar", seed=1), tx, ids)
+    from tools.benchmark_pipeline import ppo_program, random_setup
+    _, lm, scalar, tx, sched, ids = random_setup(cfg)
+    prog = ppo_program(dict(ppo_batch=B, prompt=prompt, new=new, minibatches=1, epochs=1), lm, scalar, tx, ids)
     step = ppo_lib.make_ppo_step(prog["pcfg"], prog["sampling"], prog["models"], tx, sched)
     return jax.jit(step, donate_argnums=0), (prog["state"], prog["prompts"], jax.random.key(3), prog["constants"])
 
