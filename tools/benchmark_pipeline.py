@@ -79,9 +79,11 @@ def matmul_mix(cfg) -> dict:
     """{(k, n): count}: the weight matmuls of one forward pass (each layer's q, k and v, o, gate
     and up, down; the LM head), each the tokens times a k x n matrix."""
     d, q, kv, f = cfg.d_model, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.d_ff
-    mix = {(d, q): 1, (d, kv): 2, (q, d): 1, (d, f): 2, (f, d): 1}
-    mix = {kn: n * cfg.n_layers for kn, n in mix.items()}
-    mix[(d, cfg.vocab_size)] = 1
+    mix = {}
+    # summed, not assigned: where d_model = heads x head_dim (SmolLM2) q's and o's shapes are one key
+    for kn, n in (((d, q), 1), ((d, kv), 2), ((q, d), 1), ((d, f), 2), ((f, d), 1), ((d, cfg.vocab_size), 0)):
+        mix[kn] = mix.get(kn, 0) + n * cfg.n_layers
+    mix[(d, cfg.vocab_size)] += 1
     return mix
 
 

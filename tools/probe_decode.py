@@ -1,0 +1,117 @@
+"""How fast a decode step's weight products stream the weights, against this machine's read rate.
+
+    python tools/probe_decode.py --out experiments/benchmarks/decode_products_cpu_xeon.json
+    RLHF_JAX_YNN_FUSION=0 python tools/probe_decode.py     # XLA's products without YNNPACK
+    python tools/probe_decode.py --model test --rows 2 --steps 1
+
+Sampling one token for `--rows` sequences multiplies a few rows by every weight matrix of the model
+(`--model`, a preset: each layer's q, k, v, o, gate, up and down, then the LM head;
+tools/benchmark_pipeline.py's `matmul_mix`): each weight is read once per token, so the step is
+bound by how fast the products read their weights. This times one such pass, every layer with its
+own weights (as a model's decode step reads them: from memory, not from a cache that a repeated
+single product would hit), in XLA (this process's XLA flags) and in torch (as many threads as the
+machine has cores), and the machine's read rate: XLA summing a float32 buffer of the same size.
+Prints one JSON object: per library (`passes`) the pass's median seconds over `--steps`, the weights' bytes
+read per second and that as a share of the read rate. What it showed is in docs/benchmarks.md (the
+PPO iteration against TRL, generation).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tools._common import cpu_info, parser, report  # noqa: E402
+
+
+def shapes(cfg) -> list[tuple[int, int]]:
+    """(k, n) of every weight one decode step reads, layer by layer, the LM head last."""
+    from tools.benchmark_pipeline import matmul_mix
+    mix = matmul_mix(cfg)
+    head = (cfg.d_model, cfg.vocab_size)
+    per_layer = [kn for kn, count in mix.items() if kn != head for _ in range(count // cfg.n_layers)]
+    return per_layer * cfg.n_layers + [head]
+
+
+def _median(fn, steps: int) -> float:
+    fn()  # compile, warm
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def xla_pass(kns, rows: int, steps: int) -> float:
+    import jax
+    import jax.numpy as jnp
+    key = jax.random.key(0)
+    weights = [jax.random.normal(jax.random.fold_in(key, i), kn, jnp.float32) for i, kn in enumerate(kns)]
+    xs = {k: jax.random.normal(jax.random.fold_in(jax.random.key(1), k), (rows, k), jnp.float32) for k, _ in kns}
+    # every product's result summed: each product runs, and no product waits for another's
+    one = jax.jit(lambda xs, ws: sum(jnp.sum(xs[w.shape[0]] @ w) for w in ws))
+    return _median(lambda: one(xs, weights).block_until_ready(), steps)
+
+
+def torch_pass(kns, rows: int, steps: int) -> float:
+    import torch
+    gen = torch.Generator().manual_seed(0)
+    weights = [torch.randn(*kn, generator=gen) for kn in kns]
+    xs = {k: torch.randn(rows, k, generator=gen) for k, _ in kns}
+
+    def one():
+        with torch.no_grad():
+            return sum(float((xs[w.shape[0]] @ w).sum()) for w in weights)
+    return _median(one, steps)
+
+
+def read_rate(nbytes: int, steps: int) -> float:
+    """Bytes per second XLA reads summing a float32 buffer of `nbytes`."""
+    import jax
+    import jax.numpy as jnp
+    buf = jnp.ones((nbytes // 4,), jnp.float32)
+    total = jax.jit(jnp.sum)
+    return nbytes / _median(lambda: total(buf).block_until_ready(), steps)
+
+
+def main(argv=None) -> dict:
+    ap = parser(__doc__, out=True)
+    ap.add_argument("--model", default="135m", help="a preset of rlhf_jax.models.PRESETS")
+    ap.add_argument("--rows", type=int, default=4, help="sequences sampled at once (a PPO rollout's batch)")
+    ap.add_argument("--steps", type=int, default=20)
+    args = ap.parse_args(argv)
+    from rlhf_jax.models import PRESETS
+    if args.model not in PRESETS:
+        raise SystemExit(f"error: unknown model {args.model!r}; valid: {', '.join(PRESETS)}")
+    if args.rows < 1 or args.steps < 1:
+        raise SystemExit("error: --rows and --steps must be at least 1")
+    import jax
+    import torch
+    kns = shapes(PRESETS[args.model])
+    nbytes = 4 * sum(k * n for k, n in kns)
+    rate = read_rate(nbytes, args.steps)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        seconds = {"xla": xla_pass(kns, args.rows, args.steps), "torch": torch_pass(kns, args.rows, args.steps)}
+    finally:
+        torch.set_num_threads(threads)
+    out = {"cpu": cpu_info(), "jax": jax.__version__, "torch": torch.__version__,
+           "model": args.model,
+           "rows": args.rows, "steps": args.steps, "products": len(kns), "weight_bytes": nbytes,
+           "read_bytes_per_s": rate,
+           "passes": {lib: {"pass_s": s, "weight_bytes_per_s": nbytes / s, "share_of_read_rate": nbytes / s / rate}
+                      for lib, s in seconds.items()}}
+    report(out, args.out)
+    return out
+
+
+if __name__ == "__main__":
+    from rlhf_jax.hostenv import prepare_process
+    prepare_process()  # the XLA flags a run sets
+    main()
