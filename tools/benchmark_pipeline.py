@@ -75,15 +75,21 @@ def median_time(fn, steps: int) -> float:
     return float(np.median(times))
 
 
-def matmul_mix(cfg) -> dict:
-    """{(k, n): count}: the weight matmuls of one forward pass (each layer's q, k and v, o, gate
-    and up, down; the LM head), each the tokens times a k x n matrix."""
+def layer_products(cfg) -> list[tuple[int, int]]:
+    """(k, n) of one decoder layer's weight matmuls, in order: q, k, v, o, gate, up, down."""
     d, q, kv, f = cfg.d_model, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.d_ff
+    return [(d, q), (d, kv), (d, kv), (q, d), (d, f), (d, f), (f, d)]
+
+
+def matmul_mix(cfg) -> dict:
+    """{(k, n): count}: the weight matmuls of one forward pass (each layer's `layer_products`; the
+    LM head last), each the tokens times a k x n matrix. Products of one shape share a count (q's
+    and o's where d_model = heads x head_dim, as in SmolLM2)."""
     mix = {}
-    # summed, not assigned: where d_model = heads x head_dim (SmolLM2) q's and o's shapes are one key
-    for kn, n in (((d, q), 1), ((d, kv), 2), ((q, d), 1), ((d, f), 2), ((f, d), 1), ((d, cfg.vocab_size), 0)):
-        mix[kn] = mix.get(kn, 0) + n * cfg.n_layers
-    mix[(d, cfg.vocab_size)] += 1
+    for kn in layer_products(cfg):
+        mix[kn] = mix.get(kn, 0) + cfg.n_layers
+    head = (cfg.d_model, cfg.vocab_size)
+    mix[head] = mix.pop(head, 0) + 1
     return mix
 
 

@@ -9,8 +9,8 @@ Sampling one token for `--rows` sequences multiplies a few rows by every weight 
 tools/benchmark_pipeline.py's `matmul_mix`): each weight is read once per token, so the step is
 bound by how fast the products read their weights. This times one such pass, every layer with its
 own weights (as a model's decode step reads them: from memory, not from a cache that a repeated
-single product would hit), in XLA (this process's XLA flags) and in torch (as many threads as the
-machine has cores), and the machine's read rate: XLA summing a float32 buffer of the same size.
+single product would hit), in XLA (this process's XLA flags) and in torch (a thread for each core
+this process may run on), and the machine's read rate: XLA summing a float32 buffer of the same size.
 Prints one JSON object: per library (`passes`) the pass's median seconds over `--steps`, the weights' bytes
 read per second and that as a share of the read rate. What it showed is in docs/benchmarks.md (the
 PPO iteration against TRL, generation).
@@ -29,11 +29,8 @@ from tools._common import cpu_info, parser, report  # noqa: E402
 
 def shapes(cfg) -> list[tuple[int, int]]:
     """(k, n) of every weight one decode step reads, layer by layer, the LM head last."""
-    from tools.benchmark_pipeline import matmul_mix
-    mix = matmul_mix(cfg)
-    head = (cfg.d_model, cfg.vocab_size)
-    per_layer = [kn for kn, count in mix.items() if kn != head for _ in range(count // cfg.n_layers)]
-    return per_layer * cfg.n_layers + [head]
+    from tools.benchmark_pipeline import layer_products
+    return layer_products(cfg) * cfg.n_layers + [(cfg.d_model, cfg.vocab_size)]
 
 
 def _median(fn, steps: int) -> float:
@@ -47,15 +44,20 @@ def _median(fn, steps: int) -> float:
     return times[len(times) // 2]
 
 
-def xla_pass(kns, rows: int, steps: int) -> float:
+def xla_program(kns, rows: int):
+    """(jitted pass, its arguments): every weight of `kns` times `rows` rows, each product's result
+    summed, so that each product runs and none waits for another."""
     import jax
     import jax.numpy as jnp
     key = jax.random.key(0)
     weights = [jax.random.normal(jax.random.fold_in(key, i), kn, jnp.float32) for i, kn in enumerate(kns)]
     xs = {k: jax.random.normal(jax.random.fold_in(jax.random.key(1), k), (rows, k), jnp.float32) for k, _ in kns}
-    # every product's result summed: each product runs, and no product waits for another's
-    one = jax.jit(lambda xs, ws: sum(jnp.sum(xs[w.shape[0]] @ w) for w in ws))
-    return _median(lambda: one(xs, weights).block_until_ready(), steps)
+    return jax.jit(lambda xs, ws: sum(jnp.sum(xs[w.shape[0]] @ w) for w in ws)), (xs, weights)
+
+
+def xla_pass(kns, rows: int, steps: int) -> float:
+    one, args = xla_program(kns, rows)
+    return _median(lambda: one(*args).block_until_ready(), steps)
 
 
 def torch_pass(kns, rows: int, steps: int) -> float:
@@ -96,13 +98,14 @@ def main(argv=None) -> dict:
     nbytes = 4 * sum(k * n for k, n in kns)
     rate = read_rate(nbytes, args.steps)
     threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may run on
     try:
+        torch_threads = torch.get_num_threads()
         seconds = {"xla": xla_pass(kns, args.rows, args.steps), "torch": torch_pass(kns, args.rows, args.steps)}
     finally:
         torch.set_num_threads(threads)
     out = {"cpu": cpu_info(), "jax": jax.__version__, "torch": torch.__version__,
-           "model": args.model,
+           "torch_threads": torch_threads, "model": args.model,
            "rows": args.rows, "steps": args.steps, "products": len(kns), "weight_bytes": nbytes,
            "read_bytes_per_s": rate,
            "passes": {lib: {"pass_s": s, "weight_bytes_per_s": nbytes / s, "share_of_read_rate": nbytes / s / rate}
