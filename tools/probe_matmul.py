@@ -5,8 +5,8 @@
 
 The products of one forward pass of the model (`--model`, a preset: each layer's q, k, v, o,
 gate, up and down, the LM head; tools/benchmark_pipeline.py's `matmul_mix`), `--rows` tokens
-each, timed alone (median of `--steps`) with both libraries in this process (torch with as many
-threads as this machine has cores), per dtype. bfloat16 products take bfloat16 operands and
+each, timed alone (median of `--steps`) with both libraries in this process (torch with a thread
+for each core this process may run on), per dtype. bfloat16 products take bfloat16 operands and
 return bfloat16, as a step in bfloat16 compute runs them. Prints one JSON object: per dtype and
 library the rate weighted as a forward pass uses the shapes, and each probe. What it shows on a
 CPU with bfloat16 matrix units (AMX) is written up in docs/benchmarks.md.
@@ -43,7 +43,7 @@ def main(argv=None) -> dict:
 
     from tools.benchmark_pipeline import matmul_rate, torch_matmul_rate
     threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may run on
     cfg = PRESETS[args.model]
     out = {"cpu": cpu_info(), "jax": jax.__version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
            "model": args.model, "rows": args.rows, "steps": args.steps, "rates": {}}
