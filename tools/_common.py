@@ -7,7 +7,9 @@ works when the tool is run as a script and when a test loads it by path.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 from pathlib import Path
 
 from rlhf_jax.hostenv import cpu_info, host  # noqa: F401  (the tools' JSON names the machine)
@@ -20,6 +22,20 @@ def parser(doc: str | None, out: bool = False) -> argparse.ArgumentParser:
     if out:
         ap.add_argument("--out", default="", help="also write the JSON here")
     return ap
+
+
+@contextlib.contextmanager
+def torch_on_every_core():
+    """torch with a thread for each core this process may run on (its affinity, not the machine's
+    count, which would oversubscribe a narrower affinity); the caller's count restored after.
+    Yields that thread count."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)  # as it was (tests call the tools' main in their own process)
 
 
 def report(result, out: str | Path = "", indent: int = 2, **dumps) -> str:

@@ -6,49 +6,37 @@
 
 Sampling one token for `--rows` sequences multiplies a few rows by every weight matrix of the model
 (`--model`, a preset: each layer's q, k, v, o, gate, up and down, then the LM head;
-tools/benchmark_pipeline.py's `matmul_mix`): each weight is read once per token, so the step is
+tools/benchmark_pipeline.py's `layer_products`): each weight is read once per token, so the step is
 bound by how fast the products read their weights. This times one such pass, every layer with its
 own weights (as a model's decode step reads them: from memory, not from a cache that a repeated
 single product would hit), in XLA (this process's XLA flags) and in torch (a thread for each core
 this process may run on), and the machine's read rate: XLA summing a float32 buffer of the same size.
-Prints one JSON object: per library (`passes`) the pass's median seconds over `--steps`, the weights' bytes
-read per second and that as a share of the read rate. What it showed is in docs/benchmarks.md (the
+Prints one JSON object: per library (`passes`) the pass's median seconds over `--steps` (after a
+warm-up call), the weights' bytes read per second and that as a share of the read rate. What it showed is in docs/benchmarks.md (the
 PPO iteration against TRL, generation).
 """
 from __future__ import annotations
 
-import os
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools._common import cpu_info, parser, report  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from tools._common import cpu_info, parser, report, torch_on_every_core  # noqa: E402
+from tools.benchmark_pipeline import layer_products, median_time  # noqa: E402
 
 
 def shapes(cfg) -> list[tuple[int, int]]:
     """(k, n) of every weight one decode step reads, layer by layer, the LM head last."""
-    from tools.benchmark_pipeline import layer_products
     return layer_products(cfg) * cfg.n_layers + [(cfg.d_model, cfg.vocab_size)]
-
-
-def _median(fn, steps: int) -> float:
-    fn()  # compile, warm
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    times.sort()
-    return times[len(times) // 2]
 
 
 def xla_program(kns, rows: int):
     """(jitted pass, its arguments): every weight of `kns` times `rows` rows, each product's result
     summed, so that each product runs and none waits for another."""
-    import jax
-    import jax.numpy as jnp
     key = jax.random.key(0)
     weights = [jax.random.normal(jax.random.fold_in(key, i), kn, jnp.float32) for i, kn in enumerate(kns)]
     xs = {k: jax.random.normal(jax.random.fold_in(jax.random.key(1), k), (rows, k), jnp.float32) for k, _ in kns}
@@ -57,7 +45,7 @@ def xla_program(kns, rows: int):
 
 def xla_pass(kns, rows: int, steps: int) -> float:
     one, args = xla_program(kns, rows)
-    return _median(lambda: one(*args).block_until_ready(), steps)
+    return median_time(lambda: one(*args), steps)
 
 
 def torch_pass(kns, rows: int, steps: int) -> float:
@@ -69,16 +57,14 @@ def torch_pass(kns, rows: int, steps: int) -> float:
     def one():
         with torch.no_grad():
             return sum(float((xs[w.shape[0]] @ w).sum()) for w in weights)
-    return _median(one, steps)
+    return median_time(one, steps)
 
 
 def read_rate(nbytes: int, steps: int) -> float:
     """Bytes per second XLA reads summing a float32 buffer of `nbytes`."""
-    import jax
-    import jax.numpy as jnp
     buf = jnp.ones((nbytes // 4,), jnp.float32)
     total = jax.jit(jnp.sum)
-    return nbytes / _median(lambda: total(buf).block_until_ready(), steps)
+    return nbytes / median_time(lambda: total(buf), steps)
 
 
 def main(argv=None) -> dict:
@@ -92,18 +78,12 @@ def main(argv=None) -> dict:
         raise SystemExit(f"error: unknown model {args.model!r}; valid: {', '.join(PRESETS)}")
     if args.rows < 1 or args.steps < 1:
         raise SystemExit("error: --rows and --steps must be at least 1")
-    import jax
     import torch
     kns = shapes(PRESETS[args.model])
     nbytes = 4 * sum(k * n for k, n in kns)
     rate = read_rate(nbytes, args.steps)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may run on
-    try:
-        torch_threads = torch.get_num_threads()
+    with torch_on_every_core() as torch_threads:
         seconds = {"xla": xla_pass(kns, args.rows, args.steps), "torch": torch_pass(kns, args.rows, args.steps)}
-    finally:
-        torch.set_num_threads(threads)
     out = {"cpu": cpu_info(), "jax": jax.__version__, "torch": torch.__version__,
            "torch_threads": torch_threads, "model": args.model,
            "rows": args.rows, "steps": args.steps, "products": len(kns), "weight_bytes": nbytes,

@@ -13,13 +13,12 @@ CPU with bfloat16 matrix units (AMX) is written up in docs/benchmarks.md.
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools._common import cpu_info, parser, report  # noqa: E402
+from tools._common import cpu_info, parser, report, torch_on_every_core  # noqa: E402
 
 DTYPES = ("float32", "bfloat16")
 
@@ -42,18 +41,14 @@ def main(argv=None) -> dict:
     import torch
 
     from tools.benchmark_pipeline import matmul_rate, torch_matmul_rate
-    threads = torch.get_num_threads()
-    torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may run on
     cfg = PRESETS[args.model]
-    out = {"cpu": cpu_info(), "jax": jax.__version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-           "model": args.model, "rows": args.rows, "steps": args.steps, "rates": {}}
-    try:
+    with torch_on_every_core() as threads:
+        out = {"cpu": cpu_info(), "jax": jax.__version__, "torch": torch.__version__, "torch_threads": threads,
+               "model": args.model, "rows": args.rows, "steps": args.steps, "rates": {}}
         for dtype in dtypes:
             xla = matmul_rate(cfg, args.rows, args.steps, dtype)
             pt = torch_matmul_rate(cfg, args.rows, args.steps, dtype)
             out["rates"][dtype] = {"xla": xla, "torch": pt, "torch_over_xla": pt["gflop_per_s"] / xla["gflop_per_s"]}
-    finally:
-        torch.set_num_threads(threads)  # as it was (a test calls main in its own process)
     report(out, args.out)
     return out
 
