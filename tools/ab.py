@@ -2,19 +2,23 @@
 
     python tools/ab.py --pairs 3 --a-root ../parent --pick ours.iteration_s,ours.scoring_s \
         -- tools/benchmark_tunix.py --steps 3 --no-tunix
-    python tools/ab.py --pairs 3 --a-env RLHF_JAX_YNN_FUSION=0 --pick sft.step_s \
+    python tools/ab.py --pairs 3 --a-env RLHF_JAX_YNN_FUSION=0 --pick shapes.smollm2.ours.sft.step_s \
         -- tools/benchmark_pipeline.py --shapes smollm2 --no-trl
 
 Runs the tool after `--` once per side and pair, each in a fresh Python process (XLA reads its
 flags once per process, and a process's first steps pay for its allocations): A then B in odd
-pairs, B then A in even ones, so a drift of the machine's speed within an hour (10-20% on this VM)
-or an effect of going second weighs on both sides alike; only ratios within a pair are read. A side is the code of a checkout (`--a-root`, `--b-root`:
-e.g. a `git worktree` of the parent commit; default this one) and environment variables
-(`--a-env`, `--b-env`, KEY=VALUE, repeatable). The tool (a path relative to the checkout) runs
-with its checkout as working directory and `--out FILE` appended; `--pick` names the numbers read
-from that JSON (dotted paths). Both sides share JAX's persistent compile cache; the timing tools
-report steps after their compiling one, so that changes compile times only. Prints one JSON object: the sides, every run's picked numbers, their medians, and per
-number in how many pairs B took less than A (numbers that are times: smaller is better).
+pairs, B then A in even ones, so a drift of the machine's speed within an hour (10-20% on this
+VM) or an effect of going second weighs on both sides alike; only ratios within a pair are read.
+
+A side is the code of a checkout (`--a-root`, `--b-root`: e.g. a `git worktree` of the parent
+commit; default this one) and environment variables (`--a-env`, `--b-env`, KEY=VALUE,
+repeatable). The tool (a path relative to the checkout) runs with its checkout as working
+directory and `--out FILE` appended; `--pick` names the numbers read from that JSON (dotted
+paths). Both sides share JAX's persistent compile cache; the timing tools report steps after
+their compiling one, so that changes compile times only.
+
+Prints one JSON object: the sides, every run's picked numbers, their medians, and per number in
+how many pairs B took less than A (numbers that are times: smaller is better).
 """
 from __future__ import annotations
 

@@ -220,7 +220,8 @@ def ppo_times(shape: dict, lm, scalar, tx, sched, ids, steps: int) -> dict:
     # the new parameters and optimizer state are returned, as in a run: with the loss alone XLA
     # drops the backward pass and the optimizer step as dead code. The old ones are donated and
     # the new ones passed on, as the iteration does: without, every call wrote the new state
-    # (3.2 GB at the SmolLM2 shape) to freshly mapped memory, paid for in page faults
+    # (3.2 GB at the SmolLM2 shape) to new buffers and took 5.61 s against 3.79 s donated
+    # (docs/benchmarks.md, the update phase's figure before the fix)
     upd = jax.jit(lambda p, o, d, r: ppo_lib.update(pcfg, models, tx, p, o, d, {}, r), donate_argnums=(0, 1))
     held = []
 
