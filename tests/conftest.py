@@ -37,15 +37,24 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs",
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+# The default selection's programs are tiny, so XLA's compile time dominates it (docs/tests.md): LLVM
+# without optimisation (O0: a micro pipeline run compiles in 40 s against 62 s), and XLA:CPU's
+# loop-fusion code emitted by its older direct-to-LLVM emitter instead of the MLIR fusion emitters
+# (the micro pipeline's programs compile in 5.8 s against 14.9 s)
+TEST_COMPILE_FLAGS = {"xla_backend_optimization_level": "0", "xla_cpu_use_fusion_emitters": "false"}
+
+
 def pytest_configure(config):
-    """The default selection's programs are tiny, so XLA's compile time dominates it: there LLVM
-    runs without optimisation (O0), which compiles a micro pipeline run in 40 s against 62 s
-    (docs/tests.md). The numbers are the same function under another instruction schedule, which
-    every tolerance already allows for (tests/tolerance.py). Other selections (`-m slow`: the real
-    model, whose step O0 makes 1.5x slower) and a caller's own level keep theirs. Set here, before
-    any test initialises a JAX backend and before any child process is started."""
-    if config.getoption("markexpr") == "not slow" and "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
-        os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
+    """TEST_COMPILE_FLAGS for the default selection. The numbers are the same functions compiled into
+    other instructions, which every tolerance already allows for (tests/tolerance.py). Other
+    selections (`-m slow`: the real model, whose step O0 makes 1.5x slower) and a caller's own
+    setting of a flag keep theirs. Set here, before any test initialises a JAX backend and before
+    any child process is started."""
+    if config.getoption("markexpr") != "not slow":
+        return
+    for flag, value in TEST_COMPILE_FLAGS.items():
+        if flag not in os.environ["XLA_FLAGS"]:
+            os.environ["XLA_FLAGS"] += f" --{flag}={value}"
 
 
 @pytest.hookimpl(trylast=True)  # after -m and -k have deselected

@@ -53,7 +53,10 @@ def test_profile_of_sampling_counts_each_layer_of_each_new_token(tool, decode_la
     jitted, args = tool.build_generate(cfg, 2, 8, 4)
     out = tool.profile(jitted, args, repeats=2, top=400, state=False)
     layer_matmuls = [r for r in out["top"] if r["kind"] == "matmul" and "while/body" in r["op_name"]]
-    weight_slices = [r for r in out["top"] if r["fused"] == ["dynamic-slice"] and r["calls"] == 3 * 4]
+    # a dynamic slice alone: a fusion of one, or bare where XLA's older fusion emitter compiles it (the suite's
+    # TEST_COMPILE_FLAGS)
+    alone = lambda r: r["fused"] == ["dynamic-slice"] or (not r["fused"] and r["op"].startswith("dynamic_slice"))
+    weight_slices = [r for r in out["top"] if alone(r) and r["calls"] == 3 * 4]
     if decode_layers == "scan":
         # the prefill's layers (3), the decode's LM head once per token (4), its layers (3 x 4)
         assert {r["calls"] for r in layer_matmuls} == {3, 4, 3 * 4}, layer_matmuls
