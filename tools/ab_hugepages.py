@@ -40,7 +40,7 @@ def child(case: str, steps: int) -> None:
         import torch
         import transformers
 
-        torch.set_num_threads(os.cpu_count())
+        torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may use (tools/_common.py)
         torch.manual_seed(0)
         model = transformers.AutoModelForCausalLM.from_config(bp.hf_config(cfg.replace(bos_token_id=1)),
                                                               dtype=torch.float32)
