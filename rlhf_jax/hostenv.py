@@ -147,6 +147,12 @@ def prepare_process() -> None:
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its affinity where the platform has one, else the
+    machine's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def cpu_info() -> dict:
     """This machine's CPU as a timing depends on it: the model name and clock, the cores this
     process may run on (its affinity) and the machine's count, the instruction sets that change
@@ -154,8 +160,7 @@ def cpu_info() -> dict:
     bfloat16 matmul several times a float32 one's speed), and what XLA_FLAGS sets of XLA's code: a cap on
     its instruction sets, its library fusions (`xla_cpu_defaults`)."""
     import platform
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info = {"model": platform.processor() or platform.machine(), "cores": cores,
+    info = {"model": platform.processor() or platform.machine(), "cores": usable_cores(),
             "machine_cores": os.cpu_count(), "mhz": None, "isa": [], "xla_max_isa": None,
             "xla_ynn_fusion": None}
     for flag in os.environ.get("XLA_FLAGS", "").split():

@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 from pathlib import Path
 
-from rlhf_jax.hostenv import cpu_info, host  # noqa: F401  (the tools' JSON names the machine)
+from rlhf_jax.hostenv import cpu_info, host, usable_cores  # noqa: F401  (the tools' JSON names the machine)
 
 
 def parser(doc: str | None, out: bool = False) -> argparse.ArgumentParser:
@@ -31,7 +30,7 @@ def torch_on_every_core():
     Yields that thread count."""
     import torch
     before = torch.get_num_threads()
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.set_num_threads(usable_cores())
     try:
         yield torch.get_num_threads()
     finally:

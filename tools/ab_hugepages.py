@@ -40,7 +40,8 @@ def child(case: str, steps: int) -> None:
         import torch
         import transformers
 
-        torch.set_num_threads(len(os.sched_getaffinity(0)))  # the cores this process may use (tools/_common.py)
+        from rlhf_jax.hostenv import usable_cores
+        torch.set_num_threads(usable_cores())
         torch.manual_seed(0)
         model = transformers.AutoModelForCausalLM.from_config(bp.hf_config(cfg.replace(bos_token_id=1)),
                                                               dtype=torch.float32)
