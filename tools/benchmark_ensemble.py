@@ -44,7 +44,7 @@ def main():
     single = rm_lib.make_rm_step(members[0].graphdef, tx, sched, center_coef=0.01)
 
     def run(step, state, batches):
-        jax.block_until_ready(step(state, batches[0], jax.random.key(0)))  # compile
+        state, _ = jax.block_until_ready(step(state, batches[0], jax.random.key(0)))  # compile
         t = time.perf_counter()
         for i in range(args.steps):
             for b in batches:
@@ -53,9 +53,10 @@ def main():
         return (time.perf_counter() - t) / args.steps
 
     stacked = rm_lib.stack([m.params for m in members])
-    vm = run(jax.jit(rm_lib.ensemble_step(single)),
+    # the state donated and the new one passed on, as the `rm` stage runs its step
+    vm = run(jax.jit(rm_lib.ensemble_step(single), donate_argnums=0),
              TrainState(stacked, jax.vmap(tx.init)(stacked), jnp.zeros((k,), jnp.int32)), [batch_k])
-    one = jax.jit(single)
+    one = jax.jit(single, donate_argnums=0)
     p0 = members[0].params
     per_member = [{key: v[:, i] for key, v in batch_k.items()} for i in range(k)]
     sep = run(one, TrainState(p0, tx.init(p0), jnp.zeros((), jnp.int32)), per_member)
