@@ -172,12 +172,12 @@ def ours(shape: dict, steps: int, mesh=None) -> dict:
                   "share_of_matmul_rate": gflops / rate["gflop_per_s"]}
     out["matmul"] = rate
 
-    # the rm stage's step: an ensemble of one (members on axis 0 of the state, axis 1 of the batch)
+    # the rm stage's step: `ensemble_step` on one member's state (`member_state`), the batch's
+    # member axis 1
     rm_tokens = ids(R, 1, 2, T)
     rm_batch = {"tokens": rm_tokens, "mask": jnp.ones_like(rm_tokens), "ranks": jnp.tile(jnp.arange(2), (R, 1, 1)),
                 "valid": jnp.ones((R, 1, 2), bool)}
-    members = rm_lib.stack([copy(scalar.params)])
-    state = TrainState(members, jax.vmap(tx.init)(members), jnp.zeros((1,), jnp.int32))
+    state = rm_lib.member_state([copy(scalar.params)], tx)
     t = time_step(rm_lib.ensemble_step(rm_lib.make_rm_step(scalar.graphdef, tx, sched)), state, rm_batch)
     out["rm"] = {"step_s": t, "tokens_per_s": R * 2 * T / t}
 

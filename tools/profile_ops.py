@@ -144,10 +144,12 @@ def profile(jitted, args, repeats: int, top: int = 25, state: bool = False) -> d
         events = trace_events(logdir)
     per_op = collections.Counter()
     count = collections.Counter()
+    executed = []
     for e in events:
         ins = instructions.get(e["name"])
         if ins is None or ins["opcode"] in CONTAINERS:
             continue
+        executed.append(e)
         per_op[e["name"]] += e["dur"] / 1e6 / repeats
         count[e["name"]] += 1
     groups = {g: collections.Counter() for g in ("phase", "kind", "phase_kind", "source")}
@@ -165,8 +167,23 @@ def profile(jitted, args, repeats: int, top: int = 25, state: bool = False) -> d
              "source": instructions[n]["source"], "op_name": instructions[n]["op_name"][-120:]}
             for n, s in per_op.most_common(top)]
     return {"wall_s": float(np.median(walls)), "ops_s": total, "flops": _flops(compiled),
+            "concurrency_s": concurrency(executed, repeats),
             "by_phase": table(groups["phase"]), "by_kind": table(groups["kind"]),
             "by_phase_kind": table(groups["phase_kind"]), "by_source": table(groups["source"])[:20], "top": rows}
+
+
+def concurrency(events: list[dict], repeats: int = 1) -> dict[str, float]:
+    """{"k": seconds per call during which exactly k operations ran at once}, k >= 1, from the
+    trace's operation events (XLA:CPU runs independent operations side by side on its thread
+    pool, so the summed operation time exceeds the wall time). sum(k * seconds) is the summed
+    operation time; sum(seconds) the time any operation ran."""
+    edges = sorted([(e["ts"], 1) for e in events] + [(e["ts"] + e["dur"], -1) for e in events])
+    level, last, out = 0, None, collections.Counter()
+    for t, step in edges:
+        if level > 0:
+            out[str(level)] += (t - last) / 1e6 / repeats
+        level, last = level + step, t
+    return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
 
 
 def _flops(compiled) -> float:
@@ -196,11 +213,10 @@ def build_step(step: str, cfg, B: int, T: int, devices=None):
                  "valid": jnp.ones((B, 2), bool)}
         fn = rm_lib.make_rm_step(model.graphdef, tx, sched)
         state = TrainState(model.params, tx.init(model.params), jnp.zeros((), jnp.int32))
-        if step == "rm":  # as the stage runs it: an ensemble of one, members on axis 0 / batch axis 1
+        if step == "rm":  # as the stage runs it: `ensemble_step` on one member's state, batch axis 1
             fn = rm_lib.ensemble_step(fn)
-            params = rm_lib.stack([model.params])
             batch = jax.tree.map(lambda x: x[:, None], batch)
-            state = TrainState(params, jax.vmap(tx.init)(params), jnp.zeros((1,), jnp.int32))
+            state = rm_lib.member_state([model.params], tx)
     jitted, state = compile_step(fn, state, batch, make_mesh(devices=devices))
     return jitted, (state, batch, jax.random.key(0))
 

@@ -15,7 +15,7 @@ from rlhf_jax.models.heads import REWARD_HEADS
 from rlhf_jax.objectives.ensemble import AGGREGATORS
 from rlhf_jax.objectives.inform import KL_FORMS
 from rlhf_jax.rewards import EnsembleReward
-from rlhf_jax.stages.base import Training, adapters, stack_batches, train, train_state
+from rlhf_jax.stages.base import Training, adapters, stack_batches, train
 from rlhf_jax.stages.handoff import load_sft
 from rlhf_jax.stages.preferences import check_preference_sizes, preference_arrays, preference_stages
 from rlhf_jax.stages.registry import register_stage
@@ -100,13 +100,13 @@ def run(ctx) -> dict[str, Any]:
     members = [first] + [adapters(ctx, c, m, 13 + i, extras=("head",), base=base)[0]
                          for i, m in enumerate(members[1:], 1)]
     constants = None if base is None else (base, None)
-    # one RM is an ensemble of one: members on axis 0 of the state and axis 1 of the batch (axis 0
-    # stays the data axis), one step vmapped over them
+    # k members on axis 0 of the state (one member: the state alone) and axis 1 of the batch (axis
+    # 0 stays the data axis), one step vmapped over them
     combine = rm_lib.packed_batches(shd.batch_shards(ctx.mesh)) if c.pack else stack_batches
-    training = Training(rm_lib.ensemble_step(single), train_state(rm_lib.stack(members), tx, members=k), data,
+    training = Training(rm_lib.ensemble_step(single), rm_lib.member_state(members, tx), data,
                         total, constants=constants, combine=combine, progress_keys=("loss", "accuracy"))
     result = train(ctx, "rm", training, SALT)
-    members = [full(p) for p in rm_lib.unstack(result.state.params, k)]  # full weights, as later stages read them
+    members = [full(p) for p in rm_lib.member_params(result.state)]  # full weights, as later stages read them
     val_bs = min(c.batch_size, len(val["tokens"]))
     summary = {"steps": total, "members": k, "train_accuracy": result.last_metrics.get("accuracy"),
                "train_seconds": result.seconds,  # the training loop alone (what TRL's trainer.train() times)

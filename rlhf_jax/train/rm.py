@@ -14,6 +14,7 @@ from rlhf_jax.data.shared_prompt import packed_batch, pad_rows
 from rlhf_jax.models.forward import latent_posterior, packed_forward, per_sequence_chunks, score_at_last
 from rlhf_jax.objectives.inform import inform_loss
 from rlhf_jax.objectives.reward import bradley_terry_loss, pair_matrix
+from rlhf_jax.train.state import TrainState
 from rlhf_jax.train.step import make_train_step
 
 
@@ -138,10 +139,12 @@ def packed_batches(multiple: int):
 
 def ensemble_step(single_step):
     """A member's step vmapped over members (state axis 0, batch axis 1); metrics averaged,
-    with the weakest member's accuracy kept. One member runs the step itself on the squeezed
-    axis: the vmapped program of one member was 13% slower at the SmolLM2 shape (batched
-    matmuls of batch 1; `docs/benchmarks.md`), and this way an ensemble of one is exactly the
-    single model's step."""
+    with the weakest member's accuracy kept. A state with a scalar step counter is one member
+    stored without the member axis (`member_state` for k = 1): the member's own step runs on it
+    with the batch's member axis squeezed. The vmapped program of one member was 13% slower at
+    the SmolLM2 shape (batched matmuls of batch 1), and a stacked member of one, squeezed and
+    restacked around the step, made XLA copy the donated optimizer state every step (4-6%;
+    docs/benchmarks.md). A stacked state of one member still runs, squeezed."""
     vstep = jax.vmap(single_step, in_axes=(0, 1, None, None))
 
     def one(state, batch, rng, constants):
@@ -149,12 +152,30 @@ def ensemble_step(single_step):
                                constants)
         return jax.tree.map(lambda x: x[None], state), jax.tree.map(lambda x: x[None], m)
 
+    def alone(state, batch, rng, constants):
+        state, m = single_step(state, jax.tree.map(lambda x: jax.lax.squeeze(x, (1,)), batch), rng, constants)
+        return state, jax.tree.map(lambda x: x[None], m)
+
     def step(state, batch, rng, constants=None):  # constants (a shared frozen base) are not per member
-        k = state.step.shape[0]  # the member axis (static)
-        state, m = (one if k == 1 else vstep)(state, batch, rng, constants)
+        k = state.step.shape[0] if state.step.ndim else 0  # the member axis (static); 0: none
+        state, m = (alone if k == 0 else one if k == 1 else vstep)(state, batch, rng, constants)
         return state, {**{k: v.mean() for k, v in m.items()}, "accuracy_min": m["accuracy"].min()}
 
     return step
+
+
+def member_state(members: list, tx) -> TrainState:
+    """The training state of k members for `ensemble_step`: stacked on axis 0 (the optimizer
+    initialised per member), or for k = 1 the member alone, without the member axis."""
+    if len(members) == 1:
+        return TrainState(members[0], jax.jit(tx.init)(members[0]), jnp.zeros((), jnp.int32))
+    stacked = stack(members)
+    return TrainState(stacked, jax.jit(jax.vmap(tx.init))(stacked), jnp.zeros((len(members),), jnp.int32))
+
+
+def member_params(state: TrainState) -> list:
+    """The members' parameters of a `member_state` (or of a stacked state of any k)."""
+    return [state.params] if state.step.ndim == 0 else unstack(state.params, state.step.shape[0])
 
 
 def ensemble_held_out(graphdef, stacked, arrays, batch_size: int, aggregate, score_members,

@@ -84,11 +84,14 @@ def test_vmapped_ensemble_step_equals_separate_steps():
     scores = EnsembleReward(graphdef, None).member_scores(state.params, jnp.asarray(batches[0]["tokens"][:, 0]),
                                                           jnp.asarray(batches[0]["mask"][:, 0]))
     assert scores.shape == (k, 8)
+    assert [jax.tree.map(jnp.shape, p) for p in rm_lib.member_params(state)] == \
+        [jax.tree.map(jnp.shape, p) for p in members]
 
 
 def test_ensemble_of_one_is_the_single_step():
-    """k = 1 runs the member's own step on the squeezed axis (no vmap): the state and metrics are
-    the single model's, bit for bit, under Adam's ordinary eps."""
+    """k = 1 runs the member's own step (no vmap), on the member alone (`member_state`, as the rm
+    stage keeps it) or on a stacked state of one, squeezed: the state and metrics are the single
+    model's, bit for bit, under Adam's ordinary eps."""
     tok = synthetic.tokenizer()
     cfg = PRESETS["test"].replace(vocab_size=len(tok), eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     arrays, _ = ranking_arrays(synthetic.ranking_records(synthetic.WorldConfig(seed=0), 8, k=3), tok,
@@ -108,3 +111,12 @@ def test_ensemble_of_one_is_the_single_step():
     for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(plain_state.params)):
         np.testing.assert_array_equal(np.asarray(a)[0], np.asarray(b))
     assert int(new.step[0]) == 1
+    alone = rm_lib.member_state([model.params], tx)  # no member axis: the step counter is a scalar
+    assert alone.step.ndim == 0 and jax.tree.map(jnp.shape, alone.params) == jax.tree.map(jnp.shape, model.params)
+    new, m = jax.jit(rm_lib.ensemble_step(single), donate_argnums=0)(
+        alone, jax.tree.map(lambda x: x[:, None], batch), jax.random.key(0))
+    assert float(m["loss"]) == float(plain_m["loss"]) and float(m["accuracy_min"]) == float(plain_m["accuracy"])
+    (params,) = rm_lib.member_params(new)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(plain_state.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert int(new.step) == 1

@@ -39,6 +39,18 @@ def test_profile_of_a_scanned_step_counts_every_layer(tool):
     assert {"forward", "backward"} <= phases
     layer_matmuls = [r for r in out["top"] if r["kind"] == "matmul" and "while/body" in r["op_name"]]
     assert layer_matmuls and all(r["calls"] == 3 for r in layer_matmuls)
+    # time with k operations at once, weighted by k, is the summed operation time (microsecond
+    # timestamps summed in float64: exact to far below a microsecond)
+    levels = out["concurrency_s"]
+    assert levels and sum(int(k) * s for k, s in levels.items()) == pytest.approx(out["ops_s"], rel=1e-9)
+
+
+def test_concurrency_of_hand_placed_events(tool):
+    """Three operations traced over 2 calls, in microseconds: A 0-10, B 5-15, C 20-30. One runs
+    alone during 0-5, 10-15 and 20-30 (20 us, 10 per call), two at once during 5-10 (2.5 per call)."""
+    events = [{"ts": 0, "dur": 10}, {"ts": 5, "dur": 10}, {"ts": 20, "dur": 10}]
+    got = tool.concurrency(events, repeats=2)
+    assert got == pytest.approx({"1": (5 + 5 + 10) / 2 / 1e6, "2": 5 / 2 / 1e6})
 
 
 @pytest.mark.parametrize("decode_layers", ["scan", "per_layer"])
