@@ -143,8 +143,8 @@ def ensemble_step(single_step):
     stored without the member axis (`member_state` for k = 1): the member's own step runs on it
     with the batch's member axis squeezed. The vmapped program of one member was 13% slower at
     the SmolLM2 shape (batched matmuls of batch 1), and a stacked member of one, squeezed and
-    restacked around the step, made XLA copy the donated optimizer state every step (4-6%;
-    docs/benchmarks.md). A stacked state of one member still runs, squeezed."""
+    restacked around the step, made XLA copy the donated optimizer state every step (5-8% of
+    the step; docs/benchmarks.md). A stacked state of one member still runs, squeezed."""
     vstep = jax.vmap(single_step, in_axes=(0, 1, None, None))
 
     def one(state, batch, rng, constants):
