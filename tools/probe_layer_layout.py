@@ -62,10 +62,9 @@ def fused_block(cfg, w, x, positions, mask):
 
 def build(variant: str, cfg, batch: int, seq: int):
     """(jitted step, state, tokens) for one layout; the step is (state, tokens) -> (state, loss)."""
-    model = nnx.merge(*(lambda m: (m.graphdef, m.params))(init_model(cfg, seed=0)))
-    stacked = model.blocks.weights()
-    blocks = stacked if variant in ("scan", "unrolled") else [
-        jax.tree.map(lambda a, i=i: jnp.array(a[i]), stacked) for i in range(cfg.n_layers)]
+    init = init_model(cfg, seed=0)
+    model = nnx.merge(init.graphdef, init.params)
+    blocks = model.blocks.weights() if variant in ("scan", "unrolled") else model.blocks.per_layer()
     params = {"embed": model.embed[...], "final_norm_scale": model.final_norm_scale[...], "blocks": blocks}
     tokens = jnp.asarray(np.random.default_rng(0).integers(3, cfg.vocab_size, (batch, seq)), jnp.int32)
     positions = jnp.broadcast_to(jnp.arange(seq), (batch, seq))

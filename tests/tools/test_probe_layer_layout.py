@@ -33,7 +33,7 @@ def test_every_layout_computes_the_scans_loss_and_step():
             assert np.abs(a - params["scan"][k]).max() <= tol.adam_flip_bound([1e-5], 0.9, 0.95)
 
 
-def test_the_probe_runs_and_rejects_unknown_names(capsys):
+def test_the_probe_runs_and_rejects_unknown_names():
     out = probe.main(["--model", "test", "--layers", "2", "--repeats", "1", "--variants", "scan,per_layer"])
     assert set(out) == {"scan", "per_layer"} and out["scan"]["speedup_vs_scan"] == 1.0
     assert out["per_layer"]["first_loss"] == pytest.approx(out["scan"]["first_loss"], rel=1e-5)
