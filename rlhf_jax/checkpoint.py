@@ -42,7 +42,8 @@ class Checkpointer:
     def __init__(self, directory: str | Path, max_to_keep: int = 2):
         self.directory = Path(directory).absolute()
         self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True))
+            max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True),
+            item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -55,10 +56,18 @@ class Checkpointer:
     def restore(self, like: Any, step: int | None = None) -> tuple[Any, dict]:
         """(state shaped and sharded like `like`, meta) from `step` (default: the latest)."""
         step = self.latest_step() if step is None else step
+        check_shapes(self._stored(step), like)
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
         out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                                  meta=ocp.args.JsonRestore()))
         return out["state"], dict(out["meta"])
+
+    def _stored(self, step: int):
+        """The metadata tree of step's state; None where it cannot be read (the restore then says why)."""
+        try:
+            return self.manager.item_metadata(step)["state"]
+        except Exception:  # noqa: BLE001
+            return None
 
     def restore_latest_readable(self, like: Any, stage: str = "") -> tuple[Any, dict] | None:
         """The newest checkpoint that restores, falling back (with a warning naming it) past
@@ -79,6 +88,28 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def _names(path) -> tuple[str, ...]:
+    """A key path as plain names: a field, a dict key and a list index alike (orbax stores a
+    dataclass or named tuple as a dict of its fields)."""
+    return tuple(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k)))) for k in path)
+
+
+def check_shapes(stored, like) -> None:
+    """ValueError naming the first leaf whose stored shape differs from `like`'s, or that only one
+    side has. Checked before restoring: a mismatched restore fails inside orbax's asynchronous
+    reads, which then print a traceback for every read still in flight. `stored` is orbax's
+    metadata tree (None: nothing to check)."""
+    if stored is None:
+        return
+    have = {_names(p): tuple(m.shape) for p, m in jax.tree_util.tree_leaves_with_path(stored)}
+    want = {_names(p): tuple(np.shape(x)) for p, x in jax.tree_util.tree_leaves_with_path(like)}
+    for key in sorted(want.keys() | have.keys()):
+        if have.get(key) != want.get(key):
+            said = lambda s: "absent" if s is None else str(s)
+            raise ValueError(f"{'/'.join(key)}: stored shape {said(have.get(key))}, this run's {said(want.get(key))} "
+                             f"(written by another configuration or version)")
 
 
 # --- stage hand-off files: WORKDIR/<stage>/final (parameters) and summary.json ---------------
@@ -163,6 +194,7 @@ def load_final(workdir: str | Path, stage: str, like):
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
     try:
         with ocp.StandardCheckpointer() as ckptr:
+            check_shapes(ckptr.metadata(path).item_metadata, like)
             return ckptr.restore(path, abstract)
     except Exception as e:  # noqa: BLE001
         raise CorruptFileError(f"{path}: the final parameters of stage {stage!r} cannot be read "

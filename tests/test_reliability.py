@@ -146,6 +146,27 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, st
     assert numbers(resumed) == numbers(summary)
 
 
+def test_a_checkpoint_of_another_shape_is_refused_naming_the_leaf(tmp_path, capfd):
+    """A checkpoint whose arrays have other shapes than the run's state (another configuration or
+    version) is refused before orbax reads it, naming the first such leaf, with no traceback from
+    orbax's asynchronous reads (it printed one per read in flight)."""
+    import jax.numpy as jnp
+    ckpt = checkpoint.Checkpointer(tmp_path / "ckpt")
+    ckpt.save(3, {"params": {"w": jnp.zeros((1, 4, 2)), "b": jnp.zeros(2)}, "step": jnp.zeros((), jnp.int32)}, {})
+    like = {"params": {"w": jnp.zeros((4, 2)), "b": jnp.zeros(2)}, "step": jnp.zeros((), jnp.int32)}
+    with pytest.raises(ValueError, match=r"^params/w: stored shape \(1, 4, 2\), this run's \(4, 2\)"):
+        ckpt.restore(like)
+    with pytest.raises(CorruptFileError, match="no checkpoint can be read"):
+        ckpt.restore_latest_readable(like, "rm")
+    checkpoint.save_final(tmp_path, "rm", {"w": jnp.zeros((2, 3))}, {})
+    with pytest.raises(CorruptFileError, match=r"rm/final: .*\(ValueError: v: stored shape absent, this run's \(2, 3\)"):
+        checkpoint.load_final(tmp_path, "rm", {"v": jnp.zeros((2, 3))})
+    err = capfd.readouterr().err
+    assert "params/w: stored shape (1, 4, 2)" in err and "Traceback" not in err and "Event loop" not in err
+    back, _ = ckpt.restore({"params": {"w": jnp.ones((1, 4, 2)), "b": jnp.ones(2)}, "step": jnp.ones((), jnp.int32)})
+    assert float(back["params"]["w"].sum()) == 0.0  # the same shapes restore
+
+
 def test_corrupt_files_are_named(tmp_path, straight):
     path, _ = straight
     work = tmp_path / "copy"

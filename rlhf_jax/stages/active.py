@@ -41,7 +41,7 @@ from rlhf_jax.data import synthetic
 from rlhf_jax.data.tokenize import decode, ranking_arrays
 from rlhf_jax.objectives import bon as bon_lib
 from rlhf_jax.rewards import EnsembleReward, score_in_chunks
-from rlhf_jax.stages.base import stack_batches, train_state
+from rlhf_jax.stages.base import stack_batches
 from rlhf_jax.stages.handoff import load_sft
 from rlhf_jax.stages.registry import listed, register_stage
 from rlhf_jax.stages.reward import reward_model
@@ -126,10 +126,10 @@ def train_members(ctx, pool, labels: list[list[int]], round_: int, compiled: dic
     total = a.steps or max(a.min_steps, a.epochs * data[names[0]].steps_per_epoch)
     heads = [reward_model(ctx, seed=s) for s in head_seeds(c.seed, a.members)]
     sft = load_sft(ctx)
-    members = rm_lib.stack([rm_lib.init_from_sft(sft, h.params) for h in heads])
+    members = [rm_lib.init_from_sft(sft, h.params) for h in heads]
     tx, sched = optim.from_config(a, total)
     step = rm_lib.ensemble_step(rm_lib.make_rm_step(heads[0].graphdef, tx, sched, 0.0, c.rm.center_coef))
-    state = train_state(members, tx, members=a.members)
+    state = rm_lib.member_state(members, tx)
     fresh = {n: dataclasses.replace(it, epoch=0, index=0) for n, it in data.items()}  # the example leaves data as is
     example = ctx.shard(stack_batches({n: next(it) for n, it in fresh.items()}))
     if total in compiled:  # the same number of steps: the same schedule, so the same program
@@ -140,7 +140,8 @@ def train_members(ctx, pool, labels: list[list[int]], round_: int, compiled: dic
     result = run_loop(f"active/round{round_}", fn, state,
                       lambda: ctx.shard(stack_batches({n: next(it) for n, it in data.items()})), total_steps=total,
                       rng=jax.random.fold_in(ctx.rng, SALT * 1000 + round_))
-    return result.state.params, heads[0].graphdef, total, result.last_metrics.get("loss")
+    stacked = rm_lib.stacked_params(result.state)  # the member axis for every k
+    return stacked, heads[0].graphdef, total, result.last_metrics.get("loss")
 
 
 def pair_accuracy(scores_PxK: np.ndarray, gold_PxK: np.ndarray, labels_PxKxK: np.ndarray) -> dict[str, float]:

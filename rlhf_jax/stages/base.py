@@ -72,10 +72,8 @@ def adapters(ctx, block, init, salt: int, extras: tuple[str, ...] = (), base=Non
     return params, base, (lambda p: lora_lib.full(base, p, lora))
 
 
-def train_state(params, tx, members: int = 0) -> TrainState:
-    """A fresh TrainState; with `members` = k, k stacked models (optimizer initialised per member)."""
-    if members:
-        return TrainState(params, jax.jit(jax.vmap(tx.init))(params), jnp.zeros((members,), jnp.int32))
+def train_state(params, tx) -> TrainState:
+    """A fresh TrainState (k stacked members: `rm.member_state`)."""
     return TrainState(params, jax.jit(tx.init)(params), jnp.zeros((), jnp.int32))
 
 

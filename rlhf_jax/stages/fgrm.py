@@ -12,7 +12,7 @@ from rlhf_jax.data import synthetic
 from rlhf_jax.data.run_data import read_source
 from rlhf_jax.models import abstract_model
 from rlhf_jax.objectives.finegrained import parse_components, token_classes
-from rlhf_jax.stages.base import Training, train, train_state
+from rlhf_jax.stages.base import Training, train
 from rlhf_jax.stages.handoff import load_sft
 from rlhf_jax.stages.registry import listed, register_stage
 from rlhf_jax.stages.reward import category_model
@@ -92,13 +92,14 @@ def run(ctx) -> dict[str, Any]:
     total = f.steps or f.epochs * it.steps_per_epoch
     tx, sched = optim.from_config(f, total)
     step = rm_lib.ensemble_step(fg_lib.make_segment_step(graphdef, tx, sched, f.grad_accum))
-    result = train(ctx, "fgrm", Training(step, train_state(rm_lib.stack(members), tx, members=len(components)),
-                                         {"train": it}, total, progress_keys=("loss", "accuracy")), SALT)
-    held = fg_lib.held_out(graphdef, result.state.params, val, min(f.batch_size, len(val["tokens"])),
+    result = train(ctx, "fgrm", Training(step, rm_lib.member_state(members, tx), {"train": it}, total,
+                                         progress_keys=("loss", "accuracy")), SALT)
+    stacked = rm_lib.stacked_params(result.state)  # the component axis for every k
+    held = fg_lib.held_out(graphdef, stacked, val, min(f.batch_size, len(val["tokens"])),
                            [c.name for c in components])
     summary = {"steps": total, "components": [dataclasses.asdict(c) for c in components],
                "train_segments": stats["segments"], "train_positive_rate": stats["positive_rate"],
                **{f"{name}_{key}": v for name, m in held.items() for key, v in m.items()},
                "wall_seconds": time.perf_counter() - t0}
-    checkpoint.save_final(ctx.workdir, "fgrm", result.state.params, summary)
+    checkpoint.save_final(ctx.workdir, "fgrm", stacked, summary)
     return summary

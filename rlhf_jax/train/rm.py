@@ -140,25 +140,20 @@ def packed_batches(multiple: int):
 def ensemble_step(single_step):
     """A member's step vmapped over members (state axis 0, batch axis 1); metrics averaged,
     with the weakest member's accuracy kept. A state with a scalar step counter is one member
-    stored without the member axis (`member_state` for k = 1): the member's own step runs on it
-    with the batch's member axis squeezed. The vmapped program of one member was 13% slower at
-    the SmolLM2 shape (batched matmuls of batch 1), and a stacked member of one, squeezed and
-    restacked around the step, made XLA copy the donated optimizer state every step (5-8% of
-    the step; docs/benchmarks.md). A stacked state of one member still runs, squeezed."""
+    stored without the member axis (`member_state` for k = 1, as every stage keeps it): the
+    member's own step runs on it with the batch's member axis squeezed. The vmapped program of
+    one member was 13% slower at the SmolLM2 shape (batched matmuls of batch 1), and a stacked
+    member of one, squeezed and restacked around the step, made XLA copy the donated optimizer
+    state every step (5-8% of the step; docs/benchmarks.md). A stacked state of one member is
+    vmapped like any k."""
     vstep = jax.vmap(single_step, in_axes=(0, 1, None, None))
-
-    def one(state, batch, rng, constants):
-        state, m = single_step(jax.tree.map(lambda x: x[0], state), jax.tree.map(lambda x: x[:, 0], batch), rng,
-                               constants)
-        return jax.tree.map(lambda x: x[None], state), jax.tree.map(lambda x: x[None], m)
 
     def alone(state, batch, rng, constants):
         state, m = single_step(state, jax.tree.map(lambda x: jax.lax.squeeze(x, (1,)), batch), rng, constants)
         return state, jax.tree.map(lambda x: x[None], m)
 
     def step(state, batch, rng, constants=None):  # constants (a shared frozen base) are not per member
-        k = state.step.shape[0] if state.step.ndim else 0  # the member axis (static); 0: none
-        state, m = (alone if k == 0 else one if k == 1 else vstep)(state, batch, rng, constants)
+        state, m = (alone if state.step.ndim == 0 else vstep)(state, batch, rng, constants)  # static
         return state, {**{k: v.mean() for k, v in m.items()}, "accuracy_min": m["accuracy"].min()}
 
     return step
@@ -176,6 +171,11 @@ def member_state(members: list, tx) -> TrainState:
 def member_params(state: TrainState) -> list:
     """The members' parameters of a `member_state` (or of a stacked state of any k)."""
     return [state.params] if state.step.ndim == 0 else unstack(state.params, state.step.shape[0])
+
+
+def stacked_params(state: TrainState):
+    """The members' parameters of a `member_state` stacked on axis 0, for every k."""
+    return jax.tree.map(lambda x: x[None], state.params) if state.step.ndim == 0 else state.params
 
 
 def ensemble_held_out(graphdef, stacked, arrays, batch_size: int, aggregate, score_members,
