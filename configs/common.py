@@ -95,6 +95,9 @@ def base() -> ml_collections.ConfigDict:
         "steps": 0, "epochs": 1, "batch_size": 64, **optimizer(3e-3, warmup_steps=20), "dropout": 0.0,
         "freeze_layers": 0, **lora(),
         "pack": False, "eval_every": 0, "save_every": 100,
+        # each batch cut after its longest row, rounded up to cut_bucket columns (0: every batch
+        # data.max_len wide): the same loss from fewer columns, one compile per width
+        "cut_bucket": 0,
         # gradient accumulation: each batch in grad_accum slices, one slice's activations at a
         # time, the same update as the whole batch (batch_size must be divisible by it)
         "grad_accum": 1,

@@ -14,11 +14,11 @@ from typing import Any
 
 import jax
 
-from rlhf_jax import distributed, sharding as shd
+from rlhf_jax import distributed, paths, sharding as shd
 from rlhf_jax.data import corpora, synthetic
 from rlhf_jax.data.batches import BatchIterator
 from rlhf_jax.data.run_data import RunData, world_config
-from rlhf_jax.errors import ConfigError  # noqa: F401  (re-exported: raised by the config validation)
+from rlhf_jax.errors import ConfigError  # also re-exported: raised by the config validation
 from rlhf_jax.logging import NullWriter, Writer
 from rlhf_jax.models import PRESETS, Model, init_model, load_pretrained
 
@@ -87,7 +87,12 @@ def base_model(c, mesh) -> tuple[Model, Any]:
                   attention_impl=c.model.attention_impl, logits_chunk=c.model.logits_chunk,
                   vocab_chunk=c.model.vocab_chunk)  # and the memory settings (configs/common.py)
     if c.model.path:
-        model, tok = load_pretrained(Path(c.model.path).expanduser(), mesh=mesh, **dtypes, **dict(c.model.overrides))
+        path = Path(c.model.path).expanduser()
+        if not path.exists():
+            hint = ("; fetch it with `python tools/fetch_smollm2.py` (or point RLHF_JAX_SMOLLM2 at a copy)"
+                    if path == paths.smollm2_path() else "")
+            raise ConfigError(f"config.model.path: {path} does not exist{hint}")
+        model, tok = load_pretrained(path, mesh=mesh, **dtypes, **dict(c.model.overrides))
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
         return model, tok

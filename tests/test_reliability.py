@@ -159,7 +159,8 @@ def test_a_checkpoint_of_another_shape_is_refused_naming_the_leaf(tmp_path, capf
     with pytest.raises(CorruptFileError, match="no checkpoint can be read"):
         ckpt.restore_latest_readable(like, "rm")
     checkpoint.save_final(tmp_path, "rm", {"w": jnp.zeros((2, 3))}, {})
-    with pytest.raises(CorruptFileError, match=r"rm/final: .*\(ValueError: v: stored shape absent, this run's \(2, 3\)"):
+    with pytest.raises(CorruptFileError,
+                       match=r"rm/final: .*\(ValueError: v: stored shape absent, this run's \(2, 3\)"):
         checkpoint.load_final(tmp_path, "rm", {"v": jnp.zeros((2, 3))})
     err = capfd.readouterr().err
     assert "params/w: stored shape (1, 4, 2)" in err and "Traceback" not in err and "Event loop" not in err
@@ -204,6 +205,8 @@ def test_user_mistakes_and_resource_failures_get_a_message_and_an_exit_code(tmp_
     (["--config.data.max_len=0"], 2, "config.data.max_len: must be > 0"),
     (["--config.sft.lr=nan"], 2, "config.sft.lr: nan must be a positive number"),
     (["--config.sft.lr=1e30", "--config.sft.max_grad_norm=0", "--config.stages=sft"], 3, "step 3: non-finite"),
+    (["--config.model.preset=", "--config.model.path=/absent/model.gguf"], 2,
+     "config.model.path: /absent/model.gguf does not exist"),
 ])
 def test_cli_errors_are_one_line_without_traceback(tmp_path, args, code, words):
     env = child_env(1)
@@ -212,6 +215,17 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, args, code, words):
                          text=True, timeout=300)
     assert out.returncode == code, out.stderr[-2000:]
     assert words in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_missing_model_file_says_how_to_fetch_it(tmp_path, monkeypatch):
+    from rlhf_jax.context import base_model
+    from rlhf_jax.errors import ConfigError
+    monkeypatch.setenv("RLHF_JAX_SMOLLM2", str(tmp_path / "absent.gguf"))  # where the fetch tool puts it
+    c = micro()
+    c.model.path = str(tmp_path / "absent.gguf")
+    with pytest.raises(ConfigError, match=r"config\.model\.path: .*absent\.gguf does not exist; fetch it with "
+                                          r"`python tools/fetch_smollm2\.py`"):
+        base_model(c, None)
 
 
 def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path):

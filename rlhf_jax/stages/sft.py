@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from rlhf_jax import checkpoint
 from rlhf_jax.models import abstract_model
 from rlhf_jax.stages import candidates
-from rlhf_jax.stages.base import Training, adapters, train, train_state
+from rlhf_jax.stages.base import Training, adapters, merge_batches, train, train_state
 from rlhf_jax.stages.registry import register_stage
 from rlhf_jax.train import lora as lora_lib
 from rlhf_jax.train import optim
@@ -27,6 +27,8 @@ def check(c, need) -> None:
         need(not (c[block].lora_rank and c[block].freeze_layers), f"{block}.lora_rank",
              "LoRA and freeze_layers exclude each other")
     need(c.sft.candidates >= 0, "sft.candidates", "must be >= 0 (0 = keep none)")
+    for block in ("sft", "rs"):
+        need(c[block].cut_bucket >= 0, f"{block}.cut_bucket", "must be >= 0 (0 = every batch data.max_len wide)")
 
 
 def fine_tune(ctx, stage: str, train_arrays=None, init=None) -> tuple[dict[str, Any], Any]:
@@ -51,10 +53,12 @@ def fine_tune(ctx, stage: str, train_arrays=None, init=None) -> tuple[dict[str, 
     val_bs = min(c.batch_size, len(val["tokens"]))
     # the candidates stage sft_select chooses among: the merged weights at evenly spaced steps
     kept = candidates.evenly_spaced(total, c.get("candidates", 0))
+    # cut_bucket: each batch cut after its longest row (right padding: the same loss from fewer columns)
+    combine = (lambda b: sft_lib.cut_batch(merge_batches(b), c.cut_bucket)) if c.cut_bucket else merge_batches
     result = train(ctx, stage, Training(
         step=sft_lib.make_sft_step(graphdef, tx, sched, c.dropout > 0, lora, microbatches=c.grad_accum),
         state=train_state(params, tx),
-        data={"train": it}, total_steps=total, constants=constants, progress_keys=("loss", "lr"),
+        data={"train": it}, total_steps=total, constants=constants, progress_keys=("loss", "lr"), combine=combine,
         evaluate=lambda s, _: sft_lib.validation_loss(evaluate, merged(s.params), val, val_bs),
         eval_every=c.eval_every, snapshot_steps=tuple(kept), snapshot=lambda s: merged(s.params)), SALT)
     final_params = merged(result.state.params)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rlhf_jax.data.batches import evaluate_all
+from rlhf_jax.data.batches import cut_width, evaluate_all
 from rlhf_jax.models.forward import forward, model_config, row_ends, shifted_logprobs
 from rlhf_jax.objectives.lm import masked_nll, next_token_loss, shifted_token_logprobs
 from rlhf_jax.train.lora import LoRAConfig
@@ -43,6 +43,15 @@ def sft_loss(graphdef, use_dropout: bool = False):
 def loss_tokens(batch):
     """The number of tokens the SFT loss averages over: a microbatch's weight."""
     return batch["loss_mask"][:, 1:].astype(jnp.float32).sum()
+
+
+def cut_batch(batch: dict, bucket: int) -> dict:
+    """The batch's columns up to its longest row (its last segment or loss column), rounded up
+    to `bucket`: the same loss and gradient, as the cut columns are right padding that no real
+    token attends to and the loss masks out, from fewer columns (one compile per width). Cut on
+    the host before sharding, so every process cuts its copy of the global batch alike."""
+    width = cut_width(row_ends(batch["segment_ids"], batch["loss_mask"]), batch["tokens"].shape[1], bucket)
+    return {k: v[:, :width] for k, v in batch.items()}
 
 
 def make_sft_step(graphdef, tx: optax.GradientTransformation, schedule, use_dropout: bool = False,
