@@ -65,7 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.prompts = "corpus:hh_rlhf"
         c.data.max_len, c.data.max_prompt_len = 512, 384
         # cut_bucket: an Alpaca row is 113 tokens on average, so a batch of 32 at 512 columns is
-        # 78% padding; cut after its longest row it is 318 columns wide on average (docs/stages.md)
+        # 78% padding; cut after its longest row it is 317 columns wide on average (docs/stages.md)
         c.sft.update(epochs=1, batch_size=32, lr=1e-5, warmup_steps=20, min_lr_ratio=0.1, eps=1e-5, cut_bucket=64)
         c.rm.update(epochs=1, batch_size=16, lr=9e-6, eps=1e-5, pack=True)  # HH prompts are most of a pair's tokens
         c.dpo.pack = True
