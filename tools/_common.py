@@ -48,6 +48,30 @@ def report(result, out: str | Path = "", indent: int = 2, **dumps) -> str:
     return text
 
 
+def load_config(spec: str, sets: list[str] = ()):
+    """The config `path[:variants]`, with each `--set key.path=value` applied (a Python literal,
+    else the string)."""
+    import ast
+    import importlib.util
+    path, _, variant = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("cfg", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    c = module.get_config(variant or None)
+    for item in sets:
+        key, _, text = item.partition("=")
+        *parents, leaf = key.split(".")
+        target = c
+        for name in parents:
+            target = target[name]
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        target[leaf] = value
+    return c
+
+
 # TRL's trainer configs (BaseConfig, 0.2x) turn on two things by default, on every device, CPU
 # included: bfloat16 autocast (bf16 = not fp16) and activation checkpointing (gradient_checkpointing
 # = True, one more forward pass per step). Our steps run float32 without rematerialisation

@@ -21,31 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tools._common import host, parser, report  # noqa: E402
-
-
-def load_config(spec: str, sets: list[str] = ()):
-    """The config `path[:variants]`, with each `--set key.path=value` applied (a Python literal,
-    else the string)."""
-    import ast
-    import importlib.util
-    path, _, variant = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("cfg", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    c = module.get_config(variant or None)
-    for item in sets:
-        key, _, text = item.partition("=")
-        *parents, leaf = key.split(".")
-        target = c
-        for name in parents:
-            target = target[name]
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        target[leaf] = value
-    return c
+from tools._common import host, load_config, parser, report  # noqa: E402
 
 
 def widths(ctx, c, buckets: list[int]) -> tuple[list[dict], dict]:

@@ -31,17 +31,9 @@ from rlhf_jax.context import base_model  # noqa: E402
 from rlhf_jax.data.run_data import RunData  # noqa: E402
 from rlhf_jax.eval import stats  # noqa: E402
 from rlhf_jax.models import save_pretrained  # noqa: E402
-from tools._common import host, parser, report, trl_settings  # noqa: E402
+# load_config: time_bon, time_heldout, time_truthfulqa and pair_positions import it from here
+from tools._common import host, load_config, parser, report, trl_settings  # noqa: E402
 from tools.benchmark_pipeline import StepClock  # noqa: E402
-
-
-def load_config(spec: str):
-    import importlib.util
-    path, _, variant = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("cfg", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(variant or None)
 
 
 def schedule_args(r) -> dict:
