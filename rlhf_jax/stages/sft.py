@@ -67,7 +67,9 @@ def fine_tune(ctx, stage: str, train_arrays=None, init=None) -> tuple[dict[str, 
                          zip(jax.tree.leaves(mask), jax.tree.leaves(params)))))
     held_out = sft_lib.validation_loss(evaluate, final_params, val, val_bs)
     summary = {"steps": total, "wall_seconds": time.perf_counter() - t0,  # the final validation included
-               "train_loss": result.last_metrics.get("loss"), "trainable_params": trainable, **held_out}
+               "train_loss": result.last_metrics.get("loss"), "trainable_params": trainable,
+               # the training loop's seconds (summed over resumes) and its median step (since the last resume)
+               "train_seconds": result.seconds, "median_step_seconds": result.median_step_seconds, **held_out}
     if kept:
         summary["candidate_steps"] = kept
     return summary, final_params
