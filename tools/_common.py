@@ -85,3 +85,14 @@ def trl_settings(name: str) -> dict:
     if name not in TRL_SETTINGS:
         raise SystemExit(f"error: unknown TRL settings {name!r}; valid: {', '.join(TRL_SETTINGS)}")
     return dict(TRL_SETTINGS[name])
+
+
+def trl_baseline_args(p, stage: str) -> None:
+    """The flags the TRL baseline tools share: --config, --trl-settings, --steps (`stage`: the
+    config block whose steps, epochs and optimizer the baseline copies)."""
+    p.add_argument("--config", default="configs/instructgpt.py:smollm2_hh,cpu")
+    p.add_argument("--trl-settings", default="matched", help="matched (float32, no activation checkpointing, as "
+                   f"our {stage} stage runs: the default) or default (TRL's own: bfloat16 autocast and activation "
+                   "checkpointing on every device)")
+    p.add_argument("--steps", type=int, default=0, help="train this many steps (a timing probe; default: the "
+                   f"config's {stage}.steps, else {stage}.epochs over the training rows)")

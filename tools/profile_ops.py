@@ -3,6 +3,7 @@
     python tools/profile_ops.py --step sft --batch 4 --seq 128 --out experiments/benchmarks/ops_sft.json
     python tools/profile_ops.py --step rm --batch 2 --seq 128      # pairs: 2 x 2 x 128 tokens, as the stage runs
     python tools/profile_ops.py --step sft --set scan_unroll=30    # a model field changed
+    python tools/profile_ops.py --step sft --batch 8 --seq 160 --lora 8   # the LoRA step, as smollm2_hh,cpu trains
     python tools/profile_ops.py --step generate --batch 4 --seq 64 --new 32   # sampling, as a PPO rollout
     python tools/profile_ops.py --step ppo --batch 4 --seq 64 --new 32        # a PPO iteration, as benchmarked
 
@@ -192,18 +193,30 @@ def _flops(compiled) -> float:
     return float((cost or {}).get("flops", 0.0))
 
 
-def build_step(step: str, cfg, B: int, T: int, devices=None):
-    """(step, its arguments (state, batch, rng)) as a run executes it: compiled by `compile_step`
-    on a mesh over `devices` (default all; explicit shardings, the state donated and the new one
-    returned, so XLA keeps the backward pass and the update and reuses the state's buffers).
-    Call it through `advance`."""
+def build_step(step: str, cfg, B: int, T: int, devices=None, lora_rank: int = 0):
+    """(step, its arguments (state, batch, rng[, constants])) as a run executes it: compiled by
+    `compile_step` on a mesh over `devices` (default all; explicit shardings, the state donated and
+    the new one returned, so XLA keeps the backward pass and the update and reuses the state's
+    buffers). `lora_rank` > 0 (sft only): the sft stage's LoRA step, adapters of that rank (alpha
+    16) on every block matrix, the base a constant. Call it through `advance`."""
     rng = np.random.default_rng(0)
     tx, sched = make_optimizer(1e-5, 1000)
+    if lora_rank and step != "sft":
+        raise SystemExit(f"error: --lora is for --step sft, not {step}")
     if step == "sft":
         model = init_model(cfg, seed=0)
         tokens = jnp.asarray(rng.integers(3, cfg.vocab_size, (B, T)), jnp.int32)
         batch = {"tokens": tokens, "loss_mask": jnp.ones_like(tokens), "segment_ids": jnp.ones_like(tokens),
                  "positions": jnp.broadcast_to(jnp.arange(T), (B, T))}
+        if lora_rank:
+            from rlhf_jax.train import lora as lora_lib
+            lora = lora_lib.LoRAConfig(lora_rank, 16.0)
+            params = lora_lib.split(model.params, lora, jax.random.key(11))
+            fn = sft_lib.make_sft_step(model.graphdef, tx, sched, lora=lora)
+            state = TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
+            mesh = make_mesh(devices=devices)
+            jitted, state = compile_step(fn, state, batch, mesh, constants=(model.params, None))
+            return jitted, (state, batch, jax.random.key(0), (model.params, None))
         fn = sft_lib.make_sft_step(model.graphdef, tx, sched)
         state = TrainState(model.params, tx.init(model.params), jnp.zeros((), jnp.int32))
     else:
@@ -275,6 +288,8 @@ def main():
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--model", default="135m", help=f"a preset: {', '.join(PRESETS)}")
     ap.add_argument("--set", action="append", default=[], help="model field=value (e.g. scan_unroll=30)")
+    ap.add_argument("--lora", type=int, default=0, metavar="RANK", help="with --step sft: the LoRA step (adapters "
+                    "of this rank on every block matrix, alpha 16, the base frozen), as the sft stage runs it")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--top", type=int, default=25)
     args = ap.parse_args()
@@ -292,10 +307,10 @@ def main():
         jitted, fargs = build_ppo(cfg, args.batch, args.seq, args.new)
         tokens = args.batch * (args.seq + args.new)
     else:
-        jitted, fargs = build_step(args.step, cfg, args.batch, args.seq)
+        jitted, fargs = build_step(args.step, cfg, args.batch, args.seq, lora_rank=args.lora)
         tokens = args.batch * args.seq * (1 if args.step == "sft" else 2)
     out = {"step": args.step, "batch": args.batch, "seq": args.seq, "tokens": tokens, "model": args.model,
-           "set": args.set, "device": jax.devices()[0].device_kind, "jax": jax.__version__, "cpu": cpu_info(),
+           "set": args.set, "lora_rank": args.lora, "device": jax.devices()[0].device_kind, "jax": jax.__version__, "cpu": cpu_info(),
            **profile(jitted, fargs, args.repeats, args.top, state=not generating)}
     out["tokens_per_s"] = tokens / out["wall_s"]
     report(out, args.out, indent=1)

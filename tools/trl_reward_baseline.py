@@ -32,7 +32,7 @@ from rlhf_jax.data.run_data import RunData  # noqa: E402
 from rlhf_jax.eval import stats  # noqa: E402
 from rlhf_jax.models import save_pretrained  # noqa: E402
 # load_config: time_bon, time_heldout, time_truthfulqa and pair_positions import it from here
-from tools._common import host, load_config, parser, report, trl_settings  # noqa: E402
+from tools._common import host, load_config, parser, report, trl_baseline_args, trl_settings  # noqa: E402
 from tools.benchmark_pipeline import StepClock  # noqa: E402
 
 
@@ -62,12 +62,7 @@ def pairs(arrays) -> tuple[list[list[int]], list[list[int]]]:
 
 def main() -> None:
     p = parser(__doc__, out=True)
-    p.add_argument("--config", default="configs/instructgpt.py:smollm2_hh,cpu")
-    p.add_argument("--trl-settings", default="matched", help="matched (float32, no activation checkpointing, as "
-                   "our rm stage runs: the default) or default (TRL's own: bfloat16 autocast and activation "
-                   "checkpointing on every device)")
-    p.add_argument("--steps", type=int, default=0, help="train this many steps (a timing probe; default: the "
-                   "config's rm.steps, else rm.epochs over the training pairs)")
+    trl_baseline_args(p, "rm")
     args = p.parse_args()
     settings = trl_settings(args.trl_settings)
     os.chdir(Path(__file__).resolve().parents[1])

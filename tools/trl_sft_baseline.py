@@ -36,7 +36,7 @@ from ml_collections import config_flags  # noqa: E402,F401  (config files import
 from rlhf_jax.context import base_model  # noqa: E402
 from rlhf_jax.data.run_data import RunData  # noqa: E402
 from rlhf_jax.models import save_pretrained  # noqa: E402
-from tools._common import host, load_config, parser, report, trl_settings  # noqa: E402
+from tools._common import host, load_config, parser, report, trl_baseline_args, trl_settings  # noqa: E402
 from tools.benchmark_pipeline import StepClock  # noqa: E402
 from tools.trl_reward_baseline import schedule_args  # noqa: E402
 
@@ -92,14 +92,9 @@ def torch_val_loss(model, ids, masks, pad: int, batch_size: int) -> float:
 
 def main() -> None:
     p = parser(__doc__, out=True)
-    p.add_argument("--config", default="configs/instructgpt.py:smollm2_hh,cpu")
+    trl_baseline_args(p, "sft")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a config field changed (e.g. sft.lora_rank=0), as on our side's command line")
-    p.add_argument("--trl-settings", default="matched", help="matched (float32, no activation checkpointing, as "
-                   "our sft stage runs: the default) or default (TRL's own: bfloat16 autocast and activation "
-                   "checkpointing on every device)")
-    p.add_argument("--steps", type=int, default=0, help="train this many steps (a timing probe; default: the "
-                   "config's sft.steps, else sft.epochs over the demonstrations)")
     args = p.parse_args()
     settings = trl_settings(args.trl_settings)
     os.chdir(Path(__file__).resolve().parents[1])

@@ -101,6 +101,24 @@ def test_profile_of_a_ppo_iteration_passes_the_state_on(tool):
     assert head == {f"f32[2,3,{cfg.vocab_size}]"}, head
 
 
+def test_the_lora_step_trains_only_adapters_over_a_constant_base(tool):
+    """`--lora 4`: the state holds the adapters alone (rank 4 on each block matrix) and advances;
+    the base is passed as a constant, unchanged; the profile has both phases."""
+    cfg = PRESETS["test"].replace(n_layers=2)
+    jitted, args = tool.build_step("sft", cfg, 2, 16, devices=jax.devices()[:1], lora_rank=4)
+    state, _, _, (base, _) = args
+    assert set(state.params) == {"adapters"}
+    assert {a.shape[-1] for a in jax.tree.leaves(state.params["adapters"]) if a.ndim == 3} >= {4}
+    before = jax.tree.map(lambda x: x.copy(), base)
+    once = tool.advance(jitted, args)
+    assert int(once[0].step) == 1
+    assert all(bool((a == b).all()) for a, b in zip(jax.tree.leaves(once[3][0]), jax.tree.leaves(before)))
+    out = tool.profile(jitted, once, repeats=1, top=50, state=True)
+    assert {"forward", "backward"} <= {r["group"] for r in out["by_phase"]}
+    with pytest.raises(SystemExit, match="--lora is for --step sft, not rm"):
+        tool.build_step("rm", cfg, 2, 16, lora_rank=4)
+
+
 def test_an_unknown_model_field_exits_with_the_valid_ones(tool, monkeypatch):
     monkeypatch.setattr("sys.argv", ["profile_ops.py", "--step", "ppo", "--set", "d_model=64", "--set", "widht=3"])
     with pytest.raises(SystemExit, match="--set widht: not a model field; valid: activation, "):

@@ -69,6 +69,28 @@ def test_gradients_follow_chain_rule(setup):
     assert float(jnp.abs(g_ad["wq"]["a"]).max()) == 0.0  # B = 0 at init: A gets no gradient yet
 
 
+def test_the_low_rank_products_backward_is_autodiffs():
+    """`low_rank_product`'s written-out backward against JAX's autodiff of (x A) B: the same sums
+    in another order, within each product's float32 bound (elementwise, from the magnitudes)."""
+    from rlhf_jax.models.lowrank import low_rank_product
+    N, I, R, O = 40, 24, 4, 36
+    kx, ka, kb, kd = jax.random.split(jax.random.key(5), 4)
+    x, a = jax.random.normal(kx, (N, I)), jax.random.normal(ka, (I, R))
+    b, d = jax.random.normal(kb, (R, O)), jax.random.normal(kd, (N, O))
+    ours = jax.vjp(low_rank_product, x, a, b)
+    plain = jax.vjp(lambda x, a, b: (x @ a) @ b, x, a, b)
+    np.testing.assert_array_equal(ours[0], plain[0])  # the forward pass is the same program
+    got, want = ours[1](d), plain[1](d)
+    ax, aa, ab, ad = (np.abs(np.asarray(t)) for t in (x, a, b, d))
+    g_bound = ad @ ab.T  # |dY B^T|'s magnitude, reached through R terms
+    bounds = {"x": tol.f32(O + R) * g_bound @ aa.T, "a": tol.f32(O + N) * ax.T @ g_bound,
+              "b": tol.f32(I + N) * (ax @ aa).T @ ad}
+    for name, g, w in zip("xab", got, want):
+        assert np.all(np.abs(np.asarray(g) - np.asarray(w)) <= bounds[name]), name
+    # a transposed factor (A's gradient from dY B rather than dY B^T's layout) is far outside them
+    assert not np.all(np.abs(np.asarray(got[1]) - np.asarray(want[1])[::-1]) <= bounds["a"])
+
+
 def test_sft_step_trains_only_adapters(setup):
     model, batch = setup
     cfg = LoRAConfig(rank=4, alpha=8.0)
