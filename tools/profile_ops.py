@@ -310,7 +310,8 @@ def main():
         jitted, fargs = build_step(args.step, cfg, args.batch, args.seq, lora_rank=args.lora)
         tokens = args.batch * args.seq * (1 if args.step == "sft" else 2)
     out = {"step": args.step, "batch": args.batch, "seq": args.seq, "tokens": tokens, "model": args.model,
-           "set": args.set, "lora_rank": args.lora, "device": jax.devices()[0].device_kind, "jax": jax.__version__, "cpu": cpu_info(),
+           "set": args.set, "lora_rank": args.lora, "device": jax.devices()[0].device_kind, "jax": jax.__version__,
+           "cpu": cpu_info(),
            **profile(jitted, fargs, args.repeats, args.top, state=not generating)}
     out["tokens_per_s"] = tokens / out["wall_s"]
     report(out, args.out, indent=1)

@@ -89,7 +89,8 @@ def _low_rank_forward(x, a, b):
 def _low_rank_backward(res, d_NxO):
     x, a, b, xa = res
     g_NxR = d_NxO @ b.T
-    return (g_NxR @ a.T, jnp.einsum("nr,ni->ir", g_NxR, x), jnp.einsum("nr,no->ro", xa, d_NxO))
+    grads = (g_NxR @ a.T, jnp.einsum("nr,ni->ir", g_NxR, x), jnp.einsum("nr,no->ro", xa, d_NxO))
+    return tuple(g.astype(p.dtype) for g, p in zip(grads, (x, a, b)))  # each in its primal's dtype, as autodiff
 
 
 low_rank_product.defvjp(_low_rank_forward, _low_rank_backward)

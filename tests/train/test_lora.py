@@ -87,6 +87,10 @@ def test_the_low_rank_products_backward_is_autodiffs():
               "b": tol.f32(I + N) * (ax @ aa).T @ ad}
     for name, g, w in zip("xab", got, want):
         assert np.all(np.abs(np.asarray(g) - np.asarray(w)) <= bounds[name]), name
+    # mixed precision: each gradient comes back in its argument's dtype, as autodiff gives it
+    mixed = (x.astype(jnp.bfloat16), a, b)
+    assert [g.dtype for g in jax.vjp(low_rank_product, *mixed)[1](d)] == \
+        [g.dtype for g in jax.vjp(lambda x, a, b: (x @ a) @ b, *mixed)[1](d)]
     # a transposed factor (A's gradient from dY B rather than dY B^T's layout) is far outside them
     assert not np.all(np.abs(np.asarray(got[1]) - np.asarray(want[1])[::-1]) <= bounds["a"])
 
