@@ -201,6 +201,7 @@ def build_step(step: str, cfg, B: int, T: int, devices=None, lora_rank: int = 0)
     16) on every block matrix, the base a constant. Call it through `advance`."""
     rng = np.random.default_rng(0)
     tx, sched = make_optimizer(1e-5, 1000)
+    constants = None  # the LoRA step's frozen base (and no reference): passed after the rng
     if lora_rank and step != "sft":
         raise SystemExit(f"error: --lora is for --step sft, not {step}")
     if step == "sft":
@@ -208,17 +209,13 @@ def build_step(step: str, cfg, B: int, T: int, devices=None, lora_rank: int = 0)
         tokens = jnp.asarray(rng.integers(3, cfg.vocab_size, (B, T)), jnp.int32)
         batch = {"tokens": tokens, "loss_mask": jnp.ones_like(tokens), "segment_ids": jnp.ones_like(tokens),
                  "positions": jnp.broadcast_to(jnp.arange(T), (B, T))}
+        lora, params = None, model.params
         if lora_rank:
             from rlhf_jax.train import lora as lora_lib
             lora = lora_lib.LoRAConfig(lora_rank, 16.0)
-            params = lora_lib.split(model.params, lora, jax.random.key(11))
-            fn = sft_lib.make_sft_step(model.graphdef, tx, sched, lora=lora)
-            state = TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
-            mesh = make_mesh(devices=devices)
-            jitted, state = compile_step(fn, state, batch, mesh, constants=(model.params, None))
-            return jitted, (state, batch, jax.random.key(0), (model.params, None))
-        fn = sft_lib.make_sft_step(model.graphdef, tx, sched)
-        state = TrainState(model.params, tx.init(model.params), jnp.zeros((), jnp.int32))
+            params, constants = lora_lib.split(model.params, lora, jax.random.key(11)), (model.params, None)
+        fn = sft_lib.make_sft_step(model.graphdef, tx, sched, lora=lora)
+        state = TrainState(params, tx.init(params), jnp.zeros((), jnp.int32))
     else:
         model = init_model(cfg, head="scalar", seed=1)
         tokens = jnp.asarray(rng.integers(3, cfg.vocab_size, (B, 2, T)), jnp.int32)
@@ -230,8 +227,8 @@ def build_step(step: str, cfg, B: int, T: int, devices=None, lora_rank: int = 0)
             fn = rm_lib.ensemble_step(fn)
             batch = jax.tree.map(lambda x: x[:, None], batch)
             state = rm_lib.member_state([model.params], tx)
-    jitted, state = compile_step(fn, state, batch, make_mesh(devices=devices))
-    return jitted, (state, batch, jax.random.key(0))
+    jitted, state = compile_step(fn, state, batch, make_mesh(devices=devices), constants=constants)
+    return jitted, (state, batch, jax.random.key(0)) + ((constants,) if constants is not None else ())
 
 
 def build_generate(cfg, B: int, prompt: int, new: int):
